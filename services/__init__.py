@@ -1,0 +1,1 @@
+"""The three Lotgate services: suppliers, lots and results."""

@@ -1,0 +1,1 @@
+"""The suppliers service: the approved supplier list, per material, with its history."""

@@ -1,0 +1,1 @@
+"""The common library of the Lotgate services: config, logging, database, messaging, gRPC."""

@@ -1,0 +1,48 @@
+"""Typed settings, read once from the environment when a process starts."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_NATS_URL = "nats://127.0.0.1:14222"
+
+# Defaults stay clear of a standard NATS (4222) or PostgreSQL (5432) on the same machine.
+DEFAULT_GRPC_PORTS = {"suppliers": 50061, "lots": 50062, "results": 50063}
+
+
+class ServiceSettings(BaseSettings):
+    """What every service reads from LOTGATE_* variables."""
+
+    model_config = SettingsConfigDict(env_prefix="LOTGATE_", extra="ignore")
+
+    service_name: str = "lotgate"
+    database_url: str = ""
+    nats_url: str = DEFAULT_NATS_URL
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = Field(default=0, ge=0, le=65535)
+    log_level: str = "info"
+    # How long in-flight calls may finish after SIGTERM.
+    shutdown_grace_seconds: float = Field(default=5.0, ge=0)
+    # The relay polls this often even when no local commit woke it.
+    outbox_poll_seconds: float = Field(default=0.5, gt=0)
+    # NATS de-duplicates re-published events inside this window; it must be longer
+    # than the time a relay may take to retry a publish whose ack it lost.
+    stream_duplicate_window_seconds: float = Field(default=900.0, ge=60)
+    # A message that fails this many times for a non-transient reason is parked.
+    consumer_max_attempts: int = Field(default=5, ge=1)
+    database_pool_size: int = Field(default=10, ge=1)
+    # Seconds a database statement may run before the call fails.
+    database_timeout_seconds: float = Field(default=10.0, gt=0)
+
+
+def settings_for(service: str, **overrides: object) -> ServiceSettings:
+    """Settings of one service: its defaults, then the environment, then overrides."""
+    settings = ServiceSettings(service_name=service)
+    values = settings.model_dump()
+    if not settings.database_url:
+        values["database_url"] = f"sqlite+aiosqlite:///.lotgate/data/{service}.db"
+    if settings.grpc_port == 0 and "grpc_port" not in overrides:
+        values["grpc_port"] = DEFAULT_GRPC_PORTS.get(service, 0)
+    values.update(overrides)
+    return ServiceSettings.model_validate(values)

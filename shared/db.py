@@ -1,0 +1,88 @@
+"""Engines and tables shared by every service. Nothing here connects at import time."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import BigInteger, DateTime, Integer, MetaData, event
+from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.types import TypeDecorator
+
+# Auto-incrementing ids: BIGINT on PostgreSQL, INTEGER (the rowid) on SQLite.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timestamp that is stored and returned in UTC, also on SQLite (which keeps no zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def normalize_url(url: str) -> str:
+    """Accept plain postgresql:// and sqlite:/// URLs and pick the asyncio drivers."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+asyncpg")
+    elif parsed.drivername == "sqlite":
+        parsed = parsed.set(drivername="sqlite+aiosqlite")
+    return parsed.render_as_string(hide_password=False)
+
+
+def is_sqlite(engine: AsyncEngine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def make_engine(url: str, *, pool_size: int = 10, statement_timeout_s: float = 10.0) -> AsyncEngine:
+    """An engine for PostgreSQL (asyncpg) or a SQLite file (aiosqlite), chosen by URL."""
+    url = normalize_url(url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        # One connection: SQLite has one writer anyway, and a single connection
+        # rules out "database is locked" upgrades between our own transactions.
+        engine = create_async_engine(url, pool_size=1, max_overflow=0,
+                                     connect_args={"timeout": statement_timeout_s})
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        return engine
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_timeout=statement_timeout_s,
+        connect_args={
+            "timeout": statement_timeout_s,
+            "command_timeout": statement_timeout_s,
+            "server_settings": {"application_name": "lotgate"},
+        },
+    )
+
+
+async def create_schema(engine: AsyncEngine, metadata: MetaData) -> None:
+    """Create missing tables (idempotent). Schema changes will come as migrations."""
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.create_all)

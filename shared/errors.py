@@ -1,0 +1,86 @@
+"""Errors the use cases raise. They name no transport; the gRPC layer maps them to status codes."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    field: str
+    description: str
+
+
+class LotgateError(Exception):
+    """Base of the errors that a caller is meant to see."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(LotgateError):
+    def __init__(self, violations: list[FieldViolation]) -> None:
+        super().__init__("; ".join(f"{v.field}: {v.description}" for v in violations))
+        self.violations = violations
+
+
+class NotFound(LotgateError):
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class FailedPrecondition(LotgateError):
+    """The record is not in a state that allows this call; `subject` names the record."""
+
+    def __init__(self, message: str, *, type_: str = "STATE", subject: str = "") -> None:
+        super().__init__(message)
+        self.type_ = type_
+        self.subject = subject
+
+
+class AlreadyExists(LotgateError):
+    pass
+
+
+class Aborted(LotgateError):
+    """A concurrent change won; the caller may read again and retry."""
+
+
+class Unavailable(LotgateError):
+    """A dependency (the database) cannot be reached; the call changed nothing."""
+
+
+_CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+
+
+class Violations:
+    """Collects every problem of a request, so that the caller learns them all at once."""
+
+    def __init__(self) -> None:
+        self.items: list[FieldViolation] = []
+
+    def add(self, field: str, description: str) -> None:
+        self.items.append(FieldViolation(field, description))
+
+    def code(self, field: str, value: str, *, max_length: int = 64) -> None:
+        """A required identifier: letters, digits and . _ : / - , not too long."""
+        if not value:
+            self.add(field, "is required")
+        elif len(value) > max_length:
+            self.add(field, f"must be at most {max_length} characters")
+        elif not _CODE.match(value):
+            self.add(field, "may hold only letters, digits and . _ : / - and must start with a "
+                            "letter or digit")
+
+    def text(self, field: str, value: str, *, max_length: int = 500, required: bool = True) -> None:
+        if required and not value.strip():
+            self.add(field, "is required")
+        elif len(value) > max_length:
+            self.add(field, f"must be at most {max_length} characters")
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise InvalidArgument(self.items)

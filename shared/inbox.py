@@ -1,0 +1,249 @@
+"""Idempotent event consumers: a durable JetStream pull consumer and an inbox table.
+
+Each batch of messages is applied in one unit of work that also records the event ids
+in the inbox; the messages are acked only after that commit. A redelivered or
+re-published event finds its id in the inbox and changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+import structlog
+from google.protobuf.message import DecodeError, Message
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from sqlalchemy import Column, LargeBinary, MetaData, String, Table, Text, insert, select
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+from shared.aio import sleep_or_stop
+from shared.db import BigId, UtcDateTime
+from shared.errors import Unavailable
+from shared.logs import get_logger
+from shared.uow import UnitOfWork, UnitOfWorkFactory
+
+log = get_logger(__name__)
+
+Handler = Callable[[UnitOfWork, Any], Awaitable[None]]
+
+
+def inbox_table(metadata: MetaData) -> Table:
+    return Table(
+        "inbox", metadata,
+        Column("event_id", String(36), primary_key=True),
+        Column("subject", String(200), nullable=False),
+        Column("processed_at", UtcDateTime, nullable=False),
+    )
+
+
+def dead_letter_table(metadata: MetaData) -> Table:
+    """Messages that could not be applied, kept for QA and operators to look at."""
+    return Table(
+        "dead_letters", metadata,
+        Column("id", BigId, primary_key=True, autoincrement=True),
+        Column("event_id", String(200), nullable=False),
+        Column("subject", String(200), nullable=False),
+        Column("payload", LargeBinary, nullable=False),
+        Column("error", Text, nullable=False),
+        Column("parked_at", UtcDateTime, nullable=False),
+    )
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """One durable consumer: which stream and subject, which message type, which handler."""
+
+    stream: str
+    subject: str
+    durable: str
+    message_type: type[Message]
+    handler: Handler
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, Unavailable | OSError | asyncio.TimeoutError | InterfaceError):
+        return True
+    if isinstance(exc, OperationalError | DBAPIError):
+        text = str(exc).lower()
+        # Serialization failures and deadlocks are retried like outages.
+        return exc.connection_invalidated or any(
+            word in text for word in ("connect", "deadlock", "serializ", "locked", "timeout",
+                                      "terminat", "shutdown"))
+    return False
+
+
+class EventConsumer:
+    def __init__(self, js: JetStreamContext, uow_factory: UnitOfWorkFactory, inbox: Table,
+                 dead_letters: Table, subscription: Subscription, *, batch_size: int = 100,
+                 max_attempts: int = 5, ack_wait_s: float = 30.0) -> None:
+        self._js = js
+        self._uow = uow_factory
+        self._inbox = inbox
+        self._dead = dead_letters
+        self._sub = subscription
+        self._batch_size = batch_size
+        self._max_attempts = max_attempts
+        self._ack_wait_s = ack_wait_s
+        self.applied = 0
+        self.parked = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Fetch and apply until `stop` is set; re-subscribe after any broker trouble."""
+        sub = self._sub
+        while not stop.is_set():
+            try:
+                psub = await self._js.pull_subscribe(
+                    sub.subject, durable=sub.durable, stream=sub.stream,
+                    config=ConsumerConfig(
+                        durable_name=sub.durable,
+                        ack_policy=AckPolicy.EXPLICIT,
+                        deliver_policy=DeliverPolicy.ALL,
+                        ack_wait=self._ack_wait_s,
+                        max_ack_pending=2000,
+                        filter_subject=sub.subject,
+                    ))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("consumer_subscribe_retry", durable=sub.durable, error=repr(exc))
+                await sleep_or_stop(stop, 1.0)
+                continue
+            try:
+                await self._fetch_loop(psub, stop)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("consumer_restart", durable=sub.durable, error=repr(exc))
+                await sleep_or_stop(stop, 0.5)
+            finally:
+                try:
+                    await psub.unsubscribe()
+                except Exception:  # the connection may be gone already
+                    pass
+
+    async def _fetch_loop(self, psub: JetStreamContext.PullSubscription,
+                          stop: asyncio.Event) -> None:
+        idle_errors = 0
+        while not stop.is_set():
+            try:
+                msgs = await psub.fetch(self._batch_size, timeout=1.0)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue
+            except (nats.errors.ConnectionClosedError, nats.errors.NoRespondersError,
+                    nats.js.errors.NotFoundError, nats.js.errors.ServiceUnavailableError) as exc:
+                idle_errors += 1
+                if idle_errors > 3:
+                    raise RuntimeError(f"pull consumer keeps failing: {exc!r}") from exc
+                await sleep_or_stop(stop, 0.5)
+                continue
+            idle_errors = 0
+            await self.process(msgs)
+
+    async def process(self, msgs: list[Msg]) -> None:
+        """Apply a fetched batch: all in one transaction, else one by one."""
+        decoded: list[tuple[Msg, Message]] = []
+        for msg in msgs:
+            try:
+                event = self._sub.message_type.FromString(msg.data)
+                if not getattr(event, "event_id", ""):
+                    raise DecodeError("event has no event_id")
+                decoded.append((msg, event))
+            except DecodeError as exc:
+                await self._park(msg, f"undecodable {self._sub.message_type.__name__}: {exc}")
+        if not decoded:
+            return
+        try:
+            await self._apply(decoded)
+        except Exception as exc:
+            if len(decoded) == 1 or _is_transient(exc):
+                await self._retry_later(decoded, exc)
+                return
+            for pair in decoded:  # find the bad one; apply the others
+                try:
+                    await self._apply([pair])
+                except Exception as one_exc:
+                    await self._retry_later([pair], one_exc)
+            return
+        for msg, _ in decoded:
+            await _ack(msg)
+
+    async def _apply(self, batch: list[tuple[Msg, Message]]) -> None:
+        ids = [event.event_id for _, event in batch]  # type: ignore[attr-defined]
+        async with self._uow() as uow:
+            seen = set((await uow.conn.execute(
+                select(self._inbox.c.event_id).where(self._inbox.c.event_id.in_(ids))
+            )).scalars())
+            fresh = []
+            for msg, event in batch:
+                event_id = event.event_id  # type: ignore[attr-defined]
+                if event_id in seen:
+                    continue
+                seen.add(event_id)
+                fresh.append({"event_id": event_id, "subject": msg.subject,
+                              "processed_at": uow.clock.now()})
+                with structlog.contextvars.bound_contextvars(event_id=event_id,
+                                                             subject=msg.subject):
+                    await self._sub.handler(uow, event)
+            if fresh:
+                await uow.conn.execute(insert(self._inbox), fresh)
+            await uow.commit()
+        self.applied += len(fresh)
+
+    async def _retry_later(self, batch: list[tuple[Msg, Message]], exc: Exception) -> None:
+        for msg, event in batch:
+            attempts = _deliveries(msg)
+            if not _is_transient(exc) and attempts >= self._max_attempts:
+                await self._park(msg, f"failed {attempts} times: {exc!r}")
+                continue
+            log.warning("event_retry", event_id=getattr(event, "event_id", ""),
+                        subject=msg.subject, attempt=attempts, error=repr(exc))
+            try:
+                await msg.nak(delay=min(0.2 * 2 ** attempts, 10.0))
+            except Exception:
+                pass  # redelivered after ack_wait anyway
+
+    async def _park(self, msg: Msg, reason: str) -> None:
+        """Keep a poison message aside, alert, and stop its redelivery."""
+        event_id = (msg.headers or {}).get("Nats-Msg-Id", "") or "unknown"
+        try:
+            async with self._uow() as uow:
+                await uow.conn.execute(insert(self._dead).values(
+                    event_id=event_id, subject=msg.subject, payload=msg.data or b"",
+                    error=reason[:4000], parked_at=uow.clock.now()))
+                await uow.commit()
+        except Exception as exc:
+            log.error("dead_letter_write_failed", event_id=event_id, error=repr(exc))
+            try:
+                await msg.nak(delay=5.0)
+            except Exception:
+                pass
+            return
+        self.parked += 1
+        log.error("event_parked", alert=True, event_id=event_id, subject=msg.subject,
+                  reason=reason)
+        try:
+            await msg.term()
+        except Exception:
+            pass
+
+
+def _deliveries(msg: Msg) -> int:
+    try:
+        return int(msg.metadata.num_delivered or 1)
+    except Exception:
+        return 1
+
+
+async def _ack(msg: Msg) -> None:
+    try:
+        await msg.ack()
+    except Exception as exc:
+        # Redelivered later; the inbox makes that harmless.
+        log.warning("ack_failed", subject=msg.subject, error=repr(exc))
+

@@ -1,0 +1,154 @@
+"""The transactional outbox table and the relay that publishes its rows to JetStream."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from typing import Any
+
+from nats.js import JetStreamContext
+from sqlalchemy import Column, Index, LargeBinary, MetaData, String, Table, delete, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from shared.aio import sleep_or_stop
+from shared.db import BigId, UtcDateTime
+from shared.logs import get_logger
+
+log = get_logger(__name__)
+
+EVENT_TYPE_HEADER = "Lotgate-Event-Type"
+AGGREGATE_HEADER = "Lotgate-Aggregate-Id"
+
+# Only one relay of a service publishes at a time (replicas share the database), so
+# events of one aggregate leave in the order they were committed.
+_RELAY_LOCK_KEY = 0x4C47_4F42  # "LGOB"
+
+
+def outbox_table(metadata: MetaData) -> Table:
+    return Table(
+        "outbox", metadata,
+        Column("id", BigId, primary_key=True, autoincrement=True),
+        Column("event_id", String(36), nullable=False, unique=True),
+        Column("subject", String(200), nullable=False),
+        Column("aggregate_id", String(200), nullable=False),
+        Column("event_type", String(200), nullable=False),
+        Column("payload", LargeBinary, nullable=False),
+        Column("created_at", UtcDateTime, nullable=False),
+        Index("ix_outbox_aggregate", "aggregate_id"),
+    )
+
+
+class OutboxRelay:
+    """Publishes committed outbox rows with Nats-Msg-Id = event id, then deletes them.
+
+    A crash between the broker's ack and the delete re-publishes the row on restart;
+    JetStream drops the copy inside its duplicate window and consumers' inboxes after it.
+    Events of one aggregate are published one after another, each only once the
+    previous one is acknowledged; different aggregates go concurrently.
+    """
+
+    def __init__(self, engine: AsyncEngine, table: Table, js: JetStreamContext, *,
+                 poll_seconds: float = 0.5, batch_size: int = 500,
+                 publish_timeout_s: float = 5.0) -> None:
+        self._engine = engine
+        self._table = table
+        self._js = js
+        self._poll_seconds = poll_seconds
+        self._batch_size = batch_size
+        self._publish_timeout_s = publish_timeout_s
+        self._wake = asyncio.Event()
+        self.published = 0
+
+    def wake(self) -> None:
+        """Called after a local commit that wrote events, so they leave without waiting a poll."""
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        backoff = 0.1
+        while not stop.is_set():
+            try:
+                if self._engine.dialect.name == "postgresql":
+                    await self._run_as_leader(stop)
+                else:
+                    await self._loop(None, stop)
+                backoff = 0.1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("outbox_relay_error", error=repr(exc), retry_in=backoff)
+                await sleep_or_stop(stop, backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _run_as_leader(self, stop: asyncio.Event) -> None:
+        async with self._engine.connect() as lock_conn:
+            while not stop.is_set():
+                got = (await lock_conn.execute(
+                    text("SELECT pg_try_advisory_lock(:k)"), {"k": _RELAY_LOCK_KEY})).scalar()
+                await lock_conn.commit()
+                if got:
+                    try:
+                        await self._loop(lock_conn, stop)
+                    finally:
+                        await lock_conn.execute(
+                            text("SELECT pg_advisory_unlock(:k)"), {"k": _RELAY_LOCK_KEY})
+                        await lock_conn.commit()
+                    return
+                await sleep_or_stop(stop, self._poll_seconds * 4)
+
+    async def _loop(self, lock_conn: AsyncConnection | None, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            self._wake.clear()
+            sent = await self.drain_once()
+            if sent >= self._batch_size:
+                continue
+            if lock_conn is not None:
+                # Proves the session (and so the lock) is still alive.
+                await lock_conn.execute(text("SELECT 1"))
+                await lock_conn.commit()
+            waiter = asyncio.ensure_future(self._wake.wait())
+            stopper = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({waiter, stopper}, timeout=self._poll_seconds,
+                               return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            stopper.cancel()
+
+    async def drain_once(self) -> int:
+        """Publish one batch of pending rows; returns how many were published."""
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(
+                select(self._table).order_by(self._table.c.id).limit(self._batch_size)
+            )).mappings().all()
+            await conn.rollback()
+        if not rows:
+            return 0
+        by_aggregate: dict[str, list[Any]] = defaultdict(list)
+        for row in rows:
+            by_aggregate[row["aggregate_id"]].append(row)
+        done = await asyncio.gather(*(self._publish_in_order(chain)
+                                      for chain in by_aggregate.values()))
+        published = [row_id for ids in done for row_id in ids]
+        if published:
+            async with self._engine.begin() as conn:
+                await conn.execute(delete(self._table).where(self._table.c.id.in_(published)))
+            self.published += len(published)
+        return len(published)
+
+    async def _publish_in_order(self, chain: list[Any]) -> list[int]:
+        done: list[int] = []
+        for row in chain:
+            try:
+                await self._js.publish(
+                    row["subject"], row["payload"], timeout=self._publish_timeout_s,
+                    headers={
+                        "Nats-Msg-Id": row["event_id"],
+                        EVENT_TYPE_HEADER: row["event_type"],
+                        AGGREGATE_HEADER: row["aggregate_id"],
+                    })
+            except Exception as exc:
+                # Keep the rest of this aggregate's events back so they stay in order.
+                log.warning("outbox_publish_failed", event_id=row["event_id"],
+                            subject=row["subject"], error=repr(exc))
+                break
+            done.append(row["id"])
+        return done
+

@@ -1,0 +1,109 @@
+"""The unit of work: one database transaction that holds a state change and its events."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+from google.protobuf.message import Message
+from sqlalchemy import Table, insert
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from shared.clock import Clock
+from shared.errors import Unavailable
+
+
+def new_event_id() -> str:
+    return str(uuid.uuid4())
+
+
+class UnitOfWork:
+    """`async with uow:` ... `await uow.commit()`; leaving without commit rolls back.
+
+    Events recorded with `emit` go to the outbox table in the same transaction, so a
+    state change is never committed without its event, nor an event without its change.
+    """
+
+    def __init__(self, engine: AsyncEngine, outbox: Table, clock: Clock,
+                 on_events_committed: Callable[[], None] | None = None) -> None:
+        self._engine = engine
+        self._outbox = outbox
+        self.clock = clock
+        self._on_events_committed = on_events_committed
+        self._conn: AsyncConnection | None = None
+        self._events: list[dict[str, Any]] = []
+        self._after_commit: list[Callable[[], None]] = []
+        self.committed = False
+
+    @property
+    def conn(self) -> AsyncConnection:
+        assert self._conn is not None, "use the unit of work inside 'async with'"
+        return self._conn
+
+    async def __aenter__(self) -> UnitOfWork:
+        try:
+            self._conn = await self._engine.connect()
+            await self._conn.begin()
+        except (OperationalError, DBAPIError, OSError) as exc:
+            if self._conn is not None:
+                await self._conn.close()
+            raise Unavailable("the database cannot be reached; nothing was changed") from exc
+        self._events = []
+        self._after_commit = []
+        self.committed = False
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            if not self.committed:
+                await conn.rollback()
+        finally:
+            await conn.close()
+
+    def emit(self, subject: str, aggregate_id: str, event: Message) -> None:
+        """Record an event; its `event_id` field must be set (it becomes the Nats-Msg-Id)."""
+        event_id = event.event_id  # type: ignore[attr-defined]
+        if not event_id:
+            raise ValueError("event without event_id")
+        self._events.append({
+            "event_id": event_id,
+            "subject": subject,
+            "aggregate_id": aggregate_id,
+            "event_type": event.DESCRIPTOR.full_name,
+            "payload": event.SerializeToString(deterministic=True),
+            "created_at": self.clock.now(),
+        })
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once the transaction has committed (never on rollback)."""
+        self._after_commit.append(callback)
+
+    async def commit(self) -> None:
+        if self._events:
+            await self.conn.execute(insert(self._outbox), self._events)
+        await self.conn.commit()
+        self.committed = True
+        for callback in self._after_commit:
+            callback()
+        if self._events and self._on_events_committed is not None:
+            self._on_events_committed()
+
+
+class UnitOfWorkFactory:
+    """Makes units of work for one service's database and outbox."""
+
+    def __init__(self, engine: AsyncEngine, outbox: Table, clock: Clock) -> None:
+        self.engine = engine
+        self.outbox = outbox
+        self.clock = clock
+        self.on_events_committed: Callable[[], None] | None = None
+
+    def __call__(self) -> UnitOfWork:
+        return UnitOfWork(self.engine, self.outbox, self.clock, self.on_events_committed)
