@@ -1,0 +1,26 @@
+"""Start a service in this test process, on a fresh database and the test nats-server."""
+
+from __future__ import annotations
+
+import importlib
+import uuid
+
+from shared.clock import Clock
+from shared.config import settings_for
+from shared.runtime import RunningService
+from shared.stack import NatsServer
+from tests.support.databases import Databases
+
+
+async def start_in_process(name: str, *, databases: Databases, nats: NatsServer,
+                           clock: Clock | None = None, **overrides: object) -> RunningService:
+    bootstrap = importlib.import_module(f"services.{name}.bootstrap")
+    settings = settings_for(name, database_url=await databases.create(name), nats_url=nats.url,
+                            grpc_host="127.0.0.1", grpc_port=0, outbox_poll_seconds=0.2,
+                            **overrides)
+    return await bootstrap.start(settings, clock=clock)
+
+
+def ref(prefix: str) -> str:
+    """A random reference, so that tests sharing a database and a broker never collide."""
+    return f"{prefix}-{uuid.uuid4().hex[:8].upper()}"
