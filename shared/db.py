@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Integer, MetaData, event
+from sqlalchemy import BigInteger, DateTime, Insert, Integer, MetaData, Table, event
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.types import TypeDecorator
@@ -86,3 +86,14 @@ async def create_schema(engine: AsyncEngine, metadata: MetaData) -> None:
     """Create missing tables (idempotent). Schema changes will come as migrations."""
     async with engine.begin() as conn:
         await conn.run_sync(metadata.create_all)
+
+
+def insert_ignoring_duplicates(table: Table, dialect_name: str) -> Insert:
+    """INSERT ... ON CONFLICT DO NOTHING, for PostgreSQL and SQLite alike."""
+    if dialect_name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).on_conflict_do_nothing()
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table).on_conflict_do_nothing()

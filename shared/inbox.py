@@ -31,6 +31,7 @@ from shared.uow import UnitOfWork, UnitOfWorkFactory
 log = get_logger(__name__)
 
 Handler = Callable[[UnitOfWork, Any], Awaitable[None]]
+BatchHandler = Callable[[UnitOfWork, list[Any]], Awaitable[None]]
 
 
 def inbox_table(metadata: MetaData) -> Table:
@@ -57,13 +58,18 @@ def dead_letter_table(metadata: MetaData) -> Table:
 
 @dataclass(frozen=True)
 class Subscription:
-    """One durable consumer: which stream and subject, which message type, which handler."""
+    """One durable consumer: which stream and subject, which message type, which handler.
+
+    `handler` applies one event; `batch_handler`, when given instead, applies all new
+    events of a fetched batch at once (fewer round trips on a busy consumer).
+    """
 
     stream: str
     subject: str
     durable: str
     message_type: type[Message]
-    handler: Handler
+    handler: Handler | None = None
+    batch_handler: BatchHandler | None = None
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -105,7 +111,9 @@ class EventConsumer:
                         ack_policy=AckPolicy.EXPLICIT,
                         deliver_policy=DeliverPolicy.ALL,
                         ack_wait=self._ack_wait_s,
-                        max_ack_pending=2000,
+                        # No more in flight than one batch: a failed batch is redelivered
+                        # before anything after it, so events stay in order.
+                        max_ack_pending=self._batch_size,
                         filter_subject=sub.subject,
                     ))
             except asyncio.CancelledError:
@@ -180,6 +188,7 @@ class EventConsumer:
                 select(self._inbox.c.event_id).where(self._inbox.c.event_id.in_(ids))
             )).scalars())
             fresh = []
+            events = []
             for msg, event in batch:
                 event_id = event.event_id  # type: ignore[attr-defined]
                 if event_id in seen:
@@ -187,9 +196,13 @@ class EventConsumer:
                 seen.add(event_id)
                 fresh.append({"event_id": event_id, "subject": msg.subject,
                               "processed_at": uow.clock.now()})
-                with structlog.contextvars.bound_contextvars(event_id=event_id,
-                                                             subject=msg.subject):
-                    await self._sub.handler(uow, event)
+                events.append(event)
+                if self._sub.handler is not None:
+                    with structlog.contextvars.bound_contextvars(event_id=event_id,
+                                                                 subject=msg.subject):
+                        await self._sub.handler(uow, event)
+            if events and self._sub.batch_handler is not None:
+                await self._sub.batch_handler(uow, events)
             if fresh:
                 await uow.conn.execute(insert(self._inbox), fresh)
             await uow.commit()

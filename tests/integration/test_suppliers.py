@@ -50,7 +50,8 @@ async def test_qualification_is_per_material(suppliers) -> None:
     supplier_id = await new_supplier(suppliers)
     await qualify(suppliers, supplier_id, "MAT-A")
 
-    supplier = (await suppliers.GetSupplier(pb.GetSupplierRequest(supplier_id=supplier_id))).supplier
+    reply = await suppliers.GetSupplier(pb.GetSupplierRequest(supplier_id=supplier_id))
+    supplier = reply.supplier
 
     assert [(q.material_code, q.status) for q in supplier.qualifications] == [
         ("MAT-A", pb.QUALIFICATION_STATUS_QUALIFIED)]

@@ -1,0 +1,114 @@
+"""The gRPC entrypoint of the lots service: warehouse calls in, decisions out."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+from datetime import date
+
+import grpc
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from lotgate.lots.v1 import lots_pb2 as pb
+from lotgate.lots.v1 import lots_pb2_grpc as pb_grpc
+from services.lots import handlers
+from services.lots.convert import STATUS_FROM_PROTO
+from services.lots.read_model import StatusCache
+from shared.clock import Clock
+from shared.errors import Violations
+from shared.uow import UnitOfWorkFactory
+
+MAX_PAGE = 1000
+
+
+class LotApi(pb_grpc.LotServiceServicer):
+    def __init__(self, uow: UnitOfWorkFactory, engine: AsyncEngine, cache: StatusCache,
+                 clock: Clock) -> None:
+        self._uow = uow
+        self._engine = engine
+        self._cache = cache
+        self._clock = clock
+
+    async def ReceiveLot(self, request: pb.ReceiveLotRequest,
+                         context: grpc.aio.ServicerContext) -> pb.ReceiveLotResponse:
+        v = Violations()
+        v.code("lot_id", request.lot_id)
+        v.code("material_code", request.material_code)
+        v.code("supplier_id", request.supplier_id)
+        v.text("supplier_lot_number", request.supplier_lot_number, max_length=64)
+        quantity = request.quantity
+        if not request.HasField("quantity"):
+            v.add("quantity", "is required")
+        else:
+            if not math.isfinite(quantity.value) or quantity.value <= 0:
+                v.add("quantity.value", "must be a finite number above zero")
+            v.text("quantity.unit", quantity.unit, max_length=32)
+        if not 1 <= request.container_count <= 100_000:
+            v.add("container_count", "must be between 1 and 100000")
+        expiry = None
+        try:
+            expiry = date.fromisoformat(request.expiry_date)
+            if len(request.expiry_date) != 10:
+                raise ValueError
+        except ValueError:
+            v.add("expiry_date", "must be a date as YYYY-MM-DD")
+        v.text("requested_by", request.requested_by, max_length=200)
+        v.raise_if_any()
+        assert expiry is not None
+        command = handlers.ReceiveLot(
+            lot_id=request.lot_id, material_code=request.material_code,
+            supplier_id=request.supplier_id,
+            supplier_lot_number=request.supplier_lot_number.strip(),
+            quantity_value=quantity.value, quantity_unit=quantity.unit.strip(),
+            container_count=request.container_count, expiry_date=expiry,
+            requested_by=request.requested_by, fingerprint=handlers.fingerprint(request))
+        lot = await handlers.receive_lot(self._uow(), command, self._cache)
+        return pb.ReceiveLotResponse(lot=lot)
+
+    async def GetLot(self, request: pb.GetLotRequest,
+                     context: grpc.aio.ServicerContext) -> pb.GetLotResponse:
+        _require_lot_id(request.lot_id)
+        lot = await handlers.get_lot(self._uow(), lot_id=request.lot_id, cache=self._cache)
+        return pb.GetLotResponse(lot=lot)
+
+    async def GetReleaseStatus(self, request: pb.GetReleaseStatusRequest,
+                               context: grpc.aio.ServicerContext) -> pb.GetReleaseStatusResponse:
+        # The warehouse asks this before every pick: memory first, the database on a miss.
+        entry = self._cache.get(request.lot_id)
+        if entry is None:
+            _require_lot_id(request.lot_id)
+            async with self._engine.connect() as conn:
+                entry = await handlers.get_status(conn, lot_id=request.lot_id, cache=self._cache)
+        return pb.GetReleaseStatusResponse(release_status=entry.as_of(self._clock.now()))
+
+    async def ListLots(self, request: pb.ListLotsRequest,
+                       context: grpc.aio.ServicerContext) -> pb.ListLotsResponse:
+        v = Violations()
+        status = None
+        if request.status != pb.LOT_STATUS_UNSPECIFIED:
+            status = STATUS_FROM_PROTO.get(request.status)
+            if status is None:
+                v.add("status", f"unknown lot status {request.status}")
+        if not 0 <= request.page_size <= MAX_PAGE:
+            v.add("page_size", f"must be between 0 and {MAX_PAGE}")
+        after = ""
+        if request.page_token:
+            try:
+                after = base64.urlsafe_b64decode(request.page_token.encode()).decode()
+            except (binascii.Error, UnicodeDecodeError, ValueError):
+                v.add("page_token", "is not a token this service gave out")
+        v.raise_if_any()
+        limit = request.page_size or 100
+        lots = await handlers.list_lots(self._uow(), status=status, after=after, limit=limit,
+                                        cache=self._cache)
+        token = ""
+        if len(lots) == limit:
+            token = base64.urlsafe_b64encode(lots[-1].lot_id.encode()).decode()
+        return pb.ListLotsResponse(lots=lots, next_page_token=token)
+
+
+def _require_lot_id(lot_id: str) -> None:
+    v = Violations()
+    v.code("lot_id", lot_id)
+    v.raise_if_any()

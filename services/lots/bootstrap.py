@@ -1,0 +1,57 @@
+"""Wires the lots service: the only place that builds its parts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from lotgate.lots.v1 import lots_pb2, lots_pb2_grpc
+from lotgate.results.v1 import events_pb2 as result_events
+from lotgate.suppliers.v1 import events_pb2 as supplier_events
+from services.lots import handlers
+from services.lots.api import LotApi
+from services.lots.read_model import StatusCache
+from services.lots.tables import tables
+from shared import messaging
+from shared.clock import Clock
+from shared.config import ServiceSettings
+from shared.inbox import Subscription
+from shared.runtime import Infrastructure, RunningService, ServiceParts, start_service
+from shared.uow import UnitOfWork
+
+
+def build(infra: Infrastructure) -> ServiceParts:
+    cache = StatusCache()
+
+    def register(server: grpc.aio.Server) -> list[str]:
+        api = LotApi(infra.uow, infra.engine, cache, infra.clock)
+        lots_pb2_grpc.add_LotServiceServicer_to_server(api, server)
+        return [lots_pb2.DESCRIPTOR.services_by_name["LotService"].full_name]
+
+    async def on_results(uow: UnitOfWork, events: list[Any]) -> None:
+        await handlers.apply_results(uow, events, cache)
+
+    async def on_qualifications(uow: UnitOfWork, events: list[Any]) -> None:
+        await handlers.apply_qualifications(uow, events, cache)
+
+    return ServiceParts(
+        tables=tables,
+        register=register,
+        streams=[messaging.LOTS_STREAM, messaging.RESULTS_STREAM, messaging.SUPPLIERS_STREAM],
+        subscriptions=[
+            Subscription(stream=messaging.RESULTS_STREAM.name,
+                         subject="lotgate.results.v1.result_recorded",
+                         durable="lots-result-recorded",
+                         message_type=result_events.ResultRecorded, batch_handler=on_results),
+            Subscription(stream=messaging.SUPPLIERS_STREAM.name,
+                         subject="lotgate.suppliers.v1.qualification_changed",
+                         durable="lots-qualification-changed",
+                         message_type=supplier_events.QualificationChanged,
+                         batch_handler=on_qualifications),
+        ],
+    )
+
+
+async def start(settings: ServiceSettings, *, clock: Clock | None = None) -> RunningService:
+    return await start_service(settings, build, clock=clock, tables=tables)

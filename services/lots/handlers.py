@@ -1,0 +1,251 @@
+"""Use cases of the lots service: each one unit of work.
+
+Every path that can change a lot's status goes through `_decide_and_record`, which runs
+the pure rule, applies the transition policy, and writes the new status, its decision
+record and its LotStatusChanged event together.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+from lotgate.lots.v1 import events_pb2, lots_pb2
+from lotgate.results.v1 import events_pb2 as result_events
+from lotgate.results.v1 import results_pb2
+from lotgate.suppliers.v1 import events_pb2 as supplier_events
+from lotgate.suppliers.v1 import suppliers_pb2
+from services.lots import repository
+from services.lots.convert import STATUS_TO_PROTO, lot_to_proto
+from services.lots.domain import (
+    LotFacts,
+    LotStatus,
+    QualificationFacts,
+    ResultFacts,
+    decide,
+    next_status,
+)
+from services.lots.read_model import StatusCache, StatusEntry
+from shared.errors import AlreadyExists, NotFound
+from shared.logs import get_logger
+from shared.protoconv import from_timestamp, to_timestamp
+from shared.uow import UnitOfWork, new_event_id
+
+log = get_logger(__name__)
+
+LOT_RECEIVED = "lotgate.lots.v1.lot_received"
+STATUS_CHANGED = "lotgate.lots.v1.status_changed"
+
+_TESTS = {
+    results_pb2.TEST_KIND_IDENTITY: "IDENTITY",
+    results_pb2.TEST_KIND_PURITY: "PURITY",
+    results_pb2.TEST_KIND_STERILITY: "STERILITY",
+}
+_VERDICTS = {results_pb2.VERDICT_PASS: "PASS", results_pb2.VERDICT_FAIL: "FAIL"}
+_QUALIFICATION = {
+    suppliers_pb2.QUALIFICATION_STATUS_PENDING: "PENDING",
+    suppliers_pb2.QUALIFICATION_STATUS_QUALIFIED: "QUALIFIED",
+    suppliers_pb2.QUALIFICATION_STATUS_SUSPENDED: "SUSPENDED",
+    suppliers_pb2.QUALIFICATION_STATUS_DISQUALIFIED: "DISQUALIFIED",
+}
+
+
+@dataclass(frozen=True)
+class ReceiveLot:
+    """Command: the warehouse has a new lot in quarantine."""
+
+    lot_id: str
+    material_code: str
+    supplier_id: str
+    supplier_lot_number: str
+    quantity_value: float
+    quantity_unit: str
+    container_count: int
+    expiry_date: date
+    requested_by: str
+    fingerprint: str
+
+
+def fingerprint(request: lots_pb2.ReceiveLotRequest) -> str:
+    return hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
+
+
+async def receive_lot(uow: UnitOfWork, cmd: ReceiveLot, cache: StatusCache) -> lots_pb2.Lot:
+    """Put a lot into QUARANTINE and decide it at once from what is already known."""
+    async with uow:
+        existing = await repository.get_lot(uow.conn, lot_id=cmd.lot_id)
+        if existing is not None:
+            if existing.fingerprint != cmd.fingerprint:
+                raise AlreadyExists(f"lot {cmd.lot_id} was received with other details")
+            return await _lot_view(uow, existing, cache)
+        now = uow.clock.now()
+        key = (cmd.supplier_id, cmd.material_code)
+        qualification = (await repository.lock_qualifications(uow.conn, keys=[key]))[key]
+        values = {
+            "lot_id": cmd.lot_id, "material_code": cmd.material_code,
+            "supplier_id": cmd.supplier_id, "supplier_lot_number": cmd.supplier_lot_number,
+            "quantity_value": cmd.quantity_value, "quantity_unit": cmd.quantity_unit,
+            "container_count": cmd.container_count, "expiry_date": cmd.expiry_date,
+            "received_at": now, "received_by": cmd.requested_by, "fingerprint": cmd.fingerprint,
+            # Written properly by the first decision below, in this same transaction.
+            "status": LotStatus.QUARANTINE.value, "status_version": 0, "unmet": "[]",
+            "decided_at": now,
+        }
+        await repository.add_lot(uow.conn, values=values)
+        row = (await repository.lots_by_id(uow.conn, lot_ids=[cmd.lot_id], for_update=True))[0]
+        received = events_pb2.LotReceived(event_id=new_event_id(), occurred_at=to_timestamp(now))
+        received.lot.CopyFrom(lot_to_proto(row, lots_pb2.ReleaseStatus()))
+        uow.emit(LOT_RECEIVED, cmd.lot_id, received)
+        results = await repository.results_of(uow.conn, lot_ids=[cmd.lot_id])
+        [entry] = await _decide_and_record(uow, [row], {key: qualification}, results, cache,
+                                           cause=f"received by {cmd.requested_by}", first=True)
+        await uow.commit()
+    return lot_to_proto(row, entry.as_of(now))
+
+
+async def apply_results(uow: UnitOfWork, events: Sequence[result_events.ResultRecorded],
+                        cache: StatusCache) -> None:
+    """Project recorded results and decide every lot they concern."""
+    rows = []
+    for event in events:
+        r = event.result
+        if r.test not in _TESTS or r.verdict not in _VERDICTS:
+            raise ValueError(f"result {r.result_id} has an unknown test or verdict")
+        rows.append({
+            "result_id": r.result_id, "lot_id": r.lot_id, "material_code": r.material_code,
+            "test": _TESTS[r.test], "verdict": _VERDICTS[r.verdict], "sequence": r.sequence,
+            "spec_version": r.spec_version, "recorded_at": from_timestamp(r.recorded_at),
+        })
+    await repository.add_results(uow.conn, rows=rows)
+    lot_ids = {row["lot_id"] for row in rows}
+    known = await repository.lots_by_id(uow.conn, lot_ids=lot_ids)
+    if not known:
+        return  # results for lots not received yet wait in the projection
+    keys = {(lot.supplier_id, lot.material_code) for lot in known}
+    qualifications = await repository.lock_qualifications(uow.conn, keys=keys)
+    locked = await repository.lots_by_id(uow.conn, lot_ids=lot_ids, for_update=True)
+    results = await repository.results_of(uow.conn, lot_ids=[lot.lot_id for lot in locked])
+    causes = ", ".join(sorted({e.result.result_id for e in events}))[:200]
+    await _decide_and_record(uow, locked, qualifications, results, cache,
+                             cause=f"results {causes}")
+
+
+async def apply_qualifications(uow: UnitOfWork,
+                               events: Sequence[supplier_events.QualificationChanged],
+                               cache: StatusCache) -> None:
+    """Project qualification changes (highest version wins) and re-decide open lots."""
+    newest: dict[tuple[str, str], Any] = {}
+    for event in events:
+        q = event.qualification
+        key = (q.supplier_id, q.material_code)
+        if key not in newest or q.version > newest[key].version:
+            newest[key] = q
+    held = await repository.lock_qualifications(uow.conn, keys=newest)
+    for key, q in sorted(newest.items()):
+        if q.version <= held[key].version:
+            continue  # an older or repeated announcement
+        status = _QUALIFICATION.get(q.status, "")
+        valid_until = from_timestamp(q.valid_until) if q.HasField("valid_until") else None
+        await repository.set_qualification(uow.conn, key=key, status=status,
+                                           valid_until=valid_until, version=q.version)
+        held[key] = QualificationFacts(status, valid_until, q.version)
+        lots = await repository.open_lots_of(uow.conn, key=key)
+        if lots:
+            results = await repository.results_of(uow.conn, lot_ids=[lot.lot_id for lot in lots])
+            await _decide_and_record(uow, lots, held, results, cache,
+                                     cause=f"qualification {key[0]}/{key[1]} v{q.version}")
+
+
+async def _decide_and_record(uow: UnitOfWork, lots: Sequence[Any],
+                             qualifications: dict[tuple[str, str], QualificationFacts],
+                             results: dict[str, list[ResultFacts]], cache: StatusCache, *,
+                             cause: str, first: bool = False) -> list[StatusEntry]:
+    """Decide each lot; record and announce those whose status or reasons changed."""
+    now = uow.clock.now()
+    decided: list[StatusEntry] = []
+    updates: list[dict[str, Any]] = []
+    records: list[dict[str, Any]] = []
+    for lot in lots:
+        key = (lot.supplier_id, lot.material_code)
+        qualification = qualifications.get(key)
+        facts = LotFacts(lot.lot_id, lot.material_code, lot.supplier_id, lot.expiry_date)
+        decision = decide(facts, qualification, results.get(lot.lot_id, ()), now)
+        current = None if first else LotStatus(lot.status)
+        status = next_status(current, decision)
+        unmet = decision.unmet if status is decision.status else tuple(
+            u for u in repository.unmet_from_json(lot.unmet))
+        unmet_json = repository.unmet_to_json(unmet)
+        if not first and status.value == lot.status and unmet_json == lot.unmet:
+            continue
+        version = lot.status_version + 1
+        inputs = {
+            "now": now.isoformat(),
+            "qualification": None if qualification is None else {
+                "status": qualification.status, "version": qualification.version,
+                "valid_until": (qualification.valid_until.isoformat()
+                                if qualification.valid_until else None)},
+            "results": [{"result_id": r.result_id, "test": r.test.value,
+                         "verdict": r.verdict.value, "sequence": r.sequence,
+                         "spec_version": r.spec_version} for r in decision.used_results],
+            "rule_status": decision.status.value,
+        }
+        updates.append({"b_lot_id": lot.lot_id, "b_status": status.value, "b_version": version,
+                        "b_unmet": unmet_json, "b_decided_at": now})
+        records.append({"lot_id": lot.lot_id, "version": version,
+                        "previous_status": None if first else lot.status,
+                        "status": status.value, "unmet": unmet_json,
+                        "inputs": json.dumps(inputs, separators=(",", ":")),
+                        "cause": cause[:200], "decided_at": now})
+        entry = StatusEntry.make(lot.lot_id, status, version, unmet, now, lot.expiry_date)
+        changed = events_pb2.LotStatusChanged(
+            event_id=new_event_id(), previous_status=STATUS_TO_PROTO[current],
+            release_status=entry.proto, occurred_at=to_timestamp(now))
+        uow.emit(STATUS_CHANGED, lot.lot_id, changed)
+        uow.after_commit(lambda entry=entry: cache.put(entry))
+        decided.append(entry)
+        if status is not (current or LotStatus.QUARANTINE):
+            log.info("lot_status_changed", lot_id=lot.lot_id, status=status.value,
+                     previous=current.value if current else None, version=version)
+    await repository.save_decisions(uow.conn, lot_updates=updates, records=records)
+    return decided
+
+
+async def get_status(uow_engine_conn: Any, *, lot_id: str, cache: StatusCache) -> StatusEntry:
+    """The latest committed status of a lot, from memory or the database."""
+    entry = cache.get(lot_id)
+    if entry is not None:
+        return entry
+    row = await repository.read_status(uow_engine_conn, lot_id=lot_id)
+    if row is None:
+        raise NotFound(f"no lot {lot_id}", field="lot_id")
+    entry = StatusEntry.make(row.lot_id, LotStatus(row.status), row.status_version,
+                             repository.unmet_from_json(row.unmet), row.decided_at,
+                             row.expiry_date)
+    cache.put(entry)
+    return entry
+
+
+async def _lot_view(uow: UnitOfWork, row: Any, cache: StatusCache) -> lots_pb2.Lot:
+    entry = await get_status(uow.conn, lot_id=row.lot_id, cache=cache)
+    return lot_to_proto(row, entry.as_of(uow.clock.now()))
+
+
+
+async def get_lot(uow: UnitOfWork, *, lot_id: str, cache: StatusCache) -> lots_pb2.Lot:
+    async with uow:
+        row = await repository.get_lot(uow.conn, lot_id=lot_id)
+        if row is None:
+            raise NotFound(f"no lot {lot_id}", field="lot_id")
+        return await _lot_view(uow, row, cache)
+
+
+async def list_lots(uow: UnitOfWork, *, status: LotStatus | None, after: str, limit: int,
+                    cache: StatusCache) -> list[lots_pb2.Lot]:
+    async with uow:
+        rows = await repository.list_lots(uow.conn, status=status.value if status else None,
+                                          after=after, limit=limit)
+        return [await _lot_view(uow, row, cache) for row in rows]

@@ -1,0 +1,144 @@
+"""Data access for lots and the projections (SQLAlchemy Core on the unit of work).
+
+Lock order, everywhere: qualification rows first, then lot rows, each in key order.
+Every decision path follows it, so concurrent decisions wait for each other instead of
+deciding from a stale qualification.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import bindparam, insert, select, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.lots.domain import (
+    LotStatus,
+    QualificationFacts,
+    ResultFacts,
+    TestKind,
+    Unmet,
+    Verdict,
+)
+from services.lots.tables import decisions, lot_results, lots, qualifications
+from shared.db import insert_ignoring_duplicates
+
+Key = tuple[str, str]  # (supplier_id, material_code)
+
+
+def unmet_to_json(unmet: Iterable[Unmet]) -> str:
+    return json.dumps([[u.code, u.message, u.rule] for u in unmet], separators=(",", ":"))
+
+
+def unmet_from_json(text: str) -> tuple[Unmet, ...]:
+    return tuple(Unmet(*item) for item in json.loads(text))
+
+
+async def get_lot(conn: AsyncConnection, *, lot_id: str) -> Any | None:
+    """The lot row, or None."""
+    return (await conn.execute(select(lots).where(lots.c.lot_id == lot_id))).first()
+
+
+async def add_lot(conn: AsyncConnection, *, values: dict[str, Any]) -> None:
+    """Insert a received lot with its first status."""
+    await conn.execute(insert(lots).values(**values))
+
+
+async def lock_qualifications(conn: AsyncConnection, *,
+                              keys: Iterable[Key]) -> dict[Key, QualificationFacts]:
+    """Lock (creating placeholders where missing) the qualification rows of `keys`."""
+    ordered = sorted(set(keys))
+    if not ordered:
+        return {}
+    await conn.execute(
+        insert_ignoring_duplicates(qualifications, conn.dialect.name),
+        [{"supplier_id": s, "material_code": m, "status": "", "valid_until": None, "version": 0}
+         for s, m in ordered])
+    rows = await conn.execute(
+        select(qualifications)
+        .where(tuple_(qualifications.c.supplier_id, qualifications.c.material_code).in_(ordered))
+        .order_by(qualifications.c.supplier_id, qualifications.c.material_code)
+        .with_for_update())
+    return {(r.supplier_id, r.material_code): QualificationFacts(r.status, r.valid_until, r.version)
+            for r in rows}
+
+
+async def set_qualification(conn: AsyncConnection, *, key: Key, status: str,
+                            valid_until: datetime | None, version: int) -> None:
+    """Store a newer qualification (the row is locked by the caller)."""
+    await conn.execute(update(qualifications).where(
+        qualifications.c.supplier_id == key[0], qualifications.c.material_code == key[1]
+    ).values(status=status, valid_until=valid_until, version=version))
+
+
+async def lots_by_id(conn: AsyncConnection, *, lot_ids: Iterable[str],
+                     for_update: bool = False) -> list[Any]:
+    """Lots with these ids, in id order."""
+    query = select(lots).where(lots.c.lot_id.in_(sorted(set(lot_ids)))).order_by(lots.c.lot_id)
+    if for_update:
+        query = query.with_for_update()
+    return list(await conn.execute(query))
+
+
+async def open_lots_of(conn: AsyncConnection, *, key: Key) -> list[Any]:
+    """Lots of a supplier and material that a qualification change can still affect, locked."""
+    return list(await conn.execute(
+        select(lots).where(lots.c.supplier_id == key[0], lots.c.material_code == key[1],
+                           lots.c.status == LotStatus.QUARANTINE.value)
+        .order_by(lots.c.lot_id).with_for_update()))
+
+
+async def add_results(conn: AsyncConnection, *, rows: Sequence[dict[str, Any]]) -> None:
+    """Store results in the projection; ones already there are left as they are."""
+    if rows:
+        await conn.execute(insert_ignoring_duplicates(lot_results, conn.dialect.name), rows)
+
+
+async def results_of(conn: AsyncConnection, *,
+                     lot_ids: Iterable[str]) -> dict[str, list[ResultFacts]]:
+    """Every known result per lot."""
+    found: dict[str, list[ResultFacts]] = defaultdict(list)
+    rows = await conn.execute(select(lot_results).where(lot_results.c.lot_id.in_(list(lot_ids))))
+    for r in rows:
+        found[r.lot_id].append(ResultFacts(r.result_id, TestKind(r.test), Verdict(r.verdict),
+                                           r.sequence, r.spec_version))
+    return found
+
+
+async def save_decisions(conn: AsyncConnection, *, lot_updates: Sequence[dict[str, Any]],
+                         records: Sequence[dict[str, Any]]) -> None:
+    """Write new statuses and their decision records."""
+    if not lot_updates:
+        return
+    await conn.execute(
+        update(lots).where(lots.c.lot_id == bindparam("b_lot_id")).values(
+            status=bindparam("b_status"), status_version=bindparam("b_version"),
+            unmet=bindparam("b_unmet"), decided_at=bindparam("b_decided_at")),
+        list(lot_updates))
+    await conn.execute(insert(decisions), list(records))
+
+
+async def read_status(conn: AsyncConnection, *, lot_id: str) -> Any | None:
+    """The columns GetReleaseStatus answers from."""
+    return (await conn.execute(
+        select(lots.c.lot_id, lots.c.status, lots.c.status_version, lots.c.unmet,
+               lots.c.decided_at, lots.c.expiry_date).where(lots.c.lot_id == lot_id))).first()
+
+
+async def list_lots(conn: AsyncConnection, *, status: str | None, after: str,
+                    limit: int) -> list[Any]:
+    """A page of lots in id order, after the lot id `after`."""
+    query = select(lots).where(lots.c.lot_id > after)
+    if status:
+        query = query.where(lots.c.status == status)
+    return list(await conn.execute(query.order_by(lots.c.lot_id).limit(limit)))
+
+
+async def decisions_of(conn: AsyncConnection, *, lot_id: str) -> list[Any]:
+    """Every decision record of a lot, oldest first."""
+    return list(await conn.execute(
+        select(decisions).where(decisions.c.lot_id == lot_id).order_by(decisions.c.version)))

@@ -1,0 +1,86 @@
+"""The lots service's own tables: lots with their status, and the projections it decides from."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Date,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+from shared.db import BigId, UtcDateTime
+from shared.runtime import make_tables
+
+metadata = MetaData()
+
+lots = Table(
+    "lots", metadata,
+    Column("lot_id", String(64), primary_key=True),
+    Column("material_code", String(64), nullable=False),
+    Column("supplier_id", String(64), nullable=False),
+    Column("supplier_lot_number", String(64), nullable=False),
+    Column("quantity_value", Float(53), nullable=False),
+    Column("quantity_unit", String(32), nullable=False),
+    Column("container_count", Integer, nullable=False),
+    Column("expiry_date", Date, nullable=False),
+    Column("received_at", UtcDateTime, nullable=False),
+    Column("received_by", String(200), nullable=False),
+    # Hash of the receiving request: a retry with the same content gets the original answer.
+    Column("fingerprint", String(64), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("status_version", BigInteger, nullable=False),
+    Column("unmet", Text, nullable=False),  # JSON list of [code, message, rule]
+    Column("decided_at", UtcDateTime, nullable=False),
+    Index("ix_lots_supplier_material", "supplier_id", "material_code"),
+    Index("ix_lots_status", "status", "lot_id"),
+)
+
+# Projection of the suppliers service's QualificationChanged events. A row with
+# version 0 and an empty status is a placeholder that decisions lock on.
+qualifications = Table(
+    "qualifications", metadata,
+    Column("supplier_id", String(64), primary_key=True),
+    Column("material_code", String(64), primary_key=True),
+    Column("status", String(20), nullable=False),
+    Column("valid_until", UtcDateTime, nullable=True),
+    Column("version", BigInteger, nullable=False),
+)
+
+# Projection of the results service's ResultRecorded events; kept even for lots not
+# received yet, so that nothing that arrives early is lost.
+lot_results = Table(
+    "lot_results", metadata,
+    Column("result_id", String(64), primary_key=True),
+    Column("lot_id", String(64), nullable=False, index=True),
+    Column("material_code", String(64), nullable=False),
+    Column("test", String(20), nullable=False),
+    Column("verdict", String(10), nullable=False),
+    Column("sequence", BigInteger, nullable=False),
+    Column("spec_version", BigInteger, nullable=False),
+    Column("recorded_at", UtcDateTime, nullable=False),
+)
+
+# Every decision that changed a lot's status or reasons, with everything it used.
+decisions = Table(
+    "decisions", metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("lot_id", String(64), nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Column("previous_status", String(20), nullable=True),
+    Column("status", String(20), nullable=False),
+    Column("unmet", Text, nullable=False),
+    Column("inputs", Text, nullable=False),
+    Column("cause", String(200), nullable=False),
+    Column("decided_at", UtcDateTime, nullable=False),
+    UniqueConstraint("lot_id", "version"),
+)
+
+tables = make_tables(metadata)

@@ -1,0 +1,295 @@
+"""The lots service over real gRPC, a real database and a real nats-server.
+
+The suppliers service runs for real; results are published to JetStream the way the
+results service's relay publishes them, so that order and duplicates can be controlled.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import nats
+import pytest
+from sqlalchemy import func, select
+
+from lotgate.lots.v1 import events_pb2 as lot_events
+from lotgate.lots.v1 import lots_pb2 as pb
+from lotgate.lots.v1 import lots_pb2_grpc as pb_grpc
+from lotgate.results.v1 import events_pb2 as result_events
+from lotgate.results.v1 import results_pb2 as rpb
+from lotgate.suppliers.v1 import suppliers_pb2 as spb
+from lotgate.suppliers.v1 import suppliers_pb2_grpc as spb_grpc
+from services.lots.tables import tables as lot_tables
+from shared.protoconv import to_timestamp
+from shared.runtime import RunningService
+from tests.support.grpc_errors import field_violations
+from tests.support.services import ref, start_in_process
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class System:
+    lots: pb_grpc.LotServiceStub
+    suppliers: spb_grpc.SupplierServiceStub
+    lots_service: RunningService
+    js: nats.js.JetStreamContext
+    sequence: int = 0
+
+    async def status(self, lot_id: str) -> pb.ReleaseStatus:
+        reply = await self.lots.GetReleaseStatus(pb.GetReleaseStatusRequest(lot_id=lot_id))
+        return reply.release_status
+
+    async def wait_status(self, lot_id: str, status: int, **kw) -> pb.ReleaseStatus:
+        return await eventually(lambda: self.status(lot_id), lambda s: s.status == status, **kw)
+
+    async def wait_unmet(self, lot_id: str, codes: list[str]) -> pb.ReleaseStatus:
+        return await eventually(lambda: self.status(lot_id),
+                                lambda s: [u.code for u in s.unmet] == codes)
+
+    async def qualified_supplier(self, material: str) -> str:
+        supplier_id = ref("SUP")
+        await self.suppliers.CreateSupplier(spb.CreateSupplierRequest(
+            supplier_id=supplier_id, name="Acme", requested_by="qa.jane"))
+        await self.suppliers.QualifySupplier(spb.QualifySupplierRequest(
+            supplier_id=supplier_id, material_code=material, reason="audit passed",
+            valid_until=to_timestamp(datetime.now(UTC) + timedelta(days=365)),
+            requested_by="qa.jane"))
+        return supplier_id
+
+    async def receive(self, supplier_id: str, material: str, lot_id: str | None = None,
+                      **kw) -> pb.Lot:
+        request = dict(lot_id=lot_id or ref("LOT"), material_code=material,
+                       supplier_id=supplier_id, supplier_lot_number="S-123",
+                       quantity=pb.Quantity(value=25.0, unit="kg"), container_count=4,
+                       expiry_date="2030-01-31", requested_by="wms")
+        request.update(kw)
+        return (await self.lots.ReceiveLot(pb.ReceiveLotRequest(**request))).lot
+
+    def result_event(self, lot_id: str, material: str, test: int,
+                     verdict: int = rpb.VERDICT_PASS) -> result_events.ResultRecorded:
+        self.sequence += 1
+        now = to_timestamp(datetime.now(UTC))
+        return result_events.ResultRecorded(
+            event_id=str(uuid.uuid4()), occurred_at=now,
+            result=rpb.Result(result_id=str(uuid.uuid4()), lot_id=lot_id, material_code=material,
+                              test=test, instrument_id="HPLC-1", verdict=verdict, spec_version=1,
+                              recorded_at=now, sequence=self.sequence))
+
+    async def publish(self, event: result_events.ResultRecorded) -> None:
+        await self.js.publish("lotgate.results.v1.result_recorded", event.SerializeToString(),
+                              headers={"Nats-Msg-Id": event.event_id})
+
+    async def post_all_passing(self, lot_id: str, material: str) -> None:
+        for test in (rpb.TEST_KIND_IDENTITY, rpb.TEST_KIND_PURITY, rpb.TEST_KIND_STERILITY):
+            await self.publish(self.result_event(lot_id, material, test))
+
+
+@pytest.fixture(scope="module")
+async def system(databases, nats_server) -> AsyncIterator[System]:
+    suppliers = await start_in_process("suppliers", databases=databases, nats=nats_server)
+    lots = await start_in_process("lots", databases=databases, nats=nats_server)
+    nc = await nats.connect(nats_server.url)
+    async with grpc.aio.insecure_channel(lots.address) as lc, \
+            grpc.aio.insecure_channel(suppliers.address) as sc:
+        yield System(pb_grpc.LotServiceStub(lc), spb_grpc.SupplierServiceStub(sc), lots,
+                     nc.jetstream())
+    await nc.close()
+    await lots.stop()
+    await suppliers.stop()
+
+
+async def test_a_received_lot_is_in_quarantine_and_says_why(system: System) -> None:
+    lot = await system.receive(ref("SUP"), "MAT-A")
+
+    assert lot.release_status.status == pb.LOT_STATUS_QUARANTINE
+    assert [u.code for u in lot.release_status.unmet] == [
+        "SUPPLIER_NOT_QUALIFIED", "IDENTITY_MISSING", "PURITY_MISSING", "STERILITY_MISSING"]
+    assert all(u.rule for u in lot.release_status.unmet)
+
+
+async def test_a_lot_is_released_once_qualified_and_all_tests_pass(system: System) -> None:
+    supplier_id = await system.qualified_supplier("MAT-A")
+    lot = await system.receive(supplier_id, "MAT-A")
+    await system.wait_unmet(lot.lot_id, ["IDENTITY_MISSING", "PURITY_MISSING",
+                                         "STERILITY_MISSING"])
+
+    await system.post_all_passing(lot.lot_id, "MAT-A")
+
+    released = await system.wait_status(lot.lot_id, pb.LOT_STATUS_RELEASED)
+    assert list(released.unmet) == []
+
+
+async def test_a_qualification_that_arrives_after_the_results_releases_the_lot(
+        system: System) -> None:
+    supplier_id = ref("SUP")
+    await system.suppliers.CreateSupplier(spb.CreateSupplierRequest(
+        supplier_id=supplier_id, name="Late Paperwork Ltd", requested_by="qa"))
+    lot = await system.receive(supplier_id, "MAT-B")
+    await system.post_all_passing(lot.lot_id, "MAT-B")
+    await system.wait_unmet(lot.lot_id, ["SUPPLIER_NOT_QUALIFIED"])
+
+    await system.suppliers.QualifySupplier(spb.QualifySupplierRequest(
+        supplier_id=supplier_id, material_code="MAT-B", reason="audit passed",
+        valid_until=to_timestamp(datetime.now(UTC) + timedelta(days=30)), requested_by="qa"))
+
+    await system.wait_status(lot.lot_id, pb.LOT_STATUS_RELEASED)
+
+
+async def test_a_suspension_keeps_open_lots_in_quarantine_with_the_reason(system: System) -> None:
+    supplier_id = await system.qualified_supplier("MAT-C")
+    lot = await system.receive(supplier_id, "MAT-C")
+
+    await system.suppliers.SuspendQualification(spb.SuspendQualificationRequest(
+        supplier_id=supplier_id, material_code="MAT-C", reason="complaint", requested_by="qa"))
+    await system.post_all_passing(lot.lot_id, "MAT-C")
+
+    status = await system.wait_unmet(lot.lot_id, ["SUPPLIER_SUSPENDED"])
+    assert status.status == pb.LOT_STATUS_QUARANTINE
+
+
+async def test_results_that_arrive_before_the_lot_are_not_lost(system: System) -> None:
+    supplier_id = await system.qualified_supplier("MAT-D")
+    lot_id = ref("LOT")
+    await system.post_all_passing(lot_id, "MAT-D")
+    # The results are in the projection before the lot exists.
+    await eventually(lambda: _count_results(system.lots_service, lot_id), lambda n: n == 3)
+
+    lot = await system.receive(supplier_id, "MAT-D", lot_id=lot_id)
+
+    assert lot.release_status.status == pb.LOT_STATUS_RELEASED
+
+
+async def test_a_failing_result_rejects_the_lot(system: System) -> None:
+    supplier_id = await system.qualified_supplier("MAT-E")
+    lot = await system.receive(supplier_id, "MAT-E")
+
+    await system.publish(system.result_event(lot.lot_id, "MAT-E", rpb.TEST_KIND_STERILITY,
+                                             rpb.VERDICT_FAIL))
+
+    rejected = await system.wait_status(lot.lot_id, pb.LOT_STATUS_REJECTED)
+    assert "STERILITY_FAILED" in [u.code for u in rejected.unmet]
+
+
+async def test_duplicated_and_reordered_results_end_in_the_same_state(system: System) -> None:
+    supplier_id = await system.qualified_supplier("MAT-F")
+    lot = await system.receive(supplier_id, "MAT-F")
+    identity = system.result_event(lot.lot_id, "MAT-F", rpb.TEST_KIND_IDENTITY)
+    purity = system.result_event(lot.lot_id, "MAT-F", rpb.TEST_KIND_PURITY)
+    sterility = system.result_event(lot.lot_id, "MAT-F", rpb.TEST_KIND_STERILITY)
+
+    for event in (sterility, identity, sterility, purity, identity):
+        await system.publish(event)
+    released = await system.wait_status(lot.lot_id, pb.LOT_STATUS_RELEASED)
+    # A copy published with a new Nats-Msg-Id gets past JetStream's de-duplication;
+    # the consumer's inbox must absorb it.
+    await system.js.publish("lotgate.results.v1.result_recorded", purity.SerializeToString(),
+                            headers={"Nats-Msg-Id": "republished-" + purity.event_id})
+    marker = system.result_event(ref("LOT"), "MAT-F", rpb.TEST_KIND_IDENTITY)
+    await system.publish(marker)
+    await eventually(lambda: _count_results(system.lots_service, marker.result.lot_id),
+                     lambda n: n == 1)
+
+    assert (await system.status(lot.lot_id)).version == released.version
+    assert await _count_results(system.lots_service, lot.lot_id) == 3
+
+
+async def test_a_poison_message_is_parked_and_the_consumer_keeps_going(system: System) -> None:
+    supplier_id = await system.qualified_supplier("MAT-G")
+    lot = await system.receive(supplier_id, "MAT-G")
+
+    await system.js.publish("lotgate.results.v1.result_recorded", b"\x08\xff\xff not protobuf",
+                            headers={"Nats-Msg-Id": "poison-" + lot.lot_id})
+    await system.post_all_passing(lot.lot_id, "MAT-G")
+
+    await system.wait_status(lot.lot_id, pb.LOT_STATUS_RELEASED)
+    parked = await eventually(lambda: _parked(system.lots_service, "poison-" + lot.lot_id),
+                              lambda n: n == 1)
+    assert parked == 1
+
+
+async def test_status_changes_are_published_in_order(system: System) -> None:
+    supplier_id = await system.qualified_supplier("MAT-H")
+    sub = await system.js.subscribe("lotgate.lots.v1.status_changed", ordered_consumer=True,
+                                    deliver_policy=nats.js.api.DeliverPolicy.NEW)
+    lot = await system.receive(supplier_id, "MAT-H")
+    await system.post_all_passing(lot.lot_id, "MAT-H")
+    await system.wait_status(lot.lot_id, pb.LOT_STATUS_RELEASED)
+
+    seen = []
+    while not seen or seen[-1].release_status.status != pb.LOT_STATUS_RELEASED:
+        event = lot_events.LotStatusChanged.FromString((await sub.next_msg(timeout=10)).data)
+        if event.release_status.lot_id == lot.lot_id:
+            seen.append(event)
+    await sub.unsubscribe()
+
+    versions = [e.release_status.version for e in seen]
+    assert versions == sorted(versions) and versions[0] == 1
+    assert seen[0].previous_status == pb.LOT_STATUS_UNSPECIFIED
+
+
+async def test_receiving_the_same_lot_again_returns_it_and_other_details_conflict(
+        system: System) -> None:
+    first = await system.receive(ref("SUP"), "MAT-A")
+
+    again = await system.receive(first.supplier_id, "MAT-A", lot_id=first.lot_id)
+    assert again == first
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await system.receive(first.supplier_id, "MAT-A", lot_id=first.lot_id, container_count=9)
+    assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+async def test_a_malformed_lot_is_refused_field_by_field_and_not_stored(system: System) -> None:
+    lot_id = ref("LOT")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await system.receive("", "MAT A", lot_id=lot_id, expiry_date="31/01/2030",
+                             quantity=pb.Quantity(value=float("nan"), unit=""),
+                             container_count=0)
+
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert set(field_violations(caught.value)) == {
+        "supplier_id", "material_code", "expiry_date", "quantity.value", "quantity.unit",
+        "container_count"}
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await system.status(lot_id)
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_list_lots_pages_through_lots_of_one_status(system: System) -> None:
+    supplier_id = await system.qualified_supplier("MAT-L")
+    received = sorted([(await system.receive(supplier_id, "MAT-L")).lot_id for _ in range(5)])
+
+    seen: list[str] = []
+    token = ""
+    while True:
+        page = await system.lots.ListLots(pb.ListLotsRequest(
+            status=pb.LOT_STATUS_QUARANTINE, page_size=2, page_token=token))
+        assert len(page.lots) <= 2
+        assert all(lot.release_status.status == pb.LOT_STATUS_QUARANTINE for lot in page.lots)
+        seen += [lot.lot_id for lot in page.lots]
+        token = page.next_page_token
+        if not token:
+            break
+
+    assert [lot_id for lot_id in seen if lot_id in received] == received
+    assert seen == sorted(seen)
+
+
+async def _count_results(service: RunningService, lot_id: str) -> int:
+    from services.lots.tables import lot_results
+
+    async with service.infra.engine.connect() as conn:
+        return (await conn.execute(select(func.count()).select_from(lot_results)
+                                   .where(lot_results.c.lot_id == lot_id))).scalar_one()
+
+
+async def _parked(service: RunningService, event_id: str) -> int:
+    dead = lot_tables.dead_letters
+    async with service.infra.engine.connect() as conn:
+        return (await conn.execute(select(func.count()).select_from(dead)
+                                   .where(dead.c.event_id == event_id))).scalar_one()
