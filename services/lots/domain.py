@@ -22,6 +22,8 @@ class LotStatus(StrEnum):
 
 
 class TestKind(StrEnum):
+    __test__ = False  # a domain type, not a pytest test class
+
     IDENTITY = "IDENTITY"
     PURITY = "PURITY"
     STERILITY = "STERILITY"

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
+
 from lotgate.suppliers.v1 import suppliers_pb2 as pb
 from lotgate.suppliers.v1 import suppliers_pb2_grpc as pb_grpc
-
 from services.suppliers import handlers
 from services.suppliers.convert import change_to_proto, qualification_to_proto, supplier_to_proto
 from services.suppliers.domain import Action, ChangeQualification

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import grpc
-from lotgate.suppliers.v1 import suppliers_pb2, suppliers_pb2_grpc
 
+from lotgate.suppliers.v1 import suppliers_pb2, suppliers_pb2_grpc
 from services.suppliers.api import SupplierApi
 from services.suppliers.tables import tables
 from shared import messaging

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from lotgate.suppliers.v1 import suppliers_pb2 as pb
-
 from services.suppliers.domain import Qualification, QualificationStatus
 from shared.protoconv import to_timestamp
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from lotgate.suppliers.v1 import events_pb2
 from sqlalchemy.exc import IntegrityError
 
+from lotgate.suppliers.v1 import events_pb2
 from services.suppliers import repository
 from services.suppliers.convert import qualification_to_proto, status_to_proto
 from services.suppliers.domain import ChangeQualification, Qualification, apply

@@ -129,11 +129,11 @@ def test_the_decision_lists_every_unmet_condition_at_once() -> None:
     assert all(u.message and u.rule for u in decision.unmet)
 
 
-@pytest.mark.parametrize("qual,identity,purity,sterility", itertools.product(
+@pytest.mark.parametrize("qual,identity,purity,sterility", list(itertools.product(
     ["", "PENDING", "QUALIFIED", "QUALIFIED-LAPSED", "SUSPENDED", "DISQUALIFIED"],
     [None, Verdict.PASS, Verdict.FAIL],
     [None, Verdict.PASS, Verdict.FAIL],
-    [None, Verdict.PASS, Verdict.FAIL]))
+    [None, Verdict.PASS, Verdict.FAIL])))
 def test_released_exactly_when_qualified_and_all_pass_rejected_exactly_when_one_fails(
         qual: str, identity: Verdict | None, purity: Verdict | None,
         sterility: Verdict | None) -> None:

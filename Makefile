@@ -1,0 +1,66 @@
+# Lotgate. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+PROTOS := $(wildcard protos/lotgate/*/v1/*.proto)
+
+.DEFAULT_GOAL := help
+.PHONY: help install run demo test test-unit test-integration test-e2e lint proto proto-check \
+        bench deploy-check clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
+	  awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	@rm -f $(VENV)/.installed-*
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install Lotgate with everything it needs (nats-server too)
+
+run: install ## run nats-server and the three services on SQLite files; Ctrl-C stops them
+	$(BIN)/lotgate run
+
+demo: install ## drive a realistic scenario over gRPC and print each lot's status and why
+	$(BIN)/lotgate demo
+
+test: install ## all tests: unit, integration (real NATS + database) and e2e (processes)
+	$(BIN)/pytest
+
+test-unit: install ## pure tests of the rules, fast
+	$(BIN)/pytest tests/unit
+
+test-integration: install ## each service in-process against a real nats-server and database
+	$(BIN)/pytest tests/integration
+
+test-e2e: install ## the three services as processes, driven like a warehouse and an instrument
+	$(BIN)/pytest tests/e2e
+
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --no-audit --no-fund --silent
+
+lint: install node_modules/.package-lock.json ## ruff and buf lint
+	$(BIN)/ruff check .
+	npx --no-install buf lint
+
+proto: install ## regenerate the Python code from protos/
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m grpc_tools.protoc -I protos \
+	  --python_out=protos --grpc_python_out=protos --mypy_out=protos --mypy_grpc_out=protos \
+	  $(PROTOS)
+
+proto-check: proto ## fail when the generated code is not what the protos give
+	git diff --exit-code -- protos
+
+bench: install ## benchmark on PostgreSQL (DATABASE_URL) or SQLite; prints a table
+	$(BIN)/python -m tests.bench
+
+deploy-check: ## validate the Kubernetes manifests, the Dockerfile and the compose file
+	bash deploy/check.sh
+
+clean: ## remove the venv, the local data and caches
+	rm -rf $(VENV) .lotgate node_modules .pytest_cache .ruff_cache

@@ -1,0 +1,132 @@
+"""A Python client for the three services, as a warehouse, an instrument or QA uses them.
+
+The demo, the end-to-end tests and the benchmark drive Lotgate through it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+
+import grpc
+
+from lotgate.lots.v1 import lots_pb2, lots_pb2_grpc
+from lotgate.results.v1 import results_pb2, results_pb2_grpc
+from lotgate.suppliers.v1 import suppliers_pb2, suppliers_pb2_grpc
+from shared.protoconv import to_timestamp
+
+# Worth retrying with the same idempotency key: the service was briefly unreachable,
+# or the lot was received a moment ago and the results service has not heard yet.
+_RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND,
+              grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED}
+
+
+@dataclass
+class Lotgate:
+    suppliers: suppliers_pb2_grpc.SupplierServiceStub
+    lots: lots_pb2_grpc.LotServiceStub
+    results: results_pb2_grpc.ResultServiceStub
+    _channels: list[grpc.aio.Channel]
+
+    @classmethod
+    def connect(cls, addresses: dict[str, str]) -> Lotgate:
+        channels = {name: grpc.aio.insecure_channel(address)
+                    for name, address in addresses.items()}
+        return cls(suppliers_pb2_grpc.SupplierServiceStub(channels["suppliers"]),
+                   lots_pb2_grpc.LotServiceStub(channels["lots"]),
+                   results_pb2_grpc.ResultServiceStub(channels["results"]),
+                   list(channels.values()))
+
+    async def __aenter__(self) -> Lotgate:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await asyncio.gather(*(c.close() for c in self._channels))
+
+    # QA
+    async def qualify(self, supplier_id: str, name: str, material: str, valid_until: datetime,
+                      *, by: str = "qa.demo") -> suppliers_pb2.Qualification:
+        await self.suppliers.CreateSupplier(suppliers_pb2.CreateSupplierRequest(
+            supplier_id=supplier_id, name=name, requested_by=by))
+        reply = await self.suppliers.QualifySupplier(suppliers_pb2.QualifySupplierRequest(
+            supplier_id=supplier_id, material_code=material, valid_until=to_timestamp(valid_until),
+            reason="supplier audit passed; quality agreement signed", requested_by=by))
+        return reply.qualification
+
+    async def specify(self, material: str, *, lower: float = 98.0, upper: float = 102.0,
+                      unit: str = "%", by: str = "qa.demo") -> results_pb2.Specification:
+        reply = await self.results.SetSpecification(results_pb2.SetSpecificationRequest(
+            material_code=material,
+            identity=results_pb2.IdentityCriterion(reference=f"FTIR reference spectrum {material}"),
+            purity=results_pb2.RangeCriterion(lower=lower, upper=upper, unit=unit),
+            sterility=results_pb2.SterilityCriterion(method="Ph. Eur. 2.6.1 membrane filtration"),
+            approved_by=by))
+        return reply.specification
+
+    # Warehouse
+    async def receive(self, lot_id: str, material: str, supplier_id: str, *,
+                      expiry_date: str = "2030-12-31", containers: int = 4) -> lots_pb2.Lot:
+        reply = await self.lots.ReceiveLot(lots_pb2.ReceiveLotRequest(
+            lot_id=lot_id, material_code=material, supplier_id=supplier_id,
+            supplier_lot_number=f"S-{lot_id}", quantity=lots_pb2.Quantity(value=25.0, unit="kg"),
+            container_count=containers, expiry_date=expiry_date, requested_by="wms"))
+        return reply.lot
+
+    async def status(self, lot_id: str) -> lots_pb2.ReleaseStatus:
+        reply = await self.lots.GetReleaseStatus(lots_pb2.GetReleaseStatusRequest(lot_id=lot_id))
+        return reply.release_status
+
+    async def wait_until(self, lot_id: str, check: Callable[[lots_pb2.ReleaseStatus], bool], *,
+                         within: float = 10.0) -> lots_pb2.ReleaseStatus:
+        """Poll the lot's status until `check` holds or `within` seconds pass; the last status."""
+        deadline = time.monotonic() + within
+        while True:
+            current = await self.status(lot_id)
+            if check(current) or time.monotonic() > deadline:
+                return current
+            await asyncio.sleep(0.01)
+
+    # Instrument
+    async def post(self, request: results_pb2.RecordResultRequest, *,
+                   within: float = 10.0) -> results_pb2.Result:
+        """Post a result, retrying with the same key while the answer may still change."""
+        deadline = time.monotonic() + within
+        delay = 0.02
+        while True:
+            try:
+                return (await self.results.RecordResult(request, timeout=5.0)).result
+            except grpc.aio.AioRpcError as error:
+                if error.code() not in _RETRYABLE or time.monotonic() > deadline:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+
+def identity(lot_id: str, instrument: str, key: str, *, match: bool = True
+             ) -> results_pb2.RecordResultRequest:
+    return results_pb2.RecordResultRequest(
+        lot_id=lot_id, test=results_pb2.TEST_KIND_IDENTITY, instrument_id=instrument,
+        idempotency_key=key,
+        identity=(results_pb2.IDENTITY_OUTCOME_MATCH if match
+                  else results_pb2.IDENTITY_OUTCOME_NO_MATCH))
+
+
+def purity(lot_id: str, instrument: str, key: str, value: float, unit: str = "%"
+           ) -> results_pb2.RecordResultRequest:
+    return results_pb2.RecordResultRequest(
+        lot_id=lot_id, test=results_pb2.TEST_KIND_PURITY, instrument_id=instrument,
+        idempotency_key=key, quantity=results_pb2.Quantity(value=value, unit=unit))
+
+
+def sterility(lot_id: str, instrument: str, key: str, *, growth: bool = False
+              ) -> results_pb2.RecordResultRequest:
+    return results_pb2.RecordResultRequest(
+        lot_id=lot_id, test=results_pb2.TEST_KIND_STERILITY, instrument_id=instrument,
+        idempotency_key=key,
+        sterility=(results_pb2.STERILITY_OUTCOME_GROWTH if growth
+                   else results_pb2.STERILITY_OUTCOME_NO_GROWTH))

@@ -1,0 +1,86 @@
+"""The demo scenario: QA qualifies, the warehouse receives, instruments post, Lotgate decides."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from lotgate.lots.v1 import lots_pb2
+from lotgate.suppliers.v1 import suppliers_pb2
+from shared.client import Lotgate, identity, purity, sterility
+
+
+async def run_demo(addresses: dict[str, str]) -> int:
+    run = uuid.uuid4().hex[:4].upper()
+    medium, peg = f"CELL-MEDIUM-{run}", f"PEG-4000-{run}"
+    acme, nordic = f"ACME-BIO-{run}", f"NORDIC-CHEM-{run}"
+    lots = {
+        "released": f"LOT-{run}-001",
+        "rejected": f"LOT-{run}-002",
+        "unqualified": f"LOT-{run}-003",
+        "waiting": f"LOT-{run}-004",
+    }
+    async with Lotgate.connect(addresses) as lg:
+        print(f"QA: qualify {acme} for {medium}; {nordic} is registered but not qualified")
+        await lg.qualify(acme, "Acme Biologicals GmbH", medium,
+                         datetime.now(UTC) + timedelta(days=365))
+        await lg.suppliers.CreateSupplier(suppliers_pb2.CreateSupplierRequest(
+            supplier_id=nordic, name="Nordic Chemicals AB", requested_by="qa.demo"))
+        print(f"QA: specifications for {medium} and {peg}: identity by FTIR, "
+              "purity 98.0-102.0 %, sterility no growth")
+        await lg.specify(medium)
+        await lg.specify(peg)
+
+        print("Warehouse: receive four lots into quarantine")
+        await lg.receive(lots["released"], medium, acme)
+        await lg.receive(lots["rejected"], medium, acme)
+        await lg.receive(lots["unqualified"], peg, nordic)
+        await lg.receive(lots["waiting"], medium, acme)
+
+        print("Instruments: post identity, purity and sterility results")
+        lot = lots["released"]
+        await lg.post(identity(lot, "FTIR-01", f"{lot}-ID"))
+        first = await lg.post(purity(lot, "HPLC-02", f"{lot}-PUR", 99.4))
+        retried = await lg.post(purity(lot, "HPLC-02", f"{lot}-PUR", 99.4))
+        same = retried.result_id == first.result_id
+        print(f"  HPLC-02 posted its purity result twice (a retry): same answer {same}, "
+              f"result {first.result_id[:8]}... recorded once")
+        await lg.post(sterility(lot, "BACT-03", f"{lot}-STE"))
+
+        lot = lots["rejected"]
+        await lg.post(identity(lot, "FTIR-01", f"{lot}-ID"))
+        await lg.post(purity(lot, "HPLC-02", f"{lot}-PUR", 99.1))
+        await lg.post(sterility(lot, "BACT-03", f"{lot}-STE", growth=True))
+        print(f"  BACT-03 reports growth in {lot}")
+
+        lot = lots["unqualified"]
+        await lg.post(identity(lot, "FTIR-01", f"{lot}-ID"))
+        await lg.post(purity(lot, "HPLC-02", f"{lot}-PUR", 100.2))
+        await lg.post(sterility(lot, "BACT-03", f"{lot}-STE"))
+
+        lot = lots["waiting"]
+        await lg.post(identity(lot, "FTIR-01", f"{lot}-ID"))
+
+        # What each lot should end as: its status and the codes of its unmet conditions.
+        expected = {
+            "released": (lots_pb2.LOT_STATUS_RELEASED, []),
+            "rejected": (lots_pb2.LOT_STATUS_REJECTED, ["STERILITY_FAILED"]),
+            "unqualified": (lots_pb2.LOT_STATUS_QUARANTINE, ["SUPPLIER_NOT_QUALIFIED"]),
+            "waiting": (lots_pb2.LOT_STATUS_QUARANTINE, ["PURITY_MISSING", "STERILITY_MISSING"]),
+        }
+        print()
+        print(f"{'lot':<16} {'status':<11} why not released")
+        ok = True
+        for role, lot in lots.items():
+            want = expected[role]
+            status = await lg.wait_until(
+                lot, lambda s, want=want: (s.status, [u.code for u in s.unmet]) == (want[0],
+                                                                                     want[1]))
+            name = lots_pb2.LotStatus.Name(status.status).removeprefix("LOT_STATUS_")
+            reasons = "; ".join(f"{u.code}: {u.message} [{u.rule}]" for u in status.unmet) or "-"
+            print(f"{lot:<16} {name:<11} {reasons}")
+            ok = ok and (status.status, [u.code for u in status.unmet]) == want
+        print()
+        print("Demo finished as expected." if ok else "Demo did NOT end as expected.")
+        return 0 if ok else 1
+
