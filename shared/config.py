@@ -29,6 +29,8 @@ class ServiceSettings(BaseSettings):
     # NATS de-duplicates re-published events inside this window; it must be longer
     # than the time a relay may take to retry a publish whose ack it lost.
     stream_duplicate_window_seconds: float = Field(default=900.0, ge=60)
+    # Copies of each stream in a JetStream cluster: 1 for a single broker, 3 in production.
+    stream_replicas: int = Field(default=1, ge=1, le=5)
     # A message that fails this many times for a non-transient reason is parked.
     consumer_max_attempts: int = Field(default=5, ge=1)
     database_pool_size: int = Field(default=10, ge=1)

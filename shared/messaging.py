@@ -68,7 +68,7 @@ async def connect(url: str, *, name: str) -> NATS:
             delay = min(delay * 2, 5.0)
 
 
-def _wanted(spec: StreamSpec, duplicate_window_s: float) -> StreamConfig:
+def _wanted(spec: StreamSpec, duplicate_window_s: float, replicas: int) -> StreamConfig:
     return StreamConfig(
         name=spec.name,
         subjects=list(spec.subjects),
@@ -76,15 +76,14 @@ def _wanted(spec: StreamSpec, duplicate_window_s: float) -> StreamConfig:
         storage=StorageType.FILE,
         discard=DiscardPolicy.NEW,
         duplicate_window=duplicate_window_s,
-        num_replicas=1,
+        num_replicas=replicas,
     )
 
 
 async def ensure_stream(js: JetStreamContext, spec: StreamSpec, *, duplicate_window_s: float,
                         replicas: int = 1) -> None:
     """Create the stream, or bring an existing one to safe settings; refuse what cannot be fixed."""
-    wanted = _wanted(spec, duplicate_window_s)
-    wanted.num_replicas = replicas
+    wanted = _wanted(spec, duplicate_window_s, replicas)
     try:
         info = await js.stream_info(spec.name)
     except NotFoundError:
@@ -101,8 +100,10 @@ async def ensure_stream(js: JetStreamContext, spec: StreamSpec, *, duplicate_win
             "Recreate the stream with file storage.")
     if (current.discard != DiscardPolicy.NEW
             or (current.duplicate_window or 0) < duplicate_window_s
-            or sorted(current.subjects or []) != sorted(spec.subjects)):
+            or sorted(current.subjects or []) != sorted(spec.subjects)
+            or (current.num_replicas or 1) < replicas):
         current.discard = DiscardPolicy.NEW
+        current.num_replicas = max(current.num_replicas or 1, replicas)
         current.duplicate_window = max(current.duplicate_window or 0, duplicate_window_s)
         current.subjects = list(spec.subjects)
         await js.update_stream(current)

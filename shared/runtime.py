@@ -106,7 +106,8 @@ async def start_service(settings: ServiceSettings, build: BuildParts, *,
         parts = build(infra)
         for spec in parts.streams:
             await messaging.ensure_stream(
-                js, spec, duplicate_window_s=settings.stream_duplicate_window_seconds)
+                js, spec, duplicate_window_s=settings.stream_duplicate_window_seconds,
+                replicas=settings.stream_replicas)
 
         stop_event = asyncio.Event()
         tasks: list[asyncio.Task[None]] = []

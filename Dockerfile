@@ -1,0 +1,53 @@
+# One image for the three Lotgate services; the process is chosen by the command:
+#   python -m services.suppliers | python -m services.lots | python -m services.results
+# Build from the repository root:  docker build -t ghcr.io/lotgate/lotgate:0.1.0 .
+
+ARG PYTHON_IMAGE=python:3.11-slim
+
+# --- build: install the package and its dependencies into a virtualenv -------------
+FROM ${PYTHON_IMAGE} AS build
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+
+WORKDIR /src
+COPY . .
+# A regular (non-editable) install: the runtime stage needs /opt/venv only.
+RUN pip install --no-cache-dir .
+
+# --- runtime: the virtualenv, a non-root user, nothing else -------------------------
+FROM ${PYTHON_IMAGE} AS runtime
+
+LABEL org.opencontainers.image.title="lotgate" \
+      org.opencontainers.image.description="Lotgate gRPC services (suppliers, lots, results)" \
+      org.opencontainers.image.licenses="Apache-2.0"
+
+RUN groupadd --system --gid 10001 lotgate \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home \
+      --home-dir /nonexistent --shell /usr/sbin/nologin lotgate
+
+COPY --from=build /opt/venv /opt/venv
+# gRPC health check used by deploy/compose.yaml (Kubernetes uses native grpc probes).
+COPY deploy/grpc_health_check.py /opt/lotgate/grpc_health_check.py
+
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONSAFEPATH=1 \
+    LOTGATE_GRPC_HOST=0.0.0.0 \
+    LOTGATE_LOG_LEVEL=info
+
+# A root-owned, read-only working directory; PYTHONSAFEPATH keeps it off sys.path.
+# Nothing is written to disk when LOTGATE_DATABASE_URL points at PostgreSQL, so the
+# root filesystem can be mounted read-only (give the process a writable /tmp).
+WORKDIR /opt/lotgate
+USER 10001:10001
+
+EXPOSE 50061 50062 50063
+
+# Compose and Kubernetes always set the command explicitly; this is only the default.
+CMD ["python", "-m", "services.suppliers"]
