@@ -1,0 +1,1 @@
+"""The results service: material specifications and the test results judged against them."""
