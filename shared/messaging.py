@@ -28,6 +28,13 @@ LOTS_STREAM = StreamSpec("LOTGATE_LOTS", ("lotgate.lots.v1.>",))
 RESULTS_STREAM = StreamSpec("LOTGATE_RESULTS", ("lotgate.results.v1.>",))
 
 
+# Event subjects: the contract between the services (payloads: protos/lotgate/*/v1/events.proto).
+QUALIFICATION_CHANGED = "lotgate.suppliers.v1.qualification_changed"
+RESULT_RECORDED = "lotgate.results.v1.result_recorded"
+LOT_RECEIVED = "lotgate.lots.v1.lot_received"
+LOT_STATUS_CHANGED = "lotgate.lots.v1.status_changed"
+
+
 class UnsafeStreamError(RuntimeError):
     """An existing stream has settings that could lose events and cannot be fixed in place."""
 

@@ -41,11 +41,11 @@ def build(infra: Infrastructure) -> ServiceParts:
         streams=[messaging.LOTS_STREAM, messaging.RESULTS_STREAM, messaging.SUPPLIERS_STREAM],
         subscriptions=[
             Subscription(stream=messaging.RESULTS_STREAM.name,
-                         subject="lotgate.results.v1.result_recorded",
+                         subject=messaging.RESULT_RECORDED,
                          durable="lots-result-recorded",
                          message_type=result_events.ResultRecorded, batch_handler=on_results),
             Subscription(stream=messaging.SUPPLIERS_STREAM.name,
-                         subject="lotgate.suppliers.v1.qualification_changed",
+                         subject=messaging.QUALIFICATION_CHANGED,
                          durable="lots-qualification-changed",
                          message_type=supplier_events.QualificationChanged,
                          batch_handler=on_qualifications),

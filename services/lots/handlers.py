@@ -30,15 +30,13 @@ from services.lots.domain import (
     next_status,
 )
 from services.lots.read_model import StatusCache, StatusEntry
+from shared import messaging
 from shared.errors import AlreadyExists, NotFound
 from shared.logs import get_logger
 from shared.protoconv import from_timestamp, to_timestamp
 from shared.uow import UnitOfWork, new_event_id
 
 log = get_logger(__name__)
-
-LOT_RECEIVED = "lotgate.lots.v1.lot_received"
-STATUS_CHANGED = "lotgate.lots.v1.status_changed"
 
 _TESTS = {
     results_pb2.TEST_KIND_IDENTITY: "IDENTITY",
@@ -99,7 +97,7 @@ async def receive_lot(uow: UnitOfWork, cmd: ReceiveLot, cache: StatusCache) -> l
         row = (await repository.lots_by_id(uow.conn, lot_ids=[cmd.lot_id], for_update=True))[0]
         received = events_pb2.LotReceived(event_id=new_event_id(), occurred_at=to_timestamp(now))
         received.lot.CopyFrom(lot_to_proto(row, lots_pb2.ReleaseStatus()))
-        uow.emit(LOT_RECEIVED, cmd.lot_id, received)
+        uow.emit(messaging.LOT_RECEIVED, cmd.lot_id, received)
         results = await repository.results_of(uow.conn, lot_ids=[cmd.lot_id])
         [entry] = await _decide_and_record(uow, [row], {key: qualification}, results, cache,
                                            cause=f"received by {cmd.requested_by}", first=True)
@@ -204,7 +202,7 @@ async def _decide_and_record(uow: UnitOfWork, lots: Sequence[Any],
         changed = events_pb2.LotStatusChanged(
             event_id=new_event_id(), previous_status=STATUS_TO_PROTO[current],
             release_status=entry.proto, occurred_at=to_timestamp(now))
-        uow.emit(STATUS_CHANGED, lot.lot_id, changed)
+        uow.emit(messaging.LOT_STATUS_CHANGED, lot.lot_id, changed)
         uow.after_commit(lambda entry=entry: cache.put(entry))
         decided.append(entry)
         if status is not (current or LotStatus.QUARANTINE):

@@ -22,7 +22,7 @@ def build(infra: Infrastructure) -> ServiceParts:
         return [results_pb2.DESCRIPTOR.services_by_name["ResultService"].full_name]
 
     lot_received = Subscription(
-        stream=messaging.LOTS_STREAM.name, subject=handlers.LOT_RECEIVED,
+        stream=messaging.LOTS_STREAM.name, subject=messaging.LOT_RECEIVED,
         durable="results-lot-received", message_type=lots_events_pb2.LotReceived,
         handler=handlers.lot_received)
     return ServiceParts(tables=tables, register=register, subscriptions=[lot_received],

@@ -19,15 +19,13 @@ from services.results.domain import (
     evaluate,
 )
 from services.results.repository import StoredResult
+from shared import messaging
 from shared.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
 from shared.logs import get_logger
 from shared.protoconv import from_timestamp, timestamp_is_valid, to_timestamp
 from shared.uow import UnitOfWork, new_event_id
 
 log = get_logger(__name__)
-
-RESULT_RECORDED = "lotgate.results.v1.result_recorded"
-LOT_RECEIVED = "lotgate.lots.v1.lot_received"
 
 
 async def set_specification(uow: UnitOfWork, command: SetSpecification) -> Specification:
@@ -94,7 +92,7 @@ async def record_result(uow: UnitOfWork, command: RecordResult) -> Result:
             conflict = exc  # a concurrent request with the same key won: answer as a retry
         else:
             result = dataclasses.replace(result, sequence=sequence)
-            uow.emit(RESULT_RECORDED, command.lot_id, events_pb2.ResultRecorded(
+            uow.emit(messaging.RESULT_RECORDED, command.lot_id, events_pb2.ResultRecorded(
                 event_id=new_event_id(), result=result_to_proto(result),
                 occurred_at=to_timestamp(now)))
             await uow.commit()

@@ -10,11 +10,10 @@ from lotgate.suppliers.v1 import events_pb2
 from services.suppliers import repository
 from services.suppliers.convert import qualification_to_proto, status_to_proto
 from services.suppliers.domain import ChangeQualification, Qualification, apply
+from shared import messaging
 from shared.errors import Aborted, AlreadyExists, NotFound
 from shared.protoconv import to_timestamp
 from shared.uow import UnitOfWork, new_event_id
-
-QUALIFICATION_CHANGED = "lotgate.suppliers.v1.qualification_changed"
 
 
 async def create_supplier(uow: UnitOfWork, *, supplier_id: str, name: str,
@@ -75,7 +74,7 @@ async def change_qualification(uow: UnitOfWork, command: ChangeQualification) ->
             cause = None
         if not saved:
             raise Aborted("the qualification was changed concurrently; read it again") from cause
-        uow.emit(QUALIFICATION_CHANGED, f"{new.supplier_id}/{new.material_code}", event)
+        uow.emit(messaging.QUALIFICATION_CHANGED, f"{new.supplier_id}/{new.material_code}", event)
         await uow.commit()
         return new
 
