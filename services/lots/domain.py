@@ -63,6 +63,8 @@ class ResultFacts:
     verdict: Verdict
     sequence: int
     spec_version: int
+    # The lot's 1st, 2nd, ... result, numbered without gaps by the results service.
+    number: int = 0
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,15 @@ _TEST_RULES = {
 }
 _REJECT_RULE = "21 CFR 211.84(e)"
 _EXPIRY_RULE = "21 CFR 211.87; ICH Q7 7.5"
+_COMPLETE_RECORDS_RULE = "21 CFR 211.194(a); EU GMP Annex 11 section 4.8"
+
+
+def missing_results(results: Iterable[ResultFacts]) -> list[int]:
+    """Numbers of the lot's results that exist but have not arrived (gaps in 1..max)."""
+    numbers = {r.number for r in results if r.number > 0}
+    if not numbers:
+        return []
+    return sorted(set(range(1, max(numbers) + 1)) - numbers)
 
 
 def latest_results(results: Iterable[ResultFacts]) -> dict[TestKind, ResultFacts]:
@@ -151,6 +162,13 @@ def decide(lot: LotFacts, qualification: QualificationFacts | None,
         else:
             unmet.append(Unmet(f"{test.value}_MISSING", f"no {name} result yet",
                                _TEST_RULES[test]))
+    gaps = missing_results(results)
+    if gaps:
+        # A result that is on its way could be a failure: never release without it.
+        shown = ", ".join(str(n) for n in gaps[:10]) + (" ..." if len(gaps) > 10 else "")
+        unmet.append(Unmet("RESULTS_INCOMPLETE",
+                           f"result(s) {shown} of this lot have been recorded but have not "
+                           "arrived here yet", _COMPLETE_RECORDS_RULE))
     if now.date() > lot.expiry_date:
         unmet.append(Unmet("LOT_EXPIRED", f"the lot expired on {lot.expiry_date.isoformat()}",
                            _EXPIRY_RULE))

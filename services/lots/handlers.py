@@ -117,6 +117,7 @@ async def apply_results(uow: UnitOfWork, events: Sequence[result_events.ResultRe
             "result_id": r.result_id, "lot_id": r.lot_id, "material_code": r.material_code,
             "test": _TESTS[r.test], "verdict": _VERDICTS[r.verdict], "sequence": r.sequence,
             "spec_version": r.spec_version, "recorded_at": from_timestamp(r.recorded_at),
+            "lot_result_number": r.lot_result_number,
         })
     await repository.add_results(uow.conn, rows=rows)
     lot_ids = {row["lot_id"] for row in rows}
@@ -186,9 +187,12 @@ async def _decide_and_record(uow: UnitOfWork, lots: Sequence[Any],
                 "status": qualification.status, "version": qualification.version,
                 "valid_until": (qualification.valid_until.isoformat()
                                 if qualification.valid_until else None)},
+            # Every result the rule saw, and which of them counted.
             "results": [{"result_id": r.result_id, "test": r.test.value,
                          "verdict": r.verdict.value, "sequence": r.sequence,
-                         "spec_version": r.spec_version} for r in decision.used_results],
+                         "number": r.number, "spec_version": r.spec_version}
+                        for r in sorted(results.get(lot.lot_id, ()), key=lambda r: r.sequence)],
+            "counted": [r.result_id for r in decision.used_results],
             "rule_status": decision.status.value,
         }
         updates.append({"b_lot_id": lot.lot_id, "b_status": status.value, "b_version": version,

@@ -105,7 +105,7 @@ async def results_of(conn: AsyncConnection, *,
     rows = await conn.execute(select(lot_results).where(lot_results.c.lot_id.in_(list(lot_ids))))
     for r in rows:
         found[r.lot_id].append(ResultFacts(r.result_id, TestKind(r.test), Verdict(r.verdict),
-                                           r.sequence, r.spec_version))
+                                           r.sequence, r.spec_version, r.lot_result_number))
     return found
 
 

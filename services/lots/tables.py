@@ -66,6 +66,7 @@ lot_results = Table(
     Column("sequence", BigInteger, nullable=False),
     Column("spec_version", BigInteger, nullable=False),
     Column("recorded_at", UtcDateTime, nullable=False),
+    Column("lot_result_number", BigInteger, nullable=False),
 )
 
 # Every decision that changed a lot's status or reasons, with everything it used.

@@ -74,7 +74,8 @@ def result_to_proto(result: Result) -> pb.Result:
         idempotency_key=result.idempotency_key, verdict=_VERDICT_TO_PROTO[result.verdict],
         verdict_reason=result.verdict_reason, spec_version=result.spec_version,
         measured_at=to_timestamp(result.measured_at),
-        recorded_at=to_timestamp(result.recorded_at), sequence=result.sequence)
+        recorded_at=to_timestamp(result.recorded_at), sequence=result.sequence,
+        lot_result_number=result.lot_result_number)
     m = result.measurement
     if isinstance(m, IdentityOutcome):
         message.identity = _IDENTITY_TO_PROTO[m]

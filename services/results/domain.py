@@ -113,8 +113,9 @@ class Result:
     spec_version: int
     measured_at: datetime
     recorded_at: datetime
-    # Assigned by the database when the result is stored; 0 before that.
+    # Assigned when the result is stored; 0 before that.
     sequence: int = 0
+    lot_result_number: int = 0
 
 
 def range_problems(lower: float | None, upper: float | None) -> list[tuple[str, str]]:

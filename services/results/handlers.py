@@ -79,12 +79,14 @@ async def record_result(uow: UnitOfWork, command: RecordResult) -> Result:
                 subject=f"materials/{context.material_code}")
         verdict, reason = evaluate(command.measurement, spec)
         now = uow.clock.now()
+        number = await repository.next_result_number(uow.conn, lot_id=command.lot_id)
         result = Result(
             result_id=str(uuid.uuid4()), lot_id=command.lot_id,
             material_code=context.material_code, test=command.test,
             instrument_id=command.instrument_id, idempotency_key=command.idempotency_key,
             measurement=command.measurement, verdict=verdict, verdict_reason=reason,
-            spec_version=spec.version, measured_at=command.measured_at or now, recorded_at=now)
+            spec_version=spec.version, measured_at=command.measured_at or now, recorded_at=now,
+            lot_result_number=number)
         try:
             sequence = await repository.add_result(uow.conn, result=result,
                                                    fingerprint=command.fingerprint)

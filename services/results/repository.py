@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, insert, literal, select
+from sqlalchemy import and_, bindparam, func, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.results.domain import (
@@ -72,7 +72,8 @@ def _stored(row: Any, prefix: str = "") -> StoredResult:
                                  get[f"{prefix}unit"]),
         verdict=Verdict(get[f"{prefix}verdict"]), verdict_reason=get[f"{prefix}verdict_reason"],
         spec_version=get[f"{prefix}spec_version"], measured_at=get[f"{prefix}measured_at"],
-        recorded_at=get[f"{prefix}recorded_at"], sequence=get[f"{prefix}sequence"])
+        recorded_at=get[f"{prefix}recorded_at"], sequence=get[f"{prefix}sequence"],
+        lot_result_number=get[f"{prefix}lot_result_number"])
     return StoredResult(result, get[f"{prefix}fingerprint"])
 
 
@@ -102,6 +103,10 @@ def _recording_context_query() -> Any:
 # Built once: the hot path then skips constructing and cache-keying a statement per call.
 _RECORDING_CONTEXT = _recording_context_query()
 _INSERT_RESULT = insert(results).returning(results.c.sequence)
+# Locks the lot's row until commit, so concurrent results of one lot get 1, 2, 3, ...
+_NEXT_NUMBER = (update(known_lots).where(known_lots.c.lot_id == bindparam("b_lot_id"))
+                .values(result_count=known_lots.c.result_count + 1)
+                .returning(known_lots.c.result_count))
 
 
 async def recording_context(conn: AsyncConnection, *, lot_id: str, instrument_id: str,
@@ -135,6 +140,11 @@ async def add_specification(conn: AsyncConnection, *, spec: Specification) -> No
         approved_by=spec.approved_by))
 
 
+async def next_result_number(conn: AsyncConnection, *, lot_id: str) -> int:
+    """The number of the lot's next result (1, 2, ...); holds the lot's row until commit."""
+    return (await conn.execute(_NEXT_NUMBER, {"b_lot_id": lot_id})).scalar_one()
+
+
 async def add_result(conn: AsyncConnection, *, result: Result, fingerprint: str) -> int:
     """Insert a result and return its sequence (IntegrityError if its key is taken)."""
     m = result.measurement
@@ -149,7 +159,8 @@ async def add_result(conn: AsyncConnection, *, result: Result, fingerprint: str)
         "fingerprint": fingerprint, "outcome": outcome, "value": value, "unit": unit,
         "verdict": result.verdict.value, "verdict_reason": result.verdict_reason,
         "spec_version": result.spec_version, "measured_at": result.measured_at,
-        "recorded_at": result.recorded_at})).scalar_one()
+        "recorded_at": result.recorded_at,
+        "lot_result_number": result.lot_result_number})).scalar_one()
 
 
 async def get_result_by_key(conn: AsyncConnection, *, instrument_id: str,

@@ -39,6 +39,8 @@ known_lots = Table(
     Column("lot_id", String(64), primary_key=True),
     Column("material_code", String(64), nullable=False),
     Column("received_at", UtcDateTime, nullable=False),
+    # How many results this lot has; the next one gets number result_count + 1.
+    Column("result_count", BigInteger, nullable=False, server_default="0"),
 )
 
 # Append-only. `sequence` orders results across the service: a later result supersedes an
@@ -63,7 +65,9 @@ results = Table(
     Column("spec_version", BigInteger, nullable=False),
     Column("measured_at", UtcDateTime, nullable=False),
     Column("recorded_at", UtcDateTime, nullable=False),
+    Column("lot_result_number", BigInteger, nullable=False),
     UniqueConstraint("instrument_id", "idempotency_key", name="uq_results_idempotency"),
+    UniqueConstraint("lot_id", "lot_result_number", name="uq_results_lot_number"),
     Index("ix_results_lot", "lot_id", "sequence"),
     sqlite_autoincrement=True,
 )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -40,6 +40,7 @@ class System:
     lots_service: RunningService
     js: nats.js.JetStreamContext
     sequence: int = 0
+    numbers: dict[str, int] = field(default_factory=dict)
 
     async def status(self, lot_id: str) -> pb.ReleaseStatus:
         reply = await self.lots.GetReleaseStatus(pb.GetReleaseStatusRequest(lot_id=lot_id))
@@ -74,12 +75,14 @@ class System:
     def result_event(self, lot_id: str, material: str, test: int,
                      verdict: int = rpb.VERDICT_PASS) -> result_events.ResultRecorded:
         self.sequence += 1
+        self.numbers[lot_id] = self.numbers.get(lot_id, 0) + 1
         now = to_timestamp(datetime.now(UTC))
         return result_events.ResultRecorded(
             event_id=str(uuid.uuid4()), occurred_at=now,
             result=rpb.Result(result_id=str(uuid.uuid4()), lot_id=lot_id, material_code=material,
                               test=test, instrument_id="HPLC-1", verdict=verdict, spec_version=1,
-                              recorded_at=now, sequence=self.sequence))
+                              recorded_at=now, sequence=self.sequence,
+                              lot_result_number=self.numbers[lot_id]))
 
     async def publish(self, event: result_events.ResultRecorded) -> None:
         await self.js.publish("lotgate.results.v1.result_recorded", event.SerializeToString(),
@@ -197,6 +200,25 @@ async def test_duplicated_and_reordered_results_end_in_the_same_state(system: Sy
 
     assert (await system.status(lot.lot_id)).version == released.version
     assert await _count_results(system.lots_service, lot.lot_id) == 3
+
+
+async def test_a_lot_waits_for_a_result_that_was_recorded_but_has_not_arrived(
+        system: System) -> None:
+    supplier_id = await system.qualified_supplier("MAT-I")
+    lot = await system.receive(supplier_id, "MAT-I")
+    identity = system.result_event(lot.lot_id, "MAT-I", rpb.TEST_KIND_IDENTITY)
+    lost = system.result_event(lot.lot_id, "MAT-I", rpb.TEST_KIND_PURITY, rpb.VERDICT_FAIL)
+    retest = system.result_event(lot.lot_id, "MAT-I", rpb.TEST_KIND_PURITY)
+    sterility = system.result_event(lot.lot_id, "MAT-I", rpb.TEST_KIND_STERILITY)
+
+    for event in (identity, retest, sterility):  # number 2, a failure, is delayed
+        await system.publish(event)
+    waiting = await system.wait_unmet(lot.lot_id, ["RESULTS_INCOMPLETE"])
+    assert waiting.status == pb.LOT_STATUS_QUARANTINE
+    await system.publish(lost)
+
+    rejected = await system.wait_status(lot.lot_id, pb.LOT_STATUS_REJECTED)
+    assert [u.code for u in rejected.unmet] == ["PURITY_FAILED"]
 
 
 async def test_a_poison_message_is_parked_and_the_consumer_keeps_going(system: System) -> None:

@@ -269,6 +269,24 @@ async def test_a_retried_post_is_answered_with_the_original_result(stub, js) -> 
     assert await list_results(stub, lot_id) == [first]
 
 
+async def test_a_lots_results_are_numbered_without_gaps_and_retries_take_no_number(
+        stub, js) -> None:
+    _, lot_id = await specified_lot(stub, js)
+    _, other_lot = await specified_lot(stub, js)
+    first = purity(lot_id, 99.0)
+
+    numbers = [(await stub.RecordResult(first)).result.lot_result_number,
+               (await stub.RecordResult(purity(other_lot, 99.0))).result.lot_result_number,
+               (await stub.RecordResult(first)).result.lot_result_number,
+               (await stub.RecordResult(purity(lot_id, 98.5))).result.lot_result_number]
+    numbers += [r.result.lot_result_number for r in await asyncio.gather(
+        *(stub.RecordResult(purity(lot_id, 99.5)) for _ in range(5)))]
+
+    assert numbers[:4] == [1, 1, 1, 2]
+    assert sorted(numbers[4:]) == [3, 4, 5, 6, 7]
+    assert [r.lot_result_number for r in await list_results(stub, lot_id)] == list(range(1, 8))
+
+
 async def test_a_retry_after_a_new_specification_still_gets_the_original_verdict(
         stub, js) -> None:
     material, lot_id = await specified_lot(stub, js, lower=98.0)

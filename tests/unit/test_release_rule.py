@@ -121,6 +121,29 @@ def test_a_passing_retest_does_not_overrule_a_failure_in_any_order() -> None:
         assert decide(LOT, QUALIFIED, order, NOW).status is LotStatus.REJECTED
 
 
+def numbered(*pairs: tuple[TestKind, int], verdict: Verdict = Verdict.PASS) -> list[ResultFacts]:
+    return [ResultFacts(f"R-{n}", test, verdict, sequence=n, spec_version=1, number=n)
+            for test, n in pairs]
+
+
+def test_a_lot_is_not_released_while_a_numbered_result_has_not_arrived() -> None:
+    # Results 1, 2 and 4 are here; 3 was recorded but is still on its way.
+    results = numbered((TestKind.IDENTITY, 1), (TestKind.PURITY, 2), (TestKind.STERILITY, 4))
+
+    for order in itertools.permutations(results):
+        decision = decide(LOT, QUALIFIED, order, NOW)
+        assert decision.status is LotStatus.QUARANTINE
+        assert codes(decision) == ["RESULTS_INCOMPLETE"]
+        assert "3" in decision.unmet[0].message
+
+
+def test_the_missing_result_arriving_completes_the_lot() -> None:
+    results = numbered((TestKind.IDENTITY, 1), (TestKind.PURITY, 2), (TestKind.PURITY, 3),
+                       (TestKind.STERILITY, 4))
+
+    assert decide(LOT, QUALIFIED, results, NOW).status is LotStatus.RELEASED
+
+
 def test_the_decision_lists_every_unmet_condition_at_once() -> None:
     decision = decide(LOT, None, [result(TestKind.PURITY, Verdict.FAIL)], NOW)
 

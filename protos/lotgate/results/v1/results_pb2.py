@@ -25,21 +25,21 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n lotgate/results/v1/results.proto\x12\x12lotgate.results.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\'\n\x08Quantity\x12\r\n\x05value\x18\x01 \x01(\x01\x12\x0c\n\x04unit\x18\x02 \x01(\t\"\xa8\x02\n\rSpecification\x12\x15\n\rmaterial_code\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x37\n\x08identity\x18\x03 \x01(\x0b\x32%.lotgate.results.v1.IdentityCriterion\x12\x32\n\x06purity\x18\x04 \x01(\x0b\x32\".lotgate.results.v1.RangeCriterion\x12\x39\n\tsterility\x18\x05 \x01(\x0b\x32&.lotgate.results.v1.SterilityCriterion\x12\x32\n\x0e\x65\x66\x66\x65\x63tive_from\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x61pproved_by\x18\x07 \x01(\t\"&\n\x11IdentityCriterion\x12\x11\n\treference\x18\x01 \x01(\t\"Z\n\x0eRangeCriterion\x12\x12\n\x05lower\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05upper\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x0c\n\x04unit\x18\x03 \x01(\tB\x08\n\x06_lowerB\x08\n\x06_upper\"$\n\x12SterilityCriterion\x12\x0e\n\x06method\x18\x01 \x01(\t\"\xa3\x04\n\x06Result\x12\x11\n\tresult_id\x18\x01 \x01(\t\x12\x0e\n\x06lot_id\x18\x02 \x01(\t\x12\x15\n\rmaterial_code\x18\x03 \x01(\t\x12*\n\x04test\x18\x04 \x01(\x0e\x32\x1c.lotgate.results.v1.TestKind\x12\x15\n\rinstrument_id\x18\x05 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\x12\x37\n\x08identity\x18\x07 \x01(\x0e\x32#.lotgate.results.v1.IdentityOutcomeH\x00\x12\x30\n\x08quantity\x18\x08 \x01(\x0b\x32\x1c.lotgate.results.v1.QuantityH\x00\x12\x39\n\tsterility\x18\t \x01(\x0e\x32$.lotgate.results.v1.SterilityOutcomeH\x00\x12,\n\x07verdict\x18\n \x01(\x0e\x32\x1b.lotgate.results.v1.Verdict\x12\x16\n\x0everdict_reason\x18\x0b \x01(\t\x12\x14\n\x0cspec_version\x18\x0c \x01(\x03\x12/\n\x0bmeasured_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brecorded_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08sequence\x18\x0f \x01(\x03\x42\r\n\x0bmeasurement\"\xed\x01\n\x17SetSpecificationRequest\x12\x15\n\rmaterial_code\x18\x01 \x01(\t\x12\x37\n\x08identity\x18\x02 \x01(\x0b\x32%.lotgate.results.v1.IdentityCriterion\x12\x32\n\x06purity\x18\x03 \x01(\x0b\x32\".lotgate.results.v1.RangeCriterion\x12\x39\n\tsterility\x18\x04 \x01(\x0b\x32&.lotgate.results.v1.SterilityCriterion\x12\x13\n\x0b\x61pproved_by\x18\x05 \x01(\t\"T\n\x18SetSpecificationResponse\x12\x38\n\rspecification\x18\x01 \x01(\x0b\x32!.lotgate.results.v1.Specification\"0\n\x17GetSpecificationRequest\x12\x15\n\rmaterial_code\x18\x01 \x01(\t\"T\n\x18GetSpecificationResponse\x12\x38\n\rspecification\x18\x01 \x01(\x0b\x32!.lotgate.results.v1.Specification\"\xe7\x02\n\x13RecordResultRequest\x12\x0e\n\x06lot_id\x18\x01 \x01(\t\x12*\n\x04test\x18\x02 \x01(\x0e\x32\x1c.lotgate.results.v1.TestKind\x12\x15\n\rinstrument_id\x18\x03 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\x12\x37\n\x08identity\x18\x05 \x01(\x0e\x32#.lotgate.results.v1.IdentityOutcomeH\x00\x12\x30\n\x08quantity\x18\x06 \x01(\x0b\x32\x1c.lotgate.results.v1.QuantityH\x00\x12\x39\n\tsterility\x18\x07 \x01(\x0e\x32$.lotgate.results.v1.SterilityOutcomeH\x00\x12/\n\x0bmeasured_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\r\n\x0bmeasurement\"B\n\x14RecordResultResponse\x12*\n\x06result\x18\x01 \x01(\x0b\x32\x1a.lotgate.results.v1.Result\"\'\n\x15ListLotResultsRequest\x12\x0e\n\x06lot_id\x18\x01 \x01(\t\"E\n\x16ListLotResultsResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.lotgate.results.v1.Result*l\n\x08TestKind\x12\x19\n\x15TEST_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12TEST_KIND_IDENTITY\x10\x01\x12\x14\n\x10TEST_KIND_PURITY\x10\x02\x12\x17\n\x13TEST_KIND_STERILITY\x10\x03*F\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x10\n\x0cVERDICT_PASS\x10\x01\x12\x10\n\x0cVERDICT_FAIL\x10\x02*n\n\x0fIdentityOutcome\x12 \n\x1cIDENTITY_OUTCOME_UNSPECIFIED\x10\x00\x12\x1a\n\x16IDENTITY_OUTCOME_MATCH\x10\x01\x12\x1d\n\x19IDENTITY_OUTCOME_NO_MATCH\x10\x02*t\n\x10SterilityOutcome\x12!\n\x1dSTERILITY_OUTCOME_UNSPECIFIED\x10\x00\x12\x1f\n\x1bSTERILITY_OUTCOME_NO_GROWTH\x10\x01\x12\x1c\n\x18STERILITY_OUTCOME_GROWTH\x10\x02\x32\xb9\x03\n\rResultService\x12m\n\x10SetSpecification\x12+.lotgate.results.v1.SetSpecificationRequest\x1a,.lotgate.results.v1.SetSpecificationResponse\x12m\n\x10GetSpecification\x12+.lotgate.results.v1.GetSpecificationRequest\x1a,.lotgate.results.v1.GetSpecificationResponse\x12\x61\n\x0cRecordResult\x12\'.lotgate.results.v1.RecordResultRequest\x1a(.lotgate.results.v1.RecordResultResponse\x12g\n\x0eListLotResults\x12).lotgate.results.v1.ListLotResultsRequest\x1a*.lotgate.results.v1.ListLotResultsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n lotgate/results/v1/results.proto\x12\x12lotgate.results.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\'\n\x08Quantity\x12\r\n\x05value\x18\x01 \x01(\x01\x12\x0c\n\x04unit\x18\x02 \x01(\t\"\xa8\x02\n\rSpecification\x12\x15\n\rmaterial_code\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x37\n\x08identity\x18\x03 \x01(\x0b\x32%.lotgate.results.v1.IdentityCriterion\x12\x32\n\x06purity\x18\x04 \x01(\x0b\x32\".lotgate.results.v1.RangeCriterion\x12\x39\n\tsterility\x18\x05 \x01(\x0b\x32&.lotgate.results.v1.SterilityCriterion\x12\x32\n\x0e\x65\x66\x66\x65\x63tive_from\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x61pproved_by\x18\x07 \x01(\t\"&\n\x11IdentityCriterion\x12\x11\n\treference\x18\x01 \x01(\t\"Z\n\x0eRangeCriterion\x12\x12\n\x05lower\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05upper\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x0c\n\x04unit\x18\x03 \x01(\tB\x08\n\x06_lowerB\x08\n\x06_upper\"$\n\x12SterilityCriterion\x12\x0e\n\x06method\x18\x01 \x01(\t\"\xbe\x04\n\x06Result\x12\x11\n\tresult_id\x18\x01 \x01(\t\x12\x0e\n\x06lot_id\x18\x02 \x01(\t\x12\x15\n\rmaterial_code\x18\x03 \x01(\t\x12*\n\x04test\x18\x04 \x01(\x0e\x32\x1c.lotgate.results.v1.TestKind\x12\x15\n\rinstrument_id\x18\x05 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\x12\x37\n\x08identity\x18\x07 \x01(\x0e\x32#.lotgate.results.v1.IdentityOutcomeH\x00\x12\x30\n\x08quantity\x18\x08 \x01(\x0b\x32\x1c.lotgate.results.v1.QuantityH\x00\x12\x39\n\tsterility\x18\t \x01(\x0e\x32$.lotgate.results.v1.SterilityOutcomeH\x00\x12,\n\x07verdict\x18\n \x01(\x0e\x32\x1b.lotgate.results.v1.Verdict\x12\x16\n\x0everdict_reason\x18\x0b \x01(\t\x12\x14\n\x0cspec_version\x18\x0c \x01(\x03\x12/\n\x0bmeasured_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brecorded_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08sequence\x18\x0f \x01(\x03\x12\x19\n\x11lot_result_number\x18\x10 \x01(\x03\x42\r\n\x0bmeasurement\"\xed\x01\n\x17SetSpecificationRequest\x12\x15\n\rmaterial_code\x18\x01 \x01(\t\x12\x37\n\x08identity\x18\x02 \x01(\x0b\x32%.lotgate.results.v1.IdentityCriterion\x12\x32\n\x06purity\x18\x03 \x01(\x0b\x32\".lotgate.results.v1.RangeCriterion\x12\x39\n\tsterility\x18\x04 \x01(\x0b\x32&.lotgate.results.v1.SterilityCriterion\x12\x13\n\x0b\x61pproved_by\x18\x05 \x01(\t\"T\n\x18SetSpecificationResponse\x12\x38\n\rspecification\x18\x01 \x01(\x0b\x32!.lotgate.results.v1.Specification\"0\n\x17GetSpecificationRequest\x12\x15\n\rmaterial_code\x18\x01 \x01(\t\"T\n\x18GetSpecificationResponse\x12\x38\n\rspecification\x18\x01 \x01(\x0b\x32!.lotgate.results.v1.Specification\"\xe7\x02\n\x13RecordResultRequest\x12\x0e\n\x06lot_id\x18\x01 \x01(\t\x12*\n\x04test\x18\x02 \x01(\x0e\x32\x1c.lotgate.results.v1.TestKind\x12\x15\n\rinstrument_id\x18\x03 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\x12\x37\n\x08identity\x18\x05 \x01(\x0e\x32#.lotgate.results.v1.IdentityOutcomeH\x00\x12\x30\n\x08quantity\x18\x06 \x01(\x0b\x32\x1c.lotgate.results.v1.QuantityH\x00\x12\x39\n\tsterility\x18\x07 \x01(\x0e\x32$.lotgate.results.v1.SterilityOutcomeH\x00\x12/\n\x0bmeasured_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\r\n\x0bmeasurement\"B\n\x14RecordResultResponse\x12*\n\x06result\x18\x01 \x01(\x0b\x32\x1a.lotgate.results.v1.Result\"\'\n\x15ListLotResultsRequest\x12\x0e\n\x06lot_id\x18\x01 \x01(\t\"E\n\x16ListLotResultsResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.lotgate.results.v1.Result*l\n\x08TestKind\x12\x19\n\x15TEST_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12TEST_KIND_IDENTITY\x10\x01\x12\x14\n\x10TEST_KIND_PURITY\x10\x02\x12\x17\n\x13TEST_KIND_STERILITY\x10\x03*F\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x10\n\x0cVERDICT_PASS\x10\x01\x12\x10\n\x0cVERDICT_FAIL\x10\x02*n\n\x0fIdentityOutcome\x12 \n\x1cIDENTITY_OUTCOME_UNSPECIFIED\x10\x00\x12\x1a\n\x16IDENTITY_OUTCOME_MATCH\x10\x01\x12\x1d\n\x19IDENTITY_OUTCOME_NO_MATCH\x10\x02*t\n\x10SterilityOutcome\x12!\n\x1dSTERILITY_OUTCOME_UNSPECIFIED\x10\x00\x12\x1f\n\x1bSTERILITY_OUTCOME_NO_GROWTH\x10\x01\x12\x1c\n\x18STERILITY_OUTCOME_GROWTH\x10\x02\x32\xb9\x03\n\rResultService\x12m\n\x10SetSpecification\x12+.lotgate.results.v1.SetSpecificationRequest\x1a,.lotgate.results.v1.SetSpecificationResponse\x12m\n\x10GetSpecification\x12+.lotgate.results.v1.GetSpecificationRequest\x1a,.lotgate.results.v1.GetSpecificationResponse\x12\x61\n\x0cRecordResult\x12\'.lotgate.results.v1.RecordResultRequest\x1a(.lotgate.results.v1.RecordResultResponse\x12g\n\x0eListLotResults\x12).lotgate.results.v1.ListLotResultsRequest\x1a*.lotgate.results.v1.ListLotResultsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lotgate.results.v1.results_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TESTKIND']._serialized_start=2153
-  _globals['_TESTKIND']._serialized_end=2261
-  _globals['_VERDICT']._serialized_start=2263
-  _globals['_VERDICT']._serialized_end=2333
-  _globals['_IDENTITYOUTCOME']._serialized_start=2335
-  _globals['_IDENTITYOUTCOME']._serialized_end=2445
-  _globals['_STERILITYOUTCOME']._serialized_start=2447
-  _globals['_STERILITYOUTCOME']._serialized_end=2563
+  _globals['_TESTKIND']._serialized_start=2180
+  _globals['_TESTKIND']._serialized_end=2288
+  _globals['_VERDICT']._serialized_start=2290
+  _globals['_VERDICT']._serialized_end=2360
+  _globals['_IDENTITYOUTCOME']._serialized_start=2362
+  _globals['_IDENTITYOUTCOME']._serialized_end=2472
+  _globals['_STERILITYOUTCOME']._serialized_start=2474
+  _globals['_STERILITYOUTCOME']._serialized_end=2590
   _globals['_QUANTITY']._serialized_start=89
   _globals['_QUANTITY']._serialized_end=128
   _globals['_SPECIFICATION']._serialized_start=131
@@ -51,23 +51,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STERILITYCRITERION']._serialized_start=561
   _globals['_STERILITYCRITERION']._serialized_end=597
   _globals['_RESULT']._serialized_start=600
-  _globals['_RESULT']._serialized_end=1147
-  _globals['_SETSPECIFICATIONREQUEST']._serialized_start=1150
-  _globals['_SETSPECIFICATIONREQUEST']._serialized_end=1387
-  _globals['_SETSPECIFICATIONRESPONSE']._serialized_start=1389
-  _globals['_SETSPECIFICATIONRESPONSE']._serialized_end=1473
-  _globals['_GETSPECIFICATIONREQUEST']._serialized_start=1475
-  _globals['_GETSPECIFICATIONREQUEST']._serialized_end=1523
-  _globals['_GETSPECIFICATIONRESPONSE']._serialized_start=1525
-  _globals['_GETSPECIFICATIONRESPONSE']._serialized_end=1609
-  _globals['_RECORDRESULTREQUEST']._serialized_start=1612
-  _globals['_RECORDRESULTREQUEST']._serialized_end=1971
-  _globals['_RECORDRESULTRESPONSE']._serialized_start=1973
-  _globals['_RECORDRESULTRESPONSE']._serialized_end=2039
-  _globals['_LISTLOTRESULTSREQUEST']._serialized_start=2041
-  _globals['_LISTLOTRESULTSREQUEST']._serialized_end=2080
-  _globals['_LISTLOTRESULTSRESPONSE']._serialized_start=2082
-  _globals['_LISTLOTRESULTSRESPONSE']._serialized_end=2151
-  _globals['_RESULTSERVICE']._serialized_start=2566
-  _globals['_RESULTSERVICE']._serialized_end=3007
+  _globals['_RESULT']._serialized_end=1174
+  _globals['_SETSPECIFICATIONREQUEST']._serialized_start=1177
+  _globals['_SETSPECIFICATIONREQUEST']._serialized_end=1414
+  _globals['_SETSPECIFICATIONRESPONSE']._serialized_start=1416
+  _globals['_SETSPECIFICATIONRESPONSE']._serialized_end=1500
+  _globals['_GETSPECIFICATIONREQUEST']._serialized_start=1502
+  _globals['_GETSPECIFICATIONREQUEST']._serialized_end=1550
+  _globals['_GETSPECIFICATIONRESPONSE']._serialized_start=1552
+  _globals['_GETSPECIFICATIONRESPONSE']._serialized_end=1636
+  _globals['_RECORDRESULTREQUEST']._serialized_start=1639
+  _globals['_RECORDRESULTREQUEST']._serialized_end=1998
+  _globals['_RECORDRESULTRESPONSE']._serialized_start=2000
+  _globals['_RECORDRESULTRESPONSE']._serialized_end=2066
+  _globals['_LISTLOTRESULTSREQUEST']._serialized_start=2068
+  _globals['_LISTLOTRESULTSREQUEST']._serialized_end=2107
+  _globals['_LISTLOTRESULTSRESPONSE']._serialized_start=2109
+  _globals['_LISTLOTRESULTSRESPONSE']._serialized_end=2178
+  _globals['_RESULTSERVICE']._serialized_start=2593
+  _globals['_RESULTSERVICE']._serialized_end=3034
 # @@protoc_insertion_point(module_scope)

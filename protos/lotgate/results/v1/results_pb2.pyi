@@ -252,6 +252,7 @@ class Result(_message.Message):
     MEASURED_AT_FIELD_NUMBER: _builtins.int
     RECORDED_AT_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
+    LOT_RESULT_NUMBER_FIELD_NUMBER: _builtins.int
     result_id: _builtins.str
     lot_id: _builtins.str
     material_code: _builtins.str
@@ -267,6 +268,10 @@ class Result(_message.Message):
     sequence: _builtins.int
     """Grows with every result the service records; later results supersede
     earlier ones for the same lot and test.
+    """
+    lot_result_number: _builtins.int
+    """1 for the lot's first result, 2 for its second, and so on, without gaps: a
+    consumer that holds results 1 and 3 knows that result 2 is still on its way.
     """
     @_builtins.property
     def quantity(self) -> Global___Quantity: ...
@@ -292,10 +297,11 @@ class Result(_message.Message):
         measured_at: _timestamp_pb2.Timestamp | None = ...,
         recorded_at: _timestamp_pb2.Timestamp | None = ...,
         sequence: _builtins.int = ...,
+        lot_result_number: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "measured_at", b"measured_at", "measurement", b"measurement", "quantity", b"quantity", "recorded_at", b"recorded_at", "sterility", b"sterility"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "identity", b"identity", "instrument_id", b"instrument_id", "lot_id", b"lot_id", "material_code", b"material_code", "measured_at", b"measured_at", "measurement", b"measurement", "quantity", b"quantity", "recorded_at", b"recorded_at", "result_id", b"result_id", "sequence", b"sequence", "spec_version", b"spec_version", "sterility", b"sterility", "test", b"test", "verdict", b"verdict", "verdict_reason", b"verdict_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "identity", b"identity", "instrument_id", b"instrument_id", "lot_id", b"lot_id", "lot_result_number", b"lot_result_number", "material_code", b"material_code", "measured_at", b"measured_at", "measurement", b"measurement", "quantity", b"quantity", "recorded_at", b"recorded_at", "result_id", b"result_id", "sequence", b"sequence", "spec_version", b"spec_version", "sterility", b"sterility", "test", b"test", "verdict", b"verdict", "verdict_reason", b"verdict_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_measurement: _TypeAlias = _typing.Literal["identity", "quantity", "sterility"]  # noqa: Y015
     _WhichOneofArgType_measurement: _TypeAlias = _typing.Literal["measurement", b"measurement"]  # noqa: Y015

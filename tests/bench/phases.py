@@ -1,0 +1,398 @@
+"""The benchmark's workloads against a running Lotgate (and the echo server).
+
+Each phase takes stubs, drives its load with tests.bench.load and returns what it
+measured; tests.bench.__main__ decides the order and turns the results into a table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+
+from lotgate.lots.v1 import lots_pb2, lots_pb2_grpc
+from lotgate.results.v1 import results_pb2
+from shared.client import Lotgate, identity, purity, sterility
+from tests.bench.load import Samples, Schedule, closed_loop, error_name, open_loop, progress
+
+READ_TIMEOUT = 2.0
+WRITE_TIMEOUT = 5.0
+TESTS = ("IDENTITY", "PURITY", "STERILITY")
+NEXT_YEAR = datetime.now(UTC) + timedelta(days=365)
+
+
+@dataclass
+class Fixture:
+    """Names for one run: a few materials, each with a qualified supplier, and lots."""
+
+    run: str
+    pairs: int = 4
+    lots: dict[str, tuple[str, str]] = field(default_factory=dict)  # lot -> (supplier, mat)
+    _next_lot: int = 0
+
+    def pair(self, i: int) -> tuple[str, str]:
+        return f"BENCH-SUP-{self.run}-{i}", f"BENCH-MAT-{self.run}-{i}"
+
+    def new_lots(self, n: int) -> list[str]:
+        made = []
+        for _ in range(n):
+            lot = f"LOT-{self.run}-{self._next_lot:05d}"
+            self.lots[lot] = self.pair(self._next_lot % self.pairs)
+            self._next_lot += 1
+            made.append(lot)
+        return made
+
+
+def codes(status: lots_pb2.ReleaseStatus) -> set[str]:
+    return {u.code for u in status.unmet}
+
+
+def missing(*tests: str) -> Callable[[lots_pb2.ReleaseStatus], bool]:
+    """A check: the lot waits in quarantine for exactly these tests, for nothing else."""
+    want = {f"{t}_MISSING" for t in tests}
+    return lambda s: s.status == lots_pb2.LOT_STATUS_QUARANTINE and codes(s) == want
+
+
+def released(status: lots_pb2.ReleaseStatus) -> bool:
+    return status.status == lots_pb2.LOT_STATUS_RELEASED
+
+
+async def set_up_materials(lg: Lotgate, fixture: Fixture) -> None:
+    """Specifications and qualified suppliers, and proof that the lots service knows them."""
+    for i in range(fixture.pairs):
+        supplier, material = fixture.pair(i)
+        await lg.specify(material, by="qa.bench")
+        await lg.qualify(supplier, f"Bench Supplier {i}", material, NEXT_YEAR, by="qa.bench")
+    # A probe lot per pair: once it waits only for results, the qualification has arrived.
+    probes = fixture.new_lots(fixture.pairs)
+    for lot in probes:
+        await receive_one(lg, fixture, lot)
+    checks = dict.fromkeys(probes, missing(*TESTS))
+    _, pending, _ = await await_states(lg.lots, checks, within=30.0)
+    if pending:
+        raise RuntimeError(f"the lots service did not learn the qualifications: {pending}")
+
+
+async def receive_one(lg: Lotgate, fixture: Fixture, lot: str) -> None:
+    supplier, material = fixture.lots[lot]
+    await lg.lots.ReceiveLot(lots_pb2.ReceiveLotRequest(
+        lot_id=lot, material_code=material, supplier_id=supplier,
+        supplier_lot_number=f"S-{lot}", quantity=lots_pb2.Quantity(value=25.0, unit="kg"),
+        container_count=4, expiry_date=(date.today() + timedelta(days=2000)).isoformat(),
+        requested_by="wms.bench"), timeout=WRITE_TIMEOUT)
+
+
+async def receive_lots(lg: Lotgate, fixture: Fixture, lots: Sequence[str], *,
+                       concurrency: int = 32) -> tuple[Samples, list[str]]:
+    """Receive `lots` (closed loop); the samples and the lots that were received."""
+    done: list[str] = []
+
+    async def call(i: int) -> None:
+        await receive_one(lg, fixture, lots[i])
+        done.append(lots[i])
+
+    samples = await closed_loop(call, concurrency=concurrency, seconds=120.0,
+                                max_calls=len(lots))
+    return samples, done
+
+
+async def wait_known_to_results(lg: Lotgate, lots: Sequence[str], *, within: float = 60.0,
+                                concurrency: int = 32) -> list[str]:
+    """Wait until the results service has heard of every lot; the ones it has not."""
+    pending = list(lots)
+    deadline = time.perf_counter() + within
+    while pending and time.perf_counter() < deadline:
+        still: list[str] = []
+        for start in range(0, len(pending), concurrency):
+            chunk = pending[start:start + concurrency]
+            replies = await asyncio.gather(*(
+                lg.results.ListLotResults(results_pb2.ListLotResultsRequest(lot_id=lot),
+                                          timeout=READ_TIMEOUT) for lot in chunk),
+                return_exceptions=True)
+            still.extend(lot for lot, r in zip(chunk, replies, strict=True)
+                         if isinstance(r, BaseException))
+        if still:
+            await asyncio.sleep(0.1)
+        pending = still
+    return pending
+
+
+async def await_states(stub: lots_pb2_grpc.LotServiceStub,
+                       checks: dict[str, Callable[[lots_pb2.ReleaseStatus], bool]], *,
+                       within: float, window: int = 64
+                       ) -> tuple[dict[str, lots_pb2.ReleaseStatus], list[str], Counter[str]]:
+    """Poll lots, `window` at a time in the given order, until each passes its check.
+
+    Returns the first passing status of each lot, the lots still failing their check
+    when `within` seconds passed, and the polling errors.
+    """
+    pending = list(checks)
+    done: dict[str, lots_pb2.ReleaseStatus] = {}
+    errors: Counter[str] = Counter()
+    deadline = time.perf_counter() + within
+    while pending and time.perf_counter() < deadline:
+        batch, rest = pending[:window], pending[window:]
+        replies = await asyncio.gather(*(
+            stub.GetReleaseStatus(lots_pb2.GetReleaseStatusRequest(lot_id=lot),
+                                  timeout=READ_TIMEOUT) for lot in batch),
+            return_exceptions=True)
+        waiting = []
+        for lot, reply in zip(batch, replies, strict=True):
+            if isinstance(reply, BaseException):
+                errors[error_name(reply)] += 1
+                waiting.append(lot)
+            elif checks[lot](reply.release_status):
+                done[lot] = reply.release_status
+            else:
+                waiting.append(lot)
+        pending = rest + waiting  # round robin: a stuck lot does not block the others
+        if len(waiting) == len(batch):
+            await asyncio.sleep(0.05)
+    return done, pending, errors
+
+
+# Rows 1-3: GetReleaseStatus ---------------------------------------------------------------
+
+def read_requests(lots: Sequence[str], count: int, seed: int
+                  ) -> list[lots_pb2.GetReleaseStatusRequest]:
+    """`count` requests over `lots` in random order, built before the clock starts."""
+    rng = random.Random(seed)
+    built = [lots_pb2.GetReleaseStatusRequest(lot_id=lot) for lot in lots]
+    return [built[rng.randrange(len(built))] for _ in range(count)]
+
+
+async def read_closed_loop(stub: lots_pb2_grpc.LotServiceStub,
+                           requests: Sequence[lots_pb2.GetReleaseStatusRequest], *,
+                           concurrency: int, seconds: float, warmup: float = 1.0) -> Samples:
+    async def call(i: int) -> None:
+        reply = await stub.GetReleaseStatus(requests[i % len(requests)], timeout=READ_TIMEOUT)
+        if not reply.release_status.lot_id:
+            raise ValueError("empty release status")
+
+    if warmup > 0:
+        await closed_loop(call, concurrency=concurrency, seconds=warmup,
+                          max_calls=len(requests))
+    return await closed_loop(call, concurrency=concurrency, seconds=seconds,
+                             max_calls=len(requests))
+
+
+async def read_open_loop(stub: lots_pb2_grpc.LotServiceStub,
+                         requests: Sequence[lots_pb2.GetReleaseStatusRequest], *,
+                         rate: float, seconds: float) -> tuple[Samples, Schedule]:
+    """Calls due at a fixed rate; each latency is measured from the call's due time."""
+    samples = Samples()
+    count = min(len(requests), int(rate * seconds))
+
+    async def action(i: int, due: float) -> None:
+        try:
+            await stub.GetReleaseStatus(requests[i], timeout=READ_TIMEOUT)
+        except Exception as exc:
+            samples.fail(exc)
+        else:
+            now = time.perf_counter()
+            samples.ok(now - due)
+            samples.ended = max(samples.ended, now)
+
+    schedule = await open_loop(action, rate=rate, count=count)
+    samples.started = schedule.started
+    return samples, schedule
+
+
+# Row 4: RecordResult sustained ------------------------------------------------------------
+
+def result_request(fixture: Fixture, lot: str, test: str, rng: random.Random
+                   ) -> results_pb2.RecordResultRequest:
+    """A passing result; the key is unique to the run, the lot and the test."""
+    n = int(lot.rsplit("-", 1)[1]) % 4 + 1
+    key = f"{fixture.run}-{lot}-{test}"
+    if test == "IDENTITY":
+        return identity(lot, f"FTIR-{n:02d}", key)
+    if test == "PURITY":
+        return purity(lot, f"HPLC-{n:02d}", key, round(rng.uniform(98.5, 101.5), 2))
+    return sterility(lot, f"BACT-{n:02d}", key)
+
+
+def result_stream(lots: Sequence[str], block: int = 64) -> list[tuple[str, str]]:
+    """(lot, test) for every test of every lot: per block of lots, all identities, then all
+    purities, then all sterilities. Lots complete steadily, and results for one lot are a
+    block apart, so concurrent calls seldom touch the same lot."""
+    order = []
+    for start in range(0, len(lots), block):
+        chunk = lots[start:start + block]
+        for test in TESTS:
+            order.extend((lot, test) for lot in chunk)
+    return order
+
+
+@dataclass
+class RecordOutcome:
+    concurrency: int
+    posted: Samples
+    accepted: dict[str, set[str]]  # lot -> tests recorded
+    failed_lots: set[str]
+    applied_seconds: float  # from the first post to the last decision it caused
+    observed_seconds: float  # from the first post until polling saw every lot settled
+    unsettled: list[str]
+    poll_errors: Counter[str]
+
+    @property
+    def accepted_results(self) -> int:
+        return sum(len(tests) for tests in self.accepted.values())
+
+    @property
+    def applied_rate(self) -> float:
+        return self.accepted_results / max(self.applied_seconds, 1e-9)
+
+    @property
+    def released_lots(self) -> int:
+        return sum(1 for tests in self.accepted.values() if len(tests) == 3)
+
+
+async def record_sustained(lg: Lotgate, fixture: Fixture, lots: Sequence[str], *,
+                           concurrency: int, seconds: float, seed: int,
+                           settle_within: float = 60.0) -> RecordOutcome:
+    """Post passing results back to back, then wait until the lots service applied them."""
+    rng = random.Random(seed)
+    order = result_stream(lots)
+    requests = [result_request(fixture, lot, test, rng) for lot, test in order]
+    accepted: dict[str, set[str]] = {}
+    failed_lots: set[str] = set()
+
+    async def call(i: int) -> None:
+        lot, test = order[i]
+        try:
+            await lg.results.RecordResult(requests[i], timeout=WRITE_TIMEOUT)
+        except Exception:
+            failed_lots.add(lot)
+            raise
+        accepted.setdefault(lot, set()).add(test)
+
+    wall_start = time.time()
+    posted = await closed_loop(call, concurrency=concurrency, seconds=seconds,
+                               max_calls=len(requests))
+    progress(f"  posted at c={concurrency}: {posted.summary()}")
+    if posted.count == len(requests):
+        progress("  (every prepared result was posted before the time was up: "
+                 "more lots would measure longer)")
+    # A lot with a failed post is not checked: that result may or may not be stored.
+    checks: dict[str, Callable[[lots_pb2.ReleaseStatus], bool]] = {}
+    for lot, tests in accepted.items():
+        if lot in failed_lots:
+            continue
+        rest = [t for t in TESTS if t not in tests]
+        checks[lot] = released if not rest else missing(*rest)
+    progress(f"  waiting until the lots service has applied {posted.count} results "
+             f"({sum(1 for c in checks.values() if c is released)} lots to be released)")
+    done, pending, poll_errors = await await_states(lg.lots, checks, within=settle_within)
+    observed = time.time() - wall_start
+    last_decision = max((s.decided_at.ToNanoseconds() / 1e9 for s in done.values()),
+                        default=wall_start)
+    return RecordOutcome(concurrency, posted, accepted, failed_lots,
+                         applied_seconds=max(last_decision - wall_start, posted.elapsed),
+                         observed_seconds=observed, unsettled=pending,
+                         poll_errors=poll_errors)
+
+
+# Row 5: result -> RELEASED ----------------------------------------------------------------
+
+@dataclass
+class ReleaseOutcome:
+    latency: Samples  # issue of the last RecordResult -> first RELEASED seen
+    posts: Samples  # every RecordResult of the phase (measured lots and background)
+    schedule: Schedule
+    rate: float
+    measured_lots: int
+    prepare_errors: str
+    poll_errors: Counter[str]
+
+
+async def release_latency(lg: Lotgate, fixture: Fixture, measured: Sequence[str],
+                          background: Sequence[str], *, rate: float, seed: int,
+                          poll_every: float = 0.002, within: float = 10.0) -> ReleaseOutcome:
+    """Each measured lot already has identity and purity; its sterility result is posted in
+    an open loop at `rate` results/s in total, interleaved 1:2 with identity, purity and
+    sterility results of background lots; each measured lot is polled every `poll_every`
+    seconds from the moment its RecordResult returns until it reads RELEASED."""
+    rng = random.Random(seed)
+    # Identity and purity of the measured lots first, and wait until they are applied.
+    first = [(lot, test) for test in ("IDENTITY", "PURITY") for lot in measured]
+    pre_requests = [result_request(fixture, lot, test, rng) for lot, test in first]
+    pre_failed: set[str] = set()
+
+    async def pre(i: int) -> None:
+        try:
+            await lg.results.RecordResult(pre_requests[i], timeout=WRITE_TIMEOUT)
+        except Exception:
+            pre_failed.add(first[i][0])
+            raise
+
+    prepared = await closed_loop(pre, concurrency=16, seconds=60.0,
+                                 max_calls=len(pre_requests))
+    progress(f"  identity and purity of {len(measured)} lots: {prepared.summary()}")
+    checks = {lot: missing("STERILITY") for lot in measured if lot not in pre_failed}
+    done, pending, _ = await await_states(lg.lots, checks, within=30.0)
+    ready = [lot for lot in measured if lot in done]
+    progress(f"  {len(ready)} lots wait only for sterility ({len(pending)} did not get there)")
+    await asyncio.sleep(0.5)  # let the last decisions' events leave before the clock starts
+
+    filler = [(lot, test) for lot in background for test in TESTS]
+    filler_requests = [result_request(fixture, lot, test, rng) for lot, test in filler]
+    final_requests = [result_request(fixture, lot, "STERILITY", rng) for lot in ready]
+    slots = min(3 * len(ready), len(ready) + len(filler))
+    latency, posts = Samples(), Samples()
+    poll_errors: Counter[str] = Counter()
+
+    async def post(request: results_pb2.RecordResultRequest) -> bool:
+        started = time.perf_counter()
+        try:
+            await lg.results.RecordResult(request, timeout=WRITE_TIMEOUT)
+        except Exception as exc:
+            posts.fail(exc)
+            return False
+        posts.ok(time.perf_counter() - started)
+        return True
+
+    async def measure(lot: str, request: results_pb2.RecordResultRequest) -> None:
+        issued = time.perf_counter()
+        if not await post(request):
+            latency.fail("RecordResult failed")
+            return
+        ask = lots_pb2.GetReleaseStatusRequest(lot_id=lot)
+        while time.perf_counter() - issued < within:
+            try:
+                reply = await lg.lots.GetReleaseStatus(ask, timeout=READ_TIMEOUT)
+            except Exception as exc:
+                poll_errors[error_name(exc)] += 1
+            else:
+                now = time.perf_counter()
+                if reply.release_status.status == lots_pb2.LOT_STATUS_RELEASED:
+                    latency.ok(now - issued)
+                    return
+                if reply.release_status.status == lots_pb2.LOT_STATUS_REJECTED:
+                    latency.fail("REJECTED")
+                    return
+            await asyncio.sleep(poll_every)
+        latency.fail(f"not RELEASED within {within:.0f}s")
+
+    counters = {"final": 0, "filler": 0}
+
+    async def action(i: int, due: float) -> None:
+        # Slots 0, 3, 6, ... release a measured lot; the others carry background results.
+        if i % 3 == 0 and counters["final"] < len(ready):
+            k = counters["final"]
+            counters["final"] += 1
+            await measure(ready[k], final_requests[k])
+        elif counters["filler"] < len(filler):
+            k = counters["filler"]
+            counters["filler"] += 1
+            await post(filler_requests[k])
+
+    schedule = await open_loop(action, rate=rate, count=slots)
+    latency.started = posts.started = schedule.started
+    latency.ended = posts.ended = time.perf_counter()
+    return ReleaseOutcome(latency, posts, schedule, rate, len(ready),
+                          prepared.error_text(), poll_errors)
