@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,7 +31,16 @@ from lotgate.lots.v1 import lots_pb2_grpc
 from shared.client import Lotgate
 from shared.stack import SERVICES, Stack, free_port, nats_server_binary, wait_for_port
 from tests.bench import phases
-from tests.bench.load import CpuMeter, Samples, progress, vm_hwm_mb, wait_for_quiet
+from tests.bench.load import (
+    CpuMeter,
+    Samples,
+    Schedule,
+    client_gc_paused,
+    percentile,
+    progress,
+    vm_hwm_mb,
+    wait_for_quiet,
+)
 from tests.bench.report import Row, render
 from tests.support.databases import Databases
 
@@ -154,53 +164,100 @@ def _ms(value: float) -> str:
     return f"{value:.2f} ms"
 
 
+def _p50_p99(samples: Samples) -> str:
+    return f"p50 {_ms(samples.pct_ms(0.5))}, p99 {_ms(samples.pct_ms(0.99))}"
+
+
 def _read_row(samples: Samples) -> str:
-    return (f"{samples.rate:,.0f} calls/s; p50 {_ms(samples.pct_ms(0.5))}, "
-            f"p99 {_ms(samples.pct_ms(0.99))}")
+    return f"{samples.rate:,.0f} calls/s; {_p50_p99(samples)}"
 
 
-async def measure(stack: Stack, echo: EchoServer, args: argparse.Namespace
-                  ) -> tuple[list[Row], list[str], list[str]]:
-    """Run the phases against a started stack; the table rows, setup facts and notes."""
-    rows: list[Row] = []
-    facts: list[str] = []
-    notes: list[str] = []
-    run = uuid.uuid4().hex[:6].upper()
-    fixture = phases.Fixture(run)
-    addresses = {name: stack.address(name) for name in SERVICES}
-    pids = _pids(stack)
-    c = args.concurrency
+def _lag_p99_ms(schedule: Schedule) -> float:
+    return percentile(sorted(schedule.lags), 0.99) * 1000 if schedule.lags else 0.0
 
-    async with Lotgate.connect(addresses) as lg:
-        progress("setup: specifications and qualified suppliers")
-        await phases.set_up_materials(lg, fixture)
 
-        # 1. The yardstick, while the stack is idle.
-        busy = await wait_for_quiet(within=30.0)
-        facts.append(f"machine busy just before row 1 (1 s sample): {busy * 100:.0f}% "
-                     "of all cores")
+def _open_result(samples: Samples) -> str:
+    return (f"p99 **{_ms(samples.pct_ms(0.99))}** (p50 {_ms(samples.pct_ms(0.5))}, "
+            f"max {_ms(samples.max_ms)}); achieved {samples.rate:,.0f} calls/s")
+
+
+class Bench:
+    """The phases in order against one started stack, each adding its rows."""
+
+    def __init__(self, stack: Stack, echo: EchoServer, args: argparse.Namespace) -> None:
+        self.stack = stack
+        self.echo = echo
+        self.args = args
+        self.rows: list[Row] = []
+        self.facts: list[str] = []
+        self.fixture = phases.Fixture(uuid.uuid4().hex[:6].upper())
+        self.pids = _pids(stack)
+        self.echo_rate = 0.0
+        self.echo_open: Row | None = None
+
+    async def run(self) -> None:
+        args = self.args
+        addresses = {name: self.stack.address(name) for name in SERVICES}
+        async with Lotgate.connect(addresses) as lg:
+            progress("setup: specifications and qualified suppliers")
+            await phases.set_up_materials(lg, self.fixture)
+            busy = await wait_for_quiet(within=30.0)
+            self.facts.append(f"machine busy just before row 1 (1 s sample): "
+                              f"{busy * 100:.0f}% of all cores")
+            try:
+                await self.echo_rows()
+            finally:
+                await self.echo.stop()
+            record_pools, measured, background = await self.receive_lots(lg)
+            await self.read_rows(record_pools[0][:args.read_lots])
+            await self.record_rows(lg, record_pools)
+            await self.release_row(lg, measured, background)
+        self.memory_rows()
+
+    async def echo_rows(self) -> None:
+        """Row 1, and the echo server under row 3's open loop as a reference."""
+        args, c = self.args, self.args.concurrency
+        lots = [f"LOT-{self.fixture.run}-{i:05d}" for i in range(args.read_lots)]
         progress(f"1. echo server: GetReleaseStatus closed loop, c={c}, {args.read_seconds:g} s")
-        try:
-            requests = phases.read_requests(
-                [f"LOT-{run}-{i:05d}" for i in range(args.read_lots)], 400_000, seed=1)
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{echo.port}") as channel:
-                stub = lots_pb2_grpc.LotServiceStub(channel)
-                await channel.channel_ready()
-                meter = CpuMeter({**pids, "echo": echo.process.pid}).start()
-                echoed = await phases.read_closed_loop(stub, requests, concurrency=c,
-                                                       seconds=args.read_seconds)
-                echo_cpu = meter.stop()
-        finally:
-            await echo.stop()
-        progress(f"   {echoed.summary()}")
-        progress(f"   {echo_cpu}")
-        rows.append(Row("1", f"Bare grpc.aio echo server (own process, uvloop): "
-                             f"GetReleaseStatus closed loop, c={c}, {args.read_seconds:g} s",
-                        _read_row(echoed), "reference", None,
-                        f"{echoed.count:,} calls, {echoed.error_text()}; {echo_cpu}",
-                        echoed.failures))
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{self.echo.port}") as channel:
+            stub = lots_pb2_grpc.LotServiceStub(channel)
+            await channel.channel_ready()
+            pids = {**self.pids, "echo": self.echo.process.pid}
+            with client_gc_paused():
+                meter = CpuMeter(pids).start()
+                echoed = await phases.read_closed_loop(
+                    stub, phases.read_requests(lots, 400_000, seed=1), concurrency=c,
+                    seconds=args.read_seconds)
+                cpu = meter.stop()
+            progress(f"   {echoed.summary()}")
+            progress(f"   {cpu}")
+            self.echo_rate = echoed.rate
+            self.rows.append(Row(
+                "1", "Bare grpc.aio echo server (own process, uvloop, constant realistic "
+                     f"answer): GetReleaseStatus closed loop, c={c}, {args.read_seconds:g} s",
+                _read_row(echoed), "reference", None,
+                f"{echoed.count:,} calls, {echoed.error_text()}; {cpu}", echoed.failures))
 
-        # Lots for everything after: read, record, release.
+            progress(f"   echo server: open loop at {args.open_rate:g}/s for "
+                     f"{args.open_seconds:g} s (reference for row 3)")
+            requests = phases.read_requests(lots, int(args.open_rate * args.open_seconds), 2)
+            with client_gc_paused():
+                meter = CpuMeter(pids).start()
+                opened, schedule = await phases.read_open_loop(
+                    stub, requests, rate=args.open_rate, seconds=args.open_seconds)
+                cpu = meter.stop()
+            progress(f"   {opened.summary()}")
+            self.echo_open = Row(
+                "3r", "Reference for row 3: the echo server under the same open loop",
+                _open_result(opened), f"p99 <= {OPEN_P99_MS:g} ms",
+                opened.pct_ms(0.99) <= OPEN_P99_MS,
+                f"{opened.count:,} of {len(requests):,} calls answered, "
+                f"{opened.error_text()}; client dispatch lag p99 "
+                f"{_lag_p99_ms(schedule):.2f} ms; {cpu}", opened.failures)
+
+    async def receive_lots(self, lg: Lotgate) -> tuple[list[list[str]], list[str], list[str]]:
+        """The lots every later phase uses, received now so no phase pays for it."""
+        args, fixture = self.args, self.fixture
         record_pools = [fixture.new_lots(args.record_lots) for _ in args.record_concurrency]
         measured = fixture.new_lots(args.release_lots)
         background = fixture.new_lots((2 * args.release_lots + 2) // 3 + 1)
@@ -208,148 +265,173 @@ async def measure(stack: Stack, echo: EchoServer, args: argparse.Namespace
         progress(f"setup: receiving {len(wanted)} lots (c=32)")
         received, got = await phases.receive_lots(lg, fixture, wanted)
         progress(f"   ReceiveLot: {received.summary()}")
-        facts.append(f"setup: ReceiveLot of {len(wanted)} lots at c=32: "
-                     f"{received.rate:,.0f} lots/s, p50 {_ms(received.pct_ms(0.5))}, "
-                     f"p99 {_ms(received.pct_ms(0.99))}, {received.error_text()}")
+        self.facts.append(f"setup: ReceiveLot of {len(wanted)} lots at c=32: "
+                          f"{received.rate:,.0f} lots/s, {_p50_p99(received)}, "
+                          f"{received.error_text()}")
         unknown = await phases.wait_known_to_results(lg, got)
         if unknown:
             progress(f"   {len(unknown)} lots never reached the results service")
         usable = set(got) - set(unknown)
-        record_pools = [[lot for lot in pool if lot in usable] for pool in record_pools]
-        measured = [lot for lot in measured if lot in usable]
-        background = [lot for lot in background if lot in usable]
+        return ([[lot for lot in pool if lot in usable] for pool in record_pools],
+                [lot for lot in measured if lot in usable],
+                [lot for lot in background if lot in usable])
 
-        # 2. The real thing, same client, same load.
-        read_lots = record_pools[0][:args.read_lots]
-        requests = phases.read_requests(read_lots, 400_000, seed=1)
+    async def read_rows(self, read_lots: list[str]) -> None:
+        """Rows 2 and 3: GetReleaseStatus on the lots service, closed and open loop."""
+        args, c = self.args, self.args.concurrency
         progress(f"2. lots service: GetReleaseStatus closed loop over {len(read_lots)} lots, "
                  f"c={c}, {args.read_seconds:g} s")
-        async with grpc.aio.insecure_channel(stack.address("lots")) as channel:
+        async with grpc.aio.insecure_channel(self.stack.address("lots")) as channel:
             stub = lots_pb2_grpc.LotServiceStub(channel)
             await channel.channel_ready()
-            meter = CpuMeter(pids).start()
-            read = await phases.read_closed_loop(stub, requests, concurrency=c,
-                                                 seconds=args.read_seconds)
-            read_cpu = meter.stop()
+            with client_gc_paused():
+                meter = CpuMeter(self.pids).start()
+                read = await phases.read_closed_loop(
+                    stub, phases.read_requests(read_lots, 400_000, seed=1), concurrency=c,
+                    seconds=args.read_seconds)
+                cpu = meter.stop()
             progress(f"   {read.summary()}")
-            progress(f"   {read_cpu}")
-            ratio = read.rate / echoed.rate if echoed.rate else 0.0
-            rows.append(Row("2", f"Lots service GetReleaseStatus: same client, c={c}, "
-                                 f"{args.read_seconds:g} s, {len(read_lots)} real lots in "
-                                 "random order",
-                            f"{_read_row(read)}; **{ratio:.2f}x** echo",
-                            f">= {READ_RATIO}x echo", ratio >= READ_RATIO,
-                            f"{read.count:,} calls, {read.error_text()}; {read_cpu}",
-                            read.failures))
+            progress(f"   {cpu}")
+            ratio = read.rate / self.echo_rate if self.echo_rate else 0.0
+            self.rows.append(Row(
+                "2", f"Lots service GetReleaseStatus: same client, c={c}, "
+                     f"{args.read_seconds:g} s, {len(read_lots)} real lots in random order",
+                f"{_read_row(read)}; **{ratio:.2f}x** echo", f">= {READ_RATIO}x echo",
+                ratio >= READ_RATIO, f"{read.count:,} calls, {read.error_text()}; {cpu}",
+                read.failures))
 
-            # 3. Open loop at a fixed rate, measured from each call's due time.
             progress(f"3. lots service: GetReleaseStatus open loop at {args.open_rate:g}/s "
                      f"for {args.open_seconds:g} s")
             requests = phases.read_requests(read_lots, int(args.open_rate * args.open_seconds),
                                             seed=2)
-            meter = CpuMeter(pids).start()
-            opened, schedule = await phases.read_open_loop(
-                stub, requests, rate=args.open_rate, seconds=args.open_seconds)
-            open_cpu = meter.stop()
+            with client_gc_paused():
+                meter = CpuMeter(self.pids).start()
+                opened, schedule = await phases.read_open_loop(
+                    stub, requests, rate=args.open_rate, seconds=args.open_seconds)
+                cpu = meter.stop()
         progress(f"   {opened.summary()}")
-        lags = sorted(schedule.lags)
-        lag99 = lags[min(len(lags) - 1, int(0.99 * len(lags)))] * 1000 if lags else 0.0
-        rows.append(Row("3", f"GetReleaseStatus open loop at {args.open_rate:,.0f} calls/s for "
-                             f"{args.open_seconds:g} s, latency from each call's scheduled "
-                             "start",
-                        f"p99 **{_ms(opened.pct_ms(0.99))}** (p50 {_ms(opened.pct_ms(0.5))}, "
-                        f"max {_ms(opened.max_ms)}); achieved {opened.rate:,.0f} calls/s",
-                        f"p99 <= {OPEN_P99_MS:g} ms", opened.pct_ms(0.99) <= OPEN_P99_MS,
-                        f"{opened.count:,} of {len(requests):,} calls answered, "
-                        f"{opened.error_text()}; client dispatch lag p99 {lag99:.2f} ms; "
-                        f"{open_cpu}", opened.failures))
+        self.rows.append(Row(
+            "3", f"Lots service GetReleaseStatus open loop at {args.open_rate:,.0f} calls/s "
+                 f"for {args.open_seconds:g} s, latency from each call's scheduled start",
+            _open_result(opened), f"p99 <= {OPEN_P99_MS:g} ms",
+            opened.pct_ms(0.99) <= OPEN_P99_MS,
+            f"{opened.count:,} of {len(requests):,} calls answered, {opened.error_text()}; "
+            f"client dispatch lag p99 {_lag_p99_ms(schedule):.2f} ms; {cpu}",
+            opened.failures))
+        if self.echo_open is not None:
+            self.rows.append(self.echo_open)
 
-        # 4. RecordResult sustained, then until the lots service has applied it all.
+    async def record_rows(self, lg: Lotgate, pools: list[list[str]]) -> None:
+        """Row 4: RecordResult back to back, then until the lots service applied it all."""
+        args = self.args
         outcomes = []
-        for concurrency, pool in zip(args.record_concurrency, record_pools, strict=True):
+        for concurrency, pool in zip(args.record_concurrency, pools, strict=True):
             progress(f"4. RecordResult closed loop, c={concurrency}, {args.record_seconds:g} s, "
                      f"passing results over {len(pool)} lots")
-            meter = CpuMeter(pids).start()
-            outcome = await phases.record_sustained(lg, fixture, pool, concurrency=concurrency,
-                                                    seconds=args.record_seconds,
-                                                    seed=concurrency)
-            cpu = meter.stop()
+            with client_gc_paused():
+                meter = CpuMeter(self.pids).start()
+                outcome = await phases.record_sustained(
+                    lg, self.fixture, pool, concurrency=concurrency,
+                    seconds=args.record_seconds, seed=concurrency)
+                cpu = meter.stop()
             progress(f"   applied {outcome.accepted_results} results in "
                      f"{outcome.applied_seconds:.2f} s = {outcome.applied_rate:,.0f}/s; "
                      f"{len(outcome.unsettled)} lots unsettled")
             progress(f"   {cpu} (posting and applying)")
             outcomes.append((outcome, cpu))
-        best, record_cpu = max(outcomes, key=lambda o: o[0].posted.rate)
+        best, cpu = max(outcomes, key=lambda o: o[0].posted.rate)
         posted = best.posted
         others = "; ".join(f"c={o.concurrency}: {o.posted.rate:,.0f}/s posted, "
                            f"{o.applied_rate:,.0f}/s applied" for o, _ in outcomes
                            if o is not best)
-        rows.append(Row("4a", f"RecordResult closed loop, c={best.concurrency}, "
-                              f"{args.record_seconds:g} s (accepted by the results service)",
-                        f"**{posted.rate:,.0f} results/s**; p50 {_ms(posted.pct_ms(0.5))}, "
-                        f"p99 {_ms(posted.pct_ms(0.99))}",
-                        f">= {RECORD_RATE:g} results/s", posted.rate >= RECORD_RATE,
-                        f"{posted.count:,} results over {len(best.accepted):,} lots, "
-                        f"{posted.error_text()}; {record_cpu} (posting and applying)"
-                        + (f"; also {others}" if others else ""), posted.failures))
+        self.rows.append(Row(
+            "4a", f"RecordResult closed loop, c={best.concurrency}, {args.record_seconds:g} s: "
+                  "accepted by the results service",
+            f"**{posted.rate:,.0f} results/s**; {_p50_p99(posted)}",
+            f">= {RECORD_RATE:g} results/s", posted.rate >= RECORD_RATE,
+            f"{posted.count:,} passing results over {len(best.accepted):,} lots, "
+            f"{posted.error_text()}; {cpu} (posting and applying)"
+            + (f"; also {others}" if others else ""), posted.failures))
         lag = best.applied_seconds - posted.elapsed
-        rows.append(Row("4b", "... applied by the lots service, end to end (first post until "
-                              "the last decision; every lot with three results RELEASED)",
-                        f"**{best.applied_rate:,.0f} results/s** ({best.accepted_results:,} in "
-                        f"{best.applied_seconds:.2f} s, {lag:.2f} s after the last post)",
-                        f">= {RECORD_RATE:g} results/s", best.applied_rate >= RECORD_RATE
-                        and not best.unsettled,
-                        f"{best.released_lots:,} lots released; {len(best.unsettled)} lots not "
-                        f"in their expected state within 60 s; polling saw all settled after "
-                        f"{best.observed_seconds:.2f} s; poll errors "
-                        f"{sum(best.poll_errors.values())}",
-                        len(best.unsettled)))
+        self.rows.append(Row(
+            "4b", "... applied by the lots service, end to end: from the first post to the "
+                  "last decision (every lot with three results RELEASED)",
+            f"**{best.applied_rate:,.0f} results/s** ({best.accepted_results:,} in "
+            f"{best.applied_seconds:.2f} s, the last {lag:.2f} s after the last post)",
+            f">= {RECORD_RATE:g} results/s",
+            best.applied_rate >= RECORD_RATE and not best.unsettled,
+            f"{best.released_lots:,} lots released; {len(best.unsettled)} lots not in their "
+            "expected state within 60 s; the last decision time is the lots service's "
+            f"decided_at; polling saw every lot settled {best.observed_seconds:.2f} s after "
+            f"the first post; {sum(best.poll_errors.values())} poll errors",
+            len(best.unsettled)))
 
-        # 5. The last passing result -> RELEASED.
+    async def release_row(self, lg: Lotgate, measured: list[str],
+                          background: list[str]) -> None:
+        """Row 5: the last passing result -> RELEASED, at a steady total rate."""
+        args = self.args
         progress(f"5. result -> RELEASED: {len(measured)} lots, results posted at "
                  f"{args.release_rate:g}/s in total")
-        meter = CpuMeter(pids).start()
-        rel = await phases.release_latency(lg, fixture, measured, background,
-                                           rate=args.release_rate, seed=5)
-        release_cpu = meter.stop()
+        with client_gc_paused():
+            meter = CpuMeter(self.pids).start()
+            rel = await phases.release_latency(lg, self.fixture, measured, background,
+                                               rate=args.release_rate, seed=5)
+            cpu = meter.stop()
         lat = rel.latency
         progress(f"   latency: {lat.summary()}")
         progress(f"   RecordResult during the phase: {rel.posts.summary()}")
-        rows.append(Row("5", f"Last passing result (sterility) -> GetReleaseStatus shows "
-                             f"RELEASED, {lat.count + lat.failures} lots, results posted "
-                             f"open loop at {rel.rate:g}/s in total (1 in 3 releases a lot)",
-                        f"p99 **{_ms(lat.pct_ms(0.99))}** (p50 {_ms(lat.pct_ms(0.5))}, "
-                        f"max {_ms(lat.max_ms)})",
-                        f"p99 <= {RELEASE_P99_MS:g} ms", lat.pct_ms(0.99) <= RELEASE_P99_MS,
-                        f"stated {rel.rate:g} results/s, issued {rel.schedule.issue_rate:,.0f}/s; "
-                        f"{lat.error_text()}; RecordResult p50 {_ms(rel.posts.pct_ms(0.5))}, "
-                        f"p99 {_ms(rel.posts.pct_ms(0.99))}, {rel.posts.error_text()}; polled "
-                        f"every 2 ms ({sum(rel.poll_errors.values())} poll errors); "
-                        f"{release_cpu}", lat.failures + rel.posts.failures))
+        parts = "; ".join(f"{label} {_p50_p99(part)}" for label, part in (
+            ("issue -> recorded_at", rel.to_recorded),
+            ("recorded_at -> decided_at", rel.to_decided),
+            ("decided_at -> seen RELEASED", rel.to_seen)))
+        progress(f"   where the time goes: {parts}")
+        progress(f"   {cpu}")
+        self.rows.append(Row(
+            "5", "Last passing result (sterility) -> GetReleaseStatus shows RELEASED: "
+                 f"{lat.count + lat.failures} lots, results posted open loop at "
+                 f"{rel.rate:g}/s in total (1 in 3 releases a measured lot)",
+            f"p99 **{_ms(lat.pct_ms(0.99))}** (p50 {_ms(lat.pct_ms(0.5))}, "
+            f"max {_ms(lat.max_ms)})",
+            f"p99 <= {RELEASE_P99_MS:g} ms", lat.pct_ms(0.99) <= RELEASE_P99_MS,
+            f"stated {rel.rate:g} results/s, issued {rel.schedule.issue_rate:,.0f}/s; "
+            f"{lat.error_text()}; every RecordResult of the phase: {_p50_p99(rel.posts)}, "
+            f"{rel.posts.error_text()}; split by the services' clocks: {parts}; each lot "
+            f"polled every 2 ms, at most 1,000 polls/s in all "
+            f"({sum(rel.poll_errors.values())} poll errors); {cpu}",
+            lat.failures + rel.posts.failures))
 
-    # 6. Peak memory, at the end.
-    progress("6. peak memory (VmHWM)")
-    for name in (*SERVICES, "nats"):
-        pid = pids.get(name)
-        if pid is None:
-            continue
-        peak = vm_hwm_mb(pid)
-        progress(f"   {name}: {peak:.1f} MB")
-        if name == "nats":
-            rows.append(Row("6", "Peak memory (VmHWM) of nats-server", f"{peak:.1f} MB",
-                            details=f"pid {pid}"))
-        else:
-            rows.append(Row("6", f"Peak memory (VmHWM) of the {name} service",
-                            f"{peak:.1f} MB", f"< {MEMORY_MB:g} MB", peak < MEMORY_MB,
-                            details=f"pid {pid}"))
-    if any("WARNING" in row.details for row in rows):
-        notes.append("WARNING: processes outside the benchmark used the CPU during some "
-                     "phases (see Details); run again on an idle machine.")
-    notes.append("Latency percentiles are nearest-rank over every successful call; failed "
-                 "calls are counted, never sampled. CPU is per process in % of one core; "
-                 "'foreign' is every process outside the benchmark, 'kernel' what no process "
-                 "was charged for (loopback networking, interrupts).")
-    return rows, facts, notes
+    def memory_rows(self) -> None:
+        """Row 6: peak resident memory of each process, at the end."""
+        progress("6. peak memory (VmHWM)")
+        for name in (*SERVICES, "nats"):
+            pid = self.pids.get(name)
+            if pid is None:
+                continue
+            peak = vm_hwm_mb(pid)
+            progress(f"   {name}: {peak:.1f} MB")
+            if name == "nats":
+                self.rows.append(Row("6", "Peak memory (VmHWM) of nats-server",
+                                     f"{peak:.1f} MB", details=f"pid {pid}"))
+            else:
+                self.rows.append(Row("6", f"Peak memory (VmHWM) of the {name} service",
+                                     f"{peak:.1f} MB", f"< {MEMORY_MB:g} MB",
+                                     peak < MEMORY_MB, details=f"pid {pid}"))
+
+    def notes(self) -> list[str]:
+        notes = []
+        if any("WARNING" in row.details for row in self.rows):
+            notes.append("WARNING: processes outside the benchmark used the CPU during some "
+                         "phases (see Details); run again on an idle machine.")
+        notes += [
+            "Latency percentiles are nearest-rank over every successful call; a failed call "
+            "is counted, never sampled. 'NO (errors)': the phase had failures.",
+            "CPU is in % of one core over the phase: 'client' is this driver, 'postgres' the "
+            "server's own processes and the benchmark's backends, 'foreign' every other "
+            "process (other work on the machine, which distorts the numbers), 'kernel' its "
+            "threads plus what no process was charged for (loopback networking, interrupts). "
+            "The driver's garbage collector is paused while it measures.",
+        ]
+        return notes
 
 
 async def main_async(args: argparse.Namespace) -> int:
@@ -386,7 +468,8 @@ async def main_async(args: argparse.Namespace) -> int:
                       ports={name: free_port() for name in SERVICES}, log_level="warning")
         progress("starting nats-server and the three services")
         await stack.start()
-        rows, more_facts, notes = await measure(stack, echo, args)
+        bench = Bench(stack, echo, args)
+        await bench.run()
         ok = True
     finally:
         if echo is not None:
@@ -404,13 +487,11 @@ async def main_async(args: argparse.Namespace) -> int:
         if args.keep or not ok:
             progress(f"work directory kept: {workdir}")
         else:
-            import shutil
-
             shutil.rmtree(workdir, ignore_errors=True)
 
-    facts += more_facts
+    facts += bench.facts
     facts.append(f"total run time {time.perf_counter() - started:.0f} s")
-    table = render("Lotgate benchmark", facts, rows, notes)
+    table = render("Lotgate benchmark", facts, bench.rows, bench.notes())
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(table)
     print()

@@ -7,11 +7,13 @@ time.perf_counter(); a failed call is counted by its status code and is never a 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import math
 import os
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -174,10 +176,13 @@ async def open_loop(action: Callable[[int, float], Awaitable[None]], *, rate: fl
 
 
 def _proc_stat(pid: int | str) -> tuple[str, float]:
-    """(command name, CPU seconds used so far) of a process."""
+    """(command name, CPU seconds used so far) of a process; kernel threads (children of
+    kthreadd, pid 2) are named "[kernel]"."""
     text = Path(f"/proc/{pid}/stat").read_text()
     name = text[text.index("(") + 1:text.rindex(")")]
     fields = text[text.rindex(")") + 2:].split()
+    if fields[1] in ("0", "2") and int(pid) != 1:
+        name = "[kernel]"
     return name, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -192,10 +197,30 @@ def _all_processes() -> dict[int, tuple[str, float]]:
     return found
 
 
-def _machine_busy_and_total() -> tuple[float, float]:
+def _machine_ticks() -> tuple[float, float, float]:
+    """(busy, total, steal) ticks of all cores; steal is time the hypervisor took away."""
     values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     total = sum(values[:8])  # user nice system idle iowait irq softirq steal
-    return total - values[3] - values[4], total
+    return total - values[3] - values[4], total, values[7]
+
+
+def _machine_busy_and_total() -> tuple[float, float]:
+    busy, total, _ = _machine_ticks()
+    return busy, total
+
+
+@contextlib.contextmanager
+def client_gc_paused() -> Iterator[None]:
+    """Keep the driver's own garbage collector out of the measured window: collect and
+    freeze what exists, collect nothing while measuring (the windows are short)."""
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.unfreeze()
 
 
 async def machine_busy(seconds: float = 1.0) -> float:
@@ -216,22 +241,33 @@ async def wait_for_quiet(*, below: float = 0.15, within: float = 60.0) -> float:
     return busy
 
 
+def _other_database(pid: int) -> bool:
+    """A PostgreSQL backend serving a test database other than the benchmark's own."""
+    try:
+        title = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+    return " lg_" in title and " lg_bench_" not in title
+
+
 class CpuMeter:
     """CPU used between start() and stop(): by this process ("client"), by the named
-    processes, by PostgreSQL, by every other process (foreign load that distorts the
-    numbers), and by the kernel outside any process (loopback networking, interrupts)."""
+    processes, by PostgreSQL (its background processes and the benchmark's backends), by
+    every other process (foreign load that distorts the numbers, such as tests run
+    meanwhile), and by the kernel (its threads, and loopback networking and interrupts that
+    no process was charged for)."""
 
     def __init__(self, pids: dict[str, int]) -> None:
         self._names = {pid: name for name, pid in pids.items()}
         self._names[os.getpid()] = "client"
         self._start: dict[int, tuple[str, float]] = {}
-        self._machine: tuple[float, float] = (0.0, 0.0)
+        self._machine: tuple[float, float, float] = (0.0, 0.0, 0.0)
         self._wall = 0.0
         self.shares: dict[str, float] = {}
 
     def start(self) -> CpuMeter:
         self._start = _all_processes()
-        self._machine = _machine_busy_and_total()
+        self._machine = _machine_ticks()
         self._wall = time.perf_counter()
         return self
 
@@ -239,26 +275,30 @@ class CpuMeter:
         """'CPU client 97%, lots 88%, ..., foreign 0%, kernel 12% of a core; machine ...'."""
         wall = max(time.perf_counter() - self._wall, 1e-9)
         end = _all_processes()
-        busy, total = _machine_busy_and_total()
+        busy, total, steal = _machine_ticks()
         machine = (busy - self._machine[0]) / max(total - self._machine[1], 1)
+        stolen = (steal - self._machine[2]) / max(total - self._machine[1], 1)
         cores = os.cpu_count() or 1
         shares = {name: 0.0 for name in self._names.values()}
-        shares.update(postgres=0.0, foreign=0.0)
+        shares.update(postgres=0.0, foreign=0.0, kernel=0.0)
         for pid, (comm, seconds) in end.items():
             before = self._start.get(pid)
             used = seconds - (before[1] if before and before[0] == comm else 0.0)
             if pid in self._names:
                 key = self._names[pid]
+            elif comm == "[kernel]":
+                key = "kernel"
             elif comm.startswith("postgres"):
-                key = "postgres"
+                key = "foreign" if _other_database(pid) else "postgres"
             else:
                 key = "foreign"
             shares[key] += max(used, 0.0) / wall
-        shares["kernel"] = max(0.0, machine * cores - sum(shares.values()))
+        shares["kernel"] += max(0.0, (machine - stolen) * cores - sum(shares.values()))
         self.shares = shares
         parts = [f"{name} {share * 100:.0f}%" for name, share in shares.items()
                  if share >= 0.005 or name in ("client", "foreign")]
-        text = f"CPU {', '.join(parts)} of a core; machine {machine * 100:.0f}% of {cores}"
+        text = (f"CPU {', '.join(parts)} of a core; machine {machine * 100:.0f}% of {cores}"
+                + (f" (hypervisor steal {stolen * 100:.0f}%)" if stolen >= 0.005 else ""))
         if shares["foreign"] >= FOREIGN_LIMIT:
             text = (f"WARNING: other processes used {shares['foreign'] * 100:.0f}% of a core "
                     f"meanwhile, the numbers are distorted; {text}")

@@ -302,6 +302,13 @@ async def record_sustained(lg: Lotgate, fixture: Fixture, lots: Sequence[str], *
 @dataclass
 class ReleaseOutcome:
     latency: Samples  # issue of the last RecordResult -> first RELEASED seen
+    # The same span cut at the services' own clocks (same machine, same wall clock):
+    # issue -> the results service stamps recorded_at; recorded_at -> the lots service
+    # stamps decided_at (results commit, outbox relay, JetStream, lots consumer, reads);
+    # decided_at -> a poll reads RELEASED (lots commit, cache, polling interval).
+    to_recorded: Samples
+    to_decided: Samples
+    to_seen: Samples
     posts: Samples  # every RecordResult of the phase (measured lots and background)
     schedule: Schedule
     rate: float
@@ -312,11 +319,16 @@ class ReleaseOutcome:
 
 async def release_latency(lg: Lotgate, fixture: Fixture, measured: Sequence[str],
                           background: Sequence[str], *, rate: float, seed: int,
-                          poll_every: float = 0.002, within: float = 10.0) -> ReleaseOutcome:
+                          poll_every: float = 0.002, poll_budget: float = 1000.0,
+                          within: float = 10.0) -> ReleaseOutcome:
     """Each measured lot already has identity and purity; its sterility result is posted in
     an open loop at `rate` results/s in total, interleaved 1:2 with identity, purity and
     sterility results of background lots; each measured lot is polled every `poll_every`
-    seconds from the moment its RecordResult returns until it reads RELEASED."""
+    seconds from the moment its RecordResult returns until it reads RELEASED.
+
+    All polls together stay under `poll_budget` per second: when many lots are pending at
+    once (an overloaded system), polling must not become the load that slows it further.
+    """
     rng = random.Random(seed)
     # Identity and purity of the measured lots first, and wait until they are applied.
     first = [(lot, test) for test in ("IDENTITY", "PURITY") for lot in measured]
@@ -346,23 +358,39 @@ async def release_latency(lg: Lotgate, fixture: Fixture, measured: Sequence[str]
     latency, posts = Samples(), Samples()
     poll_errors: Counter[str] = Counter()
 
-    async def post(request: results_pb2.RecordResultRequest) -> bool:
+    to_recorded, to_decided, to_seen = Samples(), Samples(), Samples()
+
+    async def post(request: results_pb2.RecordResultRequest
+                   ) -> results_pb2.RecordResultResponse | None:
         started = time.perf_counter()
         try:
-            await lg.results.RecordResult(request, timeout=WRITE_TIMEOUT)
+            reply = await lg.results.RecordResult(request, timeout=WRITE_TIMEOUT)
         except Exception as exc:
             posts.fail(exc)
-            return False
+            return None
         posts.ok(time.perf_counter() - started)
-        return True
+        return reply
+
+    next_poll = 0.0
+
+    async def poll_slot() -> None:
+        nonlocal next_poll
+        now = time.perf_counter()
+        slot = max(now, next_poll)
+        next_poll = slot + 1.0 / poll_budget
+        if slot > now:
+            await asyncio.sleep(slot - now)
 
     async def measure(lot: str, request: results_pb2.RecordResultRequest) -> None:
-        issued = time.perf_counter()
-        if not await post(request):
+        issued, issued_wall = time.perf_counter(), time.time()
+        recorded = await post(request)
+        if recorded is None:
             latency.fail("RecordResult failed")
             return
+        recorded_at = recorded.result.recorded_at.ToNanoseconds() / 1e9
         ask = lots_pb2.GetReleaseStatusRequest(lot_id=lot)
         while time.perf_counter() - issued < within:
+            await poll_slot()
             try:
                 reply = await lg.lots.GetReleaseStatus(ask, timeout=READ_TIMEOUT)
             except Exception as exc:
@@ -371,6 +399,10 @@ async def release_latency(lg: Lotgate, fixture: Fixture, measured: Sequence[str]
                 now = time.perf_counter()
                 if reply.release_status.status == lots_pb2.LOT_STATUS_RELEASED:
                     latency.ok(now - issued)
+                    decided_at = reply.release_status.decided_at.ToNanoseconds() / 1e9
+                    to_recorded.ok(recorded_at - issued_wall)
+                    to_decided.ok(decided_at - recorded_at)
+                    to_seen.ok(issued_wall + (now - issued) - decided_at)
                     return
                 if reply.release_status.status == lots_pb2.LOT_STATUS_REJECTED:
                     latency.fail("REJECTED")
@@ -394,5 +426,5 @@ async def release_latency(lg: Lotgate, fixture: Fixture, measured: Sequence[str]
     schedule = await open_loop(action, rate=rate, count=slots)
     latency.started = posts.started = schedule.started
     latency.ended = posts.ended = time.perf_counter()
-    return ReleaseOutcome(latency, posts, schedule, rate, len(ready),
-                          prepared.error_text(), poll_errors)
+    return ReleaseOutcome(latency, to_recorded, to_decided, to_seen, posts, schedule, rate,
+                          len(ready), prepared.error_text(), poll_errors)
