@@ -14,7 +14,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
-import structlog
 from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -32,7 +31,7 @@ from shared.errors import (
     NotFound,
     Unavailable,
 )
-from shared.logs import get_logger
+from shared.logs import get_logger, request_context
 
 log = get_logger(__name__)
 
@@ -86,58 +85,70 @@ def status_for(exc: BaseException, request_id: str) -> grpc.Status:
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps every unary handler once per method (not per call: this is the hot path)."""
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None or handler.request_streaming:
-            return handler
         method = details.method
-        if method.startswith(("/grpc.health.", "/grpc.reflection.")):
+        wrapped = self._wrapped.get(method)
+        if wrapped is not None:
+            return wrapped
+        handler = await continuation(details)
+        if handler is None or handler.request_streaming or method.startswith(
+                ("/grpc.health.", "/grpc.reflection.")):
             return handler
-        decode = handler.request_deserializer
-        if handler.unary_unary is not None:
-            inner = handler.unary_unary
+        wrapped = _wrap(method, handler)
+        self._wrapped[method] = wrapped
+        return wrapped
 
-            async def unary(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
-                request_id = _request_id(context)
-                with structlog.contextvars.bound_contextvars(request_id=request_id, rpc=method):
-                    started = time.perf_counter()
-                    outcome = "OK"
-                    try:
-                        request = _decode(decode, raw)
-                        return await inner(request, context)
-                    except Exception as exc:
-                        if isinstance(exc, grpc.aio.AbortError):
-                            raise
-                        outcome = await _abort(context, exc, request_id)
-                    finally:
-                        _log_call(outcome, started)
 
-            return grpc.unary_unary_rpc_method_handler(
-                unary, request_deserializer=None,
-                response_serializer=handler.response_serializer)
-        if handler.unary_stream is not None:
-            inner_stream = handler.unary_stream
+def _wrap(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    decode = handler.request_deserializer
+    if handler.unary_unary is not None:
+        inner = handler.unary_unary
 
-            async def stream(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
-                request_id = _request_id(context)
-                with structlog.contextvars.bound_contextvars(request_id=request_id, rpc=method):
-                    try:
-                        request = _decode(decode, raw)
-                        async for item in inner_stream(request, context):
-                            yield item
-                    except Exception as exc:
-                        if isinstance(exc, grpc.aio.AbortError):
-                            raise
-                        await _abort(context, exc, request_id)
+        async def unary(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+            token = request_context.set((_request_id(context), method))
+            started = time.perf_counter()
+            try:
+                response = await inner(_decode(decode, raw), context)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
+                await _abort(context, exc, started)
+            else:
+                log.debug("rpc", code="OK", ms=_elapsed_ms(started))
+                return response
+            finally:
+                request_context.reset(token)
 
-            return grpc.unary_stream_rpc_method_handler(
-                stream, request_deserializer=None,
-                response_serializer=handler.response_serializer)
-        return handler
+        return grpc.unary_unary_rpc_method_handler(
+            unary, request_deserializer=None, response_serializer=handler.response_serializer)
+    if handler.unary_stream is not None:
+        inner_stream = handler.unary_stream
+
+        async def stream(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+            token = request_context.set((_request_id(context), method))
+            started = time.perf_counter()
+            try:
+                async for item in inner_stream(_decode(decode, raw), context):
+                    yield item
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
+                await _abort(context, exc, started)
+            finally:
+                request_context.reset(token)
+
+        return grpc.unary_stream_rpc_method_handler(
+            stream, request_deserializer=None, response_serializer=handler.response_serializer)
+    return handler
 
 
 def _request_id(context: grpc.aio.ServicerContext) -> str:
@@ -156,7 +167,10 @@ def _decode(decode: Callable[[bytes], Any] | None, raw: bytes) -> Any:
         raise InvalidArgument([]) from exc
 
 
-async def _abort(context: grpc.aio.ServicerContext, exc: Exception, request_id: str) -> str:
+async def _abort(context: grpc.aio.ServicerContext, exc: Exception, started: float) -> None:
+    """Answer the call with the status `exc` maps to, after logging it."""
+    current = request_context.get()
+    request_id = current[0] if current else ""
     if isinstance(exc, InvalidArgument) and not exc.violations:
         status = _status(code_pb2.INVALID_ARGUMENT, "the request is not a valid protobuf message",
                          error_details_pb2.BadRequest(field_violations=[
@@ -164,20 +178,18 @@ async def _abort(context: grpc.aio.ServicerContext, exc: Exception, request_id: 
                                  field="", description="cannot be decoded")]))
     else:
         status = status_for(exc, request_id)
+    elapsed = _elapsed_ms(started)
     if status.code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
-        log.error("rpc_failed", exc_info=exc)
+        log.error("rpc", code=status.code.name, ms=elapsed, exc_info=exc)
     elif status.code == grpc.StatusCode.UNAVAILABLE:
-        log.warning("rpc_unavailable", error=repr(exc))
-    await context.abort(status.code, status.details, status.trailing_metadata)
-    return status.code.name  # not reached: abort raises
-
-
-def _log_call(outcome: str, started: float) -> None:
-    elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
-    if outcome == "OK":
-        log.debug("rpc", code=outcome, ms=elapsed_ms)
+        log.warning("rpc", code=status.code.name, ms=elapsed, error=repr(exc))
     else:
-        log.info("rpc", code=outcome, ms=elapsed_ms)
+        log.info("rpc", code=status.code.name, ms=elapsed, error=status.details)
+    await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+def _elapsed_ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)
 
 
 def build_server(

@@ -8,6 +8,7 @@ re-published event finds its id in the inbox and changes nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,11 +20,11 @@ from google.protobuf.message import DecodeError, Message
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from sqlalchemy import Column, LargeBinary, MetaData, String, Table, Text, insert, select
+from sqlalchemy import Column, LargeBinary, MetaData, String, Table, Text, insert
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from shared.aio import sleep_or_stop
-from shared.db import BigId, UtcDateTime
+from shared.db import BigId, UtcDateTime, insert_ignoring_duplicates
 from shared.errors import Unavailable
 from shared.logs import get_logger
 from shared.uow import UnitOfWork, UnitOfWorkFactory
@@ -140,7 +141,13 @@ class EventConsumer:
         idle_errors = 0
         while not stop.is_set():
             try:
-                msgs = await psub.fetch(self._batch_size, timeout=1.0)
+                # Wait for one message, then take whatever else is there already. A single
+                # fetch of a whole batch would, once idle, hold a lone message back until
+                # the batch fills or the fetch times out (nats-py waits for the rest).
+                msgs = await psub.fetch(1, timeout=1.0)
+                if self._batch_size > 1:
+                    with contextlib.suppress(TimeoutError, nats.errors.TimeoutError):
+                        msgs += await psub.fetch(self._batch_size - 1, timeout=0.002)
             except (TimeoutError, nats.errors.TimeoutError):
                 continue
             except (nats.errors.ConnectionClosedError, nats.errors.NoRespondersError,
@@ -182,20 +189,20 @@ class EventConsumer:
             await _ack(msg)
 
     async def _apply(self, batch: list[tuple[Msg, Message]]) -> None:
-        ids = [event.event_id for _, event in batch]  # type: ignore[attr-defined]
         async with self._uow() as uow:
-            seen = set((await uow.conn.execute(
-                select(self._inbox.c.event_id).where(self._inbox.c.event_id.in_(ids))
-            )).scalars())
-            fresh = []
+            now = uow.clock.now()
+            # Claim the event ids in the inbox; only the ones not claimed before come back.
+            fresh = set((await uow.conn.execute(
+                insert_ignoring_duplicates(self._inbox, uow.conn.dialect.name)
+                .returning(self._inbox.c.event_id),
+                [{"event_id": event.event_id, "subject": msg.subject,  # type: ignore[attr-defined]
+                  "processed_at": now} for msg, event in batch])).scalars())
             events = []
             for msg, event in batch:
                 event_id = event.event_id  # type: ignore[attr-defined]
-                if event_id in seen:
+                if event_id not in fresh:
                     continue
-                seen.add(event_id)
-                fresh.append({"event_id": event_id, "subject": msg.subject,
-                              "processed_at": uow.clock.now()})
+                fresh.discard(event_id)  # a copy later in the same batch is a duplicate too
                 events.append(event)
                 if self._sub.handler is not None:
                     with structlog.contextvars.bound_contextvars(event_id=event_id,
@@ -203,10 +210,8 @@ class EventConsumer:
                         await self._sub.handler(uow, event)
             if events and self._sub.batch_handler is not None:
                 await self._sub.batch_handler(uow, events)
-            if fresh:
-                await uow.conn.execute(insert(self._inbox), fresh)
             await uow.commit()
-        self.applied += len(fresh)
+        self.applied += len(events)
 
     async def _retry_later(self, batch: list[tuple[Msg, Message]], exc: Exception) -> None:
         for msg, event in batch:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
@@ -164,6 +165,9 @@ def run_until_signal(start: Callable[[], asyncio.Future[RunningService] | object
 
     async def main() -> None:
         running: RunningService = await start()  # type: ignore[misc]
+        # Everything built so far lives as long as the process: keep it out of the
+        # collector's sweeps (a full collection over it took ~60 ms here).
+        gc.freeze()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -120,17 +120,30 @@ async def apply_results(uow: UnitOfWork, events: Sequence[result_events.ResultRe
             "lot_result_number": r.lot_result_number,
         })
     await repository.add_results(uow.conn, rows=rows)
-    lot_ids = {row["lot_id"] for row in rows}
-    known = await repository.lots_by_id(uow.conn, lot_ids=lot_ids)
-    if not known:
+    keys = await _keys_of(uow, {row["lot_id"] for row in rows}, cache)
+    if not keys:
         return  # results for lots not received yet wait in the projection
-    keys = {(lot.supplier_id, lot.material_code) for lot in known}
-    qualifications = await repository.lock_qualifications(uow.conn, keys=keys)
-    locked = await repository.lots_by_id(uow.conn, lot_ids=lot_ids, for_update=True)
+    qualifications = await repository.lock_qualifications(uow.conn, keys=keys.values())
+    locked = await repository.lots_by_id(uow.conn, lot_ids=keys, for_update=True)
     results = await repository.results_of(uow.conn, lot_ids=[lot.lot_id for lot in locked])
     causes = ", ".join(sorted({e.result.result_id for e in events}))[:200]
     await _decide_and_record(uow, locked, qualifications, results, cache,
                              cause=f"results {causes}")
+
+
+async def _keys_of(uow: UnitOfWork, lot_ids: set[str],
+                   cache: StatusCache) -> dict[str, tuple[str, str]]:
+    """(supplier, material) of each received lot among `lot_ids`; memory first."""
+    keys: dict[str, tuple[str, str]] = {}
+    for lot_id in lot_ids:
+        entry = cache.get(lot_id)
+        if entry is not None:
+            keys[lot_id] = (entry.supplier_id, entry.material_code)
+    missing = lot_ids - keys.keys()
+    if missing:
+        for lot in await repository.lots_by_id(uow.conn, lot_ids=missing):
+            keys[lot.lot_id] = (lot.supplier_id, lot.material_code)
+    return keys
 
 
 async def apply_qualifications(uow: UnitOfWork,
@@ -202,7 +215,7 @@ async def _decide_and_record(uow: UnitOfWork, lots: Sequence[Any],
                         "status": status.value, "unmet": unmet_json,
                         "inputs": json.dumps(inputs, separators=(",", ":")),
                         "cause": cause[:200], "decided_at": now})
-        entry = StatusEntry.make(lot.lot_id, status, version, unmet, now, lot.expiry_date)
+        entry = StatusEntry.make(lot, status, version, unmet, now)
         changed = events_pb2.LotStatusChanged(
             event_id=new_event_id(), previous_status=STATUS_TO_PROTO[current],
             release_status=entry.proto, occurred_at=to_timestamp(now))
@@ -224,9 +237,8 @@ async def get_status(uow_engine_conn: Any, *, lot_id: str, cache: StatusCache) -
     row = await repository.read_status(uow_engine_conn, lot_id=lot_id)
     if row is None:
         raise NotFound(f"no lot {lot_id}", field="lot_id")
-    entry = StatusEntry.make(row.lot_id, LotStatus(row.status), row.status_version,
-                             repository.unmet_from_json(row.unmet), row.decided_at,
-                             row.expiry_date)
+    entry = StatusEntry.make(row, LotStatus(row.status), row.status_version,
+                             repository.unmet_from_json(row.unmet), row.decided_at)
     cache.put(entry)
     return entry
 

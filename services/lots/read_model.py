@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import date, datetime
+from typing import Any
 
 from lotgate.lots.v1 import lots_pb2 as pb
 from services.lots.convert import release_status
@@ -23,6 +24,9 @@ from services.lots.domain import LotStatus, Unmet, expired_on_read
 @dataclass(frozen=True)
 class StatusEntry:
     lot_id: str
+    # Who supplied what: fixed at receipt, so the decision path can use them unlocked.
+    supplier_id: str
+    material_code: str
     status: LotStatus
     version: int
     unmet: tuple[Unmet, ...]
@@ -31,10 +35,12 @@ class StatusEntry:
     proto: pb.ReleaseStatus
 
     @classmethod
-    def make(cls, lot_id: str, status: LotStatus, version: int, unmet: tuple[Unmet, ...],
-             decided_at: datetime, expiry_date: date) -> StatusEntry:
-        return cls(lot_id, status, version, unmet, decided_at, expiry_date,
-                   release_status(lot_id, status, version, unmet, decided_at))
+    def make(cls, row: Any, status: LotStatus, version: int, unmet: tuple[Unmet, ...],
+             decided_at: datetime) -> StatusEntry:
+        """An entry for the lot in `row` (any row with the lot's fixed columns)."""
+        return cls(row.lot_id, row.supplier_id, row.material_code, status, version, unmet,
+                   decided_at, row.expiry_date,
+                   release_status(row.lot_id, status, version, unmet, decided_at))
 
     def as_of(self, now: datetime) -> pb.ReleaseStatus:
         """The status to answer at `now`: a released lot past its expiry is not released."""

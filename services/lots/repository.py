@@ -54,13 +54,22 @@ async def lock_qualifications(conn: AsyncConnection, *,
     ordered = sorted(set(keys))
     if not ordered:
         return {}
-    await conn.execute(
-        insert_ignoring_duplicates(qualifications, conn.dialect.name),
-        [{"supplier_id": s, "material_code": m, "status": "", "valid_until": None, "version": 0}
-         for s, m in ordered])
+    found = await _lock_existing(conn, ordered)
+    missing = [key for key in ordered if key not in found]
+    if missing:
+        await conn.execute(
+            insert_ignoring_duplicates(qualifications, conn.dialect.name),
+            [{"supplier_id": s, "material_code": m, "status": "", "valid_until": None,
+              "version": 0} for s, m in missing])
+        found.update(await _lock_existing(conn, missing))
+    return found
+
+
+async def _lock_existing(conn: AsyncConnection,
+                         keys: list[Key]) -> dict[Key, QualificationFacts]:
     rows = await conn.execute(
         select(qualifications)
-        .where(tuple_(qualifications.c.supplier_id, qualifications.c.material_code).in_(ordered))
+        .where(tuple_(qualifications.c.supplier_id, qualifications.c.material_code).in_(keys))
         .order_by(qualifications.c.supplier_id, qualifications.c.material_code)
         .with_for_update())
     return {(r.supplier_id, r.material_code): QualificationFacts(r.status, r.valid_until, r.version)
@@ -125,8 +134,9 @@ async def save_decisions(conn: AsyncConnection, *, lot_updates: Sequence[dict[st
 async def read_status(conn: AsyncConnection, *, lot_id: str) -> Any | None:
     """The columns GetReleaseStatus answers from."""
     return (await conn.execute(
-        select(lots.c.lot_id, lots.c.status, lots.c.status_version, lots.c.unmet,
-               lots.c.decided_at, lots.c.expiry_date).where(lots.c.lot_id == lot_id))).first()
+        select(lots.c.lot_id, lots.c.supplier_id, lots.c.material_code, lots.c.status,
+               lots.c.status_version, lots.c.unmet, lots.c.decided_at, lots.c.expiry_date)
+        .where(lots.c.lot_id == lot_id))).first()
 
 
 async def list_lots(conn: AsyncConnection, *, status: str | None, after: str,
