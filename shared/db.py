@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -90,8 +91,13 @@ async def create_schema(engine: AsyncEngine, metadata: MetaData) -> None:
         await conn.run_sync(metadata.create_all)
 
 
+@functools.cache
 def insert_ignoring_duplicates(table: Table, dialect_name: str) -> Insert:
-    """INSERT ... ON CONFLICT DO NOTHING, for PostgreSQL and SQLite alike."""
+    """INSERT ... ON CONFLICT DO NOTHING, for PostgreSQL and SQLite alike.
+
+    Built once per table: statements are immutable, and building one per call costs
+    more than executing it on the hot paths.
+    """
     if dialect_name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 

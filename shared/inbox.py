@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -193,8 +194,7 @@ class EventConsumer:
             now = uow.clock.now()
             # Claim the event ids in the inbox; only the ones not claimed before come back.
             fresh = set((await uow.conn.execute(
-                insert_ignoring_duplicates(self._inbox, uow.conn.dialect.name)
-                .returning(self._inbox.c.event_id),
+                self._claim_statement(uow.conn.dialect.name),
                 [{"event_id": event.event_id, "subject": msg.subject,  # type: ignore[attr-defined]
                   "processed_at": now} for msg, event in batch])).scalars())
             events = []
@@ -212,6 +212,11 @@ class EventConsumer:
                 await self._sub.batch_handler(uow, events)
             await uow.commit()
         self.applied += len(events)
+
+    @functools.cache  # noqa: B019 (one consumer per subscription, kept for the process)
+    def _claim_statement(self, dialect_name: str) -> Any:
+        return insert_ignoring_duplicates(self._inbox, dialect_name).returning(
+            self._inbox.c.event_id)
 
     async def _retry_later(self, batch: list[tuple[Msg, Message]], exc: Exception) -> None:
         for msg, event in batch:

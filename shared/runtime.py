@@ -130,6 +130,7 @@ async def start_service(settings: ServiceSettings, build: BuildParts, *,
             # Flush what the last calls committed, so a clean stop leaves nothing pending.
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(relay.drain_once(), timeout=5)
+                await asyncio.wait_for(relay.prune(), timeout=5)
 
         stack.push_async_callback(stop_background)
         tasks.append(asyncio.create_task(relay.run(stop_event), name="outbox-relay"))

@@ -71,7 +71,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--record-lots", type=int, default=2000,
                    help="lots per RecordResult run (three results each)")
     p.add_argument("--release-lots", type=int, default=250)
-    p.add_argument("--release-rate", type=float, default=200.0)
+    p.add_argument("--release-rates", type=lambda s: [float(r) for r in s.split(",")],
+                   default=[200.0, 100.0],
+                   help="comma-separated total posting rates for row 5 (the target's rate "
+                        "first), each with its own lots (200,100)")
     p.add_argument("--output", type=Path, default=OUTPUT)
     p.add_argument("--keep", action="store_true",
                    help="keep the work directory (logs, SQLite files, JetStream store)")
@@ -208,10 +211,13 @@ class Bench:
                 await self.echo_rows()
             finally:
                 await self.echo.stop()
-            record_pools, measured, background = await self.receive_lots(lg)
+            record_pools, release_sets = await self.receive_lots(lg)
             await self.read_rows(record_pools[0][:args.read_lots])
             await self.record_rows(lg, record_pools)
-            await self.release_row(lg, measured, background)
+            for index, (rate, (measured, background)) in enumerate(
+                    zip(args.release_rates, release_sets, strict=True)):
+                await self.release_row(lg, measured, background, rate,
+                                       "5" if index == 0 else f"5{chr(ord('a') + index)}")
         self.memory_rows()
 
     async def echo_rows(self) -> None:
@@ -255,13 +261,16 @@ class Bench:
                 f"{opened.error_text()}; client dispatch lag p99 "
                 f"{_lag_p99_ms(schedule):.2f} ms; {cpu}", opened.failures)
 
-    async def receive_lots(self, lg: Lotgate) -> tuple[list[list[str]], list[str], list[str]]:
+    async def receive_lots(self, lg: Lotgate
+                           ) -> tuple[list[list[str]], list[tuple[list[str], list[str]]]]:
         """The lots every later phase uses, received now so no phase pays for it."""
         args, fixture = self.args, self.fixture
         record_pools = [fixture.new_lots(args.record_lots) for _ in args.record_concurrency]
-        measured = fixture.new_lots(args.release_lots)
-        background = fixture.new_lots((2 * args.release_lots + 2) // 3 + 1)
-        wanted = [lot for pool in record_pools for lot in pool] + measured + background
+        release_sets = [(fixture.new_lots(args.release_lots),
+                         fixture.new_lots((2 * args.release_lots + 2) // 3 + 1))
+                        for _ in args.release_rates]
+        wanted = [lot for pool in record_pools for lot in pool] + [
+            lot for measured, background in release_sets for lot in measured + background]
         progress(f"setup: receiving {len(wanted)} lots (c=32)")
         received, got = await phases.receive_lots(lg, fixture, wanted)
         progress(f"   ReceiveLot: {received.summary()}")
@@ -273,8 +282,9 @@ class Bench:
             progress(f"   {len(unknown)} lots never reached the results service")
         usable = set(got) - set(unknown)
         return ([[lot for lot in pool if lot in usable] for pool in record_pools],
-                [lot for lot in measured if lot in usable],
-                [lot for lot in background if lot in usable])
+                [([lot for lot in measured if lot in usable],
+                  [lot for lot in background if lot in usable])
+                 for measured, background in release_sets])
 
     async def read_rows(self, read_lots: list[str]) -> None:
         """Rows 2 and 3: GetReleaseStatus on the lots service, closed and open loop."""
@@ -366,16 +376,15 @@ class Bench:
             f"the first post; {sum(best.poll_errors.values())} poll errors",
             len(best.unsettled)))
 
-    async def release_row(self, lg: Lotgate, measured: list[str],
-                          background: list[str]) -> None:
+    async def release_row(self, lg: Lotgate, measured: list[str], background: list[str],
+                          rate: float, row: str) -> None:
         """Row 5: the last passing result -> RELEASED, at a steady total rate."""
-        args = self.args
-        progress(f"5. result -> RELEASED: {len(measured)} lots, results posted at "
-                 f"{args.release_rate:g}/s in total")
+        progress(f"{row}. result -> RELEASED: {len(measured)} lots, results posted at "
+                 f"{rate:g}/s in total")
         with client_gc_paused():
             meter = CpuMeter(self.pids).start()
             rel = await phases.release_latency(lg, self.fixture, measured, background,
-                                               rate=args.release_rate, seed=5)
+                                               rate=rate, seed=5)
             cpu = meter.stop()
         lat = rel.latency
         progress(f"   latency: {lat.summary()}")
@@ -387,7 +396,7 @@ class Bench:
         progress(f"   where the time goes: {parts}")
         progress(f"   {cpu}")
         self.rows.append(Row(
-            "5", "Last passing result (sterility) -> GetReleaseStatus shows RELEASED: "
+            row, "Last passing result (sterility) -> GetReleaseStatus shows RELEASED: "
                  f"{lat.count + lat.failures} lots, results posted open loop at "
                  f"{rel.rate:g}/s in total (1 in 3 releases a measured lot)",
             f"p99 **{_ms(lat.pct_ms(0.99))}** (p50 {_ms(lat.pct_ms(0.5))}, "
