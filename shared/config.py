@@ -33,6 +33,8 @@ class ServiceSettings(BaseSettings):
     stream_replicas: int = Field(default=1, ge=1, le=5)
     # A message that fails this many times for a non-transient reason is parked.
     consumer_max_attempts: int = Field(default=5, ge=1)
+    # A message fetched by a consumer that then dies is redelivered after this long.
+    consumer_ack_wait_seconds: float = Field(default=10.0, ge=1)
     database_pool_size: int = Field(default=20, ge=1)
     # Seconds a database statement may run before the call fails.
     database_timeout_seconds: float = Field(default=10.0, gt=0)

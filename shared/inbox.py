@@ -89,7 +89,7 @@ def _is_transient(exc: BaseException) -> bool:
 class EventConsumer:
     def __init__(self, js: JetStreamContext, uow_factory: UnitOfWorkFactory, inbox: Table,
                  dead_letters: Table, subscription: Subscription, *, batch_size: int = 100,
-                 max_attempts: int = 5, ack_wait_s: float = 30.0) -> None:
+                 max_attempts: int = 5, ack_wait_s: float = 10.0) -> None:
         self._js = js
         self._uow = uow_factory
         self._inbox = inbox

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import gc
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
@@ -24,11 +24,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared import messaging
 from shared.clock import Clock, SystemClock
-from shared.config import ServiceSettings
+from shared.config import ServiceSettings, settings_for
 from shared.db import create_schema, make_engine
 from shared.grpc_server import build_server
 from shared.inbox import EventConsumer, Subscription, dead_letter_table, inbox_table
-from shared.logs import get_logger
+from shared.logs import configure_logging, get_logger
 from shared.outbox import OutboxRelay, outbox_table
 from shared.uow import UnitOfWorkFactory
 
@@ -117,7 +117,8 @@ async def start_service(settings: ServiceSettings, build: BuildParts, *,
         uow.on_events_committed = relay.wake
         consumers = [
             EventConsumer(js, uow, tables.inbox, tables.dead_letters, sub,
-                          max_attempts=settings.consumer_max_attempts)
+                          max_attempts=settings.consumer_max_attempts,
+                          ack_wait_s=settings.consumer_ack_wait_seconds)
             for sub in parts.subscriptions
         ]
 
@@ -161,11 +162,18 @@ async def _close_nats(nc: object) -> None:
         await asyncio.wait_for(nc.drain(), timeout=5)  # type: ignore[attr-defined]
 
 
-def run_until_signal(start: Callable[[], asyncio.Future[RunningService] | object]) -> None:
+def run_service(name: str, start: Callable[..., Awaitable[RunningService]]) -> None:
+    """The `python -m services.<name>` entrypoint: settings, logs, run until a signal."""
+    settings = settings_for(name)
+    configure_logging(name, settings.log_level)
+    run_until_signal(lambda: start(settings))
+
+
+def run_until_signal(start: Callable[[], Awaitable[RunningService]]) -> None:
     """Run a service process: start it, wait for SIGTERM or SIGINT, stop it gracefully."""
 
     async def main() -> None:
-        running: RunningService = await start()  # type: ignore[misc]
+        running = await start()
         # Everything built so far lives as long as the process: keep it out of the
         # collector's sweeps (a full collection over it took ~60 ms here).
         gc.freeze()

@@ -85,6 +85,18 @@ async def wait_until_serving(address: str, timeout: float = 30.0) -> None:
             await asyncio.sleep(0.1)
 
 
+async def _end(process: asyncio.subprocess.Process | None, sig: int, *, grace_s: float) -> None:
+    """Send `sig`; SIGKILL the process if it has not exited within `grace_s`."""
+    if process is None or process.returncode is not None:
+        return
+    process.send_signal(sig)
+    try:
+        await asyncio.wait_for(process.wait(), timeout=grace_s)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+
+
 @dataclass
 class NatsServer:
     """A nats-server process with its own port and store, which tests may kill and restart."""
@@ -114,14 +126,7 @@ class NatsServer:
 
     async def stop(self, sig: int = signal.SIGTERM) -> None:
         process, self.process = self.process, None
-        if process is None or process.returncode is not None:
-            return
-        process.send_signal(sig)
-        try:
-            await asyncio.wait_for(process.wait(), timeout=10)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
+        await _end(process, sig, grace_s=10)
 
     async def kill(self) -> None:
         await self.stop(signal.SIGKILL)
@@ -153,14 +158,7 @@ class ServiceProcess:
 
     async def stop(self, sig: int = signal.SIGTERM) -> None:
         process, self.process = self.process, None
-        if process is None or process.returncode is not None:
-            return
-        process.send_signal(sig)
-        try:
-            await asyncio.wait_for(process.wait(), timeout=15)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
+        await _end(process, sig, grace_s=15)
 
     @property
     def pid(self) -> int | None:
