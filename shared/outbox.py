@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import defaultdict
 from typing import Any
@@ -102,21 +103,21 @@ class OutboxRelay:
                 await sleep_or_stop(stop, self._poll_seconds * 4)
 
     async def _loop(self, lock_conn: AsyncConnection | None, stop: asyncio.Event) -> None:
+        """Drain whenever woken (the runtime also wakes it to stop), else every poll."""
+        checked = time.monotonic()
         while not stop.is_set():
             self._wake.clear()
             sent = await self.drain_once()
             if sent >= self._batch_size:
                 continue
-            if lock_conn is not None:
+            if lock_conn is not None and time.monotonic() - checked >= self._poll_seconds:
                 # Proves the session (and so the lock) is still alive.
                 await lock_conn.execute(text("SELECT 1"))
                 await lock_conn.commit()
-            waiter = asyncio.ensure_future(self._wake.wait())
-            stopper = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({waiter, stopper}, timeout=self._poll_seconds,
-                               return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-            stopper.cancel()
+                checked = time.monotonic()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._poll_seconds):
+                    await self._wake.wait()
 
     async def drain_once(self) -> int:
         """Publish one batch of pending rows; returns how many were published."""
