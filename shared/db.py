@@ -7,10 +7,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Insert, Integer, MetaData, Table, event
+from sqlalchemy import BigInteger, DateTime, Insert, Integer, MetaData, Table, event, text
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.types import TypeDecorator
+
+_SCHEMA_LOCK_KEY = 0x4C47_5343  # "LGSC"
 
 # Auto-incrementing ids: BIGINT on PostgreSQL, INTEGER (the rowid) on SQLite.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -88,6 +90,9 @@ def make_engine(url: str, *, pool_size: int = 10, statement_timeout_s: float = 1
 async def create_schema(engine: AsyncEngine, metadata: MetaData) -> None:
     """Create missing tables (idempotent). Schema changes will come as migrations."""
     async with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            # Replicas starting together would race to create the same tables.
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SCHEMA_LOCK_KEY})
         await conn.run_sync(metadata.create_all)
 
 
