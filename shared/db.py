@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import BigInteger, DateTime, Insert, Integer, MetaData, Table, event, text
 from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.types import TypeDecorator
 
@@ -88,12 +89,22 @@ def make_engine(url: str, *, pool_size: int = 10, statement_timeout_s: float = 1
 
 
 async def create_schema(engine: AsyncEngine, metadata: MetaData) -> None:
-    """Create missing tables (idempotent). Schema changes will come as migrations."""
-    async with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            # Replicas starting together would race to create the same tables.
-            await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SCHEMA_LOCK_KEY})
-        await conn.run_sync(metadata.create_all)
+    """Create missing tables (idempotent). Schema changes will come as migrations.
+
+    Processes starting together would race to create the same tables: PostgreSQL takes
+    an advisory lock first; SQLite (no such lock) tries again after a lost race.
+    """
+    for attempt in range(3):
+        try:
+            async with engine.begin() as conn:
+                if engine.dialect.name == "postgresql":
+                    await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"),
+                                       {"k": _SCHEMA_LOCK_KEY})
+                await conn.run_sync(metadata.create_all)
+            return
+        except OperationalError as exc:
+            if "already exists" not in str(exc) or attempt == 2:
+                raise
 
 
 @functools.cache
