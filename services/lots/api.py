@@ -17,6 +17,7 @@ from services.lots.convert import STATUS_FROM_PROTO
 from services.lots.read_model import StatusCache
 from shared.clock import Clock
 from shared.errors import Violations
+from shared.protoconv import fingerprint
 from shared.uow import UnitOfWorkFactory
 
 MAX_PAGE = 1000
@@ -62,7 +63,7 @@ class LotApi(pb_grpc.LotServiceServicer):
             supplier_lot_number=request.supplier_lot_number.strip(),
             quantity_value=quantity.value, quantity_unit=quantity.unit.strip(),
             container_count=request.container_count, expiry_date=expiry,
-            requested_by=request.requested_by, fingerprint=handlers.fingerprint(request))
+            requested_by=request.requested_by, fingerprint=fingerprint(request))
         lot = await handlers.receive_lot(self._uow(), command, self._cache)
         return pb.ReceiveLotResponse(lot=lot)
 

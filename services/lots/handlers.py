@@ -7,7 +7,6 @@ record and its LotStatusChanged event together.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -66,10 +65,6 @@ class ReceiveLot:
     expiry_date: date
     requested_by: str
     fingerprint: str
-
-
-def fingerprint(request: lots_pb2.ReceiveLotRequest) -> str:
-    return hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
 
 
 async def receive_lot(uow: UnitOfWork, cmd: ReceiveLot, cache: StatusCache) -> lots_pb2.Lot:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 from datetime import timedelta
 
@@ -28,7 +27,7 @@ from services.results.domain import (
     range_problems,
 )
 from shared.errors import Violations
-from shared.protoconv import from_timestamp, timestamp_is_valid
+from shared.protoconv import fingerprint, from_timestamp, timestamp_is_valid
 from shared.uow import UnitOfWorkFactory
 
 # Instrument clocks drift; a result measured further ahead than this is refused.
@@ -105,8 +104,7 @@ class ResultApi(pb_grpc.ResultServiceServicer):
             lot_id=request.lot_id, test=test, instrument_id=request.instrument_id,
             idempotency_key=request.idempotency_key,
             measurement=measurement_from_proto(request), measured_at=measured_at,
-            fingerprint=hashlib.sha256(request.SerializeToString(deterministic=True))
-            .hexdigest()))
+            fingerprint=fingerprint(request)))
         return pb.RecordResultResponse(result=result_to_proto(result))
 
     async def ListLotResults(self, request: pb.ListLotResultsRequest,
