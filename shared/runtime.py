@@ -23,6 +23,7 @@ from sqlalchemy import MetaData, Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared import messaging
+from shared.aio import sleep_or_stop
 from shared.clock import Clock, SystemClock
 from shared.config import ServiceSettings, settings_for
 from shared.db import create_schema, make_engine
@@ -59,7 +60,6 @@ class Infrastructure:
     settings: ServiceSettings
     clock: Clock
     engine: AsyncEngine
-    js: JetStreamContext
     uow: UnitOfWorkFactory
 
 
@@ -69,11 +69,14 @@ class RunningService:
     port: int
     server: grpc.aio.Server
     infra: Infrastructure
-    relay: OutboxRelay
-    consumers: list[EventConsumer]
     stop_event: asyncio.Event
+    # Set once NATS is connected, the streams are safe, and the relay and consumers run.
+    messaging_ready: asyncio.Event
     _stack: AsyncExitStack
-    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    relay: OutboxRelay | None = None
+    consumers: list[EventConsumer] = field(default_factory=list)
+    # Why the service stopped itself, if it did.
+    failed: str | None = None
 
     @property
     def address(self) -> str:
@@ -89,7 +92,11 @@ BuildParts = Callable[[Infrastructure], ServiceParts]
 async def start_service(settings: ServiceSettings, build: BuildParts, *,
                         clock: Clock | None = None,
                         tables: Tables) -> RunningService:
-    """Start one service; `await running.stop()` shuts it down gracefully."""
+    """Start one service; `await running.stop()` shuts it down gracefully.
+
+    The gRPC server answers as soon as the database is ready. NATS may come later: the
+    outbox keeps every event until the relay, started once NATS answers, publishes it.
+    """
     clock = clock or SystemClock()
     stack = AsyncExitStack()
     try:
@@ -98,48 +105,57 @@ async def start_service(settings: ServiceSettings, build: BuildParts, *,
         stack.push_async_callback(engine.dispose)
         await create_schema(engine, tables.metadata)
 
-        nc = await messaging.connect(settings.nats_url, name=f"lotgate-{settings.service_name}")
-        stack.push_async_callback(_close_nats, nc)
-        js = nc.jetstream(timeout=5.0)
-
         uow = UnitOfWorkFactory(engine, tables.outbox, clock)
-        infra = Infrastructure(settings, clock, engine, js, uow)
+        infra = Infrastructure(settings, clock, engine, uow)
         parts = build(infra)
-        for spec in parts.streams:
-            await messaging.ensure_stream(
-                js, spec, duplicate_window_s=settings.stream_duplicate_window_seconds,
-                replicas=settings.stream_replicas)
-
         stop_event = asyncio.Event()
         tasks: list[asyncio.Task[None]] = []
+        connections: list[object] = []
 
-        relay = OutboxRelay(engine, tables.outbox, js, poll_seconds=settings.outbox_poll_seconds)
-        uow.on_events_committed = relay.wake
-        consumers = [
-            EventConsumer(js, uow, tables.inbox, tables.dead_letters, sub,
-                          max_attempts=settings.consumer_max_attempts,
-                          ack_wait_s=settings.consumer_ack_wait_seconds)
-            for sub in parts.subscriptions
-        ]
+        server, port, health_servicer = build_server(
+            host=settings.grpc_host, port=settings.grpc_port, register=parts.register)
+        running = RunningService(settings.service_name, port, server, infra, stop_event,
+                                 asyncio.Event(), stack)
+
+        async def start_messaging() -> None:
+            nc = await messaging.connect(settings.nats_url,
+                                         name=f"lotgate-{settings.service_name}")
+            connections.append(nc)
+            js = nc.jetstream(timeout=5.0)
+            await _retrying(lambda: _ensure_streams(js, parts.streams, settings), stop_event)
+            relay = OutboxRelay(engine, tables.outbox, js,
+                                poll_seconds=settings.outbox_poll_seconds)
+            uow.on_events_committed = relay.wake
+            running.relay = relay
+            tasks.append(asyncio.create_task(relay.run(stop_event), name="outbox-relay"))
+            for sub in parts.subscriptions:
+                consumer = EventConsumer(js, uow, tables.inbox, tables.dead_letters, sub,
+                                         max_attempts=settings.consumer_max_attempts,
+                                         ack_wait_s=settings.consumer_ack_wait_seconds)
+                running.consumers.append(consumer)
+                tasks.append(asyncio.create_task(consumer.run(stop_event), name=sub.durable))
+            running.messaging_ready.set()
+            log.info("messaging_ready", nats=settings.nats_url)
 
         async def stop_background() -> None:
             stop_event.set()
-            relay.wake()
+            if running.relay is not None:
+                running.relay.wake()
             _, pending = await asyncio.wait(tasks, timeout=10) if tasks else (set(), set())
             for task in pending:
                 task.cancel()
             # Flush what the last calls committed, so a clean stop leaves nothing pending.
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(relay.drain_once(), timeout=5)
-                await asyncio.wait_for(relay.prune(), timeout=5)
+            if running.relay is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(running.relay.drain_once(), timeout=5)
+                    await asyncio.wait_for(running.relay.prune(), timeout=5)
+            for nc in connections:
+                await _close_nats(nc)
 
         stack.push_async_callback(stop_background)
-        tasks.append(asyncio.create_task(relay.run(stop_event), name="outbox-relay"))
-        for consumer, sub in zip(consumers, parts.subscriptions, strict=True):
-            tasks.append(asyncio.create_task(consumer.run(stop_event), name=sub.durable))
+        tasks.append(asyncio.create_task(_or_stop(start_messaging(), running),
+                                         name="messaging"))
 
-        server, port, health_servicer = build_server(
-            host=settings.grpc_host, port=settings.grpc_port, register=parts.register)
         await server.start()
 
         async def stop_server() -> None:
@@ -149,12 +165,45 @@ async def start_service(settings: ServiceSettings, build: BuildParts, *,
         stack.push_async_callback(stop_server)
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         log.info("service_started", address=f"{settings.grpc_host}:{port}",
-                 database=engine.dialect.name, nats=settings.nats_url)
-        return RunningService(settings.service_name, port, server, infra, relay, consumers,
-                              stop_event, stack, tasks)
+                 database=engine.dialect.name)
+        return running
     except BaseException:
         await stack.aclose()
         raise
+
+
+async def _ensure_streams(js: JetStreamContext, specs: Sequence[messaging.StreamSpec],
+                          settings: ServiceSettings) -> None:
+    for spec in specs:
+        await messaging.ensure_stream(
+            js, spec, duplicate_window_s=settings.stream_duplicate_window_seconds,
+            replicas=settings.stream_replicas)
+
+
+async def _retrying(step: Callable[[], Awaitable[None]], stop: asyncio.Event) -> None:
+    """Run `step` until it succeeds; a stream that cannot be made safe is not retried."""
+    delay = 0.2
+    while True:
+        try:
+            return await step()
+        except messaging.UnsafeStreamError:
+            raise
+        except Exception as exc:
+            if stop.is_set():
+                raise
+            log.warning("messaging_setup_retry", error=repr(exc), retry_in=delay)
+            await sleep_or_stop(stop, delay)
+            delay = min(delay * 2, 5.0)
+
+
+async def _or_stop(work: Awaitable[None], running: RunningService) -> None:
+    """Stop the service (and its process) when its streams would lose events."""
+    try:
+        await work
+    except messaging.UnsafeStreamError as exc:
+        log.error("unsafe_stream", alert=True, error=str(exc))
+        running.failed = str(exc)
+        running.stop_event.set()
 
 
 async def _close_nats(nc: object) -> None:
@@ -181,10 +230,16 @@ def run_until_signal(start: Callable[[], Awaitable[RunningService]]) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        signalled = asyncio.ensure_future(stop.wait())
+        stopped_itself = asyncio.ensure_future(running.stop_event.wait())
+        await asyncio.wait({signalled, stopped_itself}, return_when=asyncio.FIRST_COMPLETED)
+        signalled.cancel()
+        stopped_itself.cancel()
         log.info("service_stopping")
         await running.stop()
         log.info("service_stopped")
+        if running.failed:
+            raise SystemExit(f"stopped: {running.failed}")
 
     try:
         import uvloop

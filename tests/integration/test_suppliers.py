@@ -13,7 +13,10 @@ import pytest
 from lotgate.suppliers.v1 import events_pb2
 from lotgate.suppliers.v1 import suppliers_pb2 as pb
 from lotgate.suppliers.v1 import suppliers_pb2_grpc as pb_grpc
+from services.suppliers import bootstrap
+from shared.config import settings_for
 from shared.protoconv import to_timestamp
+from shared.stack import NatsServer, free_port
 from tests.support.grpc_errors import field_violations
 from tests.support.services import ref, start_in_process
 
@@ -186,3 +189,34 @@ async def test_every_change_is_published_once_with_its_event_id(suppliers, nats_
         (pb.QUALIFICATION_STATUS_UNSPECIFIED, pb.QUALIFICATION_STATUS_QUALIFIED, 1),
         (pb.QUALIFICATION_STATUS_QUALIFIED, pb.QUALIFICATION_STATUS_SUSPENDED, 2),
     ]
+
+
+async def test_changes_are_accepted_while_nats_is_down_and_published_once_it_is_up(
+        databases, workdir) -> None:
+    broker = NatsServer(workdir / f"nats-{ref('late')}", port=free_port())
+    settings = settings_for("suppliers", database_url=await databases.create("suppliers"),
+                            nats_url=broker.url, grpc_host="127.0.0.1", grpc_port=0,
+                            outbox_poll_seconds=0.2)
+    running = await bootstrap.start(settings)  # no broker is listening yet
+    try:
+        async with grpc.aio.insecure_channel(running.address) as channel:
+            stub = pb_grpc.SupplierServiceStub(channel)
+            supplier_id = await new_supplier(stub)
+            accepted = await qualify(stub, supplier_id, "MAT-A")
+        assert not running.messaging_ready.is_set()
+
+        await broker.start()
+        await asyncio.wait_for(running.messaging_ready.wait(), timeout=30)
+        nc = await nats.connect(broker.url)
+        try:
+            sub = await nc.jetstream().subscribe(
+                "lotgate.suppliers.v1.qualification_changed", ordered_consumer=True)
+            msg = await sub.next_msg(timeout=10)
+        finally:
+            await nc.close()
+    finally:
+        await running.stop()
+        await broker.stop()
+
+    event = events_pb2.QualificationChanged.FromString(msg.data)
+    assert event.qualification == accepted

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import uuid
 
@@ -18,7 +19,9 @@ async def start_in_process(name: str, *, databases: Databases, nats: NatsServer,
     settings = settings_for(name, database_url=await databases.create(name), nats_url=nats.url,
                             grpc_host="127.0.0.1", grpc_port=0, outbox_poll_seconds=0.2,
                             **overrides)
-    return await bootstrap.start(settings, clock=clock)
+    running = await bootstrap.start(settings, clock=clock)
+    await asyncio.wait_for(running.messaging_ready.wait(), timeout=30)
+    return running
 
 
 def ref(prefix: str) -> str:
