@@ -180,11 +180,13 @@ class EventConsumer:
             if len(decoded) == 1 or _is_transient(exc):
                 await self._retry_later(decoded, exc)
                 return
-            for pair in decoded:  # find the bad one; apply the others
+            for pair in decoded:  # find the bad one; apply and ack the others
                 try:
                     await self._apply([pair])
                 except Exception as one_exc:
                     await self._retry_later([pair], one_exc)
+                else:
+                    await _ack(pair[0])
             return
         for msg, _ in decoded:
             await _ack(msg)

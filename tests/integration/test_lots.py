@@ -26,6 +26,7 @@ from lotgate.suppliers.v1 import suppliers_pb2_grpc as spb_grpc
 from services.lots.tables import tables as lot_tables
 from shared.protoconv import to_timestamp
 from shared.runtime import RunningService
+from shared.stack import NatsServer
 from tests.support.grpc_errors import field_violations
 from tests.support.services import ref, start_in_process
 from tests.support.waiting import eventually
@@ -315,3 +316,33 @@ async def _parked(service: RunningService, event_id: str) -> int:
     async with service.infra.engine.connect() as conn:
         return (await conn.execute(select(func.count()).select_from(dead)
                                    .where(dead.c.event_id == event_id))).scalar_one()
+
+
+async def test_a_failing_event_is_parked_and_its_batch_mates_are_applied_and_acked(
+        databases, workdir) -> None:
+    broker = NatsServer(workdir / f"nats-{ref('poison')}")
+    await broker.start()
+    lots = await start_in_process("lots", databases=databases, nats=broker,
+                                  consumer_max_attempts=2)
+    nc = await nats.connect(broker.url)
+    try:
+        async with grpc.aio.insecure_channel(lots.address) as channel:
+            system = System(pb_grpc.LotServiceStub(channel), None, lots, nc.jetstream())
+            lot = await system.receive(ref("SUP"), "MAT-P")
+            bad = system.result_event(lot.lot_id, "MAT-P", rpb.TEST_KIND_UNSPECIFIED)
+            good = [system.result_event(lot.lot_id, "MAT-P", test) for test in (
+                rpb.TEST_KIND_IDENTITY, rpb.TEST_KIND_PURITY, rpb.TEST_KIND_STERILITY)]
+            for event in (good[0], bad, *good[1:]):
+                await system.publish(event)
+
+            await eventually(lambda: _parked(lots, bad.event_id), lambda n: n == 1)
+            await system.wait_unmet(lot.lot_id, ["SUPPLIER_NOT_QUALIFIED", "RESULTS_INCOMPLETE"])
+            info = await system.js.consumer_info("LOTGATE_RESULTS", "lots-result-recorded")
+    finally:
+        await nc.close()
+        await lots.stop()
+        await broker.stop()
+
+    # Nothing waits for a redelivery: the good events were acked when they were applied.
+    assert info.num_ack_pending == 0
+    assert info.num_pending == 0
