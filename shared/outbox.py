@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import zlib
 from collections import defaultdict
 from typing import Any
 
@@ -21,9 +22,6 @@ log = get_logger(__name__)
 EVENT_TYPE_HEADER = "Lotgate-Event-Type"
 AGGREGATE_HEADER = "Lotgate-Aggregate-Id"
 
-# Only one relay of a service publishes at a time (replicas share the database), so
-# events of one aggregate leave in the order they were committed.
-_RELAY_LOCK_KEY = 0x4C47_4F42  # "LGOB"
 # Published rows are deleted at least this often (and whenever a batch's worth piles up).
 _PRUNE_EVERY_S = 0.25
 
@@ -52,7 +50,7 @@ class OutboxRelay:
     """
 
     def __init__(self, engine: AsyncEngine, table: Table, js: JetStreamContext, *,
-                 poll_seconds: float = 0.5, batch_size: int = 500,
+                 name: str, poll_seconds: float = 0.5, batch_size: int = 500,
                  publish_timeout_s: float = 5.0) -> None:
         self._engine = engine
         self._table = table
@@ -60,6 +58,10 @@ class OutboxRelay:
         self._poll_seconds = poll_seconds
         self._batch_size = batch_size
         self._publish_timeout_s = publish_timeout_s
+        # Only one relay of a service publishes at a time (replicas share the database), so
+        # events of one aggregate leave in the order they were committed. The lock is named
+        # after the service, in case several services ever share one database.
+        self._lock_key = zlib.crc32(f"lotgate-outbox-{name}".encode())
         self._wake = asyncio.Event()
         # Published but not deleted yet (an ordered set: dict keys).
         self._unpruned: dict[int, None] = {}
@@ -90,14 +92,14 @@ class OutboxRelay:
         async with self._engine.connect() as lock_conn:
             while not stop.is_set():
                 got = (await lock_conn.execute(
-                    text("SELECT pg_try_advisory_lock(:k)"), {"k": _RELAY_LOCK_KEY})).scalar()
+                    text("SELECT pg_try_advisory_lock(:k)"), {"k": self._lock_key})).scalar()
                 await lock_conn.commit()
                 if got:
                     try:
                         await self._loop(lock_conn, stop)
                     finally:
                         await lock_conn.execute(
-                            text("SELECT pg_advisory_unlock(:k)"), {"k": _RELAY_LOCK_KEY})
+                            text("SELECT pg_advisory_unlock(:k)"), {"k": self._lock_key})
                         await lock_conn.commit()
                     return
                 await sleep_or_stop(stop, self._poll_seconds * 4)

@@ -123,7 +123,7 @@ async def start_service(settings: ServiceSettings, build: BuildParts, *,
             connections.append(nc)
             js = nc.jetstream(timeout=5.0)
             await _retrying(lambda: _ensure_streams(js, parts.streams, settings), stop_event)
-            relay = OutboxRelay(engine, tables.outbox, js,
+            relay = OutboxRelay(engine, tables.outbox, js, name=settings.service_name,
                                 poll_seconds=settings.outbox_poll_seconds)
             uow.on_events_committed = relay.wake
             running.relay = relay
