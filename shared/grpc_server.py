@@ -20,7 +20,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 
 from shared.errors import (
     Aborted,
@@ -71,6 +71,9 @@ def status_for(exc: BaseException, request_id: str) -> grpc.Status:
         return _status(code_pb2.ALREADY_EXISTS, exc.message)
     if isinstance(exc, Aborted):
         return _status(code_pb2.ABORTED, exc.message)
+    if isinstance(exc, IntegrityError):
+        # Two calls wrote the same record at once; a retry sees the winner's result.
+        return _status(code_pb2.ABORTED, "a concurrent call changed the same record; retry")
     if isinstance(exc, Unavailable | OperationalError | InterfaceError | DBAPIError | OSError):
         retry = error_details_pb2.RetryInfo()
         retry.retry_delay.FromMilliseconds(500)

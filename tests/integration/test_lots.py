@@ -6,6 +6,7 @@ results service's relay publishes them, so that order and duplicates can be cont
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -346,3 +347,16 @@ async def test_a_failing_event_is_parked_and_its_batch_mates_are_applied_and_ack
     # Nothing waits for a redelivery: the good events were acked when they were applied.
     assert info.num_ack_pending == 0
     assert info.num_pending == 0
+
+
+async def test_the_same_lot_received_twice_at_once_is_stored_once(system: System) -> None:
+    lot_id, supplier_id = ref("LOT"), ref("SUP")
+
+    outcomes = await asyncio.gather(
+        *(system.receive(supplier_id, "MAT-R", lot_id=lot_id) for _ in range(8)),
+        return_exceptions=True)
+
+    codes = {o.code() for o in outcomes if isinstance(o, grpc.aio.AioRpcError)}
+    assert codes <= {grpc.StatusCode.ABORTED}  # a loser may be told to retry, never more
+    assert any(isinstance(o, pb.Lot) for o in outcomes)
+    assert (await system.status(lot_id)).version == 1
