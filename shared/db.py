@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from datetime import UTC, datetime
 from pathlib import Path
@@ -92,9 +93,11 @@ async def create_schema(engine: AsyncEngine, metadata: MetaData) -> None:
     """Create missing tables (idempotent). Schema changes will come as migrations.
 
     Processes starting together would race to create the same tables: PostgreSQL takes
-    an advisory lock first; SQLite (no such lock) tries again after a lost race.
+    an advisory lock first; SQLite (no such lock) tries again after a lost race or while
+    another process holds the file.
     """
-    for attempt in range(3):
+    attempts = 10
+    for attempt in range(attempts):
         try:
             async with engine.begin() as conn:
                 if engine.dialect.name == "postgresql":
@@ -103,8 +106,10 @@ async def create_schema(engine: AsyncEngine, metadata: MetaData) -> None:
                 await conn.run_sync(metadata.create_all)
             return
         except OperationalError as exc:
-            if "already exists" not in str(exc) or attempt == 2:
+            lost_race = any(s in str(exc) for s in ("already exists", "database is locked"))
+            if not lost_race or attempt == attempts - 1:
                 raise
+            await asyncio.sleep(0.05 * (attempt + 1))
 
 
 @functools.cache
