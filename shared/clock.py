@@ -14,15 +14,3 @@ class SystemClock:
     def now(self) -> datetime:
         return datetime.now(UTC)
 
-
-class FixedClock:
-    """A clock that moves only when told to (tests and replays)."""
-
-    def __init__(self, at: datetime) -> None:
-        self._at = at
-
-    def now(self) -> datetime:
-        return self._at
-
-    def set(self, at: datetime) -> None:
-        self._at = at
