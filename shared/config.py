@@ -35,6 +35,10 @@ class ServiceSettings(BaseSettings):
     consumer_max_attempts: int = Field(default=5, ge=1)
     # A message fetched by a consumer that then dies is redelivered after this long.
     consumer_ack_wait_seconds: float = Field(default=10.0, ge=1)
+    # Suppliers: how often to look for approvals that have lapsed (an EXPIRED event
+    # follows within about this long), and how long before a lapse to warn.
+    expiry_check_seconds: float = Field(default=1.0, gt=0)
+    expiry_warning_days: float = Field(default=30.0, ge=0)
     database_pool_size: int = Field(default=20, ge=1)
     # Seconds a database statement may run before the call fails.
     database_timeout_seconds: float = Field(default=10.0, gt=0)

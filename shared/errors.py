@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import date
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,20 @@ class Violations:
             self.add(field, "is required")
         elif len(value) > max_length:
             self.add(field, f"must be at most {max_length} characters")
+
+    def day(self, field: str, value: str, *, required: bool = True) -> date | None:
+        """A calendar day written YYYY-MM-DD; None when absent or invalid (and noted)."""
+        if not value:
+            if required:
+                self.add(field, "is required (YYYY-MM-DD)")
+            return None
+        try:
+            if len(value) != 10:
+                raise ValueError
+            return date.fromisoformat(value)
+        except ValueError:
+            self.add(field, "must be a date as YYYY-MM-DD")
+            return None
 
     def raise_if_any(self) -> None:
         if self.items:

@@ -30,9 +30,12 @@ RESULTS_STREAM = StreamSpec("LOTGATE_RESULTS", ("lotgate.results.v1.>",))
 
 # Event subjects: the contract between the services (payloads: protos/lotgate/*/v1/events.proto).
 QUALIFICATION_CHANGED = "lotgate.suppliers.v1.qualification_changed"
+QUALIFICATION_EXPIRING = "lotgate.suppliers.v1.qualification_expiring"
 RESULT_RECORDED = "lotgate.results.v1.result_recorded"
 LOT_RECEIVED = "lotgate.lots.v1.lot_received"
 LOT_STATUS_CHANGED = "lotgate.lots.v1.status_changed"
+LOT_REVIEW_REQUIRED = "lotgate.lots.v1.review_required"
+LOT_REVIEW_CLOSED = "lotgate.lots.v1.review_closed"
 
 
 class UnsafeStreamError(RuntimeError):

@@ -26,7 +26,7 @@ from shared import messaging
 from shared.aio import sleep_or_stop
 from shared.clock import Clock, SystemClock
 from shared.config import ServiceSettings, settings_for
-from shared.db import create_schema, make_engine
+from shared.db import create_schema, make_engine, schema_info_table
 from shared.grpc_server import build_server
 from shared.inbox import EventConsumer, Subscription, dead_letter_table, inbox_table
 from shared.logs import configure_logging, get_logger
@@ -42,6 +42,7 @@ class Tables:
     outbox: Table
     inbox: Table
     dead_letters: Table
+    schema_version: int = 1
 
 
 @dataclass
@@ -53,6 +54,8 @@ class ServiceParts:
     register: Callable[[grpc.aio.Server], Sequence[str]]
     subscriptions: Sequence[Subscription] = ()
     streams: Sequence[messaging.StreamSpec] = ()
+    # Loops that run beside the server until the stop event is set (schedulers).
+    background: Sequence[Callable[[asyncio.Event], Awaitable[None]]] = ()
 
 
 @dataclass
@@ -103,7 +106,7 @@ async def start_service(settings: ServiceSettings, build: BuildParts, *,
         engine = make_engine(settings.database_url, pool_size=settings.database_pool_size,
                              statement_timeout_s=settings.database_timeout_seconds)
         stack.push_async_callback(engine.dispose)
-        await create_schema(engine, tables.metadata)
+        await create_schema(engine, tables.metadata, version=tables.schema_version)
 
         uow = UnitOfWorkFactory(engine, tables.outbox, clock)
         infra = Infrastructure(settings, clock, engine, uow)
@@ -155,6 +158,8 @@ async def start_service(settings: ServiceSettings, build: BuildParts, *,
         stack.push_async_callback(stop_background)
         tasks.append(asyncio.create_task(_or_stop(start_messaging(), running),
                                          name="messaging"))
+        for loop in parts.background:
+            tasks.append(asyncio.create_task(loop(stop_event), name=loop.__name__))
 
         await server.start()
 
@@ -248,7 +253,11 @@ def run_until_signal(start: Callable[[], Awaitable[RunningService]]) -> None:
         asyncio.run(main())
 
 
-def make_tables(metadata: MetaData) -> Tables:
-    """The outbox, inbox and dead-letter tables every service has beside its own."""
+def make_tables(metadata: MetaData, *, schema_version: int = 1) -> Tables:
+    """The outbox, inbox, dead-letter and schema tables every service has beside its own.
+
+    `schema_version` grows with every change to the service's tables.
+    """
+    schema_info_table(metadata)
     return Tables(metadata, outbox_table(metadata), inbox_table(metadata),
-                  dead_letter_table(metadata))
+                  dead_letter_table(metadata), schema_version)

@@ -14,9 +14,12 @@ from tests.support.databases import Databases
 
 
 async def start_in_process(name: str, *, databases: Databases, nats: NatsServer,
-                           clock: Clock | None = None, **overrides: object) -> RunningService:
+                           clock: Clock | None = None, database_url: str | None = None,
+                           **overrides: object) -> RunningService:
+    """`database_url` shares a database with another replica; by default a fresh one."""
     bootstrap = importlib.import_module(f"services.{name}.bootstrap")
-    settings = settings_for(name, database_url=await databases.create(name), nats_url=nats.url,
+    settings = settings_for(name, database_url=database_url or await databases.create(name),
+                            nats_url=nats.url,
                             grpc_host="127.0.0.1", grpc_port=0, outbox_poll_seconds=0.2,
                             **overrides)
     running = await bootstrap.start(settings, clock=clock)
