@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from lotgate.lots.v1 import lots_pb2 as lotgate_dot_lots_dot_v1_dot_lots__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1clotgate/lots/v1/events.proto\x12\x0flotgate.lots.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1alotgate/lots/v1/lots.proto\"s\n\x0bLotReceived\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12!\n\x03lot\x18\x02 \x01(\x0b\x32\x14.lotgate.lots.v1.Lot\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc2\x01\n\x10LotStatusChanged\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x33\n\x0fprevious_status\x18\x02 \x01(\x0e\x32\x1a.lotgate.lots.v1.LotStatus\x12\x36\n\x0erelease_status\x18\x03 \x01(\x0b\x32\x1e.lotgate.lots.v1.ReleaseStatus\x12/\n\x0boccurred_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1clotgate/lots/v1/events.proto\x12\x0flotgate.lots.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1alotgate/lots/v1/lots.proto\"s\n\x0bLotReceived\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12!\n\x03lot\x18\x02 \x01(\x0b\x32\x14.lotgate.lots.v1.Lot\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc2\x01\n\x10LotStatusChanged\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x33\n\x0fprevious_status\x18\x02 \x01(\x0e\x32\x1a.lotgate.lots.v1.LotStatus\x12\x36\n\x0erelease_status\x18\x03 \x01(\x0b\x32\x1e.lotgate.lots.v1.ReleaseStatus\x12/\n\x0boccurred_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x82\x01\n\x11LotReviewRequired\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12*\n\x06review\x18\x02 \x01(\x0b\x32\x1a.lotgate.lots.v1.LotReview\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x80\x01\n\x0fLotReviewClosed\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12*\n\x06review\x18\x02 \x01(\x0b\x32\x1a.lotgate.lots.v1.LotReview\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,4 +37,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOTRECEIVED']._serialized_end=225
   _globals['_LOTSTATUSCHANGED']._serialized_start=228
   _globals['_LOTSTATUSCHANGED']._serialized_end=422
+  _globals['_LOTREVIEWREQUIRED']._serialized_start=425
+  _globals['_LOTREVIEWREQUIRED']._serialized_end=555
+  _globals['_LOTREVIEWCLOSED']._serialized_start=558
+  _globals['_LOTREVIEWCLOSED']._serialized_end=686
 # @@protoc_insertion_point(module_scope)

@@ -25,15 +25,17 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1alotgate/lots/v1/lots.proto\x12\x0flotgate.lots.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\'\n\x08Quantity\x12\r\n\x05value\x18\x01 \x01(\x01\x12\x0c\n\x04unit\x18\x02 \x01(\t\"=\n\x0eUnmetCondition\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0c\n\x04rule\x18\x03 \x01(\t\"\xbc\x01\n\rReleaseStatus\x12\x0e\n\x06lot_id\x18\x01 \x01(\t\x12*\n\x06status\x18\x02 \x01(\x0e\x32\x1a.lotgate.lots.v1.LotStatus\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12.\n\x05unmet\x18\x04 \x03(\x0b\x32\x1f.lotgate.lots.v1.UnmetCondition\x12.\n\ndecided_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa2\x02\n\x03Lot\x12\x0e\n\x06lot_id\x18\x01 \x01(\t\x12\x15\n\rmaterial_code\x18\x02 \x01(\t\x12\x13\n\x0bsupplier_id\x18\x03 \x01(\t\x12\x1b\n\x13supplier_lot_number\x18\x04 \x01(\t\x12+\n\x08quantity\x18\x05 \x01(\x0b\x32\x19.lotgate.lots.v1.Quantity\x12\x17\n\x0f\x63ontainer_count\x18\x06 \x01(\x05\x12\x13\n\x0b\x65xpiry_date\x18\x07 \x01(\t\x12/\n\x0breceived_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x0erelease_status\x18\t \x01(\x0b\x32\x1e.lotgate.lots.v1.ReleaseStatus\"\xdd\x01\n\x11ReceiveLotRequest\x12\x0e\n\x06lot_id\x18\x01 \x01(\t\x12\x15\n\rmaterial_code\x18\x02 \x01(\t\x12\x13\n\x0bsupplier_id\x18\x03 \x01(\t\x12\x1b\n\x13supplier_lot_number\x18\x04 \x01(\t\x12+\n\x08quantity\x18\x05 \x01(\x0b\x32\x19.lotgate.lots.v1.Quantity\x12\x17\n\x0f\x63ontainer_count\x18\x06 \x01(\x05\x12\x13\n\x0b\x65xpiry_date\x18\x07 \x01(\t\x12\x14\n\x0crequested_by\x18\x08 \x01(\t\"7\n\x12ReceiveLotResponse\x12!\n\x03lot\x18\x01 \x01(\x0b\x32\x14.lotgate.lots.v1.Lot\"\x1f\n\rGetLotRequest\x12\x0e\n\x06lot_id\x18\x01 \x01(\t\"3\n\x0eGetLotResponse\x12!\n\x03lot\x18\x01 \x01(\x0b\x32\x14.lotgate.lots.v1.Lot\")\n\x17GetReleaseStatusRequest\x12\x0e\n\x06lot_id\x18\x01 \x01(\t\"R\n\x18GetReleaseStatusResponse\x12\x36\n\x0erelease_status\x18\x01 \x01(\x0b\x32\x1e.lotgate.lots.v1.ReleaseStatus\"d\n\x0fListLotsRequest\x12*\n\x06status\x18\x01 \x01(\x0e\x32\x1a.lotgate.lots.v1.LotStatus\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"O\n\x10ListLotsResponse\x12\"\n\x04lots\x18\x01 \x03(\x0b\x32\x14.lotgate.lots.v1.Lot\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*t\n\tLotStatus\x12\x1a\n\x16LOT_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15LOT_STATUS_QUARANTINE\x10\x01\x12\x17\n\x13LOT_STATUS_RELEASED\x10\x02\x12\x17\n\x13LOT_STATUS_REJECTED\x10\x03\x32\xe8\x02\n\nLotService\x12U\n\nReceiveLot\x12\".lotgate.lots.v1.ReceiveLotRequest\x1a#.lotgate.lots.v1.ReceiveLotResponse\x12I\n\x06GetLot\x12\x1e.lotgate.lots.v1.GetLotRequest\x1a\x1f.lotgate.lots.v1.GetLotResponse\x12g\n\x10GetReleaseStatus\x12(.lotgate.lots.v1.GetReleaseStatusRequest\x1a).lotgate.lots.v1.GetReleaseStatusResponse\x12O\n\x08ListLots\x12 .lotgate.lots.v1.ListLotsRequest\x1a!.lotgate.lots.v1.ListLotsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1alotgate/lots/v1/lots.proto\x12\x0flotgate.lots.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\'\n\x08Quantity\x12\r\n\x05value\x18\x01 \x01(\x01\x12\x0c\n\x04unit\x18\x02 \x01(\t\"=\n\x0eUnmetCondition\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0c\n\x04rule\x18\x03 \x01(\t\"\xbc\x01\n\rReleaseStatus\x12\x0e\n\x06lot_id\x18\x01 \x01(\t\x12*\n\x06status\x18\x02 \x01(\x0e\x32\x1a.lotgate.lots.v1.LotStatus\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12.\n\x05unmet\x18\x04 \x03(\x0b\x32\x1f.lotgate.lots.v1.UnmetCondition\x12.\n\ndecided_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xbc\x02\n\x03Lot\x12\x0e\n\x06lot_id\x18\x01 \x01(\t\x12\x15\n\rmaterial_code\x18\x02 \x01(\t\x12\x13\n\x0bsupplier_id\x18\x03 \x01(\t\x12\x1b\n\x13supplier_lot_number\x18\x04 \x01(\t\x12+\n\x08quantity\x18\x05 \x01(\x0b\x32\x19.lotgate.lots.v1.Quantity\x12\x17\n\x0f\x63ontainer_count\x18\x06 \x01(\x05\x12\x13\n\x0b\x65xpiry_date\x18\x07 \x01(\t\x12/\n\x0breceived_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x0erelease_status\x18\t \x01(\x0b\x32\x1e.lotgate.lots.v1.ReleaseStatus\x12\x18\n\x10supplier_site_id\x18\n \x01(\t\"\xf7\x01\n\x11ReceiveLotRequest\x12\x0e\n\x06lot_id\x18\x01 \x01(\t\x12\x15\n\rmaterial_code\x18\x02 \x01(\t\x12\x13\n\x0bsupplier_id\x18\x03 \x01(\t\x12\x1b\n\x13supplier_lot_number\x18\x04 \x01(\t\x12+\n\x08quantity\x18\x05 \x01(\x0b\x32\x19.lotgate.lots.v1.Quantity\x12\x17\n\x0f\x63ontainer_count\x18\x06 \x01(\x05\x12\x13\n\x0b\x65xpiry_date\x18\x07 \x01(\t\x12\x14\n\x0crequested_by\x18\x08 \x01(\t\x12\x18\n\x10supplier_site_id\x18\t \x01(\t\"7\n\x12ReceiveLotResponse\x12!\n\x03lot\x18\x01 \x01(\x0b\x32\x14.lotgate.lots.v1.Lot\"\x1f\n\rGetLotRequest\x12\x0e\n\x06lot_id\x18\x01 \x01(\t\"3\n\x0eGetLotResponse\x12!\n\x03lot\x18\x01 \x01(\x0b\x32\x14.lotgate.lots.v1.Lot\")\n\x17GetReleaseStatusRequest\x12\x0e\n\x06lot_id\x18\x01 \x01(\t\"R\n\x18GetReleaseStatusResponse\x12\x36\n\x0erelease_status\x18\x01 \x01(\x0b\x32\x1e.lotgate.lots.v1.ReleaseStatus\"\xaa\x01\n\x0fListLotsRequest\x12*\n\x06status\x18\x01 \x01(\x0e\x32\x1a.lotgate.lots.v1.LotStatus\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x13\n\x0bsupplier_id\x18\x04 \x01(\t\x12\x18\n\x10supplier_site_id\x18\x05 \x01(\t\x12\x15\n\rmaterial_code\x18\x06 \x01(\t\"O\n\x10ListLotsResponse\x12\"\n\x04lots\x18\x01 \x03(\x0b\x32\x14.lotgate.lots.v1.Lot\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xf3\x02\n\tLotReview\x12\x11\n\treview_id\x18\x01 \x01(\t\x12\x0e\n\x06lot_id\x18\x02 \x01(\t\x12\x13\n\x0bsupplier_id\x18\x03 \x01(\t\x12\x18\n\x10supplier_site_id\x18\x04 \x01(\t\x12\x15\n\rmaterial_code\x18\x05 \x01(\t\x12\x1c\n\x14qualification_status\x18\x06 \x01(\t\x12\x1d\n\x15qualification_version\x18\x07 \x01(\x03\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12-\n\topened_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x05state\x18\n \x01(\x0e\x32\x1c.lotgate.lots.v1.ReviewState\x12\x12\n\nconclusion\x18\x0b \x01(\t\x12\x11\n\tclosed_by\x18\x0c \x01(\t\x12-\n\tclosed_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x97\x01\n\x15ListLotReviewsRequest\x12+\n\x05state\x18\x01 \x01(\x0e\x32\x1c.lotgate.lots.v1.ReviewState\x12\x13\n\x0bsupplier_id\x18\x02 \x01(\t\x12\x15\n\rmaterial_code\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"^\n\x16ListLotReviewsResponse\x12+\n\x07reviews\x18\x01 \x03(\x0b\x32\x1a.lotgate.lots.v1.LotReview\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"T\n\x15\x43loseLotReviewRequest\x12\x11\n\treview_id\x18\x01 \x01(\t\x12\x12\n\nconclusion\x18\x02 \x01(\t\x12\x14\n\x0crequested_by\x18\x03 \x01(\t\"D\n\x16\x43loseLotReviewResponse\x12*\n\x06review\x18\x01 \x01(\x0b\x32\x1a.lotgate.lots.v1.LotReview*t\n\tLotStatus\x12\x1a\n\x16LOT_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15LOT_STATUS_QUARANTINE\x10\x01\x12\x17\n\x13LOT_STATUS_RELEASED\x10\x02\x12\x17\n\x13LOT_STATUS_REJECTED\x10\x03*[\n\x0bReviewState\x12\x1c\n\x18REVIEW_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11REVIEW_STATE_OPEN\x10\x01\x12\x17\n\x13REVIEW_STATE_CLOSED\x10\x02\x32\xae\x04\n\nLotService\x12U\n\nReceiveLot\x12\".lotgate.lots.v1.ReceiveLotRequest\x1a#.lotgate.lots.v1.ReceiveLotResponse\x12I\n\x06GetLot\x12\x1e.lotgate.lots.v1.GetLotRequest\x1a\x1f.lotgate.lots.v1.GetLotResponse\x12g\n\x10GetReleaseStatus\x12(.lotgate.lots.v1.GetReleaseStatusRequest\x1a).lotgate.lots.v1.GetReleaseStatusResponse\x12O\n\x08ListLots\x12 .lotgate.lots.v1.ListLotsRequest\x1a!.lotgate.lots.v1.ListLotsResponse\x12\x61\n\x0eListLotReviews\x12&.lotgate.lots.v1.ListLotReviewsRequest\x1a\'.lotgate.lots.v1.ListLotReviewsResponse\x12\x61\n\x0e\x43loseLotReview\x12&.lotgate.lots.v1.CloseLotReviewRequest\x1a\'.lotgate.lots.v1.CloseLotReviewResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lotgate.lots.v1.lots_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LOTSTATUS']._serialized_start=1345
-  _globals['_LOTSTATUS']._serialized_end=1461
+  _globals['_LOTSTATUS']._serialized_start=2248
+  _globals['_LOTSTATUS']._serialized_end=2364
+  _globals['_REVIEWSTATE']._serialized_start=2366
+  _globals['_REVIEWSTATE']._serialized_end=2457
   _globals['_QUANTITY']._serialized_start=80
   _globals['_QUANTITY']._serialized_end=119
   _globals['_UNMETCONDITION']._serialized_start=121
@@ -41,23 +43,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RELEASESTATUS']._serialized_start=185
   _globals['_RELEASESTATUS']._serialized_end=373
   _globals['_LOT']._serialized_start=376
-  _globals['_LOT']._serialized_end=666
-  _globals['_RECEIVELOTREQUEST']._serialized_start=669
-  _globals['_RECEIVELOTREQUEST']._serialized_end=890
-  _globals['_RECEIVELOTRESPONSE']._serialized_start=892
-  _globals['_RECEIVELOTRESPONSE']._serialized_end=947
-  _globals['_GETLOTREQUEST']._serialized_start=949
-  _globals['_GETLOTREQUEST']._serialized_end=980
-  _globals['_GETLOTRESPONSE']._serialized_start=982
-  _globals['_GETLOTRESPONSE']._serialized_end=1033
-  _globals['_GETRELEASESTATUSREQUEST']._serialized_start=1035
-  _globals['_GETRELEASESTATUSREQUEST']._serialized_end=1076
-  _globals['_GETRELEASESTATUSRESPONSE']._serialized_start=1078
-  _globals['_GETRELEASESTATUSRESPONSE']._serialized_end=1160
-  _globals['_LISTLOTSREQUEST']._serialized_start=1162
-  _globals['_LISTLOTSREQUEST']._serialized_end=1262
-  _globals['_LISTLOTSRESPONSE']._serialized_start=1264
-  _globals['_LISTLOTSRESPONSE']._serialized_end=1343
-  _globals['_LOTSERVICE']._serialized_start=1464
-  _globals['_LOTSERVICE']._serialized_end=1824
+  _globals['_LOT']._serialized_end=692
+  _globals['_RECEIVELOTREQUEST']._serialized_start=695
+  _globals['_RECEIVELOTREQUEST']._serialized_end=942
+  _globals['_RECEIVELOTRESPONSE']._serialized_start=944
+  _globals['_RECEIVELOTRESPONSE']._serialized_end=999
+  _globals['_GETLOTREQUEST']._serialized_start=1001
+  _globals['_GETLOTREQUEST']._serialized_end=1032
+  _globals['_GETLOTRESPONSE']._serialized_start=1034
+  _globals['_GETLOTRESPONSE']._serialized_end=1085
+  _globals['_GETRELEASESTATUSREQUEST']._serialized_start=1087
+  _globals['_GETRELEASESTATUSREQUEST']._serialized_end=1128
+  _globals['_GETRELEASESTATUSRESPONSE']._serialized_start=1130
+  _globals['_GETRELEASESTATUSRESPONSE']._serialized_end=1212
+  _globals['_LISTLOTSREQUEST']._serialized_start=1215
+  _globals['_LISTLOTSREQUEST']._serialized_end=1385
+  _globals['_LISTLOTSRESPONSE']._serialized_start=1387
+  _globals['_LISTLOTSRESPONSE']._serialized_end=1466
+  _globals['_LOTREVIEW']._serialized_start=1469
+  _globals['_LOTREVIEW']._serialized_end=1840
+  _globals['_LISTLOTREVIEWSREQUEST']._serialized_start=1843
+  _globals['_LISTLOTREVIEWSREQUEST']._serialized_end=1994
+  _globals['_LISTLOTREVIEWSRESPONSE']._serialized_start=1996
+  _globals['_LISTLOTREVIEWSRESPONSE']._serialized_end=2090
+  _globals['_CLOSELOTREVIEWREQUEST']._serialized_start=2092
+  _globals['_CLOSELOTREVIEWREQUEST']._serialized_end=2176
+  _globals['_CLOSELOTREVIEWRESPONSE']._serialized_start=2178
+  _globals['_CLOSELOTREVIEWRESPONSE']._serialized_end=2246
+  _globals['_LOTSERVICE']._serialized_start=2460
+  _globals['_LOTSERVICE']._serialized_end=3018
 # @@protoc_insertion_point(module_scope)

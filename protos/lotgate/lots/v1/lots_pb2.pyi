@@ -45,6 +45,25 @@ LOT_STATUS_REJECTED: LotStatus.ValueType  # 3
 """Failed a specification; never to be used."""
 Global___LotStatus: _TypeAlias = LotStatus  # noqa: Y015
 
+class _ReviewState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ReviewStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReviewState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REVIEW_STATE_UNSPECIFIED: _ReviewState.ValueType  # 0
+    REVIEW_STATE_OPEN: _ReviewState.ValueType  # 1
+    """QA has not concluded yet."""
+    REVIEW_STATE_CLOSED: _ReviewState.ValueType  # 2
+
+class ReviewState(_ReviewState, metaclass=_ReviewStateEnumTypeWrapper): ...
+
+REVIEW_STATE_UNSPECIFIED: ReviewState.ValueType  # 0
+REVIEW_STATE_OPEN: ReviewState.ValueType  # 1
+"""QA has not concluded yet."""
+REVIEW_STATE_CLOSED: ReviewState.ValueType  # 2
+Global___ReviewState: _TypeAlias = ReviewState  # noqa: Y015
+
 @_typing.final
 class Quantity(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -144,6 +163,7 @@ class Lot(_message.Message):
     EXPIRY_DATE_FIELD_NUMBER: _builtins.int
     RECEIVED_AT_FIELD_NUMBER: _builtins.int
     RELEASE_STATUS_FIELD_NUMBER: _builtins.int
+    SUPPLIER_SITE_ID_FIELD_NUMBER: _builtins.int
     lot_id: _builtins.str
     material_code: _builtins.str
     supplier_id: _builtins.str
@@ -151,6 +171,8 @@ class Lot(_message.Message):
     container_count: _builtins.int
     expiry_date: _builtins.str
     """Last day the material may be used, ISO 8601 (YYYY-MM-DD)."""
+    supplier_site_id: _builtins.str
+    """The supplier's manufacturing site the lot comes from."""
     @_builtins.property
     def quantity(self) -> Global___Quantity: ...
     @_builtins.property
@@ -169,10 +191,11 @@ class Lot(_message.Message):
         expiry_date: _builtins.str = ...,
         received_at: _timestamp_pb2.Timestamp | None = ...,
         release_status: Global___ReleaseStatus | None = ...,
+        supplier_site_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["quantity", b"quantity", "received_at", b"received_at", "release_status", b"release_status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_count", b"container_count", "expiry_date", b"expiry_date", "lot_id", b"lot_id", "material_code", b"material_code", "quantity", b"quantity", "received_at", b"received_at", "release_status", b"release_status", "supplier_id", b"supplier_id", "supplier_lot_number", b"supplier_lot_number"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_count", b"container_count", "expiry_date", b"expiry_date", "lot_id", b"lot_id", "material_code", b"material_code", "quantity", b"quantity", "received_at", b"received_at", "release_status", b"release_status", "supplier_id", b"supplier_id", "supplier_lot_number", b"supplier_lot_number", "supplier_site_id", b"supplier_site_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -190,6 +213,7 @@ class ReceiveLotRequest(_message.Message):
     CONTAINER_COUNT_FIELD_NUMBER: _builtins.int
     EXPIRY_DATE_FIELD_NUMBER: _builtins.int
     REQUESTED_BY_FIELD_NUMBER: _builtins.int
+    SUPPLIER_SITE_ID_FIELD_NUMBER: _builtins.int
     lot_id: _builtins.str
     """The site's own code for this lot."""
     material_code: _builtins.str
@@ -198,6 +222,8 @@ class ReceiveLotRequest(_message.Message):
     container_count: _builtins.int
     expiry_date: _builtins.str
     requested_by: _builtins.str
+    supplier_site_id: _builtins.str
+    """The supplier's manufacturing site; qualifications are per site."""
     @_builtins.property
     def quantity(self) -> Global___Quantity: ...
     def __init__(
@@ -211,10 +237,11 @@ class ReceiveLotRequest(_message.Message):
         container_count: _builtins.int = ...,
         expiry_date: _builtins.str = ...,
         requested_by: _builtins.str = ...,
+        supplier_site_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["quantity", b"quantity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_count", b"container_count", "expiry_date", b"expiry_date", "lot_id", b"lot_id", "material_code", b"material_code", "quantity", b"quantity", "requested_by", b"requested_by", "supplier_id", b"supplier_id", "supplier_lot_number", b"supplier_lot_number"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_count", b"container_count", "expiry_date", b"expiry_date", "lot_id", b"lot_id", "material_code", b"material_code", "quantity", b"quantity", "requested_by", b"requested_by", "supplier_id", b"supplier_id", "supplier_lot_number", b"supplier_lot_number", "supplier_site_id", b"supplier_site_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -325,22 +352,34 @@ class ListLotsRequest(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    SUPPLIER_ID_FIELD_NUMBER: _builtins.int
+    SUPPLIER_SITE_ID_FIELD_NUMBER: _builtins.int
+    MATERIAL_CODE_FIELD_NUMBER: _builtins.int
     status: Global___LotStatus.ValueType
     """Only lots with this status when set."""
     page_size: _builtins.int
     """At most this many lots (default 100, at most 1000)."""
     page_token: _builtins.str
     """The next_page_token of the previous page."""
+    supplier_id: _builtins.str
+    """Only lots of this supplier when set."""
+    supplier_site_id: _builtins.str
+    """Only lots from this site when set (with supplier_id)."""
+    material_code: _builtins.str
+    """Only lots of this material when set."""
     def __init__(
         self,
         *,
         status: Global___LotStatus.ValueType = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        supplier_id: _builtins.str = ...,
+        supplier_site_id: _builtins.str = ...,
+        material_code: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["material_code", b"material_code", "page_size", b"page_size", "page_token", b"page_token", "status", b"status", "supplier_id", b"supplier_id", "supplier_site_id", b"supplier_site_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -368,3 +407,174 @@ class ListLotsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListLotsResponse: _TypeAlias = ListLotsResponse  # noqa: Y015
+
+@_typing.final
+class LotReview(_message.Message):
+    """LotReview asks QA to review a lot released from a supplier site whose
+    qualification for the lot's material was later withdrawn or lapsed.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVIEW_ID_FIELD_NUMBER: _builtins.int
+    LOT_ID_FIELD_NUMBER: _builtins.int
+    SUPPLIER_ID_FIELD_NUMBER: _builtins.int
+    SUPPLIER_SITE_ID_FIELD_NUMBER: _builtins.int
+    MATERIAL_CODE_FIELD_NUMBER: _builtins.int
+    QUALIFICATION_STATUS_FIELD_NUMBER: _builtins.int
+    QUALIFICATION_VERSION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    OPENED_AT_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    CONCLUSION_FIELD_NUMBER: _builtins.int
+    CLOSED_BY_FIELD_NUMBER: _builtins.int
+    CLOSED_AT_FIELD_NUMBER: _builtins.int
+    review_id: _builtins.str
+    """"<lot_id>/<qualification version>"."""
+    lot_id: _builtins.str
+    supplier_id: _builtins.str
+    supplier_site_id: _builtins.str
+    material_code: _builtins.str
+    qualification_status: _builtins.str
+    """What happened to the qualification: "SUSPENDED", "DISQUALIFIED" or "EXPIRED"."""
+    qualification_version: _builtins.int
+    reason: _builtins.str
+    """QA's reason for the change, or the expiry date."""
+    state: Global___ReviewState.ValueType
+    conclusion: _builtins.str
+    """QA's conclusion, for example "lot used up; no impact per deviation DEV-31"."""
+    closed_by: _builtins.str
+    @_builtins.property
+    def opened_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def closed_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        review_id: _builtins.str = ...,
+        lot_id: _builtins.str = ...,
+        supplier_id: _builtins.str = ...,
+        supplier_site_id: _builtins.str = ...,
+        material_code: _builtins.str = ...,
+        qualification_status: _builtins.str = ...,
+        qualification_version: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        opened_at: _timestamp_pb2.Timestamp | None = ...,
+        state: Global___ReviewState.ValueType = ...,
+        conclusion: _builtins.str = ...,
+        closed_by: _builtins.str = ...,
+        closed_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["closed_at", b"closed_at", "opened_at", b"opened_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["closed_at", b"closed_at", "closed_by", b"closed_by", "conclusion", b"conclusion", "lot_id", b"lot_id", "material_code", b"material_code", "opened_at", b"opened_at", "qualification_status", b"qualification_status", "qualification_version", b"qualification_version", "reason", b"reason", "review_id", b"review_id", "state", b"state", "supplier_id", b"supplier_id", "supplier_site_id", b"supplier_site_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LotReview: _TypeAlias = LotReview  # noqa: Y015
+
+@_typing.final
+class ListLotReviewsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    SUPPLIER_ID_FIELD_NUMBER: _builtins.int
+    MATERIAL_CODE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    state: Global___ReviewState.ValueType
+    """Only reviews in this state when set."""
+    supplier_id: _builtins.str
+    """Only reviews of lots of this supplier when set."""
+    material_code: _builtins.str
+    """Only reviews of lots of this material when set."""
+    page_size: _builtins.int
+    """At most this many reviews (default 100, at most 1000)."""
+    page_token: _builtins.str
+    """The next_page_token of the previous page."""
+    def __init__(
+        self,
+        *,
+        state: Global___ReviewState.ValueType = ...,
+        supplier_id: _builtins.str = ...,
+        material_code: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["material_code", b"material_code", "page_size", b"page_size", "page_token", b"page_token", "state", b"state", "supplier_id", b"supplier_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLotReviewsRequest: _TypeAlias = ListLotReviewsRequest  # noqa: Y015
+
+@_typing.final
+class ListLotReviewsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVIEWS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def reviews(self) -> _containers.RepeatedCompositeFieldContainer[Global___LotReview]:
+        """Oldest first."""
+
+    def __init__(
+        self,
+        *,
+        reviews: _abc.Iterable[Global___LotReview] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "reviews", b"reviews"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLotReviewsResponse: _TypeAlias = ListLotReviewsResponse  # noqa: Y015
+
+@_typing.final
+class CloseLotReviewRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVIEW_ID_FIELD_NUMBER: _builtins.int
+    CONCLUSION_FIELD_NUMBER: _builtins.int
+    REQUESTED_BY_FIELD_NUMBER: _builtins.int
+    review_id: _builtins.str
+    conclusion: _builtins.str
+    requested_by: _builtins.str
+    def __init__(
+        self,
+        *,
+        review_id: _builtins.str = ...,
+        conclusion: _builtins.str = ...,
+        requested_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conclusion", b"conclusion", "requested_by", b"requested_by", "review_id", b"review_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CloseLotReviewRequest: _TypeAlias = CloseLotReviewRequest  # noqa: Y015
+
+@_typing.final
+class CloseLotReviewResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVIEW_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def review(self) -> Global___LotReview: ...
+    def __init__(
+        self,
+        *,
+        review: Global___LotReview | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["review", b"review"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["review", b"review"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CloseLotReviewResponse: _TypeAlias = CloseLotReviewResponse  # noqa: Y015

@@ -56,6 +56,16 @@ class LotServiceStub:
                 request_serializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.ListLotsRequest.SerializeToString,
                 response_deserializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.ListLotsResponse.FromString,
                 _registered_method=True)
+        self.ListLotReviews = channel.unary_unary(
+                '/lotgate.lots.v1.LotService/ListLotReviews',
+                request_serializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.ListLotReviewsRequest.SerializeToString,
+                response_deserializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.ListLotReviewsResponse.FromString,
+                _registered_method=True)
+        self.CloseLotReview = channel.unary_unary(
+                '/lotgate.lots.v1.LotService/CloseLotReview',
+                request_serializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.CloseLotReviewRequest.SerializeToString,
+                response_deserializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.CloseLotReviewResponse.FromString,
+                _registered_method=True)
 
 
 class LotServiceServicer:
@@ -86,7 +96,25 @@ class LotServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListLots(self, request, context):
-        """ListLots lists lots, optionally of one status, ordered by lot id.
+        """ListLots lists lots, optionally filtered by status, supplier, site and
+        material, ordered by lot id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListLotReviews(self, request, context):
+        """ListLotReviews lists released lots that QA must review because their
+        supplier site was suspended, disqualified or expired for their material
+        after release. Such lots are never changed silently.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CloseLotReview(self, request, context):
+        """CloseLotReview records QA's conclusion on a review. A closed review
+        cannot be closed again with another conclusion.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -114,6 +142,16 @@ def add_LotServiceServicer_to_server(servicer, server):
                     servicer.ListLots,
                     request_deserializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.ListLotsRequest.FromString,
                     response_serializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.ListLotsResponse.SerializeToString,
+            ),
+            'ListLotReviews': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLotReviews,
+                    request_deserializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.ListLotReviewsRequest.FromString,
+                    response_serializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.ListLotReviewsResponse.SerializeToString,
+            ),
+            'CloseLotReview': grpc.unary_unary_rpc_method_handler(
+                    servicer.CloseLotReview,
+                    request_deserializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.CloseLotReviewRequest.FromString,
+                    response_serializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.CloseLotReviewResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -226,6 +264,60 @@ class LotService:
             '/lotgate.lots.v1.LotService/ListLots',
             lotgate_dot_lots_dot_v1_dot_lots__pb2.ListLotsRequest.SerializeToString,
             lotgate_dot_lots_dot_v1_dot_lots__pb2.ListLotsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLotReviews(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lotgate.lots.v1.LotService/ListLotReviews',
+            lotgate_dot_lots_dot_v1_dot_lots__pb2.ListLotReviewsRequest.SerializeToString,
+            lotgate_dot_lots_dot_v1_dot_lots__pb2.ListLotReviewsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CloseLotReview(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lotgate.lots.v1.LotService/CloseLotReview',
+            lotgate_dot_lots_dot_v1_dot_lots__pb2.CloseLotReviewRequest.SerializeToString,
+            lotgate_dot_lots_dot_v1_dot_lots__pb2.CloseLotReviewResponse.FromString,
             options,
             channel_credentials,
             insecure,

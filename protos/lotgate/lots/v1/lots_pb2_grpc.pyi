@@ -44,7 +44,18 @@ class LotServiceStub:
     GetReleaseStatus: _grpc.UnaryUnaryMultiCallable[_lots_pb2.GetReleaseStatusRequest, _lots_pb2.GetReleaseStatusResponse]
     """GetReleaseStatus answers "may I pick this lot?" and, when not, why not."""
     ListLots: _grpc.UnaryUnaryMultiCallable[_lots_pb2.ListLotsRequest, _lots_pb2.ListLotsResponse]
-    """ListLots lists lots, optionally of one status, ordered by lot id."""
+    """ListLots lists lots, optionally filtered by status, supplier, site and
+    material, ordered by lot id.
+    """
+    ListLotReviews: _grpc.UnaryUnaryMultiCallable[_lots_pb2.ListLotReviewsRequest, _lots_pb2.ListLotReviewsResponse]
+    """ListLotReviews lists released lots that QA must review because their
+    supplier site was suspended, disqualified or expired for their material
+    after release. Such lots are never changed silently.
+    """
+    CloseLotReview: _grpc.UnaryUnaryMultiCallable[_lots_pb2.CloseLotReviewRequest, _lots_pb2.CloseLotReviewResponse]
+    """CloseLotReview records QA's conclusion on a review. A closed review
+    cannot be closed again with another conclusion.
+    """
 
 @_typing.type_check_only
 class LotServiceAsyncStub(LotServiceStub):
@@ -62,7 +73,18 @@ class LotServiceAsyncStub(LotServiceStub):
     GetReleaseStatus: _aio.UnaryUnaryMultiCallable[_lots_pb2.GetReleaseStatusRequest, _lots_pb2.GetReleaseStatusResponse]  # type: ignore[assignment]
     """GetReleaseStatus answers "may I pick this lot?" and, when not, why not."""
     ListLots: _aio.UnaryUnaryMultiCallable[_lots_pb2.ListLotsRequest, _lots_pb2.ListLotsResponse]  # type: ignore[assignment]
-    """ListLots lists lots, optionally of one status, ordered by lot id."""
+    """ListLots lists lots, optionally filtered by status, supplier, site and
+    material, ordered by lot id.
+    """
+    ListLotReviews: _aio.UnaryUnaryMultiCallable[_lots_pb2.ListLotReviewsRequest, _lots_pb2.ListLotReviewsResponse]  # type: ignore[assignment]
+    """ListLotReviews lists released lots that QA must review because their
+    supplier site was suspended, disqualified or expired for their material
+    after release. Such lots are never changed silently.
+    """
+    CloseLotReview: _aio.UnaryUnaryMultiCallable[_lots_pb2.CloseLotReviewRequest, _lots_pb2.CloseLotReviewResponse]  # type: ignore[assignment]
+    """CloseLotReview records QA's conclusion on a review. A closed review
+    cannot be closed again with another conclusion.
+    """
 
 class LotServiceServicer(metaclass=_abc_1.ABCMeta):
     """LotService receives material lots into quarantine and decides, from the
@@ -101,6 +123,29 @@ class LotServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _lots_pb2.ListLotsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_lots_pb2.ListLotsResponse, _abc.Awaitable[_lots_pb2.ListLotsResponse]]:
-        """ListLots lists lots, optionally of one status, ordered by lot id."""
+        """ListLots lists lots, optionally filtered by status, supplier, site and
+        material, ordered by lot id.
+        """
+
+    @_abc_1.abstractmethod
+    def ListLotReviews(
+        self,
+        request: _lots_pb2.ListLotReviewsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lots_pb2.ListLotReviewsResponse, _abc.Awaitable[_lots_pb2.ListLotReviewsResponse]]:
+        """ListLotReviews lists released lots that QA must review because their
+        supplier site was suspended, disqualified or expired for their material
+        after release. Such lots are never changed silently.
+        """
+
+    @_abc_1.abstractmethod
+    def CloseLotReview(
+        self,
+        request: _lots_pb2.CloseLotReviewRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lots_pb2.CloseLotReviewResponse, _abc.Awaitable[_lots_pb2.CloseLotReviewResponse]]:
+        """CloseLotReview records QA's conclusion on a review. A closed review
+        cannot be closed again with another conclusion.
+        """
 
 def add_LotServiceServicer_to_server(servicer: LotServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from lotgate.suppliers.v1 import suppliers_pb2 as lotgate_dot_suppliers_dot_v1_dot_suppliers__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!lotgate/suppliers/v1/events.proto\x12\x14lotgate.suppliers.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a$lotgate/suppliers/v1/suppliers.proto\"\xd9\x01\n\x14QualificationChanged\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12:\n\rqualification\x18\x02 \x01(\x0b\x32#.lotgate.suppliers.v1.Qualification\x12\x42\n\x0fprevious_status\x18\x03 \x01(\x0e\x32).lotgate.suppliers.v1.QualificationStatus\x12/\n\x0boccurred_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!lotgate/suppliers/v1/events.proto\x12\x14lotgate.suppliers.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a$lotgate/suppliers/v1/suppliers.proto\"\xd9\x01\n\x14QualificationChanged\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12:\n\rqualification\x18\x02 \x01(\x0b\x32#.lotgate.suppliers.v1.Qualification\x12\x42\n\x0fprevious_status\x18\x03 \x01(\x0e\x32).lotgate.suppliers.v1.QualificationStatus\x12/\n\x0boccurred_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc6\x01\n\x15QualificationExpiring\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12:\n\rqualification\x18\x02 \x01(\x0b\x32#.lotgate.suppliers.v1.Qualification\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0boccurred_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,4 +35,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_QUALIFICATIONCHANGED']._serialized_start=131
   _globals['_QUALIFICATIONCHANGED']._serialized_end=348
+  _globals['_QUALIFICATIONEXPIRING']._serialized_start=351
+  _globals['_QUALIFICATIONEXPIRING']._serialized_end=549
 # @@protoc_insertion_point(module_scope)

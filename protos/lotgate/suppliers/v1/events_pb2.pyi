@@ -21,7 +21,8 @@ DESCRIPTOR: _descriptor.FileDescriptor
 @_typing.final
 class QualificationChanged(_message.Message):
     """QualificationChanged is published on lotgate.suppliers.v1.qualification_changed
-    after every change of a supplier's qualification for a material.
+    after every change of a site's qualification for a material, including the
+    service's own EXPIRED transition when valid_until passes.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -53,3 +54,38 @@ class QualificationChanged(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___QualificationChanged: _TypeAlias = QualificationChanged  # noqa: Y015
+
+@_typing.final
+class QualificationExpiring(_message.Message):
+    """QualificationExpiring is published on lotgate.suppliers.v1.qualification_expiring
+    once per valid_until, a configurable time before a QUALIFIED approval lapses.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    QUALIFICATION_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    @_builtins.property
+    def qualification(self) -> _suppliers_pb2.Qualification: ...
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        qualification: _suppliers_pb2.Qualification | None = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        occurred_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "occurred_at", b"occurred_at", "qualification", b"qualification"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "expires_at", b"expires_at", "occurred_at", b"occurred_at", "qualification", b"qualification"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QualificationExpiring: _TypeAlias = QualificationExpiring  # noqa: Y015

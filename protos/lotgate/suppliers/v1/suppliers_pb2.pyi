@@ -28,21 +28,71 @@ class _QualificationStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Q
     DESCRIPTOR: _descriptor.EnumDescriptor
     QUALIFICATION_STATUS_UNSPECIFIED: _QualificationStatus.ValueType  # 0
     QUALIFICATION_STATUS_PENDING: _QualificationStatus.ValueType  # 1
-    """Known to the system but not (yet) approved for this material."""
+    """Opened, not (yet) approved: lots are not released."""
     QUALIFICATION_STATUS_QUALIFIED: _QualificationStatus.ValueType  # 2
+    """Approved until valid_until."""
     QUALIFICATION_STATUS_SUSPENDED: _QualificationStatus.ValueType  # 3
+    """Approval withdrawn for now; QA may reinstate it."""
     QUALIFICATION_STATUS_DISQUALIFIED: _QualificationStatus.ValueType  # 4
+    """Approval withdrawn for good; only a newly opened qualification can follow."""
+    QUALIFICATION_STATUS_EXPIRED: _QualificationStatus.ValueType  # 5
+    """valid_until passed without a renewal; set by the service itself."""
 
 class QualificationStatus(_QualificationStatus, metaclass=_QualificationStatusEnumTypeWrapper):
-    """QualificationStatus is the standing of a supplier for one material."""
+    """QualificationStatus is the standing of a supplier site for one material."""
 
 QUALIFICATION_STATUS_UNSPECIFIED: QualificationStatus.ValueType  # 0
 QUALIFICATION_STATUS_PENDING: QualificationStatus.ValueType  # 1
-"""Known to the system but not (yet) approved for this material."""
+"""Opened, not (yet) approved: lots are not released."""
 QUALIFICATION_STATUS_QUALIFIED: QualificationStatus.ValueType  # 2
+"""Approved until valid_until."""
 QUALIFICATION_STATUS_SUSPENDED: QualificationStatus.ValueType  # 3
+"""Approval withdrawn for now; QA may reinstate it."""
 QUALIFICATION_STATUS_DISQUALIFIED: QualificationStatus.ValueType  # 4
+"""Approval withdrawn for good; only a newly opened qualification can follow."""
+QUALIFICATION_STATUS_EXPIRED: QualificationStatus.ValueType  # 5
+"""valid_until passed without a renewal; set by the service itself."""
 Global___QualificationStatus: _TypeAlias = QualificationStatus  # noqa: Y015
+
+class _AuditType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AuditTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AuditType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    AUDIT_TYPE_UNSPECIFIED: _AuditType.ValueType  # 0
+    AUDIT_TYPE_ON_SITE: _AuditType.ValueType  # 1
+    AUDIT_TYPE_REMOTE: _AuditType.ValueType  # 2
+    AUDIT_TYPE_QUESTIONNAIRE: _AuditType.ValueType  # 3
+
+class AuditType(_AuditType, metaclass=_AuditTypeEnumTypeWrapper): ...
+
+AUDIT_TYPE_UNSPECIFIED: AuditType.ValueType  # 0
+AUDIT_TYPE_ON_SITE: AuditType.ValueType  # 1
+AUDIT_TYPE_REMOTE: AuditType.ValueType  # 2
+AUDIT_TYPE_QUESTIONNAIRE: AuditType.ValueType  # 3
+Global___AuditType: _TypeAlias = AuditType  # noqa: Y015
+
+class _AuditOutcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AuditOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AuditOutcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    AUDIT_OUTCOME_UNSPECIFIED: _AuditOutcome.ValueType  # 0
+    AUDIT_OUTCOME_APPROVED: _AuditOutcome.ValueType  # 1
+    AUDIT_OUTCOME_APPROVED_WITH_CONDITIONS: _AuditOutcome.ValueType  # 2
+    """Approved; the findings must be closed by a CAPA plan."""
+    AUDIT_OUTCOME_NOT_APPROVED: _AuditOutcome.ValueType  # 3
+
+class AuditOutcome(_AuditOutcome, metaclass=_AuditOutcomeEnumTypeWrapper): ...
+
+AUDIT_OUTCOME_UNSPECIFIED: AuditOutcome.ValueType  # 0
+AUDIT_OUTCOME_APPROVED: AuditOutcome.ValueType  # 1
+AUDIT_OUTCOME_APPROVED_WITH_CONDITIONS: AuditOutcome.ValueType  # 2
+"""Approved; the findings must be closed by a CAPA plan."""
+AUDIT_OUTCOME_NOT_APPROVED: AuditOutcome.ValueType  # 3
+Global___AuditOutcome: _TypeAlias = AuditOutcome  # noqa: Y015
 
 @_typing.final
 class Supplier(_message.Message):
@@ -52,6 +102,7 @@ class Supplier(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     QUALIFICATIONS_FIELD_NUMBER: _builtins.int
+    SITES_FIELD_NUMBER: _builtins.int
     supplier_id: _builtins.str
     """The supplier's code, chosen by QA (for example "ACME-BIO")."""
     name: _builtins.str
@@ -59,7 +110,11 @@ class Supplier(_message.Message):
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def qualifications(self) -> _containers.RepeatedCompositeFieldContainer[Global___Qualification]:
-        """Current qualification per material, ordered by material code."""
+        """Current qualification per site and material, ordered by site, then material."""
+
+    @_builtins.property
+    def sites(self) -> _containers.RepeatedCompositeFieldContainer[Global___Site]:
+        """Manufacturing sites, ordered by site id."""
 
     def __init__(
         self,
@@ -68,18 +123,157 @@ class Supplier(_message.Message):
         name: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         qualifications: _abc.Iterable[Global___Qualification] | None = ...,
+        sites: _abc.Iterable[Global___Site] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "name", b"name", "qualifications", b"qualifications", "supplier_id", b"supplier_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "name", b"name", "qualifications", b"qualifications", "sites", b"sites", "supplier_id", b"supplier_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Supplier: _TypeAlias = Supplier  # noqa: Y015
 
 @_typing.final
+class Site(_message.Message):
+    """Site is one manufacturing site of a supplier; qualifications are per site."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUPPLIER_ID_FIELD_NUMBER: _builtins.int
+    SITE_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    COUNTRY_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    supplier_id: _builtins.str
+    site_id: _builtins.str
+    """The site's code, chosen by QA (for example "BASEL-1")."""
+    name: _builtins.str
+    address: _builtins.str
+    """Postal address of the site."""
+    country: _builtins.str
+    """ISO 3166-1 alpha-2 country code, for example "CH"."""
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        supplier_id: _builtins.str = ...,
+        site_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        address: _builtins.str = ...,
+        country: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "country", b"country", "created_at", b"created_at", "name", b"name", "site_id", b"site_id", "supplier_id", b"supplier_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Site: _TypeAlias = Site  # noqa: Y015
+
+@_typing.final
+class Audit(_message.Message):
+    """Audit is one supplier audit of one site."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUDIT_ID_FIELD_NUMBER: _builtins.int
+    SUPPLIER_ID_FIELD_NUMBER: _builtins.int
+    SITE_ID_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    AUDIT_DATE_FIELD_NUMBER: _builtins.int
+    AUDITOR_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    CRITICAL_FINDINGS_FIELD_NUMBER: _builtins.int
+    MAJOR_FINDINGS_FIELD_NUMBER: _builtins.int
+    MINOR_FINDINGS_FIELD_NUMBER: _builtins.int
+    NEXT_AUDIT_DUE_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    RECORDED_BY_FIELD_NUMBER: _builtins.int
+    RECORDED_AT_FIELD_NUMBER: _builtins.int
+    audit_id: _builtins.str
+    """QA's reference of the audit, for example "AUD-2026-014"."""
+    supplier_id: _builtins.str
+    site_id: _builtins.str
+    type: Global___AuditType.ValueType
+    audit_date: _builtins.str
+    """Day the audit took place (or the questionnaire was returned), YYYY-MM-DD."""
+    auditor: _builtins.str
+    outcome: Global___AuditOutcome.ValueType
+    critical_findings: _builtins.int
+    major_findings: _builtins.int
+    minor_findings: _builtins.int
+    next_audit_due: _builtins.str
+    """Day by which the site must be audited again, YYYY-MM-DD."""
+    summary: _builtins.str
+    recorded_by: _builtins.str
+    @_builtins.property
+    def recorded_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        audit_id: _builtins.str = ...,
+        supplier_id: _builtins.str = ...,
+        site_id: _builtins.str = ...,
+        type: Global___AuditType.ValueType = ...,
+        audit_date: _builtins.str = ...,
+        auditor: _builtins.str = ...,
+        outcome: Global___AuditOutcome.ValueType = ...,
+        critical_findings: _builtins.int = ...,
+        major_findings: _builtins.int = ...,
+        minor_findings: _builtins.int = ...,
+        next_audit_due: _builtins.str = ...,
+        summary: _builtins.str = ...,
+        recorded_by: _builtins.str = ...,
+        recorded_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["recorded_at", b"recorded_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_date", b"audit_date", "audit_id", b"audit_id", "auditor", b"auditor", "critical_findings", b"critical_findings", "major_findings", b"major_findings", "minor_findings", b"minor_findings", "next_audit_due", b"next_audit_due", "outcome", b"outcome", "recorded_at", b"recorded_at", "recorded_by", b"recorded_by", "site_id", b"site_id", "summary", b"summary", "supplier_id", b"supplier_id", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Audit: _TypeAlias = Audit  # noqa: Y015
+
+@_typing.final
+class Evidence(_message.Message):
+    """Evidence is what a qualification decision rests on."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUDIT_ID_FIELD_NUMBER: _builtins.int
+    AUDIT_DATE_FIELD_NUMBER: _builtins.int
+    QUALITY_AGREEMENT_REF_FIELD_NUMBER: _builtins.int
+    QUESTIONNAIRE_REF_FIELD_NUMBER: _builtins.int
+    audit_id: _builtins.str
+    """The audit that supports the decision (required to qualify)."""
+    audit_date: _builtins.str
+    """The audit's date, filled in by the service from the audit record."""
+    quality_agreement_ref: _builtins.str
+    """The quality agreement in force with the supplier (required to qualify)."""
+    questionnaire_ref: _builtins.str
+    """A supplier questionnaire, when one was used."""
+    def __init__(
+        self,
+        *,
+        audit_id: _builtins.str = ...,
+        audit_date: _builtins.str = ...,
+        quality_agreement_ref: _builtins.str = ...,
+        questionnaire_ref: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_date", b"audit_date", "audit_id", b"audit_id", "quality_agreement_ref", b"quality_agreement_ref", "questionnaire_ref", b"questionnaire_ref"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Evidence: _TypeAlias = Evidence  # noqa: Y015
+
+@_typing.final
 class Qualification(_message.Message):
-    """Qualification is the current standing of a supplier for one material."""
+    """Qualification is the standing of a supplier site for one material."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -91,6 +285,8 @@ class Qualification(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     CHANGED_BY_FIELD_NUMBER: _builtins.int
     CHANGED_AT_FIELD_NUMBER: _builtins.int
+    SITE_ID_FIELD_NUMBER: _builtins.int
+    EVIDENCE_FIELD_NUMBER: _builtins.int
     supplier_id: _builtins.str
     material_code: _builtins.str
     status: Global___QualificationStatus.ValueType
@@ -98,12 +294,17 @@ class Qualification(_message.Message):
     """Grows by one with every change; consumers keep the highest version."""
     reason: _builtins.str
     changed_by: _builtins.str
+    site_id: _builtins.str
     @_builtins.property
     def valid_until(self) -> _timestamp_pb2.Timestamp:
         """Requalification date: the approval lapses at this instant."""
 
     @_builtins.property
-    def changed_at(self) -> _timestamp_pb2.Timestamp: ...
+    def changed_at(self) -> _timestamp_pb2.Timestamp:
+        """When the change was recorded."""
+
+    @_builtins.property
+    def evidence(self) -> Global___Evidence: ...
     def __init__(
         self,
         *,
@@ -115,10 +316,12 @@ class Qualification(_message.Message):
         reason: _builtins.str = ...,
         changed_by: _builtins.str = ...,
         changed_at: _timestamp_pb2.Timestamp | None = ...,
+        site_id: _builtins.str = ...,
+        evidence: Global___Evidence | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at", "valid_until", b"valid_until"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at", "evidence", b"evidence", "valid_until", b"valid_until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at", "changed_by", b"changed_by", "material_code", b"material_code", "reason", b"reason", "status", b"status", "supplier_id", b"supplier_id", "valid_until", b"valid_until", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at", "changed_by", b"changed_by", "evidence", b"evidence", "material_code", b"material_code", "reason", b"reason", "site_id", b"site_id", "status", b"status", "supplier_id", b"supplier_id", "valid_until", b"valid_until", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -140,6 +343,9 @@ class QualificationChange(_message.Message):
     CHANGED_BY_FIELD_NUMBER: _builtins.int
     CHANGED_AT_FIELD_NUMBER: _builtins.int
     EVENT_ID_FIELD_NUMBER: _builtins.int
+    SITE_ID_FIELD_NUMBER: _builtins.int
+    EVIDENCE_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
     supplier_id: _builtins.str
     material_code: _builtins.str
     version: _builtins.int
@@ -149,10 +355,17 @@ class QualificationChange(_message.Message):
     changed_by: _builtins.str
     event_id: _builtins.str
     """The id of the event that announced this change."""
+    site_id: _builtins.str
+    sequence: _builtins.int
+    """Position in the history; page tokens and exports refer to it."""
     @_builtins.property
     def valid_until(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
-    def changed_at(self) -> _timestamp_pb2.Timestamp: ...
+    def changed_at(self) -> _timestamp_pb2.Timestamp:
+        """When the change was recorded."""
+
+    @_builtins.property
+    def evidence(self) -> Global___Evidence: ...
     def __init__(
         self,
         *,
@@ -166,10 +379,13 @@ class QualificationChange(_message.Message):
         changed_by: _builtins.str = ...,
         changed_at: _timestamp_pb2.Timestamp | None = ...,
         event_id: _builtins.str = ...,
+        site_id: _builtins.str = ...,
+        evidence: Global___Evidence | None = ...,
+        sequence: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at", "valid_until", b"valid_until"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at", "evidence", b"evidence", "valid_until", b"valid_until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at", "changed_by", b"changed_by", "event_id", b"event_id", "material_code", b"material_code", "new_status", b"new_status", "previous_status", b"previous_status", "reason", b"reason", "supplier_id", b"supplier_id", "valid_until", b"valid_until", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at", "changed_by", b"changed_by", "event_id", b"event_id", "evidence", b"evidence", "material_code", b"material_code", "new_status", b"new_status", "previous_status", b"previous_status", "reason", b"reason", "sequence", b"sequence", "site_id", b"site_id", "supplier_id", b"supplier_id", "valid_until", b"valid_until", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -260,6 +476,244 @@ class GetSupplierResponse(_message.Message):
 Global___GetSupplierResponse: _TypeAlias = GetSupplierResponse  # noqa: Y015
 
 @_typing.final
+class AddSiteRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUPPLIER_ID_FIELD_NUMBER: _builtins.int
+    SITE_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    COUNTRY_FIELD_NUMBER: _builtins.int
+    REQUESTED_BY_FIELD_NUMBER: _builtins.int
+    supplier_id: _builtins.str
+    site_id: _builtins.str
+    name: _builtins.str
+    address: _builtins.str
+    country: _builtins.str
+    requested_by: _builtins.str
+    def __init__(
+        self,
+        *,
+        supplier_id: _builtins.str = ...,
+        site_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        address: _builtins.str = ...,
+        country: _builtins.str = ...,
+        requested_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "country", b"country", "name", b"name", "requested_by", b"requested_by", "site_id", b"site_id", "supplier_id", b"supplier_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddSiteRequest: _TypeAlias = AddSiteRequest  # noqa: Y015
+
+@_typing.final
+class AddSiteResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SITE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def site(self) -> Global___Site: ...
+    def __init__(
+        self,
+        *,
+        site: Global___Site | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["site", b"site"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["site", b"site"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddSiteResponse: _TypeAlias = AddSiteResponse  # noqa: Y015
+
+@_typing.final
+class RecordAuditRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUDIT_ID_FIELD_NUMBER: _builtins.int
+    SUPPLIER_ID_FIELD_NUMBER: _builtins.int
+    SITE_ID_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    AUDIT_DATE_FIELD_NUMBER: _builtins.int
+    AUDITOR_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    CRITICAL_FINDINGS_FIELD_NUMBER: _builtins.int
+    MAJOR_FINDINGS_FIELD_NUMBER: _builtins.int
+    MINOR_FINDINGS_FIELD_NUMBER: _builtins.int
+    NEXT_AUDIT_DUE_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    REQUESTED_BY_FIELD_NUMBER: _builtins.int
+    audit_id: _builtins.str
+    supplier_id: _builtins.str
+    site_id: _builtins.str
+    type: Global___AuditType.ValueType
+    audit_date: _builtins.str
+    auditor: _builtins.str
+    outcome: Global___AuditOutcome.ValueType
+    critical_findings: _builtins.int
+    major_findings: _builtins.int
+    minor_findings: _builtins.int
+    next_audit_due: _builtins.str
+    """Required unless the outcome is NOT_APPROVED."""
+    summary: _builtins.str
+    requested_by: _builtins.str
+    def __init__(
+        self,
+        *,
+        audit_id: _builtins.str = ...,
+        supplier_id: _builtins.str = ...,
+        site_id: _builtins.str = ...,
+        type: Global___AuditType.ValueType = ...,
+        audit_date: _builtins.str = ...,
+        auditor: _builtins.str = ...,
+        outcome: Global___AuditOutcome.ValueType = ...,
+        critical_findings: _builtins.int = ...,
+        major_findings: _builtins.int = ...,
+        minor_findings: _builtins.int = ...,
+        next_audit_due: _builtins.str = ...,
+        summary: _builtins.str = ...,
+        requested_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_date", b"audit_date", "audit_id", b"audit_id", "auditor", b"auditor", "critical_findings", b"critical_findings", "major_findings", b"major_findings", "minor_findings", b"minor_findings", "next_audit_due", b"next_audit_due", "outcome", b"outcome", "requested_by", b"requested_by", "site_id", b"site_id", "summary", b"summary", "supplier_id", b"supplier_id", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordAuditRequest: _TypeAlias = RecordAuditRequest  # noqa: Y015
+
+@_typing.final
+class RecordAuditResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUDIT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def audit(self) -> Global___Audit: ...
+    def __init__(
+        self,
+        *,
+        audit: Global___Audit | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audit", b"audit"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit", b"audit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordAuditResponse: _TypeAlias = RecordAuditResponse  # noqa: Y015
+
+@_typing.final
+class ListAuditsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUPPLIER_ID_FIELD_NUMBER: _builtins.int
+    SITE_ID_FIELD_NUMBER: _builtins.int
+    supplier_id: _builtins.str
+    site_id: _builtins.str
+    """Only audits of this site when set."""
+    def __init__(
+        self,
+        *,
+        supplier_id: _builtins.str = ...,
+        site_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["site_id", b"site_id", "supplier_id", b"supplier_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditsRequest: _TypeAlias = ListAuditsRequest  # noqa: Y015
+
+@_typing.final
+class ListAuditsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUDITS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def audits(self) -> _containers.RepeatedCompositeFieldContainer[Global___Audit]: ...
+    def __init__(
+        self,
+        *,
+        audits: _abc.Iterable[Global___Audit] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audits", b"audits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditsResponse: _TypeAlias = ListAuditsResponse  # noqa: Y015
+
+@_typing.final
+class OpenQualificationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUPPLIER_ID_FIELD_NUMBER: _builtins.int
+    SITE_ID_FIELD_NUMBER: _builtins.int
+    MATERIAL_CODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REQUESTED_BY_FIELD_NUMBER: _builtins.int
+    EVIDENCE_FIELD_NUMBER: _builtins.int
+    EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    supplier_id: _builtins.str
+    site_id: _builtins.str
+    material_code: _builtins.str
+    reason: _builtins.str
+    requested_by: _builtins.str
+    expected_version: _builtins.int
+    """When set, the change applies only if the qualification is still at this
+    version (0: it must not exist yet); otherwise ABORTED.
+    """
+    @_builtins.property
+    def evidence(self) -> Global___Evidence:
+        """Optional at this stage (for example the questionnaire sent out)."""
+
+    def __init__(
+        self,
+        *,
+        supplier_id: _builtins.str = ...,
+        site_id: _builtins.str = ...,
+        material_code: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        requested_by: _builtins.str = ...,
+        evidence: Global___Evidence | None = ...,
+        expected_version: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "evidence", b"evidence", "expected_version", b"expected_version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "evidence", b"evidence", "expected_version", b"expected_version", "material_code", b"material_code", "reason", b"reason", "requested_by", b"requested_by", "site_id", b"site_id", "supplier_id", b"supplier_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__expected_version: _TypeAlias = _typing.Literal["expected_version"]  # noqa: Y015
+    _WhichOneofArgType__expected_version: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__expected_version) -> _WhichOneofReturnType__expected_version | None: ...
+
+Global___OpenQualificationRequest: _TypeAlias = OpenQualificationRequest  # noqa: Y015
+
+@_typing.final
+class OpenQualificationResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUALIFICATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def qualification(self) -> Global___Qualification: ...
+    def __init__(
+        self,
+        *,
+        qualification: Global___Qualification | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["qualification", b"qualification"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["qualification", b"qualification"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OpenQualificationResponse: _TypeAlias = OpenQualificationResponse  # noqa: Y015
+
+@_typing.final
 class QualifySupplierRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -269,16 +723,25 @@ class QualifySupplierRequest(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     REQUESTED_BY_FIELD_NUMBER: _builtins.int
     EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    SITE_ID_FIELD_NUMBER: _builtins.int
+    EVIDENCE_FIELD_NUMBER: _builtins.int
     supplier_id: _builtins.str
     material_code: _builtins.str
     reason: _builtins.str
     requested_by: _builtins.str
     expected_version: _builtins.int
     """When set, the change applies only if the qualification is still at this
-    version (0: it must not exist yet); otherwise ABORTED.
+    version; otherwise ABORTED.
     """
+    site_id: _builtins.str
     @_builtins.property
     def valid_until(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def evidence(self) -> Global___Evidence:
+        """audit_id (an approving audit of this site) and quality_agreement_ref are
+        required. valid_until may not lie after the audit's next_audit_due.
+        """
+
     def __init__(
         self,
         *,
@@ -288,10 +751,12 @@ class QualifySupplierRequest(_message.Message):
         reason: _builtins.str = ...,
         requested_by: _builtins.str = ...,
         expected_version: _builtins.int | None = ...,
+        site_id: _builtins.str = ...,
+        evidence: Global___Evidence | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "expected_version", b"expected_version", "valid_until", b"valid_until"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "evidence", b"evidence", "expected_version", b"expected_version", "valid_until", b"valid_until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "expected_version", b"expected_version", "material_code", b"material_code", "reason", b"reason", "requested_by", b"requested_by", "supplier_id", b"supplier_id", "valid_until", b"valid_until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "evidence", b"evidence", "expected_version", b"expected_version", "material_code", b"material_code", "reason", b"reason", "requested_by", b"requested_by", "site_id", b"site_id", "supplier_id", b"supplier_id", "valid_until", b"valid_until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__expected_version: _TypeAlias = _typing.Literal["expected_version"]  # noqa: Y015
     _WhichOneofArgType__expected_version: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version"]  # noqa: Y015
@@ -328,11 +793,16 @@ class SuspendQualificationRequest(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     REQUESTED_BY_FIELD_NUMBER: _builtins.int
     EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    SITE_ID_FIELD_NUMBER: _builtins.int
+    EVIDENCE_FIELD_NUMBER: _builtins.int
     supplier_id: _builtins.str
     material_code: _builtins.str
     reason: _builtins.str
     requested_by: _builtins.str
     expected_version: _builtins.int
+    site_id: _builtins.str
+    @_builtins.property
+    def evidence(self) -> Global___Evidence: ...
     def __init__(
         self,
         *,
@@ -341,10 +811,12 @@ class SuspendQualificationRequest(_message.Message):
         reason: _builtins.str = ...,
         requested_by: _builtins.str = ...,
         expected_version: _builtins.int | None = ...,
+        site_id: _builtins.str = ...,
+        evidence: Global___Evidence | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "expected_version", b"expected_version"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "evidence", b"evidence", "expected_version", b"expected_version"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "expected_version", b"expected_version", "material_code", b"material_code", "reason", b"reason", "requested_by", b"requested_by", "supplier_id", b"supplier_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "evidence", b"evidence", "expected_version", b"expected_version", "material_code", b"material_code", "reason", b"reason", "requested_by", b"requested_by", "site_id", b"site_id", "supplier_id", b"supplier_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__expected_version: _TypeAlias = _typing.Literal["expected_version"]  # noqa: Y015
     _WhichOneofArgType__expected_version: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version"]  # noqa: Y015
@@ -381,11 +853,16 @@ class DisqualifySupplierRequest(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     REQUESTED_BY_FIELD_NUMBER: _builtins.int
     EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    SITE_ID_FIELD_NUMBER: _builtins.int
+    EVIDENCE_FIELD_NUMBER: _builtins.int
     supplier_id: _builtins.str
     material_code: _builtins.str
     reason: _builtins.str
     requested_by: _builtins.str
     expected_version: _builtins.int
+    site_id: _builtins.str
+    @_builtins.property
+    def evidence(self) -> Global___Evidence: ...
     def __init__(
         self,
         *,
@@ -394,10 +871,12 @@ class DisqualifySupplierRequest(_message.Message):
         reason: _builtins.str = ...,
         requested_by: _builtins.str = ...,
         expected_version: _builtins.int | None = ...,
+        site_id: _builtins.str = ...,
+        evidence: Global___Evidence | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "expected_version", b"expected_version"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "evidence", b"evidence", "expected_version", b"expected_version"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "expected_version", b"expected_version", "material_code", b"material_code", "reason", b"reason", "requested_by", b"requested_by", "supplier_id", b"supplier_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "evidence", b"evidence", "expected_version", b"expected_version", "material_code", b"material_code", "reason", b"reason", "requested_by", b"requested_by", "site_id", b"site_id", "supplier_id", b"supplier_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__expected_version: _TypeAlias = _typing.Literal["expected_version"]  # noqa: Y015
     _WhichOneofArgType__expected_version: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version"]  # noqa: Y015
@@ -426,23 +905,108 @@ class DisqualifySupplierResponse(_message.Message):
 Global___DisqualifySupplierResponse: _TypeAlias = DisqualifySupplierResponse  # noqa: Y015
 
 @_typing.final
+class GetQualificationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUPPLIER_ID_FIELD_NUMBER: _builtins.int
+    SITE_ID_FIELD_NUMBER: _builtins.int
+    MATERIAL_CODE_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
+    supplier_id: _builtins.str
+    site_id: _builtins.str
+    material_code: _builtins.str
+    @_builtins.property
+    def as_of(self) -> _timestamp_pb2.Timestamp:
+        """When set: the qualification as recorded at this instant, ignoring every
+        change recorded later.
+        """
+
+    def __init__(
+        self,
+        *,
+        supplier_id: _builtins.str = ...,
+        site_id: _builtins.str = ...,
+        material_code: _builtins.str = ...,
+        as_of: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "material_code", b"material_code", "site_id", b"site_id", "supplier_id", b"supplier_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetQualificationRequest: _TypeAlias = GetQualificationRequest  # noqa: Y015
+
+@_typing.final
+class GetQualificationResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUALIFICATION_FIELD_NUMBER: _builtins.int
+    STATUS_IN_FORCE_FIELD_NUMBER: _builtins.int
+    status_in_force: Global___QualificationStatus.ValueType
+    """The status that applied at as_of (or now): EXPIRED when the record says
+    QUALIFIED but valid_until had passed, even if the expiry was recorded later.
+    """
+    @_builtins.property
+    def qualification(self) -> Global___Qualification:
+        """The record in force at as_of (or now)."""
+
+    def __init__(
+        self,
+        *,
+        qualification: Global___Qualification | None = ...,
+        status_in_force: Global___QualificationStatus.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["qualification", b"qualification"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["qualification", b"qualification", "status_in_force", b"status_in_force"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetQualificationResponse: _TypeAlias = GetQualificationResponse  # noqa: Y015
+
+@_typing.final
 class ListQualificationHistoryRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SUPPLIER_ID_FIELD_NUMBER: _builtins.int
     MATERIAL_CODE_FIELD_NUMBER: _builtins.int
+    SITE_ID_FIELD_NUMBER: _builtins.int
+    CHANGED_FROM_FIELD_NUMBER: _builtins.int
+    CHANGED_BEFORE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     supplier_id: _builtins.str
     material_code: _builtins.str
     """Only changes for this material when set."""
+    site_id: _builtins.str
+    """Only changes for this site when set."""
+    page_size: _builtins.int
+    """At most this many changes (default 100, at most 1000)."""
+    page_token: _builtins.str
+    """The next_page_token of the previous page."""
+    @_builtins.property
+    def changed_from(self) -> _timestamp_pb2.Timestamp:
+        """Only changes recorded at or after this instant when set."""
+
+    @_builtins.property
+    def changed_before(self) -> _timestamp_pb2.Timestamp:
+        """Only changes recorded before this instant when set."""
+
     def __init__(
         self,
         *,
         supplier_id: _builtins.str = ...,
         material_code: _builtins.str = ...,
+        site_id: _builtins.str = ...,
+        changed_from: _timestamp_pb2.Timestamp | None = ...,
+        changed_before: _timestamp_pb2.Timestamp | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["changed_before", b"changed_before", "changed_from", b"changed_from"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["material_code", b"material_code", "supplier_id", b"supplier_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_before", b"changed_before", "changed_from", b"changed_from", "material_code", b"material_code", "page_size", b"page_size", "page_token", b"page_token", "site_id", b"site_id", "supplier_id", b"supplier_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -453,17 +1017,97 @@ class ListQualificationHistoryResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CHANGES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
     @_builtins.property
     def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___QualificationChange]: ...
     def __init__(
         self,
         *,
         changes: _abc.Iterable[Global___QualificationChange] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListQualificationHistoryResponse: _TypeAlias = ListQualificationHistoryResponse  # noqa: Y015
+
+@_typing.final
+class ListApprovedSuppliersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MATERIAL_CODE_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
+    material_code: _builtins.str
+    @_builtins.property
+    def as_of(self) -> _timestamp_pb2.Timestamp:
+        """When set: the list as known at this instant."""
+
+    def __init__(
+        self,
+        *,
+        material_code: _builtins.str = ...,
+        as_of: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "material_code", b"material_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListApprovedSuppliersRequest: _TypeAlias = ListApprovedSuppliersRequest  # noqa: Y015
+
+@_typing.final
+class ApprovedSupplier(_message.Message):
+    """ApprovedSupplier is one entry of the approved supplier list."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUALIFICATION_FIELD_NUMBER: _builtins.int
+    SUPPLIER_NAME_FIELD_NUMBER: _builtins.int
+    SITE_FIELD_NUMBER: _builtins.int
+    supplier_name: _builtins.str
+    @_builtins.property
+    def qualification(self) -> Global___Qualification: ...
+    @_builtins.property
+    def site(self) -> Global___Site: ...
+    def __init__(
+        self,
+        *,
+        qualification: Global___Qualification | None = ...,
+        supplier_name: _builtins.str = ...,
+        site: Global___Site | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["qualification", b"qualification", "site", b"site"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["qualification", b"qualification", "site", b"site", "supplier_name", b"supplier_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApprovedSupplier: _TypeAlias = ApprovedSupplier  # noqa: Y015
+
+@_typing.final
+class ListApprovedSuppliersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUPPLIERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def suppliers(self) -> _containers.RepeatedCompositeFieldContainer[Global___ApprovedSupplier]:
+        """Ordered by supplier, then site."""
+
+    def __init__(
+        self,
+        *,
+        suppliers: _abc.Iterable[Global___ApprovedSupplier] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["suppliers", b"suppliers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListApprovedSuppliersResponse: _TypeAlias = ListApprovedSuppliersResponse  # noqa: Y015

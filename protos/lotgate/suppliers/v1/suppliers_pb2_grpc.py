@@ -26,8 +26,9 @@ if _version_not_supported:
 
 
 class SupplierServiceStub:
-    """SupplierService keeps the approved supplier list: which supplier is qualified
-    for which material, until when, and the full history of every change.
+    """SupplierService keeps the approved supplier list: which manufacturing site of
+    which supplier is qualified for which material, on what evidence, until when,
+    and the full history of every change, queryable as known on any past date.
     """
 
     def __init__(self, channel):
@@ -46,6 +47,26 @@ class SupplierServiceStub:
                 request_serializer=lotgate_dot_suppliers_dot_v1_dot_suppliers__pb2.GetSupplierRequest.SerializeToString,
                 response_deserializer=lotgate_dot_suppliers_dot_v1_dot_suppliers__pb2.GetSupplierResponse.FromString,
                 _registered_method=True)
+        self.AddSite = channel.unary_unary(
+                '/lotgate.suppliers.v1.SupplierService/AddSite',
+                request_serializer=lotgate_dot_suppliers_dot_v1_dot_suppliers__pb2.AddSiteRequest.SerializeToString,
+                response_deserializer=lotgate_dot_suppliers_dot_v1_dot_suppliers__pb2.AddSiteResponse.FromString,
+                _registered_method=True)
+        self.RecordAudit = channel.unary_unary(
+                '/lotgate.suppliers.v1.SupplierService/RecordAudit',
+                request_serializer=lotgate_dot_suppliers_dot_v1_dot_suppliers__pb2.RecordAuditRequest.SerializeToString,
+                response_deserializer=lotgate_dot_suppliers_dot_v1_dot_suppliers__pb2.RecordAuditResponse.FromString,
+                _registered_method=True)
+        self.ListAudits = channel.unary_unary(
+                '/lotgate.suppliers.v1.SupplierService/ListAudits',
+                request_serializer=lotgate_dot_suppliers_dot_v1_dot_suppliers__pb2.ListAuditsRequest.SerializeToString,
+                response_deserializer=lotgate_dot_suppliers_dot_v1_dot_suppliers__pb2.ListAuditsResponse.FromString,
+                _registered_method=True)
+        self.OpenQualification = channel.unary_unary(
+                '/lotgate.suppliers.v1.SupplierService/OpenQualification',
+                request_serializer=lotgate_dot_suppliers_dot_v1_dot_suppliers__pb2.OpenQualificationRequest.SerializeToString,
+                response_deserializer=lotgate_dot_suppliers_dot_v1_dot_suppliers__pb2.OpenQualificationResponse.FromString,
+                _registered_method=True)
         self.QualifySupplier = channel.unary_unary(
                 '/lotgate.suppliers.v1.SupplierService/QualifySupplier',
                 request_serializer=lotgate_dot_suppliers_dot_v1_dot_suppliers__pb2.QualifySupplierRequest.SerializeToString,
@@ -61,16 +82,27 @@ class SupplierServiceStub:
                 request_serializer=lotgate_dot_suppliers_dot_v1_dot_suppliers__pb2.DisqualifySupplierRequest.SerializeToString,
                 response_deserializer=lotgate_dot_suppliers_dot_v1_dot_suppliers__pb2.DisqualifySupplierResponse.FromString,
                 _registered_method=True)
+        self.GetQualification = channel.unary_unary(
+                '/lotgate.suppliers.v1.SupplierService/GetQualification',
+                request_serializer=lotgate_dot_suppliers_dot_v1_dot_suppliers__pb2.GetQualificationRequest.SerializeToString,
+                response_deserializer=lotgate_dot_suppliers_dot_v1_dot_suppliers__pb2.GetQualificationResponse.FromString,
+                _registered_method=True)
         self.ListQualificationHistory = channel.unary_unary(
                 '/lotgate.suppliers.v1.SupplierService/ListQualificationHistory',
                 request_serializer=lotgate_dot_suppliers_dot_v1_dot_suppliers__pb2.ListQualificationHistoryRequest.SerializeToString,
                 response_deserializer=lotgate_dot_suppliers_dot_v1_dot_suppliers__pb2.ListQualificationHistoryResponse.FromString,
                 _registered_method=True)
+        self.ListApprovedSuppliers = channel.unary_unary(
+                '/lotgate.suppliers.v1.SupplierService/ListApprovedSuppliers',
+                request_serializer=lotgate_dot_suppliers_dot_v1_dot_suppliers__pb2.ListApprovedSuppliersRequest.SerializeToString,
+                response_deserializer=lotgate_dot_suppliers_dot_v1_dot_suppliers__pb2.ListApprovedSuppliersResponse.FromString,
+                _registered_method=True)
 
 
 class SupplierServiceServicer:
-    """SupplierService keeps the approved supplier list: which supplier is qualified
-    for which material, until when, and the full history of every change.
+    """SupplierService keeps the approved supplier list: which manufacturing site of
+    which supplier is qualified for which material, on what evidence, until when,
+    and the full history of every change, queryable as known on any past date.
     """
 
     def CreateSupplier(self, request, context):
@@ -82,36 +114,91 @@ class SupplierServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetSupplier(self, request, context):
-        """GetSupplier returns a supplier with its current qualification per material.
+        """GetSupplier returns a supplier with its sites and its current
+        qualifications.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddSite(self, request, context):
+        """AddSite registers a manufacturing site of a supplier. Adding the same site
+        again with the same details returns the original; other details are
+        ALREADY_EXISTS.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordAudit(self, request, context):
+        """RecordAudit records a supplier audit of one site (on-site, remote or by
+        questionnaire). Audits are never edited; the same audit_id with the same
+        content returns the original, other content is ALREADY_EXISTS.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAudits(self, request, context):
+        """ListAudits returns a supplier's audits, oldest audit date first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def OpenQualification(self, request, context):
+        """OpenQualification starts the qualification of a site for a material: the
+        qualification is PENDING. Allowed when none exists or the last one ended
+        DISQUALIFIED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def QualifySupplier(self, request, context):
-        """QualifySupplier approves a supplier for one material until valid_until.
+        """QualifySupplier approves a site for a material until valid_until, citing
+        the audit and the quality agreement that support it. From PENDING,
+        SUSPENDED, EXPIRED, or QUALIFIED (a renewal).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SuspendQualification(self, request, context):
-        """SuspendQualification suspends a QUALIFIED supplier for one material.
+        """SuspendQualification suspends a QUALIFIED site for a material.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DisqualifySupplier(self, request, context):
-        """DisqualifySupplier disqualifies a supplier for one material; it is final.
+        """DisqualifySupplier disqualifies a site for a material, from any state but
+        DISQUALIFIED. Only a newly opened qualification can follow.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetQualification(self, request, context):
+        """GetQualification returns a qualification now, or as the system had
+        recorded it at a past instant (as_of).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListQualificationHistory(self, request, context):
-        """ListQualificationHistory returns every change of a supplier's
-        qualifications, oldest first: who, what, when, why, old and new status.
+        """ListQualificationHistory returns the changes of a supplier's
+        qualifications in the order they were recorded: who, what, when, why, on
+        what evidence, old and new status. Paginated; the order is stable.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListApprovedSuppliers(self, request, context):
+        """ListApprovedSuppliers returns the approved supplier list of a material:
+        every site qualified for it now, or as known at a past instant (as_of).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -130,6 +217,26 @@ def add_SupplierServiceServicer_to_server(servicer, server):
                     request_deserializer=lotgate_dot_suppliers_dot_v1_dot_suppliers__pb2.GetSupplierRequest.FromString,
                     response_serializer=lotgate_dot_suppliers_dot_v1_dot_suppliers__pb2.GetSupplierResponse.SerializeToString,
             ),
+            'AddSite': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddSite,
+                    request_deserializer=lotgate_dot_suppliers_dot_v1_dot_suppliers__pb2.AddSiteRequest.FromString,
+                    response_serializer=lotgate_dot_suppliers_dot_v1_dot_suppliers__pb2.AddSiteResponse.SerializeToString,
+            ),
+            'RecordAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordAudit,
+                    request_deserializer=lotgate_dot_suppliers_dot_v1_dot_suppliers__pb2.RecordAuditRequest.FromString,
+                    response_serializer=lotgate_dot_suppliers_dot_v1_dot_suppliers__pb2.RecordAuditResponse.SerializeToString,
+            ),
+            'ListAudits': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudits,
+                    request_deserializer=lotgate_dot_suppliers_dot_v1_dot_suppliers__pb2.ListAuditsRequest.FromString,
+                    response_serializer=lotgate_dot_suppliers_dot_v1_dot_suppliers__pb2.ListAuditsResponse.SerializeToString,
+            ),
+            'OpenQualification': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenQualification,
+                    request_deserializer=lotgate_dot_suppliers_dot_v1_dot_suppliers__pb2.OpenQualificationRequest.FromString,
+                    response_serializer=lotgate_dot_suppliers_dot_v1_dot_suppliers__pb2.OpenQualificationResponse.SerializeToString,
+            ),
             'QualifySupplier': grpc.unary_unary_rpc_method_handler(
                     servicer.QualifySupplier,
                     request_deserializer=lotgate_dot_suppliers_dot_v1_dot_suppliers__pb2.QualifySupplierRequest.FromString,
@@ -145,10 +252,20 @@ def add_SupplierServiceServicer_to_server(servicer, server):
                     request_deserializer=lotgate_dot_suppliers_dot_v1_dot_suppliers__pb2.DisqualifySupplierRequest.FromString,
                     response_serializer=lotgate_dot_suppliers_dot_v1_dot_suppliers__pb2.DisqualifySupplierResponse.SerializeToString,
             ),
+            'GetQualification': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetQualification,
+                    request_deserializer=lotgate_dot_suppliers_dot_v1_dot_suppliers__pb2.GetQualificationRequest.FromString,
+                    response_serializer=lotgate_dot_suppliers_dot_v1_dot_suppliers__pb2.GetQualificationResponse.SerializeToString,
+            ),
             'ListQualificationHistory': grpc.unary_unary_rpc_method_handler(
                     servicer.ListQualificationHistory,
                     request_deserializer=lotgate_dot_suppliers_dot_v1_dot_suppliers__pb2.ListQualificationHistoryRequest.FromString,
                     response_serializer=lotgate_dot_suppliers_dot_v1_dot_suppliers__pb2.ListQualificationHistoryResponse.SerializeToString,
+            ),
+            'ListApprovedSuppliers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApprovedSuppliers,
+                    request_deserializer=lotgate_dot_suppliers_dot_v1_dot_suppliers__pb2.ListApprovedSuppliersRequest.FromString,
+                    response_serializer=lotgate_dot_suppliers_dot_v1_dot_suppliers__pb2.ListApprovedSuppliersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -159,8 +276,9 @@ def add_SupplierServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class SupplierService:
-    """SupplierService keeps the approved supplier list: which supplier is qualified
-    for which material, until when, and the full history of every change.
+    """SupplierService keeps the approved supplier list: which manufacturing site of
+    which supplier is qualified for which material, on what evidence, until when,
+    and the full history of every change, queryable as known on any past date.
     """
 
     @staticmethod
@@ -207,6 +325,114 @@ class SupplierService:
             '/lotgate.suppliers.v1.SupplierService/GetSupplier',
             lotgate_dot_suppliers_dot_v1_dot_suppliers__pb2.GetSupplierRequest.SerializeToString,
             lotgate_dot_suppliers_dot_v1_dot_suppliers__pb2.GetSupplierResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddSite(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lotgate.suppliers.v1.SupplierService/AddSite',
+            lotgate_dot_suppliers_dot_v1_dot_suppliers__pb2.AddSiteRequest.SerializeToString,
+            lotgate_dot_suppliers_dot_v1_dot_suppliers__pb2.AddSiteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lotgate.suppliers.v1.SupplierService/RecordAudit',
+            lotgate_dot_suppliers_dot_v1_dot_suppliers__pb2.RecordAuditRequest.SerializeToString,
+            lotgate_dot_suppliers_dot_v1_dot_suppliers__pb2.RecordAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lotgate.suppliers.v1.SupplierService/ListAudits',
+            lotgate_dot_suppliers_dot_v1_dot_suppliers__pb2.ListAuditsRequest.SerializeToString,
+            lotgate_dot_suppliers_dot_v1_dot_suppliers__pb2.ListAuditsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenQualification(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lotgate.suppliers.v1.SupplierService/OpenQualification',
+            lotgate_dot_suppliers_dot_v1_dot_suppliers__pb2.OpenQualificationRequest.SerializeToString,
+            lotgate_dot_suppliers_dot_v1_dot_suppliers__pb2.OpenQualificationResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -299,6 +525,33 @@ class SupplierService:
             _registered_method=True)
 
     @staticmethod
+    def GetQualification(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lotgate.suppliers.v1.SupplierService/GetQualification',
+            lotgate_dot_suppliers_dot_v1_dot_suppliers__pb2.GetQualificationRequest.SerializeToString,
+            lotgate_dot_suppliers_dot_v1_dot_suppliers__pb2.GetQualificationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def ListQualificationHistory(request,
             target,
             options=(),
@@ -315,6 +568,33 @@ class SupplierService:
             '/lotgate.suppliers.v1.SupplierService/ListQualificationHistory',
             lotgate_dot_suppliers_dot_v1_dot_suppliers__pb2.ListQualificationHistoryRequest.SerializeToString,
             lotgate_dot_suppliers_dot_v1_dot_suppliers__pb2.ListQualificationHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApprovedSuppliers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lotgate.suppliers.v1.SupplierService/ListApprovedSuppliers',
+            lotgate_dot_suppliers_dot_v1_dot_suppliers__pb2.ListApprovedSuppliersRequest.SerializeToString,
+            lotgate_dot_suppliers_dot_v1_dot_suppliers__pb2.ListApprovedSuppliersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,8 +27,9 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class SupplierServiceStub:
-    """SupplierService keeps the approved supplier list: which supplier is qualified
-    for which material, until when, and the full history of every change.
+    """SupplierService keeps the approved supplier list: which manufacturing site of
+    which supplier is qualified for which material, on what evidence, until when,
+    and the full history of every change, queryable as known on any past date.
     """
 
     @_typing.overload
@@ -40,22 +41,56 @@ class SupplierServiceStub:
     the same name returns the original; a different name is ALREADY_EXISTS.
     """
     GetSupplier: _grpc.UnaryUnaryMultiCallable[_suppliers_pb2.GetSupplierRequest, _suppliers_pb2.GetSupplierResponse]
-    """GetSupplier returns a supplier with its current qualification per material."""
+    """GetSupplier returns a supplier with its sites and its current
+    qualifications.
+    """
+    AddSite: _grpc.UnaryUnaryMultiCallable[_suppliers_pb2.AddSiteRequest, _suppliers_pb2.AddSiteResponse]
+    """AddSite registers a manufacturing site of a supplier. Adding the same site
+    again with the same details returns the original; other details are
+    ALREADY_EXISTS.
+    """
+    RecordAudit: _grpc.UnaryUnaryMultiCallable[_suppliers_pb2.RecordAuditRequest, _suppliers_pb2.RecordAuditResponse]
+    """RecordAudit records a supplier audit of one site (on-site, remote or by
+    questionnaire). Audits are never edited; the same audit_id with the same
+    content returns the original, other content is ALREADY_EXISTS.
+    """
+    ListAudits: _grpc.UnaryUnaryMultiCallable[_suppliers_pb2.ListAuditsRequest, _suppliers_pb2.ListAuditsResponse]
+    """ListAudits returns a supplier's audits, oldest audit date first."""
+    OpenQualification: _grpc.UnaryUnaryMultiCallable[_suppliers_pb2.OpenQualificationRequest, _suppliers_pb2.OpenQualificationResponse]
+    """OpenQualification starts the qualification of a site for a material: the
+    qualification is PENDING. Allowed when none exists or the last one ended
+    DISQUALIFIED.
+    """
     QualifySupplier: _grpc.UnaryUnaryMultiCallable[_suppliers_pb2.QualifySupplierRequest, _suppliers_pb2.QualifySupplierResponse]
-    """QualifySupplier approves a supplier for one material until valid_until."""
+    """QualifySupplier approves a site for a material until valid_until, citing
+    the audit and the quality agreement that support it. From PENDING,
+    SUSPENDED, EXPIRED, or QUALIFIED (a renewal).
+    """
     SuspendQualification: _grpc.UnaryUnaryMultiCallable[_suppliers_pb2.SuspendQualificationRequest, _suppliers_pb2.SuspendQualificationResponse]
-    """SuspendQualification suspends a QUALIFIED supplier for one material."""
+    """SuspendQualification suspends a QUALIFIED site for a material."""
     DisqualifySupplier: _grpc.UnaryUnaryMultiCallable[_suppliers_pb2.DisqualifySupplierRequest, _suppliers_pb2.DisqualifySupplierResponse]
-    """DisqualifySupplier disqualifies a supplier for one material; it is final."""
+    """DisqualifySupplier disqualifies a site for a material, from any state but
+    DISQUALIFIED. Only a newly opened qualification can follow.
+    """
+    GetQualification: _grpc.UnaryUnaryMultiCallable[_suppliers_pb2.GetQualificationRequest, _suppliers_pb2.GetQualificationResponse]
+    """GetQualification returns a qualification now, or as the system had
+    recorded it at a past instant (as_of).
+    """
     ListQualificationHistory: _grpc.UnaryUnaryMultiCallable[_suppliers_pb2.ListQualificationHistoryRequest, _suppliers_pb2.ListQualificationHistoryResponse]
-    """ListQualificationHistory returns every change of a supplier's
-    qualifications, oldest first: who, what, when, why, old and new status.
+    """ListQualificationHistory returns the changes of a supplier's
+    qualifications in the order they were recorded: who, what, when, why, on
+    what evidence, old and new status. Paginated; the order is stable.
+    """
+    ListApprovedSuppliers: _grpc.UnaryUnaryMultiCallable[_suppliers_pb2.ListApprovedSuppliersRequest, _suppliers_pb2.ListApprovedSuppliersResponse]
+    """ListApprovedSuppliers returns the approved supplier list of a material:
+    every site qualified for it now, or as known at a past instant (as_of).
     """
 
 @_typing.type_check_only
 class SupplierServiceAsyncStub(SupplierServiceStub):
-    """SupplierService keeps the approved supplier list: which supplier is qualified
-    for which material, until when, and the full history of every change.
+    """SupplierService keeps the approved supplier list: which manufacturing site of
+    which supplier is qualified for which material, on what evidence, until when,
+    and the full history of every change, queryable as known on any past date.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -64,21 +99,55 @@ class SupplierServiceAsyncStub(SupplierServiceStub):
     the same name returns the original; a different name is ALREADY_EXISTS.
     """
     GetSupplier: _aio.UnaryUnaryMultiCallable[_suppliers_pb2.GetSupplierRequest, _suppliers_pb2.GetSupplierResponse]  # type: ignore[assignment]
-    """GetSupplier returns a supplier with its current qualification per material."""
+    """GetSupplier returns a supplier with its sites and its current
+    qualifications.
+    """
+    AddSite: _aio.UnaryUnaryMultiCallable[_suppliers_pb2.AddSiteRequest, _suppliers_pb2.AddSiteResponse]  # type: ignore[assignment]
+    """AddSite registers a manufacturing site of a supplier. Adding the same site
+    again with the same details returns the original; other details are
+    ALREADY_EXISTS.
+    """
+    RecordAudit: _aio.UnaryUnaryMultiCallable[_suppliers_pb2.RecordAuditRequest, _suppliers_pb2.RecordAuditResponse]  # type: ignore[assignment]
+    """RecordAudit records a supplier audit of one site (on-site, remote or by
+    questionnaire). Audits are never edited; the same audit_id with the same
+    content returns the original, other content is ALREADY_EXISTS.
+    """
+    ListAudits: _aio.UnaryUnaryMultiCallable[_suppliers_pb2.ListAuditsRequest, _suppliers_pb2.ListAuditsResponse]  # type: ignore[assignment]
+    """ListAudits returns a supplier's audits, oldest audit date first."""
+    OpenQualification: _aio.UnaryUnaryMultiCallable[_suppliers_pb2.OpenQualificationRequest, _suppliers_pb2.OpenQualificationResponse]  # type: ignore[assignment]
+    """OpenQualification starts the qualification of a site for a material: the
+    qualification is PENDING. Allowed when none exists or the last one ended
+    DISQUALIFIED.
+    """
     QualifySupplier: _aio.UnaryUnaryMultiCallable[_suppliers_pb2.QualifySupplierRequest, _suppliers_pb2.QualifySupplierResponse]  # type: ignore[assignment]
-    """QualifySupplier approves a supplier for one material until valid_until."""
+    """QualifySupplier approves a site for a material until valid_until, citing
+    the audit and the quality agreement that support it. From PENDING,
+    SUSPENDED, EXPIRED, or QUALIFIED (a renewal).
+    """
     SuspendQualification: _aio.UnaryUnaryMultiCallable[_suppliers_pb2.SuspendQualificationRequest, _suppliers_pb2.SuspendQualificationResponse]  # type: ignore[assignment]
-    """SuspendQualification suspends a QUALIFIED supplier for one material."""
+    """SuspendQualification suspends a QUALIFIED site for a material."""
     DisqualifySupplier: _aio.UnaryUnaryMultiCallable[_suppliers_pb2.DisqualifySupplierRequest, _suppliers_pb2.DisqualifySupplierResponse]  # type: ignore[assignment]
-    """DisqualifySupplier disqualifies a supplier for one material; it is final."""
+    """DisqualifySupplier disqualifies a site for a material, from any state but
+    DISQUALIFIED. Only a newly opened qualification can follow.
+    """
+    GetQualification: _aio.UnaryUnaryMultiCallable[_suppliers_pb2.GetQualificationRequest, _suppliers_pb2.GetQualificationResponse]  # type: ignore[assignment]
+    """GetQualification returns a qualification now, or as the system had
+    recorded it at a past instant (as_of).
+    """
     ListQualificationHistory: _aio.UnaryUnaryMultiCallable[_suppliers_pb2.ListQualificationHistoryRequest, _suppliers_pb2.ListQualificationHistoryResponse]  # type: ignore[assignment]
-    """ListQualificationHistory returns every change of a supplier's
-    qualifications, oldest first: who, what, when, why, old and new status.
+    """ListQualificationHistory returns the changes of a supplier's
+    qualifications in the order they were recorded: who, what, when, why, on
+    what evidence, old and new status. Paginated; the order is stable.
+    """
+    ListApprovedSuppliers: _aio.UnaryUnaryMultiCallable[_suppliers_pb2.ListApprovedSuppliersRequest, _suppliers_pb2.ListApprovedSuppliersResponse]  # type: ignore[assignment]
+    """ListApprovedSuppliers returns the approved supplier list of a material:
+    every site qualified for it now, or as known at a past instant (as_of).
     """
 
 class SupplierServiceServicer(metaclass=_abc_1.ABCMeta):
-    """SupplierService keeps the approved supplier list: which supplier is qualified
-    for which material, until when, and the full history of every change.
+    """SupplierService keeps the approved supplier list: which manufacturing site of
+    which supplier is qualified for which material, on what evidence, until when,
+    and the full history of every change, queryable as known on any past date.
     """
 
     @_abc_1.abstractmethod
@@ -97,7 +166,50 @@ class SupplierServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _suppliers_pb2.GetSupplierRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_suppliers_pb2.GetSupplierResponse, _abc.Awaitable[_suppliers_pb2.GetSupplierResponse]]:
-        """GetSupplier returns a supplier with its current qualification per material."""
+        """GetSupplier returns a supplier with its sites and its current
+        qualifications.
+        """
+
+    @_abc_1.abstractmethod
+    def AddSite(
+        self,
+        request: _suppliers_pb2.AddSiteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_suppliers_pb2.AddSiteResponse, _abc.Awaitable[_suppliers_pb2.AddSiteResponse]]:
+        """AddSite registers a manufacturing site of a supplier. Adding the same site
+        again with the same details returns the original; other details are
+        ALREADY_EXISTS.
+        """
+
+    @_abc_1.abstractmethod
+    def RecordAudit(
+        self,
+        request: _suppliers_pb2.RecordAuditRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_suppliers_pb2.RecordAuditResponse, _abc.Awaitable[_suppliers_pb2.RecordAuditResponse]]:
+        """RecordAudit records a supplier audit of one site (on-site, remote or by
+        questionnaire). Audits are never edited; the same audit_id with the same
+        content returns the original, other content is ALREADY_EXISTS.
+        """
+
+    @_abc_1.abstractmethod
+    def ListAudits(
+        self,
+        request: _suppliers_pb2.ListAuditsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_suppliers_pb2.ListAuditsResponse, _abc.Awaitable[_suppliers_pb2.ListAuditsResponse]]:
+        """ListAudits returns a supplier's audits, oldest audit date first."""
+
+    @_abc_1.abstractmethod
+    def OpenQualification(
+        self,
+        request: _suppliers_pb2.OpenQualificationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_suppliers_pb2.OpenQualificationResponse, _abc.Awaitable[_suppliers_pb2.OpenQualificationResponse]]:
+        """OpenQualification starts the qualification of a site for a material: the
+        qualification is PENDING. Allowed when none exists or the last one ended
+        DISQUALIFIED.
+        """
 
     @_abc_1.abstractmethod
     def QualifySupplier(
@@ -105,7 +217,10 @@ class SupplierServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _suppliers_pb2.QualifySupplierRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_suppliers_pb2.QualifySupplierResponse, _abc.Awaitable[_suppliers_pb2.QualifySupplierResponse]]:
-        """QualifySupplier approves a supplier for one material until valid_until."""
+        """QualifySupplier approves a site for a material until valid_until, citing
+        the audit and the quality agreement that support it. From PENDING,
+        SUSPENDED, EXPIRED, or QUALIFIED (a renewal).
+        """
 
     @_abc_1.abstractmethod
     def SuspendQualification(
@@ -113,7 +228,7 @@ class SupplierServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _suppliers_pb2.SuspendQualificationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_suppliers_pb2.SuspendQualificationResponse, _abc.Awaitable[_suppliers_pb2.SuspendQualificationResponse]]:
-        """SuspendQualification suspends a QUALIFIED supplier for one material."""
+        """SuspendQualification suspends a QUALIFIED site for a material."""
 
     @_abc_1.abstractmethod
     def DisqualifySupplier(
@@ -121,7 +236,19 @@ class SupplierServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _suppliers_pb2.DisqualifySupplierRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_suppliers_pb2.DisqualifySupplierResponse, _abc.Awaitable[_suppliers_pb2.DisqualifySupplierResponse]]:
-        """DisqualifySupplier disqualifies a supplier for one material; it is final."""
+        """DisqualifySupplier disqualifies a site for a material, from any state but
+        DISQUALIFIED. Only a newly opened qualification can follow.
+        """
+
+    @_abc_1.abstractmethod
+    def GetQualification(
+        self,
+        request: _suppliers_pb2.GetQualificationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_suppliers_pb2.GetQualificationResponse, _abc.Awaitable[_suppliers_pb2.GetQualificationResponse]]:
+        """GetQualification returns a qualification now, or as the system had
+        recorded it at a past instant (as_of).
+        """
 
     @_abc_1.abstractmethod
     def ListQualificationHistory(
@@ -129,8 +256,19 @@ class SupplierServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _suppliers_pb2.ListQualificationHistoryRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_suppliers_pb2.ListQualificationHistoryResponse, _abc.Awaitable[_suppliers_pb2.ListQualificationHistoryResponse]]:
-        """ListQualificationHistory returns every change of a supplier's
-        qualifications, oldest first: who, what, when, why, old and new status.
+        """ListQualificationHistory returns the changes of a supplier's
+        qualifications in the order they were recorded: who, what, when, why, on
+        what evidence, old and new status. Paginated; the order is stable.
+        """
+
+    @_abc_1.abstractmethod
+    def ListApprovedSuppliers(
+        self,
+        request: _suppliers_pb2.ListApprovedSuppliersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_suppliers_pb2.ListApprovedSuppliersResponse, _abc.Awaitable[_suppliers_pb2.ListApprovedSuppliersResponse]]:
+        """ListApprovedSuppliers returns the approved supplier list of a material:
+        every site qualified for it now, or as known at a past instant (as_of).
         """
 
 def add_SupplierServiceServicer_to_server(servicer: SupplierServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
