@@ -9,7 +9,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from types import TracebackType
 
 import grpc
@@ -23,6 +23,10 @@ from shared.protoconv import to_timestamp
 # or the lot was received a moment ago and the results service has not heard yet.
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND,
               grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED}
+
+
+# The site the demo, the e2e tests and the benchmark use when they need just one.
+DEFAULT_SITE = "MAIN"
 
 
 @dataclass
@@ -50,12 +54,42 @@ class Lotgate:
 
     # QA
     async def qualify(self, supplier_id: str, name: str, material: str, valid_until: datetime,
-                      *, by: str = "qa.demo") -> suppliers_pb2.Qualification:
+                      *, site: str = DEFAULT_SITE, by: str = "qa.demo"
+                      ) -> suppliers_pb2.Qualification:
+        """Register the supplier and site, record an approving audit, open and qualify.
+
+        Each step is idempotent, so calling this again renews the qualification.
+        """
         await self.suppliers.CreateSupplier(suppliers_pb2.CreateSupplierRequest(
             supplier_id=supplier_id, name=name, requested_by=by))
+        await self.suppliers.AddSite(suppliers_pb2.AddSiteRequest(
+            supplier_id=supplier_id, site_id=site, name=f"{name}, {site}",
+            address="1 Industry Road", country="CH", requested_by=by))
+        audit_id = f"AUD-{supplier_id}-{site}-{valid_until.date().isoformat()}"
+        await self.suppliers.RecordAudit(suppliers_pb2.RecordAuditRequest(
+            audit_id=audit_id, supplier_id=supplier_id, site_id=site,
+            type=suppliers_pb2.AUDIT_TYPE_ON_SITE, audit_date=date.today().isoformat(),
+            auditor="auditor.demo", outcome=suppliers_pb2.AUDIT_OUTCOME_APPROVED,
+            next_audit_due=(valid_until.date() + timedelta(days=1)).isoformat(),
+            summary="GMP audit of the site; no findings", requested_by=by))
+        key = {"supplier_id": supplier_id, "site_id": site, "material_code": material}
+        try:
+            current = (await self.suppliers.GetQualification(
+                suppliers_pb2.GetQualificationRequest(**key))).qualification.status
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+            current = suppliers_pb2.QUALIFICATION_STATUS_UNSPECIFIED
+        if current in (suppliers_pb2.QUALIFICATION_STATUS_UNSPECIFIED,
+                       suppliers_pb2.QUALIFICATION_STATUS_DISQUALIFIED):
+            await self.suppliers.OpenQualification(suppliers_pb2.OpenQualificationRequest(
+                reason="new supplier for this material", requested_by=by, **key))
         reply = await self.suppliers.QualifySupplier(suppliers_pb2.QualifySupplierRequest(
-            supplier_id=supplier_id, material_code=material, valid_until=to_timestamp(valid_until),
-            reason="supplier audit passed; quality agreement signed", requested_by=by))
+            valid_until=to_timestamp(valid_until),
+            reason="supplier audit passed; quality agreement signed", requested_by=by,
+            evidence=suppliers_pb2.Evidence(audit_id=audit_id,
+                                            quality_agreement_ref=f"QAG-{supplier_id}"),
+            **key))
         return reply.qualification
 
     async def specify(self, material: str, *, lower: float = 98.0, upper: float = 102.0,
@@ -70,9 +104,11 @@ class Lotgate:
 
     # Warehouse
     async def receive(self, lot_id: str, material: str, supplier_id: str, *,
-                      expiry_date: str = "2030-12-31", containers: int = 4) -> lots_pb2.Lot:
+                      site: str = DEFAULT_SITE, expiry_date: str = "2030-12-31",
+                      containers: int = 4) -> lots_pb2.Lot:
         reply = await self.lots.ReceiveLot(lots_pb2.ReceiveLotRequest(
             lot_id=lot_id, material_code=material, supplier_id=supplier_id,
+            supplier_site_id=site,
             supplier_lot_number=f"S-{lot_id}", quantity=lots_pb2.Quantity(value=25.0, unit="kg"),
             container_count=containers, expiry_date=expiry_date, requested_by="wms"))
         return reply.lot
@@ -90,6 +126,17 @@ class Lotgate:
             if check(current) or time.monotonic() > deadline:
                 return current
             await asyncio.sleep(0.01)
+
+    async def wait_for_reviews(self, supplier_id: str, *, count: int,
+                               within: float = 10.0) -> list[lots_pb2.LotReview]:
+        """The open lot reviews of a supplier, once there are `count` (or `within` passes)."""
+        deadline = time.monotonic() + within
+        while True:
+            reply = await self.lots.ListLotReviews(lots_pb2.ListLotReviewsRequest(
+                supplier_id=supplier_id, state=lots_pb2.REVIEW_STATE_OPEN))
+            if len(reply.reviews) >= count or time.monotonic() > deadline:
+                return list(reply.reviews)
+            await asyncio.sleep(0.02)
 
     # Instrument
     async def post(self, request: results_pb2.RecordResultRequest, *,
