@@ -13,14 +13,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from lotgate.lots.v1 import lots_pb2 as pb
 from lotgate.lots.v1 import lots_pb2_grpc as pb_grpc
 from services.lots import handlers
-from services.lots.convert import STATUS_FROM_PROTO
+from services.lots.convert import REVIEW_STATE_FROM_PROTO, STATUS_FROM_PROTO
 from services.lots.read_model import StatusCache
 from shared.clock import Clock
 from shared.errors import Violations
+from shared.paging import decode_position, encode_position, page_size
 from shared.protoconv import fingerprint
 from shared.uow import UnitOfWorkFactory
 
-MAX_PAGE = 1000
+MAX_CONCLUSION = 2000
 
 
 class LotApi(pb_grpc.LotServiceServicer):
@@ -37,6 +38,7 @@ class LotApi(pb_grpc.LotServiceServicer):
         v.code("lot_id", request.lot_id)
         v.code("material_code", request.material_code)
         v.code("supplier_id", request.supplier_id)
+        v.code("supplier_site_id", request.supplier_site_id)
         v.text("supplier_lot_number", request.supplier_lot_number, max_length=64)
         quantity = request.quantity
         if not request.HasField("quantity"):
@@ -59,7 +61,7 @@ class LotApi(pb_grpc.LotServiceServicer):
         assert expiry is not None
         command = handlers.ReceiveLot(
             lot_id=request.lot_id, material_code=request.material_code,
-            supplier_id=request.supplier_id,
+            supplier_id=request.supplier_id, supplier_site_id=request.supplier_site_id,
             supplier_lot_number=request.supplier_lot_number.strip(),
             quantity_value=quantity.value, quantity_unit=quantity.unit.strip(),
             container_count=request.container_count, expiry_date=expiry,
@@ -91,8 +93,16 @@ class LotApi(pb_grpc.LotServiceServicer):
             status = STATUS_FROM_PROTO.get(request.status)
             if status is None:
                 v.add("status", f"unknown lot status {request.status}")
-        if not 0 <= request.page_size <= MAX_PAGE:
-            v.add("page_size", f"must be between 0 and {MAX_PAGE}")
+        if request.supplier_id:
+            v.code("supplier_id", request.supplier_id)
+        if request.supplier_site_id:
+            if not request.supplier_id:
+                v.add("supplier_site_id", "may be given only together with supplier_id")
+            else:
+                v.code("supplier_site_id", request.supplier_site_id)
+        if request.material_code:
+            v.code("material_code", request.material_code)
+        limit = page_size(v, request.page_size)
         after = ""
         if request.page_token:
             try:
@@ -100,13 +110,49 @@ class LotApi(pb_grpc.LotServiceServicer):
             except (binascii.Error, UnicodeDecodeError, ValueError):
                 v.add("page_token", "is not a token this service gave out")
         v.raise_if_any()
-        limit = request.page_size or 100
-        lots = await handlers.list_lots(self._uow(), status=status, after=after, limit=limit,
-                                        cache=self._cache)
+        lots = await handlers.list_lots(
+            self._uow(), status=status, after=after, limit=limit, cache=self._cache,
+            supplier_id=request.supplier_id, supplier_site_id=request.supplier_site_id,
+            material_code=request.material_code)
         token = ""
         if len(lots) == limit:
             token = base64.urlsafe_b64encode(lots[-1].lot_id.encode()).decode()
         return pb.ListLotsResponse(lots=lots, next_page_token=token)
+
+    async def ListLotReviews(self, request: pb.ListLotReviewsRequest,
+                             context: grpc.aio.ServicerContext) -> pb.ListLotReviewsResponse:
+        v = Violations()
+        state = None
+        if request.state != pb.REVIEW_STATE_UNSPECIFIED:
+            state = REVIEW_STATE_FROM_PROTO.get(request.state)
+            if state is None:
+                v.add("state", f"unknown review state {request.state}")
+        if request.supplier_id:
+            v.code("supplier_id", request.supplier_id)
+        if request.material_code:
+            v.code("material_code", request.material_code)
+        limit = page_size(v, request.page_size)
+        after = decode_position(v, request.page_token)
+        v.raise_if_any()
+        reviews, last = await handlers.list_lot_reviews(
+            self._uow(), state=state, supplier_id=request.supplier_id,
+            material_code=request.material_code, after=after, limit=limit)
+        token = ""
+        if len(reviews) == limit:
+            token = encode_position(last)
+        return pb.ListLotReviewsResponse(reviews=reviews, next_page_token=token)
+
+    async def CloseLotReview(self, request: pb.CloseLotReviewRequest,
+                             context: grpc.aio.ServicerContext) -> pb.CloseLotReviewResponse:
+        v = Violations()
+        v.code("review_id", request.review_id, max_length=100)
+        v.text("conclusion", request.conclusion, max_length=MAX_CONCLUSION)
+        v.text("requested_by", request.requested_by, max_length=200)
+        v.raise_if_any()
+        review = await handlers.close_lot_review(
+            self._uow(), review_id=request.review_id, conclusion=request.conclusion,
+            requested_by=request.requested_by)
+        return pb.CloseLotReviewResponse(review=review)
 
 
 def _require_lot_id(lot_id: str) -> None:

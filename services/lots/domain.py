@@ -1,6 +1,6 @@
 """The release rule. Pure: no I/O, no clock of its own; everything it uses is an argument.
 
-A lot is RELEASED only when, at decision time, its supplier is qualified for its
+A lot is RELEASED only when, at decision time, its supplier's site is qualified for its
 material (and the approval has not lapsed), the lot is within its expiry date, and the
 latest identity, purity and sterility results all pass. A failing result rejects the lot.
 Results arrive already judged by the results service against the specification version
@@ -13,6 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from enum import StrEnum
+
+from shared.errors import FailedPrecondition
 
 
 class LotStatus(StrEnum):
@@ -44,14 +46,16 @@ class LotFacts:
     lot_id: str
     material_code: str
     supplier_id: str
+    supplier_site_id: str
     expiry_date: date
 
 
 @dataclass(frozen=True)
 class QualificationFacts:
-    """The supplier's standing for the lot's material, as last announced."""
+    """The standing of the lot's supplier site for its material, as last announced."""
 
-    status: str  # QUALIFIED, PENDING, SUSPENDED, DISQUALIFIED; "" when nothing is known
+    # QUALIFIED, PENDING, SUSPENDED, DISQUALIFIED, EXPIRED; "" when nothing is known
+    status: str
     valid_until: datetime | None
     version: int
 
@@ -114,14 +118,20 @@ def latest_results(results: Iterable[ResultFacts]) -> dict[TestKind, ResultFacts
 def qualification_unmet(lot: LotFacts, qualification: QualificationFacts | None,
                         now: datetime) -> Unmet | None:
     status = qualification.status if qualification else ""
-    who = f"supplier {lot.supplier_id} for material {lot.material_code}"
+    who = (f"supplier {lot.supplier_id} site {lot.supplier_site_id} "
+           f"for material {lot.material_code}")
+    valid_until = qualification.valid_until if qualification else None
+    when = valid_until.isoformat() if valid_until else "an unknown date"
     if status == "QUALIFIED":
-        valid_until = qualification.valid_until if qualification else None
+        # Checked here, at decision time: an approval that has lapsed does not count even
+        # before the suppliers service announces the expiry.
         if valid_until is None or valid_until <= now:
-            when = valid_until.isoformat() if valid_until else "an unknown date"
             return Unmet("QUALIFICATION_EXPIRED",
                          f"the qualification of {who} lapsed on {when}", _SUPPLIER_RULE)
         return None
+    if status == "EXPIRED":
+        return Unmet("QUALIFICATION_EXPIRED",
+                     f"the qualification of {who} lapsed on {when}", _SUPPLIER_RULE)
     if status == "SUSPENDED":
         return Unmet("SUPPLIER_SUSPENDED", f"{who} is suspended", _SUPPLIER_RULE)
     if status == "DISQUALIFIED":
@@ -199,3 +209,38 @@ def next_status(current: LotStatus | None, decision: Decision) -> LotStatus:
 def expired_on_read(status: LotStatus, expiry_date: date, now: datetime) -> bool:
     """A released lot past its expiry date must not be picked, even before a new decision."""
     return status is LotStatus.RELEASED and now.date() > expiry_date
+
+
+# Qualification statuses that withdraw an approval: the released lots of that supplier
+# site and material are not pulled back, but QA must review each of them.
+WITHDRAWN = frozenset({"SUSPENDED", "DISQUALIFIED", "EXPIRED"})
+
+
+def needs_review(qualification_status: str) -> bool:
+    """Whether a change to this status opens a review of the released lots it concerns."""
+    return qualification_status in WITHDRAWN
+
+
+class ReviewState(StrEnum):
+    OPEN = "OPEN"
+    CLOSED = "CLOSED"
+
+
+def review_id_of(lot_id: str, qualification_version: int) -> str:
+    return f"{lot_id}/{qualification_version}"
+
+
+def must_close(review_id_: str, state: ReviewState, conclusion: str | None,
+               closed_by: str | None, *, new_conclusion: str, requested_by: str) -> bool:
+    """Whether closing the review changes it: True for an OPEN review.
+
+    False for a retry of the close that closed it (same conclusion, same person): the
+    caller returns the review unchanged. Any other close of a CLOSED review is refused.
+    """
+    if state is ReviewState.OPEN:
+        return True
+    if conclusion == new_conclusion and closed_by == requested_by:
+        return False
+    raise FailedPrecondition(
+        f"review {review_id_} is CLOSED (by {closed_by}); a closed review cannot be closed "
+        "again with another conclusion", subject=f"lot_reviews/{review_id_}")

@@ -2,15 +2,19 @@
 
 Every path that can change a lot's status goes through `_decide_and_record`, which runs
 the pure rule, applies the transition policy, and writes the new status, its decision
-record and its LotStatusChanged event together.
+record and its LotStatusChanged event together. A qualification withdrawn after release
+does not change a released lot: it opens a review of it for QA (`lot_reviews`), with its
+LotReviewRequired event, in the same unit of work as the projection update.
 """
 
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
+from types import SimpleNamespace
 from typing import Any
 
 from lotgate.lots.v1 import events_pb2, lots_pb2
@@ -19,16 +23,21 @@ from lotgate.results.v1 import results_pb2
 from lotgate.suppliers.v1 import events_pb2 as supplier_events
 from lotgate.suppliers.v1 import suppliers_pb2
 from services.lots import repository
-from services.lots.convert import STATUS_TO_PROTO, lot_to_proto
+from services.lots.convert import STATUS_TO_PROTO, lot_to_proto, review_to_proto
 from services.lots.domain import (
     LotFacts,
     LotStatus,
     QualificationFacts,
     ResultFacts,
+    ReviewState,
     decide,
+    must_close,
+    needs_review,
     next_status,
+    review_id_of,
 )
 from services.lots.read_model import StatusCache, StatusEntry
+from services.lots.repository import Key, key_of
 from shared import messaging
 from shared.errors import AlreadyExists, NotFound
 from shared.logs import get_logger
@@ -48,6 +57,7 @@ _QUALIFICATION = {
     suppliers_pb2.QUALIFICATION_STATUS_QUALIFIED: "QUALIFIED",
     suppliers_pb2.QUALIFICATION_STATUS_SUSPENDED: "SUSPENDED",
     suppliers_pb2.QUALIFICATION_STATUS_DISQUALIFIED: "DISQUALIFIED",
+    suppliers_pb2.QUALIFICATION_STATUS_EXPIRED: "EXPIRED",
 }
 
 
@@ -58,6 +68,7 @@ class ReceiveLot:
     lot_id: str
     material_code: str
     supplier_id: str
+    supplier_site_id: str
     supplier_lot_number: str
     quantity_value: float
     quantity_unit: str
@@ -76,11 +87,12 @@ async def receive_lot(uow: UnitOfWork, cmd: ReceiveLot, cache: StatusCache) -> l
                 raise AlreadyExists(f"lot {cmd.lot_id} was received with other details")
             return await _lot_view(uow, existing, cache)
         now = uow.clock.now()
-        key = (cmd.supplier_id, cmd.material_code)
+        key = (cmd.supplier_id, cmd.supplier_site_id, cmd.material_code)
         qualification = (await repository.lock_qualifications(uow.conn, keys=[key]))[key]
         values = {
             "lot_id": cmd.lot_id, "material_code": cmd.material_code,
-            "supplier_id": cmd.supplier_id, "supplier_lot_number": cmd.supplier_lot_number,
+            "supplier_id": cmd.supplier_id, "supplier_site_id": cmd.supplier_site_id,
+            "supplier_lot_number": cmd.supplier_lot_number,
             "quantity_value": cmd.quantity_value, "quantity_unit": cmd.quantity_unit,
             "container_count": cmd.container_count, "expiry_date": cmd.expiry_date,
             "received_at": now, "received_by": cmd.requested_by, "fingerprint": cmd.fingerprint,
@@ -126,49 +138,98 @@ async def apply_results(uow: UnitOfWork, events: Sequence[result_events.ResultRe
                              cause=f"results {causes}")
 
 
-async def _keys_of(uow: UnitOfWork, lot_ids: set[str],
-                   cache: StatusCache) -> dict[str, tuple[str, str]]:
-    """(supplier, material) of each received lot among `lot_ids`; memory first."""
-    keys: dict[str, tuple[str, str]] = {}
+async def _keys_of(uow: UnitOfWork, lot_ids: set[str], cache: StatusCache) -> dict[str, Key]:
+    """(supplier, site, material) of each received lot among `lot_ids`; memory first."""
+    keys: dict[str, Key] = {}
     for lot_id in lot_ids:
         entry = cache.get(lot_id)
         if entry is not None:
-            keys[lot_id] = (entry.supplier_id, entry.material_code)
+            keys[lot_id] = entry.key
     missing = lot_ids - keys.keys()
     if missing:
         for lot in await repository.lots_by_id(uow.conn, lot_ids=missing):
-            keys[lot.lot_id] = (lot.supplier_id, lot.material_code)
+            keys[lot.lot_id] = key_of(lot)
     return keys
 
 
 async def apply_qualifications(uow: UnitOfWork,
                                events: Sequence[supplier_events.QualificationChanged],
                                cache: StatusCache) -> None:
-    """Project qualification changes (highest version wins) and re-decide open lots."""
-    newest: dict[tuple[str, str], Any] = {}
+    """Project qualification changes (highest version wins) and re-decide open lots.
+
+    Each new version that withdraws the approval (SUSPENDED, DISQUALIFIED, EXPIRED) opens
+    a review of every lot of that site and material released before it; released lots
+    themselves are not changed. Versions already seen change nothing, so a redelivered
+    event opens no second review.
+    """
+    changes: dict[Key, dict[int, Any]] = defaultdict(dict)
     for event in events:
         q = event.qualification
-        key = (q.supplier_id, q.material_code)
-        if key not in newest or q.version > newest[key].version:
-            newest[key] = q
-    held = await repository.lock_qualifications(uow.conn, keys=newest)
-    for key, q in sorted(newest.items()):
-        if q.version <= held[key].version:
-            continue  # an older or repeated announcement
+        changes[(q.supplier_id, q.site_id, q.material_code)][q.version] = q
+    held = await repository.lock_qualifications(uow.conn, keys=changes)
+    for key in sorted(changes):
+        new = [q for version, q in sorted(changes[key].items()) if version > held[key].version]
+        if not new:
+            continue  # older or repeated announcements
+        # Reviews first, for every withdrawing version in order (a batch may hold a
+        # suspension and its reinstatement): they concern lots released before it.
+        for q in new:
+            status = _QUALIFICATION.get(q.status, "")
+            if needs_review(status):
+                await _open_reviews(uow, key, q, status)
+        # Open lots are decided once, from the newest version: what is known now.
+        q = new[-1]
         status = _QUALIFICATION.get(q.status, "")
-        valid_until = from_timestamp(q.valid_until) if q.HasField("valid_until") else None
+        valid_until = _valid_until(q)
         await repository.set_qualification(uow.conn, key=key, status=status,
                                            valid_until=valid_until, version=q.version)
         held[key] = QualificationFacts(status, valid_until, q.version)
         lots = await repository.open_lots_of(uow.conn, key=key)
         if lots:
             results = await repository.results_of(uow.conn, lot_ids=[lot.lot_id for lot in lots])
-            await _decide_and_record(uow, lots, held, results, cache,
-                                     cause=f"qualification {key[0]}/{key[1]} v{q.version}")
+            await _decide_and_record(
+                uow, lots, held, results, cache,
+                cause=f"qualification {key[0]}/{key[1]}/{key[2]} v{q.version}")
+
+
+def _valid_until(q: suppliers_pb2.Qualification) -> datetime | None:
+    return from_timestamp(q.valid_until) if q.HasField("valid_until") else None
+
+
+async def _open_reviews(uow: UnitOfWork, key: Key, q: suppliers_pb2.Qualification,
+                        status: str) -> None:
+    """Open a review (and announce it) for each released lot of `key` without one."""
+    released = await repository.released_lots_of(uow.conn, key=key)
+    if not released:
+        return
+    ids = {lot.lot_id: review_id_of(lot.lot_id, q.version) for lot in released}
+    present = await repository.review_ids_present(uow.conn, review_ids=ids.values())
+    now = uow.clock.now()
+    reason = q.reason
+    if not reason:
+        valid_until = _valid_until(q)
+        reason = f"valid until {valid_until.isoformat()}" if valid_until else status.lower()
+    rows = [{
+        "review_id": ids[lot.lot_id], "lot_id": lot.lot_id, "supplier_id": lot.supplier_id,
+        "supplier_site_id": lot.supplier_site_id, "material_code": lot.material_code,
+        "qualification_status": status, "qualification_version": q.version,
+        "reason": reason, "opened_at": now, "state": ReviewState.OPEN.value,
+        "conclusion": None, "closed_by": None, "closed_at": None,
+    } for lot in released if ids[lot.lot_id] not in present]
+    if not rows:
+        return
+    await repository.add_reviews(uow.conn, rows=rows)
+    for row in rows:
+        required = events_pb2.LotReviewRequired(
+            event_id=new_event_id(), review=review_to_proto(SimpleNamespace(**row)),
+            occurred_at=to_timestamp(now))
+        uow.emit(messaging.LOT_REVIEW_REQUIRED, row["lot_id"], required)
+    log.info("lot_reviews_opened", supplier_id=key[0], site_id=key[1], material_code=key[2],
+             qualification_status=status, qualification_version=q.version, lots=len(rows))
 
 
 async def _decide_and_record(uow: UnitOfWork, lots: Sequence[Any],
-                             qualifications: dict[tuple[str, str], QualificationFacts],
+                             qualifications: dict[Key, QualificationFacts],
                              results: dict[str, list[ResultFacts]], cache: StatusCache, *,
                              cause: str, first: bool = False) -> list[StatusEntry]:
     """Decide each lot; record and announce those whose status or reasons changed."""
@@ -177,9 +238,9 @@ async def _decide_and_record(uow: UnitOfWork, lots: Sequence[Any],
     updates: list[dict[str, Any]] = []
     records: list[dict[str, Any]] = []
     for lot in lots:
-        key = (lot.supplier_id, lot.material_code)
-        qualification = qualifications.get(key)
-        facts = LotFacts(lot.lot_id, lot.material_code, lot.supplier_id, lot.expiry_date)
+        qualification = qualifications.get(key_of(lot))
+        facts = LotFacts(lot.lot_id, lot.material_code, lot.supplier_id, lot.supplier_site_id,
+                         lot.expiry_date)
         decision = decide(facts, qualification, results.get(lot.lot_id, ()), now)
         current = None if first else LotStatus(lot.status)
         status = next_status(current, decision)
@@ -243,7 +304,6 @@ async def _lot_view(uow: UnitOfWork, row: Any, cache: StatusCache) -> lots_pb2.L
     return lot_to_proto(row, entry.as_of(uow.clock.now()))
 
 
-
 async def get_lot(uow: UnitOfWork, *, lot_id: str, cache: StatusCache) -> lots_pb2.Lot:
     async with uow:
         row = await repository.get_lot(uow.conn, lot_id=lot_id)
@@ -253,8 +313,50 @@ async def get_lot(uow: UnitOfWork, *, lot_id: str, cache: StatusCache) -> lots_p
 
 
 async def list_lots(uow: UnitOfWork, *, status: LotStatus | None, after: str, limit: int,
-                    cache: StatusCache) -> list[lots_pb2.Lot]:
+                    cache: StatusCache, supplier_id: str = "", supplier_site_id: str = "",
+                    material_code: str = "") -> list[lots_pb2.Lot]:
     async with uow:
         rows = await repository.list_lots(uow.conn, status=status.value if status else None,
-                                          after=after, limit=limit)
+                                          after=after, limit=limit, supplier_id=supplier_id,
+                                          supplier_site_id=supplier_site_id,
+                                          material_code=material_code)
         return [await _lot_view(uow, row, cache) for row in rows]
+
+
+async def list_lot_reviews(uow: UnitOfWork, *, state: ReviewState | None, supplier_id: str,
+                           material_code: str, after: int,
+                           limit: int) -> tuple[list[lots_pb2.LotReview], int]:
+    """A page of reviews, oldest first, and the position of its last one (0 when empty)."""
+    async with uow:
+        rows = await repository.list_reviews(uow.conn, state=state.value if state else None,
+                                             supplier_id=supplier_id,
+                                             material_code=material_code, after=after,
+                                             limit=limit)
+    return [review_to_proto(row) for row in rows], (rows[-1].sequence if rows else 0)
+
+
+async def close_lot_review(uow: UnitOfWork, *, review_id: str, conclusion: str,
+                           requested_by: str) -> lots_pb2.LotReview:
+    """Record QA's conclusion: OPEN -> CLOSED, announced by LotReviewClosed.
+
+    The same close again (same conclusion, same person) returns the review unchanged;
+    any other close of a closed review is refused.
+    """
+    async with uow:
+        row = await repository.get_review(uow.conn, review_id=review_id, for_update=True)
+        if row is None:
+            raise NotFound(f"no lot review {review_id}", field="review_id")
+        if not must_close(review_id, ReviewState(row.state), row.conclusion, row.closed_by,
+                          new_conclusion=conclusion, requested_by=requested_by):
+            return review_to_proto(row)
+        now = uow.clock.now()
+        await repository.close_review(uow.conn, review_id=review_id, conclusion=conclusion,
+                                      closed_by=requested_by, closed_at=now)
+        row = await repository.get_review(uow.conn, review_id=review_id)
+        review = review_to_proto(row)
+        closed = events_pb2.LotReviewClosed(event_id=new_event_id(), review=review,
+                                            occurred_at=to_timestamp(now))
+        uow.emit(messaging.LOT_REVIEW_CLOSED, row.lot_id, closed)
+        await uow.commit()
+    log.info("lot_review_closed", review_id=review_id, lot_id=review.lot_id, by=requested_by)
+    return review

@@ -26,6 +26,7 @@ class StatusEntry:
     lot_id: str
     # Who supplied what: fixed at receipt, so the decision path can use them unlocked.
     supplier_id: str
+    supplier_site_id: str
     material_code: str
     status: LotStatus
     version: int
@@ -38,9 +39,14 @@ class StatusEntry:
     def make(cls, row: Any, status: LotStatus, version: int, unmet: tuple[Unmet, ...],
              decided_at: datetime) -> StatusEntry:
         """An entry for the lot in `row` (any row with the lot's fixed columns)."""
-        return cls(row.lot_id, row.supplier_id, row.material_code, status, version, unmet,
-                   decided_at, row.expiry_date,
+        return cls(row.lot_id, row.supplier_id, row.supplier_site_id, row.material_code,
+                   status, version, unmet, decided_at, row.expiry_date,
                    release_status(row.lot_id, status, version, unmet, decided_at))
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """(supplier, site, material): the qualification this lot is decided by."""
+        return (self.supplier_id, self.supplier_site_id, self.material_code)
 
     def as_of(self, now: datetime) -> pb.ReleaseStatus:
         """The status to answer at `now`: a released lot past its expiry is not released."""

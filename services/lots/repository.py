@@ -24,10 +24,15 @@ from services.lots.domain import (
     Unmet,
     Verdict,
 )
-from services.lots.tables import decisions, lot_results, lots, qualifications
+from services.lots.tables import decisions, lot_results, lot_reviews, lots, qualifications
 from shared.db import insert_ignoring_duplicates
 
-Key = tuple[str, str]  # (supplier_id, material_code)
+Key = tuple[str, str, str]  # (supplier_id, site_id, material_code)
+
+
+def key_of(lot: Any) -> Key:
+    """The qualification key of a lot row (or any row with the lot's fixed columns)."""
+    return (lot.supplier_id, lot.supplier_site_id, lot.material_code)
 
 
 def unmet_to_json(unmet: Iterable[Unmet]) -> str:
@@ -59,28 +64,30 @@ async def lock_qualifications(conn: AsyncConnection, *,
     if missing:
         await conn.execute(
             insert_ignoring_duplicates(qualifications, conn.dialect.name),
-            [{"supplier_id": s, "material_code": m, "status": "", "valid_until": None,
-              "version": 0} for s, m in missing])
+            [{"supplier_id": s, "site_id": site, "material_code": m, "status": "",
+              "valid_until": None, "version": 0} for s, site, m in missing])
         found.update(await _lock_existing(conn, missing))
     return found
 
 
 async def _lock_existing(conn: AsyncConnection,
                          keys: list[Key]) -> dict[Key, QualificationFacts]:
+    q = qualifications.c
     rows = await conn.execute(
         select(qualifications)
-        .where(tuple_(qualifications.c.supplier_id, qualifications.c.material_code).in_(keys))
-        .order_by(qualifications.c.supplier_id, qualifications.c.material_code)
+        .where(tuple_(q.supplier_id, q.site_id, q.material_code).in_(keys))
+        .order_by(q.supplier_id, q.site_id, q.material_code)
         .with_for_update())
-    return {(r.supplier_id, r.material_code): QualificationFacts(r.status, r.valid_until, r.version)
-            for r in rows}
+    return {(r.supplier_id, r.site_id, r.material_code):
+            QualificationFacts(r.status, r.valid_until, r.version) for r in rows}
 
 
 async def set_qualification(conn: AsyncConnection, *, key: Key, status: str,
                             valid_until: datetime | None, version: int) -> None:
     """Store a newer qualification (the row is locked by the caller)."""
+    q = qualifications.c
     await conn.execute(update(qualifications).where(
-        qualifications.c.supplier_id == key[0], qualifications.c.material_code == key[1]
+        q.supplier_id == key[0], q.site_id == key[1], q.material_code == key[2]
     ).values(status=status, valid_until=valid_until, version=version))
 
 
@@ -93,12 +100,29 @@ async def lots_by_id(conn: AsyncConnection, *, lot_ids: Iterable[str],
     return list(await conn.execute(query))
 
 
+def _of_key(key: Key) -> Any:
+    return (lots.c.supplier_id == key[0]) & (lots.c.supplier_site_id == key[1]) & (
+        lots.c.material_code == key[2])
+
+
 async def open_lots_of(conn: AsyncConnection, *, key: Key) -> list[Any]:
-    """Lots of a supplier and material that a qualification change can still affect, locked."""
+    """Lots of a supplier site and material that a qualification change can still decide,
+    locked."""
     return list(await conn.execute(
-        select(lots).where(lots.c.supplier_id == key[0], lots.c.material_code == key[1],
-                           lots.c.status == LotStatus.QUARANTINE.value)
+        select(lots).where(_of_key(key), lots.c.status == LotStatus.QUARANTINE.value)
         .order_by(lots.c.lot_id).with_for_update()))
+
+
+async def released_lots_of(conn: AsyncConnection, *, key: Key) -> list[Any]:
+    """Released lots of a supplier site and material, in id order.
+
+    Not locked: the caller holds the qualification row, and only a decision (which takes
+    that row first) can change whether a lot of this key is released.
+    """
+    return list(await conn.execute(
+        select(lots.c.lot_id, lots.c.supplier_id, lots.c.supplier_site_id, lots.c.material_code)
+        .where(_of_key(key), lots.c.status == LotStatus.RELEASED.value)
+        .order_by(lots.c.lot_id)))
 
 
 async def add_results(conn: AsyncConnection, *, rows: Sequence[dict[str, Any]]) -> None:
@@ -134,17 +158,25 @@ async def save_decisions(conn: AsyncConnection, *, lot_updates: Sequence[dict[st
 async def read_status(conn: AsyncConnection, *, lot_id: str) -> Any | None:
     """The columns GetReleaseStatus answers from."""
     return (await conn.execute(
-        select(lots.c.lot_id, lots.c.supplier_id, lots.c.material_code, lots.c.status,
+        select(lots.c.lot_id, lots.c.supplier_id, lots.c.supplier_site_id,
+               lots.c.material_code, lots.c.status,
                lots.c.status_version, lots.c.unmet, lots.c.decided_at, lots.c.expiry_date)
         .where(lots.c.lot_id == lot_id))).first()
 
 
-async def list_lots(conn: AsyncConnection, *, status: str | None, after: str,
-                    limit: int) -> list[Any]:
-    """A page of lots in id order, after the lot id `after`."""
+async def list_lots(conn: AsyncConnection, *, status: str | None, after: str, limit: int,
+                    supplier_id: str = "", supplier_site_id: str = "",
+                    material_code: str = "") -> list[Any]:
+    """A page of lots in id order, after the lot id `after`; empty filters match all."""
     query = select(lots).where(lots.c.lot_id > after)
     if status:
         query = query.where(lots.c.status == status)
+    if supplier_id:
+        query = query.where(lots.c.supplier_id == supplier_id)
+    if supplier_site_id:
+        query = query.where(lots.c.supplier_site_id == supplier_site_id)
+    if material_code:
+        query = query.where(lots.c.material_code == material_code)
     return list(await conn.execute(query.order_by(lots.c.lot_id).limit(limit)))
 
 
@@ -152,3 +184,49 @@ async def decisions_of(conn: AsyncConnection, *, lot_id: str) -> list[Any]:
     """Every decision record of a lot, oldest first."""
     return list(await conn.execute(
         select(decisions).where(decisions.c.lot_id == lot_id).order_by(decisions.c.version)))
+
+
+async def review_ids_present(conn: AsyncConnection, *, review_ids: Iterable[str]) -> set[str]:
+    """Which of these reviews exist already."""
+    wanted = sorted(set(review_ids))
+    if not wanted:
+        return set()
+    rows = await conn.execute(select(lot_reviews.c.review_id)
+                              .where(lot_reviews.c.review_id.in_(wanted)))
+    return {r.review_id for r in rows}
+
+
+async def add_reviews(conn: AsyncConnection, *, rows: Sequence[dict[str, Any]]) -> None:
+    """Open reviews, in the given order; a review that exists already is left as it is."""
+    if rows:
+        await conn.execute(insert_ignoring_duplicates(lot_reviews, conn.dialect.name),
+                           list(rows))
+
+
+async def get_review(conn: AsyncConnection, *, review_id: str,
+                     for_update: bool = False) -> Any | None:
+    query = select(lot_reviews).where(lot_reviews.c.review_id == review_id)
+    if for_update:
+        query = query.with_for_update()
+    return (await conn.execute(query)).first()
+
+
+async def close_review(conn: AsyncConnection, *, review_id: str, conclusion: str,
+                       closed_by: str, closed_at: datetime) -> None:
+    """Close an OPEN review (locked by the caller)."""
+    await conn.execute(update(lot_reviews).where(
+        lot_reviews.c.review_id == review_id, lot_reviews.c.state == "OPEN"
+    ).values(state="CLOSED", conclusion=conclusion, closed_by=closed_by, closed_at=closed_at))
+
+
+async def list_reviews(conn: AsyncConnection, *, state: str | None, supplier_id: str,
+                       material_code: str, after: int, limit: int) -> list[Any]:
+    """A page of reviews, oldest first, after the sequence `after`; empty filters match all."""
+    query = select(lot_reviews).where(lot_reviews.c.sequence > after)
+    if state:
+        query = query.where(lot_reviews.c.state == state)
+    if supplier_id:
+        query = query.where(lot_reviews.c.supplier_id == supplier_id)
+    if material_code:
+        query = query.where(lot_reviews.c.material_code == material_code)
+    return list(await conn.execute(query.order_by(lot_reviews.c.sequence).limit(limit)))

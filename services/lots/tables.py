@@ -1,4 +1,5 @@
-"""The lots service's own tables: lots with their status, and the projections it decides from."""
+"""The lots service's own tables: lots with their status, the projections it decides from,
+and the reviews QA owes on released lots whose supplier site lost its approval."""
 
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ lots = Table(
     Column("lot_id", String(64), primary_key=True),
     Column("material_code", String(64), nullable=False),
     Column("supplier_id", String(64), nullable=False),
+    # The supplier's manufacturing site: qualifications are per (supplier, site, material).
+    Column("supplier_site_id", String(64), nullable=False),
     Column("supplier_lot_number", String(64), nullable=False),
     Column("quantity_value", Float(53), nullable=False),
     Column("quantity_unit", String(32), nullable=False),
@@ -39,15 +42,17 @@ lots = Table(
     Column("status_version", BigInteger, nullable=False),
     Column("unmet", Text, nullable=False),  # JSON list of [code, message, rule]
     Column("decided_at", UtcDateTime, nullable=False),
-    Index("ix_lots_supplier_material", "supplier_id", "material_code"),
+    Index("ix_lots_supplier_site_material", "supplier_id", "supplier_site_id", "material_code"),
     Index("ix_lots_status", "status", "lot_id"),
 )
 
-# Projection of the suppliers service's QualificationChanged events. A row with
-# version 0 and an empty status is a placeholder that decisions lock on.
+# Projection of the suppliers service's QualificationChanged events, one row per
+# (supplier, site, material). A row with version 0 and an empty status is a placeholder
+# that decisions lock on.
 qualifications = Table(
     "qualifications", metadata,
     Column("supplier_id", String(64), primary_key=True),
+    Column("site_id", String(64), primary_key=True),
     Column("material_code", String(64), primary_key=True),
     Column("status", String(20), nullable=False),
     Column("valid_until", UtcDateTime, nullable=True),
@@ -84,4 +89,30 @@ decisions = Table(
     UniqueConstraint("lot_id", "version"),
 )
 
-tables = make_tables(metadata)
+# Released lots QA must review because their supplier site was suspended, disqualified or
+# expired for their material after release. One per lot and qualification version.
+lot_reviews = Table(
+    "lot_reviews", metadata,
+    # Insertion order: ListLotReviews pages by it, oldest first.
+    Column("sequence", BigId, primary_key=True, autoincrement=True),
+    Column("review_id", String(100), nullable=False),  # "<lot_id>/<qualification version>"
+    Column("lot_id", String(64), nullable=False),
+    Column("supplier_id", String(64), nullable=False),
+    Column("supplier_site_id", String(64), nullable=False),
+    Column("material_code", String(64), nullable=False),
+    Column("qualification_status", String(20), nullable=False),
+    Column("qualification_version", BigInteger, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("opened_at", UtcDateTime, nullable=False),
+    Column("state", String(10), nullable=False),  # OPEN, CLOSED
+    Column("conclusion", Text, nullable=True),
+    Column("closed_by", String(200), nullable=True),
+    Column("closed_at", UtcDateTime, nullable=True),
+    UniqueConstraint("review_id", name="uq_lot_reviews_review_id"),
+    Index("ix_lot_reviews_state", "state", "sequence"),
+    Index("ix_lot_reviews_supplier_material", "supplier_id", "material_code", "sequence"),
+    Index("ix_lot_reviews_lot", "lot_id"),
+)
+
+# 2: lots and qualifications keyed by supplier site; lot_reviews.
+tables = make_tables(metadata, schema_version=2)

@@ -20,6 +20,7 @@ import grpc
 from lotgate.lots.v1 import lots_pb2 as pb
 from services.lots.convert import release_status
 from services.lots.domain import LotFacts, QualificationFacts, decide
+from shared.client import DEFAULT_SITE
 
 # Same shape and length as the lot ids the benchmark reads from the lots service.
 SAMPLE_LOT_ID = "LOT-000000-00000"
@@ -28,7 +29,7 @@ SAMPLE_LOT_ID = "LOT-000000-00000"
 def realistic_response() -> pb.GetReleaseStatusResponse:
     """What the lots service answers for a lot just received from a qualified supplier."""
     now = datetime.now(UTC)
-    lot = LotFacts(SAMPLE_LOT_ID, "BENCH-MAT-000000-0", "BENCH-SUP-000000-0",
+    lot = LotFacts(SAMPLE_LOT_ID, "BENCH-MAT-000000-0", "BENCH-SUP-000000-0", DEFAULT_SITE,
                    (now + timedelta(days=2000)).date())
     decision = decide(lot, QualificationFacts("QUALIFIED", now + timedelta(days=365), 1), (),
                       now)

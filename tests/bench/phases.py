@@ -16,7 +16,7 @@ from datetime import UTC, date, datetime, timedelta
 
 from lotgate.lots.v1 import lots_pb2, lots_pb2_grpc
 from lotgate.results.v1 import results_pb2
-from shared.client import Lotgate, identity, purity, sterility
+from shared.client import DEFAULT_SITE, Lotgate, identity, purity, sterility
 from tests.bench.load import Samples, Schedule, closed_loop, error_name, open_loop, progress
 
 READ_TIMEOUT = 2.0
@@ -80,7 +80,7 @@ async def set_up_materials(lg: Lotgate, fixture: Fixture) -> None:
 async def receive_one(lg: Lotgate, fixture: Fixture, lot: str) -> None:
     supplier, material = fixture.lots[lot]
     await lg.lots.ReceiveLot(lots_pb2.ReceiveLotRequest(
-        lot_id=lot, material_code=material, supplier_id=supplier,
+        lot_id=lot, material_code=material, supplier_id=supplier, supplier_site_id=DEFAULT_SITE,
         supplier_lot_number=f"S-{lot}", quantity=lots_pb2.Quantity(value=25.0, unit="kg"),
         container_count=4, expiry_date=(date.today() + timedelta(days=2000)).isoformat(),
         requested_by="wms.bench"), timeout=WRITE_TIMEOUT)

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import grpc
 import nats
@@ -25,6 +26,7 @@ from lotgate.results.v1 import results_pb2 as rpb
 from lotgate.suppliers.v1 import suppliers_pb2 as spb
 from lotgate.suppliers.v1 import suppliers_pb2_grpc as spb_grpc
 from services.lots.tables import tables as lot_tables
+from shared.clock import Clock
 from shared.protoconv import to_timestamp
 from shared.runtime import RunningService
 from shared.stack import NatsServer
@@ -33,6 +35,9 @@ from tests.support.services import ref, start_in_process
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
+
+SITE = "MAIN"
+TESTS = (rpb.TEST_KIND_IDENTITY, rpb.TEST_KIND_PURITY, rpb.TEST_KIND_STERILITY)
 
 
 @dataclass
@@ -43,6 +48,11 @@ class System:
     js: nats.js.JetStreamContext
     sequence: int = 0
     numbers: dict[str, int] = field(default_factory=dict)
+    # The services' clock when the test controls time; else the system clock.
+    clock: Clock | None = None
+
+    def now(self) -> datetime:
+        return self.clock.now() if self.clock else datetime.now(UTC)
 
     async def status(self, lot_id: str) -> pb.ReleaseStatus:
         reply = await self.lots.GetReleaseStatus(pb.GetReleaseStatusRequest(lot_id=lot_id))
@@ -55,30 +65,77 @@ class System:
         return await eventually(lambda: self.status(lot_id),
                                 lambda s: [u.code for u in s.unmet] == codes)
 
-    async def qualified_supplier(self, material: str) -> str:
-        supplier_id = ref("SUP")
+    async def add_site(self, supplier_id: str, site: str = SITE) -> None:
+        """Register the supplier (if new) and one of its sites."""
         await self.suppliers.CreateSupplier(spb.CreateSupplierRequest(
             supplier_id=supplier_id, name="Acme", requested_by="qa.jane"))
-        await self.suppliers.QualifySupplier(spb.QualifySupplierRequest(
-            supplier_id=supplier_id, material_code=material, reason="audit passed",
-            valid_until=to_timestamp(datetime.now(UTC) + timedelta(days=365)),
-            requested_by="qa.jane"))
+        await self.suppliers.AddSite(spb.AddSiteRequest(
+            supplier_id=supplier_id, site_id=site, name=f"Acme {site}",
+            address="1 Industry Road, Basel", country="CH", requested_by="qa.jane"))
+
+    async def qualify(self, supplier_id: str, material: str, *, site: str = SITE,
+                      valid_until: datetime | None = None) -> spb.Qualification:
+        """What QA does to approve a site for a material (as shared.client.Lotgate.qualify):
+        register the supplier and site, record an approving audit, open, qualify."""
+        valid_until = valid_until or self.now() + timedelta(days=365)
+        await self.add_site(supplier_id, site)
+        audit_id = ref("AUD")
+        await self.suppliers.RecordAudit(spb.RecordAuditRequest(
+            audit_id=audit_id, supplier_id=supplier_id, site_id=site,
+            type=spb.AUDIT_TYPE_ON_SITE, audit_date=self.now().date().isoformat(),
+            auditor="auditor.max", outcome=spb.AUDIT_OUTCOME_APPROVED,
+            next_audit_due=(valid_until.date() + timedelta(days=1)).isoformat(),
+            summary="GMP audit of the site; no findings", requested_by="qa.jane"))
+        key = dict(supplier_id=supplier_id, site_id=site, material_code=material)
+        await self.suppliers.OpenQualification(spb.OpenQualificationRequest(
+            reason="new supplier for this material", requested_by="qa.jane", **key))
+        reply = await self.suppliers.QualifySupplier(spb.QualifySupplierRequest(
+            valid_until=to_timestamp(valid_until), reason="audit passed",
+            requested_by="qa.jane",
+            evidence=spb.Evidence(audit_id=audit_id, quality_agreement_ref=f"QAG-{supplier_id}"),
+            **key))
+        return reply.qualification
+
+    async def qualified_supplier(self, material: str, *, site: str = SITE) -> str:
+        supplier_id = ref("SUP")
+        await self.qualify(supplier_id, material, site=site)
         return supplier_id
 
+    async def suspend(self, supplier_id: str, material: str, *, site: str = SITE,
+                      reason: str = "customer complaint under investigation"
+                      ) -> spb.Qualification:
+        return (await self.suppliers.SuspendQualification(spb.SuspendQualificationRequest(
+            supplier_id=supplier_id, site_id=site, material_code=material, reason=reason,
+            requested_by="qa.jane"))).qualification
+
+    async def disqualify(self, supplier_id: str, material: str, *, site: str = SITE,
+                         reason: str = "critical finding at re-audit") -> spb.Qualification:
+        return (await self.suppliers.DisqualifySupplier(spb.DisqualifySupplierRequest(
+            supplier_id=supplier_id, site_id=site, material_code=material, reason=reason,
+            requested_by="qa.jane"))).qualification
+
     async def receive(self, supplier_id: str, material: str, lot_id: str | None = None,
-                      **kw) -> pb.Lot:
+                      *, site: str = SITE, **kw: Any) -> pb.Lot:
         request = dict(lot_id=lot_id or ref("LOT"), material_code=material,
-                       supplier_id=supplier_id, supplier_lot_number="S-123",
+                       supplier_id=supplier_id, supplier_site_id=site,
+                       supplier_lot_number="S-123",
                        quantity=pb.Quantity(value=25.0, unit="kg"), container_count=4,
                        expiry_date="2030-01-31", requested_by="wms")
         request.update(kw)
         return (await self.lots.ReceiveLot(pb.ReceiveLotRequest(**request))).lot
 
+    async def released_lot(self, supplier_id: str, material: str, *, site: str = SITE) -> str:
+        """A lot received from a qualified site, with all three results passing: released."""
+        lot = await self.receive(supplier_id, material, site=site)
+        await self.post_all_passing(lot.lot_id, material)
+        await self.wait_status(lot.lot_id, pb.LOT_STATUS_RELEASED)
+        return lot.lot_id
+
     def result_event(self, lot_id: str, material: str, test: int,
                      verdict: int = rpb.VERDICT_PASS) -> result_events.ResultRecorded:
         self.sequence += 1
         self.numbers[lot_id] = self.numbers.get(lot_id, 0) + 1
-        now = to_timestamp(datetime.now(UTC))
+        now = to_timestamp(self.now())
         return result_events.ResultRecorded(
             event_id=str(uuid.uuid4()), occurred_at=now,
             result=rpb.Result(result_id=str(uuid.uuid4()), lot_id=lot_id, material_code=material,
@@ -91,8 +148,20 @@ class System:
                               headers={"Nats-Msg-Id": event.event_id})
 
     async def post_all_passing(self, lot_id: str, material: str) -> None:
-        for test in (rpb.TEST_KIND_IDENTITY, rpb.TEST_KIND_PURITY, rpb.TEST_KIND_STERILITY):
+        for test in TESTS:
             await self.publish(self.result_event(lot_id, material, test))
+
+    async def lots_where(self, **filters: Any) -> list[str]:
+        """Ids of every lot ListLots returns for these filters, through all pages."""
+        found: list[str] = []
+        token = ""
+        while True:
+            page = await self.lots.ListLots(pb.ListLotsRequest(page_size=50, page_token=token,
+                                                               **filters))
+            found += [lot.lot_id for lot in page.lots]
+            token = page.next_page_token
+            if not token:
+                return found
 
 
 @pytest.fixture(scope="module")
@@ -133,29 +202,56 @@ async def test_a_lot_is_released_once_qualified_and_all_tests_pass(system: Syste
 async def test_a_qualification_that_arrives_after_the_results_releases_the_lot(
         system: System) -> None:
     supplier_id = ref("SUP")
-    await system.suppliers.CreateSupplier(spb.CreateSupplierRequest(
-        supplier_id=supplier_id, name="Late Paperwork Ltd", requested_by="qa"))
+    await system.add_site(supplier_id)
     lot = await system.receive(supplier_id, "MAT-B")
     await system.post_all_passing(lot.lot_id, "MAT-B")
     await system.wait_unmet(lot.lot_id, ["SUPPLIER_NOT_QUALIFIED"])
 
-    await system.suppliers.QualifySupplier(spb.QualifySupplierRequest(
-        supplier_id=supplier_id, material_code="MAT-B", reason="audit passed",
-        valid_until=to_timestamp(datetime.now(UTC) + timedelta(days=30)), requested_by="qa"))
+    await system.qualify(supplier_id, "MAT-B", valid_until=system.now() + timedelta(days=30))
 
     await system.wait_status(lot.lot_id, pb.LOT_STATUS_RELEASED)
 
 
-async def test_a_suspension_keeps_open_lots_in_quarantine_with_the_reason(system: System) -> None:
-    supplier_id = await system.qualified_supplier("MAT-C")
-    lot = await system.receive(supplier_id, "MAT-C")
+async def test_lots_are_decided_by_the_qualification_of_their_own_site(system: System) -> None:
+    supplier_id = await system.qualified_supplier("MAT-S", site="BASEL-1")
+    await system.add_site(supplier_id, "LYON-2")  # a known site, not qualified for MAT-S
+    from_basel = await system.receive(supplier_id, "MAT-S", site="BASEL-1")
+    from_lyon = await system.receive(supplier_id, "MAT-S", site="LYON-2")
+    assert (from_basel.supplier_site_id, from_lyon.supplier_site_id) == ("BASEL-1", "LYON-2")
 
-    await system.suppliers.SuspendQualification(spb.SuspendQualificationRequest(
-        supplier_id=supplier_id, material_code="MAT-C", reason="complaint", requested_by="qa"))
-    await system.post_all_passing(lot.lot_id, "MAT-C")
+    await system.post_all_passing(from_basel.lot_id, "MAT-S")
+    await system.post_all_passing(from_lyon.lot_id, "MAT-S")
 
-    status = await system.wait_unmet(lot.lot_id, ["SUPPLIER_SUSPENDED"])
+    await system.wait_status(from_basel.lot_id, pb.LOT_STATUS_RELEASED)
+    waiting = await system.wait_unmet(from_lyon.lot_id, ["SUPPLIER_NOT_QUALIFIED"])
+    assert waiting.status == pb.LOT_STATUS_QUARANTINE
+    assert f"supplier {supplier_id} site LYON-2 for material MAT-S" in waiting.unmet[0].message
+    lot = (await system.lots.GetLot(pb.GetLotRequest(lot_id=from_lyon.lot_id))).lot
+    assert lot.supplier_site_id == "LYON-2"
+
+
+@pytest.mark.parametrize("action,code,says", [
+    ("suspend", "SUPPLIER_SUSPENDED", "is suspended"),
+    ("disqualify", "SUPPLIER_DISQUALIFIED", "is disqualified"),
+])
+async def test_a_withdrawn_approval_keeps_open_lots_in_quarantine_with_the_reason(
+        system: System, action: str, code: str, says: str) -> None:
+    material = ref("MAT")
+    supplier_id = await system.qualified_supplier(material)
+    lot = await system.receive(supplier_id, material)
+    await system.wait_unmet(lot.lot_id, ["IDENTITY_MISSING", "PURITY_MISSING",
+                                         "STERILITY_MISSING"])
+
+    await getattr(system, action)(supplier_id, material)
+    await system.wait_unmet(lot.lot_id, [code, "IDENTITY_MISSING", "PURITY_MISSING",
+                                         "STERILITY_MISSING"])
+    await system.post_all_passing(lot.lot_id, material)
+
+    status = await system.wait_unmet(lot.lot_id, [code])
     assert status.status == pb.LOT_STATUS_QUARANTINE
+    assert status.unmet[0].message == (
+        f"supplier {supplier_id} site {SITE} for material {material} {says}")
+    assert "ICH Q7" in status.unmet[0].rule
 
 
 async def test_results_that_arrive_before_the_lot_are_not_lost(system: System) -> None:
@@ -271,17 +367,78 @@ async def test_receiving_the_same_lot_again_returns_it_and_other_details_conflic
 async def test_a_malformed_lot_is_refused_field_by_field_and_not_stored(system: System) -> None:
     lot_id = ref("LOT")
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await system.receive("", "MAT A", lot_id=lot_id, expiry_date="31/01/2030",
+        await system.receive("", "MAT A", lot_id=lot_id, site="BASEL 1",
+                             expiry_date="31/01/2030",
                              quantity=pb.Quantity(value=float("nan"), unit=""),
                              container_count=0)
 
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert set(field_violations(caught.value)) == {
-        "supplier_id", "material_code", "expiry_date", "quantity.value", "quantity.unit",
-        "container_count"}
+        "supplier_id", "supplier_site_id", "material_code", "expiry_date", "quantity.value",
+        "quantity.unit", "container_count"}
     with pytest.raises(grpc.aio.AioRpcError) as missing:
         await system.status(lot_id)
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_lot_without_its_supplier_site_is_refused(system: System) -> None:
+    supplier_id = await system.qualified_supplier("MAT-A")
+    lot_id = ref("LOT")
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await system.receive(supplier_id, "MAT-A", lot_id=lot_id, site="")
+
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(caught.value) == {"supplier_site_id": "is required"}
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await system.status(lot_id)
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_list_lots_filters_by_supplier_site_and_material(system: System) -> None:
+    supplier_id, other_supplier = ref("SUP"), ref("SUP")
+    mat_x, mat_y = ref("MAT"), ref("MAT")
+    lots = {
+        "basel-x": await system.receive(supplier_id, mat_x, site="BASEL-1"),
+        "basel-y": await system.receive(supplier_id, mat_y, site="BASEL-1"),
+        "lyon-x": await system.receive(supplier_id, mat_x, site="LYON-2"),
+        "other-x": await system.receive(other_supplier, mat_x, site="BASEL-1"),
+    }
+    ids = {name: lot.lot_id for name, lot in lots.items()}
+
+    def named(*names: str) -> list[str]:
+        return sorted(ids[n] for n in names)
+
+    assert await system.lots_where(supplier_id=supplier_id) == named(
+        "basel-x", "basel-y", "lyon-x")
+    assert await system.lots_where(supplier_id=supplier_id, supplier_site_id="BASEL-1") == (
+        named("basel-x", "basel-y"))
+    assert await system.lots_where(supplier_id=supplier_id, supplier_site_id="LYON-2",
+                                   material_code=mat_x) == named("lyon-x")
+    assert await system.lots_where(material_code=mat_x) == named(
+        "basel-x", "lyon-x", "other-x")
+    assert await system.lots_where(material_code=mat_x, status=pb.LOT_STATUS_RELEASED) == []
+    assert await system.lots_where(supplier_id=supplier_id, supplier_site_id="NOWHERE") == []
+    listed = (await system.lots.ListLots(pb.ListLotsRequest(
+        supplier_id=supplier_id, supplier_site_id="LYON-2"))).lots
+    assert [(lot.supplier_id, lot.supplier_site_id, lot.material_code) for lot in listed] == [
+        (supplier_id, "LYON-2", mat_x)]
+
+
+async def test_list_lots_refuses_a_site_without_its_supplier_and_malformed_filters(
+        system: System) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await system.lots.ListLots(pb.ListLotsRequest(supplier_site_id="BASEL-1"))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert set(field_violations(caught.value)) == {"supplier_site_id"}
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await system.lots.ListLots(pb.ListLotsRequest(
+            supplier_id="ACME BIO", supplier_site_id="BASEL 1", material_code="MAT X",
+            page_size=1001))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert set(field_violations(caught.value)) == {
+        "supplier_id", "supplier_site_id", "material_code", "page_size"}
 
 
 async def test_list_lots_pages_through_lots_of_one_status(system: System) -> None:

@@ -1,4 +1,4 @@
-"""The release rule, exhaustively: every combination of supplier standing and results."""
+"""The release rule, exhaustively: every combination of supplier site standing and results."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from services.lots.domain import (
 )
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
-LOT = LotFacts("LOT-1", "MAT-1", "SUP-1", expiry_date=date(2027, 6, 30))
+LOT = LotFacts("LOT-1", "MAT-1", "SUP-1", "SITE-1", expiry_date=date(2027, 6, 30))
 QUALIFIED = QualificationFacts("QUALIFIED", NOW + timedelta(days=30), 3)
 
 
@@ -72,6 +72,7 @@ def test_lot_is_rejected_when_a_test_fails(failing: TestKind) -> None:
     ("PENDING", "SUPPLIER_NOT_QUALIFIED"),
     ("SUSPENDED", "SUPPLIER_SUSPENDED"),
     ("DISQUALIFIED", "SUPPLIER_DISQUALIFIED"),
+    ("EXPIRED", "QUALIFICATION_EXPIRED"),
 ])
 def test_lot_stays_quarantined_unless_the_supplier_is_qualified(status: str, code: str) -> None:
     qualification = QualificationFacts(status, NOW + timedelta(days=30), 1) if status else None
@@ -90,6 +91,47 @@ def test_a_lapsed_qualification_does_not_count(valid_until: datetime | None) -> 
     assert codes(decision) == ["QUALIFICATION_EXPIRED"]
 
 
+def test_a_qualification_past_valid_until_does_not_count_before_the_expiry_is_announced(
+        ) -> None:
+    # The projection still says QUALIFIED (the EXPIRED event is on its way): the rule
+    # looks at the date itself, so the lot that was about to be released is not.
+    valid_until = NOW + timedelta(days=1)
+    qualification = QualificationFacts("QUALIFIED", valid_until, 4)
+    assert decide(LOT, qualification, ALL_PASS, NOW).status is LotStatus.RELEASED
+
+    later = decide(LOT, qualification, ALL_PASS, valid_until + timedelta(seconds=1))
+
+    assert later.status is LotStatus.QUARANTINE
+    assert codes(later) == ["QUALIFICATION_EXPIRED"]
+    assert valid_until.isoformat() in later.unmet[0].message
+
+
+@pytest.mark.parametrize("valid_until", [NOW + timedelta(days=30), NOW - timedelta(days=1),
+                                         None])
+def test_an_announced_expiry_does_not_count_whatever_its_date(
+        valid_until: datetime | None) -> None:
+    decision = decide(LOT, QualificationFacts("EXPIRED", valid_until, 5), ALL_PASS, NOW)
+
+    assert decision.status is LotStatus.QUARANTINE
+    assert codes(decision) == ["QUALIFICATION_EXPIRED"]
+    assert "ICH Q7" in decision.unmet[0].rule
+
+
+@pytest.mark.parametrize("status,says", [
+    ("", "is not qualified"), ("PENDING", "is not qualified"),
+    ("SUSPENDED", "is suspended"), ("DISQUALIFIED", "is disqualified"),
+    ("EXPIRED", "lapsed on"), ("QUALIFIED", "lapsed on"),
+])
+def test_the_unmet_supplier_condition_names_the_supplier_site_and_material(
+        status: str, says: str) -> None:
+    qualification = QualificationFacts(status, NOW - timedelta(days=1), 1) if status else None
+
+    [unmet] = decide(LOT, qualification, ALL_PASS, NOW).unmet
+
+    assert "supplier SUP-1 site SITE-1 for material MAT-1" in unmet.message
+    assert says in unmet.message
+
+
 def test_a_qualification_valid_one_second_longer_counts() -> None:
     qualification = QualificationFacts("QUALIFIED", NOW + timedelta(seconds=1), 4)
 
@@ -97,8 +139,9 @@ def test_a_qualification_valid_one_second_longer_counts() -> None:
 
 
 def test_a_lot_past_its_expiry_date_is_not_released() -> None:
-    expired = LotFacts("LOT-1", "MAT-1", "SUP-1", expiry_date=NOW.date() - timedelta(days=1))
-    on_the_day = LotFacts("LOT-1", "MAT-1", "SUP-1", expiry_date=NOW.date())
+    expired = LotFacts("LOT-1", "MAT-1", "SUP-1", "SITE-1",
+                       expiry_date=NOW.date() - timedelta(days=1))
+    on_the_day = LotFacts("LOT-1", "MAT-1", "SUP-1", "SITE-1", expiry_date=NOW.date())
 
     assert codes(decide(expired, QUALIFIED, ALL_PASS, NOW)) == ["LOT_EXPIRED"]
     assert decide(on_the_day, QUALIFIED, ALL_PASS, NOW).status is LotStatus.RELEASED
@@ -153,7 +196,7 @@ def test_the_decision_lists_every_unmet_condition_at_once() -> None:
 
 
 @pytest.mark.parametrize("qual,identity,purity,sterility", list(itertools.product(
-    ["", "PENDING", "QUALIFIED", "QUALIFIED-LAPSED", "SUSPENDED", "DISQUALIFIED"],
+    ["", "PENDING", "QUALIFIED", "QUALIFIED-LAPSED", "SUSPENDED", "DISQUALIFIED", "EXPIRED"],
     [None, Verdict.PASS, Verdict.FAIL],
     [None, Verdict.PASS, Verdict.FAIL],
     [None, Verdict.PASS, Verdict.FAIL])))
@@ -187,8 +230,10 @@ def test_rejected_is_final() -> None:
     assert next_status(LotStatus.REJECTED, decision_of(LotStatus.RELEASED)) is LotStatus.REJECTED
 
 
-def test_a_released_lot_is_not_silently_pulled_back_by_a_supplier_lapse() -> None:
-    lapse = decision_of(LotStatus.QUARANTINE, "SUPPLIER_SUSPENDED")
+@pytest.mark.parametrize("code", ["SUPPLIER_SUSPENDED", "SUPPLIER_DISQUALIFIED",
+                                  "QUALIFICATION_EXPIRED"])
+def test_a_released_lot_is_not_silently_pulled_back_by_a_supplier_lapse(code: str) -> None:
+    lapse = decision_of(LotStatus.QUARANTINE, code)
 
     assert next_status(LotStatus.RELEASED, lapse) is LotStatus.RELEASED
 
