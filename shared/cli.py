@@ -2,6 +2,8 @@
 
     lotgate run    nats-server from the venv + the three services on SQLite files
     lotgate demo   a warehouse, an instrument and QA at work; prints each lot's status
+    lotgate dossier SUPPLIER_ID
+                   an auditor's qualification dossier of one supplier: HTML, JSON, CSV
 """
 
 from __future__ import annotations
@@ -9,8 +11,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import getpass
 import signal
+import socket
+import sys
 import tempfile
+from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
 
 from shared.config import DEFAULT_GRPC_PORTS
@@ -70,6 +77,58 @@ async def _demo(args: argparse.Namespace) -> int:
             await stack.stop()
 
 
+def _who() -> str:
+    """The operating-system account and host that ran the export."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry, no USER variable
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def _version() -> str:
+    try:
+        return metadata.version("lotgate")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+async def _dossier(args: argparse.Namespace) -> int:
+    from shared.dossier import build_dossier, directory_name, sha256_of, write_dossier
+    from shared.dossier_fetch import EXIT_FAILED, DossierFetchError, fetch_from
+
+    def fail(message: str, code: int = EXIT_FAILED) -> int:
+        print(f"lotgate dossier: {message}", file=sys.stderr)
+        return code
+
+    try:
+        target = Path(args.out) / directory_name(args.supplier_id)
+    except ValueError as error:
+        return fail(str(error))
+    addresses = {"suppliers": args.suppliers, "lots": args.lots}
+    try:
+        records = await fetch_from(addresses, args.supplier_id)
+    except DossierFetchError as error:
+        return fail(str(error), error.exit_code)
+    try:
+        dossier = build_dossier(
+            records.supplier, audits=records.audits, history=records.history,
+            lots=records.lots, reviews=records.reviews, generated_at=datetime.now(UTC),
+            generated_by=_who(), generator=f"lotgate {_version()} (lotgate dossier)",
+            sources=addresses)
+    except ValueError as error:
+        return fail(f"inconsistent answer from the services: {error}")
+    try:
+        paths = write_dossier(dossier, target)
+    except OSError as error:
+        return fail(f"cannot write the dossier into {target}: {error}")
+    for path in paths:
+        print(path)
+    print(f"SHA-256 of {paths[-1].name}: {sha256_of(paths[-1])} (record it to detect "
+          "later edits of this export)", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lotgate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -83,6 +142,21 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--results-port", type=int, default=DEFAULT_GRPC_PORTS["results"])
     run.add_argument("--log-level", default="info")
     sub.add_parser("demo", help="drive a realistic scenario and print each lot's status")
+    dossier = sub.add_parser(
+        "dossier", help="write a supplier's qualification dossier for an auditor",
+        description="Write the qualification dossier of one supplier into OUT/SUPPLIER_ID/: "
+        "dossier.html (one self-contained page), dossier.json, one CSV per table and "
+        "SHA256SUMS; print the paths written. Exit 1 when the supplier is unknown or a "
+        "service refuses, 2 when a service cannot be reached.")
+    dossier.add_argument("supplier_id", metavar="SUPPLIER_ID")
+    dossier.add_argument("--out", default="dossiers", metavar="DIR",
+                         help="directory of the dossiers (default: ./dossiers)")
+    dossier.add_argument("--suppliers", metavar="HOST:PORT",
+                         default=f"127.0.0.1:{DEFAULT_GRPC_PORTS['suppliers']}",
+                         help="the suppliers service (default: %(default)s)")
+    dossier.add_argument("--lots", metavar="HOST:PORT",
+                         default=f"127.0.0.1:{DEFAULT_GRPC_PORTS['lots']}",
+                         help="the lots service (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.command == "run":
         args.data_dir = Path(args.data_dir).resolve()
@@ -90,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             asyncio.run(_run(args))
             return 0
+        if args.command == "dossier":
+            return asyncio.run(_dossier(args))
         return asyncio.run(_demo(args))
     return 130
 

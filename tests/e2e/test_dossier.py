@@ -1,0 +1,167 @@
+"""`lotgate dossier` against the running system: what an auditor receives for a supplier."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import hashlib
+import html
+import json
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from lotgate.lots.v1 import lots_pb2 as pb
+from lotgate.suppliers.v1 import suppliers_pb2 as spb
+from shared.client import DEFAULT_SITE, Lotgate, identity, purity, sterility
+from shared.stack import Stack, free_port
+from tests.support.services import ref
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.e2e
+
+NEXT_YEAR = datetime.now(UTC) + timedelta(days=365)
+SUSPENSION_REASON = 'supplier reported "growth" in media fill MF-12; CAPA-31 opened'
+
+
+@dataclass
+class Run:
+    code: int
+    stdout: str
+    stderr: str
+
+
+async def lotgate_cli(*args: str) -> Run:
+    """Run the installed `lotgate` command, as an auditor's QA contact would."""
+    script = Path(sys.executable).parent / "lotgate"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "shared.cli"]
+    process = await asyncio.create_subprocess_exec(
+        *command, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode is not None
+    return Run(process.returncode, out.decode(), err.decode())
+
+
+def addresses(stack: Stack) -> list[str]:
+    return ["--suppliers", stack.address("suppliers"), "--lots", stack.address("lots")]
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def names_in(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+async def release(lg: Lotgate, lot: str, material: str, supplier: str) -> None:
+    await lg.receive(lot, material, supplier)
+    await lg.post(identity(lot, "FTIR-1", ref("K")))
+    await lg.post(purity(lot, "HPLC-1", ref("K"), 99.5))
+    await lg.post(sterility(lot, "BACT-1", ref("K")))
+    status = await lg.wait_until(lot, lambda s: s.status == pb.LOT_STATUS_RELEASED)
+    assert status.status == pb.LOT_STATUS_RELEASED, list(status.unmet)
+
+
+async def test_the_dossier_shows_a_suspended_supplier_with_its_history_audit_and_lots(
+        stack: Stack, lotgate: Lotgate, tmp_path: Path) -> None:
+    material, supplier, other = ref("MAT"), ref("SUP"), ref("SUP")
+    name = "Acme Biologicals & Söhne <GmbH>"
+    await lotgate.specify(material)
+    await lotgate.qualify(supplier, name, material, NEXT_YEAR, by="qa.jane")
+    released, quarantined = ref("LOT"), ref("LOT")
+    await release(lotgate, released, material, supplier)
+    await lotgate.suppliers.SuspendQualification(spb.SuspendQualificationRequest(
+        supplier_id=supplier, site_id=DEFAULT_SITE, material_code=material,
+        reason=SUSPENSION_REASON, requested_by="qa.bob"))
+    await lotgate.receive(quarantined, material, supplier)
+    # Another supplier's lot, which must stay out of this dossier.
+    await lotgate.qualify(other, "Nordic Chemicals AB", material, NEXT_YEAR)
+    await lotgate.receive(ref("LOT"), material, other)
+    # The lots service learns of the suspension from an event: the new lot waits on it,
+    # and the lot released before it is put up for QA's review.
+    await lotgate.wait_until(quarantined, lambda s: "SUPPLIER_SUSPENDED" in
+                             [u.code for u in s.unmet])
+    await eventually(lambda: lotgate.lots.ListLotReviews(
+        pb.ListLotReviewsRequest(supplier_id=supplier)), lambda r: len(r.reviews) == 1)
+
+    run = await lotgate_cli("dossier", supplier, "--out", str(tmp_path), *addresses(stack))
+
+    assert run.code == 0, run.stderr
+    folder = tmp_path / supplier
+    expected = ["dossier.html", "dossier.json", "sites.csv", "qualifications.csv",
+                "history.csv", "audits.csv", "lots.csv", "reviews.csv", "SHA256SUMS"]
+    assert run.stdout.splitlines() == [str(folder / name) for name in expected]
+    assert names_in(folder) == sorted(expected)
+
+    history = read_csv(folder / "history.csv")
+    assert [(c["previous_status"], c["new_status"]) for c in history] == [
+        ("", "PENDING"), ("PENDING", "QUALIFIED"), ("QUALIFIED", "SUSPENDED")]
+    qualified, suspended = history[1], history[2]
+    assert (qualified["changed_by"], qualified["evidence_audit_id"]) == (
+        "qa.jane", f"AUD-{supplier}-{DEFAULT_SITE}-{NEXT_YEAR.date().isoformat()}")
+    assert (suspended["changed_by"], suspended["reason"]) == ("qa.bob", SUSPENSION_REASON)
+    assert {(c["site_id"], c["material_code"]) for c in history} == {(DEFAULT_SITE, material)}
+    assert all(c["changed_at"].endswith("Z") for c in history)
+
+    [current] = read_csv(folder / "qualifications.csv")
+    assert (current["site_id"], current["status"], current["status_in_force"]) == (
+        DEFAULT_SITE, "SUSPENDED", "SUSPENDED")
+    [audit] = read_csv(folder / "audits.csv")
+    assert (audit["audit_id"], audit["type"], audit["outcome"]) == (
+        qualified["evidence_audit_id"], "ON_SITE", "APPROVED")
+    [site] = read_csv(folder / "sites.csv")
+    assert site["site_id"] == DEFAULT_SITE
+
+    lots = {lot["lot_id"]: lot for lot in read_csv(folder / "lots.csv")}
+    assert set(lots) == {released, quarantined}
+    assert lots[released]["release_status"] == "RELEASED"
+    assert lots[quarantined]["release_status"] == "QUARANTINE"
+    assert "SUPPLIER_SUSPENDED" in lots[quarantined]["unmet"].split("; ")
+    [review] = read_csv(folder / "reviews.csv")
+    assert (review["lot_id"], review["qualification_status"], review["state"]) == (
+        released, "SUSPENDED", "OPEN")
+
+    document = json.loads((folder / "dossier.json").read_text(encoding="utf-8"))
+    assert document["supplier"]["name"] == name
+    assert document["history"][-1]["reason"] == SUSPENSION_REASON
+    assert document["generation"]["sources"]["suppliers"] == stack.address("suppliers")
+
+    page = (folder / "dossier.html").read_text(encoding="utf-8")
+    assert "Acme Biologicals &amp; Söhne &lt;GmbH&gt;" in page
+    assert supplier in page and released in page and html.escape(SUSPENSION_REASON) in page
+    assert "<GmbH>" not in page
+
+    for line in (folder / "SHA256SUMS").read_text(encoding="ascii").splitlines():
+        digest, file = line.split("  ")
+        assert hashlib.sha256((folder / file).read_bytes()).hexdigest() == digest
+
+
+async def test_an_unknown_supplier_is_one_clear_line_and_exit_code_1(
+        stack: Stack, tmp_path: Path) -> None:
+    run = await lotgate_cli("dossier", "NO-SUCH-SUPPLIER", "--out", str(tmp_path),
+                            *addresses(stack))
+
+    assert run.code == 1
+    assert run.stdout == ""
+    assert run.stderr.strip().splitlines() == [
+        "lotgate dossier: supplier 'NO-SUCH-SUPPLIER' not found in the suppliers service at "
+        f"{stack.address('suppliers')}"]
+    assert not (tmp_path / "NO-SUCH-SUPPLIER").exists()
+
+
+async def test_an_unreachable_service_is_one_clear_line_and_exit_code_2(tmp_path: Path) -> None:
+    nothing = f"127.0.0.1:{free_port()}"
+
+    run = await lotgate_cli("dossier", "ACME-BIO", "--out", str(tmp_path),
+                            "--suppliers", nothing, "--lots", nothing)
+
+    assert run.code == 2
+    [line] = run.stderr.strip().splitlines()
+    assert line.startswith(f"lotgate dossier: cannot reach the suppliers service at {nothing}")
+    assert "Traceback" not in run.stderr
+    assert names_in(tmp_path) == []
