@@ -8,7 +8,7 @@ PROTOS := $(wildcard protos/lotgate/*/v1/*.proto)
 
 .DEFAULT_GOAL := help
 .PHONY: help install run demo test test-unit test-integration test-e2e lint proto proto-check \
-        bench deploy-check clean
+        bench bench-history deploy-check clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -56,8 +56,12 @@ proto: install ## regenerate the Python code from protos/
 proto-check: proto ## fail when the generated code is not what the protos give
 	git diff --exit-code -- protos
 
-bench: install ## benchmark on PostgreSQL (DATABASE_URL) or SQLite; prints a table
+bench: install ## benchmark on PostgreSQL (DATABASE_URL) or SQLite; prints the tables
 	$(BIN)/python -m tests.bench
+	$(BIN)/python -m tests.bench.history
+
+bench-history: install ## only the auditor queries on 100,000 history rows; prints a table
+	$(BIN)/python -m tests.bench.history
 
 deploy-check: ## validate the Kubernetes manifests, the Dockerfile and the compose file
 	bash deploy/check.sh

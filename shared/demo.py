@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from lotgate.lots.v1 import lots_pb2
 from lotgate.suppliers.v1 import suppliers_pb2
-from shared.client import Lotgate, identity, purity, sterility
+from shared.client import DEFAULT_SITE, Lotgate, identity, purity, sterility
 
 
 async def run_demo(addresses: dict[str, str]) -> int:
@@ -80,6 +80,27 @@ async def run_demo(addresses: dict[str, str]) -> int:
             reasons = "; ".join(f"{u.code}: {u.message} [{u.rule}]" for u in status.unmet) or "-"
             print(f"{lot:<16} {name:<11} {reasons}")
             ok = ok and (status.status, [u.code for u in status.unmet]) == want
+
+        print()
+        print(f"QA: a complaint; suspend {acme} (site {DEFAULT_SITE}) for {medium}")
+        await lg.suppliers.SuspendQualification(suppliers_pb2.SuspendQualificationRequest(
+            supplier_id=acme, site_id=DEFAULT_SITE, material_code=medium,
+            reason="complaint CMP-88: particles in two containers", requested_by="qa.demo"))
+        want_waiting = ["SUPPLIER_SUSPENDED", "PURITY_MISSING", "STERILITY_MISSING"]
+        waiting = await lg.wait_until(lots["waiting"],
+                                      lambda s: [u.code for u in s.unmet] == want_waiting)
+        print(f"  {lots['waiting']} stays in quarantine: "
+              f"{', '.join(u.code for u in waiting.unmet)}")
+        reviews = await lg.wait_for_reviews(acme, count=1)
+        released = await lg.status(lots["released"])
+        for review in reviews:
+            print(f"  {review.lot_id} was released before: it stays "
+                  f"{lots_pb2.LotStatus.Name(released.status).removeprefix('LOT_STATUS_')} "
+                  f"and is on QA's review list ({review.review_id}, "
+                  f"{review.qualification_status})")
+        ok = ok and [u.code for u in waiting.unmet] == want_waiting and [
+            r.lot_id for r in reviews] == [lots["released"]] and (
+            released.status == lots_pb2.LOT_STATUS_RELEASED)
         print()
         print("Demo finished as expected." if ok else "Demo did NOT end as expected.")
         return 0 if ok else 1

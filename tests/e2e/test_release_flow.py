@@ -17,7 +17,6 @@ from lotgate.lots.v1 import lots_pb2 as pb
 from lotgate.results.v1 import results_pb2 as rpb
 from lotgate.suppliers.v1 import suppliers_pb2 as spb
 from shared.client import Lotgate, identity, purity, sterility
-from shared.protoconv import to_timestamp
 from shared.stack import Stack
 from tests.support.services import ref
 from tests.support.waiting import eventually
@@ -60,9 +59,7 @@ async def test_a_lot_is_released_only_when_every_condition_holds(lotgate: Lotgat
         status = await settled(lotgate, lot, still_unmet)
         assert status.status == pb.LOT_STATUS_QUARANTINE, still_unmet
 
-    await lotgate.suppliers.QualifySupplier(spb.QualifySupplierRequest(
-        supplier_id=supplier, material_code=material, valid_until=to_timestamp(NEXT_YEAR),
-        reason="audit passed", requested_by="qa"))
+    await lotgate.qualify(supplier, "Acme", material, NEXT_YEAR)
 
     # The promise: released within a second of the last condition being met.
     released = await lotgate.wait_until(lot, lambda s: s.status == pb.LOT_STATUS_RELEASED,

@@ -1,0 +1,19 @@
+"""`make demo` against the running system ends as it says it does."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.demo import run_demo
+from shared.stack import SERVICES, Stack
+
+pytestmark = pytest.mark.e2e
+
+
+async def test_the_demo_ends_as_expected(stack: Stack, capsys: pytest.CaptureFixture) -> None:
+    outcome = await run_demo({name: stack.address(name) for name in SERVICES})
+
+    printed = capsys.readouterr().out
+    assert outcome == 0, printed
+    assert "Demo finished as expected." in printed
+    assert "is on QA's review list" in printed
