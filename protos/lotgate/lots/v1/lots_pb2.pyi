@@ -33,6 +33,10 @@ class _LotStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LotStatus.V
     """May be used in manufacturing."""
     LOT_STATUS_REJECTED: _LotStatus.ValueType  # 3
     """Failed a specification; never to be used."""
+    LOT_STATUS_ON_HOLD: _LotStatus.ValueType  # 4
+    """A result is out of specification and under investigation: not to be used
+    until QA invalidates the result (and a retest passes) or confirms it.
+    """
 
 class LotStatus(_LotStatus, metaclass=_LotStatusEnumTypeWrapper): ...
 
@@ -43,6 +47,10 @@ LOT_STATUS_RELEASED: LotStatus.ValueType  # 2
 """May be used in manufacturing."""
 LOT_STATUS_REJECTED: LotStatus.ValueType  # 3
 """Failed a specification; never to be used."""
+LOT_STATUS_ON_HOLD: LotStatus.ValueType  # 4
+"""A result is out of specification and under investigation: not to be used
+until QA invalidates the result (and a retest passes) or confirms it.
+"""
 Global___LotStatus: _TypeAlias = LotStatus  # noqa: Y015
 
 class _ReviewState:

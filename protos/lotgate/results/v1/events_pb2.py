@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from lotgate.results.v1 import results_pb2 as lotgate_dot_results_dot_v1_dot_results__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1flotgate/results/v1/events.proto\x12\x12lotgate.results.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a lotgate/results/v1/results.proto\"\x7f\n\x0eResultRecorded\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12*\n\x06result\x18\x02 \x01(\x0b\x32\x1a.lotgate.results.v1.Result\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1flotgate/results/v1/events.proto\x12\x12lotgate.results.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a lotgate/results/v1/results.proto\"\x7f\n\x0eResultRecorded\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12*\n\x06result\x18\x02 \x01(\x0b\x32\x1a.lotgate.results.v1.Result\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x82\x01\n\x11ResultInvalidated\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12*\n\x06result\x18\x02 \x01(\x0b\x32\x1a.lotgate.results.v1.Result\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x80\x01\n\x0fResultConfirmed\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12*\n\x06result\x18\x02 \x01(\x0b\x32\x1a.lotgate.results.v1.Result\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x94\x01\n\x15SpecificationApproved\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x38\n\rspecification\x18\x02 \x01(\x0b\x32!.lotgate.results.v1.Specification\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,4 +35,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RESULTRECORDED']._serialized_start=122
   _globals['_RESULTRECORDED']._serialized_end=249
+  _globals['_RESULTINVALIDATED']._serialized_start=252
+  _globals['_RESULTINVALIDATED']._serialized_end=382
+  _globals['_RESULTCONFIRMED']._serialized_start=385
+  _globals['_RESULTCONFIRMED']._serialized_end=513
+  _globals['_SPECIFICATIONAPPROVED']._serialized_start=516
+  _globals['_SPECIFICATIONAPPROVED']._serialized_end=664
 # @@protoc_insertion_point(module_scope)

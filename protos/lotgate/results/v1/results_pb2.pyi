@@ -30,14 +30,20 @@ class _TestKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TestKind.Val
     TEST_KIND_IDENTITY: _TestKind.ValueType  # 1
     TEST_KIND_PURITY: _TestKind.ValueType  # 2
     TEST_KIND_STERILITY: _TestKind.ValueType  # 3
+    TEST_KIND_ASSAY: _TestKind.ValueType  # 4
+    TEST_KIND_BIOBURDEN: _TestKind.ValueType  # 5
 
 class TestKind(_TestKind, metaclass=_TestKindEnumTypeWrapper):
-    """TestKind names the tests that release requires."""
+    """TestKind names a test of a specification. IDENTITY, PURITY and STERILITY
+    are required by every specification; the others are added where needed.
+    """
 
 TEST_KIND_UNSPECIFIED: TestKind.ValueType  # 0
 TEST_KIND_IDENTITY: TestKind.ValueType  # 1
 TEST_KIND_PURITY: TestKind.ValueType  # 2
 TEST_KIND_STERILITY: TestKind.ValueType  # 3
+TEST_KIND_ASSAY: TestKind.ValueType  # 4
+TEST_KIND_BIOBURDEN: TestKind.ValueType  # 5
 Global___TestKind: _TypeAlias = TestKind  # noqa: Y015
 
 class _Verdict:
@@ -49,12 +55,14 @@ class _VerdictEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Verdict.Value
     VERDICT_UNSPECIFIED: _Verdict.ValueType  # 0
     VERDICT_PASS: _Verdict.ValueType  # 1
     VERDICT_FAIL: _Verdict.ValueType  # 2
+    """Out of specification."""
 
 class Verdict(_Verdict, metaclass=_VerdictEnumTypeWrapper): ...
 
 VERDICT_UNSPECIFIED: Verdict.ValueType  # 0
 VERDICT_PASS: Verdict.ValueType  # 1
 VERDICT_FAIL: Verdict.ValueType  # 2
+"""Out of specification."""
 Global___Verdict: _TypeAlias = Verdict  # noqa: Y015
 
 class _IdentityOutcome:
@@ -91,6 +99,82 @@ STERILITY_OUTCOME_NO_GROWTH: SterilityOutcome.ValueType  # 1
 STERILITY_OUTCOME_GROWTH: SterilityOutcome.ValueType  # 2
 Global___SterilityOutcome: _TypeAlias = SterilityOutcome  # noqa: Y015
 
+class _SpecificationStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SpecificationStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SpecificationStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SPECIFICATION_STATUS_UNSPECIFIED: _SpecificationStatus.ValueType  # 0
+    SPECIFICATION_STATUS_DRAFT: _SpecificationStatus.ValueType  # 1
+    """Being written; not used to judge results; may be changed."""
+    SPECIFICATION_STATUS_EFFECTIVE: _SpecificationStatus.ValueType  # 2
+    """Approved by QA; in force from effective_from until a later version is;
+    never changed.
+    """
+
+class SpecificationStatus(_SpecificationStatus, metaclass=_SpecificationStatusEnumTypeWrapper): ...
+
+SPECIFICATION_STATUS_UNSPECIFIED: SpecificationStatus.ValueType  # 0
+SPECIFICATION_STATUS_DRAFT: SpecificationStatus.ValueType  # 1
+"""Being written; not used to judge results; may be changed."""
+SPECIFICATION_STATUS_EFFECTIVE: SpecificationStatus.ValueType  # 2
+"""Approved by QA; in force from effective_from until a later version is;
+never changed.
+"""
+Global___SpecificationStatus: _TypeAlias = SpecificationStatus  # noqa: Y015
+
+class _InstrumentStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _InstrumentStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_InstrumentStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    INSTRUMENT_STATUS_UNSPECIFIED: _InstrumentStatus.ValueType  # 0
+    INSTRUMENT_STATUS_ACTIVE: _InstrumentStatus.ValueType  # 1
+    INSTRUMENT_STATUS_OUT_OF_SERVICE: _InstrumentStatus.ValueType  # 2
+    INSTRUMENT_STATUS_RETIRED: _InstrumentStatus.ValueType  # 3
+    """Taken out of use for good."""
+
+class InstrumentStatus(_InstrumentStatus, metaclass=_InstrumentStatusEnumTypeWrapper): ...
+
+INSTRUMENT_STATUS_UNSPECIFIED: InstrumentStatus.ValueType  # 0
+INSTRUMENT_STATUS_ACTIVE: InstrumentStatus.ValueType  # 1
+INSTRUMENT_STATUS_OUT_OF_SERVICE: InstrumentStatus.ValueType  # 2
+INSTRUMENT_STATUS_RETIRED: InstrumentStatus.ValueType  # 3
+"""Taken out of use for good."""
+Global___InstrumentStatus: _TypeAlias = InstrumentStatus  # noqa: Y015
+
+class _ResultState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ResultStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ResultState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RESULT_STATE_UNSPECIFIED: _ResultState.ValueType  # 0
+    RESULT_STATE_VALID: _ResultState.ValueType  # 1
+    """Counts for the lot. A VALID failing result is out of specification and
+    under investigation: the lot is ON_HOLD.
+    """
+    RESULT_STATE_INVALIDATED: _ResultState.ValueType  # 2
+    """A laboratory error: kept, no longer counts; a retest is expected."""
+    RESULT_STATE_CONFIRMED: _ResultState.ValueType  # 3
+    """An out-of-specification result QA confirmed: the lot is rejected."""
+
+class ResultState(_ResultState, metaclass=_ResultStateEnumTypeWrapper):
+    """ResultState is where a result stands in QA's handling."""
+
+RESULT_STATE_UNSPECIFIED: ResultState.ValueType  # 0
+RESULT_STATE_VALID: ResultState.ValueType  # 1
+"""Counts for the lot. A VALID failing result is out of specification and
+under investigation: the lot is ON_HOLD.
+"""
+RESULT_STATE_INVALIDATED: ResultState.ValueType  # 2
+"""A laboratory error: kept, no longer counts; a retest is expected."""
+RESULT_STATE_CONFIRMED: ResultState.ValueType  # 3
+"""An out-of-specification result QA confirmed: the lot is rejected."""
+Global___ResultState: _TypeAlias = ResultState  # noqa: Y015
+
 @_typing.final
 class Quantity(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -99,7 +183,7 @@ class Quantity(_message.Message):
     UNIT_FIELD_NUMBER: _builtins.int
     value: _builtins.float
     unit: _builtins.str
-    """Unit as printed on the specification, for example "%"."""
+    """Unit, for example "%", "mg/g" or "CFU/g"."""
     def __init__(
         self,
         *,
@@ -115,102 +199,94 @@ class Quantity(_message.Message):
 Global___Quantity: _TypeAlias = Quantity  # noqa: Y015
 
 @_typing.final
-class Specification(_message.Message):
-    """Specification is one version of a material's acceptance criteria."""
+class Bound(_message.Message):
+    """Bound is one limit of a range; inclusive unless exclusive is set."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    MATERIAL_CODE_FIELD_NUMBER: _builtins.int
-    VERSION_FIELD_NUMBER: _builtins.int
-    IDENTITY_FIELD_NUMBER: _builtins.int
-    PURITY_FIELD_NUMBER: _builtins.int
-    STERILITY_FIELD_NUMBER: _builtins.int
-    EFFECTIVE_FROM_FIELD_NUMBER: _builtins.int
-    APPROVED_BY_FIELD_NUMBER: _builtins.int
-    material_code: _builtins.str
-    version: _builtins.int
-    approved_by: _builtins.str
-    @_builtins.property
-    def identity(self) -> Global___IdentityCriterion: ...
-    @_builtins.property
-    def purity(self) -> Global___RangeCriterion: ...
-    @_builtins.property
-    def sterility(self) -> Global___SterilityCriterion: ...
-    @_builtins.property
-    def effective_from(self) -> _timestamp_pb2.Timestamp: ...
+    VALUE_FIELD_NUMBER: _builtins.int
+    EXCLUSIVE_FIELD_NUMBER: _builtins.int
+    value: _builtins.float
+    exclusive: _builtins.bool
     def __init__(
         self,
         *,
-        material_code: _builtins.str = ...,
-        version: _builtins.int = ...,
-        identity: Global___IdentityCriterion | None = ...,
-        purity: Global___RangeCriterion | None = ...,
-        sterility: Global___SterilityCriterion | None = ...,
-        effective_from: _timestamp_pb2.Timestamp | None = ...,
-        approved_by: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["effective_from", b"effective_from", "identity", b"identity", "purity", b"purity", "sterility", b"sterility"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_by", b"approved_by", "effective_from", b"effective_from", "identity", b"identity", "material_code", b"material_code", "purity", b"purity", "sterility", b"sterility", "version", b"version"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___Specification: _TypeAlias = Specification  # noqa: Y015
-
-@_typing.final
-class IdentityCriterion(_message.Message):
-    """IdentityCriterion: the sample must match the named reference."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    REFERENCE_FIELD_NUMBER: _builtins.int
-    reference: _builtins.str
-    def __init__(
-        self,
-        *,
-        reference: _builtins.str = ...,
+        value: _builtins.float = ...,
+        exclusive: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["reference", b"reference"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exclusive", b"exclusive", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___IdentityCriterion: _TypeAlias = IdentityCriterion  # noqa: Y015
+Global___Bound: _TypeAlias = Bound  # noqa: Y015
 
 @_typing.final
 class RangeCriterion(_message.Message):
-    """RangeCriterion: lower <= value <= upper, in unit. A missing bound is open."""
+    """RangeCriterion: a number within [lower, upper] in unit; a missing bound is
+    open. With decimals set, the reported value (after unit conversion) is
+    rounded half away from zero to that many decimals before it is compared
+    (USP General Notices 7.20).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     LOWER_FIELD_NUMBER: _builtins.int
     UPPER_FIELD_NUMBER: _builtins.int
     UNIT_FIELD_NUMBER: _builtins.int
-    lower: _builtins.float
-    upper: _builtins.float
+    DECIMALS_FIELD_NUMBER: _builtins.int
     unit: _builtins.str
+    decimals: _builtins.int
+    @_builtins.property
+    def lower(self) -> Global___Bound: ...
+    @_builtins.property
+    def upper(self) -> Global___Bound: ...
     def __init__(
         self,
         *,
-        lower: _builtins.float | None = ...,
-        upper: _builtins.float | None = ...,
+        lower: Global___Bound | None = ...,
+        upper: Global___Bound | None = ...,
         unit: _builtins.str = ...,
+        decimals: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_lower", b"_lower", "_upper", b"_upper", "lower", b"lower", "upper", b"upper"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_decimals", b"_decimals", "decimals", b"decimals", "lower", b"lower", "upper", b"upper"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_lower", b"_lower", "_upper", b"_upper", "lower", b"lower", "unit", b"unit", "upper", b"upper"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_decimals", b"_decimals", "decimals", b"decimals", "lower", b"lower", "unit", b"unit", "upper", b"upper"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType__lower: _TypeAlias = _typing.Literal["lower"]  # noqa: Y015
-    _WhichOneofArgType__lower: _TypeAlias = _typing.Literal["_lower", b"_lower"]  # noqa: Y015
-    _WhichOneofReturnType__upper: _TypeAlias = _typing.Literal["upper"]  # noqa: Y015
-    _WhichOneofArgType__upper: _TypeAlias = _typing.Literal["_upper", b"_upper"]  # noqa: Y015
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__lower) -> _WhichOneofReturnType__lower | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__upper) -> _WhichOneofReturnType__upper | None: ...
+    _WhichOneofReturnType__decimals: _TypeAlias = _typing.Literal["decimals"]  # noqa: Y015
+    _WhichOneofArgType__decimals: _TypeAlias = _typing.Literal["_decimals", b"_decimals"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__decimals) -> _WhichOneofReturnType__decimals | None: ...
 
 Global___RangeCriterion: _TypeAlias = RangeCriterion  # noqa: Y015
+
+@_typing.final
+class IdentityCriterion(_message.Message):
+    """IdentityCriterion: the sample must match the reference; with min_score set,
+    the instrument reports a match score that must be at least min_score.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    MIN_SCORE_FIELD_NUMBER: _builtins.int
+    reference: _builtins.str
+    min_score: _builtins.float
+    def __init__(
+        self,
+        *,
+        reference: _builtins.str = ...,
+        min_score: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_min_score", b"_min_score", "min_score", b"min_score"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_min_score", b"_min_score", "min_score", b"min_score", "reference", b"reference"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__min_score: _TypeAlias = _typing.Literal["min_score"]  # noqa: Y015
+    _WhichOneofArgType__min_score: _TypeAlias = _typing.Literal["_min_score", b"_min_score"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_score) -> _WhichOneofReturnType__min_score | None: ...
+
+Global___IdentityCriterion: _TypeAlias = IdentityCriterion  # noqa: Y015
 
 @_typing.final
 class SterilityCriterion(_message.Message):
@@ -234,6 +310,184 @@ class SterilityCriterion(_message.Message):
 Global___SterilityCriterion: _TypeAlias = SterilityCriterion  # noqa: Y015
 
 @_typing.final
+class TestCriterion(_message.Message):
+    """TestCriterion is one test of a specification and its acceptance criterion:
+    identity for IDENTITY, sterility for STERILITY, range for the others.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEST_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    RANGE_FIELD_NUMBER: _builtins.int
+    STERILITY_FIELD_NUMBER: _builtins.int
+    test: Global___TestKind.ValueType
+    method: _builtins.str
+    """The analytical method, for example "HPLC, Ph. Eur. 2.2.29"."""
+    @_builtins.property
+    def identity(self) -> Global___IdentityCriterion: ...
+    @_builtins.property
+    def range(self) -> Global___RangeCriterion: ...
+    @_builtins.property
+    def sterility(self) -> Global___SterilityCriterion: ...
+    def __init__(
+        self,
+        *,
+        test: Global___TestKind.ValueType = ...,
+        method: _builtins.str = ...,
+        identity: Global___IdentityCriterion | None = ...,
+        range: Global___RangeCriterion | None = ...,
+        sterility: Global___SterilityCriterion | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["criterion", b"criterion", "identity", b"identity", "range", b"range", "sterility", b"sterility"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["criterion", b"criterion", "identity", b"identity", "method", b"method", "range", b"range", "sterility", b"sterility", "test", b"test"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_criterion: _TypeAlias = _typing.Literal["identity", "range", "sterility"]  # noqa: Y015
+    _WhichOneofArgType_criterion: _TypeAlias = _typing.Literal["criterion", b"criterion"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_criterion) -> _WhichOneofReturnType_criterion | None: ...
+
+Global___TestCriterion: _TypeAlias = TestCriterion  # noqa: Y015
+
+@_typing.final
+class Specification(_message.Message):
+    """Specification is one version of a material's acceptance criteria."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MATERIAL_CODE_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    TESTS_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_FROM_FIELD_NUMBER: _builtins.int
+    CREATED_BY_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    APPROVED_BY_FIELD_NUMBER: _builtins.int
+    APPROVED_AT_FIELD_NUMBER: _builtins.int
+    CHANGE_REASON_FIELD_NUMBER: _builtins.int
+    material_code: _builtins.str
+    version: _builtins.int
+    status: Global___SpecificationStatus.ValueType
+    created_by: _builtins.str
+    approved_by: _builtins.str
+    change_reason: _builtins.str
+    """Why this version exists (a change control reference, for example)."""
+    @_builtins.property
+    def tests(self) -> _containers.RepeatedCompositeFieldContainer[Global___TestCriterion]:
+        """One criterion per test, ordered by test."""
+
+    @_builtins.property
+    def effective_from(self) -> _timestamp_pb2.Timestamp:
+        """From when an EFFECTIVE version judges results."""
+
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def approved_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        material_code: _builtins.str = ...,
+        version: _builtins.int = ...,
+        status: Global___SpecificationStatus.ValueType = ...,
+        tests: _abc.Iterable[Global___TestCriterion] | None = ...,
+        effective_from: _timestamp_pb2.Timestamp | None = ...,
+        created_by: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        approved_by: _builtins.str = ...,
+        approved_at: _timestamp_pb2.Timestamp | None = ...,
+        change_reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["approved_at", b"approved_at", "created_at", b"created_at", "effective_from", b"effective_from"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_at", b"approved_at", "approved_by", b"approved_by", "change_reason", b"change_reason", "created_at", b"created_at", "created_by", b"created_by", "effective_from", b"effective_from", "material_code", b"material_code", "status", b"status", "tests", b"tests", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Specification: _TypeAlias = Specification  # noqa: Y015
+
+@_typing.final
+class Calibration(_message.Message):
+    """Calibration is one calibration of an instrument."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALIBRATED_ON_FIELD_NUMBER: _builtins.int
+    CALIBRATION_DUE_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_REF_FIELD_NUMBER: _builtins.int
+    RECORDED_BY_FIELD_NUMBER: _builtins.int
+    RECORDED_AT_FIELD_NUMBER: _builtins.int
+    calibrated_on: _builtins.str
+    """Days, YYYY-MM-DD: results measured from calibrated_on up to and including
+    calibration_due are accepted.
+    """
+    calibration_due: _builtins.str
+    certificate_ref: _builtins.str
+    recorded_by: _builtins.str
+    @_builtins.property
+    def recorded_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        calibrated_on: _builtins.str = ...,
+        calibration_due: _builtins.str = ...,
+        certificate_ref: _builtins.str = ...,
+        recorded_by: _builtins.str = ...,
+        recorded_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["recorded_at", b"recorded_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calibrated_on", b"calibrated_on", "calibration_due", b"calibration_due", "certificate_ref", b"certificate_ref", "recorded_at", b"recorded_at", "recorded_by", b"recorded_by"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Calibration: _TypeAlias = Calibration  # noqa: Y015
+
+@_typing.final
+class Instrument(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTRUMENT_ID_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    LOCATION_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    CALIBRATION_DUE_FIELD_NUMBER: _builtins.int
+    STATUS_REASON_FIELD_NUMBER: _builtins.int
+    REGISTERED_BY_FIELD_NUMBER: _builtins.int
+    REGISTERED_AT_FIELD_NUMBER: _builtins.int
+    instrument_id: _builtins.str
+    type: _builtins.str
+    """For example "HPLC", "FTIR", "BacT/ALERT"."""
+    location: _builtins.str
+    status: Global___InstrumentStatus.ValueType
+    calibration_due: _builtins.str
+    """The latest calibration's due date, YYYY-MM-DD."""
+    status_reason: _builtins.str
+    registered_by: _builtins.str
+    @_builtins.property
+    def registered_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        instrument_id: _builtins.str = ...,
+        type: _builtins.str = ...,
+        location: _builtins.str = ...,
+        status: Global___InstrumentStatus.ValueType = ...,
+        calibration_due: _builtins.str = ...,
+        status_reason: _builtins.str = ...,
+        registered_by: _builtins.str = ...,
+        registered_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["registered_at", b"registered_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calibration_due", b"calibration_due", "instrument_id", b"instrument_id", "location", b"location", "registered_at", b"registered_at", "registered_by", b"registered_by", "status", b"status", "status_reason", b"status_reason", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Instrument: _TypeAlias = Instrument  # noqa: Y015
+
+@_typing.final
 class Result(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -242,10 +496,11 @@ class Result(_message.Message):
     MATERIAL_CODE_FIELD_NUMBER: _builtins.int
     TEST_FIELD_NUMBER: _builtins.int
     INSTRUMENT_ID_FIELD_NUMBER: _builtins.int
-    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    INSTRUMENT_RESULT_ID_FIELD_NUMBER: _builtins.int
     IDENTITY_FIELD_NUMBER: _builtins.int
     QUANTITY_FIELD_NUMBER: _builtins.int
     STERILITY_FIELD_NUMBER: _builtins.int
+    IDENTITY_SCORE_FIELD_NUMBER: _builtins.int
     VERDICT_FIELD_NUMBER: _builtins.int
     VERDICT_REASON_FIELD_NUMBER: _builtins.int
     SPEC_VERSION_FIELD_NUMBER: _builtins.int
@@ -253,32 +508,63 @@ class Result(_message.Message):
     RECORDED_AT_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
     LOT_RESULT_NUMBER_FIELD_NUMBER: _builtins.int
+    JUDGED_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    STATE_REASON_FIELD_NUMBER: _builtins.int
+    STATE_CHANGED_BY_FIELD_NUMBER: _builtins.int
+    STATE_CHANGED_AT_FIELD_NUMBER: _builtins.int
+    RETEST_OF_FIELD_NUMBER: _builtins.int
+    REQUIRED_TESTS_FIELD_NUMBER: _builtins.int
     result_id: _builtins.str
     lot_id: _builtins.str
     material_code: _builtins.str
     test: Global___TestKind.ValueType
     instrument_id: _builtins.str
-    idempotency_key: _builtins.str
+    instrument_result_id: _builtins.str
+    """The instrument's own id for this result."""
     identity: Global___IdentityOutcome.ValueType
     sterility: Global___SterilityOutcome.ValueType
+    identity_score: _builtins.float
+    """A match score, for identity criteria with a min_score."""
     verdict: Global___Verdict.ValueType
     verdict_reason: _builtins.str
     """Why the result fails, empty when it passes."""
     spec_version: _builtins.int
+    """The specification version the result was judged against."""
     sequence: _builtins.int
-    """Grows with every result the service records; later results supersede
-    earlier ones for the same lot and test.
-    """
+    """Grows with every result the service records."""
     lot_result_number: _builtins.int
     """1 for the lot's first result, 2 for its second, and so on, without gaps: a
     consumer that holds results 1 and 3 knows that result 2 is still on its way.
     """
+    state: Global___ResultState.ValueType
+    state_reason: _builtins.str
+    """Set when QA invalidated or confirmed the result."""
+    state_changed_by: _builtins.str
+    retest_of: _builtins.str
+    """The invalidated result this one retests."""
     @_builtins.property
     def quantity(self) -> Global___Quantity: ...
     @_builtins.property
-    def measured_at(self) -> _timestamp_pb2.Timestamp: ...
+    def measured_at(self) -> _timestamp_pb2.Timestamp:
+        """When the instrument measured (its own timestamp)."""
+
     @_builtins.property
-    def recorded_at(self) -> _timestamp_pb2.Timestamp: ...
+    def recorded_at(self) -> _timestamp_pb2.Timestamp:
+        """When this service received it."""
+
+    @_builtins.property
+    def judged(self) -> Global___Quantity:
+        """For quantities: the value the verdict was reached on, converted to the
+        specification's unit and rounded to its decimals.
+        """
+
+    @_builtins.property
+    def state_changed_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def required_tests(self) -> _containers.RepeatedScalarFieldContainer[Global___TestKind.ValueType]:
+        """The tests of spec_version: every one of them must pass for release."""
+
     def __init__(
         self,
         *,
@@ -287,10 +573,11 @@ class Result(_message.Message):
         material_code: _builtins.str = ...,
         test: Global___TestKind.ValueType = ...,
         instrument_id: _builtins.str = ...,
-        idempotency_key: _builtins.str = ...,
+        instrument_result_id: _builtins.str = ...,
         identity: Global___IdentityOutcome.ValueType = ...,
         quantity: Global___Quantity | None = ...,
         sterility: Global___SterilityOutcome.ValueType = ...,
+        identity_score: _builtins.float = ...,
         verdict: Global___Verdict.ValueType = ...,
         verdict_reason: _builtins.str = ...,
         spec_version: _builtins.int = ...,
@@ -298,53 +585,55 @@ class Result(_message.Message):
         recorded_at: _timestamp_pb2.Timestamp | None = ...,
         sequence: _builtins.int = ...,
         lot_result_number: _builtins.int = ...,
+        judged: Global___Quantity | None = ...,
+        state: Global___ResultState.ValueType = ...,
+        state_reason: _builtins.str = ...,
+        state_changed_by: _builtins.str = ...,
+        state_changed_at: _timestamp_pb2.Timestamp | None = ...,
+        retest_of: _builtins.str = ...,
+        required_tests: _abc.Iterable[Global___TestKind.ValueType] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "measured_at", b"measured_at", "measurement", b"measurement", "quantity", b"quantity", "recorded_at", b"recorded_at", "sterility", b"sterility"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "identity_score", b"identity_score", "judged", b"judged", "measured_at", b"measured_at", "measurement", b"measurement", "quantity", b"quantity", "recorded_at", b"recorded_at", "state_changed_at", b"state_changed_at", "sterility", b"sterility"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "identity", b"identity", "instrument_id", b"instrument_id", "lot_id", b"lot_id", "lot_result_number", b"lot_result_number", "material_code", b"material_code", "measured_at", b"measured_at", "measurement", b"measurement", "quantity", b"quantity", "recorded_at", b"recorded_at", "result_id", b"result_id", "sequence", b"sequence", "spec_version", b"spec_version", "sterility", b"sterility", "test", b"test", "verdict", b"verdict", "verdict_reason", b"verdict_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "identity_score", b"identity_score", "instrument_id", b"instrument_id", "instrument_result_id", b"instrument_result_id", "judged", b"judged", "lot_id", b"lot_id", "lot_result_number", b"lot_result_number", "material_code", b"material_code", "measured_at", b"measured_at", "measurement", b"measurement", "quantity", b"quantity", "recorded_at", b"recorded_at", "required_tests", b"required_tests", "result_id", b"result_id", "retest_of", b"retest_of", "sequence", b"sequence", "spec_version", b"spec_version", "state", b"state", "state_changed_at", b"state_changed_at", "state_changed_by", b"state_changed_by", "state_reason", b"state_reason", "sterility", b"sterility", "test", b"test", "verdict", b"verdict", "verdict_reason", b"verdict_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_measurement: _TypeAlias = _typing.Literal["identity", "quantity", "sterility"]  # noqa: Y015
+    _WhichOneofReturnType_measurement: _TypeAlias = _typing.Literal["identity", "quantity", "sterility", "identity_score"]  # noqa: Y015
     _WhichOneofArgType_measurement: _TypeAlias = _typing.Literal["measurement", b"measurement"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_measurement) -> _WhichOneofReturnType_measurement | None: ...
 
 Global___Result: _TypeAlias = Result  # noqa: Y015
 
 @_typing.final
-class SetSpecificationRequest(_message.Message):
+class CreateSpecificationDraftRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     MATERIAL_CODE_FIELD_NUMBER: _builtins.int
-    IDENTITY_FIELD_NUMBER: _builtins.int
-    PURITY_FIELD_NUMBER: _builtins.int
-    STERILITY_FIELD_NUMBER: _builtins.int
-    APPROVED_BY_FIELD_NUMBER: _builtins.int
+    TESTS_FIELD_NUMBER: _builtins.int
+    CHANGE_REASON_FIELD_NUMBER: _builtins.int
+    REQUESTED_BY_FIELD_NUMBER: _builtins.int
     material_code: _builtins.str
-    approved_by: _builtins.str
+    change_reason: _builtins.str
+    requested_by: _builtins.str
     @_builtins.property
-    def identity(self) -> Global___IdentityCriterion: ...
-    @_builtins.property
-    def purity(self) -> Global___RangeCriterion: ...
-    @_builtins.property
-    def sterility(self) -> Global___SterilityCriterion: ...
+    def tests(self) -> _containers.RepeatedCompositeFieldContainer[Global___TestCriterion]: ...
     def __init__(
         self,
         *,
         material_code: _builtins.str = ...,
-        identity: Global___IdentityCriterion | None = ...,
-        purity: Global___RangeCriterion | None = ...,
-        sterility: Global___SterilityCriterion | None = ...,
-        approved_by: _builtins.str = ...,
+        tests: _abc.Iterable[Global___TestCriterion] | None = ...,
+        change_reason: _builtins.str = ...,
+        requested_by: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "purity", b"purity", "sterility", b"sterility"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_by", b"approved_by", "identity", b"identity", "material_code", b"material_code", "purity", b"purity", "sterility", b"sterility"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change_reason", b"change_reason", "material_code", b"material_code", "requested_by", b"requested_by", "tests", b"tests"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___SetSpecificationRequest: _TypeAlias = SetSpecificationRequest  # noqa: Y015
+Global___CreateSpecificationDraftRequest: _TypeAlias = CreateSpecificationDraftRequest  # noqa: Y015
 
 @_typing.final
-class SetSpecificationResponse(_message.Message):
+class CreateSpecificationDraftResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SPECIFICATION_FIELD_NUMBER: _builtins.int
@@ -361,22 +650,135 @@ class SetSpecificationResponse(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___SetSpecificationResponse: _TypeAlias = SetSpecificationResponse  # noqa: Y015
+Global___CreateSpecificationDraftResponse: _TypeAlias = CreateSpecificationDraftResponse  # noqa: Y015
+
+@_typing.final
+class UpdateSpecificationDraftRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MATERIAL_CODE_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    TESTS_FIELD_NUMBER: _builtins.int
+    CHANGE_REASON_FIELD_NUMBER: _builtins.int
+    REQUESTED_BY_FIELD_NUMBER: _builtins.int
+    material_code: _builtins.str
+    version: _builtins.int
+    change_reason: _builtins.str
+    requested_by: _builtins.str
+    @_builtins.property
+    def tests(self) -> _containers.RepeatedCompositeFieldContainer[Global___TestCriterion]: ...
+    def __init__(
+        self,
+        *,
+        material_code: _builtins.str = ...,
+        version: _builtins.int = ...,
+        tests: _abc.Iterable[Global___TestCriterion] | None = ...,
+        change_reason: _builtins.str = ...,
+        requested_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change_reason", b"change_reason", "material_code", b"material_code", "requested_by", b"requested_by", "tests", b"tests", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateSpecificationDraftRequest: _TypeAlias = UpdateSpecificationDraftRequest  # noqa: Y015
+
+@_typing.final
+class UpdateSpecificationDraftResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPECIFICATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def specification(self) -> Global___Specification: ...
+    def __init__(
+        self,
+        *,
+        specification: Global___Specification | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["specification", b"specification"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["specification", b"specification"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateSpecificationDraftResponse: _TypeAlias = UpdateSpecificationDraftResponse  # noqa: Y015
+
+@_typing.final
+class ApproveSpecificationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MATERIAL_CODE_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_FROM_FIELD_NUMBER: _builtins.int
+    APPROVED_BY_FIELD_NUMBER: _builtins.int
+    material_code: _builtins.str
+    version: _builtins.int
+    approved_by: _builtins.str
+    @_builtins.property
+    def effective_from(self) -> _timestamp_pb2.Timestamp:
+        """Not before now; now when unset."""
+
+    def __init__(
+        self,
+        *,
+        material_code: _builtins.str = ...,
+        version: _builtins.int = ...,
+        effective_from: _timestamp_pb2.Timestamp | None = ...,
+        approved_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["effective_from", b"effective_from"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_by", b"approved_by", "effective_from", b"effective_from", "material_code", b"material_code", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApproveSpecificationRequest: _TypeAlias = ApproveSpecificationRequest  # noqa: Y015
+
+@_typing.final
+class ApproveSpecificationResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPECIFICATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def specification(self) -> Global___Specification: ...
+    def __init__(
+        self,
+        *,
+        specification: Global___Specification | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["specification", b"specification"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["specification", b"specification"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApproveSpecificationResponse: _TypeAlias = ApproveSpecificationResponse  # noqa: Y015
 
 @_typing.final
 class GetSpecificationRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     MATERIAL_CODE_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
     material_code: _builtins.str
+    version: _builtins.int
+    """When set: exactly this version, whatever its status."""
+    @_builtins.property
+    def as_of(self) -> _timestamp_pb2.Timestamp:
+        """The EFFECTIVE version in force at this instant (now when unset)."""
+
     def __init__(
         self,
         *,
         material_code: _builtins.str = ...,
+        as_of: _timestamp_pb2.Timestamp | None = ...,
+        version: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["material_code", b"material_code"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "material_code", b"material_code", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -403,29 +805,279 @@ class GetSpecificationResponse(_message.Message):
 Global___GetSpecificationResponse: _TypeAlias = GetSpecificationResponse  # noqa: Y015
 
 @_typing.final
+class ListSpecificationVersionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MATERIAL_CODE_FIELD_NUMBER: _builtins.int
+    material_code: _builtins.str
+    def __init__(
+        self,
+        *,
+        material_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["material_code", b"material_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSpecificationVersionsRequest: _TypeAlias = ListSpecificationVersionsRequest  # noqa: Y015
+
+@_typing.final
+class ListSpecificationVersionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPECIFICATIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def specifications(self) -> _containers.RepeatedCompositeFieldContainer[Global___Specification]: ...
+    def __init__(
+        self,
+        *,
+        specifications: _abc.Iterable[Global___Specification] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["specifications", b"specifications"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSpecificationVersionsResponse: _TypeAlias = ListSpecificationVersionsResponse  # noqa: Y015
+
+@_typing.final
+class RegisterInstrumentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTRUMENT_ID_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    LOCATION_FIELD_NUMBER: _builtins.int
+    CALIBRATED_ON_FIELD_NUMBER: _builtins.int
+    CALIBRATION_DUE_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_REF_FIELD_NUMBER: _builtins.int
+    REQUESTED_BY_FIELD_NUMBER: _builtins.int
+    instrument_id: _builtins.str
+    type: _builtins.str
+    location: _builtins.str
+    calibrated_on: _builtins.str
+    calibration_due: _builtins.str
+    certificate_ref: _builtins.str
+    requested_by: _builtins.str
+    def __init__(
+        self,
+        *,
+        instrument_id: _builtins.str = ...,
+        type: _builtins.str = ...,
+        location: _builtins.str = ...,
+        calibrated_on: _builtins.str = ...,
+        calibration_due: _builtins.str = ...,
+        certificate_ref: _builtins.str = ...,
+        requested_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calibrated_on", b"calibrated_on", "calibration_due", b"calibration_due", "certificate_ref", b"certificate_ref", "instrument_id", b"instrument_id", "location", b"location", "requested_by", b"requested_by", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterInstrumentRequest: _TypeAlias = RegisterInstrumentRequest  # noqa: Y015
+
+@_typing.final
+class RegisterInstrumentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTRUMENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def instrument(self) -> Global___Instrument: ...
+    def __init__(
+        self,
+        *,
+        instrument: Global___Instrument | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["instrument", b"instrument"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instrument", b"instrument"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterInstrumentResponse: _TypeAlias = RegisterInstrumentResponse  # noqa: Y015
+
+@_typing.final
+class RecordCalibrationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTRUMENT_ID_FIELD_NUMBER: _builtins.int
+    CALIBRATED_ON_FIELD_NUMBER: _builtins.int
+    CALIBRATION_DUE_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_REF_FIELD_NUMBER: _builtins.int
+    REQUESTED_BY_FIELD_NUMBER: _builtins.int
+    instrument_id: _builtins.str
+    calibrated_on: _builtins.str
+    calibration_due: _builtins.str
+    certificate_ref: _builtins.str
+    requested_by: _builtins.str
+    def __init__(
+        self,
+        *,
+        instrument_id: _builtins.str = ...,
+        calibrated_on: _builtins.str = ...,
+        calibration_due: _builtins.str = ...,
+        certificate_ref: _builtins.str = ...,
+        requested_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calibrated_on", b"calibrated_on", "calibration_due", b"calibration_due", "certificate_ref", b"certificate_ref", "instrument_id", b"instrument_id", "requested_by", b"requested_by"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordCalibrationRequest: _TypeAlias = RecordCalibrationRequest  # noqa: Y015
+
+@_typing.final
+class RecordCalibrationResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTRUMENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def instrument(self) -> Global___Instrument: ...
+    def __init__(
+        self,
+        *,
+        instrument: Global___Instrument | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["instrument", b"instrument"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instrument", b"instrument"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordCalibrationResponse: _TypeAlias = RecordCalibrationResponse  # noqa: Y015
+
+@_typing.final
+class SetInstrumentStatusRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTRUMENT_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REQUESTED_BY_FIELD_NUMBER: _builtins.int
+    instrument_id: _builtins.str
+    status: Global___InstrumentStatus.ValueType
+    reason: _builtins.str
+    requested_by: _builtins.str
+    def __init__(
+        self,
+        *,
+        instrument_id: _builtins.str = ...,
+        status: Global___InstrumentStatus.ValueType = ...,
+        reason: _builtins.str = ...,
+        requested_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instrument_id", b"instrument_id", "reason", b"reason", "requested_by", b"requested_by", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetInstrumentStatusRequest: _TypeAlias = SetInstrumentStatusRequest  # noqa: Y015
+
+@_typing.final
+class SetInstrumentStatusResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTRUMENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def instrument(self) -> Global___Instrument: ...
+    def __init__(
+        self,
+        *,
+        instrument: Global___Instrument | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["instrument", b"instrument"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instrument", b"instrument"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetInstrumentStatusResponse: _TypeAlias = SetInstrumentStatusResponse  # noqa: Y015
+
+@_typing.final
+class GetInstrumentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTRUMENT_ID_FIELD_NUMBER: _builtins.int
+    instrument_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        instrument_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instrument_id", b"instrument_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetInstrumentRequest: _TypeAlias = GetInstrumentRequest  # noqa: Y015
+
+@_typing.final
+class GetInstrumentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTRUMENT_FIELD_NUMBER: _builtins.int
+    CALIBRATIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def instrument(self) -> Global___Instrument: ...
+    @_builtins.property
+    def calibrations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Calibration]:
+        """Oldest first."""
+
+    def __init__(
+        self,
+        *,
+        instrument: Global___Instrument | None = ...,
+        calibrations: _abc.Iterable[Global___Calibration] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["instrument", b"instrument"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calibrations", b"calibrations", "instrument", b"instrument"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetInstrumentResponse: _TypeAlias = GetInstrumentResponse  # noqa: Y015
+
+@_typing.final
 class RecordResultRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     LOT_ID_FIELD_NUMBER: _builtins.int
     TEST_FIELD_NUMBER: _builtins.int
     INSTRUMENT_ID_FIELD_NUMBER: _builtins.int
-    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    INSTRUMENT_RESULT_ID_FIELD_NUMBER: _builtins.int
     IDENTITY_FIELD_NUMBER: _builtins.int
     QUANTITY_FIELD_NUMBER: _builtins.int
     STERILITY_FIELD_NUMBER: _builtins.int
+    IDENTITY_SCORE_FIELD_NUMBER: _builtins.int
     MEASURED_AT_FIELD_NUMBER: _builtins.int
+    RETEST_OF_FIELD_NUMBER: _builtins.int
     lot_id: _builtins.str
     test: Global___TestKind.ValueType
     instrument_id: _builtins.str
-    idempotency_key: _builtins.str
+    """The instrument posting; it may post only as itself."""
+    instrument_result_id: _builtins.str
     """The instrument's own id for this result; retries reuse it."""
     identity: Global___IdentityOutcome.ValueType
     sterility: Global___SterilityOutcome.ValueType
+    identity_score: _builtins.float
+    retest_of: _builtins.str
+    """The invalidated result of the same lot and test that this one retests;
+    required while such a result has no retest.
+    """
     @_builtins.property
     def quantity(self) -> Global___Quantity: ...
     @_builtins.property
     def measured_at(self) -> _timestamp_pb2.Timestamp:
-        """When the instrument measured; defaults to the time of receipt."""
+        """When the instrument measured (required; at most 5 minutes ahead of the
+        service's clock).
+        """
 
     def __init__(
         self,
@@ -433,17 +1085,19 @@ class RecordResultRequest(_message.Message):
         lot_id: _builtins.str = ...,
         test: Global___TestKind.ValueType = ...,
         instrument_id: _builtins.str = ...,
-        idempotency_key: _builtins.str = ...,
+        instrument_result_id: _builtins.str = ...,
         identity: Global___IdentityOutcome.ValueType = ...,
         quantity: Global___Quantity | None = ...,
         sterility: Global___SterilityOutcome.ValueType = ...,
+        identity_score: _builtins.float = ...,
         measured_at: _timestamp_pb2.Timestamp | None = ...,
+        retest_of: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "measured_at", b"measured_at", "measurement", b"measurement", "quantity", b"quantity", "sterility", b"sterility"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "identity_score", b"identity_score", "measured_at", b"measured_at", "measurement", b"measurement", "quantity", b"quantity", "sterility", b"sterility"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "identity", b"identity", "instrument_id", b"instrument_id", "lot_id", b"lot_id", "measured_at", b"measured_at", "measurement", b"measurement", "quantity", b"quantity", "sterility", b"sterility", "test", b"test"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "identity_score", b"identity_score", "instrument_id", b"instrument_id", "instrument_result_id", b"instrument_result_id", "lot_id", b"lot_id", "measured_at", b"measured_at", "measurement", b"measurement", "quantity", b"quantity", "retest_of", b"retest_of", "sterility", b"sterility", "test", b"test"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_measurement: _TypeAlias = _typing.Literal["identity", "quantity", "sterility"]  # noqa: Y015
+    _WhichOneofReturnType_measurement: _TypeAlias = _typing.Literal["identity", "quantity", "sterility", "identity_score"]  # noqa: Y015
     _WhichOneofArgType_measurement: _TypeAlias = _typing.Literal["measurement", b"measurement"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_measurement) -> _WhichOneofReturnType_measurement | None: ...
 
@@ -468,6 +1122,141 @@ class RecordResultResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RecordResultResponse: _TypeAlias = RecordResultResponse  # noqa: Y015
+
+@_typing.final
+class RecordResultsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecordResultRequest]:
+        """Every entry names the same instrument_id."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___RecordResultRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordResultsRequest: _TypeAlias = RecordResultsRequest  # noqa: Y015
+
+@_typing.final
+class RecordResultsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___Result]:
+        """In the order of the request."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___Result] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordResultsResponse: _TypeAlias = RecordResultsResponse  # noqa: Y015
+
+@_typing.final
+class InvalidateResultRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REQUESTED_BY_FIELD_NUMBER: _builtins.int
+    result_id: _builtins.str
+    reason: _builtins.str
+    """The laboratory error the investigation found."""
+    requested_by: _builtins.str
+    def __init__(
+        self,
+        *,
+        result_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        requested_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "requested_by", b"requested_by", "result_id", b"result_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InvalidateResultRequest: _TypeAlias = InvalidateResultRequest  # noqa: Y015
+
+@_typing.final
+class InvalidateResultResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def result(self) -> Global___Result: ...
+    def __init__(
+        self,
+        *,
+        result: Global___Result | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InvalidateResultResponse: _TypeAlias = InvalidateResultResponse  # noqa: Y015
+
+@_typing.final
+class ConfirmResultRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REQUESTED_BY_FIELD_NUMBER: _builtins.int
+    result_id: _builtins.str
+    reason: _builtins.str
+    requested_by: _builtins.str
+    def __init__(
+        self,
+        *,
+        result_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        requested_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "requested_by", b"requested_by", "result_id", b"result_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConfirmResultRequest: _TypeAlias = ConfirmResultRequest  # noqa: Y015
+
+@_typing.final
+class ConfirmResultResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def result(self) -> Global___Result: ...
+    def __init__(
+        self,
+        *,
+        result: Global___Result | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConfirmResultResponse: _TypeAlias = ConfirmResultResponse  # noqa: Y015
 
 @_typing.final
 class ListLotResultsRequest(_message.Message):
@@ -507,3 +1296,64 @@ class ListLotResultsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListLotResultsResponse: _TypeAlias = ListLotResultsResponse  # noqa: Y015
+
+@_typing.final
+class ListInstrumentResultsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTRUMENT_ID_FIELD_NUMBER: _builtins.int
+    MEASURED_FROM_FIELD_NUMBER: _builtins.int
+    MEASURED_BEFORE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    instrument_id: _builtins.str
+    page_size: _builtins.int
+    """At most this many results (default 100, at most 1000)."""
+    page_token: _builtins.str
+    @_builtins.property
+    def measured_from(self) -> _timestamp_pb2.Timestamp:
+        """Results measured at or after this instant when set."""
+
+    @_builtins.property
+    def measured_before(self) -> _timestamp_pb2.Timestamp:
+        """Results measured before this instant when set."""
+
+    def __init__(
+        self,
+        *,
+        instrument_id: _builtins.str = ...,
+        measured_from: _timestamp_pb2.Timestamp | None = ...,
+        measured_before: _timestamp_pb2.Timestamp | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["measured_before", b"measured_before", "measured_from", b"measured_from"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instrument_id", b"instrument_id", "measured_before", b"measured_before", "measured_from", b"measured_from", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListInstrumentResultsRequest: _TypeAlias = ListInstrumentResultsRequest  # noqa: Y015
+
+@_typing.final
+class ListInstrumentResultsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___Result]: ...
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___Result] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListInstrumentResultsResponse: _TypeAlias = ListInstrumentResultsResponse  # noqa: Y015

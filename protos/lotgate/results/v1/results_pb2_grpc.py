@@ -26,8 +26,9 @@ if _version_not_supported:
 
 
 class ResultServiceStub:
-    """ResultService holds the specification of each material and the test
-    results that instruments post for material lots.
+    """ResultService holds the versioned specification of each material, the
+    registry of instruments allowed to post, and the test results they post for
+    material lots, with QA's handling of out-of-specification results.
     """
 
     def __init__(self, channel):
@@ -36,43 +37,156 @@ class ResultServiceStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.SetSpecification = channel.unary_unary(
-                '/lotgate.results.v1.ResultService/SetSpecification',
-                request_serializer=lotgate_dot_results_dot_v1_dot_results__pb2.SetSpecificationRequest.SerializeToString,
-                response_deserializer=lotgate_dot_results_dot_v1_dot_results__pb2.SetSpecificationResponse.FromString,
+        self.CreateSpecificationDraft = channel.unary_unary(
+                '/lotgate.results.v1.ResultService/CreateSpecificationDraft',
+                request_serializer=lotgate_dot_results_dot_v1_dot_results__pb2.CreateSpecificationDraftRequest.SerializeToString,
+                response_deserializer=lotgate_dot_results_dot_v1_dot_results__pb2.CreateSpecificationDraftResponse.FromString,
+                _registered_method=True)
+        self.UpdateSpecificationDraft = channel.unary_unary(
+                '/lotgate.results.v1.ResultService/UpdateSpecificationDraft',
+                request_serializer=lotgate_dot_results_dot_v1_dot_results__pb2.UpdateSpecificationDraftRequest.SerializeToString,
+                response_deserializer=lotgate_dot_results_dot_v1_dot_results__pb2.UpdateSpecificationDraftResponse.FromString,
+                _registered_method=True)
+        self.ApproveSpecification = channel.unary_unary(
+                '/lotgate.results.v1.ResultService/ApproveSpecification',
+                request_serializer=lotgate_dot_results_dot_v1_dot_results__pb2.ApproveSpecificationRequest.SerializeToString,
+                response_deserializer=lotgate_dot_results_dot_v1_dot_results__pb2.ApproveSpecificationResponse.FromString,
                 _registered_method=True)
         self.GetSpecification = channel.unary_unary(
                 '/lotgate.results.v1.ResultService/GetSpecification',
                 request_serializer=lotgate_dot_results_dot_v1_dot_results__pb2.GetSpecificationRequest.SerializeToString,
                 response_deserializer=lotgate_dot_results_dot_v1_dot_results__pb2.GetSpecificationResponse.FromString,
                 _registered_method=True)
+        self.ListSpecificationVersions = channel.unary_unary(
+                '/lotgate.results.v1.ResultService/ListSpecificationVersions',
+                request_serializer=lotgate_dot_results_dot_v1_dot_results__pb2.ListSpecificationVersionsRequest.SerializeToString,
+                response_deserializer=lotgate_dot_results_dot_v1_dot_results__pb2.ListSpecificationVersionsResponse.FromString,
+                _registered_method=True)
+        self.RegisterInstrument = channel.unary_unary(
+                '/lotgate.results.v1.ResultService/RegisterInstrument',
+                request_serializer=lotgate_dot_results_dot_v1_dot_results__pb2.RegisterInstrumentRequest.SerializeToString,
+                response_deserializer=lotgate_dot_results_dot_v1_dot_results__pb2.RegisterInstrumentResponse.FromString,
+                _registered_method=True)
+        self.RecordCalibration = channel.unary_unary(
+                '/lotgate.results.v1.ResultService/RecordCalibration',
+                request_serializer=lotgate_dot_results_dot_v1_dot_results__pb2.RecordCalibrationRequest.SerializeToString,
+                response_deserializer=lotgate_dot_results_dot_v1_dot_results__pb2.RecordCalibrationResponse.FromString,
+                _registered_method=True)
+        self.SetInstrumentStatus = channel.unary_unary(
+                '/lotgate.results.v1.ResultService/SetInstrumentStatus',
+                request_serializer=lotgate_dot_results_dot_v1_dot_results__pb2.SetInstrumentStatusRequest.SerializeToString,
+                response_deserializer=lotgate_dot_results_dot_v1_dot_results__pb2.SetInstrumentStatusResponse.FromString,
+                _registered_method=True)
+        self.GetInstrument = channel.unary_unary(
+                '/lotgate.results.v1.ResultService/GetInstrument',
+                request_serializer=lotgate_dot_results_dot_v1_dot_results__pb2.GetInstrumentRequest.SerializeToString,
+                response_deserializer=lotgate_dot_results_dot_v1_dot_results__pb2.GetInstrumentResponse.FromString,
+                _registered_method=True)
         self.RecordResult = channel.unary_unary(
                 '/lotgate.results.v1.ResultService/RecordResult',
                 request_serializer=lotgate_dot_results_dot_v1_dot_results__pb2.RecordResultRequest.SerializeToString,
                 response_deserializer=lotgate_dot_results_dot_v1_dot_results__pb2.RecordResultResponse.FromString,
+                _registered_method=True)
+        self.RecordResults = channel.unary_unary(
+                '/lotgate.results.v1.ResultService/RecordResults',
+                request_serializer=lotgate_dot_results_dot_v1_dot_results__pb2.RecordResultsRequest.SerializeToString,
+                response_deserializer=lotgate_dot_results_dot_v1_dot_results__pb2.RecordResultsResponse.FromString,
+                _registered_method=True)
+        self.InvalidateResult = channel.unary_unary(
+                '/lotgate.results.v1.ResultService/InvalidateResult',
+                request_serializer=lotgate_dot_results_dot_v1_dot_results__pb2.InvalidateResultRequest.SerializeToString,
+                response_deserializer=lotgate_dot_results_dot_v1_dot_results__pb2.InvalidateResultResponse.FromString,
+                _registered_method=True)
+        self.ConfirmResult = channel.unary_unary(
+                '/lotgate.results.v1.ResultService/ConfirmResult',
+                request_serializer=lotgate_dot_results_dot_v1_dot_results__pb2.ConfirmResultRequest.SerializeToString,
+                response_deserializer=lotgate_dot_results_dot_v1_dot_results__pb2.ConfirmResultResponse.FromString,
                 _registered_method=True)
         self.ListLotResults = channel.unary_unary(
                 '/lotgate.results.v1.ResultService/ListLotResults',
                 request_serializer=lotgate_dot_results_dot_v1_dot_results__pb2.ListLotResultsRequest.SerializeToString,
                 response_deserializer=lotgate_dot_results_dot_v1_dot_results__pb2.ListLotResultsResponse.FromString,
                 _registered_method=True)
+        self.ListInstrumentResults = channel.unary_unary(
+                '/lotgate.results.v1.ResultService/ListInstrumentResults',
+                request_serializer=lotgate_dot_results_dot_v1_dot_results__pb2.ListInstrumentResultsRequest.SerializeToString,
+                response_deserializer=lotgate_dot_results_dot_v1_dot_results__pb2.ListInstrumentResultsResponse.FromString,
+                _registered_method=True)
 
 
 class ResultServiceServicer:
-    """ResultService holds the specification of each material and the test
-    results that instruments post for material lots.
+    """ResultService holds the versioned specification of each material, the
+    registry of instruments allowed to post, and the test results they post for
+    material lots, with QA's handling of out-of-specification results.
     """
 
-    def SetSpecification(self, request, context):
-        """SetSpecification makes a new version of a material's specification; it is
-        in force from now on. Earlier versions are kept unchanged.
+    def CreateSpecificationDraft(self, request, context):
+        """CreateSpecificationDraft starts a new version of a material's
+        specification as a DRAFT (version = highest so far + 1). Only one draft per
+        material may be open at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateSpecificationDraft(self, request, context):
+        """UpdateSpecificationDraft replaces the tests of a DRAFT. An EFFECTIVE
+        version is never edited: FAILED_PRECONDITION; create a new version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApproveSpecification(self, request, context):
+        """ApproveSpecification makes a DRAFT EFFECTIVE from effective_from (now when
+        unset). The approver must not be the author of the draft.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetSpecification(self, request, context):
-        """GetSpecification returns the specification in force for a material.
+        """GetSpecification returns the version in force now, at as_of, or the given
+        version (drafts included).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSpecificationVersions(self, request, context):
+        """ListSpecificationVersions returns every version of a material's
+        specification, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RegisterInstrument(self, request, context):
+        """RegisterInstrument adds an instrument with its first calibration. The same
+        registration again returns the original; other details are ALREADY_EXISTS.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordCalibration(self, request, context):
+        """RecordCalibration records a calibration; the instrument may post results
+        measured from calibrated_on up to and including calibration_due.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetInstrumentStatus(self, request, context):
+        """SetInstrumentStatus takes an instrument out of service, back in, or
+        retires it (final).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetInstrument(self, request, context):
+        """GetInstrument returns an instrument with its calibration history.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -80,16 +194,51 @@ class ResultServiceServicer:
 
     def RecordResult(self, request, context):
         """RecordResult stores one result posted by an instrument and judges it
-        against the specification in force. Idempotent on (instrument_id,
-        idempotency_key): a retry with the same content returns the original
-        answer; the same key with other content is ALREADY_EXISTS.
+        against the specification version in force when it was measured.
+        Idempotent on (instrument_id, instrument_result_id): a retry with the same
+        content returns the original answer; the same id with other content is
+        ALREADY_EXISTS and changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordResults(self, request, context):
+        """RecordResults stores up to 500 results of one instrument in one
+        transaction: all of them or, when any is refused, none.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def InvalidateResult(self, request, context):
+        """InvalidateResult marks a result invalid (a laboratory error found by the
+        investigation). The result stays visible; it no longer counts, and a
+        retest naming it in retest_of is expected.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConfirmResult(self, request, context):
+        """ConfirmResult confirms an out-of-specification result: the lot is
+        rejected.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListLotResults(self, request, context):
-        """ListLotResults returns every result of a lot in the order recorded.
+        """ListLotResults returns every result of a lot in the order recorded, with
+        invalidations, confirmations and retest links.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListInstrumentResults(self, request, context):
+        """ListInstrumentResults returns the results an instrument measured in a
+        time range, oldest first, a page at a time.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -98,25 +247,80 @@ class ResultServiceServicer:
 
 def add_ResultServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'SetSpecification': grpc.unary_unary_rpc_method_handler(
-                    servicer.SetSpecification,
-                    request_deserializer=lotgate_dot_results_dot_v1_dot_results__pb2.SetSpecificationRequest.FromString,
-                    response_serializer=lotgate_dot_results_dot_v1_dot_results__pb2.SetSpecificationResponse.SerializeToString,
+            'CreateSpecificationDraft': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSpecificationDraft,
+                    request_deserializer=lotgate_dot_results_dot_v1_dot_results__pb2.CreateSpecificationDraftRequest.FromString,
+                    response_serializer=lotgate_dot_results_dot_v1_dot_results__pb2.CreateSpecificationDraftResponse.SerializeToString,
+            ),
+            'UpdateSpecificationDraft': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateSpecificationDraft,
+                    request_deserializer=lotgate_dot_results_dot_v1_dot_results__pb2.UpdateSpecificationDraftRequest.FromString,
+                    response_serializer=lotgate_dot_results_dot_v1_dot_results__pb2.UpdateSpecificationDraftResponse.SerializeToString,
+            ),
+            'ApproveSpecification': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApproveSpecification,
+                    request_deserializer=lotgate_dot_results_dot_v1_dot_results__pb2.ApproveSpecificationRequest.FromString,
+                    response_serializer=lotgate_dot_results_dot_v1_dot_results__pb2.ApproveSpecificationResponse.SerializeToString,
             ),
             'GetSpecification': grpc.unary_unary_rpc_method_handler(
                     servicer.GetSpecification,
                     request_deserializer=lotgate_dot_results_dot_v1_dot_results__pb2.GetSpecificationRequest.FromString,
                     response_serializer=lotgate_dot_results_dot_v1_dot_results__pb2.GetSpecificationResponse.SerializeToString,
             ),
+            'ListSpecificationVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSpecificationVersions,
+                    request_deserializer=lotgate_dot_results_dot_v1_dot_results__pb2.ListSpecificationVersionsRequest.FromString,
+                    response_serializer=lotgate_dot_results_dot_v1_dot_results__pb2.ListSpecificationVersionsResponse.SerializeToString,
+            ),
+            'RegisterInstrument': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterInstrument,
+                    request_deserializer=lotgate_dot_results_dot_v1_dot_results__pb2.RegisterInstrumentRequest.FromString,
+                    response_serializer=lotgate_dot_results_dot_v1_dot_results__pb2.RegisterInstrumentResponse.SerializeToString,
+            ),
+            'RecordCalibration': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordCalibration,
+                    request_deserializer=lotgate_dot_results_dot_v1_dot_results__pb2.RecordCalibrationRequest.FromString,
+                    response_serializer=lotgate_dot_results_dot_v1_dot_results__pb2.RecordCalibrationResponse.SerializeToString,
+            ),
+            'SetInstrumentStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetInstrumentStatus,
+                    request_deserializer=lotgate_dot_results_dot_v1_dot_results__pb2.SetInstrumentStatusRequest.FromString,
+                    response_serializer=lotgate_dot_results_dot_v1_dot_results__pb2.SetInstrumentStatusResponse.SerializeToString,
+            ),
+            'GetInstrument': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetInstrument,
+                    request_deserializer=lotgate_dot_results_dot_v1_dot_results__pb2.GetInstrumentRequest.FromString,
+                    response_serializer=lotgate_dot_results_dot_v1_dot_results__pb2.GetInstrumentResponse.SerializeToString,
+            ),
             'RecordResult': grpc.unary_unary_rpc_method_handler(
                     servicer.RecordResult,
                     request_deserializer=lotgate_dot_results_dot_v1_dot_results__pb2.RecordResultRequest.FromString,
                     response_serializer=lotgate_dot_results_dot_v1_dot_results__pb2.RecordResultResponse.SerializeToString,
             ),
+            'RecordResults': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordResults,
+                    request_deserializer=lotgate_dot_results_dot_v1_dot_results__pb2.RecordResultsRequest.FromString,
+                    response_serializer=lotgate_dot_results_dot_v1_dot_results__pb2.RecordResultsResponse.SerializeToString,
+            ),
+            'InvalidateResult': grpc.unary_unary_rpc_method_handler(
+                    servicer.InvalidateResult,
+                    request_deserializer=lotgate_dot_results_dot_v1_dot_results__pb2.InvalidateResultRequest.FromString,
+                    response_serializer=lotgate_dot_results_dot_v1_dot_results__pb2.InvalidateResultResponse.SerializeToString,
+            ),
+            'ConfirmResult': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConfirmResult,
+                    request_deserializer=lotgate_dot_results_dot_v1_dot_results__pb2.ConfirmResultRequest.FromString,
+                    response_serializer=lotgate_dot_results_dot_v1_dot_results__pb2.ConfirmResultResponse.SerializeToString,
+            ),
             'ListLotResults': grpc.unary_unary_rpc_method_handler(
                     servicer.ListLotResults,
                     request_deserializer=lotgate_dot_results_dot_v1_dot_results__pb2.ListLotResultsRequest.FromString,
                     response_serializer=lotgate_dot_results_dot_v1_dot_results__pb2.ListLotResultsResponse.SerializeToString,
+            ),
+            'ListInstrumentResults': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListInstrumentResults,
+                    request_deserializer=lotgate_dot_results_dot_v1_dot_results__pb2.ListInstrumentResultsRequest.FromString,
+                    response_serializer=lotgate_dot_results_dot_v1_dot_results__pb2.ListInstrumentResultsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -127,12 +331,13 @@ def add_ResultServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ResultService:
-    """ResultService holds the specification of each material and the test
-    results that instruments post for material lots.
+    """ResultService holds the versioned specification of each material, the
+    registry of instruments allowed to post, and the test results they post for
+    material lots, with QA's handling of out-of-specification results.
     """
 
     @staticmethod
-    def SetSpecification(request,
+    def CreateSpecificationDraft(request,
             target,
             options=(),
             channel_credentials=None,
@@ -145,9 +350,63 @@ class ResultService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/lotgate.results.v1.ResultService/SetSpecification',
-            lotgate_dot_results_dot_v1_dot_results__pb2.SetSpecificationRequest.SerializeToString,
-            lotgate_dot_results_dot_v1_dot_results__pb2.SetSpecificationResponse.FromString,
+            '/lotgate.results.v1.ResultService/CreateSpecificationDraft',
+            lotgate_dot_results_dot_v1_dot_results__pb2.CreateSpecificationDraftRequest.SerializeToString,
+            lotgate_dot_results_dot_v1_dot_results__pb2.CreateSpecificationDraftResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateSpecificationDraft(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lotgate.results.v1.ResultService/UpdateSpecificationDraft',
+            lotgate_dot_results_dot_v1_dot_results__pb2.UpdateSpecificationDraftRequest.SerializeToString,
+            lotgate_dot_results_dot_v1_dot_results__pb2.UpdateSpecificationDraftResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApproveSpecification(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lotgate.results.v1.ResultService/ApproveSpecification',
+            lotgate_dot_results_dot_v1_dot_results__pb2.ApproveSpecificationRequest.SerializeToString,
+            lotgate_dot_results_dot_v1_dot_results__pb2.ApproveSpecificationResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -186,6 +445,141 @@ class ResultService:
             _registered_method=True)
 
     @staticmethod
+    def ListSpecificationVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lotgate.results.v1.ResultService/ListSpecificationVersions',
+            lotgate_dot_results_dot_v1_dot_results__pb2.ListSpecificationVersionsRequest.SerializeToString,
+            lotgate_dot_results_dot_v1_dot_results__pb2.ListSpecificationVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterInstrument(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lotgate.results.v1.ResultService/RegisterInstrument',
+            lotgate_dot_results_dot_v1_dot_results__pb2.RegisterInstrumentRequest.SerializeToString,
+            lotgate_dot_results_dot_v1_dot_results__pb2.RegisterInstrumentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordCalibration(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lotgate.results.v1.ResultService/RecordCalibration',
+            lotgate_dot_results_dot_v1_dot_results__pb2.RecordCalibrationRequest.SerializeToString,
+            lotgate_dot_results_dot_v1_dot_results__pb2.RecordCalibrationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetInstrumentStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lotgate.results.v1.ResultService/SetInstrumentStatus',
+            lotgate_dot_results_dot_v1_dot_results__pb2.SetInstrumentStatusRequest.SerializeToString,
+            lotgate_dot_results_dot_v1_dot_results__pb2.SetInstrumentStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetInstrument(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lotgate.results.v1.ResultService/GetInstrument',
+            lotgate_dot_results_dot_v1_dot_results__pb2.GetInstrumentRequest.SerializeToString,
+            lotgate_dot_results_dot_v1_dot_results__pb2.GetInstrumentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def RecordResult(request,
             target,
             options=(),
@@ -213,6 +607,87 @@ class ResultService:
             _registered_method=True)
 
     @staticmethod
+    def RecordResults(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lotgate.results.v1.ResultService/RecordResults',
+            lotgate_dot_results_dot_v1_dot_results__pb2.RecordResultsRequest.SerializeToString,
+            lotgate_dot_results_dot_v1_dot_results__pb2.RecordResultsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InvalidateResult(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lotgate.results.v1.ResultService/InvalidateResult',
+            lotgate_dot_results_dot_v1_dot_results__pb2.InvalidateResultRequest.SerializeToString,
+            lotgate_dot_results_dot_v1_dot_results__pb2.InvalidateResultResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConfirmResult(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lotgate.results.v1.ResultService/ConfirmResult',
+            lotgate_dot_results_dot_v1_dot_results__pb2.ConfirmResultRequest.SerializeToString,
+            lotgate_dot_results_dot_v1_dot_results__pb2.ConfirmResultResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def ListLotResults(request,
             target,
             options=(),
@@ -229,6 +704,33 @@ class ResultService:
             '/lotgate.results.v1.ResultService/ListLotResults',
             lotgate_dot_results_dot_v1_dot_results__pb2.ListLotResultsRequest.SerializeToString,
             lotgate_dot_results_dot_v1_dot_results__pb2.ListLotResultsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListInstrumentResults(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lotgate.results.v1.ResultService/ListInstrumentResults',
+            lotgate_dot_results_dot_v1_dot_results__pb2.ListInstrumentResultsRequest.SerializeToString,
+            lotgate_dot_results_dot_v1_dot_results__pb2.ListInstrumentResultsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,64 +27,186 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class ResultServiceStub:
-    """ResultService holds the specification of each material and the test
-    results that instruments post for material lots.
+    """ResultService holds the versioned specification of each material, the
+    registry of instruments allowed to post, and the test results they post for
+    material lots, with QA's handling of out-of-specification results.
     """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ResultServiceAsyncStub: ...
-    SetSpecification: _grpc.UnaryUnaryMultiCallable[_results_pb2.SetSpecificationRequest, _results_pb2.SetSpecificationResponse]
-    """SetSpecification makes a new version of a material's specification; it is
-    in force from now on. Earlier versions are kept unchanged.
+    CreateSpecificationDraft: _grpc.UnaryUnaryMultiCallable[_results_pb2.CreateSpecificationDraftRequest, _results_pb2.CreateSpecificationDraftResponse]
+    """CreateSpecificationDraft starts a new version of a material's
+    specification as a DRAFT (version = highest so far + 1). Only one draft per
+    material may be open at a time.
+    """
+    UpdateSpecificationDraft: _grpc.UnaryUnaryMultiCallable[_results_pb2.UpdateSpecificationDraftRequest, _results_pb2.UpdateSpecificationDraftResponse]
+    """UpdateSpecificationDraft replaces the tests of a DRAFT. An EFFECTIVE
+    version is never edited: FAILED_PRECONDITION; create a new version.
+    """
+    ApproveSpecification: _grpc.UnaryUnaryMultiCallable[_results_pb2.ApproveSpecificationRequest, _results_pb2.ApproveSpecificationResponse]
+    """ApproveSpecification makes a DRAFT EFFECTIVE from effective_from (now when
+    unset). The approver must not be the author of the draft.
     """
     GetSpecification: _grpc.UnaryUnaryMultiCallable[_results_pb2.GetSpecificationRequest, _results_pb2.GetSpecificationResponse]
-    """GetSpecification returns the specification in force for a material."""
+    """GetSpecification returns the version in force now, at as_of, or the given
+    version (drafts included).
+    """
+    ListSpecificationVersions: _grpc.UnaryUnaryMultiCallable[_results_pb2.ListSpecificationVersionsRequest, _results_pb2.ListSpecificationVersionsResponse]
+    """ListSpecificationVersions returns every version of a material's
+    specification, oldest first.
+    """
+    RegisterInstrument: _grpc.UnaryUnaryMultiCallable[_results_pb2.RegisterInstrumentRequest, _results_pb2.RegisterInstrumentResponse]
+    """RegisterInstrument adds an instrument with its first calibration. The same
+    registration again returns the original; other details are ALREADY_EXISTS.
+    """
+    RecordCalibration: _grpc.UnaryUnaryMultiCallable[_results_pb2.RecordCalibrationRequest, _results_pb2.RecordCalibrationResponse]
+    """RecordCalibration records a calibration; the instrument may post results
+    measured from calibrated_on up to and including calibration_due.
+    """
+    SetInstrumentStatus: _grpc.UnaryUnaryMultiCallable[_results_pb2.SetInstrumentStatusRequest, _results_pb2.SetInstrumentStatusResponse]
+    """SetInstrumentStatus takes an instrument out of service, back in, or
+    retires it (final).
+    """
+    GetInstrument: _grpc.UnaryUnaryMultiCallable[_results_pb2.GetInstrumentRequest, _results_pb2.GetInstrumentResponse]
+    """GetInstrument returns an instrument with its calibration history."""
     RecordResult: _grpc.UnaryUnaryMultiCallable[_results_pb2.RecordResultRequest, _results_pb2.RecordResultResponse]
     """RecordResult stores one result posted by an instrument and judges it
-    against the specification in force. Idempotent on (instrument_id,
-    idempotency_key): a retry with the same content returns the original
-    answer; the same key with other content is ALREADY_EXISTS.
+    against the specification version in force when it was measured.
+    Idempotent on (instrument_id, instrument_result_id): a retry with the same
+    content returns the original answer; the same id with other content is
+    ALREADY_EXISTS and changes nothing.
+    """
+    RecordResults: _grpc.UnaryUnaryMultiCallable[_results_pb2.RecordResultsRequest, _results_pb2.RecordResultsResponse]
+    """RecordResults stores up to 500 results of one instrument in one
+    transaction: all of them or, when any is refused, none.
+    """
+    InvalidateResult: _grpc.UnaryUnaryMultiCallable[_results_pb2.InvalidateResultRequest, _results_pb2.InvalidateResultResponse]
+    """InvalidateResult marks a result invalid (a laboratory error found by the
+    investigation). The result stays visible; it no longer counts, and a
+    retest naming it in retest_of is expected.
+    """
+    ConfirmResult: _grpc.UnaryUnaryMultiCallable[_results_pb2.ConfirmResultRequest, _results_pb2.ConfirmResultResponse]
+    """ConfirmResult confirms an out-of-specification result: the lot is
+    rejected.
     """
     ListLotResults: _grpc.UnaryUnaryMultiCallable[_results_pb2.ListLotResultsRequest, _results_pb2.ListLotResultsResponse]
-    """ListLotResults returns every result of a lot in the order recorded."""
+    """ListLotResults returns every result of a lot in the order recorded, with
+    invalidations, confirmations and retest links.
+    """
+    ListInstrumentResults: _grpc.UnaryUnaryMultiCallable[_results_pb2.ListInstrumentResultsRequest, _results_pb2.ListInstrumentResultsResponse]
+    """ListInstrumentResults returns the results an instrument measured in a
+    time range, oldest first, a page at a time.
+    """
 
 @_typing.type_check_only
 class ResultServiceAsyncStub(ResultServiceStub):
-    """ResultService holds the specification of each material and the test
-    results that instruments post for material lots.
+    """ResultService holds the versioned specification of each material, the
+    registry of instruments allowed to post, and the test results they post for
+    material lots, with QA's handling of out-of-specification results.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
-    SetSpecification: _aio.UnaryUnaryMultiCallable[_results_pb2.SetSpecificationRequest, _results_pb2.SetSpecificationResponse]  # type: ignore[assignment]
-    """SetSpecification makes a new version of a material's specification; it is
-    in force from now on. Earlier versions are kept unchanged.
+    CreateSpecificationDraft: _aio.UnaryUnaryMultiCallable[_results_pb2.CreateSpecificationDraftRequest, _results_pb2.CreateSpecificationDraftResponse]  # type: ignore[assignment]
+    """CreateSpecificationDraft starts a new version of a material's
+    specification as a DRAFT (version = highest so far + 1). Only one draft per
+    material may be open at a time.
+    """
+    UpdateSpecificationDraft: _aio.UnaryUnaryMultiCallable[_results_pb2.UpdateSpecificationDraftRequest, _results_pb2.UpdateSpecificationDraftResponse]  # type: ignore[assignment]
+    """UpdateSpecificationDraft replaces the tests of a DRAFT. An EFFECTIVE
+    version is never edited: FAILED_PRECONDITION; create a new version.
+    """
+    ApproveSpecification: _aio.UnaryUnaryMultiCallable[_results_pb2.ApproveSpecificationRequest, _results_pb2.ApproveSpecificationResponse]  # type: ignore[assignment]
+    """ApproveSpecification makes a DRAFT EFFECTIVE from effective_from (now when
+    unset). The approver must not be the author of the draft.
     """
     GetSpecification: _aio.UnaryUnaryMultiCallable[_results_pb2.GetSpecificationRequest, _results_pb2.GetSpecificationResponse]  # type: ignore[assignment]
-    """GetSpecification returns the specification in force for a material."""
+    """GetSpecification returns the version in force now, at as_of, or the given
+    version (drafts included).
+    """
+    ListSpecificationVersions: _aio.UnaryUnaryMultiCallable[_results_pb2.ListSpecificationVersionsRequest, _results_pb2.ListSpecificationVersionsResponse]  # type: ignore[assignment]
+    """ListSpecificationVersions returns every version of a material's
+    specification, oldest first.
+    """
+    RegisterInstrument: _aio.UnaryUnaryMultiCallable[_results_pb2.RegisterInstrumentRequest, _results_pb2.RegisterInstrumentResponse]  # type: ignore[assignment]
+    """RegisterInstrument adds an instrument with its first calibration. The same
+    registration again returns the original; other details are ALREADY_EXISTS.
+    """
+    RecordCalibration: _aio.UnaryUnaryMultiCallable[_results_pb2.RecordCalibrationRequest, _results_pb2.RecordCalibrationResponse]  # type: ignore[assignment]
+    """RecordCalibration records a calibration; the instrument may post results
+    measured from calibrated_on up to and including calibration_due.
+    """
+    SetInstrumentStatus: _aio.UnaryUnaryMultiCallable[_results_pb2.SetInstrumentStatusRequest, _results_pb2.SetInstrumentStatusResponse]  # type: ignore[assignment]
+    """SetInstrumentStatus takes an instrument out of service, back in, or
+    retires it (final).
+    """
+    GetInstrument: _aio.UnaryUnaryMultiCallable[_results_pb2.GetInstrumentRequest, _results_pb2.GetInstrumentResponse]  # type: ignore[assignment]
+    """GetInstrument returns an instrument with its calibration history."""
     RecordResult: _aio.UnaryUnaryMultiCallable[_results_pb2.RecordResultRequest, _results_pb2.RecordResultResponse]  # type: ignore[assignment]
     """RecordResult stores one result posted by an instrument and judges it
-    against the specification in force. Idempotent on (instrument_id,
-    idempotency_key): a retry with the same content returns the original
-    answer; the same key with other content is ALREADY_EXISTS.
+    against the specification version in force when it was measured.
+    Idempotent on (instrument_id, instrument_result_id): a retry with the same
+    content returns the original answer; the same id with other content is
+    ALREADY_EXISTS and changes nothing.
+    """
+    RecordResults: _aio.UnaryUnaryMultiCallable[_results_pb2.RecordResultsRequest, _results_pb2.RecordResultsResponse]  # type: ignore[assignment]
+    """RecordResults stores up to 500 results of one instrument in one
+    transaction: all of them or, when any is refused, none.
+    """
+    InvalidateResult: _aio.UnaryUnaryMultiCallable[_results_pb2.InvalidateResultRequest, _results_pb2.InvalidateResultResponse]  # type: ignore[assignment]
+    """InvalidateResult marks a result invalid (a laboratory error found by the
+    investigation). The result stays visible; it no longer counts, and a
+    retest naming it in retest_of is expected.
+    """
+    ConfirmResult: _aio.UnaryUnaryMultiCallable[_results_pb2.ConfirmResultRequest, _results_pb2.ConfirmResultResponse]  # type: ignore[assignment]
+    """ConfirmResult confirms an out-of-specification result: the lot is
+    rejected.
     """
     ListLotResults: _aio.UnaryUnaryMultiCallable[_results_pb2.ListLotResultsRequest, _results_pb2.ListLotResultsResponse]  # type: ignore[assignment]
-    """ListLotResults returns every result of a lot in the order recorded."""
+    """ListLotResults returns every result of a lot in the order recorded, with
+    invalidations, confirmations and retest links.
+    """
+    ListInstrumentResults: _aio.UnaryUnaryMultiCallable[_results_pb2.ListInstrumentResultsRequest, _results_pb2.ListInstrumentResultsResponse]  # type: ignore[assignment]
+    """ListInstrumentResults returns the results an instrument measured in a
+    time range, oldest first, a page at a time.
+    """
 
 class ResultServiceServicer(metaclass=_abc_1.ABCMeta):
-    """ResultService holds the specification of each material and the test
-    results that instruments post for material lots.
+    """ResultService holds the versioned specification of each material, the
+    registry of instruments allowed to post, and the test results they post for
+    material lots, with QA's handling of out-of-specification results.
     """
 
     @_abc_1.abstractmethod
-    def SetSpecification(
+    def CreateSpecificationDraft(
         self,
-        request: _results_pb2.SetSpecificationRequest,
+        request: _results_pb2.CreateSpecificationDraftRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_results_pb2.SetSpecificationResponse, _abc.Awaitable[_results_pb2.SetSpecificationResponse]]:
-        """SetSpecification makes a new version of a material's specification; it is
-        in force from now on. Earlier versions are kept unchanged.
+    ) -> _typing.Union[_results_pb2.CreateSpecificationDraftResponse, _abc.Awaitable[_results_pb2.CreateSpecificationDraftResponse]]:
+        """CreateSpecificationDraft starts a new version of a material's
+        specification as a DRAFT (version = highest so far + 1). Only one draft per
+        material may be open at a time.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateSpecificationDraft(
+        self,
+        request: _results_pb2.UpdateSpecificationDraftRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_results_pb2.UpdateSpecificationDraftResponse, _abc.Awaitable[_results_pb2.UpdateSpecificationDraftResponse]]:
+        """UpdateSpecificationDraft replaces the tests of a DRAFT. An EFFECTIVE
+        version is never edited: FAILED_PRECONDITION; create a new version.
+        """
+
+    @_abc_1.abstractmethod
+    def ApproveSpecification(
+        self,
+        request: _results_pb2.ApproveSpecificationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_results_pb2.ApproveSpecificationResponse, _abc.Awaitable[_results_pb2.ApproveSpecificationResponse]]:
+        """ApproveSpecification makes a DRAFT EFFECTIVE from effective_from (now when
+        unset). The approver must not be the author of the draft.
         """
 
     @_abc_1.abstractmethod
@@ -93,7 +215,57 @@ class ResultServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _results_pb2.GetSpecificationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_results_pb2.GetSpecificationResponse, _abc.Awaitable[_results_pb2.GetSpecificationResponse]]:
-        """GetSpecification returns the specification in force for a material."""
+        """GetSpecification returns the version in force now, at as_of, or the given
+        version (drafts included).
+        """
+
+    @_abc_1.abstractmethod
+    def ListSpecificationVersions(
+        self,
+        request: _results_pb2.ListSpecificationVersionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_results_pb2.ListSpecificationVersionsResponse, _abc.Awaitable[_results_pb2.ListSpecificationVersionsResponse]]:
+        """ListSpecificationVersions returns every version of a material's
+        specification, oldest first.
+        """
+
+    @_abc_1.abstractmethod
+    def RegisterInstrument(
+        self,
+        request: _results_pb2.RegisterInstrumentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_results_pb2.RegisterInstrumentResponse, _abc.Awaitable[_results_pb2.RegisterInstrumentResponse]]:
+        """RegisterInstrument adds an instrument with its first calibration. The same
+        registration again returns the original; other details are ALREADY_EXISTS.
+        """
+
+    @_abc_1.abstractmethod
+    def RecordCalibration(
+        self,
+        request: _results_pb2.RecordCalibrationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_results_pb2.RecordCalibrationResponse, _abc.Awaitable[_results_pb2.RecordCalibrationResponse]]:
+        """RecordCalibration records a calibration; the instrument may post results
+        measured from calibrated_on up to and including calibration_due.
+        """
+
+    @_abc_1.abstractmethod
+    def SetInstrumentStatus(
+        self,
+        request: _results_pb2.SetInstrumentStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_results_pb2.SetInstrumentStatusResponse, _abc.Awaitable[_results_pb2.SetInstrumentStatusResponse]]:
+        """SetInstrumentStatus takes an instrument out of service, back in, or
+        retires it (final).
+        """
+
+    @_abc_1.abstractmethod
+    def GetInstrument(
+        self,
+        request: _results_pb2.GetInstrumentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_results_pb2.GetInstrumentResponse, _abc.Awaitable[_results_pb2.GetInstrumentResponse]]:
+        """GetInstrument returns an instrument with its calibration history."""
 
     @_abc_1.abstractmethod
     def RecordResult(
@@ -102,9 +274,41 @@ class ResultServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_results_pb2.RecordResultResponse, _abc.Awaitable[_results_pb2.RecordResultResponse]]:
         """RecordResult stores one result posted by an instrument and judges it
-        against the specification in force. Idempotent on (instrument_id,
-        idempotency_key): a retry with the same content returns the original
-        answer; the same key with other content is ALREADY_EXISTS.
+        against the specification version in force when it was measured.
+        Idempotent on (instrument_id, instrument_result_id): a retry with the same
+        content returns the original answer; the same id with other content is
+        ALREADY_EXISTS and changes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def RecordResults(
+        self,
+        request: _results_pb2.RecordResultsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_results_pb2.RecordResultsResponse, _abc.Awaitable[_results_pb2.RecordResultsResponse]]:
+        """RecordResults stores up to 500 results of one instrument in one
+        transaction: all of them or, when any is refused, none.
+        """
+
+    @_abc_1.abstractmethod
+    def InvalidateResult(
+        self,
+        request: _results_pb2.InvalidateResultRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_results_pb2.InvalidateResultResponse, _abc.Awaitable[_results_pb2.InvalidateResultResponse]]:
+        """InvalidateResult marks a result invalid (a laboratory error found by the
+        investigation). The result stays visible; it no longer counts, and a
+        retest naming it in retest_of is expected.
+        """
+
+    @_abc_1.abstractmethod
+    def ConfirmResult(
+        self,
+        request: _results_pb2.ConfirmResultRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_results_pb2.ConfirmResultResponse, _abc.Awaitable[_results_pb2.ConfirmResultResponse]]:
+        """ConfirmResult confirms an out-of-specification result: the lot is
+        rejected.
         """
 
     @_abc_1.abstractmethod
@@ -113,6 +317,18 @@ class ResultServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _results_pb2.ListLotResultsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_results_pb2.ListLotResultsResponse, _abc.Awaitable[_results_pb2.ListLotResultsResponse]]:
-        """ListLotResults returns every result of a lot in the order recorded."""
+        """ListLotResults returns every result of a lot in the order recorded, with
+        invalidations, confirmations and retest links.
+        """
+
+    @_abc_1.abstractmethod
+    def ListInstrumentResults(
+        self,
+        request: _results_pb2.ListInstrumentResultsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_results_pb2.ListInstrumentResultsResponse, _abc.Awaitable[_results_pb2.ListInstrumentResultsResponse]]:
+        """ListInstrumentResults returns the results an instrument measured in a
+        time range, oldest first, a page at a time.
+        """
 
 def add_ResultServiceServicer_to_server(servicer: ResultServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
