@@ -9,17 +9,18 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from types import TracebackType
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from lotgate.lots.v1 import lots_pb2, lots_pb2_grpc
 from lotgate.results.v1 import results_pb2, results_pb2_grpc
 from lotgate.suppliers.v1 import suppliers_pb2, suppliers_pb2_grpc
 from shared.protoconv import to_timestamp
 
-# Worth retrying with the same idempotency key: the service was briefly unreachable,
+# Worth retrying with the same request: the service was briefly unreachable,
 # or the lot was received a moment ago and the results service has not heard yet.
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND,
               grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED}
@@ -93,14 +94,86 @@ class Lotgate:
         return reply.qualification
 
     async def specify(self, material: str, *, lower: float = 98.0, upper: float = 102.0,
-                      unit: str = "%", by: str = "qa.demo") -> results_pb2.Specification:
-        reply = await self.results.SetSpecification(results_pb2.SetSpecificationRequest(
-            material_code=material,
-            identity=results_pb2.IdentityCriterion(reference=f"FTIR reference spectrum {material}"),
-            purity=results_pb2.RangeCriterion(lower=lower, upper=upper, unit=unit),
-            sterility=results_pb2.SterilityCriterion(method="Ph. Eur. 2.6.1 membrane filtration"),
-            approved_by=by))
+                      unit: str = "%", decimals: int = 1, by: str = "qa.demo",
+                      approver: str = "qa.lead") -> results_pb2.Specification:
+        """A new specification version: identity against a reference spectrum, purity
+        within [lower, upper] `unit` (inclusive, judged on `decimals` decimals), sterility;
+        written by `by`, approved by `approver` (four eyes), effective now."""
+        tests = [
+            results_pb2.TestCriterion(
+                test=results_pb2.TEST_KIND_IDENTITY, method="FTIR, Ph. Eur. 2.2.24",
+                identity=results_pb2.IdentityCriterion(
+                    reference=f"FTIR reference spectrum {material}")),
+            results_pb2.TestCriterion(
+                test=results_pb2.TEST_KIND_PURITY, method="HPLC, Ph. Eur. 2.2.29",
+                range=results_pb2.RangeCriterion(
+                    lower=results_pb2.Bound(value=lower), upper=results_pb2.Bound(value=upper),
+                    unit=unit, decimals=decimals)),
+            results_pb2.TestCriterion(
+                test=results_pb2.TEST_KIND_STERILITY, method="Ph. Eur. 2.6.1",
+                sterility=results_pb2.SterilityCriterion(
+                    method="Ph. Eur. 2.6.1 membrane filtration")),
+        ]
+        reason = "specification set by QA"
+        try:
+            draft = (await self.results.CreateSpecificationDraft(
+                results_pb2.CreateSpecificationDraftRequest(
+                    material_code=material, tests=tests, change_reason=reason,
+                    requested_by=by))).specification
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                raise
+            # A draft left open (by an earlier run that stopped half-way): finish that one.
+            versions = (await self.results.ListSpecificationVersions(
+                results_pb2.ListSpecificationVersionsRequest(material_code=material)
+            )).specifications
+            drafts = [s for s in versions
+                      if s.status == results_pb2.SPECIFICATION_STATUS_DRAFT]
+            if not drafts:
+                raise
+            draft = (await self.results.UpdateSpecificationDraft(
+                results_pb2.UpdateSpecificationDraftRequest(
+                    material_code=material, version=drafts[-1].version, tests=tests,
+                    change_reason=reason, requested_by=by))).specification
+        reply = await self.results.ApproveSpecification(results_pb2.ApproveSpecificationRequest(
+            material_code=material, version=draft.version, approved_by=approver))
         return reply.specification
+
+    async def register_instrument(self, instrument_id: str, *, type: str = "HPLC",
+                                  location: str = "QC laboratory", by: str = "qa.demo"
+                                  ) -> results_pb2.Instrument:
+        """Make sure an instrument may post today: register it (calibrated 30 days ago,
+        due in 335 days) unless it is registered, and calibrate it again when its
+        calibration has lapsed. Safe to call any number of times."""
+        today = datetime.now(UTC).date()
+        ask = results_pb2.GetInstrumentRequest(instrument_id=instrument_id)
+        try:
+            instrument = (await self.results.GetInstrument(ask)).instrument
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+            try:
+                return (await self.results.RegisterInstrument(
+                    results_pb2.RegisterInstrumentRequest(
+                        instrument_id=instrument_id, type=type, location=location,
+                        calibrated_on=(today - timedelta(days=30)).isoformat(),
+                        calibration_due=(today + timedelta(days=335)).isoformat(),
+                        certificate_ref=f"CAL-{instrument_id}-{today.isoformat()}",
+                        requested_by=by))).instrument
+            except grpc.aio.AioRpcError as lost:
+                # Registered by a concurrent call: use that one.
+                if lost.code() not in (grpc.StatusCode.ALREADY_EXISTS,
+                                       grpc.StatusCode.ABORTED):
+                    raise
+                instrument = (await self.results.GetInstrument(ask)).instrument
+        if date.fromisoformat(instrument.calibration_due) < today:
+            instrument = (await self.results.RecordCalibration(
+                results_pb2.RecordCalibrationRequest(
+                    instrument_id=instrument_id, calibrated_on=today.isoformat(),
+                    calibration_due=(today + timedelta(days=365)).isoformat(),
+                    certificate_ref=f"CAL-{instrument_id}-{today.isoformat()}",
+                    requested_by=by))).instrument
+        return instrument
 
     # Warehouse
     async def receive(self, lot_id: str, material: str, supplier_id: str, *,
@@ -141,7 +214,10 @@ class Lotgate:
     # Instrument
     async def post(self, request: results_pb2.RecordResultRequest, *,
                    within: float = 10.0) -> results_pb2.Result:
-        """Post a result, retrying with the same key while the answer may still change."""
+        """Post a result, retrying the same request while the answer may still change.
+
+        A retry must send the very same request (its measured_at included): build it once.
+        """
         deadline = time.monotonic() + within
         delay = 0.02
         while True:
@@ -154,26 +230,37 @@ class Lotgate:
             delay = min(delay * 2, 0.5)
 
 
-def identity(lot_id: str, instrument: str, key: str, *, match: bool = True
+# The builders: `key` is the instrument's own id for the result (instrument_result_id);
+# measured_at is now unless given. The instrument must be registered (register_instrument).
+
+def _measured(at: datetime | None) -> Timestamp | None:
+    return to_timestamp(at or datetime.now(UTC))
+
+
+def identity(lot_id: str, instrument: str, key: str, *, match: bool = True,
+             retest_of: str = "", measured_at: datetime | None = None
              ) -> results_pb2.RecordResultRequest:
     return results_pb2.RecordResultRequest(
         lot_id=lot_id, test=results_pb2.TEST_KIND_IDENTITY, instrument_id=instrument,
-        idempotency_key=key,
+        instrument_result_id=key, measured_at=_measured(measured_at), retest_of=retest_of,
         identity=(results_pb2.IDENTITY_OUTCOME_MATCH if match
                   else results_pb2.IDENTITY_OUTCOME_NO_MATCH))
 
 
-def purity(lot_id: str, instrument: str, key: str, value: float, unit: str = "%"
+def purity(lot_id: str, instrument: str, key: str, value: float, unit: str = "%", *,
+           retest_of: str = "", measured_at: datetime | None = None
            ) -> results_pb2.RecordResultRequest:
     return results_pb2.RecordResultRequest(
         lot_id=lot_id, test=results_pb2.TEST_KIND_PURITY, instrument_id=instrument,
-        idempotency_key=key, quantity=results_pb2.Quantity(value=value, unit=unit))
+        instrument_result_id=key, measured_at=_measured(measured_at), retest_of=retest_of,
+        quantity=results_pb2.Quantity(value=value, unit=unit))
 
 
-def sterility(lot_id: str, instrument: str, key: str, *, growth: bool = False
+def sterility(lot_id: str, instrument: str, key: str, *, growth: bool = False,
+              retest_of: str = "", measured_at: datetime | None = None
               ) -> results_pb2.RecordResultRequest:
     return results_pb2.RecordResultRequest(
         lot_id=lot_id, test=results_pb2.TEST_KIND_STERILITY, instrument_id=instrument,
-        idempotency_key=key,
+        instrument_result_id=key, measured_at=_measured(measured_at), retest_of=retest_of,
         sterility=(results_pb2.STERILITY_OUTCOME_GROWTH if growth
                    else results_pb2.STERILITY_OUTCOME_NO_GROWTH))

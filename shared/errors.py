@@ -46,6 +46,11 @@ class AlreadyExists(LotgateError):
     pass
 
 
+class PermissionDenied(LotgateError):
+    """The caller may not do this, whatever the request says (for example an instrument
+    posting under another instrument's id)."""
+
+
 class Aborted(LotgateError):
     """A concurrent change won; the caller may read again and retry."""
 

@@ -29,6 +29,7 @@ from shared.errors import (
     InvalidArgument,
     LotgateError,
     NotFound,
+    PermissionDenied,
     Unavailable,
 )
 from shared.logs import get_logger, request_context
@@ -69,6 +70,8 @@ def status_for(exc: BaseException, request_id: str) -> grpc.Status:
         return _status(code_pb2.FAILED_PRECONDITION, exc.message, failure)
     if isinstance(exc, AlreadyExists):
         return _status(code_pb2.ALREADY_EXISTS, exc.message)
+    if isinstance(exc, PermissionDenied):
+        return _status(code_pb2.PERMISSION_DENIED, exc.message)
     if isinstance(exc, Aborted):
         return _status(code_pb2.ABORTED, exc.message)
     if isinstance(exc, IntegrityError):

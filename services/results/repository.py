@@ -1,27 +1,281 @@
-"""Data access for specifications, known lots and results (SQLAlchemy Core on the unit of work)."""
+"""Data access for specifications, instruments, known lots and results (SQLAlchemy Core on
+the unit of work)."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, insert, literal, select, update
+from sqlalchemy import bindparam, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.results.domain import (
+    Bound,
+    IdentityCriterion,
     IdentityOutcome,
+    IdentityScore,
+    InstrumentStatus,
     Measurement,
+    PriorResult,
     Quantity,
-    Range,
-    Result,
+    RangeCriterion,
+    ResultState,
     Specification,
+    SpecificationStatus,
+    SterilityCriterion,
     SterilityOutcome,
+    TestCriterion,
     TestKind,
     Verdict,
 )
-from services.results.tables import known_lots, results, specifications
+from services.results.records import Calibration, Instrument, Result
+from services.results.tables import (
+    calibrations,
+    instruments,
+    known_lots,
+    results,
+    specifications,
+)
 from shared.db import insert_ignoring_duplicates
+
+# Specifications
+
+
+def _bound_json(b: Bound | None) -> dict[str, Any] | None:
+    return None if b is None else {"value": b.value, "exclusive": b.exclusive}
+
+
+def _criterion_json(c: IdentityCriterion | RangeCriterion | SterilityCriterion
+                    ) -> dict[str, Any]:
+    if isinstance(c, IdentityCriterion):
+        return {"identity": {"reference": c.reference, "min_score": c.min_score}}
+    if isinstance(c, RangeCriterion):
+        return {"range": {"lower": _bound_json(c.lower), "upper": _bound_json(c.upper),
+                          "unit": c.unit, "decimals": c.decimals}}
+    return {"sterility": {"method": c.method}}
+
+
+def criteria_to_json(tests: Sequence[TestCriterion]) -> str:
+    return json.dumps([{"test": t.test.value, "method": t.method,
+                        **_criterion_json(t.criterion)} for t in tests],
+                      sort_keys=True, allow_nan=False)
+
+
+def _bound(data: dict[str, Any] | None) -> Bound | None:
+    return None if data is None else Bound(float(data["value"]), bool(data["exclusive"]))
+
+
+def criteria_from_json(text: str) -> tuple[TestCriterion, ...]:
+    found = []
+    for item in json.loads(text):
+        criterion: IdentityCriterion | RangeCriterion | SterilityCriterion
+        if "identity" in item:
+            c = item["identity"]
+            criterion = IdentityCriterion(reference=c["reference"], min_score=c["min_score"])
+        elif "range" in item:
+            c = item["range"]
+            criterion = RangeCriterion(lower=_bound(c["lower"]), upper=_bound(c["upper"]),
+                                       unit=c["unit"], decimals=c["decimals"])
+        else:
+            criterion = SterilityCriterion(method=item["sterility"]["method"])
+        found.append(TestCriterion(test=TestKind(item["test"]), method=item["method"],
+                                   criterion=criterion))
+    return tuple(found)
+
+
+def _specification(row: Any) -> Specification:
+    return Specification(
+        material_code=row.material_code, version=row.version,
+        status=SpecificationStatus(row.status), tests=criteria_from_json(row.tests),
+        effective_from=row.effective_from, created_by=row.created_by,
+        created_at=row.created_at, approved_by=row.approved_by or "",
+        approved_at=row.approved_at, change_reason=row.change_reason)
+
+
+@dataclass(frozen=True)
+class StoredSpecification:
+    spec: Specification
+    # Everyone who wrote the draft, the creator first.
+    authors: tuple[str, ...]
+
+
+def _stored_specification(row: Any) -> StoredSpecification:
+    return StoredSpecification(_specification(row), tuple(json.loads(row.authors)))
+
+
+async def list_specifications(conn: AsyncConnection, *, material_code: str
+                              ) -> list[Specification]:
+    """Every version of a material's specification, oldest first."""
+    rows = await conn.execute(select(specifications)
+                              .where(specifications.c.material_code == material_code)
+                              .order_by(specifications.c.version))
+    return [_specification(row) for row in rows]
+
+
+async def effective_specifications(conn: AsyncConnection, *, material_codes: Iterable[str]
+                                   ) -> dict[str, list[Specification]]:
+    """The EFFECTIVE versions of each material, oldest first."""
+    rows = await conn.execute(
+        select(specifications)
+        .where(specifications.c.material_code.in_(sorted(set(material_codes))),
+               specifications.c.status == SpecificationStatus.EFFECTIVE.value)
+        .order_by(specifications.c.material_code, specifications.c.version))
+    found: dict[str, list[Specification]] = {}
+    for row in rows:
+        found.setdefault(row.material_code, []).append(_specification(row))
+    return found
+
+
+async def get_specification(conn: AsyncConnection, *, material_code: str, version: int,
+                            for_update: bool = False) -> StoredSpecification | None:
+    query = select(specifications).where(specifications.c.material_code == material_code,
+                                         specifications.c.version == version)
+    if for_update:
+        query = query.with_for_update()
+    row = (await conn.execute(query)).first()
+    return _stored_specification(row) if row else None
+
+
+async def add_specification(conn: AsyncConnection, *, spec: Specification) -> None:
+    """Insert a new DRAFT version (IntegrityError if that version, or another draft of the
+    material, exists)."""
+    assert spec.status is SpecificationStatus.DRAFT
+    await conn.execute(insert(specifications).values(
+        material_code=spec.material_code, version=spec.version, status=spec.status.value,
+        tests=criteria_to_json(spec.tests), change_reason=spec.change_reason,
+        created_by=spec.created_by, created_at=spec.created_at,
+        authors=json.dumps([spec.created_by])))
+
+
+def _draft(material_code: str, version: int) -> Any:
+    # Every UPDATE of a specification goes through here: an EFFECTIVE version never matches.
+    return (update(specifications)
+            .where(specifications.c.material_code == material_code,
+                   specifications.c.version == version,
+                   specifications.c.status == SpecificationStatus.DRAFT.value))
+
+
+async def update_draft(conn: AsyncConnection, *, material_code: str, version: int,
+                       tests: Sequence[TestCriterion], change_reason: str,
+                       authors: Sequence[str]) -> bool:
+    """Replace a DRAFT's tests; False when it is no longer a draft."""
+    result = await conn.execute(_draft(material_code, version).values(
+        tests=criteria_to_json(tests), change_reason=change_reason,
+        authors=json.dumps(list(authors))))
+    return result.rowcount == 1
+
+
+async def make_effective(conn: AsyncConnection, *, spec: Specification) -> bool:
+    """Turn a DRAFT into the EFFECTIVE `spec`; False when it is no longer a draft."""
+    assert spec.status is SpecificationStatus.EFFECTIVE
+    result = await conn.execute(_draft(spec.material_code, spec.version).values(
+        status=spec.status.value, effective_from=spec.effective_from,
+        approved_by=spec.approved_by, approved_at=spec.approved_at))
+    return result.rowcount == 1
+
+
+# Instruments
+
+
+def _instrument(row: Any) -> Instrument:
+    return Instrument(
+        instrument_id=row.instrument_id, type=row.type, location=row.location,
+        status=InstrumentStatus(row.status), status_reason=row.status_reason,
+        calibration_due=row.calibration_due, registered_by=row.registered_by,
+        registered_at=row.registered_at)
+
+
+def _calibration(row: Any) -> Calibration:
+    return Calibration(calibrated_on=row.calibrated_on, calibration_due=row.calibration_due,
+                       certificate_ref=row.certificate_ref, recorded_by=row.recorded_by,
+                       recorded_at=row.recorded_at)
+
+
+async def get_instrument(conn: AsyncConnection, *, instrument_id: str,
+                         for_update: bool = False) -> Instrument | None:
+    query = select(instruments).where(instruments.c.instrument_id == instrument_id)
+    if for_update:
+        query = query.with_for_update()
+    row = (await conn.execute(query)).first()
+    return _instrument(row) if row else None
+
+
+async def first_calibration(conn: AsyncConnection, *, instrument_id: str
+                            ) -> Calibration | None:
+    """The calibration recorded with the instrument's registration."""
+    row = (await conn.execute(select(calibrations)
+                              .where(calibrations.c.instrument_id == instrument_id)
+                              .order_by(calibrations.c.id).limit(1))).first()
+    return _calibration(row) if row else None
+
+
+async def list_calibrations(conn: AsyncConnection, *, instrument_id: str) -> list[Calibration]:
+    """An instrument's calibrations, oldest first."""
+    rows = await conn.execute(select(calibrations)
+                              .where(calibrations.c.instrument_id == instrument_id)
+                              .order_by(calibrations.c.calibrated_on, calibrations.c.id))
+    return [_calibration(row) for row in rows]
+
+
+async def add_instrument(conn: AsyncConnection, *, instrument: Instrument,
+                         first: Calibration) -> None:
+    """Insert an instrument and its first calibration (IntegrityError if it exists)."""
+    i = instrument
+    await conn.execute(insert(instruments).values(
+        instrument_id=i.instrument_id, type=i.type, location=i.location,
+        status=i.status.value, status_reason=i.status_reason,
+        status_changed_by=i.registered_by, status_changed_at=i.registered_at,
+        calibration_due=i.calibration_due, registered_by=i.registered_by,
+        registered_at=i.registered_at))
+    await add_calibration(conn, instrument_id=i.instrument_id, calibration=first)
+
+
+async def add_calibration(conn: AsyncConnection, *, instrument_id: str,
+                          calibration: Calibration) -> None:
+    c = calibration
+    await conn.execute(insert(calibrations).values(
+        instrument_id=instrument_id, calibrated_on=c.calibrated_on,
+        calibration_due=c.calibration_due, certificate_ref=c.certificate_ref,
+        recorded_by=c.recorded_by, recorded_at=c.recorded_at))
+
+
+async def set_calibration_due(conn: AsyncConnection, *, instrument_id: str,
+                              due: date) -> None:
+    await conn.execute(update(instruments).where(instruments.c.instrument_id == instrument_id)
+                       .values(calibration_due=due))
+
+
+async def set_instrument_status(conn: AsyncConnection, *, instrument_id: str,
+                                status: InstrumentStatus, reason: str, changed_by: str,
+                                changed_at: datetime) -> None:
+    await conn.execute(update(instruments).where(instruments.c.instrument_id == instrument_id)
+                       .values(status=status.value, status_reason=reason,
+                               status_changed_by=changed_by, status_changed_at=changed_at))
+
+
+_INSTRUMENT_WITH_CALIBRATIONS = (
+    select(instruments.c.status, calibrations.c.calibrated_on, calibrations.c.calibration_due)
+    .select_from(instruments.outerjoin(
+        calibrations, calibrations.c.instrument_id == instruments.c.instrument_id))
+    .where(instruments.c.instrument_id == bindparam("instrument_id")))
+
+
+async def instrument_standing(conn: AsyncConnection, *, instrument_id: str
+                              ) -> tuple[InstrumentStatus | None, list[tuple[date, date]]]:
+    """The instrument's status (None: not registered) and its calibration intervals, in
+    one round trip."""
+    rows = (await conn.execute(_INSTRUMENT_WITH_CALIBRATIONS,
+                               {"instrument_id": instrument_id})).all()
+    if not rows:
+        return None, []
+    return InstrumentStatus(rows[0].status), [
+        (r.calibrated_on, r.calibration_due) for r in rows if r.calibrated_on is not None]
+
+
+# Results
 
 
 @dataclass(frozen=True)
@@ -30,146 +284,157 @@ class StoredResult:
     fingerprint: str
 
 
-@dataclass(frozen=True)
-class RecordingContext:
-    """What RecordResult needs to know, read in one round trip."""
-
-    material_code: str | None  # None: the lot is not known here (yet)
-    spec: Specification | None  # the version in force for the lot's material
-    previous: StoredResult | None  # what was stored under this idempotency key
-
-
-def _specification(row: Any, prefix: str = "") -> Specification:
-    get = row._mapping
-    return Specification(
-        material_code=get[f"{prefix}material_code"], version=get[f"{prefix}version"],
-        identity_reference=get[f"{prefix}identity_reference"],
-        purity=Range(lower=get[f"{prefix}purity_lower"], upper=get[f"{prefix}purity_upper"],
-                     unit=get[f"{prefix}purity_unit"]),
-        sterility_method=get[f"{prefix}sterility_method"],
-        effective_from=get[f"{prefix}effective_from"], approved_by=get[f"{prefix}approved_by"])
+def _measurement(test: TestKind, row: Any) -> Measurement:
+    if row.score is not None:
+        return IdentityScore(row.score)
+    if row.outcome is not None:
+        if test is TestKind.IDENTITY:
+            return IdentityOutcome(row.outcome)
+        return SterilityOutcome(row.outcome)
+    return Quantity(value=row.value, unit=row.unit)
 
 
-def _measurement(test: TestKind, outcome: str | None, value: float | None,
-                 unit: str | None) -> Measurement:
-    if test is TestKind.IDENTITY:
-        return IdentityOutcome(outcome)
-    if test is TestKind.STERILITY:
-        return SterilityOutcome(outcome)
-    assert value is not None and unit is not None
-    return Quantity(value=value, unit=unit)
-
-
-def _stored(row: Any, prefix: str = "") -> StoredResult:
-    get = row._mapping
-    test = TestKind(get[f"{prefix}test"])
+def _stored(row: Any) -> StoredResult:
+    test = TestKind(row.test)
     result = Result(
-        result_id=get[f"{prefix}result_id"], lot_id=get[f"{prefix}lot_id"],
-        material_code=get[f"{prefix}material_code"], test=test,
-        instrument_id=get[f"{prefix}instrument_id"],
-        idempotency_key=get[f"{prefix}idempotency_key"],
-        measurement=_measurement(test, get[f"{prefix}outcome"], get[f"{prefix}value"],
-                                 get[f"{prefix}unit"]),
-        verdict=Verdict(get[f"{prefix}verdict"]), verdict_reason=get[f"{prefix}verdict_reason"],
-        spec_version=get[f"{prefix}spec_version"], measured_at=get[f"{prefix}measured_at"],
-        recorded_at=get[f"{prefix}recorded_at"], sequence=get[f"{prefix}sequence"],
-        lot_result_number=get[f"{prefix}lot_result_number"])
-    return StoredResult(result, get[f"{prefix}fingerprint"])
+        result_id=row.result_id, lot_id=row.lot_id, material_code=row.material_code,
+        test=test, instrument_id=row.instrument_id,
+        instrument_result_id=row.instrument_result_id, measurement=_measurement(test, row),
+        verdict=Verdict(row.verdict), verdict_reason=row.verdict_reason,
+        spec_version=row.spec_version,
+        required_tests=tuple(TestKind(t) for t in row.required_tests.split(",") if t),
+        measured_at=row.measured_at, recorded_at=row.recorded_at,
+        judged=(Quantity(row.judged_value, row.judged_unit)
+                if row.judged_value is not None else None),
+        retest_of=row.retest_of or "", state=ResultState(row.state),
+        state_reason=row.state_reason or "", state_changed_by=row.state_changed_by or "",
+        state_changed_at=row.state_changed_at, sequence=row.sequence,
+        lot_result_number=row.lot_result_number)
+    return StoredResult(result, row.fingerprint)
 
 
-def _recording_context_query() -> Any:
-    # A one-row anchor, outer-joined to the lot, its material's latest specification and
-    # a result already stored under the key: every lookup of the hot path in one statement.
-    anchor = select(literal(1).label("one")).subquery("anchor")
-    newer = specifications.alias("newer")
-    latest = (select(func.max(newer.c.version))
-              .where(newer.c.material_code == known_lots.c.material_code)
-              .correlate(known_lots).scalar_subquery())
-    return (
-        select(known_lots.c.material_code.label("lot_material_code"),
-               *[c.label(f"spec_{c.name}") for c in specifications.c],
-               *[c.label(f"prev_{c.name}") for c in results.c])
-        .select_from(
-            anchor
-            .outerjoin(known_lots, known_lots.c.lot_id == bindparam("lot_id"))
-            .outerjoin(specifications, and_(
-                specifications.c.material_code == known_lots.c.material_code,
-                specifications.c.version == latest))
-            .outerjoin(results, and_(
-                results.c.instrument_id == bindparam("instrument_id"),
-                results.c.idempotency_key == bindparam("idempotency_key")))))
-
-
-# Built once: the hot path then skips constructing and cache-keying a statement per call.
-_RECORDING_CONTEXT = _recording_context_query()
-_INSERT_RESULT = insert(results).returning(results.c.sequence)
-# Locks the lot's row until commit, so concurrent results of one lot get 1, 2, 3, ...
-_NEXT_NUMBER = (update(known_lots).where(known_lots.c.lot_id == bindparam("b_lot_id"))
-                .values(result_count=known_lots.c.result_count + 1)
-                .returning(known_lots.c.result_count))
-
-
-async def recording_context(conn: AsyncConnection, *, lot_id: str, instrument_id: str,
-                            idempotency_key: str) -> RecordingContext:
-    """The lot's material, the specification in force for it, and any result under the key."""
-    row = (await conn.execute(_RECORDING_CONTEXT, {
-        "lot_id": lot_id, "instrument_id": instrument_id,
-        "idempotency_key": idempotency_key})).one()
-    return RecordingContext(
-        material_code=row.lot_material_code,
-        spec=_specification(row, "spec_") if row.spec_version is not None else None,
-        previous=_stored(row, "prev_") if row.prev_sequence is not None else None)
-
-
-async def latest_specification(conn: AsyncConnection, *,
-                               material_code: str) -> Specification | None:
-    """The newest version of a material's specification, or None."""
-    row = (await conn.execute(
-        select(specifications).where(specifications.c.material_code == material_code)
-        .order_by(specifications.c.version.desc()).limit(1))).first()
-    return _specification(row) if row else None
-
-
-async def add_specification(conn: AsyncConnection, *, spec: Specification) -> None:
-    """Insert a new specification version (IntegrityError if that version exists)."""
-    await conn.execute(insert(specifications).values(
-        material_code=spec.material_code, version=spec.version,
-        identity_reference=spec.identity_reference, purity_lower=spec.purity.lower,
-        purity_upper=spec.purity.upper, purity_unit=spec.purity.unit,
-        sterility_method=spec.sterility_method, effective_from=spec.effective_from,
-        approved_by=spec.approved_by))
-
-
-async def next_result_number(conn: AsyncConnection, *, lot_id: str) -> int:
-    """The number of the lot's next result (1, 2, ...); holds the lot's row until commit."""
-    return (await conn.execute(_NEXT_NUMBER, {"b_lot_id": lot_id})).scalar_one()
-
-
-async def add_result(conn: AsyncConnection, *, result: Result, fingerprint: str) -> int:
-    """Insert a result and return its sequence (IntegrityError if its key is taken)."""
-    m = result.measurement
-    if isinstance(m, Quantity):
-        outcome, value, unit = None, m.value, m.unit
+async def results_by_keys(conn: AsyncConnection, *, instrument_id: str,
+                          instrument_result_ids: Sequence[str]) -> dict[str, StoredResult]:
+    """The results an instrument stored under these ids, by id."""
+    if len(instrument_result_ids) == 1:
+        where = results.c.instrument_result_id == instrument_result_ids[0]
     else:
-        outcome, value, unit = m.value, None, None
-    return (await conn.execute(_INSERT_RESULT, {
+        where = results.c.instrument_result_id.in_(list(instrument_result_ids))
+    rows = await conn.execute(select(results).where(results.c.instrument_id == instrument_id,
+                                                    where))
+    return {row.instrument_result_id: _stored(row) for row in rows}
+
+
+_NEXT_NUMBERS = (update(known_lots).where(known_lots.c.lot_id == bindparam("b_lot_id"))
+                 .values(result_count=known_lots.c.result_count + bindparam("b_count"))
+                 .returning(known_lots.c.material_code, known_lots.c.result_count))
+_SET_COUNT = (update(known_lots).where(known_lots.c.lot_id == bindparam("b_lot_id"))
+              .values(result_count=bindparam("b_count")))
+
+
+async def take_result_numbers(conn: AsyncConnection, *, counts: dict[str, int]
+                              ) -> dict[str, tuple[str, int]]:
+    """Reserve each lot's next `count` result numbers: lot -> (its material, the first
+    number reserved); a lot not known here is left out. Holds the lots' rows until commit
+    (in lot order), so that concurrent results of one lot are numbered 1, 2, 3, ... and
+    checked one after another."""
+    if len(counts) == 1:
+        ((lot_id, count),) = counts.items()
+        row = (await conn.execute(_NEXT_NUMBERS, {"b_lot_id": lot_id, "b_count": count})).first()
+        return {lot_id: (row.material_code, row.result_count - count + 1)} if row else {}
+    rows = (await conn.execute(
+        select(known_lots.c.lot_id, known_lots.c.material_code, known_lots.c.result_count)
+        .where(known_lots.c.lot_id.in_(sorted(counts))).order_by(known_lots.c.lot_id)
+        .with_for_update())).all()
+    if rows:
+        await conn.execute(_SET_COUNT, [{"b_lot_id": r.lot_id,
+                                         "b_count": r.result_count + counts[r.lot_id]}
+                                        for r in rows])
+    return {r.lot_id: (r.material_code, r.result_count + 1) for r in rows}
+
+
+_PRIOR = select(results.c.result_id, results.c.test, results.c.verdict, results.c.state,
+                results.c.retest_of)
+
+
+async def prior_results(conn: AsyncConnection, *, lot_ids: Sequence[str]
+                        ) -> dict[tuple[str, TestKind], list[PriorResult]]:
+    """What posting needs of the lots' earlier results, by (lot, test), in recording order."""
+    query = _PRIOR.add_columns(results.c.lot_id)
+    if len(lot_ids) == 1:
+        query = query.where(results.c.lot_id == lot_ids[0])
+    else:
+        query = query.where(results.c.lot_id.in_(list(lot_ids)))
+    rows = (await conn.execute(query.order_by(results.c.sequence))).all()
+    retested = {row.retest_of for row in rows if row.retest_of}
+    found: dict[tuple[str, TestKind], list[PriorResult]] = {}
+    for row in rows:
+        found.setdefault((row.lot_id, TestKind(row.test)), []).append(PriorResult(
+            result_id=row.result_id, verdict=Verdict(row.verdict),
+            state=ResultState(row.state), retested=row.result_id in retested))
+    return found
+
+
+def _row(result: Result, fingerprint: str) -> dict[str, Any]:
+    m = result.measurement
+    outcome = value = unit = score = None
+    if isinstance(m, Quantity):
+        value, unit = m.value, m.unit
+    elif isinstance(m, IdentityScore):
+        score = m.score
+    else:
+        outcome = m.value
+    return {
         "result_id": result.result_id, "lot_id": result.lot_id,
         "material_code": result.material_code, "test": result.test.value,
-        "instrument_id": result.instrument_id, "idempotency_key": result.idempotency_key,
-        "fingerprint": fingerprint, "outcome": outcome, "value": value, "unit": unit,
+        "instrument_id": result.instrument_id,
+        "instrument_result_id": result.instrument_result_id, "fingerprint": fingerprint,
+        "outcome": outcome, "value": value, "unit": unit, "score": score,
         "verdict": result.verdict.value, "verdict_reason": result.verdict_reason,
-        "spec_version": result.spec_version, "measured_at": result.measured_at,
-        "recorded_at": result.recorded_at,
-        "lot_result_number": result.lot_result_number})).scalar_one()
+        "spec_version": result.spec_version,
+        "required_tests": ",".join(t.value for t in result.required_tests),
+        "judged_value": result.judged.value if result.judged else None,
+        "judged_unit": result.judged.unit if result.judged else None,
+        "measured_at": result.measured_at, "recorded_at": result.recorded_at,
+        "lot_result_number": result.lot_result_number,
+        "retest_of": result.retest_of or None, "state": result.state.value,
+        "state_reason": None, "state_changed_by": None, "state_changed_at": None,
+    }
 
 
-async def get_result_by_key(conn: AsyncConnection, *, instrument_id: str,
-                            idempotency_key: str) -> StoredResult | None:
-    """The result an instrument stored under an idempotency key, or None."""
-    row = (await conn.execute(select(results).where(
-        results.c.instrument_id == instrument_id,
-        results.c.idempotency_key == idempotency_key))).first()
-    return _stored(row) if row else None
+_INSERT_RESULT = insert(results).returning(results.c.sequence)
+_INSERT_RESULTS = insert(results).returning(results.c.sequence, sort_by_parameter_order=True)
+
+
+async def add_results(conn: AsyncConnection, *, new: Sequence[tuple[Result, str]]
+                      ) -> list[int]:
+    """Insert (result, fingerprint) pairs; their sequences, in the same order
+    (IntegrityError if an instrument_result_id is taken)."""
+    if len(new) == 1:
+        return [(await conn.execute(_INSERT_RESULT, _row(*new[0]))).scalar_one()]
+    rows = await conn.execute(_INSERT_RESULTS, [_row(r, f) for r, f in new])
+    return [row.sequence for row in rows]
+
+
+async def get_result(conn: AsyncConnection, *, result_id: str,
+                     for_update: bool = False) -> Result | None:
+    query = select(results).where(results.c.result_id == result_id)
+    if for_update:
+        query = query.with_for_update()
+    row = (await conn.execute(query)).first()
+    return _stored(row).result if row else None
+
+
+async def change_state(conn: AsyncConnection, *, result_id: str, state: ResultState,
+                       reason: str, changed_by: str, changed_at: datetime) -> bool:
+    """Move a VALID result to `state`; False when it is no longer VALID. The measurement
+    and verdict are never written here."""
+    done = await conn.execute(
+        update(results).where(results.c.result_id == result_id,
+                              results.c.state == ResultState.VALID.value)
+        .values(state=state.value, state_reason=reason, state_changed_by=changed_by,
+                state_changed_at=changed_at))
+    return done.rowcount == 1
 
 
 async def list_lot_results(conn: AsyncConnection, *, lot_id: str) -> list[Result]:
@@ -177,6 +442,34 @@ async def list_lot_results(conn: AsyncConnection, *, lot_id: str) -> list[Result
     rows = await conn.execute(select(results).where(results.c.lot_id == lot_id)
                               .order_by(results.c.sequence))
     return [_stored(row).result for row in rows]
+
+
+async def measured_at_of(conn: AsyncConnection, *, sequence: int) -> datetime | None:
+    """When the result with this sequence was measured (page tokens point at results)."""
+    return (await conn.execute(select(results.c.measured_at)
+                               .where(results.c.sequence == sequence))).scalar_one_or_none()
+
+
+async def instrument_results_page(conn: AsyncConnection, *, instrument_id: str,
+                                  measured_from: datetime | None,
+                                  measured_before: datetime | None,
+                                  after: tuple[datetime, int] | None,
+                                  limit: int) -> list[Result]:
+    """An instrument's results in (measured_at, sequence) order, after position `after`."""
+    r = results.c
+    query = select(results).where(r.instrument_id == instrument_id)
+    if measured_from is not None:
+        query = query.where(r.measured_at >= measured_from)
+    if measured_before is not None:
+        query = query.where(r.measured_at < measured_before)
+    if after is not None:
+        query = query.where(or_(r.measured_at > after[0],
+                                (r.measured_at == after[0]) & (r.sequence > after[1])))
+    rows = await conn.execute(query.order_by(r.measured_at, r.sequence).limit(limit))
+    return [_stored(row).result for row in rows]
+
+
+# Known lots
 
 
 async def known_lot_material(conn: AsyncConnection, *, lot_id: str) -> str | None:
