@@ -11,6 +11,7 @@ from lotgate.results.v1 import events_pb2 as result_events
 from lotgate.suppliers.v1 import events_pb2 as supplier_events
 from services.lots import handlers
 from services.lots.api import LotApi
+from services.lots.domain import ResultState
 from services.lots.read_model import StatusCache
 from services.lots.tables import tables
 from shared import messaging
@@ -32,6 +33,12 @@ def build(infra: Infrastructure) -> ServiceParts:
     async def on_results(uow: UnitOfWork, events: list[Any]) -> None:
         await handlers.apply_results(uow, events, cache)
 
+    async def on_invalidations(uow: UnitOfWork, events: list[Any]) -> None:
+        await handlers.apply_result_states(uow, events, cache, state=ResultState.INVALIDATED)
+
+    async def on_confirmations(uow: UnitOfWork, events: list[Any]) -> None:
+        await handlers.apply_result_states(uow, events, cache, state=ResultState.CONFIRMED)
+
     async def on_qualifications(uow: UnitOfWork, events: list[Any]) -> None:
         await handlers.apply_qualifications(uow, events, cache)
 
@@ -44,6 +51,19 @@ def build(infra: Infrastructure) -> ServiceParts:
                          subject=messaging.RESULT_RECORDED,
                          durable="lots-result-recorded",
                          message_type=result_events.ResultRecorded, batch_handler=on_results),
+            # QA's handling of out-of-specification results. Each subject has its own
+            # consumer, so these may overtake a result's ResultRecorded (and each other):
+            # the projection converges whatever the order.
+            Subscription(stream=messaging.RESULTS_STREAM.name,
+                         subject=messaging.RESULT_INVALIDATED,
+                         durable="lots-result-invalidated",
+                         message_type=result_events.ResultInvalidated,
+                         batch_handler=on_invalidations),
+            Subscription(stream=messaging.RESULTS_STREAM.name,
+                         subject=messaging.RESULT_CONFIRMED,
+                         durable="lots-result-confirmed",
+                         message_type=result_events.ResultConfirmed,
+                         batch_handler=on_confirmations),
             Subscription(stream=messaging.SUPPLIERS_STREAM.name,
                          subject=messaging.QUALIFICATION_CHANGED,
                          durable="lots-qualification-changed",

@@ -1,10 +1,17 @@
 """The release rule. Pure: no I/O, no clock of its own; everything it uses is an argument.
 
 A lot is RELEASED only when, at decision time, its supplier's site is qualified for its
-material (and the approval has not lapsed), the lot is within its expiry date, and the
-latest identity, purity and sterility results all pass. A failing result rejects the lot.
-Results arrive already judged by the results service against the specification version
-in force; that version travels with each result and is kept in the decision record.
+material (and the approval has not lapsed), the lot is within its expiry date, and every
+required test passes: identity, purity and sterility always, and any other test (assay,
+bioburden, ...) that the specification version of one of its results requires.
+
+A failing result no longer rejects the lot at once: it is out of specification and under
+investigation, and it holds the lot (ON_HOLD) until QA either confirms it (the lot is
+REJECTED) or invalidates it (a laboratory error: the result no longer counts, and the
+test is decided by the other results of that test, or waits for a retest). Results
+arrive already judged by the results service against the specification version in force;
+that version, the tests it requires and QA's verdict on each result travel with it and
+are kept in the decision record.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ class LotStatus(StrEnum):
     QUARANTINE = "QUARANTINE"
     RELEASED = "RELEASED"
     REJECTED = "REJECTED"
+    # A result is out of specification and under investigation.
+    ON_HOLD = "ON_HOLD"
 
 
 class TestKind(StrEnum):
@@ -29,14 +38,25 @@ class TestKind(StrEnum):
     IDENTITY = "IDENTITY"
     PURITY = "PURITY"
     STERILITY = "STERILITY"
+    ASSAY = "ASSAY"
+    BIOBURDEN = "BIOBURDEN"
 
 
+# Required of every lot, whatever its specification says.
 REQUIRED_TESTS = (TestKind.IDENTITY, TestKind.PURITY, TestKind.STERILITY)
 
 
 class Verdict(StrEnum):
     PASS = "PASS"
     FAIL = "FAIL"
+
+
+class ResultState(StrEnum):
+    """Where a result stands in QA's handling."""
+
+    VALID = "VALID"  # counts; a VALID failure is under investigation
+    INVALIDATED = "INVALIDATED"  # a laboratory error: kept, no longer counts
+    CONFIRMED = "CONFIRMED"  # an out-of-specification result QA confirmed
 
 
 @dataclass(frozen=True)
@@ -69,6 +89,13 @@ class ResultFacts:
     spec_version: int
     # The lot's 1st, 2nd, ... result, numbered without gaps by the results service.
     number: int = 0
+    state: ResultState = ResultState.VALID
+    # Why QA invalidated or confirmed it ("" when not known).
+    state_reason: str = ""
+    # The invalidated result this one retests ("" when none).
+    retest_of: str = ""
+    # The tests of the specification version it was judged against: all must pass.
+    required_tests: tuple[TestKind, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -82,8 +109,11 @@ class Unmet:
 class Decision:
     status: LotStatus
     unmet: tuple[Unmet, ...]
-    # The results that counted (latest per test), for the decision record.
+    # The results that counted, for the decision record: per test, the confirmed or
+    # investigated failures, else the latest result that counts.
     used_results: tuple[ResultFacts, ...] = field(default=())
+    # The tests the rule required, in TestKind order.
+    required_tests: tuple[TestKind, ...] = field(default=REQUIRED_TESTS)
 
 
 _SUPPLIER_RULE = "ICH Q7 7.12, 7.31; EU GMP Part I 5.27-5.30"
@@ -91,8 +121,11 @@ _TEST_RULES = {
     TestKind.IDENTITY: "21 CFR 211.84(d)(1); ICH Q7 7.30",
     TestKind.PURITY: "21 CFR 211.84(d)(2)",
     TestKind.STERILITY: "21 CFR 211.84(d)(6)",
+    TestKind.ASSAY: "21 CFR 211.84(d)(2)",
+    TestKind.BIOBURDEN: "21 CFR 211.84(d)(6); USP <61>",
 }
 _REJECT_RULE = "21 CFR 211.84(e)"
+_OOS_RULE = "21 CFR 211.192; FDA guidance on investigating OOS results (2006)"
 _EXPIRY_RULE = "21 CFR 211.87; ICH Q7 7.5"
 _COMPLETE_RECORDS_RULE = "21 CFR 211.194(a); EU GMP Annex 11 section 4.8"
 
@@ -105,14 +138,19 @@ def missing_results(results: Iterable[ResultFacts]) -> list[int]:
     return sorted(set(range(1, max(numbers) + 1)) - numbers)
 
 
-def latest_results(results: Iterable[ResultFacts]) -> dict[TestKind, ResultFacts]:
-    """The latest result per test: later results supersede earlier ones."""
-    latest: dict[TestKind, ResultFacts] = {}
+def _order(result: ResultFacts) -> tuple[int, str]:
+    # Later results supersede earlier ones; the id only breaks (impossible) ties, so the
+    # outcome never depends on the order results are given in.
+    return (result.sequence, result.result_id)
+
+
+def required_tests(results: Iterable[ResultFacts]) -> tuple[TestKind, ...]:
+    """Identity, purity and sterility, and every test a result's specification requires,
+    in TestKind order."""
+    wanted = set(REQUIRED_TESTS)
     for result in results:
-        held = latest.get(result.test)
-        if held is None or result.sequence > held.sequence:
-            latest[result.test] = result
-    return latest
+        wanted.update(result.required_tests)
+    return tuple(test for test in TestKind if test in wanted)
 
 
 def qualification_unmet(lot: LotFacts, qualification: QualificationFacts | None,
@@ -143,32 +181,51 @@ def decide(lot: LotFacts, qualification: QualificationFacts | None,
            results: Iterable[ResultFacts], now: datetime) -> Decision:
     """The release decision for `lot` from what is known at `now`.
 
-    A failing result rejects the lot whatever came after it: a retest cannot overrule a
-    failure (only an invalidation, which removes the result, can). So the decision
-    depends on the set of results, never on the order in which they arrived.
+    Per required test, the results that count are those not invalidated. A failure QA
+    confirmed rejects the lot; a failure still under investigation holds it; otherwise
+    the latest result that counts decides, and a test whose only results were
+    invalidated waits for its retest. A passing retest cannot overrule a failure that
+    still counts: only QA's invalidation removes it. So the decision depends on the set
+    of results and their states, never on the order in which they arrived.
     """
-    results = list(results)
+    results = sorted(results, key=_order)
     unmet: list[Unmet] = []
     supplier = qualification_unmet(lot, qualification, now)
     if supplier:
         unmet.append(supplier)
-    latest = latest_results(results)
+    required = required_tests(results)
     used: list[ResultFacts] = []
-    failed = False
-    for test in REQUIRED_TESTS:
+    rejected = on_hold = False
+    for test in required:
         name = test.value.lower()
-        failures = sorted((r for r in results if r.test is test and r.verdict is Verdict.FAIL),
-                          key=lambda r: r.sequence)
-        if failures:
-            failed = True
-            used.extend(failures)
-            ids = ", ".join(r.result_id for r in failures)
+        of_test = [r for r in results if r.test is test]
+        counted = [r for r in of_test if r.state is not ResultState.INVALIDATED]
+        failures = [r for r in counted if r.verdict is Verdict.FAIL]
+        confirmed = [r for r in failures if r.state is ResultState.CONFIRMED]
+        investigated = [r for r in failures if r.state is ResultState.VALID]
+        if confirmed:
+            rejected = True
+            used.extend(confirmed)
+            ids = ", ".join(r.result_id for r in confirmed)
             unmet.append(Unmet(f"{test.value}_FAILED",
                                f"{name} result {ids} fails its specification "
-                               f"(version {failures[0].spec_version})",
+                               f"(version {confirmed[0].spec_version}); confirmed by QA",
                                f"{_TEST_RULES[test]}; {_REJECT_RULE}"))
-        elif test in latest:
-            used.append(latest[test])
+        elif investigated:
+            on_hold = True
+            used.extend(investigated)
+            ids = ", ".join(r.result_id for r in investigated)
+            unmet.append(Unmet(f"{test.value}_OUT_OF_SPECIFICATION",
+                               f"{name} result {ids} is out of specification and under "
+                               "investigation", _OOS_RULE))
+        elif counted:  # no failure counts: the latest result passes
+            used.append(counted[-1])
+        elif of_test:  # every result of this test was invalidated
+            last = of_test[-1]
+            why = f" ({last.state_reason})" if last.state_reason else ""
+            unmet.append(Unmet(f"{test.value}_RETEST_REQUIRED",
+                               f"{name} result {last.result_id} was invalidated{why}; "
+                               "a retest is expected", _TEST_RULES[test]))
         else:
             unmet.append(Unmet(f"{test.value}_MISSING", f"no {name} result yet",
                                _TEST_RULES[test]))
@@ -182,27 +239,38 @@ def decide(lot: LotFacts, qualification: QualificationFacts | None,
     if now.date() > lot.expiry_date:
         unmet.append(Unmet("LOT_EXPIRED", f"the lot expired on {lot.expiry_date.isoformat()}",
                            _EXPIRY_RULE))
-    if failed:
+    if rejected:
         status = LotStatus.REJECTED
+    elif on_hold:
+        status = LotStatus.ON_HOLD
     elif unmet:
         status = LotStatus.QUARANTINE
     else:
         status = LotStatus.RELEASED
-    return Decision(status, tuple(unmet), tuple(used))
+    return Decision(status, tuple(unmet), tuple(used), required)
+
+
+# Conditions about the supplier's standing alone. A released lot is not silently pulled
+# back for these: QA reviews it instead (see the review list).
+SUPPLIER_CODES = frozenset({"SUPPLIER_NOT_QUALIFIED", "SUPPLIER_SUSPENDED",
+                            "SUPPLIER_DISQUALIFIED", "QUALIFICATION_EXPIRED"})
 
 
 def next_status(current: LotStatus | None, decision: Decision) -> LotStatus:
     """The status a lot moves to, given the status it has and a fresh decision.
 
-    REJECTED is final. A released lot goes back to quarantine only when it expires or
-    is rejected by a failing result: a supplier lapse after release does not silently
-    change it (QA reviews such lots).
+    REJECTED is final. A released lot stays released when the only unmet conditions are
+    about its supplier (a lapse after release: QA reviews such lots); anything about the
+    lot itself pulls it back: its expiry, a result invalidated after release (a retest
+    is needed), a result that has not arrived (QUARANTINE), a result out of specification
+    (ON_HOLD) or a confirmed failure (REJECTED). A lot ON_HOLD takes whatever the decision
+    says once QA has dealt with the result.
     """
     if current is LotStatus.REJECTED:
         return LotStatus.REJECTED
     if current is LotStatus.RELEASED and decision.status is LotStatus.QUARANTINE:
-        expired = any(u.code == "LOT_EXPIRED" for u in decision.unmet)
-        return LotStatus.QUARANTINE if expired else LotStatus.RELEASED
+        supplier_only = all(u.code in SUPPLIER_CODES for u in decision.unmet)
+        return LotStatus.RELEASED if supplier_only else LotStatus.QUARANTINE
     return decision.status
 
 

@@ -2,7 +2,11 @@
 
 Every path that can change a lot's status goes through `_decide_and_record`, which runs
 the pure rule, applies the transition policy, and writes the new status, its decision
-record and its LotStatusChanged event together. A qualification withdrawn after release
+record and its LotStatusChanged event together. Results come from three events of the
+results service, which may arrive in any order relative to each other: ResultRecorded,
+ResultInvalidated and ResultConfirmed; each carries the full result, so whichever comes
+first puts the result in the projection, and a state once INVALIDATED or CONFIRMED is
+never set back to VALID. A qualification withdrawn after release
 does not change a released lot: it opens a review of it for QA (`lot_reviews`), with its
 LotReviewRequired event, in the same unit of work as the projection update.
 """
@@ -29,7 +33,9 @@ from services.lots.domain import (
     LotStatus,
     QualificationFacts,
     ResultFacts,
+    ResultState,
     ReviewState,
+    TestKind,
     decide,
     must_close,
     needs_review,
@@ -47,11 +53,18 @@ from shared.uow import UnitOfWork, new_event_id
 log = get_logger(__name__)
 
 _TESTS = {
-    results_pb2.TEST_KIND_IDENTITY: "IDENTITY",
-    results_pb2.TEST_KIND_PURITY: "PURITY",
-    results_pb2.TEST_KIND_STERILITY: "STERILITY",
+    results_pb2.TEST_KIND_IDENTITY: TestKind.IDENTITY,
+    results_pb2.TEST_KIND_PURITY: TestKind.PURITY,
+    results_pb2.TEST_KIND_STERILITY: TestKind.STERILITY,
+    results_pb2.TEST_KIND_ASSAY: TestKind.ASSAY,
+    results_pb2.TEST_KIND_BIOBURDEN: TestKind.BIOBURDEN,
 }
 _VERDICTS = {results_pb2.VERDICT_PASS: "PASS", results_pb2.VERDICT_FAIL: "FAIL"}
+_STATES = {
+    results_pb2.RESULT_STATE_VALID: ResultState.VALID,
+    results_pb2.RESULT_STATE_INVALIDATED: ResultState.INVALIDATED,
+    results_pb2.RESULT_STATE_CONFIRMED: ResultState.CONFIRMED,
+}
 _QUALIFICATION = {
     suppliers_pb2.QUALIFICATION_STATUS_PENDING: "PENDING",
     suppliers_pb2.QUALIFICATION_STATUS_QUALIFIED: "QUALIFIED",
@@ -112,30 +125,80 @@ async def receive_lot(uow: UnitOfWork, cmd: ReceiveLot, cache: StatusCache) -> l
     return lot_to_proto(row, entry.as_of(now))
 
 
+def _result_row(r: results_pb2.Result, state: ResultState | None) -> dict[str, Any]:
+    """A lot_results row from a result as the results service published it.
+
+    `state` is the one the event stands for (None: the result's own, VALID when unset).
+    Anything this service cannot read is refused (the event is parked): a test it does
+    not know could be a required one, and must never be skipped.
+    """
+    if r.test not in _TESTS or r.verdict not in _VERDICTS:
+        raise ValueError(f"result {r.result_id} has an unknown test or verdict")
+    unknown = [t for t in r.required_tests if t not in _TESTS]
+    if unknown:
+        raise ValueError(f"result {r.result_id} requires unknown tests {unknown}")
+    own = ResultState.VALID if r.state == results_pb2.RESULT_STATE_UNSPECIFIED else (
+        _STATES.get(r.state))
+    if own is None or (state is not None and own not in (ResultState.VALID, state)):
+        raise ValueError(f"result {r.result_id} has state {r.state}, not {state}")
+    return {
+        "result_id": r.result_id, "lot_id": r.lot_id, "material_code": r.material_code,
+        "test": _TESTS[r.test].value, "verdict": _VERDICTS[r.verdict],
+        "sequence": r.sequence, "spec_version": r.spec_version,
+        "recorded_at": from_timestamp(r.recorded_at), "lot_result_number": r.lot_result_number,
+        "state": (state or own).value, "state_reason": r.state_reason,
+        "retest_of": r.retest_of or None,
+        "required_tests": repository.tests_to_text(
+            sorted({_TESTS[t] for t in r.required_tests}, key=list(TestKind).index)),
+    }
+
+
 async def apply_results(uow: UnitOfWork, events: Sequence[result_events.ResultRecorded],
                         cache: StatusCache) -> None:
-    """Project recorded results and decide every lot they concern."""
-    rows = []
-    for event in events:
-        r = event.result
-        if r.test not in _TESTS or r.verdict not in _VERDICTS:
-            raise ValueError(f"result {r.result_id} has an unknown test or verdict")
-        rows.append({
-            "result_id": r.result_id, "lot_id": r.lot_id, "material_code": r.material_code,
-            "test": _TESTS[r.test], "verdict": _VERDICTS[r.verdict], "sequence": r.sequence,
-            "spec_version": r.spec_version, "recorded_at": from_timestamp(r.recorded_at),
-            "lot_result_number": r.lot_result_number,
-        })
+    """Project recorded results and decide every lot they concern.
+
+    A result the projection holds already (from a redelivery, or from its invalidation
+    or confirmation arriving first) is left as it is.
+    """
+    # In result id order, like apply_result_states: two consumers writing the same
+    # results take their row locks in the same order, never crosswise.
+    rows = sorted((_result_row(event.result, None) for event in events),
+                  key=lambda row: row["result_id"])
     await repository.add_results(uow.conn, rows=rows)
-    keys = await _keys_of(uow, {row["lot_id"] for row in rows}, cache)
+    causes = ", ".join(sorted({row["result_id"] for row in rows}))
+    await _redecide(uow, {row["lot_id"] for row in rows}, cache, cause=f"results {causes}")
+
+
+async def apply_result_states(
+        uow: UnitOfWork,
+        events: Sequence[result_events.ResultInvalidated | result_events.ResultConfirmed],
+        cache: StatusCache, *, state: ResultState) -> None:
+    """Project QA's invalidations (or confirmations) of results and re-decide their lots.
+
+    The result is inserted when its ResultRecorded has not arrived yet (the event carries
+    the full result), else its state is set; a result already out of VALID keeps its state.
+    """
+    rows = {}
+    for event in events:  # one row per result: a batch may hold two events of one result
+        row = _result_row(event.result, state)
+        rows[row["result_id"]] = row
+    await repository.set_result_states(uow.conn, rows=[rows[k] for k in sorted(rows)])
+    word = "invalidated" if state is ResultState.INVALIDATED else "confirmed"
+    await _redecide(uow, {row["lot_id"] for row in rows.values()}, cache,
+                    cause=f"{word} {', '.join(sorted(rows))}")
+
+
+async def _redecide(uow: UnitOfWork, lot_ids: set[str], cache: StatusCache, *,
+                    cause: str) -> None:
+    """Decide the received lots among `lot_ids` again: qualification rows locked first,
+    then lot rows, then their results read."""
+    keys = await _keys_of(uow, lot_ids, cache)
     if not keys:
         return  # results for lots not received yet wait in the projection
     qualifications = await repository.lock_qualifications(uow.conn, keys=keys.values())
     locked = await repository.lots_by_id(uow.conn, lot_ids=keys, for_update=True)
     results = await repository.results_of(uow.conn, lot_ids=[lot.lot_id for lot in locked])
-    causes = ", ".join(sorted({e.result.result_id for e in events}))[:200]
-    await _decide_and_record(uow, locked, qualifications, results, cache,
-                             cause=f"results {causes}")
+    await _decide_and_record(uow, locked, qualifications, results, cache, cause=cause[:200])
 
 
 async def _keys_of(uow: UnitOfWork, lot_ids: set[str], cache: StatusCache) -> dict[str, Key]:
@@ -256,11 +319,16 @@ async def _decide_and_record(uow: UnitOfWork, lots: Sequence[Any],
                 "status": qualification.status, "version": qualification.version,
                 "valid_until": (qualification.valid_until.isoformat()
                                 if qualification.valid_until else None)},
-            # Every result the rule saw, and which of them counted.
+            # Every result the rule saw, with QA's state of it, and which of them counted.
             "results": [{"result_id": r.result_id, "test": r.test.value,
                          "verdict": r.verdict.value, "sequence": r.sequence,
-                         "number": r.number, "spec_version": r.spec_version}
-                        for r in sorted(results.get(lot.lot_id, ()), key=lambda r: r.sequence)],
+                         "number": r.number, "spec_version": r.spec_version,
+                         "state": r.state.value, "state_reason": r.state_reason,
+                         "retest_of": r.retest_of,
+                         "required_tests": [t.value for t in r.required_tests]}
+                        for r in sorted(results.get(lot.lot_id, ()),
+                                        key=lambda r: (r.sequence, r.result_id))],
+            "required_tests": [t.value for t in decision.required_tests],
             "counted": [r.result_id for r in decision.used_results],
             "rule_status": decision.status.value,
         }

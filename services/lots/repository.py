@@ -7,19 +7,21 @@ deciding from a stale qualification.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, tuple_, update
+from sqlalchemy import Insert, bindparam, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.lots.domain import (
     LotStatus,
     QualificationFacts,
     ResultFacts,
+    ResultState,
     TestKind,
     Unmet,
     Verdict,
@@ -105,11 +107,15 @@ def _of_key(key: Key) -> Any:
         lots.c.material_code == key[2])
 
 
+# Statuses a qualification change can still move a lot out of.
+_OPEN = (LotStatus.QUARANTINE.value, LotStatus.ON_HOLD.value)
+
+
 async def open_lots_of(conn: AsyncConnection, *, key: Key) -> list[Any]:
-    """Lots of a supplier site and material that a qualification change can still decide,
-    locked."""
+    """Lots of a supplier site and material that a qualification change can still decide
+    (in QUARANTINE or ON_HOLD), locked."""
     return list(await conn.execute(
-        select(lots).where(_of_key(key), lots.c.status == LotStatus.QUARANTINE.value)
+        select(lots).where(_of_key(key), lots.c.status.in_(_OPEN))
         .order_by(lots.c.lot_id).with_for_update()))
 
 
@@ -125,20 +131,57 @@ async def released_lots_of(conn: AsyncConnection, *, key: Key) -> list[Any]:
         .order_by(lots.c.lot_id)))
 
 
+def tests_to_text(tests: Iterable[TestKind]) -> str:
+    return ",".join(test.value for test in tests)
+
+
+def tests_from_text(text: str) -> tuple[TestKind, ...]:
+    return tuple(TestKind(name) for name in text.split(",") if name)
+
+
 async def add_results(conn: AsyncConnection, *, rows: Sequence[dict[str, Any]]) -> None:
-    """Store results in the projection; ones already there are left as they are."""
+    """Store results in the projection; ones already there are left as they are (so a
+    late ResultRecorded never turns an invalidated or confirmed result back to VALID)."""
     if rows:
         await conn.execute(insert_ignoring_duplicates(lot_results, conn.dialect.name), rows)
 
 
+async def set_result_states(conn: AsyncConnection, *, rows: Sequence[dict[str, Any]]) -> None:
+    """Store QA's invalidation or confirmation of results (full rows, one per result).
+
+    A result not in the projection yet (its ResultRecorded is still on its way) is
+    inserted as it is; one that is there and still VALID takes the new state. A result
+    invalidated or confirmed already keeps its state: the results service moves a result
+    out of VALID once, and never back.
+    """
+    if rows:
+        await conn.execute(_upsert_state(conn.dialect.name), list(rows))
+
+
+@functools.cache
+def _upsert_state(dialect_name: str) -> Insert:
+    if dialect_name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    statement = dialect_insert(lot_results)
+    return statement.on_conflict_do_update(
+        index_elements=[lot_results.c.result_id],
+        set_={"state": statement.excluded.state,
+              "state_reason": statement.excluded.state_reason},
+        where=lot_results.c.state == ResultState.VALID.value)
+
+
 async def results_of(conn: AsyncConnection, *,
                      lot_ids: Iterable[str]) -> dict[str, list[ResultFacts]]:
-    """Every known result per lot."""
+    """Every known result per lot, whatever its state."""
     found: dict[str, list[ResultFacts]] = defaultdict(list)
     rows = await conn.execute(select(lot_results).where(lot_results.c.lot_id.in_(list(lot_ids))))
     for r in rows:
-        found[r.lot_id].append(ResultFacts(r.result_id, TestKind(r.test), Verdict(r.verdict),
-                                           r.sequence, r.spec_version, r.lot_result_number))
+        found[r.lot_id].append(ResultFacts(
+            r.result_id, TestKind(r.test), Verdict(r.verdict), r.sequence, r.spec_version,
+            r.lot_result_number, state=ResultState(r.state), state_reason=r.state_reason,
+            retest_of=r.retest_of or "", required_tests=tests_from_text(r.required_tests)))
     return found
 
 

@@ -59,8 +59,11 @@ qualifications = Table(
     Column("version", BigInteger, nullable=False),
 )
 
-# Projection of the results service's ResultRecorded events; kept even for lots not
-# received yet, so that nothing that arrives early is lost.
+# Projection of the results service's ResultRecorded, ResultInvalidated and
+# ResultConfirmed events; kept even for lots not received yet, so that nothing that
+# arrives early is lost. Whichever event of a result arrives first inserts its row (each
+# carries the full result); a later invalidation or confirmation sets `state`; nothing
+# sets a state back to VALID, so the events may arrive in any order.
 lot_results = Table(
     "lot_results", metadata,
     Column("result_id", String(64), primary_key=True),
@@ -72,6 +75,11 @@ lot_results = Table(
     Column("spec_version", BigInteger, nullable=False),
     Column("recorded_at", UtcDateTime, nullable=False),
     Column("lot_result_number", BigInteger, nullable=False),
+    Column("state", String(12), nullable=False),  # VALID, INVALIDATED, CONFIRMED
+    Column("state_reason", Text, nullable=False),  # "" while VALID or when not known
+    Column("retest_of", String(64), nullable=True),  # the invalidated result it retests
+    # The tests of spec_version, comma-joined: "IDENTITY,PURITY,STERILITY,ASSAY".
+    Column("required_tests", String(200), nullable=False),
 )
 
 # Every decision that changed a lot's status or reasons, with everything it used.
@@ -115,4 +123,5 @@ lot_reviews = Table(
 )
 
 # 2: lots and qualifications keyed by supplier site; lot_reviews.
-tables = make_tables(metadata, schema_version=2)
+# 3: lot_results.state, state_reason, retest_of, required_tests (OOS handling).
+tables = make_tables(metadata, schema_version=3)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -26,6 +26,7 @@ from lotgate.results.v1 import results_pb2 as rpb
 from lotgate.suppliers.v1 import suppliers_pb2 as spb
 from lotgate.suppliers.v1 import suppliers_pb2_grpc as spb_grpc
 from services.lots.tables import tables as lot_tables
+from shared import messaging
 from shared.clock import Clock
 from shared.protoconv import to_timestamp
 from shared.runtime import RunningService
@@ -38,6 +39,13 @@ pytestmark = pytest.mark.integration
 
 SITE = "MAIN"
 TESTS = (rpb.TEST_KIND_IDENTITY, rpb.TEST_KIND_PURITY, rpb.TEST_KIND_STERILITY)
+ResultEvent = (result_events.ResultRecorded | result_events.ResultInvalidated
+               | result_events.ResultConfirmed)
+SUBJECTS = {
+    result_events.ResultRecorded: messaging.RESULT_RECORDED,
+    result_events.ResultInvalidated: messaging.RESULT_INVALIDATED,
+    result_events.ResultConfirmed: messaging.RESULT_CONFIRMED,
+}
 
 
 @dataclass
@@ -132,19 +140,51 @@ class System:
         return lot.lot_id
 
     def result_event(self, lot_id: str, material: str, test: int,
-                     verdict: int = rpb.VERDICT_PASS) -> result_events.ResultRecorded:
+                     verdict: int = rpb.VERDICT_PASS, *, required_tests: Sequence[int] = TESTS,
+                     retest_of: str = "", spec_version: int = 1
+                     ) -> result_events.ResultRecorded:
+        """A ResultRecorded as the results service publishes it: the lot's next result,
+        VALID, judged against a specification version requiring `required_tests`."""
         self.sequence += 1
         self.numbers[lot_id] = self.numbers.get(lot_id, 0) + 1
         now = to_timestamp(self.now())
         return result_events.ResultRecorded(
             event_id=str(uuid.uuid4()), occurred_at=now,
             result=rpb.Result(result_id=str(uuid.uuid4()), lot_id=lot_id, material_code=material,
-                              test=test, instrument_id="HPLC-1", verdict=verdict, spec_version=1,
-                              recorded_at=now, sequence=self.sequence,
-                              lot_result_number=self.numbers[lot_id]))
+                              test=test, instrument_id="HPLC-1", verdict=verdict,
+                              spec_version=spec_version, recorded_at=now,
+                              sequence=self.sequence, lot_result_number=self.numbers[lot_id],
+                              state=rpb.RESULT_STATE_VALID, retest_of=retest_of,
+                              required_tests=list(required_tests)))
 
-    async def publish(self, event: result_events.ResultRecorded) -> None:
-        await self.js.publish("lotgate.results.v1.result_recorded", event.SerializeToString(),
+    def invalidation(self, recorded: result_events.ResultRecorded,
+                     reason: str = "laboratory error: wrong dilution, see INV-1"
+                     ) -> result_events.ResultInvalidated:
+        """The ResultInvalidated QA's invalidation of this result publishes."""
+        return result_events.ResultInvalidated(
+            event_id=str(uuid.uuid4()), occurred_at=to_timestamp(self.now()),
+            result=self._changed(recorded.result, rpb.RESULT_STATE_INVALIDATED, reason))
+
+    def confirmation(self, recorded: result_events.ResultRecorded,
+                     reason: str = "no laboratory error found, see INV-2"
+                     ) -> result_events.ResultConfirmed:
+        """The ResultConfirmed QA's confirmation of this result publishes."""
+        return result_events.ResultConfirmed(
+            event_id=str(uuid.uuid4()), occurred_at=to_timestamp(self.now()),
+            result=self._changed(recorded.result, rpb.RESULT_STATE_CONFIRMED, reason))
+
+    def _changed(self, result: rpb.Result, state: int, reason: str) -> rpb.Result:
+        changed = rpb.Result()
+        changed.CopyFrom(result)
+        changed.state = state
+        changed.state_reason = reason
+        changed.state_changed_by = "qa.jane"
+        changed.state_changed_at.CopyFrom(to_timestamp(self.now()))
+        return changed
+
+    async def publish(self, event: ResultEvent) -> None:
+        """Publish as the results service's relay does (on the event's own subject)."""
+        await self.js.publish(SUBJECTS[type(event)], event.SerializeToString(),
                               headers={"Nats-Msg-Id": event.event_id})
 
     async def post_all_passing(self, lot_id: str, material: str) -> None:
@@ -266,12 +306,17 @@ async def test_results_that_arrive_before_the_lot_are_not_lost(system: System) -
     assert lot.release_status.status == pb.LOT_STATUS_RELEASED
 
 
-async def test_a_failing_result_rejects_the_lot(system: System) -> None:
+async def test_a_failing_result_holds_the_lot_and_its_confirmation_rejects_it(
+        system: System) -> None:
     supplier_id = await system.qualified_supplier("MAT-E")
     lot = await system.receive(supplier_id, "MAT-E")
+    failure = system.result_event(lot.lot_id, "MAT-E", rpb.TEST_KIND_STERILITY,
+                                  rpb.VERDICT_FAIL)
 
-    await system.publish(system.result_event(lot.lot_id, "MAT-E", rpb.TEST_KIND_STERILITY,
-                                             rpb.VERDICT_FAIL))
+    await system.publish(failure)
+    held = await system.wait_status(lot.lot_id, pb.LOT_STATUS_ON_HOLD)
+    assert "STERILITY_OUT_OF_SPECIFICATION" in [u.code for u in held.unmet]
+    await system.publish(system.confirmation(failure))
 
     rejected = await system.wait_status(lot.lot_id, pb.LOT_STATUS_REJECTED)
     assert "STERILITY_FAILED" in [u.code for u in rejected.unmet]
@@ -306,7 +351,8 @@ async def test_a_lot_waits_for_a_result_that_was_recorded_but_has_not_arrived(
     lot = await system.receive(supplier_id, "MAT-I")
     identity = system.result_event(lot.lot_id, "MAT-I", rpb.TEST_KIND_IDENTITY)
     lost = system.result_event(lot.lot_id, "MAT-I", rpb.TEST_KIND_PURITY, rpb.VERDICT_FAIL)
-    retest = system.result_event(lot.lot_id, "MAT-I", rpb.TEST_KIND_PURITY)
+    retest = system.result_event(lot.lot_id, "MAT-I", rpb.TEST_KIND_PURITY,
+                                 retest_of=lost.result.result_id)
     sterility = system.result_event(lot.lot_id, "MAT-I", rpb.TEST_KIND_STERILITY)
 
     for event in (identity, retest, sterility):  # number 2, a failure, is delayed
@@ -315,8 +361,12 @@ async def test_a_lot_waits_for_a_result_that_was_recorded_but_has_not_arrived(
     assert waiting.status == pb.LOT_STATUS_QUARANTINE
     await system.publish(lost)
 
-    rejected = await system.wait_status(lot.lot_id, pb.LOT_STATUS_REJECTED)
-    assert [u.code for u in rejected.unmet] == ["PURITY_FAILED"]
+    # The passing retest does not overrule the failure while it counts ...
+    held = await system.wait_status(lot.lot_id, pb.LOT_STATUS_ON_HOLD)
+    assert [u.code for u in held.unmet] == ["PURITY_OUT_OF_SPECIFICATION"]
+    # ... only QA's invalidation of it does.
+    await system.publish(system.invalidation(lost))
+    await system.wait_status(lot.lot_id, pb.LOT_STATUS_RELEASED)
 
 
 async def test_a_poison_message_is_parked_and_the_consumer_keeps_going(system: System) -> None:

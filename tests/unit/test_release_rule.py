@@ -1,4 +1,5 @@
-"""The release rule, exhaustively: every combination of supplier site standing and results."""
+"""The release rule, exhaustively: every combination of supplier site standing, verdicts
+and QA's handling of out-of-specification results."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 
 from services.lots.domain import (
+    REQUIRED_TESTS,
     Decision,
     LotFacts,
     LotStatus,
     QualificationFacts,
     ResultFacts,
+    ResultState,
     TestKind,
+    Unmet,
     Verdict,
     decide,
     expired_on_read,
@@ -23,14 +27,26 @@ from services.lots.domain import (
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 LOT = LotFacts("LOT-1", "MAT-1", "SUP-1", "SITE-1", expiry_date=date(2027, 6, 30))
 QUALIFIED = QualificationFacts("QUALIFIED", NOW + timedelta(days=30), 3)
+OOS_RULE = "21 CFR 211.192; FDA guidance on investigating OOS results (2006)"
+
+VALID, INVALIDATED, CONFIRMED = ResultState.VALID, ResultState.INVALIDATED, ResultState.CONFIRMED
 
 
-def result(test: TestKind, verdict: Verdict = Verdict.PASS, sequence: int = 1) -> ResultFacts:
-    return ResultFacts(f"R-{test.value}-{sequence}", test, verdict, sequence, spec_version=2)
+def result(test: TestKind, verdict: Verdict = Verdict.PASS, sequence: int = 1, *,
+           state: ResultState = VALID, reason: str = "", retest_of: str = "",
+           required: tuple[TestKind, ...] = ()) -> ResultFacts:
+    return ResultFacts(f"R-{test.value}-{sequence}", test, verdict, sequence, spec_version=2,
+                       state=state, state_reason=reason, retest_of=retest_of,
+                       required_tests=required)
 
 
 ALL_PASS = [result(TestKind.IDENTITY, sequence=1), result(TestKind.PURITY, sequence=2),
             result(TestKind.STERILITY, sequence=3)]
+
+
+def but(test: TestKind, *replacements: ResultFacts) -> list[ResultFacts]:
+    """ALL_PASS with the results of `test` replaced."""
+    return [r for r in ALL_PASS if r.test is not test] + list(replacements)
 
 
 def codes(decision: Decision) -> list[str]:
@@ -43,9 +59,10 @@ def test_a_lot_is_released_when_the_supplier_is_qualified_and_all_three_tests_pa
     assert decision.status is LotStatus.RELEASED
     assert decision.unmet == ()
     assert {r.result_id for r in decision.used_results} == {r.result_id for r in ALL_PASS}
+    assert decision.required_tests == REQUIRED_TESTS
 
 
-@pytest.mark.parametrize("missing", list(TestKind))
+@pytest.mark.parametrize("missing", REQUIRED_TESTS)
 def test_lot_stays_quarantined_when_a_test_result_is_missing(missing: TestKind) -> None:
     results = [r for r in ALL_PASS if r.test is not missing]
 
@@ -55,16 +72,216 @@ def test_lot_stays_quarantined_when_a_test_result_is_missing(missing: TestKind) 
     assert codes(decision) == [f"{missing.value}_MISSING"]
 
 
-@pytest.mark.parametrize("failing", list(TestKind))
-def test_lot_is_rejected_when_a_test_fails(failing: TestKind) -> None:
-    results = [r for r in ALL_PASS if r.test is not failing] + [
-        result(failing, Verdict.FAIL, sequence=9)]
+@pytest.mark.parametrize("failing", REQUIRED_TESTS)
+def test_a_failing_result_holds_the_lot_while_it_is_investigated(failing: TestKind) -> None:
+    decision = decide(LOT, QUALIFIED, but(failing, result(failing, Verdict.FAIL, 9)), NOW)
 
-    decision = decide(LOT, QUALIFIED, results, NOW)
+    assert decision.status is LotStatus.ON_HOLD
+    assert decision.unmet == (Unmet(
+        f"{failing.value}_OUT_OF_SPECIFICATION",
+        f"{failing.value.lower()} result R-{failing.value}-9 is out of specification and "
+        "under investigation", OOS_RULE),)
+    assert [r.result_id for r in decision.used_results if r.test is failing] == [
+        f"R-{failing.value}-9"]
+
+
+@pytest.mark.parametrize("failing", REQUIRED_TESTS)
+def test_a_failure_confirmed_by_qa_rejects_the_lot(failing: TestKind) -> None:
+    confirmed = result(failing, Verdict.FAIL, 9, state=CONFIRMED, reason="no lab error")
+
+    decision = decide(LOT, QUALIFIED, but(failing, confirmed), NOW)
 
     assert decision.status is LotStatus.REJECTED
     assert codes(decision) == [f"{failing.value}_FAILED"]
-    assert "211.84(e)" in decision.unmet[0].rule
+    [unmet] = decision.unmet
+    assert unmet.message == (f"{failing.value.lower()} result R-{failing.value}-9 fails its "
+                             "specification (version 2); confirmed by QA")
+    assert unmet.rule.endswith("; 21 CFR 211.84(e)")
+
+
+@pytest.mark.parametrize("failing", REQUIRED_TESTS)
+def test_an_invalidated_result_with_nothing_else_waits_for_its_retest(
+        failing: TestKind) -> None:
+    invalidated = result(failing, Verdict.FAIL, 9, state=INVALIDATED,
+                         reason="pipetting error, see INV-7")
+
+    decision = decide(LOT, QUALIFIED, but(failing, invalidated), NOW)
+
+    assert decision.status is LotStatus.QUARANTINE
+    [unmet] = decision.unmet
+    missing = decide(LOT, QUALIFIED, but(failing), NOW).unmet[0]
+    assert unmet == Unmet(f"{failing.value}_RETEST_REQUIRED",
+                          f"{failing.value.lower()} result R-{failing.value}-9 was "
+                          "invalidated (pipetting error, see INV-7); a retest is expected",
+                          missing.rule)
+    assert invalidated not in decision.used_results
+
+
+def test_an_invalidation_without_a_known_reason_says_so_plainly() -> None:
+    invalidated = result(TestKind.PURITY, Verdict.PASS, 9, state=INVALIDATED)
+
+    [unmet] = decide(LOT, QUALIFIED, but(TestKind.PURITY, invalidated), NOW).unmet
+
+    assert unmet.message == ("purity result R-PURITY-9 was invalidated; "
+                             "a retest is expected")
+
+
+def test_the_retest_required_names_the_latest_invalidated_result() -> None:
+    first = result(TestKind.STERILITY, Verdict.FAIL, 4, state=INVALIDATED, reason="a")
+    retest = result(TestKind.STERILITY, Verdict.FAIL, 8, state=INVALIDATED, reason="b",
+                    retest_of=first.result_id)
+
+    for order in itertools.permutations(but(TestKind.STERILITY, first, retest)):
+        [unmet] = decide(LOT, QUALIFIED, order, NOW).unmet
+        assert unmet.message.startswith("sterility result R-STERILITY-8 was invalidated (b)")
+
+
+def test_an_invalidated_failure_and_a_passing_retest_release_the_lot() -> None:
+    failure = result(TestKind.STERILITY, Verdict.FAIL, 4, state=INVALIDATED, reason="lab")
+    retest = result(TestKind.STERILITY, Verdict.PASS, 5, retest_of=failure.result_id)
+
+    decision = decide(LOT, QUALIFIED, but(TestKind.STERILITY, failure, retest), NOW)
+
+    assert decision.status is LotStatus.RELEASED
+    assert retest in decision.used_results and failure not in decision.used_results
+
+
+def test_an_invalidated_failure_leaves_the_passing_result_before_it_to_count() -> None:
+    passing = result(TestKind.PURITY, Verdict.PASS, 2)
+    failure = result(TestKind.PURITY, Verdict.FAIL, 6, state=INVALIDATED)
+
+    decision = decide(LOT, QUALIFIED, but(TestKind.PURITY, passing, failure), NOW)
+
+    assert decision.status is LotStatus.RELEASED
+    assert passing in decision.used_results
+
+
+def test_an_invalidated_pass_does_not_count_either() -> None:
+    passing = result(TestKind.PURITY, Verdict.PASS, 2)
+    later = result(TestKind.PURITY, Verdict.PASS, 6, state=INVALIDATED)
+
+    decision = decide(LOT, QUALIFIED, but(TestKind.PURITY, passing, later), NOW)
+
+    assert decision.status is LotStatus.RELEASED
+    assert passing in decision.used_results and later not in decision.used_results
+
+
+@pytest.mark.parametrize("state,status,code", [
+    (VALID, LotStatus.ON_HOLD, "STERILITY_OUT_OF_SPECIFICATION"),
+    (CONFIRMED, LotStatus.REJECTED, "STERILITY_FAILED"),
+])
+def test_a_passing_retest_does_not_overrule_a_failure_that_counts_in_any_order(
+        state: ResultState, status: LotStatus, code: str) -> None:
+    fail = result(TestKind.STERILITY, Verdict.FAIL, sequence=4, state=state)
+    retest = result(TestKind.STERILITY, Verdict.PASS, sequence=5)
+
+    for order in itertools.permutations(but(TestKind.STERILITY, fail, retest)):
+        decision = decide(LOT, QUALIFIED, order, NOW)
+        assert (decision.status, codes(decision)) == (status, [code])
+
+
+def test_a_confirmed_failure_outranks_an_investigation_of_the_same_test() -> None:
+    confirmed = result(TestKind.PURITY, Verdict.FAIL, 4, state=CONFIRMED)
+    investigated = result(TestKind.PURITY, Verdict.FAIL, 5)
+
+    decision = decide(LOT, QUALIFIED, but(TestKind.PURITY, confirmed, investigated), NOW)
+
+    assert (decision.status, codes(decision)) == (LotStatus.REJECTED, ["PURITY_FAILED"])
+
+
+def test_rejected_outranks_on_hold_which_outranks_quarantine() -> None:
+    confirmed = result(TestKind.IDENTITY, Verdict.FAIL, 4, state=CONFIRMED)
+    investigated = result(TestKind.PURITY, Verdict.FAIL, 5)
+
+    everything = decide(LOT, None, [confirmed, investigated], NOW)
+    held = decide(LOT, None, [investigated], NOW)
+
+    assert everything.status is LotStatus.REJECTED
+    assert codes(everything) == ["SUPPLIER_NOT_QUALIFIED", "IDENTITY_FAILED",
+                                 "PURITY_OUT_OF_SPECIFICATION", "STERILITY_MISSING"]
+    assert held.status is LotStatus.ON_HOLD
+    assert codes(held) == ["SUPPLIER_NOT_QUALIFIED", "IDENTITY_MISSING",
+                           "PURITY_OUT_OF_SPECIFICATION", "STERILITY_MISSING"]
+
+
+def test_every_investigated_failure_of_a_test_is_named() -> None:
+    results = but(TestKind.PURITY, result(TestKind.PURITY, Verdict.FAIL, 7),
+                  result(TestKind.PURITY, Verdict.FAIL, 5))
+
+    [unmet] = decide(LOT, QUALIFIED, results, NOW).unmet
+
+    assert unmet.message.startswith("purity result R-PURITY-5, R-PURITY-7 is out of")
+
+
+SPEC_WITH_ASSAY = (*REQUIRED_TESTS, TestKind.ASSAY)
+
+
+def test_a_test_the_specification_requires_is_required() -> None:
+    results = [result(r.test, r.verdict, r.sequence, required=SPEC_WITH_ASSAY)
+               for r in ALL_PASS]
+
+    waiting = decide(LOT, QUALIFIED, results, NOW)
+    assay = result(TestKind.ASSAY, Verdict.PASS, 9, required=SPEC_WITH_ASSAY)
+    released = decide(LOT, QUALIFIED, [*results, assay], NOW)
+
+    assert waiting.status is LotStatus.QUARANTINE
+    assert waiting.unmet == (Unmet("ASSAY_MISSING", "no assay result yet",
+                                   "21 CFR 211.84(d)(2)"),)
+    assert waiting.required_tests == SPEC_WITH_ASSAY
+    assert released.status is LotStatus.RELEASED
+    assert assay in released.used_results
+
+
+def test_one_result_of_a_specification_with_a_test_is_enough_to_require_it() -> None:
+    # Even an invalidated one: it was judged against a version that requires bioburden.
+    bioburden = result(TestKind.BIOBURDEN, Verdict.FAIL, 9, state=INVALIDATED,
+                       required=(*REQUIRED_TESTS, TestKind.BIOBURDEN))
+
+    decision = decide(LOT, QUALIFIED, [*ALL_PASS, bioburden], NOW)
+
+    assert codes(decision) == ["BIOBURDEN_RETEST_REQUIRED"]
+    assert decision.unmet[0].rule == "21 CFR 211.84(d)(6); USP <61>"
+
+
+@pytest.mark.parametrize("test,rule", [(TestKind.ASSAY, "21 CFR 211.84(d)(2)"),
+                                       (TestKind.BIOBURDEN, "21 CFR 211.84(d)(6); USP <61>")])
+def test_an_added_test_is_handled_like_the_others(test: TestKind, rule: str) -> None:
+    required = (*REQUIRED_TESTS, test)
+    base = [result(r.test, r.verdict, r.sequence, required=required) for r in ALL_PASS]
+
+    held = decide(LOT, QUALIFIED, [*base, result(test, Verdict.FAIL, 9)], NOW)
+    rejected = decide(LOT, QUALIFIED, [*base, result(test, Verdict.FAIL, 9,
+                                                     state=CONFIRMED)], NOW)
+
+    assert (held.status, codes(held)) == (LotStatus.ON_HOLD,
+                                          [f"{test.value}_OUT_OF_SPECIFICATION"])
+    assert (rejected.status, codes(rejected)) == (LotStatus.REJECTED, [f"{test.value}_FAILED"])
+    assert rejected.unmet[0].rule == f"{rule}; 21 CFR 211.84(e)"
+
+
+def test_a_result_of_a_test_nobody_requires_does_not_decide() -> None:
+    # An assay result judged against a specification without assay cannot hold the lot.
+    stray = result(TestKind.ASSAY, Verdict.FAIL, 9)
+
+    assert decide(LOT, QUALIFIED, [*ALL_PASS, stray], NOW).status is LotStatus.RELEASED
+
+
+def test_the_same_results_in_any_order_give_the_same_decision() -> None:
+    required = (*REQUIRED_TESTS, TestKind.ASSAY)
+    results = [
+        result(TestKind.IDENTITY, Verdict.PASS, 1, required=required),
+        result(TestKind.PURITY, Verdict.FAIL, 2, state=INVALIDATED, reason="column"),
+        result(TestKind.PURITY, Verdict.PASS, 3, retest_of="R-PURITY-2"),
+        result(TestKind.STERILITY, Verdict.FAIL, 4),
+        result(TestKind.STERILITY, Verdict.PASS, 5, state=INVALIDATED),
+        result(TestKind.ASSAY, Verdict.FAIL, 6, state=INVALIDATED),
+    ]
+    expected = decide(LOT, QUALIFIED, results, NOW)
+
+    for order in itertools.permutations(results):
+        assert decide(LOT, QUALIFIED, order, NOW) == expected
+    assert expected.status is LotStatus.ON_HOLD
+    assert codes(expected) == ["STERILITY_OUT_OF_SPECIFICATION", "ASSAY_RETEST_REQUIRED"]
 
 
 @pytest.mark.parametrize("status,code", [
@@ -155,15 +372,6 @@ def test_a_later_passing_result_supersedes_an_earlier_passing_one() -> None:
     assert "R-PURITY-7" in {r.result_id for r in decision.used_results}
 
 
-def test_a_passing_retest_does_not_overrule_a_failure_in_any_order() -> None:
-    fail = result(TestKind.STERILITY, Verdict.FAIL, sequence=4)
-    retest = result(TestKind.STERILITY, Verdict.PASS, sequence=5)
-    base = [r for r in ALL_PASS if r.test is not TestKind.STERILITY]
-
-    for order in itertools.permutations([*base, fail, retest]):
-        assert decide(LOT, QUALIFIED, order, NOW).status is LotStatus.REJECTED
-
-
 def numbered(*pairs: tuple[TestKind, int], verdict: Verdict = Verdict.PASS) -> list[ResultFacts]:
     return [ResultFacts(f"R-{n}", test, verdict, sequence=n, spec_version=1, number=n)
             for test, n in pairs]
@@ -188,66 +396,94 @@ def test_the_missing_result_arriving_completes_the_lot() -> None:
 
 
 def test_the_decision_lists_every_unmet_condition_at_once() -> None:
-    decision = decide(LOT, None, [result(TestKind.PURITY, Verdict.FAIL)], NOW)
+    decision = decide(LOT, None, [result(TestKind.PURITY, Verdict.FAIL, state=CONFIRMED)], NOW)
 
     assert codes(decision) == ["SUPPLIER_NOT_QUALIFIED", "IDENTITY_MISSING", "PURITY_FAILED",
                                "STERILITY_MISSING"]
     assert all(u.message and u.rule for u in decision.unmet)
 
 
+def test_an_invalidated_result_still_fills_its_place_in_the_numbering() -> None:
+    results = numbered((TestKind.IDENTITY, 1), (TestKind.PURITY, 3), (TestKind.STERILITY, 4))
+    invalidated = ResultFacts("R-2", TestKind.PURITY, Verdict.FAIL, sequence=2,
+                              spec_version=1, number=2, state=INVALIDATED)
+
+    assert codes(decide(LOT, QUALIFIED, results, NOW)) == ["RESULTS_INCOMPLETE"]
+    assert decide(LOT, QUALIFIED, [*results, invalidated], NOW).status is LotStatus.RELEASED
+
+
+# What one required test has: nothing, or one result in one verdict and state.
+OUTCOMES = {
+    "none": None,
+    "pass": (Verdict.PASS, VALID),
+    "oos": (Verdict.FAIL, VALID),
+    "confirmed": (Verdict.FAIL, CONFIRMED),
+    "invalidated": (Verdict.FAIL, INVALIDATED),
+    "invalidated-pass": (Verdict.PASS, INVALIDATED),
+}
+
+
 @pytest.mark.parametrize("qual,identity,purity,sterility", list(itertools.product(
     ["", "PENDING", "QUALIFIED", "QUALIFIED-LAPSED", "SUSPENDED", "DISQUALIFIED", "EXPIRED"],
-    [None, Verdict.PASS, Verdict.FAIL],
-    [None, Verdict.PASS, Verdict.FAIL],
-    [None, Verdict.PASS, Verdict.FAIL])))
-def test_released_exactly_when_qualified_and_all_pass_rejected_exactly_when_one_fails(
-        qual: str, identity: Verdict | None, purity: Verdict | None,
-        sterility: Verdict | None) -> None:
+    OUTCOMES, OUTCOMES, OUTCOMES)))
+def test_the_status_follows_from_the_supplier_verdicts_and_states(
+        qual: str, identity: str, purity: str, sterility: str) -> None:
     qualification = {
         "": None,
         "QUALIFIED-LAPSED": QualificationFacts("QUALIFIED", NOW - timedelta(days=1), 2),
     }.get(qual, QualificationFacts(qual, NOW + timedelta(days=1), 2))
-    verdicts = {TestKind.IDENTITY: identity, TestKind.PURITY: purity,
+    outcomes = {TestKind.IDENTITY: identity, TestKind.PURITY: purity,
                 TestKind.STERILITY: sterility}
-    results = [result(t, v, sequence=i) for i, (t, v) in enumerate(verdicts.items()) if v]
+    results = [result(t, OUTCOMES[o][0], sequence=i, state=OUTCOMES[o][1])
+               for i, (t, o) in enumerate(outcomes.items()) if OUTCOMES[o]]
 
     decision = decide(LOT, qualification, results, NOW)
 
-    all_pass = all(v is Verdict.PASS for v in verdicts.values())
-    any_fail = any(v is Verdict.FAIL for v in verdicts.values())
-    assert (decision.status is LotStatus.RELEASED) == (qual == "QUALIFIED" and all_pass)
-    assert (decision.status is LotStatus.REJECTED) == any_fail
+    kinds = set(outcomes.values())
+    assert (decision.status is LotStatus.RELEASED) == (qual == "QUALIFIED" and kinds == {"pass"})
+    assert (decision.status is LotStatus.REJECTED) == ("confirmed" in kinds)
+    assert (decision.status is LotStatus.ON_HOLD) == (
+        "oos" in kinds and "confirmed" not in kinds)
     assert (decision.unmet == ()) == (decision.status is LotStatus.RELEASED)
+    expected = {"none": "MISSING", "oos": "OUT_OF_SPECIFICATION", "confirmed": "FAILED",
+                "invalidated": "RETEST_REQUIRED", "invalidated-pass": "RETEST_REQUIRED"}
+    assert [c for c in codes(decision) if c.startswith(("IDENTITY", "PURITY", "STERILITY"))] == [
+        f"{t.value}_{expected[o]}" for t, o in outcomes.items() if o != "pass"]
 
 
 def decision_of(status: LotStatus, *codes_: str) -> Decision:
-    from services.lots.domain import Unmet
-
     return Decision(status, tuple(Unmet(c, c, "rule") for c in codes_))
 
 
-def test_rejected_is_final() -> None:
-    assert next_status(LotStatus.REJECTED, decision_of(LotStatus.RELEASED)) is LotStatus.REJECTED
+Q, R, J, H = LotStatus.QUARANTINE, LotStatus.RELEASED, LotStatus.REJECTED, LotStatus.ON_HOLD
 
 
-@pytest.mark.parametrize("code", ["SUPPLIER_SUSPENDED", "SUPPLIER_DISQUALIFIED",
-                                  "QUALIFICATION_EXPIRED"])
-def test_a_released_lot_is_not_silently_pulled_back_by_a_supplier_lapse(code: str) -> None:
-    lapse = decision_of(LotStatus.QUARANTINE, code)
-
-    assert next_status(LotStatus.RELEASED, lapse) is LotStatus.RELEASED
-
-
-def test_a_released_lot_goes_back_to_quarantine_when_it_expires_or_is_rejected() -> None:
-    expired = decision_of(LotStatus.QUARANTINE, "LOT_EXPIRED")
-    failed = decision_of(LotStatus.REJECTED, "PURITY_FAILED")
-
-    assert next_status(LotStatus.RELEASED, expired) is LotStatus.QUARANTINE
-    assert next_status(LotStatus.RELEASED, failed) is LotStatus.REJECTED
-
-
-def test_a_new_lot_takes_the_decided_status() -> None:
-    assert next_status(None, decision_of(LotStatus.QUARANTINE, "X")) is LotStatus.QUARANTINE
+@pytest.mark.parametrize("current,decided,codes_,expected", [
+    # A new lot takes the decided status.
+    (None, Q, ("X",), Q), (None, R, (), R), (None, H, ("X",), H), (None, J, ("X",), J),
+    # REJECTED is final.
+    (J, R, (), J), (J, Q, ("X",), J), (J, H, ("X",), J),
+    # Quarantine: whatever the decision says.
+    (Q, R, (), R), (Q, H, ("X",), H), (Q, J, ("X",), J), (Q, Q, ("X",), Q),
+    # Released: not silently pulled back by a supplier lapse (QA reviews it) ...
+    (R, Q, ("SUPPLIER_SUSPENDED",), R), (R, Q, ("SUPPLIER_DISQUALIFIED",), R),
+    (R, Q, ("QUALIFICATION_EXPIRED",), R),
+    # ... but by anything about the lot itself: its expiry, a result invalidated after
+    # release, a result on its way, an out-of-specification result, a confirmed failure.
+    (R, Q, ("LOT_EXPIRED",), Q), (R, Q, ("SUPPLIER_SUSPENDED", "LOT_EXPIRED"), Q),
+    (R, Q, ("PURITY_RETEST_REQUIRED",), Q), (R, Q, ("QUALIFICATION_EXPIRED",
+                                                    "STERILITY_RETEST_REQUIRED"), Q),
+    (R, Q, ("RESULTS_INCOMPLETE",), Q),
+    (R, H, ("PURITY_OUT_OF_SPECIFICATION",), H), (R, J, ("PURITY_FAILED",), J),
+    (R, R, (), R),
+    # On hold: whatever the decision says once QA has dealt with the result.
+    (H, R, (), R), (H, Q, ("PURITY_RETEST_REQUIRED",), Q),
+    (H, Q, ("SUPPLIER_SUSPENDED",), Q), (H, J, ("PURITY_FAILED",), J),
+    (H, H, ("PURITY_OUT_OF_SPECIFICATION",), H),
+])
+def test_next_status(current: LotStatus | None, decided: LotStatus, codes_: tuple[str, ...],
+                     expected: LotStatus) -> None:
+    assert next_status(current, decision_of(decided, *codes_)) is expected
 
 
 def test_a_released_lot_read_after_its_expiry_date_is_not_pickable() -> None:
