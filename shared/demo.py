@@ -6,6 +6,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 from lotgate.lots.v1 import lots_pb2
+from lotgate.results.v1 import results_pb2
 from lotgate.suppliers.v1 import suppliers_pb2
 from shared.client import DEFAULT_SITE, Lotgate, identity, purity, sterility
 
@@ -31,6 +32,11 @@ async def run_demo(addresses: dict[str, str]) -> int:
         await lg.specify(medium)
         await lg.specify(peg)
 
+        print("QC: register the instruments FTIR-01, HPLC-02 and BACT-03 (calibrated)")
+        for instrument, kind in (("FTIR-01", "FTIR"), ("HPLC-02", "HPLC"),
+                                 ("BACT-03", "BacT/ALERT")):
+            await lg.register_instrument(instrument, type=kind)
+
         print("Warehouse: receive four lots into quarantine")
         await lg.receive(lots["released"], medium, acme)
         await lg.receive(lots["rejected"], medium, acme)
@@ -40,8 +46,9 @@ async def run_demo(addresses: dict[str, str]) -> int:
         print("Instruments: post identity, purity and sterility results")
         lot = lots["released"]
         await lg.post(identity(lot, "FTIR-01", f"{lot}-ID"))
-        first = await lg.post(purity(lot, "HPLC-02", f"{lot}-PUR", 99.4))
-        retried = await lg.post(purity(lot, "HPLC-02", f"{lot}-PUR", 99.4))
+        posted = purity(lot, "HPLC-02", f"{lot}-PUR", 99.4)
+        first = await lg.post(posted)
+        retried = await lg.post(posted)  # the very same request again, as a retry sends it
         same = retried.result_id == first.result_id
         print(f"  HPLC-02 posted its purity result twice (a retry): same answer {same}, "
               f"result {first.result_id[:8]}... recorded once")
@@ -50,8 +57,12 @@ async def run_demo(addresses: dict[str, str]) -> int:
         lot = lots["rejected"]
         await lg.post(identity(lot, "FTIR-01", f"{lot}-ID"))
         await lg.post(purity(lot, "HPLC-02", f"{lot}-PUR", 99.1))
-        await lg.post(sterility(lot, "BACT-03", f"{lot}-STE", growth=True))
-        print(f"  BACT-03 reports growth in {lot}")
+        growth = await lg.post(sterility(lot, "BACT-03", f"{lot}-STE", growth=True))
+        print(f"  BACT-03 reports growth in {lot}: out of specification, the lot is on hold")
+        await lg.results.ConfirmResult(results_pb2.ConfirmResultRequest(
+            result_id=growth.result_id, requested_by="qa.demo",
+            reason="OOS investigation INV-1: no laboratory error; growth confirmed"))
+        print("  QA: the investigation finds no laboratory error; the failure is confirmed")
 
         lot = lots["unqualified"]
         await lg.post(identity(lot, "FTIR-01", f"{lot}-ID"))

@@ -11,6 +11,8 @@ from shared.client import Lotgate
 from shared.stack import SERVICES, Stack, free_port
 from tests.support.databases import Databases
 
+INSTRUMENTS = (("FTIR-1", "FTIR"), ("HPLC-1", "HPLC"), ("BACT-1", "BacT/ALERT"))
+
 
 @pytest.fixture(scope="module")
 async def stack(databases: Databases, tmp_path_factory: pytest.TempPathFactory
@@ -27,4 +29,7 @@ async def stack(databases: Databases, tmp_path_factory: pytest.TempPathFactory
 @pytest.fixture(scope="module")
 async def lotgate(stack: Stack) -> AsyncIterator[Lotgate]:
     async with Lotgate.connect({name: stack.address(name) for name in SERVICES}) as client:
+        # The instruments the tests post as: registered and within calibration.
+        for instrument, kind in INSTRUMENTS:
+            await client.register_instrument(instrument, type=kind)
         yield client
