@@ -63,8 +63,12 @@ class OutboxRelay:
         # after the service, in case several services ever share one database.
         self._lock_key = zlib.crc32(f"lotgate-outbox-{name}".encode())
         self._wake = asyncio.Event()
-        # Published but not deleted yet (an ordered set: dict keys).
-        self._unpruned: dict[int, None] = {}
+        # Event ids published but not deleted yet (an ordered set: dict keys). Event ids,
+        # not row ids: SQLite hands the id of a deleted row to the next insert, and with
+        # two relays on one file (no leader lock there) the other relay may have deleted
+        # a row this one still counts as published; skipping and then deleting a new row
+        # that got its id back would lose that event.
+        self._unpruned: dict[str, None] = {}
         self._pruned_at = time.monotonic()
         self.published = 0
 
@@ -131,7 +135,7 @@ class OutboxRelay:
                 .limit(self._batch_size + len(self._unpruned))
             )).mappings().all()
             await conn.rollback()
-        rows = [row for row in rows if row["id"] not in self._unpruned]
+        rows = [row for row in rows if row["event_id"] not in self._unpruned]
         if rows:
             by_aggregate: dict[str, list[Any]] = defaultdict(list)
             for row in rows:
@@ -155,14 +159,14 @@ class OutboxRelay:
         self._pruned_at = time.monotonic()
         if not self._unpruned:
             return
-        ids = list(self._unpruned)
+        event_ids = list(self._unpruned)
         async with self._engine.begin() as conn:
-            await conn.execute(delete(self._table).where(self._table.c.id.in_(ids)))
-        for row_id in ids:
-            self._unpruned.pop(row_id, None)
+            await conn.execute(delete(self._table).where(self._table.c.event_id.in_(event_ids)))
+        for event_id in event_ids:
+            self._unpruned.pop(event_id, None)
 
-    async def _publish_in_order(self, chain: list[Any]) -> list[int]:
-        done: list[int] = []
+    async def _publish_in_order(self, chain: list[Any]) -> list[str]:
+        done: list[str] = []
         for row in chain:
             try:
                 await self._js.publish(
@@ -177,6 +181,6 @@ class OutboxRelay:
                 log.warning("outbox_publish_failed", event_id=row["event_id"],
                             subject=row["subject"], error=repr(exc))
                 break
-            done.append(row["id"])
+            done.append(row["event_id"])
         return done
 

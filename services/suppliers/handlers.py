@@ -209,7 +209,8 @@ async def warn_expiring(uow: UnitOfWork, *, ahead: timedelta, limit: int = 100) 
         now = uow.clock.now()
         done = 0
         for q in await repository.expiring(uow.conn, now=now, horizon=now + ahead, limit=limit):
-            await repository.mark_warned(uow.conn, qualification=q)
+            if not await repository.mark_warned(uow.conn, qualification=q):
+                continue  # another replica warned about it
             uow.emit(messaging.QUALIFICATION_EXPIRING, aggregate_id(q),
                      events_pb2.QualificationExpiring(
                          event_id=new_event_id(), qualification=qualification_to_proto(q),

@@ -201,11 +201,17 @@ async def expiring(conn: AsyncConnection, *, now: datetime, horizon: datetime,
     return [_qualification(row) for row in rows]
 
 
-async def mark_warned(conn: AsyncConnection, *, qualification: Qualification) -> None:
+async def mark_warned(conn: AsyncConnection, *, qualification: Qualification) -> bool:
+    """Note that `qualification` is being warned about; False when another replica did so
+    first or it changed since it was read (SQLite has no row locks: both may read it)."""
     q = qualification
-    await conn.execute(update(qualifications).where(
-        _key_filter((q.supplier_id, q.site_id, q.material_code))
+    result = await conn.execute(update(qualifications).where(
+        _key_filter((q.supplier_id, q.site_id, q.material_code)),
+        qualifications.c.version == q.version,
+        (qualifications.c.expiry_warned_for.is_(None))
+        | (qualifications.c.expiry_warned_for != qualifications.c.valid_until),
     ).values(expiry_warned_for=q.valid_until))
+    return result.rowcount == 1
 
 
 # History and the as-of queries

@@ -1,0 +1,95 @@
+"""Two replicas of a service on one SQLite file: no row locks and no relay leader lock there,
+so exactly-once has to come from the writes themselves."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import insert, select
+
+from services.suppliers import handlers, repository
+from services.suppliers.domain import Qualification, QualificationStatus
+from services.suppliers.tables import tables
+from shared import messaging
+from shared.clock import ManualClock
+from shared.db import create_schema, make_engine
+from shared.outbox import OutboxRelay
+from shared.uow import UnitOfWorkFactory
+
+pytestmark = pytest.mark.integration
+
+
+class FakeJetStream:
+    def __init__(self) -> None:
+        self.published: list[str] = []
+
+    async def publish(self, subject: str, payload: bytes, *, timeout: float,
+                      headers: dict[str, str]) -> None:
+        self.published.append(headers["Nats-Msg-Id"])
+
+
+@pytest.fixture
+async def two_engines(tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'replicas.db'}"
+    first, second = make_engine(url), make_engine(url)
+    await create_schema(first, tables.metadata, version=tables.schema_version)
+    yield first, second
+    await first.dispose()
+    await second.dispose()
+
+
+async def add_event(engine, event_id: str) -> int:
+    async with engine.begin() as conn:
+        result = await conn.execute(insert(tables.outbox).values(
+            event_id=event_id, subject="lotgate.suppliers.v1.test", aggregate_id=event_id,
+            event_type="test", payload=b"", created_at=datetime.now(UTC)))
+        return result.inserted_primary_key[0]
+
+
+async def test_a_row_id_reused_after_the_other_relay_pruned_is_still_published(
+        two_engines) -> None:
+    js = FakeJetStream()
+    first, second = (OutboxRelay(engine, tables.outbox, js, name="suppliers")
+                     for engine in two_engines)
+    old_id = await add_event(two_engines[0], "old")
+    await second.drain_once()  # published, not pruned yet
+    await first.drain_once()
+    await first.prune()  # the outbox is empty: SQLite hands the id out again
+
+    assert await add_event(two_engines[0], "new") == old_id
+    await second.drain_once()
+    await second.prune()
+    await first.drain_once()
+
+    assert sorted(set(js.published)) == ["new", "old"]
+
+
+async def test_a_qualification_read_by_both_replicas_is_warned_about_once(two_engines) -> None:
+    clock = ManualClock()
+    now = clock.now()
+    first, second = (UnitOfWorkFactory(engine, tables.outbox, clock) for engine in two_engines)
+    async with two_engines[0].begin() as conn:
+        await repository.add_supplier(conn, supplier_id="SUP", name="Acme", created_by="qa",
+                                      created_at=now)
+        await repository.add_site(conn, values={
+            "supplier_id": "SUP", "site_id": "MAIN", "name": "Plant", "address": "Road 1",
+            "country": "CH", "created_by": "qa", "created_at": now})
+        for i in range(3):
+            await repository.save_qualification(conn, previous=None, event_id=f"q{i}", new=(
+                Qualification("SUP", "MAIN", f"MAT-{i}", QualificationStatus.QUALIFIED,
+                              now + timedelta(days=5), 1, "audit passed", "qa", now)))
+
+    async with second() as late:  # reads the same rows before the first replica commits
+        seen = await repository.expiring(late.conn, now=now, horizon=now + timedelta(days=30),
+                                         limit=100)
+        assert await handlers.warn_expiring(first(), ahead=timedelta(days=30)) == 3
+        marked = [await repository.mark_warned(late.conn, qualification=q) for q in seen]
+
+    async with two_engines[0].connect() as conn:
+        warnings = (await conn.execute(select(tables.outbox.c.aggregate_id).where(
+            tables.outbox.c.subject == messaging.QUALIFICATION_EXPIRING))).scalars().all()
+    assert len(seen) == 3
+    assert marked == [False, False, False]
+    assert sorted(warnings) == [f"SUP/MAIN/MAT-{i}" for i in range(3)]
