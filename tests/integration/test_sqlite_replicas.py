@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import nats
 import pytest
 from sqlalchemy import insert, select
 
@@ -17,17 +18,11 @@ from shared.clock import ManualClock
 from shared.db import create_schema, make_engine
 from shared.outbox import OutboxRelay
 from shared.uow import UnitOfWorkFactory
+from tests.support.services import ref
 
 pytestmark = pytest.mark.integration
 
-
-class FakeJetStream:
-    def __init__(self) -> None:
-        self.published: list[str] = []
-
-    async def publish(self, subject: str, payload: bytes, *, timeout: float,
-                      headers: dict[str, str]) -> None:
-        self.published.append(headers["Nats-Msg-Id"])
+SUBJECT = "lotgate.suppliers.v1.relay_test"
 
 
 @pytest.fixture
@@ -43,27 +38,52 @@ async def two_engines(tmp_path: Path):
 async def add_event(engine, event_id: str) -> int:
     async with engine.begin() as conn:
         result = await conn.execute(insert(tables.outbox).values(
-            event_id=event_id, subject="lotgate.suppliers.v1.test", aggregate_id=event_id,
+            event_id=event_id, subject=SUBJECT, aggregate_id=event_id,
             event_type="test", payload=b"", created_at=datetime.now(UTC)))
         return result.inserted_primary_key[0]
 
 
+async def published_ids(nats_url: str, wanted: set[str]) -> set[str]:
+    """Which of `wanted` (Nats-Msg-Id) are on the suppliers stream."""
+    nc = await nats.connect(nats_url)
+    found: set[str] = set()
+    try:
+        sub = await nc.jetstream().subscribe(SUBJECT, ordered_consumer=True)
+        try:
+            while True:
+                msg = await sub.next_msg(timeout=1.0)
+                if msg.headers and msg.headers.get("Nats-Msg-Id") in wanted:
+                    found.add(msg.headers["Nats-Msg-Id"])
+        except nats.errors.TimeoutError:
+            pass  # the stream has been read to its end
+    finally:
+        await nc.close()
+    return found
+
+
 async def test_a_row_id_reused_after_the_other_relay_pruned_is_still_published(
-        two_engines) -> None:
-    js = FakeJetStream()
-    first, second = (OutboxRelay(engine, tables.outbox, js, name="suppliers")
-                     for engine in two_engines)
-    old_id = await add_event(two_engines[0], "old")
-    await second.drain_once()  # published, not pruned yet
-    await first.drain_once()
-    await first.prune()  # the outbox is empty: SQLite hands the id out again
+        two_engines, nats_server) -> None:
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        await messaging.ensure_stream(js, messaging.SUPPLIERS_STREAM, duplicate_window_s=900,
+                                      replicas=1)
+        first, second = (OutboxRelay(engine, tables.outbox, js, name="suppliers")
+                         for engine in two_engines)
+        old, new = ref("old"), ref("new")
+        old_id = await add_event(two_engines[0], old)
+        await second.drain_once()  # published, not pruned yet
+        await first.drain_once()
+        await first.prune()  # the outbox is empty: SQLite hands the id out again
 
-    assert await add_event(two_engines[0], "new") == old_id
-    await second.drain_once()
-    await second.prune()
-    await first.drain_once()
+        assert await add_event(two_engines[0], new) == old_id
+        await second.drain_once()
+        await second.prune()
+        await first.drain_once()
+    finally:
+        await nc.close()
 
-    assert sorted(set(js.published)) == ["new", "old"]
+    assert await published_ids(nats_server.url, {old, new}) == {old, new}
 
 
 async def test_a_qualification_read_by_both_replicas_is_warned_about_once(two_engines) -> None:
