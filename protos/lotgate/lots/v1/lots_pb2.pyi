@@ -363,6 +363,8 @@ class ListLotsRequest(_message.Message):
     SUPPLIER_ID_FIELD_NUMBER: _builtins.int
     SUPPLIER_SITE_ID_FIELD_NUMBER: _builtins.int
     MATERIAL_CODE_FIELD_NUMBER: _builtins.int
+    RECEIVED_FROM_FIELD_NUMBER: _builtins.int
+    RECEIVED_BEFORE_FIELD_NUMBER: _builtins.int
     status: Global___LotStatus.ValueType
     """Only lots with this status when set."""
     page_size: _builtins.int
@@ -375,6 +377,14 @@ class ListLotsRequest(_message.Message):
     """Only lots from this site when set (with supplier_id)."""
     material_code: _builtins.str
     """Only lots of this material when set."""
+    @_builtins.property
+    def received_from(self) -> _timestamp_pb2.Timestamp:
+        """Only lots received at or after this instant when set."""
+
+    @_builtins.property
+    def received_before(self) -> _timestamp_pb2.Timestamp:
+        """Only lots received before this instant when set."""
+
     def __init__(
         self,
         *,
@@ -384,10 +394,12 @@ class ListLotsRequest(_message.Message):
         supplier_id: _builtins.str = ...,
         supplier_site_id: _builtins.str = ...,
         material_code: _builtins.str = ...,
+        received_from: _timestamp_pb2.Timestamp | None = ...,
+        received_before: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["received_before", b"received_before", "received_from", b"received_from"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["material_code", b"material_code", "page_size", b"page_size", "page_token", b"page_token", "status", b"status", "supplier_id", b"supplier_id", "supplier_site_id", b"supplier_site_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["material_code", b"material_code", "page_size", b"page_size", "page_token", b"page_token", "received_before", b"received_before", "received_from", b"received_from", "status", b"status", "supplier_id", b"supplier_id", "supplier_site_id", b"supplier_site_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -586,3 +598,385 @@ class CloseLotReviewResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CloseLotReviewResponse: _TypeAlias = CloseLotReviewResponse  # noqa: Y015
+
+@_typing.final
+class GetReleaseStatusesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOT_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def lot_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """1 to 1,000 lot ids, each at most once."""
+
+    def __init__(
+        self,
+        *,
+        lot_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lot_ids", b"lot_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetReleaseStatusesRequest: _TypeAlias = GetReleaseStatusesRequest  # noqa: Y015
+
+@_typing.final
+class GetReleaseStatusesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUSES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def statuses(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReleaseStatus]:
+        """One per requested lot, in the order of the request."""
+
+    def __init__(
+        self,
+        *,
+        statuses: _abc.Iterable[Global___ReleaseStatus] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["statuses", b"statuses"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetReleaseStatusesResponse: _TypeAlias = GetReleaseStatusesResponse  # noqa: Y015
+
+@_typing.final
+class QualificationInput(_message.Message):
+    """QualificationInput is the supplier site's standing a decision saw."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    VALID_UNTIL_FIELD_NUMBER: _builtins.int
+    status: _builtins.str
+    """"QUALIFIED", "PENDING", "SUSPENDED", "DISQUALIFIED", "EXPIRED"; "" when
+    nothing was known.
+    """
+    version: _builtins.int
+    @_builtins.property
+    def valid_until(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        status: _builtins.str = ...,
+        version: _builtins.int = ...,
+        valid_until: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["valid_until", b"valid_until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["status", b"status", "valid_until", b"valid_until", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QualificationInput: _TypeAlias = QualificationInput  # noqa: Y015
+
+@_typing.final
+class ResultInput(_message.Message):
+    """ResultInput is one result a decision saw, as the lots service knew it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULT_ID_FIELD_NUMBER: _builtins.int
+    TEST_FIELD_NUMBER: _builtins.int
+    VERDICT_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    STATE_REASON_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    NUMBER_FIELD_NUMBER: _builtins.int
+    SPEC_VERSION_FIELD_NUMBER: _builtins.int
+    REQUIRED_TESTS_FIELD_NUMBER: _builtins.int
+    RETEST_OF_FIELD_NUMBER: _builtins.int
+    result_id: _builtins.str
+    test: _builtins.str
+    """"IDENTITY", "PURITY", "STERILITY", "ASSAY", "BIOBURDEN"."""
+    verdict: _builtins.str
+    """"PASS" or "FAIL"."""
+    state: _builtins.str
+    """"VALID", "INVALIDATED" or "CONFIRMED"."""
+    state_reason: _builtins.str
+    sequence: _builtins.int
+    number: _builtins.int
+    """The lot's n-th result (gap-free numbering by the results service)."""
+    spec_version: _builtins.int
+    retest_of: _builtins.str
+    @_builtins.property
+    def required_tests(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        result_id: _builtins.str = ...,
+        test: _builtins.str = ...,
+        verdict: _builtins.str = ...,
+        state: _builtins.str = ...,
+        state_reason: _builtins.str = ...,
+        sequence: _builtins.int = ...,
+        number: _builtins.int = ...,
+        spec_version: _builtins.int = ...,
+        required_tests: _abc.Iterable[_builtins.str] | None = ...,
+        retest_of: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["number", b"number", "required_tests", b"required_tests", "result_id", b"result_id", "retest_of", b"retest_of", "sequence", b"sequence", "spec_version", b"spec_version", "state", b"state", "state_reason", b"state_reason", "test", b"test", "verdict", b"verdict"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResultInput: _TypeAlias = ResultInput  # noqa: Y015
+
+@_typing.final
+class DecisionInputs(_message.Message):
+    """DecisionInputs is everything the pure release rule was given."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NOW_FIELD_NUMBER: _builtins.int
+    EXPIRY_DATE_FIELD_NUMBER: _builtins.int
+    QUALIFICATION_FIELD_NUMBER: _builtins.int
+    RESULTS_FIELD_NUMBER: _builtins.int
+    RULE_STATUS_FIELD_NUMBER: _builtins.int
+    REQUIRED_TESTS_FIELD_NUMBER: _builtins.int
+    COUNTED_RESULT_IDS_FIELD_NUMBER: _builtins.int
+    SUPPLIER_ID_FIELD_NUMBER: _builtins.int
+    SUPPLIER_SITE_ID_FIELD_NUMBER: _builtins.int
+    MATERIAL_CODE_FIELD_NUMBER: _builtins.int
+    expiry_date: _builtins.str
+    """The lot's expiry date, YYYY-MM-DD."""
+    rule_status: Global___LotStatus.ValueType
+    """What the rule decided before the transition policy (a released lot stays
+    released for a supplier lapse, REJECTED is final).
+    """
+    supplier_id: _builtins.str
+    supplier_site_id: _builtins.str
+    material_code: _builtins.str
+    @_builtins.property
+    def now(self) -> _timestamp_pb2.Timestamp:
+        """The decision's clock."""
+
+    @_builtins.property
+    def qualification(self) -> Global___QualificationInput:
+        """Unset when nothing was known of the supplier site's standing."""
+
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___ResultInput]: ...
+    @_builtins.property
+    def required_tests(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The tests the rule required and the results it counted."""
+
+    @_builtins.property
+    def counted_result_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        now: _timestamp_pb2.Timestamp | None = ...,
+        expiry_date: _builtins.str = ...,
+        qualification: Global___QualificationInput | None = ...,
+        results: _abc.Iterable[Global___ResultInput] | None = ...,
+        rule_status: Global___LotStatus.ValueType = ...,
+        required_tests: _abc.Iterable[_builtins.str] | None = ...,
+        counted_result_ids: _abc.Iterable[_builtins.str] | None = ...,
+        supplier_id: _builtins.str = ...,
+        supplier_site_id: _builtins.str = ...,
+        material_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["now", b"now", "qualification", b"qualification"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["counted_result_ids", b"counted_result_ids", "expiry_date", b"expiry_date", "material_code", b"material_code", "now", b"now", "qualification", b"qualification", "required_tests", b"required_tests", "results", b"results", "rule_status", b"rule_status", "supplier_id", b"supplier_id", "supplier_site_id", b"supplier_site_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DecisionInputs: _TypeAlias = DecisionInputs  # noqa: Y015
+
+@_typing.final
+class Decision(_message.Message):
+    """Decision is one stored decision: the lot's status and reasons from this
+    version on, why it was taken, and what it used.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOT_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    PREVIOUS_STATUS_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    UNMET_FIELD_NUMBER: _builtins.int
+    CAUSE_FIELD_NUMBER: _builtins.int
+    DECIDED_AT_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    lot_id: _builtins.str
+    version: _builtins.int
+    previous_status: Global___LotStatus.ValueType
+    status: Global___LotStatus.ValueType
+    cause: _builtins.str
+    """What made the service decide: "received by wms", "results r1, r2",
+    "qualification S/X/M v3".
+    """
+    @_builtins.property
+    def unmet(self) -> _containers.RepeatedCompositeFieldContainer[Global___UnmetCondition]: ...
+    @_builtins.property
+    def decided_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def inputs(self) -> Global___DecisionInputs: ...
+    def __init__(
+        self,
+        *,
+        lot_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+        previous_status: Global___LotStatus.ValueType = ...,
+        status: Global___LotStatus.ValueType = ...,
+        unmet: _abc.Iterable[Global___UnmetCondition] | None = ...,
+        cause: _builtins.str = ...,
+        decided_at: _timestamp_pb2.Timestamp | None = ...,
+        inputs: Global___DecisionInputs | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["decided_at", b"decided_at", "inputs", b"inputs"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "decided_at", b"decided_at", "inputs", b"inputs", "lot_id", b"lot_id", "previous_status", b"previous_status", "status", b"status", "unmet", b"unmet", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Decision: _TypeAlias = Decision  # noqa: Y015
+
+@_typing.final
+class Replay(_message.Message):
+    """Replay is the decision recomputed from its stored inputs with the pure rule."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    UNMET_FIELD_NUMBER: _builtins.int
+    AGREES_FIELD_NUMBER: _builtins.int
+    DIFFERENCE_FIELD_NUMBER: _builtins.int
+    status: Global___LotStatus.ValueType
+    agrees: _builtins.bool
+    """True when the replay gives the stored status and conditions."""
+    difference: _builtins.str
+    """What differs, when it does not agree."""
+    @_builtins.property
+    def unmet(self) -> _containers.RepeatedCompositeFieldContainer[Global___UnmetCondition]: ...
+    def __init__(
+        self,
+        *,
+        status: Global___LotStatus.ValueType = ...,
+        unmet: _abc.Iterable[Global___UnmetCondition] | None = ...,
+        agrees: _builtins.bool = ...,
+        difference: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agrees", b"agrees", "difference", b"difference", "status", b"status", "unmet", b"unmet"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Replay: _TypeAlias = Replay  # noqa: Y015
+
+@_typing.final
+class ExplainedDecision(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DECISION_FIELD_NUMBER: _builtins.int
+    REPLAY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def decision(self) -> Global___Decision: ...
+    @_builtins.property
+    def replay(self) -> Global___Replay: ...
+    def __init__(
+        self,
+        *,
+        decision: Global___Decision | None = ...,
+        replay: Global___Replay | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "replay", b"replay"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "replay", b"replay"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExplainedDecision: _TypeAlias = ExplainedDecision  # noqa: Y015
+
+@_typing.final
+class ExplainDecisionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOT_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    lot_id: _builtins.str
+    version: _builtins.int
+    """The version to explain; the latest when 0."""
+    def __init__(
+        self,
+        *,
+        lot_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lot_id", b"lot_id", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExplainDecisionRequest: _TypeAlias = ExplainDecisionRequest  # noqa: Y015
+
+@_typing.final
+class ExplainDecisionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPLAINED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def explained(self) -> Global___ExplainedDecision: ...
+    def __init__(
+        self,
+        *,
+        explained: Global___ExplainedDecision | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["explained", b"explained"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["explained", b"explained"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExplainDecisionResponse: _TypeAlias = ExplainDecisionResponse  # noqa: Y015
+
+@_typing.final
+class ListDecisionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOT_ID_FIELD_NUMBER: _builtins.int
+    lot_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        lot_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lot_id", b"lot_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDecisionsRequest: _TypeAlias = ListDecisionsRequest  # noqa: Y015
+
+@_typing.final
+class ListDecisionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DECISIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def decisions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExplainedDecision]:
+        """Oldest first."""
+
+    def __init__(
+        self,
+        *,
+        decisions: _abc.Iterable[Global___ExplainedDecision] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decisions", b"decisions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDecisionsResponse: _TypeAlias = ListDecisionsResponse  # noqa: Y015

@@ -51,6 +51,21 @@ class LotServiceStub:
                 request_serializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.GetReleaseStatusRequest.SerializeToString,
                 response_deserializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.GetReleaseStatusResponse.FromString,
                 _registered_method=True)
+        self.GetReleaseStatuses = channel.unary_unary(
+                '/lotgate.lots.v1.LotService/GetReleaseStatuses',
+                request_serializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.GetReleaseStatusesRequest.SerializeToString,
+                response_deserializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.GetReleaseStatusesResponse.FromString,
+                _registered_method=True)
+        self.ExplainDecision = channel.unary_unary(
+                '/lotgate.lots.v1.LotService/ExplainDecision',
+                request_serializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.ExplainDecisionRequest.SerializeToString,
+                response_deserializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.ExplainDecisionResponse.FromString,
+                _registered_method=True)
+        self.ListDecisions = channel.unary_unary(
+                '/lotgate.lots.v1.LotService/ListDecisions',
+                request_serializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.ListDecisionsRequest.SerializeToString,
+                response_deserializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.ListDecisionsResponse.FromString,
+                _registered_method=True)
         self.ListLots = channel.unary_unary(
                 '/lotgate.lots.v1.LotService/ListLots',
                 request_serializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.ListLotsRequest.SerializeToString,
@@ -90,6 +105,31 @@ class LotServiceServicer:
 
     def GetReleaseStatus(self, request, context):
         """GetReleaseStatus answers "may I pick this lot?" and, when not, why not.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetReleaseStatuses(self, request, context):
+        """GetReleaseStatuses answers for up to 1,000 lots at once (a pick list), in
+        the order asked; an unknown lot gets LOT_STATUS_UNSPECIFIED with the
+        condition LOT_NOT_FOUND, never RELEASED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExplainDecision(self, request, context):
+        """ExplainDecision returns one decision of a lot (the latest by default) with
+        every input it used, and the outcome of replaying it with the pure rule.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDecisions(self, request, context):
+        """ListDecisions returns every decision of a lot, oldest first, each
+        explained and replayed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -137,6 +177,21 @@ def add_LotServiceServicer_to_server(servicer, server):
                     servicer.GetReleaseStatus,
                     request_deserializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.GetReleaseStatusRequest.FromString,
                     response_serializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.GetReleaseStatusResponse.SerializeToString,
+            ),
+            'GetReleaseStatuses': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetReleaseStatuses,
+                    request_deserializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.GetReleaseStatusesRequest.FromString,
+                    response_serializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.GetReleaseStatusesResponse.SerializeToString,
+            ),
+            'ExplainDecision': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExplainDecision,
+                    request_deserializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.ExplainDecisionRequest.FromString,
+                    response_serializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.ExplainDecisionResponse.SerializeToString,
+            ),
+            'ListDecisions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDecisions,
+                    request_deserializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.ListDecisionsRequest.FromString,
+                    response_serializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.ListDecisionsResponse.SerializeToString,
             ),
             'ListLots': grpc.unary_unary_rpc_method_handler(
                     servicer.ListLots,
@@ -237,6 +292,87 @@ class LotService:
             '/lotgate.lots.v1.LotService/GetReleaseStatus',
             lotgate_dot_lots_dot_v1_dot_lots__pb2.GetReleaseStatusRequest.SerializeToString,
             lotgate_dot_lots_dot_v1_dot_lots__pb2.GetReleaseStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetReleaseStatuses(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lotgate.lots.v1.LotService/GetReleaseStatuses',
+            lotgate_dot_lots_dot_v1_dot_lots__pb2.GetReleaseStatusesRequest.SerializeToString,
+            lotgate_dot_lots_dot_v1_dot_lots__pb2.GetReleaseStatusesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExplainDecision(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lotgate.lots.v1.LotService/ExplainDecision',
+            lotgate_dot_lots_dot_v1_dot_lots__pb2.ExplainDecisionRequest.SerializeToString,
+            lotgate_dot_lots_dot_v1_dot_lots__pb2.ExplainDecisionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDecisions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lotgate.lots.v1.LotService/ListDecisions',
+            lotgate_dot_lots_dot_v1_dot_lots__pb2.ListDecisionsRequest.SerializeToString,
+            lotgate_dot_lots_dot_v1_dot_lots__pb2.ListDecisionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

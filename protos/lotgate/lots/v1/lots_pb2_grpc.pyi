@@ -43,6 +43,19 @@ class LotServiceStub:
     """GetLot returns a lot with its release status."""
     GetReleaseStatus: _grpc.UnaryUnaryMultiCallable[_lots_pb2.GetReleaseStatusRequest, _lots_pb2.GetReleaseStatusResponse]
     """GetReleaseStatus answers "may I pick this lot?" and, when not, why not."""
+    GetReleaseStatuses: _grpc.UnaryUnaryMultiCallable[_lots_pb2.GetReleaseStatusesRequest, _lots_pb2.GetReleaseStatusesResponse]
+    """GetReleaseStatuses answers for up to 1,000 lots at once (a pick list), in
+    the order asked; an unknown lot gets LOT_STATUS_UNSPECIFIED with the
+    condition LOT_NOT_FOUND, never RELEASED.
+    """
+    ExplainDecision: _grpc.UnaryUnaryMultiCallable[_lots_pb2.ExplainDecisionRequest, _lots_pb2.ExplainDecisionResponse]
+    """ExplainDecision returns one decision of a lot (the latest by default) with
+    every input it used, and the outcome of replaying it with the pure rule.
+    """
+    ListDecisions: _grpc.UnaryUnaryMultiCallable[_lots_pb2.ListDecisionsRequest, _lots_pb2.ListDecisionsResponse]
+    """ListDecisions returns every decision of a lot, oldest first, each
+    explained and replayed.
+    """
     ListLots: _grpc.UnaryUnaryMultiCallable[_lots_pb2.ListLotsRequest, _lots_pb2.ListLotsResponse]
     """ListLots lists lots, optionally filtered by status, supplier, site and
     material, ordered by lot id.
@@ -72,6 +85,19 @@ class LotServiceAsyncStub(LotServiceStub):
     """GetLot returns a lot with its release status."""
     GetReleaseStatus: _aio.UnaryUnaryMultiCallable[_lots_pb2.GetReleaseStatusRequest, _lots_pb2.GetReleaseStatusResponse]  # type: ignore[assignment]
     """GetReleaseStatus answers "may I pick this lot?" and, when not, why not."""
+    GetReleaseStatuses: _aio.UnaryUnaryMultiCallable[_lots_pb2.GetReleaseStatusesRequest, _lots_pb2.GetReleaseStatusesResponse]  # type: ignore[assignment]
+    """GetReleaseStatuses answers for up to 1,000 lots at once (a pick list), in
+    the order asked; an unknown lot gets LOT_STATUS_UNSPECIFIED with the
+    condition LOT_NOT_FOUND, never RELEASED.
+    """
+    ExplainDecision: _aio.UnaryUnaryMultiCallable[_lots_pb2.ExplainDecisionRequest, _lots_pb2.ExplainDecisionResponse]  # type: ignore[assignment]
+    """ExplainDecision returns one decision of a lot (the latest by default) with
+    every input it used, and the outcome of replaying it with the pure rule.
+    """
+    ListDecisions: _aio.UnaryUnaryMultiCallable[_lots_pb2.ListDecisionsRequest, _lots_pb2.ListDecisionsResponse]  # type: ignore[assignment]
+    """ListDecisions returns every decision of a lot, oldest first, each
+    explained and replayed.
+    """
     ListLots: _aio.UnaryUnaryMultiCallable[_lots_pb2.ListLotsRequest, _lots_pb2.ListLotsResponse]  # type: ignore[assignment]
     """ListLots lists lots, optionally filtered by status, supplier, site and
     material, ordered by lot id.
@@ -116,6 +142,37 @@ class LotServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_lots_pb2.GetReleaseStatusResponse, _abc.Awaitable[_lots_pb2.GetReleaseStatusResponse]]:
         """GetReleaseStatus answers "may I pick this lot?" and, when not, why not."""
+
+    @_abc_1.abstractmethod
+    def GetReleaseStatuses(
+        self,
+        request: _lots_pb2.GetReleaseStatusesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lots_pb2.GetReleaseStatusesResponse, _abc.Awaitable[_lots_pb2.GetReleaseStatusesResponse]]:
+        """GetReleaseStatuses answers for up to 1,000 lots at once (a pick list), in
+        the order asked; an unknown lot gets LOT_STATUS_UNSPECIFIED with the
+        condition LOT_NOT_FOUND, never RELEASED.
+        """
+
+    @_abc_1.abstractmethod
+    def ExplainDecision(
+        self,
+        request: _lots_pb2.ExplainDecisionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lots_pb2.ExplainDecisionResponse, _abc.Awaitable[_lots_pb2.ExplainDecisionResponse]]:
+        """ExplainDecision returns one decision of a lot (the latest by default) with
+        every input it used, and the outcome of replaying it with the pure rule.
+        """
+
+    @_abc_1.abstractmethod
+    def ListDecisions(
+        self,
+        request: _lots_pb2.ListDecisionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lots_pb2.ListDecisionsResponse, _abc.Awaitable[_lots_pb2.ListDecisionsResponse]]:
+        """ListDecisions returns every decision of a lot, oldest first, each
+        explained and replayed.
+        """
 
     @_abc_1.abstractmethod
     def ListLots(
