@@ -5,7 +5,8 @@ from __future__ import annotations
 import base64
 import binascii
 import math
-from datetime import date
+from datetime import date, datetime
+from typing import Any
 
 import grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -18,10 +19,12 @@ from services.lots.read_model import StatusCache
 from shared.clock import Clock
 from shared.errors import Violations
 from shared.paging import decode_position, encode_position, page_size
-from shared.protoconv import fingerprint
+from shared.protoconv import fingerprint, from_timestamp, timestamp_is_valid
 from shared.uow import UnitOfWorkFactory
 
 MAX_CONCLUSION = 2000
+# The most lots GetReleaseStatuses answers for in one call (a pick list).
+MAX_BATCH = 1000
 
 
 class LotApi(pb_grpc.LotServiceServicer):
@@ -85,6 +88,49 @@ class LotApi(pb_grpc.LotServiceServicer):
                 entry = await handlers.get_status(conn, lot_id=request.lot_id, cache=self._cache)
         return pb.GetReleaseStatusResponse(release_status=entry.as_of(self._clock.now()))
 
+    async def GetReleaseStatuses(self, request: pb.GetReleaseStatusesRequest,
+                                 context: grpc.aio.ServicerContext
+                                 ) -> pb.GetReleaseStatusesResponse:
+        # A pick list at once: memory first, one database query for all the misses.
+        lot_ids = list(request.lot_ids)
+        v = Violations()
+        if not lot_ids:
+            v.add("lot_ids", f"is required: 1 to {MAX_BATCH} lot ids")
+        elif len(lot_ids) > MAX_BATCH:
+            v.add("lot_ids", f"must hold at most {MAX_BATCH} lot ids, not {len(lot_ids)}")
+        else:
+            first: dict[str, int] = {}
+            for i, lot_id in enumerate(lot_ids):
+                if lot_id in first:
+                    v.add(f"lot_ids[{i}]", f"repeats lot_ids[{first[lot_id]}] ({lot_id})")
+                    continue
+                first[lot_id] = i
+                v.code(f"lot_ids[{i}]", lot_id)
+        v.raise_if_any()
+        async with self._engine.connect() as conn:
+            statuses = await handlers.get_statuses(conn, lot_ids=lot_ids, cache=self._cache,
+                                                   now=self._clock.now())
+        return pb.GetReleaseStatusesResponse(statuses=statuses)
+
+    async def ExplainDecision(self, request: pb.ExplainDecisionRequest,
+                              context: grpc.aio.ServicerContext) -> pb.ExplainDecisionResponse:
+        v = Violations()
+        v.code("lot_id", request.lot_id)
+        if request.version < 0:
+            v.add("version", "must be 0 (the latest) or a decision version")
+        v.raise_if_any()
+        async with self._engine.connect() as conn:
+            explained = await handlers.explain_decision(conn, lot_id=request.lot_id,
+                                                        version=request.version)
+        return pb.ExplainDecisionResponse(explained=explained)
+
+    async def ListDecisions(self, request: pb.ListDecisionsRequest,
+                            context: grpc.aio.ServicerContext) -> pb.ListDecisionsResponse:
+        _require_lot_id(request.lot_id)
+        async with self._engine.connect() as conn:
+            decisions = await handlers.list_decisions(conn, lot_id=request.lot_id)
+        return pb.ListDecisionsResponse(decisions=decisions)
+
     async def ListLots(self, request: pb.ListLotsRequest,
                        context: grpc.aio.ServicerContext) -> pb.ListLotsResponse:
         v = Violations()
@@ -102,6 +148,10 @@ class LotApi(pb_grpc.LotServiceServicer):
                 v.code("supplier_site_id", request.supplier_site_id)
         if request.material_code:
             v.code("material_code", request.material_code)
+        received_from = _instant(v, request, "received_from")
+        received_before = _instant(v, request, "received_before")
+        if received_from and received_before and received_before <= received_from:
+            v.add("received_before", "must lie after received_from")
         limit = page_size(v, request.page_size)
         after = ""
         if request.page_token:
@@ -113,7 +163,8 @@ class LotApi(pb_grpc.LotServiceServicer):
         lots = await handlers.list_lots(
             self._uow(), status=status, after=after, limit=limit, cache=self._cache,
             supplier_id=request.supplier_id, supplier_site_id=request.supplier_site_id,
-            material_code=request.material_code)
+            material_code=request.material_code, received_from=received_from,
+            received_before=received_before)
         token = ""
         if len(lots) == limit:
             token = base64.urlsafe_b64encode(lots[-1].lot_id.encode()).decode()
@@ -159,3 +210,14 @@ def _require_lot_id(lot_id: str) -> None:
     v = Violations()
     v.code("lot_id", lot_id)
     v.raise_if_any()
+
+
+def _instant(v: Violations, request: Any, field: str) -> datetime | None:
+    """An optional timestamp field of `request`; None when unset or invalid (and noted)."""
+    if not request.HasField(field):
+        return None
+    ts = getattr(request, field)
+    if not timestamp_is_valid(ts):
+        v.add(field, "is not a valid timestamp")
+        return None
+    return from_timestamp(ts)

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from lotgate.lots.v1 import lots_pb2 as pb
-from services.lots.domain import LotStatus, ReviewState, Unmet
+from services.lots.domain import DecisionInputs, LotStatus, ReviewState, TestKind, Unmet
 from shared.protoconv import to_timestamp
 
 STATUS_TO_PROTO = {
@@ -28,8 +28,46 @@ def release_status(lot_id: str, status: LotStatus, version: int, unmet: tuple[Un
                    decided_at: datetime) -> pb.ReleaseStatus:
     return pb.ReleaseStatus(
         lot_id=lot_id, status=STATUS_TO_PROTO[status], version=version,
-        unmet=[pb.UnmetCondition(code=u.code, message=u.message, rule=u.rule) for u in unmet],
-        decided_at=to_timestamp(decided_at))
+        unmet=unmet_to_proto(unmet), decided_at=to_timestamp(decided_at))
+
+
+def unmet_to_proto(unmet: tuple[Unmet, ...]) -> list[pb.UnmetCondition]:
+    return [pb.UnmetCondition(code=u.code, message=u.message, rule=u.rule) for u in unmet]
+
+
+def inputs_to_proto(inputs: DecisionInputs, *, rule_status: LotStatus | None,
+                    required_tests: tuple[TestKind, ...] | None,
+                    counted: tuple[str, ...] | None) -> pb.DecisionInputs:
+    """What a decision record says the rule was given (and what the rule made of it)."""
+    lot, q = inputs.lot, inputs.qualification
+    return pb.DecisionInputs(
+        now=to_timestamp(inputs.now), expiry_date=lot.expiry_date.isoformat(),
+        qualification=None if q is None else pb.QualificationInput(
+            status=q.status, version=q.version, valid_until=to_timestamp(q.valid_until)),
+        results=[pb.ResultInput(
+            result_id=r.result_id, test=r.test.value, verdict=r.verdict.value,
+            state=r.state.value, state_reason=r.state_reason, sequence=r.sequence,
+            number=r.number, spec_version=r.spec_version,
+            required_tests=[t.value for t in r.required_tests], retest_of=r.retest_of)
+            for r in inputs.results],
+        rule_status=STATUS_TO_PROTO[rule_status],
+        required_tests=[t.value for t in required_tests or ()],
+        counted_result_ids=list(counted or ()), supplier_id=lot.supplier_id,
+        supplier_site_id=lot.supplier_site_id, material_code=lot.material_code)
+
+
+def decision_to_proto(record: Any, unmet: tuple[Unmet, ...], stored: Any | None) -> pb.Decision:
+    """A row of `decisions` with its parsed conditions and inputs (a
+    repository.StoredInputs; None when they cannot be read)."""
+    previous = LotStatus(record.previous_status) if record.previous_status else None
+    return pb.Decision(
+        lot_id=record.lot_id, version=record.version,
+        previous_status=STATUS_TO_PROTO[previous],
+        status=STATUS_TO_PROTO[LotStatus(record.status)], unmet=unmet_to_proto(unmet),
+        cause=record.cause, decided_at=to_timestamp(record.decided_at),
+        inputs=None if stored is None else inputs_to_proto(
+            stored.inputs, rule_status=stored.rule_status,
+            required_tests=stored.required_tests, counted=stored.counted))
 
 
 def lot_to_proto(row: Any, status: pb.ReleaseStatus) -> pb.Lot:

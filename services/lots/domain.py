@@ -312,3 +312,91 @@ def must_close(review_id_: str, state: ReviewState, conclusion: str | None,
     raise FailedPrecondition(
         f"review {review_id_} is CLOSED (by {closed_by}); a closed review cannot be closed "
         "again with another conclusion", subject=f"lot_reviews/{review_id_}")
+
+
+# Decision replay: recompute a stored decision from its stored inputs with the same pure
+# functions the live path uses (`decide`, then `next_status`), and compare.
+
+
+@dataclass(frozen=True)
+class DecisionInputs:
+    """Everything `decide` was given for one decision, as stored with it."""
+
+    lot: LotFacts
+    qualification: QualificationFacts | None
+    results: tuple[ResultFacts, ...]
+    now: datetime
+
+
+@dataclass(frozen=True)
+class Replayed:
+    """A decision recomputed from its inputs."""
+
+    status: LotStatus  # after the transition policy
+    unmet: tuple[Unmet, ...]
+    rule_status: LotStatus  # what the rule alone decided
+    required_tests: tuple[TestKind, ...]
+    counted: tuple[str, ...]  # ids of the results that counted
+
+
+def replay(inputs: DecisionInputs, previous_status: LotStatus | None,
+           previous_unmet: Iterable[Unmet]) -> Replayed:
+    """The decision the live path takes from `inputs` for a lot whose previous decision
+    was `previous_status` with `previous_unmet` (None and () for a lot's first decision).
+
+    The rule decides; the transition policy gives the status; the conditions are the
+    rule's when the status is the rule's, else the previous decision's (a released lot
+    that stays released for a supplier lapse keeps its reasons; REJECTED is final).
+    """
+    rule = decide(inputs.lot, inputs.qualification, inputs.results, inputs.now)
+    status = next_status(previous_status, rule)
+    unmet = rule.unmet if status is rule.status else tuple(previous_unmet)
+    return Replayed(status, unmet, rule.status, rule.required_tests,
+                    tuple(r.result_id for r in rule.used_results))
+
+
+def _conditions(unmet: Iterable[Unmet]) -> str:
+    return "[" + "; ".join(f"{u.code}: {u.message} ({u.rule})" for u in unmet) + "]"
+
+
+def replay_difference(replayed: Replayed, *, status: LotStatus, unmet: Iterable[Unmet],
+                      rule_status: LotStatus | None,
+                      required_tests: Iterable[TestKind] | None = None,
+                      counted: Iterable[str] | None = None) -> str:
+    """What differs between a stored decision and its replay; "" when they agree.
+
+    `rule_status`, `required_tests` and `counted` are what the record says the rule gave
+    (None: not recorded, which is itself a difference for the rule status).
+    """
+    differences: list[str] = []
+    if replayed.status is not status:
+        differences.append(f"status: stored {status.value}, replayed {replayed.status.value}")
+    if rule_status is None:
+        differences.append("rule_status: not stored")
+    elif replayed.rule_status is not rule_status:
+        differences.append(f"rule_status: stored {rule_status.value}, "
+                           f"replayed {replayed.rule_status.value}")
+    stored = tuple(unmet)
+    if stored != replayed.unmet:
+        stored_codes = [u.code for u in stored]
+        replayed_codes = [u.code for u in replayed.unmet]
+        if stored_codes != replayed_codes:
+            differences.append(f"unmet codes: stored {stored_codes}, replayed {replayed_codes}")
+        else:
+            for mine, theirs in zip(stored, replayed.unmet, strict=True):
+                if mine != theirs:
+                    differences.append(f"unmet {mine.code}: stored {_conditions([mine])}, "
+                                       f"replayed {_conditions([theirs])}")
+    if required_tests is not None:
+        stored_tests = [t.value for t in required_tests]
+        replayed_tests = [t.value for t in replayed.required_tests]
+        if stored_tests != replayed_tests:
+            differences.append(f"required_tests: stored {stored_tests}, "
+                               f"replayed {replayed_tests}")
+    if counted is not None:
+        stored_counted = sorted(counted)
+        replayed_counted = sorted(replayed.counted)
+        if stored_counted != replayed_counted:
+            differences.append(f"counted results: stored {stored_counted}, "
+                               f"replayed {replayed_counted}")
+    return "; ".join(differences)

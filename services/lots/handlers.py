@@ -13,7 +13,6 @@ LotReviewRequired event, in the same unit of work as the projection update.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,8 +26,15 @@ from lotgate.results.v1 import results_pb2
 from lotgate.suppliers.v1 import events_pb2 as supplier_events
 from lotgate.suppliers.v1 import suppliers_pb2
 from services.lots import repository
-from services.lots.convert import STATUS_TO_PROTO, lot_to_proto, review_to_proto
+from services.lots.convert import (
+    STATUS_TO_PROTO,
+    decision_to_proto,
+    lot_to_proto,
+    review_to_proto,
+    unmet_to_proto,
+)
 from services.lots.domain import (
+    DecisionInputs,
     LotFacts,
     LotStatus,
     QualificationFacts,
@@ -36,10 +42,13 @@ from services.lots.domain import (
     ResultState,
     ReviewState,
     TestKind,
+    Unmet,
     decide,
     must_close,
     needs_review,
     next_status,
+    replay,
+    replay_difference,
     review_id_of,
 )
 from services.lots.read_model import StatusCache, StatusEntry
@@ -304,6 +313,8 @@ async def _decide_and_record(uow: UnitOfWork, lots: Sequence[Any],
         qualification = qualifications.get(key_of(lot))
         facts = LotFacts(lot.lot_id, lot.material_code, lot.supplier_id, lot.supplier_site_id,
                          lot.expiry_date)
+        # Everything the rule is given is stored with the decision (repository.inputs_to_json)
+        # so that it can be replayed: see `explain`.
         decision = decide(facts, qualification, results.get(lot.lot_id, ()), now)
         current = None if first else LotStatus(lot.status)
         status = next_status(current, decision)
@@ -313,31 +324,13 @@ async def _decide_and_record(uow: UnitOfWork, lots: Sequence[Any],
         if not first and status.value == lot.status and unmet_json == lot.unmet:
             continue
         version = lot.status_version + 1
-        inputs = {
-            "now": now.isoformat(),
-            "qualification": None if qualification is None else {
-                "status": qualification.status, "version": qualification.version,
-                "valid_until": (qualification.valid_until.isoformat()
-                                if qualification.valid_until else None)},
-            # Every result the rule saw, with QA's state of it, and which of them counted.
-            "results": [{"result_id": r.result_id, "test": r.test.value,
-                         "verdict": r.verdict.value, "sequence": r.sequence,
-                         "number": r.number, "spec_version": r.spec_version,
-                         "state": r.state.value, "state_reason": r.state_reason,
-                         "retest_of": r.retest_of,
-                         "required_tests": [t.value for t in r.required_tests]}
-                        for r in sorted(results.get(lot.lot_id, ()),
-                                        key=lambda r: (r.sequence, r.result_id))],
-            "required_tests": [t.value for t in decision.required_tests],
-            "counted": [r.result_id for r in decision.used_results],
-            "rule_status": decision.status.value,
-        }
+        inputs = DecisionInputs(facts, qualification, tuple(results.get(lot.lot_id, ())), now)
         updates.append({"b_lot_id": lot.lot_id, "b_status": status.value, "b_version": version,
                         "b_unmet": unmet_json, "b_decided_at": now})
         records.append({"lot_id": lot.lot_id, "version": version,
                         "previous_status": None if first else lot.status,
                         "status": status.value, "unmet": unmet_json,
-                        "inputs": json.dumps(inputs, separators=(",", ":")),
+                        "inputs": repository.inputs_to_json(inputs, decision),
                         "cause": cause[:200], "decided_at": now})
         entry = StatusEntry.make(lot, status, version, unmet, now)
         changed = events_pb2.LotStatusChanged(
@@ -367,6 +360,94 @@ async def get_status(uow_engine_conn: Any, *, lot_id: str, cache: StatusCache) -
     return entry
 
 
+def _not_found(lot_id: str) -> lots_pb2.ReleaseStatus:
+    """The answer for a lot this service has never received: never pickable."""
+    return lots_pb2.ReleaseStatus(
+        lot_id=lot_id, status=lots_pb2.LOT_STATUS_UNSPECIFIED, version=0,
+        unmet=[lots_pb2.UnmetCondition(code="LOT_NOT_FOUND", message=f"no lot {lot_id}",
+                                       rule="")])
+
+
+async def get_statuses(conn: Any, *, lot_ids: Sequence[str], cache: StatusCache,
+                       now: datetime) -> list[lots_pb2.ReleaseStatus]:
+    """The status of each lot in `lot_ids` at `now`, in the order given: memory first, one
+    database query for all the misses; an unknown lot is LOT_NOT_FOUND."""
+    entries: dict[str, StatusEntry] = {}
+    for lot_id in lot_ids:
+        entry = cache.get(lot_id)
+        if entry is not None:
+            entries[lot_id] = entry
+    missing = [lot_id for lot_id in lot_ids if lot_id not in entries]
+    if missing:
+        for row in await repository.read_statuses(conn, lot_ids=missing):
+            entry = StatusEntry.make(row, LotStatus(row.status), row.status_version,
+                                     repository.unmet_from_json(row.unmet), row.decided_at)
+            cache.put(entry)
+            entries[row.lot_id] = entry
+    return [entries[lot_id].as_of(now) if lot_id in entries else _not_found(lot_id)
+            for lot_id in lot_ids]
+
+
+def explain(record: Any, previous: Any | None) -> lots_pb2.ExplainedDecision:
+    """A decision record with its replay: the same pure functions as the live path, given
+    what the record stored, and the previous decision's status and conditions."""
+    stored_unmet = repository.unmet_from_json(record.unmet)
+    stored_status = LotStatus(record.status)
+    previous_status = LotStatus(record.previous_status) if record.previous_status else None
+    problems: list[str] = []
+    try:
+        stored = repository.inputs_from_json(record.lot_id, record.inputs)
+    except ValueError as error:
+        stored = None
+        problems.append(f"inputs cannot be replayed: {error}")
+    previous_unmet: tuple[Unmet, ...] = ()
+    if previous is not None:
+        previous_unmet = repository.unmet_from_json(previous.unmet)
+        if previous.status != record.previous_status:
+            problems.append(f"previous_status: stored {record.previous_status}, decision "
+                            f"{previous.version} says {previous.status}")
+    elif record.version > 1:
+        problems.append(f"decision {record.version - 1} is missing")
+    decision = decision_to_proto(record, stored_unmet, stored)
+    replay_proto = lots_pb2.Replay()
+    if stored is not None:
+        replayed = replay(stored.inputs, previous_status, previous_unmet)
+        difference = replay_difference(
+            replayed, status=stored_status, unmet=stored_unmet, rule_status=stored.rule_status,
+            required_tests=stored.required_tests, counted=stored.counted)
+        if difference:
+            problems.insert(0, difference)
+        replay_proto = lots_pb2.Replay(
+            status=STATUS_TO_PROTO[replayed.status],
+            unmet=unmet_to_proto(replayed.unmet))
+    replay_proto.agrees = not problems
+    replay_proto.difference = "; ".join(problems)
+    return lots_pb2.ExplainedDecision(decision=decision, replay=replay_proto)
+
+
+async def explain_decision(conn: Any, *, lot_id: str, version: int
+                           ) -> lots_pb2.ExplainedDecision:
+    """Decision `version` of a lot (the latest when 0), with its inputs and replay."""
+    rows = await repository.decision_with_previous(conn, lot_id=lot_id, version=version)
+    if not rows:
+        if not version or await repository.get_lot(conn, lot_id=lot_id) is None:
+            raise NotFound(f"no lot {lot_id}", field="lot_id")
+    if not rows or (version and rows[-1].version != version):
+        raise NotFound(f"lot {lot_id} has no decision {version}", field="version")
+    record = rows[-1]
+    previous = rows[0] if len(rows) == 2 else None
+    return explain(record, previous)
+
+
+async def list_decisions(conn: Any, *, lot_id: str) -> list[lots_pb2.ExplainedDecision]:
+    """Every decision of a lot, oldest first, each with its inputs and replay."""
+    rows = await repository.decisions_of(conn, lot_id=lot_id)
+    if not rows:
+        raise NotFound(f"no lot {lot_id}", field="lot_id")
+    by_version = {row.version: row for row in rows}
+    return [explain(row, by_version.get(row.version - 1)) for row in rows]
+
+
 async def _lot_view(uow: UnitOfWork, row: Any, cache: StatusCache) -> lots_pb2.Lot:
     entry = await get_status(uow.conn, lot_id=row.lot_id, cache=cache)
     return lot_to_proto(row, entry.as_of(uow.clock.now()))
@@ -382,12 +463,15 @@ async def get_lot(uow: UnitOfWork, *, lot_id: str, cache: StatusCache) -> lots_p
 
 async def list_lots(uow: UnitOfWork, *, status: LotStatus | None, after: str, limit: int,
                     cache: StatusCache, supplier_id: str = "", supplier_site_id: str = "",
-                    material_code: str = "") -> list[lots_pb2.Lot]:
+                    material_code: str = "", received_from: datetime | None = None,
+                    received_before: datetime | None = None) -> list[lots_pb2.Lot]:
     async with uow:
         rows = await repository.list_lots(uow.conn, status=status.value if status else None,
                                           after=after, limit=limit, supplier_id=supplier_id,
                                           supplier_site_id=supplier_site_id,
-                                          material_code=material_code)
+                                          material_code=material_code,
+                                          received_from=received_from,
+                                          received_before=received_before)
         return [await _lot_view(uow, row, cache) for row in rows]
 
 

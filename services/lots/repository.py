@@ -11,13 +11,17 @@ import functools
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import Insert, bindparam, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.lots.domain import (
+    Decision,
+    DecisionInputs,
+    LotFacts,
     LotStatus,
     QualificationFacts,
     ResultFacts,
@@ -43,6 +47,81 @@ def unmet_to_json(unmet: Iterable[Unmet]) -> str:
 
 def unmet_from_json(text: str) -> tuple[Unmet, ...]:
     return tuple(Unmet(*item) for item in json.loads(text))
+
+
+def inputs_to_json(inputs: DecisionInputs, decision: Decision) -> str:
+    """The `inputs` of a decision record: everything `decide` was given (the lot id is the
+    record's), so that the decision can be replayed, and what the rule made of it."""
+    lot, qualification = inputs.lot, inputs.qualification
+    return json.dumps({
+        "now": inputs.now.isoformat(),
+        "expiry_date": lot.expiry_date.isoformat(),
+        "supplier_id": lot.supplier_id,
+        "supplier_site_id": lot.supplier_site_id,
+        "material_code": lot.material_code,
+        "qualification": None if qualification is None else {
+            "status": qualification.status, "version": qualification.version,
+            "valid_until": (qualification.valid_until.isoformat()
+                            if qualification.valid_until else None)},
+        # Every result the rule saw, with QA's state of it, and which of them counted.
+        "results": [{"result_id": r.result_id, "test": r.test.value,
+                     "verdict": r.verdict.value, "sequence": r.sequence,
+                     "number": r.number, "spec_version": r.spec_version,
+                     "state": r.state.value, "state_reason": r.state_reason,
+                     "retest_of": r.retest_of,
+                     "required_tests": [t.value for t in r.required_tests]}
+                    for r in sorted(inputs.results, key=lambda r: (r.sequence, r.result_id))],
+        "required_tests": [t.value for t in decision.required_tests],
+        "counted": [r.result_id for r in decision.used_results],
+        "rule_status": decision.status.value,
+    }, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class StoredInputs:
+    """The inputs of a decision record, read back: what the rule was given, and what the
+    record says it made of them."""
+
+    inputs: DecisionInputs
+    rule_status: LotStatus | None
+    required_tests: tuple[TestKind, ...] | None
+    counted: tuple[str, ...] | None
+
+
+def inputs_from_json(lot_id: str, text: str) -> StoredInputs:
+    """Parse a record's inputs; ValueError naming what is missing or malformed."""
+    try:
+        data = json.loads(text)
+        q = data["qualification"]
+        qualification = None if q is None else QualificationFacts(
+            q["status"], _instant(q["valid_until"]), int(q["version"]))
+        results = tuple(ResultFacts(
+            r["result_id"], TestKind(r["test"]), Verdict(r["verdict"]), int(r["sequence"]),
+            int(r["spec_version"]), int(r["number"]), state=ResultState(r["state"]),
+            state_reason=r["state_reason"], retest_of=r["retest_of"],
+            required_tests=tuple(TestKind(t) for t in r["required_tests"]))
+            for r in data["results"])
+        lot = LotFacts(lot_id, data["material_code"], data["supplier_id"],
+                       data["supplier_site_id"], date.fromisoformat(data["expiry_date"]))
+        now = _instant(data["now"])
+        if now is None:
+            raise ValueError("now is not stored")
+        rule_status = data.get("rule_status")
+        required = data.get("required_tests")
+        counted = data.get("counted")
+        return StoredInputs(
+            DecisionInputs(lot, qualification, results, now),
+            LotStatus(rule_status) if rule_status is not None else None,
+            tuple(TestKind(t) for t in required) if required is not None else None,
+            tuple(counted) if counted is not None else None)
+    except KeyError as missing:
+        raise ValueError(f"{missing.args[0]} is not stored") from None
+    except (TypeError, AttributeError) as error:
+        raise ValueError(f"malformed inputs: {error}") from None
+
+
+def _instant(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
 
 
 async def get_lot(conn: AsyncConnection, *, lot_id: str) -> Any | None:
@@ -198,20 +277,37 @@ async def save_decisions(conn: AsyncConnection, *, lot_updates: Sequence[dict[st
     await conn.execute(insert(decisions), list(records))
 
 
+_STATUS_COLUMNS = (lots.c.lot_id, lots.c.supplier_id, lots.c.supplier_site_id,
+                   lots.c.material_code, lots.c.status, lots.c.status_version, lots.c.unmet,
+                   lots.c.decided_at, lots.c.expiry_date)
+
+
 async def read_status(conn: AsyncConnection, *, lot_id: str) -> Any | None:
     """The columns GetReleaseStatus answers from."""
     return (await conn.execute(
-        select(lots.c.lot_id, lots.c.supplier_id, lots.c.supplier_site_id,
-               lots.c.material_code, lots.c.status,
-               lots.c.status_version, lots.c.unmet, lots.c.decided_at, lots.c.expiry_date)
-        .where(lots.c.lot_id == lot_id))).first()
+        select(*_STATUS_COLUMNS).where(lots.c.lot_id == lot_id))).first()
+
+
+async def read_statuses(conn: AsyncConnection, *, lot_ids: Iterable[str]) -> list[Any]:
+    """The same columns for every lot among `lot_ids` that exists, in one query."""
+    wanted = sorted(set(lot_ids))
+    if not wanted:
+        return []
+    return list(await conn.execute(select(*_STATUS_COLUMNS).where(lots.c.lot_id.in_(wanted))))
 
 
 async def list_lots(conn: AsyncConnection, *, status: str | None, after: str, limit: int,
                     supplier_id: str = "", supplier_site_id: str = "",
-                    material_code: str = "") -> list[Any]:
-    """A page of lots in id order, after the lot id `after`; empty filters match all."""
+                    material_code: str = "", received_from: datetime | None = None,
+                    received_before: datetime | None = None) -> list[Any]:
+    """A page of lots in id order, after the lot id `after`; empty filters match all.
+    The received range is half-open: from `received_from` included to `received_before`
+    excluded."""
     query = select(lots).where(lots.c.lot_id > after)
+    if received_from is not None:
+        query = query.where(lots.c.received_at >= received_from)
+    if received_before is not None:
+        query = query.where(lots.c.received_at < received_before)
     if status:
         query = query.where(lots.c.status == status)
     if supplier_id:
@@ -227,6 +323,17 @@ async def decisions_of(conn: AsyncConnection, *, lot_id: str) -> list[Any]:
     """Every decision record of a lot, oldest first."""
     return list(await conn.execute(
         select(decisions).where(decisions.c.lot_id == lot_id).order_by(decisions.c.version)))
+
+
+async def decision_with_previous(conn: AsyncConnection, *, lot_id: str,
+                                 version: int) -> list[Any]:
+    """Decision `version` of a lot (the latest when 0) and the one before it, oldest first;
+    fewer when they do not exist."""
+    query = select(decisions).where(decisions.c.lot_id == lot_id)
+    if version:
+        query = query.where(decisions.c.version.in_([version - 1, version]))
+    rows = list(await conn.execute(query.order_by(decisions.c.version.desc()).limit(2)))
+    return rows[::-1]
 
 
 async def review_ids_present(conn: AsyncConnection, *, review_ids: Iterable[str]) -> set[str]:

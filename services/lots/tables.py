@@ -44,6 +44,7 @@ lots = Table(
     Column("decided_at", UtcDateTime, nullable=False),
     Index("ix_lots_supplier_site_material", "supplier_id", "supplier_site_id", "material_code"),
     Index("ix_lots_status", "status", "lot_id"),
+    Index("ix_lots_received_at", "received_at", "lot_id"),
 )
 
 # Projection of the suppliers service's QualificationChanged events, one row per
@@ -124,4 +125,6 @@ lot_reviews = Table(
 
 # 2: lots and qualifications keyed by supplier site; lot_reviews.
 # 3: lot_results.state, state_reason, retest_of, required_tests (OOS handling).
-tables = make_tables(metadata, schema_version=3)
+# 4: decisions.inputs holds the lot facts the rule uses (expiry date, supplier, site,
+#    material), so that every decision can be replayed; ix_lots_received_at.
+tables = make_tables(metadata, schema_version=4)

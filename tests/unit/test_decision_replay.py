@@ -1,0 +1,343 @@
+"""Decision replay: every decision the live functions take is recomputed from its stored
+inputs with the same pure rule, and agrees; a record that was tampered with does not.
+
+`LiveLot` takes decisions the way the lots service's `_decide_and_record` does: the rule
+(`decide`), then the transition policy (`next_status`), the conditions kept from the
+previous decision when the policy overrides the rule, a record only when the status or
+the conditions change, and the inputs stored with `repository.inputs_to_json`. Replay
+reads the records back the way ExplainDecision and ListDecisions do.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from datetime import datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from lotgate.lots.v1 import lots_pb2 as pb
+from services.lots.domain import (
+    DecisionInputs,
+    LotFacts,
+    LotStatus,
+    QualificationFacts,
+    ResultFacts,
+    TestKind,
+    Unmet,
+    Verdict,
+    decide,
+    next_status,
+    replay,
+    replay_difference,
+)
+from services.lots.handlers import explain
+from services.lots.repository import inputs_from_json, inputs_to_json, unmet_to_json
+from tests.unit.test_release_rule import (
+    CONFIRMED,
+    INVALIDATED,
+    LOT,
+    NOW,
+    QUALIFIED,
+    numbered,
+    result,
+)
+
+SUSPENDED = QualificationFacts("SUSPENDED", NOW + timedelta(days=30), 4)
+IDT, PUR, STE = TestKind.IDENTITY, TestKind.PURITY, TestKind.STERILITY
+
+
+class LiveLot:
+    """One lot decided as the live path decides it; its decision records as stored."""
+
+    def __init__(self, lot: LotFacts = LOT) -> None:
+        self.lot = lot
+        self.records: list[SimpleNamespace] = []
+        self.status: LotStatus | None = None
+        self.unmet: tuple[Unmet, ...] = ()
+
+    def decide(self, qualification: QualificationFacts | None,
+               results: Iterable[ResultFacts], now: datetime = NOW,
+               cause: str = "test") -> SimpleNamespace | None:
+        results = tuple(results)
+        rule = decide(self.lot, qualification, results, now)
+        first = not self.records
+        current = None if first else self.status
+        status = next_status(current, rule)
+        unmet = rule.unmet if status is rule.status else self.unmet
+        if not first and status is current and unmet == self.unmet:
+            return None  # nothing changed: nothing recorded
+        record = SimpleNamespace(
+            lot_id=self.lot.lot_id, version=len(self.records) + 1,
+            previous_status=current.value if current else None, status=status.value,
+            unmet=unmet_to_json(unmet),
+            inputs=inputs_to_json(DecisionInputs(self.lot, qualification, results, now), rule),
+            cause=cause, decided_at=now)
+        self.records.append(record)
+        self.status, self.unmet = status, unmet
+        return record
+
+    def explained(self) -> list[pb.ExplainedDecision]:
+        return [explain(r, self.records[i - 1] if i else None)
+                for i, r in enumerate(self.records)]
+
+    def statuses(self) -> list[str]:
+        return [r.status for r in self.records]
+
+
+def _arrive_one_by_one(live: LiveLot, qualification: QualificationFacts | None,
+                       results: list[ResultFacts], now: datetime = NOW) -> None:
+    live.decide(qualification, [], now)
+    for n in range(1, len(results) + 1):
+        live.decide(qualification, results[:n], now)
+
+
+def released_then_supplier_lapse_then_invalidation() -> LiveLot:
+    live = LiveLot()
+    passing = [result(IDT, sequence=1), result(PUR, sequence=2), result(STE, sequence=3)]
+    _arrive_one_by_one(live, QUALIFIED, passing)
+    # Suspended after release: the lot stays RELEASED (QA reviews it), with its
+    # previous, empty, conditions; nothing changes, so nothing is recorded ...
+    assert live.decide(SUSPENDED, passing) is None
+    # ... until something about the lot itself pulls it back.
+    invalidated = replace(passing[1], state=INVALIDATED, state_reason="wrong dilution")
+    live.decide(SUSPENDED, [passing[0], invalidated, passing[2]])
+    assert live.statuses() == ["QUARANTINE"] * 3 + ["RELEASED", "QUARANTINE"]
+    assert [u.code for u in live.explained()[-1].decision.unmet] == [
+        "SUPPLIER_SUSPENDED", "PURITY_RETEST_REQUIRED"]
+    return live
+
+
+def oos_then_confirmation_then_more() -> LiveLot:
+    live = LiveLot()
+    failure = result(STE, Verdict.FAIL, 3)
+    _arrive_one_by_one(live, QUALIFIED, [result(IDT, sequence=1), result(PUR, sequence=2), failure])
+    confirmed = replace(failure, state=CONFIRMED, state_reason="no laboratory error")
+    live.decide(QUALIFIED, [result(IDT, sequence=1), result(PUR, sequence=2), confirmed])
+    # A passing retest of sterility cannot overrule the confirmed failure ...
+    assert live.decide(QUALIFIED, [result(IDT, sequence=1), result(PUR, sequence=2), confirmed,
+                                   result(STE, sequence=4)]) is None
+    # ... while an invalidation of another result adds its condition to the rejection.
+    live.decide(QUALIFIED, [result(IDT, sequence=1), result(PUR, sequence=2, state=INVALIDATED),
+                            confirmed])
+    assert live.statuses()[-3:] == ["ON_HOLD", "REJECTED", "REJECTED"]
+    return live
+
+
+def oos_invalidated_and_retested() -> LiveLot:
+    live = LiveLot()
+    failure = result(PUR, Verdict.FAIL, 2)
+    _arrive_one_by_one(live, QUALIFIED, [result(IDT, sequence=1), failure, result(STE, sequence=3)])
+    invalidated = replace(failure, state=INVALIDATED, state_reason="sample diluted twice")
+    retest = result(PUR, sequence=4, retest_of=failure.result_id)
+    live.decide(QUALIFIED, [result(IDT, sequence=1), invalidated, result(STE, sequence=3)])
+    live.decide(QUALIFIED, [result(IDT, sequence=1), invalidated, result(STE, sequence=3), retest])
+    assert live.statuses()[-3:] == ["ON_HOLD", "QUARANTINE", "RELEASED"]
+    return live
+
+
+def a_gap_in_the_numbering() -> LiveLot:
+    live = LiveLot()
+    results = numbered((IDT, 1), (PUR, 2), (PUR, 3), (STE, 4))
+    live.decide(QUALIFIED, [results[0], results[2], results[3]])  # number 2 on its way
+    live.decide(QUALIFIED, results)
+    assert live.statuses() == ["QUARANTINE", "RELEASED"]
+    return live
+
+
+def expiry_of_the_lot_and_of_the_qualification() -> LiveLot:
+    live = LiveLot()
+    passing = [result(IDT, sequence=1), result(PUR, sequence=2), result(STE, sequence=3)]
+    lapsing = QualificationFacts("QUALIFIED", NOW + timedelta(hours=1), 5)
+    live.decide(lapsing, passing)
+    live.decide(lapsing, passing, NOW + timedelta(hours=2))  # released, then a lapse: sticky
+    after_expiry = datetime.combine(LOT.expiry_date + timedelta(days=1), NOW.time(), NOW.tzinfo)
+    live.decide(lapsing, passing, after_expiry)
+    assert live.statuses() == ["RELEASED", "QUARANTINE"]
+    assert [u.code for u in live.explained()[-1].decision.unmet] == [
+        "QUALIFICATION_EXPIRED", "LOT_EXPIRED"]
+    return live
+
+
+def supplier_standing_changes_before_release() -> LiveLot:
+    live = LiveLot()
+    passing = [result(IDT, sequence=1), result(PUR, sequence=2), result(STE, sequence=3)]
+    for qualification in (None, QualificationFacts("", None, 0),
+                          QualificationFacts("PENDING", None, 1), SUSPENDED,
+                          QualificationFacts("DISQUALIFIED", None, 5),
+                          QualificationFacts("EXPIRED", NOW - timedelta(days=1), 6), QUALIFIED):
+        live.decide(qualification, passing)
+    assert live.statuses()[-1] == "RELEASED"
+    return live
+
+
+def a_specification_that_requires_an_assay() -> LiveLot:
+    live = LiveLot()
+    spec = (IDT, PUR, STE, TestKind.ASSAY)
+    results = [result(IDT, sequence=1, required=spec), result(PUR, sequence=2, required=spec),
+               result(STE, sequence=3, required=spec)]
+    live.decide(QUALIFIED, results)
+    live.decide(QUALIFIED, [*results, result(TestKind.ASSAY, sequence=4, required=spec)])
+    assert live.statuses() == ["QUARANTINE", "RELEASED"]
+    return live
+
+
+SCENARIOS: list[Callable[[], LiveLot]] = [
+    released_then_supplier_lapse_then_invalidation, oos_then_confirmation_then_more,
+    oos_invalidated_and_retested, a_gap_in_the_numbering,
+    expiry_of_the_lot_and_of_the_qualification, supplier_standing_changes_before_release,
+    a_specification_that_requires_an_assay,
+]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.__name__)
+def test_every_decision_of_the_live_functions_replays_and_agrees(
+        scenario: Callable[[], LiveLot]) -> None:
+    live = scenario()
+
+    explained = live.explained()
+
+    assert [e.decision.version for e in explained] == list(range(1, len(live.records) + 1))
+    for e in explained:
+        assert e.replay.agrees, (e.decision.version, e.replay.difference)
+        assert e.replay.difference == ""
+        assert e.replay.status == e.decision.status
+        assert list(e.replay.unmet) == list(e.decision.unmet)
+
+
+def test_a_released_lot_kept_released_for_a_supplier_lapse_replays_with_its_old_conditions(
+        ) -> None:
+    passing = (result(IDT, sequence=1), result(PUR, sequence=2), result(STE, sequence=3))
+    inputs = DecisionInputs(LOT, SUSPENDED, passing, NOW)
+
+    replayed = replay(inputs, LotStatus.RELEASED, ())
+
+    assert (replayed.status, replayed.unmet) == (LotStatus.RELEASED, ())
+    assert replayed.rule_status is LotStatus.QUARANTINE
+    assert replay_difference(replayed, status=LotStatus.RELEASED, unmet=(),
+                             rule_status=LotStatus.QUARANTINE) == ""
+    # A lot taken the first time is what the rule says.
+    first = replay(inputs, None, ())
+    assert first.status is LotStatus.QUARANTINE
+    assert [u.code for u in first.unmet] == ["SUPPLIER_SUSPENDED"]
+
+
+def test_a_rejected_lot_replays_with_the_conditions_it_was_rejected_for() -> None:
+    previous = (Unmet("PURITY_FAILED", "purity result R fails", "rule"),)
+    inputs = DecisionInputs(LOT, QUALIFIED, (result(IDT), ), NOW)
+
+    replayed = replay(inputs, LotStatus.REJECTED, previous)
+
+    assert (replayed.status, replayed.unmet) == (LotStatus.REJECTED, previous)
+    assert replayed.rule_status is LotStatus.QUARANTINE
+
+
+def test_the_stored_inputs_hold_every_fact_the_rule_reads() -> None:
+    live = released_then_supplier_lapse_then_invalidation()
+    record = live.records[-1]
+
+    stored = inputs_from_json(record.lot_id, record.inputs)
+
+    assert stored.inputs.lot == LOT
+    assert stored.inputs.qualification == SUSPENDED
+    assert stored.inputs.now == NOW
+    invalidated = [r for r in stored.inputs.results if r.state is INVALIDATED]
+    assert [(r.result_id, r.state_reason) for r in invalidated] == [
+        ("R-PURITY-2", "wrong dilution")]
+    assert stored.rule_status is LotStatus.QUARANTINE
+    assert stored.required_tests == (IDT, PUR, STE)
+    assert set(stored.counted) == {"R-IDENTITY-1", "R-STERILITY-3"}
+    shown = live.explained()[-1].decision.inputs
+    assert (shown.expiry_date, shown.supplier_id, shown.supplier_site_id,
+            shown.material_code) == ("2027-06-30", "SUP-1", "SITE-1", "MAT-1")
+    assert shown.qualification.status == "SUSPENDED" and shown.qualification.version == 4
+    assert [(r.result_id, r.verdict, r.state, r.spec_version) for r in shown.results] == [
+        ("R-IDENTITY-1", "PASS", "VALID", 2), ("R-PURITY-2", "PASS", "INVALIDATED", 2),
+        ("R-STERILITY-3", "PASS", "VALID", 2)]
+    assert shown.rule_status == pb.LOT_STATUS_QUARANTINE
+
+
+def _tampered(record: SimpleNamespace, change: Callable[[dict[str, Any]], None]
+              ) -> SimpleNamespace:
+    inputs = json.loads(record.inputs)
+    change(inputs)
+    return SimpleNamespace(**{**vars(record), "inputs": json.dumps(inputs)})
+
+
+def _flip_sterility(inputs: dict[str, Any]) -> None:
+    [sterility] = [r for r in inputs["results"] if r["test"] == "STERILITY"]
+    sterility["verdict"] = "FAIL"
+
+
+def test_a_flipped_verdict_makes_the_replay_disagree_and_says_what_differs() -> None:
+    live = oos_invalidated_and_retested()
+    released = live.records[-1]
+
+    explained = explain(_tampered(released, _flip_sterility), live.records[-2])
+
+    assert not explained.replay.agrees
+    assert explained.replay.status == pb.LOT_STATUS_ON_HOLD
+    difference = explained.replay.difference
+    assert "status: stored RELEASED, replayed ON_HOLD" in difference
+    assert "rule_status: stored RELEASED, replayed ON_HOLD" in difference
+    assert "unmet codes: stored [], replayed ['STERILITY_OUT_OF_SPECIFICATION']" in difference
+
+
+def test_a_changed_stored_status_makes_the_replay_disagree() -> None:
+    live = oos_then_confirmation_then_more()
+    rejected = live.records[-2]
+    changed = SimpleNamespace(**{**vars(rejected), "status": "RELEASED"})
+
+    explained = explain(changed, live.records[-3])
+
+    assert not explained.replay.agrees
+    assert "status: stored RELEASED, replayed REJECTED" in explained.replay.difference
+    # The next decision does not follow from it either.
+    follower = explain(live.records[-1], changed).replay
+    assert not follower.agrees
+    assert follower.difference == (f"previous_status: stored REJECTED, decision "
+                                   f"{rejected.version} says RELEASED")
+
+
+@pytest.mark.parametrize("what,change,says", [
+    ("a condition's message", lambda r: setattr(
+        r, "unmet", unmet_to_json([Unmet("IDENTITY_MISSING", "all fine", "21 CFR 211.84(d)(1); "
+                                         "ICH Q7 7.30")])),
+     "unmet IDENTITY_MISSING: stored [IDENTITY_MISSING: all fine"),
+    ("the rule status", lambda r: setattr(r, "inputs", r.inputs.replace(
+        '"rule_status":"QUARANTINE"', '"rule_status":"RELEASED"')),
+     "rule_status: stored RELEASED, replayed QUARANTINE"),
+    ("the counted results", lambda r: setattr(r, "inputs", r.inputs.replace(
+        '"counted":["R-PURITY-2","R-STERILITY-3"]', '"counted":["R-PURITY-2"]')),
+     "counted results: stored ['R-PURITY-2'], replayed ['R-PURITY-2', 'R-STERILITY-3']"),
+    ("a lot fact", lambda r: setattr(r, "inputs", r.inputs.replace(
+        '"expiry_date":"2027-06-30"', '"expiry_date":"2026-01-01"')),
+     "unmet codes: stored ['IDENTITY_MISSING'], replayed ['IDENTITY_MISSING', 'LOT_EXPIRED']"),
+    ("a missing input", lambda r: setattr(r, "inputs", r.inputs.replace(
+        '"supplier_site_id":"SITE-1",', '')),
+     "inputs cannot be replayed: supplier_site_id is not stored"),
+])
+def test_a_tampered_record_makes_the_replay_disagree_and_names_what(
+        what: str, change: Callable[[SimpleNamespace], None], says: str) -> None:
+    live = LiveLot()
+    live.decide(QUALIFIED, [result(PUR, sequence=2), result(STE, sequence=3)])
+    record = SimpleNamespace(**vars(live.records[0]))
+    assert explain(record, None).replay.agrees
+
+    change(record)
+    explained = explain(record, None)
+
+    assert not explained.replay.agrees, what
+    assert says in explained.replay.difference, explained.replay.difference
+
+
+def test_a_decision_whose_predecessor_is_missing_does_not_agree() -> None:
+    live = a_gap_in_the_numbering()
+
+    explained = explain(live.records[1], None)
+
+    assert not explained.replay.agrees
+    assert explained.replay.difference == "decision 1 is missing"
