@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
+from typing import Any
+
+from shared.protoconv import from_timestamp, timestamp_is_valid
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,17 @@ class Violations:
         except ValueError:
             self.add(field, "must be a date as YYYY-MM-DD")
             return None
+
+    def instant(self, request: Any, field: str) -> datetime | None:
+        """An optional Timestamp field of a proto request; None when unset or invalid (and
+        noted)."""
+        if not request.HasField(field):
+            return None
+        ts = getattr(request, field)
+        if not timestamp_is_valid(ts):
+            self.add(field, "is not a valid timestamp")
+            return None
+        return from_timestamp(ts)
 
     def raise_if_any(self) -> None:
         if self.items:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
-from datetime import date, datetime
-from typing import Any
+from datetime import date
 
 import grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -19,7 +18,7 @@ from services.lots.read_model import StatusCache
 from shared.clock import Clock
 from shared.errors import Violations
 from shared.paging import decode_position, encode_position, page_size
-from shared.protoconv import fingerprint, from_timestamp, timestamp_is_valid
+from shared.protoconv import fingerprint
 from shared.uow import UnitOfWorkFactory
 
 MAX_CONCLUSION = 2000
@@ -148,8 +147,8 @@ class LotApi(pb_grpc.LotServiceServicer):
                 v.code("supplier_site_id", request.supplier_site_id)
         if request.material_code:
             v.code("material_code", request.material_code)
-        received_from = _instant(v, request, "received_from")
-        received_before = _instant(v, request, "received_before")
+        received_from = v.instant(request, "received_from")
+        received_before = v.instant(request, "received_before")
         if received_from and received_before and received_before <= received_from:
             v.add("received_before", "must lie after received_from")
         limit = page_size(v, request.page_size)
@@ -211,13 +210,3 @@ def _require_lot_id(lot_id: str) -> None:
     v.code("lot_id", lot_id)
     v.raise_if_any()
 
-
-def _instant(v: Violations, request: Any, field: str) -> datetime | None:
-    """An optional timestamp field of `request`; None when unset or invalid (and noted)."""
-    if not request.HasField(field):
-        return None
-    ts = getattr(request, field)
-    if not timestamp_is_valid(ts):
-        v.add(field, "is not a valid timestamp")
-        return None
-    return from_timestamp(ts)

@@ -7,7 +7,6 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from lotgate.results.v1 import results_pb2 as pb
 from lotgate.results.v1 import results_pb2_grpc as pb_grpc
@@ -74,7 +73,7 @@ class ResultApi(pb_grpc.ResultServiceServicer):
         v = Violations()
         v.code("material_code", request.material_code)
         _version(v, request.version)
-        effective_from = _instant(v, request, "effective_from")
+        effective_from = v.instant(request, "effective_from")
         v.text("approved_by", request.approved_by, max_length=200)
         v.raise_if_any()
         spec = await handlers.approve_specification(
@@ -88,7 +87,7 @@ class ResultApi(pb_grpc.ResultServiceServicer):
         v.code("material_code", request.material_code)
         if request.version < 0:
             v.add("version", "must not be negative")
-        as_of = _instant(v, request, "as_of")
+        as_of = v.instant(request, "as_of")
         if request.version and request.HasField("as_of"):
             v.add("as_of", "give either as_of or version, not both")
         v.raise_if_any()
@@ -295,8 +294,8 @@ class ResultApi(pb_grpc.ResultServiceServicer):
             context: grpc.aio.ServicerContext) -> pb.ListInstrumentResultsResponse:
         v = Violations()
         v.code("instrument_id", request.instrument_id)
-        measured_from = _instant(v, request, "measured_from")
-        measured_before = _instant(v, request, "measured_before")
+        measured_from = v.instant(request, "measured_from")
+        measured_before = v.instant(request, "measured_before")
         if measured_from and measured_before and measured_before <= measured_from:
             v.add("measured_before", "must lie after measured_from")
         limit = paging.page_size(v, request.page_size)
@@ -380,13 +379,3 @@ def _version(v: Violations, version: int) -> None:
     if version <= 0:
         v.add("version", "is required: the version's number (1, 2, ...)")
 
-
-def _instant(v: Violations, request: Any, field: str) -> datetime | None:
-    """An optional timestamp field of `request`; None when unset or invalid (and noted)."""
-    if not request.HasField(field):
-        return None
-    ts: Timestamp = getattr(request, field)
-    if not timestamp_is_valid(ts):
-        v.add(field, "is not a valid timestamp")
-        return None
-    return from_timestamp(ts)

@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from lotgate.suppliers.v1 import suppliers_pb2 as pb
 from lotgate.suppliers.v1 import suppliers_pb2_grpc as pb_grpc
@@ -156,7 +155,7 @@ class SupplierApi(pb_grpc.SupplierServiceServicer):
                                context: grpc.aio.ServicerContext) -> pb.GetQualificationResponse:
         v = Violations()
         key = _key(request, v)
-        as_of = _instant(v, request, "as_of")
+        as_of = v.instant(request, "as_of")
         v.raise_if_any()
         q, in_force = await handlers.get_qualification(self._uow(), key=key, as_of=as_of)
         return pb.GetQualificationResponse(qualification=qualification_to_proto(q),
@@ -171,8 +170,8 @@ class SupplierApi(pb_grpc.SupplierServiceServicer):
             v.code("material_code", request.material_code)
         if request.site_id:
             v.code("site_id", request.site_id)
-        changed_from = _instant(v, request, "changed_from")
-        changed_before = _instant(v, request, "changed_before")
+        changed_from = v.instant(request, "changed_from")
+        changed_before = v.instant(request, "changed_before")
         if changed_from and changed_before and changed_before <= changed_from:
             v.add("changed_before", "must lie after changed_from")
         limit = paging.page_size(v, request.page_size)
@@ -191,7 +190,7 @@ class SupplierApi(pb_grpc.SupplierServiceServicer):
             context: grpc.aio.ServicerContext) -> pb.ListApprovedSuppliersResponse:
         v = Violations()
         v.code("material_code", request.material_code)
-        as_of = _instant(v, request, "as_of")
+        as_of = v.instant(request, "as_of")
         v.raise_if_any()
         found = await handlers.approved_suppliers(self._uow(), material_code=request.material_code,
                                                   as_of=as_of)
@@ -236,13 +235,3 @@ def _key(request: Any, v: Violations) -> handlers.Key:
     v.code("material_code", request.material_code)
     return (request.supplier_id, request.site_id, request.material_code)
 
-
-def _instant(v: Violations, request: Any, field: str) -> datetime | None:
-    """An optional timestamp field of `request`; None when unset or invalid (and noted)."""
-    if not request.HasField(field):
-        return None
-    ts: Timestamp = getattr(request, field)
-    if not timestamp_is_valid(ts):
-        v.add(field, "is not a valid timestamp")
-        return None
-    return from_timestamp(ts)
