@@ -80,11 +80,22 @@ def make_engine(url: str, *, pool_size: int = 10, statement_timeout_s: float = 1
 
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+            # The driver's own transactions would begin only at the first write, leaving
+            # the reads before it outside the transaction; _begin takes over.
+            dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=FULL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _begin(conn: Connection) -> None:
+            # The write lock from the start: what a transaction reads cannot change before
+            # it writes, also when several processes share the file (two lots replicas:
+            # a lot decided on a qualification another process is changing). SQLite has
+            # one writer at a time in any case; FOR UPDATE, which it ignores, is not needed.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     return create_async_engine(

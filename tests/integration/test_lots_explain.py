@@ -275,7 +275,8 @@ async def test_lots_not_in_memory_are_read_in_one_query_and_expiry_applies_on_re
     statements: list[str] = []
 
     def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        statements.append(statement)
+        if not statement.startswith("BEGIN"):  # SQLite's BEGIN IMMEDIATE (shared/db.py)
+            statements.append(statement)
 
     async with system.lots_service.infra.engine.connect() as conn:
         event.listen(conn.sync_connection, "before_cursor_execute", seen)

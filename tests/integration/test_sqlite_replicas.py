@@ -3,12 +3,13 @@ so exactly-once has to come from the writes themselves."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import nats
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 
 from services.suppliers import handlers, repository
 from services.suppliers.domain import Qualification, QualificationStatus
@@ -86,7 +87,7 @@ async def test_a_row_id_reused_after_the_other_relay_pruned_is_still_published(
     assert await published_ids(nats_server.url, {old, new}) == {old, new}
 
 
-async def test_a_qualification_read_by_both_replicas_is_warned_about_once(two_engines) -> None:
+async def test_a_qualification_both_replicas_find_due_is_warned_about_once(two_engines) -> None:
     clock = ManualClock()
     now = clock.now()
     first, second = (UnitOfWorkFactory(engine, tables.outbox, clock) for engine in two_engines)
@@ -101,15 +102,37 @@ async def test_a_qualification_read_by_both_replicas_is_warned_about_once(two_en
                 Qualification("SUP", "MAIN", f"MAT-{i}", QualificationStatus.QUALIFIED,
                               now + timedelta(days=5), 1, "audit passed", "qa", now)))
 
-    async with second() as late:  # reads the same rows before the first replica commits
-        seen = await repository.expiring(late.conn, now=now, horizon=now + timedelta(days=30),
-                                         limit=100)
-        assert await handlers.warn_expiring(first(), ahead=timedelta(days=30)) == 3
-        marked = [await repository.mark_warned(late.conn, qualification=q) for q in seen]
+    warned = await asyncio.gather(*(handlers.warn_expiring(uow(), ahead=timedelta(days=30))
+                                    for uow in (first, second)))
 
     async with two_engines[0].connect() as conn:
         warnings = (await conn.execute(select(tables.outbox.c.aggregate_id).where(
             tables.outbox.c.subject == messaging.QUALIFICATION_EXPIRING))).scalars().all()
-    assert len(seen) == 3
-    assert marked == [False, False, False]
+    assert sorted(warned) == [0, 3]
     assert sorted(warnings) == [f"SUP/MAIN/MAT-{i}" for i in range(3)]
+
+
+async def test_what_a_transaction_read_cannot_change_under_it_until_it_commits(
+        two_engines) -> None:
+    """A decision reads, then writes what follows from it (the lots service reads a lot's
+    qualification, then writes the lot's status). Another process on the same file must
+    not slip a change in between: it waits until the first transaction has ended."""
+    first, second = two_engines
+    await add_event(first, ref("seed"))
+    async with first.connect() as reader:
+        seen = (await reader.execute(select(func.count()).select_from(tables.outbox))).scalar()
+        writer = asyncio.create_task(add_event(second, ref("concurrent")))
+        await asyncio.sleep(0.5)
+        waited = not writer.done()
+        await reader.execute(insert(tables.outbox).values(
+            event_id=ref(f"after-{seen}"), subject=SUBJECT, aggregate_id="x",
+            event_type="test", payload=b"", created_at=datetime.now(UTC)))
+        await reader.commit()
+    await writer
+
+    assert waited
+    async with first.connect() as conn:
+        ids = (await conn.execute(select(tables.outbox.c.event_id)
+                                  .order_by(tables.outbox.c.id))).scalars().all()
+    # The concurrent write came after the whole transaction, not between its read and write.
+    assert [i.split("-")[0] for i in ids] == ["seed", "after", "concurrent"]
