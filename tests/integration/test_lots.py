@@ -296,6 +296,10 @@ async def test_a_withdrawn_approval_keeps_open_lots_in_quarantine_with_the_reaso
 
 async def test_results_that_arrive_before_the_lot_are_not_lost(system: System) -> None:
     supplier_id = await system.qualified_supplier("MAT-D")
+    # The qualification and the results come on different streams; the point here is
+    # the results, so the lots service must know the qualification before the receipt.
+    await eventually(lambda: _qualification_status(system.lots_service, supplier_id),
+                     lambda status: status == "QUALIFIED")
     lot_id = ref("LOT")
     await system.post_all_passing(lot_id, "MAT-D")
     # The results are in the projection before the lot exists.
@@ -509,6 +513,15 @@ async def test_list_lots_pages_through_lots_of_one_status(system: System) -> Non
 
     assert [lot_id for lot_id in seen if lot_id in received] == received
     assert seen == sorted(seen)
+
+
+async def _qualification_status(service: RunningService, supplier_id: str) -> str | None:
+    from services.lots.tables import qualifications
+
+    async with service.infra.engine.connect() as conn:
+        return (await conn.execute(select(qualifications.c.status)
+                                   .where(qualifications.c.supplier_id == supplier_id))
+                ).scalar_one_or_none()
 
 
 async def _count_results(service: RunningService, lot_id: str) -> int:
