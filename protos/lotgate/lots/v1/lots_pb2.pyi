@@ -37,6 +37,12 @@ class _LotStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LotStatus.V
     """A result is out of specification and under investigation: not to be used
     until QA invalidates the result (and a retest passes) or confirms it.
     """
+    LOT_STATUS_RELEASABLE: _LotStatus.ValueType  # 5
+    """Every condition holds, and the material's policy wants QA to release it:
+    not to be used until QA does.
+    """
+    LOT_STATUS_EXPIRED: _LotStatus.ValueType  # 6
+    """Past its expiry date; never to be used."""
 
 class LotStatus(_LotStatus, metaclass=_LotStatusEnumTypeWrapper): ...
 
@@ -51,7 +57,35 @@ LOT_STATUS_ON_HOLD: LotStatus.ValueType  # 4
 """A result is out of specification and under investigation: not to be used
 until QA invalidates the result (and a retest passes) or confirms it.
 """
+LOT_STATUS_RELEASABLE: LotStatus.ValueType  # 5
+"""Every condition holds, and the material's policy wants QA to release it:
+not to be used until QA does.
+"""
+LOT_STATUS_EXPIRED: LotStatus.ValueType  # 6
+"""Past its expiry date; never to be used."""
 Global___LotStatus: _TypeAlias = LotStatus  # noqa: Y015
+
+class _ReleasePolicy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ReleasePolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReleasePolicy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RELEASE_POLICY_UNSPECIFIED: _ReleasePolicy.ValueType  # 0
+    RELEASE_POLICY_AUTOMATIC: _ReleasePolicy.ValueType  # 1
+    """Lotgate releases them (review by exception)."""
+    RELEASE_POLICY_QA_RELEASE: _ReleasePolicy.ValueType  # 2
+    """They are RELEASABLE until a QA person releases each one."""
+
+class ReleasePolicy(_ReleasePolicy, metaclass=_ReleasePolicyEnumTypeWrapper):
+    """ReleasePolicy says who releases a material's lots once every condition holds."""
+
+RELEASE_POLICY_UNSPECIFIED: ReleasePolicy.ValueType  # 0
+RELEASE_POLICY_AUTOMATIC: ReleasePolicy.ValueType  # 1
+"""Lotgate releases them (review by exception)."""
+RELEASE_POLICY_QA_RELEASE: ReleasePolicy.ValueType  # 2
+"""They are RELEASABLE until a QA person releases each one."""
+Global___ReleasePolicy: _TypeAlias = ReleasePolicy  # noqa: Y015
 
 class _ReviewState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -172,6 +206,7 @@ class Lot(_message.Message):
     RECEIVED_AT_FIELD_NUMBER: _builtins.int
     RELEASE_STATUS_FIELD_NUMBER: _builtins.int
     SUPPLIER_SITE_ID_FIELD_NUMBER: _builtins.int
+    RETEST_DATE_FIELD_NUMBER: _builtins.int
     lot_id: _builtins.str
     material_code: _builtins.str
     supplier_id: _builtins.str
@@ -181,6 +216,8 @@ class Lot(_message.Message):
     """Last day the material may be used, ISO 8601 (YYYY-MM-DD)."""
     supplier_site_id: _builtins.str
     """The supplier's manufacturing site the lot comes from."""
+    retest_date: _builtins.str
+    """The day the lot must be re-tested (YYYY-MM-DD); empty when none."""
     @_builtins.property
     def quantity(self) -> Global___Quantity: ...
     @_builtins.property
@@ -200,10 +237,11 @@ class Lot(_message.Message):
         received_at: _timestamp_pb2.Timestamp | None = ...,
         release_status: Global___ReleaseStatus | None = ...,
         supplier_site_id: _builtins.str = ...,
+        retest_date: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["quantity", b"quantity", "received_at", b"received_at", "release_status", b"release_status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_count", b"container_count", "expiry_date", b"expiry_date", "lot_id", b"lot_id", "material_code", b"material_code", "quantity", b"quantity", "received_at", b"received_at", "release_status", b"release_status", "supplier_id", b"supplier_id", "supplier_lot_number", b"supplier_lot_number", "supplier_site_id", b"supplier_site_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_count", b"container_count", "expiry_date", b"expiry_date", "lot_id", b"lot_id", "material_code", b"material_code", "quantity", b"quantity", "received_at", b"received_at", "release_status", b"release_status", "retest_date", b"retest_date", "supplier_id", b"supplier_id", "supplier_lot_number", b"supplier_lot_number", "supplier_site_id", b"supplier_site_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -222,6 +260,7 @@ class ReceiveLotRequest(_message.Message):
     EXPIRY_DATE_FIELD_NUMBER: _builtins.int
     REQUESTED_BY_FIELD_NUMBER: _builtins.int
     SUPPLIER_SITE_ID_FIELD_NUMBER: _builtins.int
+    RETEST_DATE_FIELD_NUMBER: _builtins.int
     lot_id: _builtins.str
     """The site's own code for this lot."""
     material_code: _builtins.str
@@ -232,6 +271,10 @@ class ReceiveLotRequest(_message.Message):
     requested_by: _builtins.str
     supplier_site_id: _builtins.str
     """The supplier's manufacturing site; qualifications are per site."""
+    retest_date: _builtins.str
+    """Optional day (YYYY-MM-DD, not after expiry_date) from which a released lot
+    goes back to QUARANTINE until it is re-tested.
+    """
     @_builtins.property
     def quantity(self) -> Global___Quantity: ...
     def __init__(
@@ -246,10 +289,11 @@ class ReceiveLotRequest(_message.Message):
         expiry_date: _builtins.str = ...,
         requested_by: _builtins.str = ...,
         supplier_site_id: _builtins.str = ...,
+        retest_date: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["quantity", b"quantity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_count", b"container_count", "expiry_date", b"expiry_date", "lot_id", b"lot_id", "material_code", b"material_code", "quantity", b"quantity", "requested_by", b"requested_by", "supplier_id", b"supplier_id", "supplier_lot_number", b"supplier_lot_number", "supplier_site_id", b"supplier_site_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_count", b"container_count", "expiry_date", b"expiry_date", "lot_id", b"lot_id", "material_code", b"material_code", "quantity", b"quantity", "requested_by", b"requested_by", "retest_date", b"retest_date", "supplier_id", b"supplier_id", "supplier_lot_number", b"supplier_lot_number", "supplier_site_id", b"supplier_site_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -743,6 +787,11 @@ class DecisionInputs(_message.Message):
     SUPPLIER_ID_FIELD_NUMBER: _builtins.int
     SUPPLIER_SITE_ID_FIELD_NUMBER: _builtins.int
     MATERIAL_CODE_FIELD_NUMBER: _builtins.int
+    RETEST_DATE_FIELD_NUMBER: _builtins.int
+    RELEASE_POLICY_FIELD_NUMBER: _builtins.int
+    QA_RELEASED_FIELD_NUMBER: _builtins.int
+    QA_HOLD_REASON_FIELD_NUMBER: _builtins.int
+    QA_REJECTION_REASON_FIELD_NUMBER: _builtins.int
     expiry_date: _builtins.str
     """The lot's expiry date, YYYY-MM-DD."""
     rule_status: Global___LotStatus.ValueType
@@ -752,6 +801,14 @@ class DecisionInputs(_message.Message):
     supplier_id: _builtins.str
     supplier_site_id: _builtins.str
     material_code: _builtins.str
+    retest_date: _builtins.str
+    """The lot's retest date, YYYY-MM-DD; empty when none."""
+    release_policy: Global___ReleasePolicy.ValueType
+    qa_released: _builtins.bool
+    """QA released the lot while it was RELEASABLE."""
+    qa_hold_reason: _builtins.str
+    """QA's hold and rejection, with their reasons; empty when none."""
+    qa_rejection_reason: _builtins.str
     @_builtins.property
     def now(self) -> _timestamp_pb2.Timestamp:
         """The decision's clock."""
@@ -781,10 +838,15 @@ class DecisionInputs(_message.Message):
         supplier_id: _builtins.str = ...,
         supplier_site_id: _builtins.str = ...,
         material_code: _builtins.str = ...,
+        retest_date: _builtins.str = ...,
+        release_policy: Global___ReleasePolicy.ValueType = ...,
+        qa_released: _builtins.bool = ...,
+        qa_hold_reason: _builtins.str = ...,
+        qa_rejection_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["now", b"now", "qualification", b"qualification"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["counted_result_ids", b"counted_result_ids", "expiry_date", b"expiry_date", "material_code", b"material_code", "now", b"now", "qualification", b"qualification", "required_tests", b"required_tests", "results", b"results", "rule_status", b"rule_status", "supplier_id", b"supplier_id", "supplier_site_id", b"supplier_site_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["counted_result_ids", b"counted_result_ids", "expiry_date", b"expiry_date", "material_code", b"material_code", "now", b"now", "qa_hold_reason", b"qa_hold_reason", "qa_rejection_reason", b"qa_rejection_reason", "qa_released", b"qa_released", "qualification", b"qualification", "release_policy", b"release_policy", "required_tests", b"required_tests", "results", b"results", "retest_date", b"retest_date", "rule_status", b"rule_status", "supplier_id", b"supplier_id", "supplier_site_id", b"supplier_site_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -980,3 +1042,437 @@ class ListDecisionsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListDecisionsResponse: _TypeAlias = ListDecisionsResponse  # noqa: Y015
+
+@_typing.final
+class LotVersion(_message.Message):
+    """LotVersion is the last version of a lot's status a watcher saw."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOT_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    lot_id: _builtins.str
+    version: _builtins.int
+    def __init__(
+        self,
+        *,
+        lot_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lot_id", b"lot_id", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LotVersion: _TypeAlias = LotVersion  # noqa: Y015
+
+@_typing.final
+class WatchReleaseStatusRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOT_IDS_FIELD_NUMBER: _builtins.int
+    MATERIAL_CODE_FIELD_NUMBER: _builtins.int
+    RESUME_FROM_FIELD_NUMBER: _builtins.int
+    material_code: _builtins.str
+    """every lot of this material, including lots received later."""
+    @_builtins.property
+    def lot_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The lots to watch (at most 1,000), or"""
+
+    @_builtins.property
+    def resume_from(self) -> _containers.RepeatedCompositeFieldContainer[Global___LotVersion]:
+        """After a reconnect: the last version seen per lot. Those lots get every
+        change after it; other lots their current status first.
+        """
+
+    def __init__(
+        self,
+        *,
+        lot_ids: _abc.Iterable[_builtins.str] | None = ...,
+        material_code: _builtins.str = ...,
+        resume_from: _abc.Iterable[Global___LotVersion] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lot_ids", b"lot_ids", "material_code", b"material_code", "resume_from", b"resume_from"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchReleaseStatusRequest: _TypeAlias = WatchReleaseStatusRequest  # noqa: Y015
+
+@_typing.final
+class WatchReleaseStatusResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RELEASE_STATUS_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
+    snapshot: _builtins.bool
+    """True for the current status sent when the watch starts (or a lot of the
+    material is received); false for a change.
+    """
+    @_builtins.property
+    def release_status(self) -> Global___ReleaseStatus: ...
+    def __init__(
+        self,
+        *,
+        release_status: Global___ReleaseStatus | None = ...,
+        snapshot: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["release_status", b"release_status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["release_status", b"release_status", "snapshot", b"snapshot"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchReleaseStatusResponse: _TypeAlias = WatchReleaseStatusResponse  # noqa: Y015
+
+@_typing.final
+class SetReleasePolicyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MATERIAL_CODE_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REQUESTED_BY_FIELD_NUMBER: _builtins.int
+    material_code: _builtins.str
+    policy: Global___ReleasePolicy.ValueType
+    reason: _builtins.str
+    requested_by: _builtins.str
+    def __init__(
+        self,
+        *,
+        material_code: _builtins.str = ...,
+        policy: Global___ReleasePolicy.ValueType = ...,
+        reason: _builtins.str = ...,
+        requested_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["material_code", b"material_code", "policy", b"policy", "reason", b"reason", "requested_by", b"requested_by"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetReleasePolicyRequest: _TypeAlias = SetReleasePolicyRequest  # noqa: Y015
+
+@_typing.final
+class MaterialReleasePolicy(_message.Message):
+    """MaterialReleasePolicy is a material's policy and who set it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MATERIAL_CODE_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    SET_BY_FIELD_NUMBER: _builtins.int
+    SET_AT_FIELD_NUMBER: _builtins.int
+    material_code: _builtins.str
+    policy: Global___ReleasePolicy.ValueType
+    reason: _builtins.str
+    set_by: _builtins.str
+    @_builtins.property
+    def set_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        material_code: _builtins.str = ...,
+        policy: Global___ReleasePolicy.ValueType = ...,
+        reason: _builtins.str = ...,
+        set_by: _builtins.str = ...,
+        set_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["set_at", b"set_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["material_code", b"material_code", "policy", b"policy", "reason", b"reason", "set_at", b"set_at", "set_by", b"set_by"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MaterialReleasePolicy: _TypeAlias = MaterialReleasePolicy  # noqa: Y015
+
+@_typing.final
+class SetReleasePolicyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def policy(self) -> Global___MaterialReleasePolicy: ...
+    def __init__(
+        self,
+        *,
+        policy: Global___MaterialReleasePolicy | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetReleasePolicyResponse: _TypeAlias = SetReleasePolicyResponse  # noqa: Y015
+
+@_typing.final
+class GetReleasePolicyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MATERIAL_CODE_FIELD_NUMBER: _builtins.int
+    material_code: _builtins.str
+    def __init__(
+        self,
+        *,
+        material_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["material_code", b"material_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetReleasePolicyRequest: _TypeAlias = GetReleasePolicyRequest  # noqa: Y015
+
+@_typing.final
+class GetReleasePolicyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def policy(self) -> Global___MaterialReleasePolicy: ...
+    def __init__(
+        self,
+        *,
+        policy: Global___MaterialReleasePolicy | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetReleasePolicyResponse: _TypeAlias = GetReleasePolicyResponse  # noqa: Y015
+
+@_typing.final
+class ReleaseLotRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REQUESTED_BY_FIELD_NUMBER: _builtins.int
+    lot_id: _builtins.str
+    reason: _builtins.str
+    requested_by: _builtins.str
+    def __init__(
+        self,
+        *,
+        lot_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        requested_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lot_id", b"lot_id", "reason", b"reason", "requested_by", b"requested_by"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseLotRequest: _TypeAlias = ReleaseLotRequest  # noqa: Y015
+
+@_typing.final
+class ReleaseLotResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RELEASE_STATUS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def release_status(self) -> Global___ReleaseStatus: ...
+    def __init__(
+        self,
+        *,
+        release_status: Global___ReleaseStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["release_status", b"release_status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["release_status", b"release_status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseLotResponse: _TypeAlias = ReleaseLotResponse  # noqa: Y015
+
+@_typing.final
+class HoldLotRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REQUESTED_BY_FIELD_NUMBER: _builtins.int
+    lot_id: _builtins.str
+    reason: _builtins.str
+    requested_by: _builtins.str
+    def __init__(
+        self,
+        *,
+        lot_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        requested_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lot_id", b"lot_id", "reason", b"reason", "requested_by", b"requested_by"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HoldLotRequest: _TypeAlias = HoldLotRequest  # noqa: Y015
+
+@_typing.final
+class HoldLotResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RELEASE_STATUS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def release_status(self) -> Global___ReleaseStatus: ...
+    def __init__(
+        self,
+        *,
+        release_status: Global___ReleaseStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["release_status", b"release_status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["release_status", b"release_status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HoldLotResponse: _TypeAlias = HoldLotResponse  # noqa: Y015
+
+@_typing.final
+class ReleaseHoldRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REQUESTED_BY_FIELD_NUMBER: _builtins.int
+    lot_id: _builtins.str
+    reason: _builtins.str
+    requested_by: _builtins.str
+    def __init__(
+        self,
+        *,
+        lot_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        requested_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lot_id", b"lot_id", "reason", b"reason", "requested_by", b"requested_by"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseHoldRequest: _TypeAlias = ReleaseHoldRequest  # noqa: Y015
+
+@_typing.final
+class ReleaseHoldResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RELEASE_STATUS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def release_status(self) -> Global___ReleaseStatus: ...
+    def __init__(
+        self,
+        *,
+        release_status: Global___ReleaseStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["release_status", b"release_status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["release_status", b"release_status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseHoldResponse: _TypeAlias = ReleaseHoldResponse  # noqa: Y015
+
+@_typing.final
+class RejectLotRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REQUESTED_BY_FIELD_NUMBER: _builtins.int
+    lot_id: _builtins.str
+    reason: _builtins.str
+    requested_by: _builtins.str
+    def __init__(
+        self,
+        *,
+        lot_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        requested_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lot_id", b"lot_id", "reason", b"reason", "requested_by", b"requested_by"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RejectLotRequest: _TypeAlias = RejectLotRequest  # noqa: Y015
+
+@_typing.final
+class RejectLotResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RELEASE_STATUS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def release_status(self) -> Global___ReleaseStatus: ...
+    def __init__(
+        self,
+        *,
+        release_status: Global___ReleaseStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["release_status", b"release_status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["release_status", b"release_status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RejectLotResponse: _TypeAlias = RejectLotResponse  # noqa: Y015
+
+@_typing.final
+class SetRetestDateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOT_ID_FIELD_NUMBER: _builtins.int
+    RETEST_DATE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REQUESTED_BY_FIELD_NUMBER: _builtins.int
+    lot_id: _builtins.str
+    retest_date: _builtins.str
+    """YYYY-MM-DD, after today and not after the expiry date."""
+    reason: _builtins.str
+    requested_by: _builtins.str
+    def __init__(
+        self,
+        *,
+        lot_id: _builtins.str = ...,
+        retest_date: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        requested_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lot_id", b"lot_id", "reason", b"reason", "requested_by", b"requested_by", "retest_date", b"retest_date"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetRetestDateRequest: _TypeAlias = SetRetestDateRequest  # noqa: Y015
+
+@_typing.final
+class SetRetestDateResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RELEASE_STATUS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def release_status(self) -> Global___ReleaseStatus: ...
+    def __init__(
+        self,
+        *,
+        release_status: Global___ReleaseStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["release_status", b"release_status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["release_status", b"release_status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetRetestDateResponse: _TypeAlias = SetRetestDateResponse  # noqa: Y015

@@ -66,6 +66,46 @@ class LotServiceStub:
                 request_serializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.ListDecisionsRequest.SerializeToString,
                 response_deserializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.ListDecisionsResponse.FromString,
                 _registered_method=True)
+        self.WatchReleaseStatus = channel.unary_stream(
+                '/lotgate.lots.v1.LotService/WatchReleaseStatus',
+                request_serializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.WatchReleaseStatusRequest.SerializeToString,
+                response_deserializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.WatchReleaseStatusResponse.FromString,
+                _registered_method=True)
+        self.SetReleasePolicy = channel.unary_unary(
+                '/lotgate.lots.v1.LotService/SetReleasePolicy',
+                request_serializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.SetReleasePolicyRequest.SerializeToString,
+                response_deserializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.SetReleasePolicyResponse.FromString,
+                _registered_method=True)
+        self.GetReleasePolicy = channel.unary_unary(
+                '/lotgate.lots.v1.LotService/GetReleasePolicy',
+                request_serializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.GetReleasePolicyRequest.SerializeToString,
+                response_deserializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.GetReleasePolicyResponse.FromString,
+                _registered_method=True)
+        self.ReleaseLot = channel.unary_unary(
+                '/lotgate.lots.v1.LotService/ReleaseLot',
+                request_serializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.ReleaseLotRequest.SerializeToString,
+                response_deserializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.ReleaseLotResponse.FromString,
+                _registered_method=True)
+        self.HoldLot = channel.unary_unary(
+                '/lotgate.lots.v1.LotService/HoldLot',
+                request_serializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.HoldLotRequest.SerializeToString,
+                response_deserializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.HoldLotResponse.FromString,
+                _registered_method=True)
+        self.ReleaseHold = channel.unary_unary(
+                '/lotgate.lots.v1.LotService/ReleaseHold',
+                request_serializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.ReleaseHoldRequest.SerializeToString,
+                response_deserializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.ReleaseHoldResponse.FromString,
+                _registered_method=True)
+        self.RejectLot = channel.unary_unary(
+                '/lotgate.lots.v1.LotService/RejectLot',
+                request_serializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.RejectLotRequest.SerializeToString,
+                response_deserializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.RejectLotResponse.FromString,
+                _registered_method=True)
+        self.SetRetestDate = channel.unary_unary(
+                '/lotgate.lots.v1.LotService/SetRetestDate',
+                request_serializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.SetRetestDateRequest.SerializeToString,
+                response_deserializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.SetRetestDateResponse.FromString,
+                _registered_method=True)
         self.ListLots = channel.unary_unary(
                 '/lotgate.lots.v1.LotService/ListLots',
                 request_serializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.ListLotsRequest.SerializeToString,
@@ -135,6 +175,69 @@ class LotServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchReleaseStatus(self, request, context):
+        """WatchReleaseStatus streams the status of a set of lots, or of every lot of
+        a material: first the current status of each, then every change. A client
+        that reconnects with resume_from (the last version it saw per lot) gets
+        exactly the changes after those versions: none missed, none repeated.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetReleasePolicy(self, request, context):
+        """SetReleasePolicy chooses how lots of a material are released: AUTOMATIC
+        (when every condition holds) or QA_RELEASE (RELEASABLE until QA releases).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetReleasePolicy(self, request, context):
+        """GetReleasePolicy returns a material's policy (AUTOMATIC when never set).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseLot(self, request, context):
+        """ReleaseLot is QA's release of a RELEASABLE lot; any other status is
+        FAILED_PRECONDITION naming it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def HoldLot(self, request, context):
+        """HoldLot puts a lot ON_HOLD by QA's decision (QA_HOLD), whatever its status
+        but REJECTED or EXPIRED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseHold(self, request, context):
+        """ReleaseHold lifts QA's hold; the lot is decided again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RejectLot(self, request, context):
+        """RejectLot rejects a lot by QA's decision (QA_REJECTED); final.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetRetestDate(self, request, context):
+        """SetRetestDate records a new retest date after the lot was re-tested; a
+        released lot whose retest date arrives goes back to QUARANTINE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListLots(self, request, context):
         """ListLots lists lots, optionally filtered by status, supplier, site and
         material, ordered by lot id.
@@ -192,6 +295,46 @@ def add_LotServiceServicer_to_server(servicer, server):
                     servicer.ListDecisions,
                     request_deserializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.ListDecisionsRequest.FromString,
                     response_serializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.ListDecisionsResponse.SerializeToString,
+            ),
+            'WatchReleaseStatus': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchReleaseStatus,
+                    request_deserializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.WatchReleaseStatusRequest.FromString,
+                    response_serializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.WatchReleaseStatusResponse.SerializeToString,
+            ),
+            'SetReleasePolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetReleasePolicy,
+                    request_deserializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.SetReleasePolicyRequest.FromString,
+                    response_serializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.SetReleasePolicyResponse.SerializeToString,
+            ),
+            'GetReleasePolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetReleasePolicy,
+                    request_deserializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.GetReleasePolicyRequest.FromString,
+                    response_serializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.GetReleasePolicyResponse.SerializeToString,
+            ),
+            'ReleaseLot': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseLot,
+                    request_deserializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.ReleaseLotRequest.FromString,
+                    response_serializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.ReleaseLotResponse.SerializeToString,
+            ),
+            'HoldLot': grpc.unary_unary_rpc_method_handler(
+                    servicer.HoldLot,
+                    request_deserializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.HoldLotRequest.FromString,
+                    response_serializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.HoldLotResponse.SerializeToString,
+            ),
+            'ReleaseHold': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseHold,
+                    request_deserializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.ReleaseHoldRequest.FromString,
+                    response_serializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.ReleaseHoldResponse.SerializeToString,
+            ),
+            'RejectLot': grpc.unary_unary_rpc_method_handler(
+                    servicer.RejectLot,
+                    request_deserializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.RejectLotRequest.FromString,
+                    response_serializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.RejectLotResponse.SerializeToString,
+            ),
+            'SetRetestDate': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetRetestDate,
+                    request_deserializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.SetRetestDateRequest.FromString,
+                    response_serializer=lotgate_dot_lots_dot_v1_dot_lots__pb2.SetRetestDateResponse.SerializeToString,
             ),
             'ListLots': grpc.unary_unary_rpc_method_handler(
                     servicer.ListLots,
@@ -373,6 +516,222 @@ class LotService:
             '/lotgate.lots.v1.LotService/ListDecisions',
             lotgate_dot_lots_dot_v1_dot_lots__pb2.ListDecisionsRequest.SerializeToString,
             lotgate_dot_lots_dot_v1_dot_lots__pb2.ListDecisionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchReleaseStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/lotgate.lots.v1.LotService/WatchReleaseStatus',
+            lotgate_dot_lots_dot_v1_dot_lots__pb2.WatchReleaseStatusRequest.SerializeToString,
+            lotgate_dot_lots_dot_v1_dot_lots__pb2.WatchReleaseStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetReleasePolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lotgate.lots.v1.LotService/SetReleasePolicy',
+            lotgate_dot_lots_dot_v1_dot_lots__pb2.SetReleasePolicyRequest.SerializeToString,
+            lotgate_dot_lots_dot_v1_dot_lots__pb2.SetReleasePolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetReleasePolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lotgate.lots.v1.LotService/GetReleasePolicy',
+            lotgate_dot_lots_dot_v1_dot_lots__pb2.GetReleasePolicyRequest.SerializeToString,
+            lotgate_dot_lots_dot_v1_dot_lots__pb2.GetReleasePolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseLot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lotgate.lots.v1.LotService/ReleaseLot',
+            lotgate_dot_lots_dot_v1_dot_lots__pb2.ReleaseLotRequest.SerializeToString,
+            lotgate_dot_lots_dot_v1_dot_lots__pb2.ReleaseLotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HoldLot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lotgate.lots.v1.LotService/HoldLot',
+            lotgate_dot_lots_dot_v1_dot_lots__pb2.HoldLotRequest.SerializeToString,
+            lotgate_dot_lots_dot_v1_dot_lots__pb2.HoldLotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseHold(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lotgate.lots.v1.LotService/ReleaseHold',
+            lotgate_dot_lots_dot_v1_dot_lots__pb2.ReleaseHoldRequest.SerializeToString,
+            lotgate_dot_lots_dot_v1_dot_lots__pb2.ReleaseHoldResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RejectLot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lotgate.lots.v1.LotService/RejectLot',
+            lotgate_dot_lots_dot_v1_dot_lots__pb2.RejectLotRequest.SerializeToString,
+            lotgate_dot_lots_dot_v1_dot_lots__pb2.RejectLotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetRetestDate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lotgate.lots.v1.LotService/SetRetestDate',
+            lotgate_dot_lots_dot_v1_dot_lots__pb2.SetRetestDateRequest.SerializeToString,
+            lotgate_dot_lots_dot_v1_dot_lots__pb2.SetRetestDateResponse.FromString,
             options,
             channel_credentials,
             insecure,

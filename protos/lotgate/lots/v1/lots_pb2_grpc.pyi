@@ -56,6 +56,34 @@ class LotServiceStub:
     """ListDecisions returns every decision of a lot, oldest first, each
     explained and replayed.
     """
+    WatchReleaseStatus: _grpc.UnaryStreamMultiCallable[_lots_pb2.WatchReleaseStatusRequest, _lots_pb2.WatchReleaseStatusResponse]
+    """WatchReleaseStatus streams the status of a set of lots, or of every lot of
+    a material: first the current status of each, then every change. A client
+    that reconnects with resume_from (the last version it saw per lot) gets
+    exactly the changes after those versions: none missed, none repeated.
+    """
+    SetReleasePolicy: _grpc.UnaryUnaryMultiCallable[_lots_pb2.SetReleasePolicyRequest, _lots_pb2.SetReleasePolicyResponse]
+    """SetReleasePolicy chooses how lots of a material are released: AUTOMATIC
+    (when every condition holds) or QA_RELEASE (RELEASABLE until QA releases).
+    """
+    GetReleasePolicy: _grpc.UnaryUnaryMultiCallable[_lots_pb2.GetReleasePolicyRequest, _lots_pb2.GetReleasePolicyResponse]
+    """GetReleasePolicy returns a material's policy (AUTOMATIC when never set)."""
+    ReleaseLot: _grpc.UnaryUnaryMultiCallable[_lots_pb2.ReleaseLotRequest, _lots_pb2.ReleaseLotResponse]
+    """ReleaseLot is QA's release of a RELEASABLE lot; any other status is
+    FAILED_PRECONDITION naming it.
+    """
+    HoldLot: _grpc.UnaryUnaryMultiCallable[_lots_pb2.HoldLotRequest, _lots_pb2.HoldLotResponse]
+    """HoldLot puts a lot ON_HOLD by QA's decision (QA_HOLD), whatever its status
+    but REJECTED or EXPIRED.
+    """
+    ReleaseHold: _grpc.UnaryUnaryMultiCallable[_lots_pb2.ReleaseHoldRequest, _lots_pb2.ReleaseHoldResponse]
+    """ReleaseHold lifts QA's hold; the lot is decided again."""
+    RejectLot: _grpc.UnaryUnaryMultiCallable[_lots_pb2.RejectLotRequest, _lots_pb2.RejectLotResponse]
+    """RejectLot rejects a lot by QA's decision (QA_REJECTED); final."""
+    SetRetestDate: _grpc.UnaryUnaryMultiCallable[_lots_pb2.SetRetestDateRequest, _lots_pb2.SetRetestDateResponse]
+    """SetRetestDate records a new retest date after the lot was re-tested; a
+    released lot whose retest date arrives goes back to QUARANTINE.
+    """
     ListLots: _grpc.UnaryUnaryMultiCallable[_lots_pb2.ListLotsRequest, _lots_pb2.ListLotsResponse]
     """ListLots lists lots, optionally filtered by status, supplier, site and
     material, ordered by lot id.
@@ -97,6 +125,34 @@ class LotServiceAsyncStub(LotServiceStub):
     ListDecisions: _aio.UnaryUnaryMultiCallable[_lots_pb2.ListDecisionsRequest, _lots_pb2.ListDecisionsResponse]  # type: ignore[assignment]
     """ListDecisions returns every decision of a lot, oldest first, each
     explained and replayed.
+    """
+    WatchReleaseStatus: _aio.UnaryStreamMultiCallable[_lots_pb2.WatchReleaseStatusRequest, _lots_pb2.WatchReleaseStatusResponse]  # type: ignore[assignment]
+    """WatchReleaseStatus streams the status of a set of lots, or of every lot of
+    a material: first the current status of each, then every change. A client
+    that reconnects with resume_from (the last version it saw per lot) gets
+    exactly the changes after those versions: none missed, none repeated.
+    """
+    SetReleasePolicy: _aio.UnaryUnaryMultiCallable[_lots_pb2.SetReleasePolicyRequest, _lots_pb2.SetReleasePolicyResponse]  # type: ignore[assignment]
+    """SetReleasePolicy chooses how lots of a material are released: AUTOMATIC
+    (when every condition holds) or QA_RELEASE (RELEASABLE until QA releases).
+    """
+    GetReleasePolicy: _aio.UnaryUnaryMultiCallable[_lots_pb2.GetReleasePolicyRequest, _lots_pb2.GetReleasePolicyResponse]  # type: ignore[assignment]
+    """GetReleasePolicy returns a material's policy (AUTOMATIC when never set)."""
+    ReleaseLot: _aio.UnaryUnaryMultiCallable[_lots_pb2.ReleaseLotRequest, _lots_pb2.ReleaseLotResponse]  # type: ignore[assignment]
+    """ReleaseLot is QA's release of a RELEASABLE lot; any other status is
+    FAILED_PRECONDITION naming it.
+    """
+    HoldLot: _aio.UnaryUnaryMultiCallable[_lots_pb2.HoldLotRequest, _lots_pb2.HoldLotResponse]  # type: ignore[assignment]
+    """HoldLot puts a lot ON_HOLD by QA's decision (QA_HOLD), whatever its status
+    but REJECTED or EXPIRED.
+    """
+    ReleaseHold: _aio.UnaryUnaryMultiCallable[_lots_pb2.ReleaseHoldRequest, _lots_pb2.ReleaseHoldResponse]  # type: ignore[assignment]
+    """ReleaseHold lifts QA's hold; the lot is decided again."""
+    RejectLot: _aio.UnaryUnaryMultiCallable[_lots_pb2.RejectLotRequest, _lots_pb2.RejectLotResponse]  # type: ignore[assignment]
+    """RejectLot rejects a lot by QA's decision (QA_REJECTED); final."""
+    SetRetestDate: _aio.UnaryUnaryMultiCallable[_lots_pb2.SetRetestDateRequest, _lots_pb2.SetRetestDateResponse]  # type: ignore[assignment]
+    """SetRetestDate records a new retest date after the lot was re-tested; a
+    released lot whose retest date arrives goes back to QUARANTINE.
     """
     ListLots: _aio.UnaryUnaryMultiCallable[_lots_pb2.ListLotsRequest, _lots_pb2.ListLotsResponse]  # type: ignore[assignment]
     """ListLots lists lots, optionally filtered by status, supplier, site and
@@ -172,6 +228,82 @@ class LotServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_lots_pb2.ListDecisionsResponse, _abc.Awaitable[_lots_pb2.ListDecisionsResponse]]:
         """ListDecisions returns every decision of a lot, oldest first, each
         explained and replayed.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchReleaseStatus(
+        self,
+        request: _lots_pb2.WatchReleaseStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_lots_pb2.WatchReleaseStatusResponse], _abc.AsyncIterator[_lots_pb2.WatchReleaseStatusResponse]]:
+        """WatchReleaseStatus streams the status of a set of lots, or of every lot of
+        a material: first the current status of each, then every change. A client
+        that reconnects with resume_from (the last version it saw per lot) gets
+        exactly the changes after those versions: none missed, none repeated.
+        """
+
+    @_abc_1.abstractmethod
+    def SetReleasePolicy(
+        self,
+        request: _lots_pb2.SetReleasePolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lots_pb2.SetReleasePolicyResponse, _abc.Awaitable[_lots_pb2.SetReleasePolicyResponse]]:
+        """SetReleasePolicy chooses how lots of a material are released: AUTOMATIC
+        (when every condition holds) or QA_RELEASE (RELEASABLE until QA releases).
+        """
+
+    @_abc_1.abstractmethod
+    def GetReleasePolicy(
+        self,
+        request: _lots_pb2.GetReleasePolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lots_pb2.GetReleasePolicyResponse, _abc.Awaitable[_lots_pb2.GetReleasePolicyResponse]]:
+        """GetReleasePolicy returns a material's policy (AUTOMATIC when never set)."""
+
+    @_abc_1.abstractmethod
+    def ReleaseLot(
+        self,
+        request: _lots_pb2.ReleaseLotRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lots_pb2.ReleaseLotResponse, _abc.Awaitable[_lots_pb2.ReleaseLotResponse]]:
+        """ReleaseLot is QA's release of a RELEASABLE lot; any other status is
+        FAILED_PRECONDITION naming it.
+        """
+
+    @_abc_1.abstractmethod
+    def HoldLot(
+        self,
+        request: _lots_pb2.HoldLotRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lots_pb2.HoldLotResponse, _abc.Awaitable[_lots_pb2.HoldLotResponse]]:
+        """HoldLot puts a lot ON_HOLD by QA's decision (QA_HOLD), whatever its status
+        but REJECTED or EXPIRED.
+        """
+
+    @_abc_1.abstractmethod
+    def ReleaseHold(
+        self,
+        request: _lots_pb2.ReleaseHoldRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lots_pb2.ReleaseHoldResponse, _abc.Awaitable[_lots_pb2.ReleaseHoldResponse]]:
+        """ReleaseHold lifts QA's hold; the lot is decided again."""
+
+    @_abc_1.abstractmethod
+    def RejectLot(
+        self,
+        request: _lots_pb2.RejectLotRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lots_pb2.RejectLotResponse, _abc.Awaitable[_lots_pb2.RejectLotResponse]]:
+        """RejectLot rejects a lot by QA's decision (QA_REJECTED); final."""
+
+    @_abc_1.abstractmethod
+    def SetRetestDate(
+        self,
+        request: _lots_pb2.SetRetestDateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lots_pb2.SetRetestDateResponse, _abc.Awaitable[_lots_pb2.SetRetestDateResponse]]:
+        """SetRetestDate records a new retest date after the lot was re-tested; a
+        released lot whose retest date arrives goes back to QUARANTINE.
         """
 
     @_abc_1.abstractmethod
