@@ -178,12 +178,13 @@ class Lotgate:
     # Warehouse
     async def receive(self, lot_id: str, material: str, supplier_id: str, *,
                       site: str = DEFAULT_SITE, expiry_date: str = "2030-12-31",
-                      containers: int = 4) -> lots_pb2.Lot:
+                      containers: int = 4, retest_date: str = "") -> lots_pb2.Lot:
         reply = await self.lots.ReceiveLot(lots_pb2.ReceiveLotRequest(
             lot_id=lot_id, material_code=material, supplier_id=supplier_id,
             supplier_site_id=site,
             supplier_lot_number=f"S-{lot_id}", quantity=lots_pb2.Quantity(value=25.0, unit="kg"),
-            container_count=containers, expiry_date=expiry_date, requested_by="wms"))
+            container_count=containers, expiry_date=expiry_date, requested_by="wms",
+            retest_date=retest_date))
         return reply.lot
 
     async def status(self, lot_id: str) -> lots_pb2.ReleaseStatus:

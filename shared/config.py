@@ -42,6 +42,9 @@ class ServiceSettings(BaseSettings):
     database_pool_size: int = Field(default=20, ge=1)
     # Seconds a database statement may run before the call fails.
     database_timeout_seconds: float = Field(default=10.0, gt=0)
+    # FOR TESTS ONLY: a file holding a clock offset in seconds (shared.clock.FileClock),
+    # so that end-to-end tests can move the services' time. Empty: the system clock.
+    clock_file: str = ""
 
 
 def settings_for(service: str, **overrides: object) -> ServiceSettings:

@@ -84,6 +84,20 @@ class Violations:
             self.add(field, "may hold only letters, digits and . _ : / - and must start with a "
                             "letter or digit")
 
+    def codes(self, field: str, values: list[str], *, max_items: int) -> None:
+        """A list of at most `max_items` identifiers, each given once (an empty list is the
+        caller's to judge)."""
+        if len(values) > max_items:
+            self.add(field, f"must hold at most {max_items:,} ids, not {len(values):,}")
+            return
+        first: dict[str, int] = {}
+        for i, value in enumerate(values):
+            if value in first:
+                self.add(f"{field}[{i}]", f"repeats {field}[{first[value]}] ({value})")
+                continue
+            first[value] = i
+            self.code(f"{field}[{i}]", value)
+
     def text(self, field: str, value: str, *, max_length: int = 500, required: bool = True) -> None:
         if required and not value.strip():
             self.add(field, "is required")

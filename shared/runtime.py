@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared import messaging
 from shared.aio import sleep_or_stop
-from shared.clock import Clock, SystemClock
+from shared.clock import Clock, FileClock, SystemClock
 from shared.config import ServiceSettings, settings_for
 from shared.db import create_schema, make_engine, schema_info_table
 from shared.grpc_server import build_server
@@ -56,6 +56,11 @@ class ServiceParts:
     streams: Sequence[messaging.StreamSpec] = ()
     # Loops that run beside the server until the stop event is set (schedulers).
     background: Sequence[Callable[[asyncio.Event], Awaitable[None]]] = ()
+    # Called with the JetStream context once messaging is ready (change feeds).
+    on_messaging_ready: Sequence[Callable[[JetStreamContext], None]] = ()
+    # Called when the service starts to stop, before it waits for in-flight calls: ends
+    # long-lived streams, which would otherwise hold the shutdown for its whole grace.
+    on_stopping: Sequence[Callable[[], None]] = ()
 
 
 @dataclass
@@ -100,6 +105,12 @@ async def start_service(settings: ServiceSettings, build: BuildParts, *,
     The gRPC server answers as soon as the database is ready. NATS may come later: the
     outbox keeps every event until the relay, started once NATS answers, publishes it.
     """
+    if clock is None and settings.clock_file:
+        # Tests only (see FileClock): say so loudly wherever it is on.
+        clock = FileClock(settings.clock_file)
+        log.warning("test_clock_in_use", alert=True, clock_file=settings.clock_file,
+                    detail="the clock is test-controlled (LOTGATE_CLOCK_FILE); never in "
+                           "production")
     clock = clock or SystemClock()
     stack = AsyncExitStack()
     try:
@@ -137,6 +148,8 @@ async def start_service(settings: ServiceSettings, build: BuildParts, *,
                                          ack_wait_s=settings.consumer_ack_wait_seconds)
                 running.consumers.append(consumer)
                 tasks.append(asyncio.create_task(consumer.run(stop_event), name=sub.durable))
+            for ready in parts.on_messaging_ready:
+                ready(js)
             running.messaging_ready.set()
             log.info("messaging_ready", nats=settings.nats_url)
 
@@ -164,6 +177,8 @@ async def start_service(settings: ServiceSettings, build: BuildParts, *,
         await server.start()
 
         async def stop_server() -> None:
+            for stopping in parts.on_stopping:
+                stopping()
             await health_servicer.enter_graceful_shutdown()
             await server.stop(settings.shutdown_grace_seconds)
 

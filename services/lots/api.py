@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import binascii
 import math
+from collections.abc import AsyncIterator
 from datetime import date
+from typing import Any
 
 import grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -13,10 +15,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from lotgate.lots.v1 import lots_pb2 as pb
 from lotgate.lots.v1 import lots_pb2_grpc as pb_grpc
 from services.lots import handlers
-from services.lots.convert import REVIEW_STATE_FROM_PROTO, STATUS_FROM_PROTO
+from services.lots.convert import POLICY_FROM_PROTO, REVIEW_STATE_FROM_PROTO, STATUS_FROM_PROTO
 from services.lots.read_model import StatusCache
+from services.lots.watch import ChangeFeed, watch
 from shared.clock import Clock
-from shared.errors import Violations
+from shared.errors import Unavailable, Violations
 from shared.paging import decode_position, encode_position, page_size
 from shared.protoconv import fingerprint
 from shared.uow import UnitOfWorkFactory
@@ -58,6 +61,9 @@ class LotApi(pb_grpc.LotServiceServicer):
                 raise ValueError
         except ValueError:
             v.add("expiry_date", "must be a date as YYYY-MM-DD")
+        retest = v.day("retest_date", request.retest_date, required=False)
+        if retest and expiry and retest > expiry:
+            v.add("retest_date", "must not lie after expiry_date")
         v.text("requested_by", request.requested_by, max_length=200)
         v.raise_if_any()
         assert expiry is not None
@@ -67,7 +73,8 @@ class LotApi(pb_grpc.LotServiceServicer):
             supplier_lot_number=request.supplier_lot_number.strip(),
             quantity_value=quantity.value, quantity_unit=quantity.unit.strip(),
             container_count=request.container_count, expiry_date=expiry,
-            requested_by=request.requested_by, fingerprint=fingerprint(request))
+            requested_by=request.requested_by, fingerprint=fingerprint(request),
+            retest_date=retest)
         lot = await handlers.receive_lot(self._uow(), command, self._cache)
         return pb.ReceiveLotResponse(lot=lot)
 
@@ -94,17 +101,8 @@ class LotApi(pb_grpc.LotServiceServicer):
         lot_ids = list(request.lot_ids)
         v = Violations()
         if not lot_ids:
-            v.add("lot_ids", f"is required: 1 to {MAX_BATCH} lot ids")
-        elif len(lot_ids) > MAX_BATCH:
-            v.add("lot_ids", f"must hold at most {MAX_BATCH} lot ids, not {len(lot_ids)}")
-        else:
-            first: dict[str, int] = {}
-            for i, lot_id in enumerate(lot_ids):
-                if lot_id in first:
-                    v.add(f"lot_ids[{i}]", f"repeats lot_ids[{first[lot_id]}] ({lot_id})")
-                    continue
-                first[lot_id] = i
-                v.code(f"lot_ids[{i}]", lot_id)
+            v.add("lot_ids", f"is required: 1 to {MAX_BATCH:,} lot ids")
+        v.codes("lot_ids", lot_ids, max_items=MAX_BATCH)
         v.raise_if_any()
         async with self._engine.connect() as conn:
             statuses = await handlers.get_statuses(conn, lot_ids=lot_ids, cache=self._cache,
@@ -129,6 +127,75 @@ class LotApi(pb_grpc.LotServiceServicer):
         async with self._engine.connect() as conn:
             decisions = await handlers.list_decisions(conn, lot_id=request.lot_id)
         return pb.ListDecisionsResponse(decisions=decisions)
+
+    # QA's release policies and actions on lots: each recorded as a decision with its cause.
+
+    async def SetReleasePolicy(self, request: pb.SetReleasePolicyRequest,
+                               context: grpc.aio.ServicerContext) -> pb.SetReleasePolicyResponse:
+        v = Violations()
+        v.code("material_code", request.material_code)
+        policy = POLICY_FROM_PROTO.get(request.policy)
+        if policy is None:
+            v.add("policy", "must be RELEASE_POLICY_AUTOMATIC or RELEASE_POLICY_QA_RELEASE")
+        _reason_and_who(v, request)
+        v.raise_if_any()
+        assert policy is not None
+        set_ = await handlers.set_release_policy(
+            self._uow(), self._cache, material_code=request.material_code, policy=policy,
+            reason=request.reason, requested_by=request.requested_by)
+        return pb.SetReleasePolicyResponse(policy=set_)
+
+    async def GetReleasePolicy(self, request: pb.GetReleasePolicyRequest,
+                               context: grpc.aio.ServicerContext) -> pb.GetReleasePolicyResponse:
+        v = Violations()
+        v.code("material_code", request.material_code)
+        v.raise_if_any()
+        async with self._engine.connect() as conn:
+            policy = await handlers.get_release_policy(conn, material_code=request.material_code)
+        return pb.GetReleasePolicyResponse(policy=policy)
+
+    async def ReleaseLot(self, request: pb.ReleaseLotRequest,
+                         context: grpc.aio.ServicerContext) -> pb.ReleaseLotResponse:
+        return pb.ReleaseLotResponse(release_status=await self._qa(handlers.release_lot,
+                                                                   request))
+
+    async def HoldLot(self, request: pb.HoldLotRequest,
+                      context: grpc.aio.ServicerContext) -> pb.HoldLotResponse:
+        return pb.HoldLotResponse(release_status=await self._qa(handlers.hold_lot, request))
+
+    async def ReleaseHold(self, request: pb.ReleaseHoldRequest,
+                          context: grpc.aio.ServicerContext) -> pb.ReleaseHoldResponse:
+        return pb.ReleaseHoldResponse(release_status=await self._qa(handlers.release_hold,
+                                                                    request))
+
+    async def RejectLot(self, request: pb.RejectLotRequest,
+                        context: grpc.aio.ServicerContext) -> pb.RejectLotResponse:
+        return pb.RejectLotResponse(release_status=await self._qa(handlers.reject_lot, request))
+
+    async def _qa(self, action: Any, request: Any) -> pb.ReleaseStatus:
+        """A QA action on a lot: the lot, why and who (field violations otherwise), then
+        the handler's unit of work."""
+        v = Violations()
+        v.code("lot_id", request.lot_id)
+        _reason_and_who(v, request)
+        v.raise_if_any()
+        status: pb.ReleaseStatus = await action(self._uow(), self._cache, lot_id=request.lot_id,
+                                                reason=request.reason,
+                                                requested_by=request.requested_by)
+        return status
+
+    async def SetRetestDate(self, request: pb.SetRetestDateRequest,
+                            context: grpc.aio.ServicerContext) -> pb.SetRetestDateResponse:
+        v = Violations()
+        v.code("lot_id", request.lot_id)
+        retest = v.day("retest_date", request.retest_date)
+        _reason_and_who(v, request)
+        v.raise_if_any()
+        assert retest is not None
+        status = await handlers.set_retest_date(
+            self._uow(), self._cache, lot_id=request.lot_id, retest_date=retest,
+            reason=request.reason, requested_by=request.requested_by)
+        return pb.SetRetestDateResponse(release_status=status)
 
     async def ListLots(self, request: pb.ListLotsRequest,
                        context: grpc.aio.ServicerContext) -> pb.ListLotsResponse:
@@ -203,6 +270,23 @@ class LotApi(pb_grpc.LotServiceServicer):
             self._uow(), review_id=request.review_id, conclusion=request.conclusion,
             requested_by=request.requested_by)
         return pb.CloseLotReviewResponse(review=review)
+
+    # The change feed WatchReleaseStatus reads from; set by the bootstrap.
+    feed: ChangeFeed | None = None
+
+    async def WatchReleaseStatus(self, request: pb.WatchReleaseStatusRequest,
+                                 context: grpc.aio.ServicerContext
+                                 ) -> AsyncIterator[pb.WatchReleaseStatusResponse]:
+        # Snapshot (or the changes after resume_from), then every change: see watch.py.
+        if self.feed is None:
+            raise Unavailable("status changes cannot be watched on this server")
+        async for response in watch(self.feed, self._engine, self._clock, request):
+            yield response
+
+
+def _reason_and_who(v: Violations, request: Any) -> None:
+    v.text("reason", request.reason, max_length=MAX_CONCLUSION)
+    v.text("requested_by", request.requested_by, max_length=200)
 
 
 def _require_lot_id(lot_id: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpc
@@ -14,6 +15,8 @@ from services.lots.api import LotApi
 from services.lots.domain import ResultState
 from services.lots.read_model import StatusCache
 from services.lots.tables import tables
+from services.lots.time_driven import run_time_checks
+from services.lots.watch import ChangeFeed
 from shared import messaging
 from shared.clock import Clock
 from shared.config import ServiceSettings
@@ -24,11 +27,19 @@ from shared.uow import UnitOfWork
 
 def build(infra: Infrastructure) -> ServiceParts:
     cache = StatusCache()
+    # Every replica's status changes: keeps the cache coherent, feeds the watches.
+    feed = ChangeFeed(infra.engine, cache)
 
     def register(server: grpc.aio.Server) -> list[str]:
         api = LotApi(infra.uow, infra.engine, cache, infra.clock)
+        api.feed = feed
         lots_pb2_grpc.add_LotServiceServicer_to_server(api, server)
         return [lots_pb2.DESCRIPTOR.services_by_name["LotService"].full_name]
+
+    async def time_checks(stop: asyncio.Event) -> None:
+        # Expiry and retest dates: lots moved by time (several replicas are safe).
+        await run_time_checks(infra.uow, cache, stop,
+                              every_seconds=infra.settings.expiry_check_seconds)
 
     async def on_results(uow: UnitOfWork, events: list[Any]) -> None:
         await handlers.apply_results(uow, events, cache)
@@ -46,6 +57,9 @@ def build(infra: Infrastructure) -> ServiceParts:
         tables=tables,
         register=register,
         streams=[messaging.LOTS_STREAM, messaging.RESULTS_STREAM, messaging.SUPPLIERS_STREAM],
+        background=[feed.run, time_checks],
+        on_messaging_ready=[feed.attach],
+        on_stopping=[feed.close],
         subscriptions=[
             Subscription(stream=messaging.RESULTS_STREAM.name,
                          subject=messaging.RESULT_RECORDED,

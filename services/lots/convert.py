@@ -6,7 +6,14 @@ from datetime import datetime
 from typing import Any
 
 from lotgate.lots.v1 import lots_pb2 as pb
-from services.lots.domain import DecisionInputs, LotStatus, ReviewState, TestKind, Unmet
+from services.lots.domain import (
+    DecisionInputs,
+    LotStatus,
+    ReleasePolicy,
+    ReviewState,
+    TestKind,
+    Unmet,
+)
 from shared.protoconv import to_timestamp
 
 STATUS_TO_PROTO = {
@@ -15,8 +22,15 @@ STATUS_TO_PROTO = {
     LotStatus.RELEASED: pb.LOT_STATUS_RELEASED,
     LotStatus.REJECTED: pb.LOT_STATUS_REJECTED,
     LotStatus.ON_HOLD: pb.LOT_STATUS_ON_HOLD,
+    LotStatus.RELEASABLE: pb.LOT_STATUS_RELEASABLE,
+    LotStatus.EXPIRED: pb.LOT_STATUS_EXPIRED,
 }
 STATUS_FROM_PROTO = {v: k for k, v in STATUS_TO_PROTO.items() if k is not None}
+POLICY_TO_PROTO = {
+    ReleasePolicy.AUTOMATIC: pb.RELEASE_POLICY_AUTOMATIC,
+    ReleasePolicy.QA_RELEASE: pb.RELEASE_POLICY_QA_RELEASE,
+}
+POLICY_FROM_PROTO = {v: k for k, v in POLICY_TO_PROTO.items()}
 REVIEW_STATE_TO_PROTO = {
     ReviewState.OPEN: pb.REVIEW_STATE_OPEN,
     ReviewState.CLOSED: pb.REVIEW_STATE_CLOSED,
@@ -39,8 +53,11 @@ def inputs_to_proto(inputs: DecisionInputs, *, rule_status: LotStatus | None,
                     required_tests: tuple[TestKind, ...] | None,
                     counted: tuple[str, ...] | None) -> pb.DecisionInputs:
     """What a decision record says the rule was given (and what the rule made of it)."""
-    lot, q = inputs.lot, inputs.qualification
+    lot, q, qa = inputs.lot, inputs.qualification, inputs.qa
     return pb.DecisionInputs(
+        retest_date=lot.retest_date.isoformat() if lot.retest_date else "",
+        release_policy=POLICY_TO_PROTO[qa.policy], qa_released=qa.released,
+        qa_hold_reason=qa.hold_reason, qa_rejection_reason=qa.rejection_reason,
         now=to_timestamp(inputs.now), expiry_date=lot.expiry_date.isoformat(),
         qualification=None if q is None else pb.QualificationInput(
             status=q.status, version=q.version, valid_until=to_timestamp(q.valid_until)),
@@ -76,7 +93,15 @@ def lot_to_proto(row: Any, status: pb.ReleaseStatus) -> pb.Lot:
         supplier_site_id=row.supplier_site_id, supplier_lot_number=row.supplier_lot_number,
         quantity=pb.Quantity(value=row.quantity_value, unit=row.quantity_unit),
         container_count=row.container_count, expiry_date=row.expiry_date.isoformat(),
-        received_at=to_timestamp(row.received_at), release_status=status)
+        received_at=to_timestamp(row.received_at), release_status=status,
+        retest_date=row.retest_date.isoformat() if row.retest_date else "")
+
+
+def policy_to_proto(row: Any) -> pb.MaterialReleasePolicy:
+    """A row of release_policies as a MaterialReleasePolicy."""
+    return pb.MaterialReleasePolicy(
+        material_code=row.material_code, policy=POLICY_TO_PROTO[ReleasePolicy(row.policy)],
+        reason=row.reason, set_by=row.set_by, set_at=to_timestamp(row.set_at))
 
 
 def review_to_proto(row: Any) -> pb.LotReview:

@@ -12,6 +12,11 @@ test is decided by the other results of that test, or waits for a retest). Resul
 arrive already judged by the results service against the specification version in force;
 that version, the tests it requires and QA's verdict on each result travel with it and
 are kept in the decision record.
+
+QA acts on lots too: it may hold a lot (ON_HOLD) or reject it (REJECTED, final), and a
+material's release policy may require QA to release each lot that meets every condition
+(RELEASABLE until QA does). Time moves lots as well: past its expiry date a lot is
+EXPIRED (final), and a lot whose retest date has come is back in QUARANTINE.
 """
 
 from __future__ import annotations
@@ -28,8 +33,23 @@ class LotStatus(StrEnum):
     QUARANTINE = "QUARANTINE"
     RELEASED = "RELEASED"
     REJECTED = "REJECTED"
-    # A result is out of specification and under investigation.
+    # A result is out of specification and under investigation, or QA holds the lot.
     ON_HOLD = "ON_HOLD"
+    # Every condition holds; the material's policy wants QA to release it.
+    RELEASABLE = "RELEASABLE"
+    # Past its expiry date: final.
+    EXPIRED = "EXPIRED"
+
+
+# Statuses a lot never leaves.
+FINAL = frozenset({LotStatus.REJECTED, LotStatus.EXPIRED})
+
+
+class ReleasePolicy(StrEnum):
+    """Who releases a material's lots once every condition holds."""
+
+    AUTOMATIC = "AUTOMATIC"  # Lotgate does (review by exception)
+    QA_RELEASE = "QA_RELEASE"  # a QA person releases each one
 
 
 class TestKind(StrEnum):
@@ -68,6 +88,23 @@ class LotFacts:
     supplier_id: str
     supplier_site_id: str
     expiry_date: date
+    # From this day a released lot must be re-tested before it is used again.
+    retest_date: date | None = None
+
+
+@dataclass(frozen=True)
+class QaFacts:
+    """The material's release policy and what QA decided about the lot itself."""
+
+    policy: ReleasePolicy = ReleasePolicy.AUTOMATIC
+    # QA released the lot while it was RELEASABLE (kept only while the lot stays
+    # RELEASED or RELEASABLE: see `keeps_qa_release`).
+    released: bool = False
+    hold_reason: str = ""  # "" when QA does not hold the lot
+    rejection_reason: str = ""  # "" when QA has not rejected the lot
+
+
+NO_QA = QaFacts()
 
 
 @dataclass(frozen=True)
@@ -127,6 +164,9 @@ _TEST_RULES = {
 _REJECT_RULE = "21 CFR 211.84(e)"
 _OOS_RULE = "21 CFR 211.192; FDA guidance on investigating OOS results (2006)"
 _EXPIRY_RULE = "21 CFR 211.87; ICH Q7 7.5"
+_RETEST_RULE = "ICH Q7 11.6; 21 CFR 211.87"
+_QA_RULE = "EU GMP Part I 1.4(xv); 21 CFR 211.22(a)"
+_QA_RELEASE_RULE = "21 CFR 211.22(a); EU GMP Annex 16"
 _COMPLETE_RECORDS_RULE = "21 CFR 211.194(a); EU GMP Annex 11 section 4.8"
 
 
@@ -178,7 +218,7 @@ def qualification_unmet(lot: LotFacts, qualification: QualificationFacts | None,
 
 
 def decide(lot: LotFacts, qualification: QualificationFacts | None,
-           results: Iterable[ResultFacts], now: datetime) -> Decision:
+           results: Iterable[ResultFacts], now: datetime, qa: QaFacts = NO_QA) -> Decision:
     """The release decision for `lot` from what is known at `now`.
 
     Per required test, the results that count are those not invalidated. A failure QA
@@ -187,6 +227,11 @@ def decide(lot: LotFacts, qualification: QualificationFacts | None,
     invalidated waits for its retest. A passing retest cannot overrule a failure that
     still counts: only QA's invalidation removes it. So the decision depends on the set
     of results and their states, never on the order in which they arrived.
+
+    Status, most severe first: EXPIRED (past the expiry date), REJECTED (a confirmed
+    failure or QA's rejection), ON_HOLD (a failure under investigation or QA's hold),
+    QUARANTINE (anything else unmet, such as a retest date that has come), RELEASABLE
+    (nothing unmet, but the policy wants QA's release and QA has not given it), RELEASED.
     """
     results = sorted(results, key=_order)
     unmet: list[Unmet] = []
@@ -236,15 +281,31 @@ def decide(lot: LotFacts, qualification: QualificationFacts | None,
         unmet.append(Unmet("RESULTS_INCOMPLETE",
                            f"result(s) {shown} of this lot have been recorded but have not "
                            "arrived here yet", _COMPLETE_RECORDS_RULE))
-    if now.date() > lot.expiry_date:
-        unmet.append(Unmet("LOT_EXPIRED", f"the lot expired on {lot.expiry_date.isoformat()}",
-                           _EXPIRY_RULE))
-    if rejected:
+    expired = now.date() > lot.expiry_date
+    if expired:
+        unmet.append(lot_expired(lot.expiry_date))
+    if lot.retest_date is not None and now.date() >= lot.retest_date:
+        unmet.append(retest_date_reached(lot.retest_date))
+    if qa.hold_reason:
+        on_hold = True
+        unmet.append(Unmet("QA_HOLD", f"held by QA: {qa.hold_reason}", _QA_RULE))
+    if qa.rejection_reason:
+        rejected = True
+        unmet.append(Unmet("QA_REJECTED", f"rejected by QA: {qa.rejection_reason}", _QA_RULE))
+    if expired:
+        status = LotStatus.EXPIRED
+    elif rejected:
         status = LotStatus.REJECTED
     elif on_hold:
         status = LotStatus.ON_HOLD
     elif unmet:
         status = LotStatus.QUARANTINE
+    elif qa.policy is ReleasePolicy.QA_RELEASE and not qa.released:
+        status = LotStatus.RELEASABLE
+        unmet.append(Unmet("QA_RELEASE_REQUIRED",
+                           f"every condition holds; lots of material {lot.material_code} are "
+                           "released by QA, and QA has not released this one",
+                           _QA_RELEASE_RULE))
     else:
         status = LotStatus.RELEASED
     return Decision(status, tuple(unmet), tuple(used), required)
@@ -259,24 +320,64 @@ SUPPLIER_CODES = frozenset({"SUPPLIER_NOT_QUALIFIED", "SUPPLIER_SUSPENDED",
 def next_status(current: LotStatus | None, decision: Decision) -> LotStatus:
     """The status a lot moves to, given the status it has and a fresh decision.
 
-    REJECTED is final. A released lot stays released when the only unmet conditions are
+    REJECTED and EXPIRED are final. A released lot stays released when the only unmet conditions are
     about its supplier (a lapse after release: QA reviews such lots); anything about the
     lot itself pulls it back: its expiry, a result invalidated after release (a retest
     is needed), a result that has not arrived (QUARANTINE), a result out of specification
-    (ON_HOLD) or a confirmed failure (REJECTED). A lot ON_HOLD takes whatever the decision
-    says once QA has dealt with the result.
+    (ON_HOLD) or a confirmed failure (REJECTED), its retest date (QUARANTINE), QA's hold
+    or rejection. A released lot is not made RELEASABLE again by a policy that came after
+    its release. A lot ON_HOLD takes whatever the decision says once QA has dealt with
+    the result or lifted its hold. A RELEASABLE lot becomes RELEASED only when the rule
+    says so: under QA_RELEASE, only once QA has released it.
     """
-    if current is LotStatus.REJECTED:
-        return LotStatus.REJECTED
+    if current in FINAL:
+        return current
     if current is LotStatus.RELEASED and decision.status is LotStatus.QUARANTINE:
         supplier_only = all(u.code in SUPPLIER_CODES for u in decision.unmet)
         return LotStatus.RELEASED if supplier_only else LotStatus.QUARANTINE
+    if current is LotStatus.RELEASED and decision.status is LotStatus.RELEASABLE:
+        return LotStatus.RELEASED
     return decision.status
 
 
-def expired_on_read(status: LotStatus, expiry_date: date, now: datetime) -> bool:
-    """A released lot past its expiry date must not be picked, even before a new decision."""
-    return status is LotStatus.RELEASED and now.date() > expiry_date
+def keeps_qa_release(status: LotStatus) -> bool:
+    """Whether QA's release of a lot still stands once the lot has `status`.
+
+    A release holds only for the episode in which everything holds: once the lot leaves
+    RELEASED and RELEASABLE (an out-of-specification result, its retest date, QA's hold,
+    ...), QA must release it again. A released lot kept RELEASED for a supplier lapse
+    keeps it.
+    """
+    return status in (LotStatus.RELEASED, LotStatus.RELEASABLE)
+
+
+def lot_expired(expiry_date: date) -> Unmet:
+    return Unmet("LOT_EXPIRED", f"the lot expired on {expiry_date.isoformat()}", _EXPIRY_RULE)
+
+
+def retest_date_reached(retest_date: date) -> Unmet:
+    return Unmet("RETEST_DATE_REACHED",
+                 f"the lot's retest date {retest_date.isoformat()} has come; it must be "
+                 "re-tested before use", _RETEST_RULE)
+
+
+def moved_by_time(status: LotStatus, expiry_date: date, retest_date: date | None,
+                  now: datetime) -> tuple[LotStatus, Unmet] | None:
+    """What a usable lot (RELEASED, RELEASABLE) is at `now` if its dates have passed since
+    its last decision, before the scheduler records that: EXPIRED after its expiry date,
+    QUARANTINE from its retest date. None: the lot is as decided.
+
+    Reads answer with this, so that a lot is never picked in the moments between midnight
+    and the scheduler's next run, nor while the scheduler cannot reach the database.
+    """
+    if status not in (LotStatus.RELEASED, LotStatus.RELEASABLE):
+        return None
+    today = now.date()
+    if today > expiry_date:
+        return LotStatus.EXPIRED, lot_expired(expiry_date)
+    if retest_date is not None and today >= retest_date:
+        return LotStatus.QUARANTINE, retest_date_reached(retest_date)
+    return None
 
 
 # Qualification statuses that withdraw an approval: the released lots of that supplier
@@ -326,6 +427,7 @@ class DecisionInputs:
     qualification: QualificationFacts | None
     results: tuple[ResultFacts, ...]
     now: datetime
+    qa: QaFacts = NO_QA
 
 
 @dataclass(frozen=True)
@@ -346,9 +448,10 @@ def replay(inputs: DecisionInputs, previous_status: LotStatus | None,
 
     The rule decides; the transition policy gives the status; the conditions are the
     rule's when the status is the rule's, else the previous decision's (a released lot
-    that stays released for a supplier lapse keeps its reasons; REJECTED is final).
+    that stays released for a supplier lapse keeps its reasons; REJECTED and EXPIRED are
+    final).
     """
-    rule = decide(inputs.lot, inputs.qualification, inputs.results, inputs.now)
+    rule = decide(inputs.lot, inputs.qualification, inputs.results, inputs.now, inputs.qa)
     status = next_status(previous_status, rule)
     unmet = rule.unmet if status is rule.status else tuple(previous_unmet)
     return Replayed(status, unmet, rule.status, rule.required_tests,

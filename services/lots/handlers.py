@@ -30,20 +30,24 @@ from services.lots.convert import (
     STATUS_TO_PROTO,
     decision_to_proto,
     lot_to_proto,
+    policy_to_proto,
     review_to_proto,
     unmet_to_proto,
 )
 from services.lots.domain import (
+    FINAL,
     DecisionInputs,
     LotFacts,
     LotStatus,
     QualificationFacts,
+    ReleasePolicy,
     ResultFacts,
     ResultState,
     ReviewState,
     TestKind,
     Unmet,
     decide,
+    keeps_qa_release,
     must_close,
     needs_review,
     next_status,
@@ -54,7 +58,7 @@ from services.lots.domain import (
 from services.lots.read_model import StatusCache, StatusEntry
 from services.lots.repository import Key, key_of
 from shared import messaging
-from shared.errors import AlreadyExists, NotFound
+from shared.errors import AlreadyExists, FailedPrecondition, NotFound, Violations
 from shared.logs import get_logger
 from shared.protoconv import from_timestamp, to_timestamp
 from shared.uow import UnitOfWork, new_event_id
@@ -98,6 +102,7 @@ class ReceiveLot:
     expiry_date: date
     requested_by: str
     fingerprint: str
+    retest_date: date | None = None
 
 
 async def receive_lot(uow: UnitOfWork, cmd: ReceiveLot, cache: StatusCache) -> lots_pb2.Lot:
@@ -117,7 +122,9 @@ async def receive_lot(uow: UnitOfWork, cmd: ReceiveLot, cache: StatusCache) -> l
             "supplier_lot_number": cmd.supplier_lot_number,
             "quantity_value": cmd.quantity_value, "quantity_unit": cmd.quantity_unit,
             "container_count": cmd.container_count, "expiry_date": cmd.expiry_date,
-            "received_at": now, "received_by": cmd.requested_by, "fingerprint": cmd.fingerprint,
+            "retest_date": cmd.retest_date, "qa_released": False, "qa_hold_reason": "",
+            "qa_rejection_reason": "", "received_at": now, "received_by": cmd.requested_by,
+            "fingerprint": cmd.fingerprint,
             # Written properly by the first decision below, in this same transaction.
             "status": LotStatus.QUARANTINE.value, "status_version": 0, "unmet": "[]",
             "decided_at": now,
@@ -303,30 +310,40 @@ async def _open_reviews(uow: UnitOfWork, key: Key, q: suppliers_pb2.Qualificatio
 async def _decide_and_record(uow: UnitOfWork, lots: Sequence[Any],
                              qualifications: dict[Key, QualificationFacts],
                              results: dict[str, list[ResultFacts]], cache: StatusCache, *,
-                             cause: str, first: bool = False) -> list[StatusEntry]:
-    """Decide each lot; record and announce those whose status or reasons changed."""
+                             cause: str, first: bool = False,
+                             force: bool = False) -> list[StatusEntry]:
+    """Decide each lot; record and announce those whose status or reasons changed (every
+    lot when `force`: a QA action is recorded even when it changes neither)."""
     now = uow.clock.now()
     decided: list[StatusEntry] = []
     updates: list[dict[str, Any]] = []
     records: list[dict[str, Any]] = []
+    policies = await repository.policies_of(uow.conn,
+                                            material_codes={lot.material_code for lot in lots})
     for lot in lots:
         qualification = qualifications.get(key_of(lot))
         facts = LotFacts(lot.lot_id, lot.material_code, lot.supplier_id, lot.supplier_site_id,
-                         lot.expiry_date)
+                         lot.expiry_date, lot.retest_date)
+        qa = repository.qa_facts_of(
+            lot, policies.get(lot.material_code, ReleasePolicy.AUTOMATIC))
         # Everything the rule is given is stored with the decision (repository.inputs_to_json)
         # so that it can be replayed: see `explain`.
-        decision = decide(facts, qualification, results.get(lot.lot_id, ()), now)
+        decision = decide(facts, qualification, results.get(lot.lot_id, ()), now, qa)
         current = None if first else LotStatus(lot.status)
         status = next_status(current, decision)
         unmet = decision.unmet if status is decision.status else tuple(
             u for u in repository.unmet_from_json(lot.unmet))
         unmet_json = repository.unmet_to_json(unmet)
-        if not first and status.value == lot.status and unmet_json == lot.unmet:
+        if not (first or force) and status.value == lot.status and unmet_json == lot.unmet:
             continue
         version = lot.status_version + 1
-        inputs = DecisionInputs(facts, qualification, tuple(results.get(lot.lot_id, ())), now)
+        inputs = DecisionInputs(facts, qualification, tuple(results.get(lot.lot_id, ())), now,
+                                qa)
+        # QA's release stands only while everything keeps holding: once the lot leaves
+        # RELEASED and RELEASABLE, QA must release it again (recorded in the next inputs).
         updates.append({"b_lot_id": lot.lot_id, "b_status": status.value, "b_version": version,
-                        "b_unmet": unmet_json, "b_decided_at": now})
+                        "b_unmet": unmet_json, "b_decided_at": now,
+                        "b_qa_released": qa.released and keeps_qa_release(status)})
         records.append({"lot_id": lot.lot_id, "version": version,
                         "previous_status": None if first else lot.status,
                         "status": status.value, "unmet": unmet_json,
@@ -512,3 +529,196 @@ async def close_lot_review(uow: UnitOfWork, *, review_id: str, conclusion: str,
         await uow.commit()
     log.info("lot_review_closed", review_id=review_id, lot_id=review.lot_id, by=requested_by)
     return review
+
+
+# QA's actions on a lot. Each is one unit of work: the lot's QA facts change and the lot
+# is decided again through `_decide_and_record`, whose record names who did what and why.
+
+
+async def _qa_action(uow: UnitOfWork, cache: StatusCache, *, lot_id: str, cause: str,
+                     change: Any) -> lots_pb2.ReleaseStatus:
+    """Lock the lot (its qualification first), ask `change(row, now)` for the columns to
+    set (None: a retry of what was done already; it raises when the action is refused),
+    set them and decide the lot again."""
+    async with uow:
+        row = await repository.get_lot(uow.conn, lot_id=lot_id)
+        if row is None:
+            raise NotFound(f"no lot {lot_id}", field="lot_id")
+        qualifications = await repository.lock_qualifications(uow.conn, keys=[key_of(row)])
+        [row] = await repository.lots_by_id(uow.conn, lot_ids=[lot_id], for_update=True)
+        now = uow.clock.now()
+        values = change(row, now)
+        if values is None:
+            entry = await get_status(uow.conn, lot_id=lot_id, cache=cache)
+            return entry.as_of(now)
+        await repository.set_qa_facts(uow.conn, lot_id=lot_id, **values)
+        [row] = await repository.lots_by_id(uow.conn, lot_ids=[lot_id], for_update=True)
+        results = await repository.results_of(uow.conn, lot_ids=[lot_id])
+        [entry] = await _decide_and_record(uow, [row], qualifications, results, cache,
+                                           cause=cause, force=True)
+        await uow.commit()
+    log.info("lot_qa_action", lot_id=lot_id, cause=cause[:200], status=entry.status.value)
+    return entry.as_of(now)
+
+
+def _refuse(row: Any, why: str) -> FailedPrecondition:
+    return FailedPrecondition(f"lot {row.lot_id} is {row.status}: {why}",
+                              subject=f"lots/{row.lot_id}")
+
+
+async def release_lot(uow: UnitOfWork, cache: StatusCache, *, lot_id: str, reason: str,
+                      requested_by: str) -> lots_pb2.ReleaseStatus:
+    """QA's release of a RELEASABLE lot."""
+    def change(row: Any, now: datetime) -> dict[str, Any]:
+        if row.status != LotStatus.RELEASABLE.value:
+            raise _refuse(row, "only a RELEASABLE lot can be released by QA")
+        return {"qa_released": True}
+
+    return await _qa_action(uow, cache, lot_id=lot_id, change=change,
+                            cause=f"QA release by {requested_by}: {reason}")
+
+
+async def hold_lot(uow: UnitOfWork, cache: StatusCache, *, lot_id: str, reason: str,
+                   requested_by: str) -> lots_pb2.ReleaseStatus:
+    """QA holds a lot (ON_HOLD), whatever its status but REJECTED or EXPIRED."""
+    def change(row: Any, now: datetime) -> dict[str, Any] | None:
+        if LotStatus(row.status) in FINAL:
+            raise _refuse(row, "a rejected or expired lot cannot be held")
+        if row.qa_hold_reason:
+            if row.qa_hold_reason == reason:
+                return None  # a retry of this hold
+            raise _refuse(row, f"it is held by QA already ({row.qa_hold_reason}); "
+                               "release that hold first")
+        return {"qa_hold_reason": reason}
+
+    return await _qa_action(uow, cache, lot_id=lot_id, change=change,
+                            cause=f"QA hold by {requested_by}: {reason}")
+
+
+async def release_hold(uow: UnitOfWork, cache: StatusCache, *, lot_id: str, reason: str,
+                       requested_by: str) -> lots_pb2.ReleaseStatus:
+    """QA lifts its hold; the lot is decided again."""
+    def change(row: Any, now: datetime) -> dict[str, Any]:
+        if LotStatus(row.status) in FINAL or not row.qa_hold_reason:
+            raise _refuse(row, "it is not held by QA")
+        return {"qa_hold_reason": ""}
+
+    return await _qa_action(uow, cache, lot_id=lot_id, change=change,
+                            cause=f"QA hold released by {requested_by}: {reason}")
+
+
+async def reject_lot(uow: UnitOfWork, cache: StatusCache, *, lot_id: str, reason: str,
+                     requested_by: str) -> lots_pb2.ReleaseStatus:
+    """QA rejects a lot that is not final yet (REJECTED is final)."""
+    def change(row: Any, now: datetime) -> dict[str, Any] | None:
+        if row.status == LotStatus.REJECTED.value and row.qa_rejection_reason == reason:
+            return None  # a retry of this rejection
+        if LotStatus(row.status) in FINAL:
+            raise _refuse(row, "a rejected or expired lot cannot be rejected")
+        return {"qa_rejection_reason": reason}
+
+    return await _qa_action(uow, cache, lot_id=lot_id, change=change,
+                            cause=f"QA rejection by {requested_by}: {reason}")
+
+
+async def set_retest_date(uow: UnitOfWork, cache: StatusCache, *, lot_id: str,
+                          retest_date: date, reason: str,
+                          requested_by: str) -> lots_pb2.ReleaseStatus:
+    """A new retest date (after today, not after the expiry date); the lot is decided
+    again, so a lot back in QUARANTINE for its retest date may be released."""
+    def change(row: Any, now: datetime) -> dict[str, Any]:
+        if LotStatus(row.status) in FINAL:
+            raise _refuse(row, "a rejected or expired lot has no retest date")
+        v = Violations()
+        if retest_date <= now.date():
+            v.add("retest_date", f"must lie after today ({now.date().isoformat()})")
+        elif retest_date > row.expiry_date:
+            v.add("retest_date", "must not lie after the lot's expiry date "
+                                 f"({row.expiry_date.isoformat()})")
+        v.raise_if_any()
+        return {"retest_date": retest_date}
+
+    return await _qa_action(
+        uow, cache, lot_id=lot_id, change=change,
+        cause=f"retest date set to {retest_date.isoformat()} by {requested_by}: {reason}")
+
+
+async def get_release_policy(conn: Any, *, material_code: str) -> lots_pb2.MaterialReleasePolicy:
+    """A material's policy; AUTOMATIC (set by nobody) when never set."""
+    row = await repository.get_policy(conn, material_code=material_code)
+    if row is None:
+        return lots_pb2.MaterialReleasePolicy(material_code=material_code,
+                                              policy=lots_pb2.RELEASE_POLICY_AUTOMATIC)
+    return policy_to_proto(row)
+
+
+async def set_release_policy(uow: UnitOfWork, cache: StatusCache, *, material_code: str,
+                             policy: ReleasePolicy, reason: str,
+                             requested_by: str) -> lots_pb2.MaterialReleasePolicy:
+    """Set a material's policy (kept in its history) and decide its lots in QUARANTINE
+    or RELEASABLE again under it; released lots stay released. The same call again
+    changes nothing."""
+    async with uow:
+        current = await repository.get_policy(uow.conn, material_code=material_code,
+                                              for_update=True)
+        if current is not None and (current.policy, current.reason, current.set_by) == (
+                policy.value, reason, requested_by):
+            return policy_to_proto(current)
+        now = uow.clock.now()
+        await repository.set_policy(uow.conn, values={
+            "material_code": material_code, "policy": policy.value, "reason": reason,
+            "set_by": requested_by, "set_at": now})
+        candidates = await repository.undecided_lots_of_material(uow.conn,
+                                                                 material_code=material_code)
+        if candidates:
+            qualifications = await repository.lock_qualifications(
+                uow.conn, keys={key_of(lot) for lot in candidates})
+            locked = await repository.lock_lots_in(
+                uow.conn, lot_ids=[lot.lot_id for lot in candidates],
+                statuses=(LotStatus.QUARANTINE, LotStatus.RELEASABLE))
+            results = await repository.results_of(uow.conn,
+                                                  lot_ids=[lot.lot_id for lot in locked])
+            await _decide_and_record(
+                uow, locked, qualifications, results, cache,
+                cause=f"release policy of {material_code} set to {policy.value} by "
+                      f"{requested_by}: {reason}")
+        row = await repository.get_policy(uow.conn, material_code=material_code)
+        await uow.commit()
+    log.info("release_policy_set", material_code=material_code, policy=policy.value,
+             by=requested_by)
+    return policy_to_proto(row)
+
+
+async def apply_time(uow: UnitOfWork, cache: StatusCache, *, limit: int = 100) -> tuple[int, int]:
+    """Decide again the lots time has moved: past their expiry date (EXPIRED), or released
+    with their retest date come (QUARANTINE). (lots found due, lots decided)
+
+    Safe with several replicas: the due lots are found unlocked, their qualifications
+    locked (the lock order of every decision), then the lots locked with SKIP LOCKED and
+    checked again, so each lot moves once.
+    """
+    async with uow:
+        today = uow.clock.now().date()
+        due = await repository.due_lots(uow.conn, today=today, limit=limit)
+        if not due:
+            return 0, 0
+        qualifications = await repository.lock_qualifications(
+            uow.conn, keys={key_of(lot) for lot in due})
+        locked = await repository.lock_due(uow.conn, lot_ids=[lot.lot_id for lot in due],
+                                           today=today)
+        if not locked:
+            return len(due), 0
+        results = await repository.results_of(uow.conn, lot_ids=[lot.lot_id for lot in locked])
+        expired = [lot for lot in locked if lot.expiry_date < today]
+        retest = [lot for lot in locked if lot.expiry_date >= today]
+        decided = []
+        if expired:
+            decided += await _decide_and_record(uow, expired, qualifications, results, cache,
+                                                cause="expiry date passed")
+        if retest:
+            decided += await _decide_and_record(uow, retest, qualifications, results, cache,
+                                                cause="retest date reached")
+        await uow.commit()
+    if decided:
+        log.info("lots_moved_by_time", expired=len(expired), retest=len(retest))
+    return len(due), len(decided)

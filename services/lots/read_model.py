@@ -5,20 +5,24 @@ database on a miss; an entry only ever replaces an older version. GetReleaseStat
 the most frequent call by far, and a database round trip per call would cap it well
 below what a warehouse sends (see the benchmark in the README).
 
-This cache is exact while one lots process decides. Several replicas (a later step)
-must also invalidate it from the status-changed events.
+Several replicas stay coherent through the change feed (services/lots/watch.py): every
+process applies the LotStatusChanged events of all replicas here, an entry is only ever
+replaced by a higher version, and a version announced for a lot this process does not
+hold raises a floor below which a concurrent (stale) fill from the database is refused.
+Subscribers (the feed) hear of every entry that became the newest one.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
 from lotgate.lots.v1 import lots_pb2 as pb
 from services.lots.convert import release_status
-from services.lots.domain import LotStatus, Unmet, expired_on_read
+from services.lots.domain import LotStatus, Unmet, moved_by_time
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,9 @@ class StatusEntry:
     unmet: tuple[Unmet, ...]
     decided_at: datetime
     expiry_date: date
+    # As of this entry's decision; a change made by another replica reaches this process
+    # with its next decision (the scheduler moves the lot at the date in any case).
+    retest_date: date | None
     proto: pb.ReleaseStatus
 
     @classmethod
@@ -40,7 +47,7 @@ class StatusEntry:
              decided_at: datetime) -> StatusEntry:
         """An entry for the lot in `row` (any row with the lot's fixed columns)."""
         return cls(row.lot_id, row.supplier_id, row.supplier_site_id, row.material_code,
-                   status, version, unmet, decided_at, row.expiry_date,
+                   status, version, unmet, decided_at, row.expiry_date, row.retest_date,
                    release_status(row.lot_id, status, version, unmet, decided_at))
 
     @property
@@ -49,21 +56,46 @@ class StatusEntry:
         return (self.supplier_id, self.supplier_site_id, self.material_code)
 
     def as_of(self, now: datetime) -> pb.ReleaseStatus:
-        """The status to answer at `now`: a released lot past its expiry is not released."""
-        if not expired_on_read(self.status, self.expiry_date, now):
+        """The status to answer at `now`: a usable lot whose expiry or retest date has
+        passed since its decision is not usable (domain.moved_by_time)."""
+        moved = moved_by_time(self.status, self.expiry_date, self.retest_date, now)
+        if moved is None:
             return self.proto
-        expired = Unmet("LOT_EXPIRED", f"the lot expired on {self.expiry_date.isoformat()}",
-                        "21 CFR 211.87; ICH Q7 7.5")
-        return release_status(self.lot_id, LotStatus.QUARANTINE, self.version,
-                              (*self.unmet, expired), self.decided_at)
+        status, why = moved
+        return release_status(self.lot_id, status, self.version, (*self.unmet, why),
+                              self.decided_at)
 
 
 class StatusCache:
     """A bounded LRU map from lot id to its latest committed status."""
 
-    def __init__(self, max_entries: int = 200_000) -> None:
+    def __init__(self, max_entries: int = 200_000, max_floors: int = 100_000) -> None:
         self._entries: OrderedDict[str, StatusEntry] = OrderedDict()
         self._max = max_entries
+        # lot id -> a version known to be committed, for lots not held (see raise_floor).
+        self._floors: OrderedDict[str, int] = OrderedDict()
+        self._max_floors = max_floors
+        self._subscribers: list[Callable[[StatusEntry], None]] = []
+
+    def subscribe(self, callback: Callable[[StatusEntry], None]) -> None:
+        """Call `callback` (synchronously) with every entry that becomes a lot's newest."""
+        self._subscribers.append(callback)
+
+    def raise_floor(self, lot_id: str, version: int) -> None:
+        """`version` of a lot is committed: never take an older one (a fill that read the
+        database before that commit). A held entry is left to the caller to replace."""
+        held = self._entries.get(lot_id)
+        if held is not None and held.version >= version:
+            return
+        if self._floors.get(lot_id, 0) < version:
+            self._floors[lot_id] = version
+            self._floors.move_to_end(lot_id)
+            while len(self._floors) > self._max_floors:
+                self._floors.popitem(last=False)
+
+    def peek(self, lot_id: str) -> StatusEntry | None:
+        """The entry held for a lot, without touching its recency."""
+        return self._entries.get(lot_id)
 
     def get(self, lot_id: str) -> StatusEntry | None:
         entry = self._entries.get(lot_id)
@@ -71,14 +103,24 @@ class StatusCache:
             self._entries.move_to_end(lot_id)
         return entry
 
-    def put(self, entry: StatusEntry) -> None:
+    def put(self, entry: StatusEntry) -> bool:
+        """Hold `entry` unless a version as new is held (or known); True when taken."""
         held = self._entries.get(entry.lot_id)
         if held is not None and held.version >= entry.version:
-            return
+            return False
+        if self._floors:
+            floor = self._floors.get(entry.lot_id)
+            if floor is not None:
+                if floor > entry.version:
+                    return False
+                del self._floors[entry.lot_id]
         self._entries[entry.lot_id] = entry
         self._entries.move_to_end(entry.lot_id)
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)
+        for callback in self._subscribers:
+            callback(entry)
+        return True
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -23,14 +23,24 @@ from services.lots.domain import (
     DecisionInputs,
     LotFacts,
     LotStatus,
+    QaFacts,
     QualificationFacts,
+    ReleasePolicy,
     ResultFacts,
     ResultState,
     TestKind,
     Unmet,
     Verdict,
 )
-from services.lots.tables import decisions, lot_results, lot_reviews, lots, qualifications
+from services.lots.tables import (
+    decisions,
+    lot_results,
+    lot_reviews,
+    lots,
+    qualifications,
+    release_policies,
+    release_policy_history,
+)
 from shared.db import insert_ignoring_duplicates
 
 Key = tuple[str, str, str]  # (supplier_id, site_id, material_code)
@@ -52,10 +62,15 @@ def unmet_from_json(text: str) -> tuple[Unmet, ...]:
 def inputs_to_json(inputs: DecisionInputs, decision: Decision) -> str:
     """The `inputs` of a decision record: everything `decide` was given (the lot id is the
     record's), so that the decision can be replayed, and what the rule made of it."""
-    lot, qualification = inputs.lot, inputs.qualification
+    lot, qualification, qa = inputs.lot, inputs.qualification, inputs.qa
     return json.dumps({
         "now": inputs.now.isoformat(),
         "expiry_date": lot.expiry_date.isoformat(),
+        "retest_date": lot.retest_date.isoformat() if lot.retest_date else None,
+        "release_policy": qa.policy.value,
+        "qa_released": qa.released,
+        "qa_hold_reason": qa.hold_reason,
+        "qa_rejection_reason": qa.rejection_reason,
         "supplier_id": lot.supplier_id,
         "supplier_site_id": lot.supplier_site_id,
         "material_code": lot.material_code,
@@ -101,8 +116,12 @@ def inputs_from_json(lot_id: str, text: str) -> StoredInputs:
             state_reason=r["state_reason"], retest_of=r["retest_of"],
             required_tests=tuple(TestKind(t) for t in r["required_tests"]))
             for r in data["results"])
+        retest = data["retest_date"]
         lot = LotFacts(lot_id, data["material_code"], data["supplier_id"],
-                       data["supplier_site_id"], date.fromisoformat(data["expiry_date"]))
+                       data["supplier_site_id"], date.fromisoformat(data["expiry_date"]),
+                       date.fromisoformat(retest) if retest is not None else None)
+        qa = QaFacts(ReleasePolicy(data["release_policy"]), bool(data["qa_released"]),
+                     str(data["qa_hold_reason"]), str(data["qa_rejection_reason"]))
         now = _instant(data["now"])
         if now is None:
             raise ValueError("now is not stored")
@@ -110,7 +129,7 @@ def inputs_from_json(lot_id: str, text: str) -> StoredInputs:
         required = data.get("required_tests")
         counted = data.get("counted")
         return StoredInputs(
-            DecisionInputs(lot, qualification, results, now),
+            DecisionInputs(lot, qualification, results, now, qa),
             LotStatus(rule_status) if rule_status is not None else None,
             tuple(TestKind(t) for t in required) if required is not None else None,
             tuple(counted) if counted is not None else None)
@@ -187,12 +206,12 @@ def _of_key(key: Key) -> Any:
 
 
 # Statuses a qualification change can still move a lot out of.
-_OPEN = (LotStatus.QUARANTINE.value, LotStatus.ON_HOLD.value)
+_OPEN = (LotStatus.QUARANTINE.value, LotStatus.ON_HOLD.value, LotStatus.RELEASABLE.value)
 
 
 async def open_lots_of(conn: AsyncConnection, *, key: Key) -> list[Any]:
     """Lots of a supplier site and material that a qualification change can still decide
-    (in QUARANTINE or ON_HOLD), locked."""
+    (in QUARANTINE, ON_HOLD or RELEASABLE), locked."""
     return list(await conn.execute(
         select(lots).where(_of_key(key), lots.c.status.in_(_OPEN))
         .order_by(lots.c.lot_id).with_for_update()))
@@ -272,14 +291,15 @@ async def save_decisions(conn: AsyncConnection, *, lot_updates: Sequence[dict[st
     await conn.execute(
         update(lots).where(lots.c.lot_id == bindparam("b_lot_id")).values(
             status=bindparam("b_status"), status_version=bindparam("b_version"),
-            unmet=bindparam("b_unmet"), decided_at=bindparam("b_decided_at")),
+            unmet=bindparam("b_unmet"), decided_at=bindparam("b_decided_at"),
+            qa_released=bindparam("b_qa_released")),
         list(lot_updates))
     await conn.execute(insert(decisions), list(records))
 
 
 _STATUS_COLUMNS = (lots.c.lot_id, lots.c.supplier_id, lots.c.supplier_site_id,
                    lots.c.material_code, lots.c.status, lots.c.status_version, lots.c.unmet,
-                   lots.c.decided_at, lots.c.expiry_date)
+                   lots.c.decided_at, lots.c.expiry_date, lots.c.retest_date)
 
 
 async def read_status(conn: AsyncConnection, *, lot_id: str) -> Any | None:
@@ -380,3 +400,89 @@ async def list_reviews(conn: AsyncConnection, *, state: str | None, supplier_id:
     if material_code:
         query = query.where(lot_reviews.c.material_code == material_code)
     return list(await conn.execute(query.order_by(lot_reviews.c.sequence).limit(limit)))
+
+
+async def set_qa_facts(conn: AsyncConnection, *, lot_id: str, **values: Any) -> None:
+    """Change the lot's retest date or what QA decided about it (the row is locked)."""
+    await conn.execute(update(lots).where(lots.c.lot_id == lot_id).values(**values))
+
+
+def qa_facts_of(lot: Any, policy: ReleasePolicy) -> QaFacts:
+    """What QA decided about a lot row, under its material's policy."""
+    return QaFacts(policy, bool(lot.qa_released), lot.qa_hold_reason or "",
+                   lot.qa_rejection_reason or "")
+
+
+async def policies_of(conn: AsyncConnection, *,
+                      material_codes: Iterable[str]) -> dict[str, ReleasePolicy]:
+    """The release policy of each material that has one (the others are AUTOMATIC)."""
+    wanted = sorted(set(material_codes))
+    if not wanted:
+        return {}
+    rows = await conn.execute(select(release_policies.c.material_code, release_policies.c.policy)
+                              .where(release_policies.c.material_code.in_(wanted)))
+    return {r.material_code: ReleasePolicy(r.policy) for r in rows}
+
+
+async def get_policy(conn: AsyncConnection, *, material_code: str,
+                     for_update: bool = False) -> Any | None:
+    query = select(release_policies).where(release_policies.c.material_code == material_code)
+    if for_update:
+        query = query.with_for_update()
+    return (await conn.execute(query)).first()
+
+
+async def set_policy(conn: AsyncConnection, *, values: dict[str, Any]) -> None:
+    """Store a material's policy and append it to the history."""
+    # Insert (a concurrent first setter waits here), then update: one row per material.
+    await conn.execute(insert_ignoring_duplicates(release_policies, conn.dialect.name), [values])
+    await conn.execute(
+        update(release_policies)
+        .where(release_policies.c.material_code == values["material_code"])
+        .values(**values))
+    await conn.execute(insert(release_policy_history).values(**values))
+
+
+async def undecided_lots_of_material(conn: AsyncConnection, *, material_code: str) -> list[Any]:
+    """Lots of a material a policy change can still move (QUARANTINE, RELEASABLE), not
+    locked: the caller locks their qualifications, then them (`lock_lots_in`)."""
+    return list(await conn.execute(
+        select(lots.c.lot_id, lots.c.supplier_id, lots.c.supplier_site_id, lots.c.material_code)
+        .where(lots.c.material_code == material_code,
+               lots.c.status.in_([LotStatus.QUARANTINE.value, LotStatus.RELEASABLE.value]))
+        .order_by(lots.c.lot_id)))
+
+
+async def lock_lots_in(conn: AsyncConnection, *, lot_ids: Iterable[str],
+                       statuses: Iterable[LotStatus]) -> list[Any]:
+    """The lots among `lot_ids` still in one of `statuses`, locked, in id order."""
+    return list(await conn.execute(
+        select(lots).where(lots.c.lot_id.in_(sorted(set(lot_ids))),
+                           lots.c.status.in_([s.value for s in statuses]))
+        .order_by(lots.c.lot_id).with_for_update()))
+
+
+# Time-driven transitions: lots past their expiry date that are not final yet, and
+# released (or releasable) lots whose retest date has come.
+_NOT_FINAL = [s.value for s in LotStatus if s not in (LotStatus.REJECTED, LotStatus.EXPIRED)]
+_USABLE = [LotStatus.RELEASED.value, LotStatus.RELEASABLE.value]
+
+
+def _due(today: date) -> Any:
+    return (((lots.c.expiry_date < today) & lots.c.status.in_(_NOT_FINAL))
+            | ((lots.c.retest_date <= today) & lots.c.status.in_(_USABLE)))
+
+
+async def due_lots(conn: AsyncConnection, *, today: date, limit: int) -> list[Any]:
+    """Lots a time-driven decision would move on `today`, not locked (see `lock_due`)."""
+    return list(await conn.execute(
+        select(lots.c.lot_id, lots.c.supplier_id, lots.c.supplier_site_id, lots.c.material_code)
+        .where(_due(today)).order_by(lots.c.lot_id).limit(limit)))
+
+
+async def lock_due(conn: AsyncConnection, *, lot_ids: Iterable[str], today: date) -> list[Any]:
+    """The lots among `lot_ids` still due on `today`, locked; rows another replica holds
+    are skipped (it is deciding them)."""
+    return list(await conn.execute(
+        select(lots).where(lots.c.lot_id.in_(sorted(set(lot_ids))), _due(today))
+        .order_by(lots.c.lot_id).with_for_update(skip_locked=True)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Date,
     Float,
@@ -42,9 +43,44 @@ lots = Table(
     Column("status_version", BigInteger, nullable=False),
     Column("unmet", Text, nullable=False),  # JSON list of [code, message, rule]
     Column("decided_at", UtcDateTime, nullable=False),
+    # From this day the lot must be re-tested before use (None: no retest date).
+    Column("retest_date", Date, nullable=True),
+    # What QA decided about the lot; who and when are in the cause of the decision
+    # record each QA action writes. qa_released holds only while the lot stays RELEASED
+    # or RELEASABLE (domain.keeps_qa_release).
+    Column("qa_released", Boolean, nullable=False, default=False),
+    Column("qa_hold_reason", Text, nullable=False, default=""),
+    Column("qa_rejection_reason", Text, nullable=False, default=""),
     Index("ix_lots_supplier_site_material", "supplier_id", "supplier_site_id", "material_code"),
     Index("ix_lots_status", "status", "lot_id"),
+    # ListLots by material and the snapshot of a material's watch.
+    Index("ix_lots_material", "material_code", "lot_id"),
     Index("ix_lots_received_at", "received_at", "lot_id"),
+    # The scheduler's scans: lots past their expiry date, lots whose retest date has come.
+    Index("ix_lots_expiry_date", "expiry_date"),
+    Index("ix_lots_retest_date", "retest_date"),
+)
+
+# Who releases each material's lots (AUTOMATIC when a material has no row).
+release_policies = Table(
+    "release_policies", metadata,
+    Column("material_code", String(64), primary_key=True),
+    Column("policy", String(20), nullable=False),  # AUTOMATIC, QA_RELEASE
+    Column("reason", Text, nullable=False),
+    Column("set_by", String(200), nullable=False),
+    Column("set_at", UtcDateTime, nullable=False),
+)
+
+# Every policy ever set, append-only: the history behind release_policies.
+release_policy_history = Table(
+    "release_policy_history", metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("material_code", String(64), nullable=False),
+    Column("policy", String(20), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("set_by", String(200), nullable=False),
+    Column("set_at", UtcDateTime, nullable=False),
+    Index("ix_release_policy_history_material", "material_code", "id"),
 )
 
 # Projection of the suppliers service's QualificationChanged events, one row per
@@ -127,4 +163,6 @@ lot_reviews = Table(
 # 3: lot_results.state, state_reason, retest_of, required_tests (OOS handling).
 # 4: decisions.inputs holds the lot facts the rule uses (expiry date, supplier, site,
 #    material), so that every decision can be replayed; ix_lots_received_at.
-tables = make_tables(metadata, schema_version=4)
+# 5: lots.retest_date, qa_released, qa_hold_reason, qa_rejection_reason; release_policies
+#    and release_policy_history; RELEASABLE and EXPIRED statuses; ix_lots_material.
+tables = make_tables(metadata, schema_version=5)

@@ -22,14 +22,12 @@ from nats.js.api import DeliverPolicy
 
 from lotgate.lots.v1 import events_pb2 as lot_events
 from lotgate.lots.v1 import lots_pb2 as pb
-from lotgate.lots.v1 import lots_pb2_grpc as pb_grpc
 from lotgate.suppliers.v1 import events_pb2 as supplier_events
 from lotgate.suppliers.v1 import suppliers_pb2 as spb
-from lotgate.suppliers.v1 import suppliers_pb2_grpc as spb_grpc
 from shared import messaging
-from tests.integration.test_lots import SITE, System
+from tests.integration.test_lots import SITE, System, running_system
 from tests.support.grpc_errors import field_violations
-from tests.support.services import ref, start_in_process
+from tests.support.services import ref
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -37,16 +35,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 async def system(databases, nats_server) -> AsyncIterator[System]:
-    suppliers = await start_in_process("suppliers", databases=databases, nats=nats_server)
-    lots = await start_in_process("lots", databases=databases, nats=nats_server)
-    nc = await nats.connect(nats_server.url)
-    async with grpc.aio.insecure_channel(lots.address) as lc, \
-            grpc.aio.insecure_channel(suppliers.address) as sc:
-        yield System(pb_grpc.LotServiceStub(lc), spb_grpc.SupplierServiceStub(sc), lots,
-                     nc.jetstream())
-    await nc.close()
-    await lots.stop()
-    await suppliers.stop()
+    async with running_system(databases, nats_server) as system:
+        yield system
 
 
 async def reviews(system: System, **filters: Any) -> list[pb.LotReview]:

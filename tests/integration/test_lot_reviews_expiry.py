@@ -11,41 +11,28 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
-import grpc
-import nats
 import pytest
 
 from lotgate.lots.v1 import lots_pb2 as pb
-from lotgate.lots.v1 import lots_pb2_grpc as pb_grpc
 from lotgate.results.v1 import results_pb2 as rpb
 from lotgate.suppliers.v1 import events_pb2 as supplier_events
 from lotgate.suppliers.v1 import suppliers_pb2 as spb
-from lotgate.suppliers.v1 import suppliers_pb2_grpc as spb_grpc
 from shared import messaging
 from shared.clock import ManualClock
 from shared.protoconv import to_timestamp
 from tests.integration.test_lot_reviews import reviews, wait_reviews
-from tests.integration.test_lots import SITE, System
-from tests.support.services import ref, start_in_process
+from tests.integration.test_lots import SITE, System, running_system
+from tests.support.services import ref
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 async def system(databases, nats_server) -> AsyncIterator[System]:
-    clock = ManualClock()
     # The suppliers service looks for lapsed approvals this often (by the shared clock).
-    suppliers = await start_in_process("suppliers", databases=databases, nats=nats_server,
-                                       clock=clock, expiry_check_seconds=0.05)
-    lots = await start_in_process("lots", databases=databases, nats=nats_server, clock=clock)
-    nc = await nats.connect(nats_server.url)
-    async with grpc.aio.insecure_channel(lots.address) as lc, \
-            grpc.aio.insecure_channel(suppliers.address) as sc:
-        yield System(pb_grpc.LotServiceStub(lc), spb_grpc.SupplierServiceStub(sc), lots,
-                     nc.jetstream(), clock=clock)
-    await nc.close()
-    await lots.stop()
-    await suppliers.stop()
+    async with running_system(databases, nats_server, clock=ManualClock(),
+                              suppliers={"expiry_check_seconds": 0.05}) as system:
+        yield system
 
 
 def manual_clock(system: System) -> ManualClock:

@@ -7,6 +7,7 @@ results service's relay publishes them, so that order and duplicates can be cont
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from shared.clock import Clock
 from shared.protoconv import to_timestamp
 from shared.runtime import RunningService
 from shared.stack import NatsServer
+from tests.support.databases import Databases
 from tests.support.grpc_errors import field_violations
 from tests.support.services import ref, start_in_process
 from tests.support.waiting import eventually
@@ -204,18 +206,32 @@ class System:
                 return found
 
 
+@contextlib.asynccontextmanager
+async def running_system(databases: Databases, nats_server: NatsServer, *,
+                         clock: Clock | None = None, suppliers: dict[str, Any] | None = None,
+                         lots: dict[str, Any] | None = None) -> AsyncIterator[System]:
+    """The suppliers and lots services in this process, on fresh databases, with clients;
+    `suppliers` and `lots` override settings of each (expiry_check_seconds, ...)."""
+    suppliers_service = await start_in_process("suppliers", databases=databases,
+                                               nats=nats_server, clock=clock, **(suppliers or {}))
+    lots_service = await start_in_process("lots", databases=databases, nats=nats_server,
+                                          clock=clock, **(lots or {}))
+    nc = await nats.connect(nats_server.url)
+    try:
+        async with grpc.aio.insecure_channel(lots_service.address) as lc, \
+                grpc.aio.insecure_channel(suppliers_service.address) as sc:
+            yield System(pb_grpc.LotServiceStub(lc), spb_grpc.SupplierServiceStub(sc),
+                         lots_service, nc.jetstream(), clock=clock)
+    finally:
+        await nc.close()
+        await lots_service.stop()
+        await suppliers_service.stop()
+
+
 @pytest.fixture(scope="module")
 async def system(databases, nats_server) -> AsyncIterator[System]:
-    suppliers = await start_in_process("suppliers", databases=databases, nats=nats_server)
-    lots = await start_in_process("lots", databases=databases, nats=nats_server)
-    nc = await nats.connect(nats_server.url)
-    async with grpc.aio.insecure_channel(lots.address) as lc, \
-            grpc.aio.insecure_channel(suppliers.address) as sc:
-        yield System(pb_grpc.LotServiceStub(lc), spb_grpc.SupplierServiceStub(sc), lots,
-                     nc.jetstream())
-    await nc.close()
-    await lots.stop()
-    await suppliers.stop()
+    async with running_system(databases, nats_server) as system:
+        yield system
 
 
 async def test_a_received_lot_is_in_quarantine_and_says_why(system: System) -> None:

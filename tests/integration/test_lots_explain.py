@@ -11,20 +11,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
-import nats
 import pytest
 from sqlalchemy import event
 
 from lotgate.lots.v1 import lots_pb2 as pb
-from lotgate.lots.v1 import lots_pb2_grpc as pb_grpc
 from lotgate.results.v1 import results_pb2 as rpb
-from lotgate.suppliers.v1 import suppliers_pb2_grpc as spb_grpc
 from services.lots import handlers
 from services.lots.read_model import StatusCache
 from shared.protoconv import from_timestamp, to_timestamp
-from tests.integration.test_lots import System
+from tests.integration.test_lots import System, running_system
 from tests.support.grpc_errors import field_violations
-from tests.support.services import ref, start_in_process
+from tests.support.services import ref
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -32,16 +29,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 async def system(databases, nats_server) -> AsyncIterator[System]:
-    suppliers = await start_in_process("suppliers", databases=databases, nats=nats_server)
-    lots = await start_in_process("lots", databases=databases, nats=nats_server)
-    nc = await nats.connect(nats_server.url)
-    async with grpc.aio.insecure_channel(lots.address) as lc, \
-            grpc.aio.insecure_channel(suppliers.address) as sc:
-        yield System(pb_grpc.LotServiceStub(lc), spb_grpc.SupplierServiceStub(sc), lots,
-                     nc.jetstream())
-    await nc.close()
-    await lots.stop()
-    await suppliers.stop()
+    async with running_system(databases, nats_server) as system:
+        yield system
 
 
 def codes(unmet: Any) -> list[str]:
@@ -282,7 +271,7 @@ async def test_lots_not_in_memory_are_read_in_one_query_and_expiry_applies_on_re
         event.listen(conn.sync_connection, "before_cursor_execute", seen)
         now = datetime.now(UTC)
         cold = await handlers.get_statuses(conn, lot_ids=asked, cache=StatusCache(), now=now)
-        # Past the lots' expiry date (2030-01-31), a released lot is not pickable.
+        # Past the lots' expiry date (2030-01-31), a released lot reads as EXPIRED.
         later = datetime(2030, 2, 1, tzinfo=UTC)
         expired = await handlers.get_statuses(conn, lot_ids=[released], cache=StatusCache(),
                                               now=later)
@@ -295,7 +284,7 @@ async def test_lots_not_in_memory_are_read_in_one_query_and_expiry_applies_on_re
     assert cold[1] == await system.status(released)
     assert [codes(s.unmet) for s in cold if s.lot_id in unknown] == [["LOT_NOT_FOUND"]] * 3
     [after_expiry] = expired
-    assert after_expiry.status == pb.LOT_STATUS_QUARANTINE
+    assert after_expiry.status == pb.LOT_STATUS_EXPIRED
     assert codes(after_expiry.unmet) == ["LOT_EXPIRED"]
 
 

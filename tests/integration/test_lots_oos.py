@@ -13,20 +13,16 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-import grpc
-import nats
 import pytest
 from sqlalchemy import select
 
 from lotgate.lots.v1 import lots_pb2 as pb
-from lotgate.lots.v1 import lots_pb2_grpc as pb_grpc
 from lotgate.results.v1 import events_pb2 as result_events
 from lotgate.results.v1 import results_pb2 as rpb
-from lotgate.suppliers.v1 import suppliers_pb2_grpc as spb_grpc
 from services.lots.tables import decisions, lot_results
 from shared.runtime import RunningService
-from tests.integration.test_lots import SUBJECTS, TESTS, System
-from tests.support.services import ref, start_in_process
+from tests.integration.test_lots import SUBJECTS, TESTS, System, running_system
+from tests.support.services import ref
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -36,16 +32,8 @@ OOS_RULE = "21 CFR 211.192; FDA guidance on investigating OOS results (2006)"
 
 @pytest.fixture(scope="module")
 async def system(databases, nats_server) -> AsyncIterator[System]:
-    suppliers = await start_in_process("suppliers", databases=databases, nats=nats_server)
-    lots = await start_in_process("lots", databases=databases, nats=nats_server)
-    nc = await nats.connect(nats_server.url)
-    async with grpc.aio.insecure_channel(lots.address) as lc, \
-            grpc.aio.insecure_channel(suppliers.address) as sc:
-        yield System(pb_grpc.LotServiceStub(lc), spb_grpc.SupplierServiceStub(sc), lots,
-                     nc.jetstream())
-    await nc.close()
-    await lots.stop()
-    await suppliers.stop()
+    async with running_system(databases, nats_server) as system:
+        yield system
 
 
 def codes(status: pb.ReleaseStatus) -> list[str]:

@@ -24,12 +24,15 @@ from services.lots.domain import (
     DecisionInputs,
     LotFacts,
     LotStatus,
+    QaFacts,
     QualificationFacts,
+    ReleasePolicy,
     ResultFacts,
     TestKind,
     Unmet,
     Verdict,
     decide,
+    keeps_qa_release,
     next_status,
     replay,
     replay_difference,
@@ -58,26 +61,34 @@ class LiveLot:
         self.records: list[SimpleNamespace] = []
         self.status: LotStatus | None = None
         self.unmet: tuple[Unmet, ...] = ()
+        self.qa = QaFacts()
 
     def decide(self, qualification: QualificationFacts | None,
                results: Iterable[ResultFacts], now: datetime = NOW,
-               cause: str = "test") -> SimpleNamespace | None:
+               cause: str = "test", qa: QaFacts | None = None,
+               force: bool = False) -> SimpleNamespace | None:
+        """`qa`: the policy and QA's facts (None: the lot's own, `self.qa`); `force`: a QA
+        action, recorded even when nothing changes. QA's release is dropped as the live
+        path drops it (`keeps_qa_release`)."""
         results = tuple(results)
-        rule = decide(self.lot, qualification, results, now)
+        qa = self.qa if qa is None else qa
+        rule = decide(self.lot, qualification, results, now, qa)
         first = not self.records
         current = None if first else self.status
         status = next_status(current, rule)
         unmet = rule.unmet if status is rule.status else self.unmet
-        if not first and status is current and unmet == self.unmet:
+        if not (first or force) and status is current and unmet == self.unmet:
             return None  # nothing changed: nothing recorded
         record = SimpleNamespace(
             lot_id=self.lot.lot_id, version=len(self.records) + 1,
             previous_status=current.value if current else None, status=status.value,
             unmet=unmet_to_json(unmet),
-            inputs=inputs_to_json(DecisionInputs(self.lot, qualification, results, now), rule),
+            inputs=inputs_to_json(DecisionInputs(self.lot, qualification, results, now, qa),
+                                  rule),
             cause=cause, decided_at=now)
         self.records.append(record)
         self.status, self.unmet = status, unmet
+        self.qa = replace(qa, released=qa.released and keeps_qa_release(status))
         return record
 
     def explained(self) -> list[pb.ExplainedDecision]:
@@ -156,7 +167,7 @@ def expiry_of_the_lot_and_of_the_qualification() -> LiveLot:
     live.decide(lapsing, passing, NOW + timedelta(hours=2))  # released, then a lapse: sticky
     after_expiry = datetime.combine(LOT.expiry_date + timedelta(days=1), NOW.time(), NOW.tzinfo)
     live.decide(lapsing, passing, after_expiry)
-    assert live.statuses() == ["RELEASED", "QUARANTINE"]
+    assert live.statuses() == ["RELEASED", "EXPIRED"]
     assert [u.code for u in live.explained()[-1].decision.unmet] == [
         "QUALIFICATION_EXPIRED", "LOT_EXPIRED"]
     return live
@@ -185,7 +196,55 @@ def a_specification_that_requires_an_assay() -> LiveLot:
     return live
 
 
+PASSING = [result(IDT, sequence=1), result(PUR, sequence=2), result(STE, sequence=3)]
+QA_RELEASE = QaFacts(ReleasePolicy.QA_RELEASE)
+
+
+def qa_release_policy_then_release_then_retest_date() -> LiveLot:
+    live = LiveLot(replace(LOT, retest_date=NOW.date() + timedelta(days=10)))
+    live.qa = QA_RELEASE
+    _arrive_one_by_one(live, QUALIFIED, PASSING)
+    assert live.statuses()[-1] == "RELEASABLE"
+    live.decide(QUALIFIED, PASSING, cause="QA release", qa=replace(live.qa, released=True),
+                force=True)
+    # The retest date comes: back to QUARANTINE, and QA's release no longer stands ...
+    live.decide(QUALIFIED, PASSING, NOW + timedelta(days=10), cause="retest date reached")
+    assert not live.qa.released
+    # ... so after a new retest date the lot waits for QA again.
+    live.lot = replace(live.lot, retest_date=NOW.date() + timedelta(days=100))
+    live.decide(QUALIFIED, PASSING, NOW + timedelta(days=11), force=True)
+    assert live.statuses()[-4:] == ["RELEASABLE", "RELEASED", "QUARANTINE", "RELEASABLE"]
+    assert [u.code for u in live.explained()[-2].decision.unmet] == ["RETEST_DATE_REACHED"]
+    return live
+
+
+def qa_hold_release_of_the_hold_and_rejection() -> LiveLot:
+    live = LiveLot()
+    _arrive_one_by_one(live, QUALIFIED, PASSING)
+    live.decide(QUALIFIED, PASSING, qa=replace(live.qa, hold_reason="label mix-up"),
+                force=True)
+    live.decide(QUALIFIED, PASSING, qa=replace(live.qa, hold_reason=""), force=True)
+    live.decide(QUALIFIED, PASSING, qa=replace(live.qa, rejection_reason="container damaged"),
+                force=True)
+    # A policy or a result after the rejection does not move it: REJECTED is final.
+    live.decide(QUALIFIED, PASSING[:2], qa=replace(live.qa, policy=ReleasePolicy.QA_RELEASE))
+    assert live.statuses()[-4:] == ["ON_HOLD", "RELEASED", "REJECTED", "REJECTED"]
+    assert [u.code for u in live.explained()[-4].decision.unmet] == ["QA_HOLD"]
+    return live
+
+
+def a_released_lot_stays_released_when_its_material_goes_to_qa_release() -> LiveLot:
+    live = LiveLot()
+    _arrive_one_by_one(live, QUALIFIED, PASSING)
+    assert live.decide(QUALIFIED, PASSING, qa=QA_RELEASE) is None
+    live.decide(SUSPENDED, PASSING, NOW + timedelta(days=400), qa=QA_RELEASE)
+    assert live.statuses()[-2:] == ["RELEASED", "EXPIRED"]
+    return live
+
+
 SCENARIOS: list[Callable[[], LiveLot]] = [
+    qa_release_policy_then_release_then_retest_date, qa_hold_release_of_the_hold_and_rejection,
+    a_released_lot_stays_released_when_its_material_goes_to_qa_release,
     released_then_supplier_lapse_then_invalidation, oos_then_confirmation_then_more,
     oos_invalidated_and_retested, a_gap_in_the_numbering,
     expiry_of_the_lot_and_of_the_qualification, supplier_standing_changes_before_release,

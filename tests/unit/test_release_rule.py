@@ -13,14 +13,17 @@ from services.lots.domain import (
     Decision,
     LotFacts,
     LotStatus,
+    QaFacts,
     QualificationFacts,
+    ReleasePolicy,
     ResultFacts,
     ResultState,
     TestKind,
     Unmet,
     Verdict,
     decide,
-    expired_on_read,
+    keeps_qa_release,
+    moved_by_time,
     next_status,
 )
 
@@ -361,6 +364,7 @@ def test_a_lot_past_its_expiry_date_is_not_released() -> None:
     on_the_day = LotFacts("LOT-1", "MAT-1", "SUP-1", "SITE-1", expiry_date=NOW.date())
 
     assert codes(decide(expired, QUALIFIED, ALL_PASS, NOW)) == ["LOT_EXPIRED"]
+    assert decide(expired, QUALIFIED, ALL_PASS, NOW).status is LotStatus.EXPIRED
     assert decide(on_the_day, QUALIFIED, ALL_PASS, NOW).status is LotStatus.RELEASED
 
 
@@ -456,6 +460,7 @@ def decision_of(status: LotStatus, *codes_: str) -> Decision:
 
 
 Q, R, J, H = LotStatus.QUARANTINE, LotStatus.RELEASED, LotStatus.REJECTED, LotStatus.ON_HOLD
+A, E = LotStatus.RELEASABLE, LotStatus.EXPIRED
 
 
 @pytest.mark.parametrize("current,decided,codes_,expected", [
@@ -480,13 +485,133 @@ Q, R, J, H = LotStatus.QUARANTINE, LotStatus.RELEASED, LotStatus.REJECTED, LotSt
     (H, R, (), R), (H, Q, ("PURITY_RETEST_REQUIRED",), Q),
     (H, Q, ("SUPPLIER_SUSPENDED",), Q), (H, J, ("PURITY_FAILED",), J),
     (H, H, ("PURITY_OUT_OF_SPECIFICATION",), H),
+    # EXPIRED is final too, and outranks everything else.
+    (E, R, (), E), (E, Q, ("X",), E), (E, A, ("QA_RELEASE_REQUIRED",), E), (E, J, ("X",), E),
+    (Q, E, ("LOT_EXPIRED",), E), (R, E, ("LOT_EXPIRED",), E), (A, E, ("LOT_EXPIRED",), E),
+    (H, E, ("LOT_EXPIRED",), E), (J, E, ("LOT_EXPIRED",), J), (None, E, ("LOT_EXPIRED",), E),
+    # The retest date pulls a released lot back; QA's hold and rejection apply to it.
+    (R, Q, ("RETEST_DATE_REACHED",), Q), (R, Q, ("SUPPLIER_SUSPENDED", "RETEST_DATE_REACHED"), Q),
+    (R, H, ("QA_HOLD",), H), (R, J, ("QA_REJECTED",), J),
+    # A released lot is not made RELEASABLE by a policy set after its release.
+    (R, A, ("QA_RELEASE_REQUIRED",), R),
+    # RELEASABLE: released when the rule says so (QA released it), else what it says.
+    (None, A, ("QA_RELEASE_REQUIRED",), A), (Q, A, ("QA_RELEASE_REQUIRED",), A),
+    (A, A, ("QA_RELEASE_REQUIRED",), A), (A, R, (), R), (A, Q, ("SUPPLIER_SUSPENDED",), Q),
+    (A, Q, ("RETEST_DATE_REACHED",), Q), (A, H, ("QA_HOLD",), H), (A, J, ("QA_REJECTED",), J),
+    (H, A, ("QA_RELEASE_REQUIRED",), A),
 ])
 def test_next_status(current: LotStatus | None, decided: LotStatus, codes_: tuple[str, ...],
                      expected: LotStatus) -> None:
     assert next_status(current, decision_of(decided, *codes_)) is expected
 
 
-def test_a_released_lot_read_after_its_expiry_date_is_not_pickable() -> None:
-    assert expired_on_read(LotStatus.RELEASED, NOW.date() - timedelta(days=1), NOW)
-    assert not expired_on_read(LotStatus.RELEASED, NOW.date(), NOW)
-    assert not expired_on_read(LotStatus.QUARANTINE, NOW.date() - timedelta(days=1), NOW)
+@pytest.mark.parametrize("status", [LotStatus.RELEASED, LotStatus.RELEASABLE])
+def test_a_usable_lot_read_after_its_dates_is_not_usable_before_the_scheduler_runs(
+        status: LotStatus) -> None:
+    today, yesterday, tomorrow = NOW.date(), NOW.date() - timedelta(days=1), (
+        NOW.date() + timedelta(days=1))
+
+    expired = moved_by_time(status, yesterday, None, NOW)
+    retest = moved_by_time(status, tomorrow, today, NOW)
+
+    assert expired is not None and expired[0] is LotStatus.EXPIRED
+    assert expired[1].code == "LOT_EXPIRED"
+    assert retest is not None and retest[0] is LotStatus.QUARANTINE
+    assert retest[1].code == "RETEST_DATE_REACHED"
+    # The expiry day itself is still usable, the day before the retest date too.
+    assert moved_by_time(status, today, tomorrow, NOW) is None
+
+
+@pytest.mark.parametrize("status", [LotStatus.QUARANTINE, LotStatus.ON_HOLD,
+                                    LotStatus.REJECTED, LotStatus.EXPIRED])
+def test_a_lot_that_is_not_usable_is_read_as_decided(status: LotStatus) -> None:
+    yesterday = NOW.date() - timedelta(days=1)
+    assert moved_by_time(status, yesterday, yesterday, NOW) is None
+
+
+QA_RELEASE = QaFacts(ReleasePolicy.QA_RELEASE)
+WITH_RETEST = LotFacts("LOT-1", "MAT-1", "SUP-1", "SITE-1", expiry_date=date(2027, 6, 30),
+                       retest_date=date(2027, 1, 15))
+
+
+def test_under_qa_release_a_lot_that_meets_every_condition_waits_for_qa() -> None:
+    decision = decide(LOT, QUALIFIED, ALL_PASS, NOW, QA_RELEASE)
+
+    assert decision.status is LotStatus.RELEASABLE
+    assert decision.unmet == (Unmet(
+        "QA_RELEASE_REQUIRED", "every condition holds; lots of material MAT-1 are released "
+        "by QA, and QA has not released this one", "21 CFR 211.22(a); EU GMP Annex 16"),)
+
+
+def test_qa_release_releases_a_releasable_lot_and_automatic_needs_none() -> None:
+    released = QaFacts(ReleasePolicy.QA_RELEASE, released=True)
+
+    assert decide(LOT, QUALIFIED, ALL_PASS, NOW, released).status is LotStatus.RELEASED
+    assert decide(LOT, QUALIFIED, ALL_PASS, NOW, QaFacts()).status is LotStatus.RELEASED
+    assert decide(LOT, QUALIFIED, ALL_PASS, NOW).status is LotStatus.RELEASED
+
+
+@pytest.mark.parametrize("qa", [QA_RELEASE, QaFacts(ReleasePolicy.QA_RELEASE, released=True)])
+def test_qa_release_required_is_only_there_when_nothing_else_is_unmet(qa: QaFacts) -> None:
+    decision = decide(LOT, QUALIFIED, but(TestKind.PURITY), NOW, qa)
+
+    assert decision.status is LotStatus.QUARANTINE
+    assert codes(decision) == ["PURITY_MISSING"]
+
+
+def test_a_qa_hold_holds_the_lot_with_its_reason() -> None:
+    decision = decide(LOT, QUALIFIED, ALL_PASS, NOW, QaFacts(hold_reason="label mix-up"))
+
+    assert decision.status is LotStatus.ON_HOLD
+    assert decision.unmet == (Unmet("QA_HOLD", "held by QA: label mix-up",
+                                    "EU GMP Part I 1.4(xv); 21 CFR 211.22(a)"),)
+
+
+def test_a_qa_rejection_rejects_the_lot_with_its_reason() -> None:
+    qa = QaFacts(hold_reason="label mix-up", rejection_reason="container damaged")
+
+    decision = decide(LOT, QUALIFIED, ALL_PASS, NOW, qa)
+
+    assert decision.status is LotStatus.REJECTED
+    assert codes(decision) == ["QA_HOLD", "QA_REJECTED"]
+    assert decision.unmet[1] == Unmet("QA_REJECTED", "rejected by QA: container damaged",
+                                      "EU GMP Part I 1.4(xv); 21 CFR 211.22(a)")
+
+
+def test_the_retest_date_quarantines_the_lot_from_that_day() -> None:
+    the_day = datetime.combine(WITH_RETEST.retest_date, NOW.time(), UTC)
+    day_before = the_day - timedelta(days=1)
+    qualified = QualificationFacts("QUALIFIED", the_day + timedelta(days=30), 3)
+
+    assert decide(WITH_RETEST, qualified, ALL_PASS, day_before).status is LotStatus.RELEASED
+    decision = decide(WITH_RETEST, qualified, ALL_PASS, the_day)
+    assert decision.status is LotStatus.QUARANTINE
+    assert decision.unmet == (Unmet(
+        "RETEST_DATE_REACHED", "the lot's retest date 2027-01-15 has come; it must be "
+        "re-tested before use", "ICH Q7 11.6; 21 CFR 211.87"),)
+    # Even a QA release does not stand against it.
+    assert decide(WITH_RETEST, qualified, ALL_PASS, the_day, QaFacts(
+        ReleasePolicy.QA_RELEASE, released=True)).status is LotStatus.QUARANTINE
+
+
+def test_expired_outranks_rejected_which_outranks_on_hold_then_quarantine_then_releasable(
+        ) -> None:
+    past = datetime.combine(LOT.expiry_date + timedelta(days=1), NOW.time(), UTC)
+    lapsed = QualificationFacts("QUALIFIED", past + timedelta(days=1), 3)
+    reject, hold = QaFacts(rejection_reason="r"), QaFacts(hold_reason="h")
+    oos = but(TestKind.PURITY, result(TestKind.PURITY, Verdict.FAIL, 9))
+
+    assert decide(LOT, lapsed, ALL_PASS, past, reject).status is LotStatus.EXPIRED
+    assert codes(decide(LOT, lapsed, ALL_PASS, past, reject)) == ["LOT_EXPIRED", "QA_REJECTED"]
+    assert decide(LOT, QUALIFIED, oos, NOW, reject).status is LotStatus.REJECTED
+    assert decide(LOT, QUALIFIED, but(TestKind.PURITY), NOW, hold).status is LotStatus.ON_HOLD
+    assert decide(LOT, None, ALL_PASS, NOW, QA_RELEASE).status is LotStatus.QUARANTINE
+    assert decide(LOT, QUALIFIED, ALL_PASS, NOW, QA_RELEASE).status is LotStatus.RELEASABLE
+
+
+@pytest.mark.parametrize("status,kept", [
+    (LotStatus.RELEASED, True), (LotStatus.RELEASABLE, True), (LotStatus.QUARANTINE, False),
+    (LotStatus.ON_HOLD, False), (LotStatus.REJECTED, False), (LotStatus.EXPIRED, False)])
+def test_a_qa_release_stands_only_while_the_lot_stays_released_or_releasable(
+        status: LotStatus, kept: bool) -> None:
+    assert keeps_qa_release(status) is kept
