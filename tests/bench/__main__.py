@@ -216,8 +216,11 @@ class Bench:
             await self.record_rows(lg, record_pools)
             for index, (rate, (measured, background)) in enumerate(
                     zip(args.release_rates, release_sets, strict=True)):
+                watcher = phases.WatchLatency(lg.lots, measured[:1000]) if index == 0 else None
                 await self.release_row(lg, measured, background, rate,
                                        "5" if index == 0 else f"5{chr(ord('a') + index)}")
+                if watcher is not None:
+                    self.watch_row(await watcher.stop(), len(measured[:1000]), rate)
         self.memory_rows()
 
     async def echo_rows(self) -> None:
@@ -331,6 +334,23 @@ class Bench:
         if self.echo_open is not None:
             self.rows.append(self.echo_open)
 
+        progress(f"3b. lots service: GetReleaseStatuses of {len(read_lots)} lots, closed loop "
+                 f"c=4, {args.read_seconds:g} s")
+        async with grpc.aio.insecure_channel(self.stack.address("lots")) as channel:
+            stub = lots_pb2_grpc.LotServiceStub(channel)
+            with client_gc_paused():
+                meter = CpuMeter(self.pids).start()
+                batch = await phases.batch_read_closed_loop(stub, read_lots, concurrency=4,
+                                                            seconds=args.read_seconds)
+                cpu = meter.stop()
+        progress(f"   {batch.summary()}")
+        self.rows.append(Row(
+            "3b", f"Lots service GetReleaseStatuses of {len(read_lots):,} lots per call "
+                  f"(a pick list), closed loop c=4, {args.read_seconds:g} s",
+            f"{batch.rate:,.0f} calls/s ({batch.rate * len(read_lots):,.0f} lots/s); "
+            f"{_p50_p99(batch)}", "reference", None,
+            f"{batch.count:,} calls, {batch.error_text()}; {cpu}", batch.failures))
+
     async def record_rows(self, lg: Lotgate, pools: list[list[str]]) -> None:
         """Row 4: RecordResult back to back, then until the lots service applied it all."""
         args = self.args
@@ -408,6 +428,17 @@ class Bench:
             f"polled every 2 ms, at most 1,000 polls/s in all "
             f"({sum(rel.poll_errors.values())} poll errors); {cpu}",
             lat.failures + rel.posts.failures))
+
+    def watch_row(self, watched: Samples, lots: int, rate: float) -> None:
+        """Row 5w: WatchReleaseStatus's change-to-delivery latency during row 5."""
+        progress(f"5w. WatchReleaseStatus on {lots} lots during row 5: {watched.summary()}")
+        self.rows.append(Row(
+            "5w", f"WatchReleaseStatus on the {lots} lots of row 5 (one stream, results "
+                  f"posted at {rate:g}/s): a decision's decided_at -> received by the watcher",
+            f"p50 {_ms(watched.pct_ms(0.5))}, p99 {_ms(watched.pct_ms(0.99))} "
+            f"(max {_ms(watched.max_ms)})", "reference", None,
+            f"{watched.count:,} changes received, {watched.error_text()}; decided_at is the "
+            "lots service's clock, on this machine", watched.failures))
 
     def memory_rows(self) -> None:
         """Row 6: peak resident memory of each process, at the end."""

@@ -7,6 +7,7 @@ measured; tests.bench.__main__ decides the order and turns the results into a ta
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections import Counter
@@ -203,6 +204,59 @@ async def read_open_loop(stub: lots_pb2_grpc.LotServiceStub,
     schedule = await open_loop(action, rate=rate, count=count)
     samples.started = schedule.started
     return samples, schedule
+
+
+async def batch_read_closed_loop(stub: lots_pb2_grpc.LotServiceStub, lots: Sequence[str], *,
+                                 concurrency: int, seconds: float,
+                                 warmup: float = 1.0) -> Samples:
+    """GetReleaseStatuses for all of `lots` (a pick list of up to 1,000) back to back."""
+    request = lots_pb2.GetReleaseStatusesRequest(lot_ids=list(lots))
+
+    async def call(i: int) -> None:
+        reply = await stub.GetReleaseStatuses(request, timeout=READ_TIMEOUT * 5)
+        if len(reply.statuses) != len(lots):
+            raise ValueError("statuses missing")
+
+    if warmup > 0:
+        await closed_loop(call, concurrency=concurrency, seconds=warmup, max_calls=10**9)
+    return await closed_loop(call, concurrency=concurrency, seconds=seconds, max_calls=10**9)
+
+
+class WatchLatency:
+    """A WatchReleaseStatus on some lots: decided_at -> received, for every change.
+
+    decided_at is the lots service's clock, received this process's: the same machine.
+    """
+
+    def __init__(self, stub: lots_pb2_grpc.LotServiceStub, lots: Sequence[str]) -> None:
+        self.samples = Samples()
+        self.snapshots = 0
+        self._call = stub.WatchReleaseStatus(lots_pb2.WatchReleaseStatusRequest(
+            lot_ids=list(lots)))
+        self._task = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        self.samples.started = time.perf_counter()
+        try:
+            async for reply in self._call:
+                if reply.snapshot:
+                    self.snapshots += 1
+                    continue
+                decided = reply.release_status.decided_at
+                self.samples.ok(max(0.0, time.time() - decided.seconds - decided.nanos / 1e9))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if not self._call.cancelled():
+                self.samples.fail(exc)
+
+    async def stop(self) -> Samples:
+        self.samples.ended = time.perf_counter()
+        self._call.cancel()
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        return self.samples
 
 
 # Row 4: RecordResult sustained ------------------------------------------------------------
