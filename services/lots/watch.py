@@ -209,15 +209,27 @@ class ChangeFeed:
                 batch = [getting.result()]
                 while not inbound.empty():
                     batch.append(inbound.get_nowait())
-                try:
-                    await self.apply(batch)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # a database outage: the next change fills gaps
-                    log.warning("change_feed_apply_failed", error=repr(exc), events=len(batch))
+                await self._apply_until_done(batch, stop)
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+    async def _apply_until_done(self, batch: Sequence[bytes], stop: asyncio.Event) -> None:
+        """Apply `batch`, again after a failure (the database is away), before any later
+        change: a watcher must not miss a change because a read failed once. Applying
+        twice changes nothing (only higher versions are taken)."""
+        backoff = 0.1
+        while not stop.is_set():
+            try:
+                await self.apply(batch)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("change_feed_apply_failed", error=repr(exc), events=len(batch),
+                            retry_in=backoff)
+                await sleep_or_stop(stop, backoff)
+                backoff = min(backoff * 2, 5.0)
 
     async def apply(self, payloads: Sequence[bytes]) -> None:
         """Apply announced changes to the cache (which hands the newer ones to watchers)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from datetime import UTC, date, datetime
 from types import SimpleNamespace
@@ -62,6 +63,43 @@ async def test_the_feed_hands_each_version_once_to_the_watchers_that_want_it() -
         assert [(e.version, e.status) for e in got] == [(2, LotStatus.RELEASED)]
         assert cache.get("LOT-1").proto == entry(2, LotStatus.RELEASED).proto
     assert not feed._by_lot and not feed._by_material
+
+
+class _DatabaseAwayOnce:
+    """An engine whose first connection fails (an outage), then reads `rows`."""
+
+    def __init__(self, rows: list[SimpleNamespace]) -> None:
+        self.rows = rows
+        self.connects = 0
+
+    @contextlib.asynccontextmanager
+    async def _conn(self):
+        yield SimpleNamespace(execute=self._execute)
+
+    async def _execute(self, _query):
+        return SimpleNamespace(all=lambda: self.rows)
+
+    def connect(self):
+        self.connects += 1
+        if self.connects == 1:
+            raise OSError("the database cannot be reached")
+        return self._conn()
+
+
+async def test_a_change_whose_read_fails_is_applied_again_before_any_later_one() -> None:
+    row = SimpleNamespace(**vars(LOT), status="RELEASED", status_version=2, unmet="[]",
+                          decided_at=NOW)
+    engine = _DatabaseAwayOnce([row])
+    feed = ChangeFeed(engine=engine, cache=StatusCache())  # type: ignore[arg-type]
+    with feed.watching(["LOT-1"], "") as watcher:
+        # Another replica's change of a lot this process does not hold: it must be read.
+        await feed._apply_until_done([_announced(entry(2, LotStatus.RELEASED))],
+                                     asyncio.Event())
+        # Bounded, so that a change never applied fails the test instead of hanging it.
+        got = await asyncio.wait_for(watcher.next_batch(), 10)
+
+    assert engine.connects == 2
+    assert [(e.version, e.status) for e in got] == [(2, LotStatus.RELEASED)]
 
 
 def _announced(e: StatusEntry) -> bytes:
