@@ -105,6 +105,13 @@ async def test_two_replicas_decide_as_one_and_both_serve_reads_and_watches(
     replicas = [lotgate.lots, second_lots]
     material, supplier = await material_with_supplier(lotgate)
     watches = [Watch(stub, material_code=material) for stub in replicas]
+    # Both watches are in place once they have shown a lot received now: from then on
+    # they must see every lot from its first version (a watch that started later would
+    # rightly begin with a lot's status at that moment).
+    marker = ref("LOT")
+    await lotgate.receive(marker, material, supplier)
+    for watch in watches:
+        await watch.until(lambda r: r.release_status.lot_id == marker)
     lots = [ref("LOT") for _ in range(24)]
 
     async def drive(i: int, lot: str) -> None:
