@@ -371,8 +371,7 @@ async def get_status(uow_engine_conn: Any, *, lot_id: str, cache: StatusCache) -
     row = await repository.read_status(uow_engine_conn, lot_id=lot_id)
     if row is None:
         raise NotFound(f"no lot {lot_id}", field="lot_id")
-    entry = StatusEntry.make(row, LotStatus(row.status), row.status_version,
-                             repository.unmet_from_json(row.unmet), row.decided_at)
+    entry = repository.status_entry(row)
     cache.put(entry)
     return entry
 
@@ -397,8 +396,7 @@ async def get_statuses(conn: Any, *, lot_ids: Sequence[str], cache: StatusCache,
     missing = [lot_id for lot_id in lot_ids if lot_id not in entries]
     if missing:
         for row in await repository.read_statuses(conn, lot_ids=missing):
-            entry = StatusEntry.make(row, LotStatus(row.status), row.status_version,
-                                     repository.unmet_from_json(row.unmet), row.decided_at)
+            entry = repository.status_entry(row)
             cache.put(entry)
             entries[row.lot_id] = entry
     return [entries[lot_id].as_of(now) if lot_id in entries else _not_found(lot_id)

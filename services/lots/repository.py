@@ -32,6 +32,7 @@ from services.lots.domain import (
     Unmet,
     Verdict,
 )
+from services.lots.read_model import StatusEntry
 from services.lots.tables import (
     decisions,
     lot_results,
@@ -57,6 +58,12 @@ def unmet_to_json(unmet: Iterable[Unmet]) -> str:
 
 def unmet_from_json(text: str) -> tuple[Unmet, ...]:
     return tuple(Unmet(*item) for item in json.loads(text))
+
+
+def status_entry(row: Any) -> StatusEntry:
+    """The status entry of a lots row (any row with the status columns and fixed facts)."""
+    return StatusEntry.make(row, LotStatus(row.status), row.status_version,
+                            unmet_from_json(row.unmet), row.decided_at)
 
 
 def inputs_to_json(inputs: DecisionInputs, decision: Decision) -> str:

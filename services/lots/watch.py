@@ -35,7 +35,7 @@ from lotgate.lots.v1 import lots_pb2 as pb
 from services.lots.convert import STATUS_FROM_PROTO
 from services.lots.domain import LotStatus, Unmet
 from services.lots.read_model import StatusCache, StatusEntry
-from services.lots.repository import unmet_from_json
+from services.lots.repository import status_entry, unmet_from_json
 from services.lots.tables import decisions, lots
 from shared import messaging
 from shared.aio import sleep_or_stop
@@ -260,7 +260,7 @@ class ChangeFeed:
             async with self._engine.connect() as conn:
                 for row in await lot_rows(conn, wanted):
                     if row.material_code in self._by_material or row.lot_id in self._by_lot:
-                        self._cache.put(_entry_of(row))
+                        self._cache.put(status_entry(row))
 
 
 def _discard(index: dict[str, set[Watcher]], key: str, watcher: Watcher) -> None:
@@ -269,11 +269,6 @@ def _discard(index: dict[str, set[Watcher]], key: str, watcher: Watcher) -> None
         group.discard(watcher)
         if not group:
             del index[key]
-
-
-def _entry_of(row: Any) -> StatusEntry:
-    return StatusEntry.make(row, LotStatus(row.status), row.status_version,
-                            unmet_from_json(row.unmet), row.decided_at)
 
 
 def _entry_from(held: StatusEntry, rs: pb.ReleaseStatus) -> StatusEntry:
@@ -466,7 +461,7 @@ async def _initial(conn: Any, wanted: WatchRequest) -> list[tuple[StatusEntry, b
     initial: list[tuple[StatusEntry, bool]] = []
     for row in rows:
         if row.lot_id not in wanted.resume_from:
-            initial.append((_entry_of(row), True))
+            initial.append((status_entry(row), True))
             continue
         initial += [(_decided(row, decided), False) for decided in changes.get(row.lot_id, ())]
     return initial
