@@ -33,6 +33,7 @@ from services.results.domain import (
 )
 from services.results.records import Calibration, Instrument, RecordResult, SpecificationDraft
 from shared import paging
+from shared.dates import EPOCH, bounds_problem
 from shared.errors import PermissionDenied, Violations
 from shared.protoconv import fingerprint, from_timestamp, timestamp_is_valid
 from shared.uow import UnitOfWorkFactory
@@ -262,6 +263,8 @@ class ResultApi(pb_grpc.ResultServiceServicer):
             measured_at = from_timestamp(request.measured_at)
             if measured_at > self._uow.clock.now() + MAX_CLOCK_SKEW:
                 v.add(f"{where}measured_at", "lies more than 5 minutes in the future")
+            elif before_epoch := bounds_problem(measured_at.date(), EPOCH, None):
+                v.add(f"{where}measured_at", before_epoch)
         if test is None or measured_at is None or not ok:
             return None
         return RecordResult(

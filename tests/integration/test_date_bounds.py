@@ -314,3 +314,21 @@ async def test_a_specification_takes_effect_at_most_a_year_ahead(dates: Dates) -
     approved = (await dates.results.ApproveSpecification(
         approval(now + timedelta(days=300)))).specification
     assert approved.status == rpb.SPECIFICATION_STATUS_EFFECTIVE
+
+
+async def test_a_result_measured_before_the_epoch_is_refused(dates: Dates) -> None:
+    instrument_id = ref("INS")
+    await dates.results.RegisterInstrument(rpb.RegisterInstrumentRequest(
+        type="HPLC", location="QC lab 2",
+        **_calibration(instrument_id, dates.day(-30), dates.day(300))))
+    post = rpb.RecordResultRequest(
+        lot_id=ref("LOT"), test=rpb.TEST_KIND_PURITY, instrument_id=instrument_id,
+        instrument_result_id=ref("RES"), quantity=rpb.Quantity(value=99.5, unit="%"),
+        measured_at=to_timestamp(datetime(1, 1, 1, tzinfo=UTC)))
+
+    violations = await refused(dates.results.RecordResult(post))
+    batch = await refused(dates.results.RecordResults(rpb.RecordResultsRequest(
+        results=[post])))
+
+    assert violations == {"measured_at": "must not lie before 2000-01-01"}
+    assert batch == {"results[0].measured_at": "must not lie before 2000-01-01"}
