@@ -177,8 +177,12 @@ class Lotgate:
 
     # Warehouse
     async def receive(self, lot_id: str, material: str, supplier_id: str, *,
-                      site: str = DEFAULT_SITE, expiry_date: str = "2030-12-31",
+                      site: str = DEFAULT_SITE, expiry_date: str = "",
                       containers: int = 4, retest_date: str = "") -> lots_pb2.Lot:
+        """Receive a lot; its expiry date is by default the last day of the year three
+        years ahead: within the 10 years a lot may expire in, and the same all year, so
+        that a retry sends the same receipt."""
+        expiry_date = expiry_date or date(date.today().year + 3, 12, 31).isoformat()
         reply = await self.lots.ReceiveLot(lots_pb2.ReceiveLotRequest(
             lot_id=lot_id, material_code=material, supplier_id=supplier_id,
             supplier_site_id=site,

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
+from shared.dates import EPOCH, bounds_problem
 from shared.protoconv import from_timestamp, timestamp_is_valid
 
 
@@ -117,6 +118,18 @@ class Violations:
         except ValueError:
             self.add(field, "must be a date as YYYY-MM-DD")
             return None
+
+    def day_between(self, field: str, value: str, earliest: date | None = EPOCH,
+                    latest: date | None = None, *, required: bool = True) -> date | None:
+        """A calendar day (as `day`) within [earliest, latest]; no day before the system's
+        epoch unless told otherwise (shared/dates.py). None when absent, invalid or out of
+        bounds (and noted)."""
+        day = self.day(field, value, required=required)
+        problem = bounds_problem(day, earliest, latest) if day is not None else None
+        if problem:
+            self.add(field, problem)
+            return None
+        return day
 
     def instant(self, request: Any, field: str) -> datetime | None:
         """An optional Timestamp field of a proto request; None when unset or invalid (and

@@ -6,7 +6,6 @@ import base64
 import binascii
 import math
 from collections.abc import AsyncIterator
-from datetime import date
 from typing import Any
 
 import grpc
@@ -54,16 +53,10 @@ class LotApi(pb_grpc.LotServiceServicer):
             v.text("quantity.unit", quantity.unit, max_length=32)
         if not 1 <= request.container_count <= 100_000:
             v.add("container_count", "must be between 1 and 100000")
-        expiry = None
-        try:
-            expiry = date.fromisoformat(request.expiry_date)
-            if len(request.expiry_date) != 10:
-                raise ValueError
-        except ValueError:
-            v.add("expiry_date", "must be a date as YYYY-MM-DD")
-        retest = v.day("retest_date", request.retest_date, required=False)
-        if retest and expiry and retest > expiry:
-            v.add("retest_date", "must not lie after expiry_date")
+        # Bounds that depend on the day (after today, at most so many years ahead) are the
+        # handler's: a retry of an accepted receipt keeps its answer on a later day.
+        expiry = v.day_between("expiry_date", request.expiry_date)
+        retest = v.day_between("retest_date", request.retest_date, required=False)
         v.text("requested_by", request.requested_by, max_length=200)
         v.raise_if_any()
         assert expiry is not None
@@ -188,7 +181,7 @@ class LotApi(pb_grpc.LotServiceServicer):
                             context: grpc.aio.ServicerContext) -> pb.SetRetestDateResponse:
         v = Violations()
         v.code("lot_id", request.lot_id)
-        retest = v.day("retest_date", request.retest_date)
+        retest = v.day_between("retest_date", request.retest_date)
         _reason_and_who(v, request)
         v.raise_if_any()
         assert retest is not None

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from enum import StrEnum
 
+from shared.dates import MAX_LOT_YEARS, years_after
 from shared.errors import FailedPrecondition
 
 
@@ -359,6 +360,42 @@ def retest_date_reached(retest_date: date) -> Unmet:
     return Unmet("RETEST_DATE_REACHED",
                  f"the lot's retest date {retest_date.isoformat()} has come; it must be "
                  "re-tested before use", _RETEST_RULE)
+
+
+def retest_date_problem(retest_date: date, *, expiry_date: date, today: date) -> str | None:
+    """Why a lot cannot have this retest date, or None: the one rule for the retest date
+    given on receipt and the one QA sets later. It lies after today (a retest date that
+    has come would send the lot back to QUARANTINE at once) and not after the expiry
+    date (past that the lot is EXPIRED, retested or not)."""
+    if retest_date <= today:
+        return f"must lie after today ({today.isoformat()})"
+    if retest_date > expiry_date:
+        return f"must not lie after the lot's expiry date ({expiry_date.isoformat()})"
+    return None
+
+
+def receipt_date_problems(expiry_date: date, retest_date: date | None,
+                          today: date) -> list[tuple[str, str]]:
+    """Problems of a new lot's dates on the day it is received, as (field, description).
+
+    A lot already at or past its expiry date is refused rather than received as EXPIRED:
+    the warehouse must not put it into stock. An expiry date more than MAX_LOT_YEARS ahead
+    is a typo (shared/dates.py). Checked only for a lot not received yet, so that a retry
+    of an accepted receipt gets its original answer on any later day.
+    """
+    problems = []
+    latest = years_after(today, MAX_LOT_YEARS)
+    if expiry_date <= today:
+        problems.append(("expiry_date", f"must lie after today ({today.isoformat()}): a lot "
+                                        "at or past its expiry date is not received"))
+    elif expiry_date > latest:
+        problems.append(("expiry_date", f"must not lie more than {MAX_LOT_YEARS} years "
+                                        f"ahead (after {latest.isoformat()})"))
+    if retest_date is not None:
+        problem = retest_date_problem(retest_date, expiry_date=expiry_date, today=today)
+        if problem:
+            problems.append(("retest_date", problem))
+    return problems
 
 
 def moved_by_time(status: LotStatus, expiry_date: date, retest_date: date | None,

@@ -51,14 +51,22 @@ from services.lots.domain import (
     must_close,
     needs_review,
     next_status,
+    receipt_date_problems,
     replay,
     replay_difference,
+    retest_date_problem,
     review_id_of,
 )
 from services.lots.read_model import StatusCache, StatusEntry
 from services.lots.repository import Key, key_of
 from shared import messaging
-from shared.errors import AlreadyExists, FailedPrecondition, NotFound, Violations
+from shared.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+)
 from shared.logs import get_logger
 from shared.protoconv import from_timestamp, to_timestamp
 from shared.uow import UnitOfWork, new_event_id
@@ -114,6 +122,9 @@ async def receive_lot(uow: UnitOfWork, cmd: ReceiveLot, cache: StatusCache) -> l
                 raise AlreadyExists(f"lot {cmd.lot_id} was received with other details")
             return await _lot_view(uow, existing, cache)
         now = uow.clock.now()
+        problems = receipt_date_problems(cmd.expiry_date, cmd.retest_date, now.date())
+        if problems:
+            raise InvalidArgument([FieldViolation(f, d) for f, d in problems])
         key = (cmd.supplier_id, cmd.supplier_site_id, cmd.material_code)
         qualification = (await repository.lock_qualifications(uow.conn, keys=[key]))[key]
         values = {
@@ -627,13 +638,10 @@ async def set_retest_date(uow: UnitOfWork, cache: StatusCache, *, lot_id: str,
     def change(row: Any, now: datetime) -> dict[str, Any]:
         if LotStatus(row.status) in FINAL:
             raise _refuse(row, "a rejected or expired lot has no retest date")
-        v = Violations()
-        if retest_date <= now.date():
-            v.add("retest_date", f"must lie after today ({now.date().isoformat()})")
-        elif retest_date > row.expiry_date:
-            v.add("retest_date", "must not lie after the lot's expiry date "
-                                 f"({row.expiry_date.isoformat()})")
-        v.raise_if_any()
+        problem = retest_date_problem(retest_date, expiry_date=row.expiry_date,
+                                      today=now.date())
+        if problem:
+            raise InvalidArgument([FieldViolation("retest_date", problem)])
         return {"retest_date": retest_date}
 
     return await _qa_action(

@@ -25,9 +25,15 @@ from services.results.convert import (
     result_to_proto,
     specification_to_proto,
 )
-from services.results.domain import InstrumentStatus, TestCriterion, check_tests
+from services.results.domain import (
+    InstrumentStatus,
+    TestCriterion,
+    calibration_record_problems,
+    check_tests,
+)
 from services.results.records import Calibration, Instrument, RecordResult, SpecificationDraft
 from shared import paging
+from shared.dates import EPOCH, bounds_problem
 from shared.errors import PermissionDenied, Violations
 from shared.protoconv import fingerprint, from_timestamp, timestamp_is_valid
 from shared.uow import UnitOfWorkFactory
@@ -169,12 +175,12 @@ class ResultApi(pb_grpc.ResultServiceServicer):
     def _calibration(self, request: Any, v: Violations) -> Calibration | None:
         """The calibration a Register/RecordCalibration request carries (`recorded_at` is
         set by the handler); None when it is not valid (and noted)."""
-        calibrated_on = v.day("calibrated_on", request.calibrated_on)
-        due = v.day("calibration_due", request.calibration_due)
-        if calibrated_on is not None and calibrated_on > self._today():
-            v.add("calibrated_on", "must not lie in the future")
-        if calibrated_on is not None and due is not None and due < calibrated_on:
-            v.add("calibration_due", "must not be before calibrated_on")
+        calibrated_on = v.day_between("calibrated_on", request.calibrated_on)
+        due = v.day_between("calibration_due", request.calibration_due)
+        if calibrated_on is not None and due is not None:
+            for field, problem in calibration_record_problems(calibrated_on, due,
+                                                              self._today()):
+                v.add(field, problem)
         v.text("certificate_ref", request.certificate_ref, max_length=200)
         v.text("requested_by", request.requested_by, max_length=200)
         if calibrated_on is None or due is None:
@@ -257,6 +263,8 @@ class ResultApi(pb_grpc.ResultServiceServicer):
             measured_at = from_timestamp(request.measured_at)
             if measured_at > self._uow.clock.now() + MAX_CLOCK_SKEW:
                 v.add(f"{where}measured_at", "lies more than 5 minutes in the future")
+            elif before_epoch := bounds_problem(measured_at.date(), EPOCH, None):
+                v.add(f"{where}measured_at", before_epoch)
         if test is None or measured_at is None or not ok:
             return None
         return RecordResult(

@@ -11,6 +11,7 @@ from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
 
+from shared.dates import MAX_CALIBRATION_YEARS, MAX_SPECIFICATION_LEAD_YEARS, years_after
 from shared.errors import FailedPrecondition, FieldViolation, InvalidArgument
 
 
@@ -253,6 +254,13 @@ def check_approval(spec: Specification, *, approved_by: str, effective_from: dat
     if effective_from < now:
         raise FailedPrecondition("effective_from must not lie in the past", type_="DATE",
                                  subject=subject)
+    latest = years_after(now, MAX_SPECIFICATION_LEAD_YEARS)
+    if effective_from > latest:
+        # A version approved today describes today's knowledge; one effective years ahead
+        # is a typo (shared/dates.py).
+        raise InvalidArgument([FieldViolation(
+            "effective_from", f"must lie at most {MAX_SPECIFICATION_LEAD_YEARS} year ahead "
+                              f"(not after {latest.isoformat()})")])
 
 
 def in_force(versions: Sequence[Specification], instant: datetime) -> Specification | None:
@@ -387,6 +395,24 @@ def _show_range(c: RangeCriterion) -> str:
 
 
 # Instruments
+
+def calibration_record_problems(calibrated_on: date, calibration_due: date,
+                                today: date) -> list[tuple[str, str]]:
+    """Problems of a calibration record, as (field, description): it happened by today,
+    and its due date lies on or after it and at most MAX_CALIBRATION_YEARS later (a longer
+    interval is a typo that would let the instrument post for ever; shared/dates.py)."""
+    problems = []
+    if calibrated_on > today:
+        problems.append(("calibrated_on", "must not lie in the future"))
+    latest = years_after(calibrated_on, MAX_CALIBRATION_YEARS)
+    if calibration_due < calibrated_on:
+        problems.append(("calibration_due", "must not be before calibrated_on"))
+    elif calibration_due > latest:
+        problems.append(("calibration_due", f"must lie at most {MAX_CALIBRATION_YEARS} years "
+                                            f"after calibrated_on (not after "
+                                            f"{latest.isoformat()})"))
+    return problems
+
 
 def calibration_problem(*, instrument_id: str, status: InstrumentStatus | None,
                         calibrations: Sequence[tuple[date, date]],

@@ -85,8 +85,8 @@ class SupplierApi(pb_grpc.SupplierServiceServicer):
         outcome = AUDIT_OUTCOMES_FROM_PROTO.get(request.outcome)
         if outcome is None:
             v.add("outcome", "must be APPROVED, APPROVED_WITH_CONDITIONS or NOT_APPROVED")
-        audit_date = v.day("audit_date", request.audit_date)
-        next_due = v.day("next_audit_due", request.next_audit_due, required=False)
+        audit_date = v.day_between("audit_date", request.audit_date)
+        next_due = v.day_between("next_audit_due", request.next_audit_due, required=False)
         v.text("auditor", request.auditor, max_length=200)
         for name in ("critical_findings", "major_findings", "minor_findings"):
             if not 0 <= getattr(request, name) <= _MAX_FINDINGS:

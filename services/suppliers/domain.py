@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from enum import StrEnum
 
+from shared.dates import MAX_AUDIT_CYCLE_YEARS, years_after
 from shared.errors import FailedPrecondition
 
 
@@ -164,12 +165,22 @@ def check_audit_record(audit: Audit, today: date) -> list[tuple[str, str]]:
         problems.append(("audit_date", "must not lie in the future"))
     if audit.next_audit_due is not None and audit.next_audit_due <= audit.audit_date:
         problems.append(("next_audit_due", "must lie after audit_date"))
+    elif audit.next_audit_due is not None and audit.next_audit_due > cycle_end(audit):
+        problems.append(("next_audit_due", f"must lie at most {MAX_AUDIT_CYCLE_YEARS} years "
+                                           "after audit_date (not after "
+                                           f"{cycle_end(audit).isoformat()})"))
     if audit.outcome is not AuditOutcome.NOT_APPROVED and audit.next_audit_due is None:
         problems.append(("next_audit_due", "is required unless the outcome is NOT_APPROVED"))
     if audit.outcome is AuditOutcome.APPROVED and audit.critical_findings > 0:
         problems.append(("outcome", "an audit with critical findings cannot be APPROVED "
                                     "without conditions"))
     return problems
+
+
+def cycle_end(audit: Audit) -> date:
+    """The last day the site may be re-audited after `audit`, whatever its record says:
+    no audit cycle is longer than MAX_AUDIT_CYCLE_YEARS (shared/dates.py)."""
+    return years_after(audit.audit_date, MAX_AUDIT_CYCLE_YEARS)
 
 
 def apply(current: Qualification | None, command: ChangeQualification, now: datetime, *,
@@ -260,9 +271,12 @@ def _approval_date(command: ChangeQualification, audit: Audit | None, now: datet
     if audit.outcome is AuditOutcome.NOT_APPROVED:
         raise FailedPrecondition(f"audit {audit.audit_id} did not approve the site",
                                  type_="EVIDENCE", subject=f"audits/{audit.audit_id}")
-    if audit.next_audit_due is not None and command.valid_until.date() > audit.next_audit_due:
+    # An audit recorded before the cycle was bounded may name a later next audit: the
+    # approval still ends with the longest cycle.
+    due = min(audit.next_audit_due or cycle_end(audit), cycle_end(audit))
+    if command.valid_until.date() > due:
         raise FailedPrecondition(
             f"valid_until {command.valid_until.date().isoformat()} lies after the next audit "
-            f"of the site, due {audit.next_audit_due.isoformat()} (audit {audit.audit_id})",
+            f"of the site, due {due.isoformat()} (audit {audit.audit_id})",
             type_="DATE", subject=where)
     return command.valid_until

@@ -268,12 +268,16 @@ class ReceiveLotRequest(_message.Message):
     supplier_lot_number: _builtins.str
     container_count: _builtins.int
     expiry_date: _builtins.str
+    """YYYY-MM-DD, after the day of receipt (a lot at or past it is refused) and at
+    most 10 years ahead.
+    """
     requested_by: _builtins.str
     supplier_site_id: _builtins.str
     """The supplier's manufacturing site; qualifications are per site."""
     retest_date: _builtins.str
-    """Optional day (YYYY-MM-DD, not after expiry_date) from which a released lot
-    goes back to QUARANTINE until it is re-tested.
+    """Optional day (YYYY-MM-DD, after today and not after expiry_date, the rule of
+    SetRetestDate) from which a released lot goes back to QUARANTINE until it is
+    re-tested.
     """
     @_builtins.property
     def quantity(self) -> Global___Quantity: ...

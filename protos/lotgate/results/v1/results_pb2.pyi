@@ -420,7 +420,8 @@ class Calibration(_message.Message):
     RECORDED_AT_FIELD_NUMBER: _builtins.int
     calibrated_on: _builtins.str
     """Days, YYYY-MM-DD: results measured from calibrated_on up to and including
-    calibration_due are accepted.
+    calibration_due are accepted. calibration_due lies at most 5 years after
+    calibrated_on.
     """
     calibration_due: _builtins.str
     certificate_ref: _builtins.str
@@ -717,7 +718,7 @@ class ApproveSpecificationRequest(_message.Message):
     approved_by: _builtins.str
     @_builtins.property
     def effective_from(self) -> _timestamp_pb2.Timestamp:
-        """Not before now; now when unset."""
+        """Not before now and at most 1 year ahead; now when unset."""
 
     def __init__(
         self,

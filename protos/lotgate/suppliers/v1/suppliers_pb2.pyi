@@ -557,7 +557,9 @@ class RecordAuditRequest(_message.Message):
     major_findings: _builtins.int
     minor_findings: _builtins.int
     next_audit_due: _builtins.str
-    """Required unless the outcome is NOT_APPROVED."""
+    """Required unless the outcome is NOT_APPROVED; after audit_date and at most 5
+    years after it.
+    """
     summary: _builtins.str
     requested_by: _builtins.str
     def __init__(
