@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import secrets as random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,3 +100,21 @@ def _write_new(path: Path, content: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as file:
         file.write(content)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m shared.dev_secrets DIR`: create the keys and passwords in DIR (for
+    deploy/: `deploy/secrets`), keeping any that exist, and print where they are."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m shared.dev_secrets DIR", file=sys.stderr)
+        return 2
+    made = DevSecrets(Path(args[0])).ensure()
+    print(f"signing keys:     {made.root / 'signing'}/<service>.pem")
+    print(f"public keys:      {made.public_keys_file}")
+    print(f"NATS passwords:   {made.root / 'nats'}/<user>.password")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

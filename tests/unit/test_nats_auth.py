@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -122,3 +123,12 @@ def test_the_command_prints_the_block(capsys: pytest.CaptureFixture[str]) -> Non
     assert nats_auth.main(["authorization"]) == 0
     assert capsys.readouterr().out == authorization_block()
     assert nats_auth.main([]) == 2
+
+
+@pytest.mark.parametrize("config", ["deploy/nats/nats-server.conf", "k8s/nats/nats-server.conf"])
+def test_the_deployed_broker_configs_carry_the_table(config: str) -> None:
+    text = (Path(__file__).parents[2] / config).read_text()
+    start = text.index("authorization {")
+    end = text.index("# END users")
+    assert text[start:end] == authorization_block(), (
+        f"{config}: regenerate its users block with `python -m shared.nats_auth authorization`")
