@@ -17,6 +17,7 @@ remove the old public key once no event signed with it is still unconsumed.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import os
@@ -84,7 +85,7 @@ class EventSigner:
     producer: str
     private_key: Ed25519PrivateKey
 
-    @property
+    @functools.cached_property
     def key_id(self) -> str:
         return key_id_of(self.private_key.public_key())
 
