@@ -200,3 +200,23 @@ def test_development_secrets_sign_and_verify_as_each_service(tmp_path: Path) -> 
     before = secrets.signing_key_file("lots").read_bytes()
     assert DevSecrets(tmp_path / "secrets").ensure().signing_key_file("lots").read_bytes() \
         == before
+
+
+def test_a_service_does_not_start_without_its_signing_key_or_the_public_keys() -> None:
+    from shared.config import settings_for
+    from shared.runtime import _event_keys
+
+    with pytest.raises(RuntimeError, match="LOTGATE_SIGNING_KEY_FILE and "
+                                           "LOTGATE_EVENT_PUBLIC_KEYS_FILE not set"):
+        _event_keys(settings_for("lots", signing_key_file="", event_public_keys_file=""))
+
+
+def test_a_service_starts_with_its_development_secrets(tmp_path: Path) -> None:
+    from shared.config import settings_for
+    from shared.runtime import _event_keys
+
+    secrets = DevSecrets(tmp_path / "secrets").ensure()
+    signer, verifier = _event_keys(settings_for("lots", **secrets.service_settings("lots")))
+
+    headers = signer.headers("lotgate.lots.v1.status_changed", "e-1", PAYLOAD)
+    assert verifier.verify("lotgate.lots.v1.status_changed", headers, PAYLOAD) == "lots"
