@@ -91,12 +91,18 @@ placeholders=(
   LOTGATE_SUPPLIERS_DB_PASSWORD=check-only
   LOTGATE_LOTS_DB_PASSWORD=check-only
   LOTGATE_RESULTS_DB_PASSWORD=check-only
+  LOTGATE_NATS_PASSWORD_SUPPLIERS=check-only
+  LOTGATE_NATS_PASSWORD_LOTS=check-only
+  LOTGATE_NATS_PASSWORD_RESULTS=check-only
+  LOTGATE_NATS_PASSWORD_ADMIN=check-only
 )
 env "${placeholders[@]}" "$COMPOSE" --env-file /dev/null -f deploy/compose.yaml config -q \
   && echo "ok" || failed+=("compose config")
 # And without them it must refuse to start: no password has a default.
 if env -u POSTGRES_PASSWORD -u LOTGATE_SUPPLIERS_DB_PASSWORD -u LOTGATE_LOTS_DB_PASSWORD \
-     -u LOTGATE_RESULTS_DB_PASSWORD \
+     -u LOTGATE_RESULTS_DB_PASSWORD -u LOTGATE_NATS_PASSWORD_SUPPLIERS \
+     -u LOTGATE_NATS_PASSWORD_LOTS -u LOTGATE_NATS_PASSWORD_RESULTS \
+     -u LOTGATE_NATS_PASSWORD_ADMIN \
      "$COMPOSE" --env-file /dev/null -f deploy/compose.yaml config -q 2>/dev/null; then
   echo "compose.yaml accepted a run without passwords" >&2
   failed+=("compose passwords required")
@@ -106,10 +112,19 @@ fi
 
 # --- extras -----------------------------------------------------------------------
 log "nats: nats-server -t on both configurations"
-(cd "$WORK" && "$TOOLS/bin/nats-server" -t -c "$ROOT/deploy/nats/nats-server.conf") \
-  || failed+=("nats config (compose)")
-(cd "$WORK" && POD_NAME=nats-0 "$TOOLS/bin/nats-server" -t -c "$ROOT/k8s/nats/nats-server.conf") \
-  || failed+=("nats config (k8s)")
+# The users block takes its passwords from the environment (placeholders here).
+(cd "$WORK" && env "${placeholders[@]}" "$TOOLS/bin/nats-server" -t \
+   -c "$ROOT/deploy/nats/nats-server.conf") || failed+=("nats config (compose)")
+(cd "$WORK" && env "${placeholders[@]}" POD_NAME=nats-0 "$TOOLS/bin/nats-server" -t \
+   -c "$ROOT/k8s/nats/nats-server.conf") || failed+=("nats config (k8s)")
+# ... and refuses to start without them: no NATS user has a default password.
+if (cd "$WORK" && "$TOOLS/bin/nats-server" -t -c "$ROOT/deploy/nats/nats-server.conf") \
+     >/dev/null 2>&1; then
+  echo "nats-server.conf accepted a start without the NATS passwords" >&2
+  failed+=("nats passwords required")
+else
+  echo "ok: nats-server refuses to start without the NATS passwords"
+fi
 for conf in deploy/nats/nats-server.conf k8s/nats/nats-server.conf; do
   grep -Eq '^[[:space:]]*sync_interval:[[:space:]]*always' "$conf" \
     || { echo "$conf: sync_interval: always is missing" >&2; failed+=("sync_interval $conf"); }

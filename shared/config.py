@@ -42,9 +42,26 @@ class ServiceSettings(BaseSettings):
     database_pool_size: int = Field(default=20, ge=1)
     # Seconds a database statement may run before the call fails.
     database_timeout_seconds: float = Field(default=10.0, gt=0)
+    # This service's NATS user (shared.nats_auth) and its password, given directly or,
+    # better, as a file (a mounted secret). Empty user: connect without credentials.
+    nats_user: str = ""
+    nats_password: str = ""
+    nats_password_file: str = ""
+    # Event signatures (shared.signing): this service's Ed25519 private key (PEM) and the
+    # producers' public keys (JSON; read again whenever it changes, for rotation).
+    signing_key_file: str = ""
+    event_public_keys_file: str = ""
     # FOR TESTS ONLY: a file holding a clock offset in seconds (shared.clock.FileClock),
     # so that end-to-end tests can move the services' time. Empty: the system clock.
     clock_file: str = ""
+
+
+def nats_password(settings: ServiceSettings) -> str:
+    """The NATS password: the secret file's content when one is given."""
+    if settings.nats_password_file:
+        with open(settings.nats_password_file, encoding="utf-8") as file:
+            return file.read().strip()
+    return settings.nats_password
 
 
 def settings_for(service: str, **overrides: object) -> ServiceSettings:

@@ -28,6 +28,7 @@ from shared.aio import sleep_or_stop
 from shared.db import BigId, UtcDateTime, insert_ignoring_duplicates
 from shared.errors import Unavailable
 from shared.logs import get_logger
+from shared.signing import EventVerifier, Unverified
 from shared.uow import UnitOfWork, UnitOfWorkFactory
 
 log = get_logger(__name__)
@@ -86,15 +87,64 @@ def _is_transient(exc: BaseException) -> bool:
     return False
 
 
+class EventGate:
+    """Lets in only events signed by their subject's owner (shared.signing); parks the rest.
+
+    Checked before anything is decoded: an unsigned, wrongly signed or wrongly attributed
+    event changes nothing, whatever its payload says.
+    """
+
+    def __init__(self, verifier: EventVerifier, uow_factory: UnitOfWorkFactory,
+                 dead_letters: Table) -> None:
+        self._verifier = verifier
+        self._uow = uow_factory
+        self._dead = dead_letters
+        self.rejected = 0
+
+    def refusal(self, msg: Msg) -> str | None:
+        """None when `msg` is verified, else why it is not (the dead letter's reason)."""
+        try:
+            self._verifier.verify(msg.subject, msg.headers, msg.data or b"")
+        except Unverified as exc:
+            self.rejected += 1
+            return f"unverified: {exc}"
+        return None
+
+    async def park(self, msg: Msg, reason: str) -> bool:
+        """Write `msg` to dead_letters with an alert; False when the database refused."""
+        return await park_message(self._uow, self._dead, msg, reason)
+
+
+async def park_message(uow_factory: UnitOfWorkFactory, dead_letters: Table, msg: Msg,
+                       reason: str) -> bool:
+    """Keep a message aside in dead_letters and alert; False when it could not be written."""
+    event_id = (msg.headers or {}).get("Nats-Msg-Id", "") or "unknown"
+    try:
+        async with uow_factory() as uow:
+            await uow.conn.execute(insert(dead_letters).values(
+                event_id=event_id[:200], subject=msg.subject[:200], payload=msg.data or b"",
+                error=reason[:4000], parked_at=uow.clock.now()))
+            await uow.commit()
+    except Exception as exc:
+        log.error("dead_letter_write_failed", event_id=event_id, error=repr(exc))
+        return False
+    log.error("event_parked", alert=True, event_id=event_id, subject=msg.subject,
+              reason=reason)
+    return True
+
+
 class EventConsumer:
     def __init__(self, js: JetStreamContext, uow_factory: UnitOfWorkFactory, inbox: Table,
                  dead_letters: Table, subscription: Subscription, *, batch_size: int = 100,
-                 max_attempts: int = 5, ack_wait_s: float = 10.0) -> None:
+                 max_attempts: int = 5, ack_wait_s: float = 10.0,
+                 gate: EventGate | None = None) -> None:
         self._js = js
         self._uow = uow_factory
         self._inbox = inbox
         self._dead = dead_letters
         self._sub = subscription
+        # Every service runs with a gate; None only where a test drives the consumer.
+        self._gate = gate
         self._batch_size = batch_size
         self._max_attempts = max_attempts
         self._ack_wait_s = ack_wait_s
@@ -165,6 +215,10 @@ class EventConsumer:
         """Apply a fetched batch: all in one transaction, else one by one."""
         decoded: list[tuple[Msg, Message]] = []
         for msg in msgs:
+            refusal = self._gate.refusal(msg) if self._gate is not None else None
+            if refusal is not None:
+                await self._park(msg, refusal)
+                continue
             try:
                 event = self._sub.message_type.FromString(msg.data)
                 if not getattr(event, "event_id", ""):
@@ -235,23 +289,13 @@ class EventConsumer:
 
     async def _park(self, msg: Msg, reason: str) -> None:
         """Keep a poison message aside, alert, and stop its redelivery."""
-        event_id = (msg.headers or {}).get("Nats-Msg-Id", "") or "unknown"
-        try:
-            async with self._uow() as uow:
-                await uow.conn.execute(insert(self._dead).values(
-                    event_id=event_id, subject=msg.subject, payload=msg.data or b"",
-                    error=reason[:4000], parked_at=uow.clock.now()))
-                await uow.commit()
-        except Exception as exc:
-            log.error("dead_letter_write_failed", event_id=event_id, error=repr(exc))
+        if not await park_message(self._uow, self._dead, msg, reason):
             try:
                 await msg.nak(delay=5.0)
             except Exception:
                 pass
             return
         self.parked += 1
-        log.error("event_parked", alert=True, event_id=event_id, subject=msg.subject,
-                  reason=reason)
         try:
             await msg.term()
         except Exception:

@@ -45,8 +45,15 @@ class UnsafeStreamError(RuntimeError):
     """An existing stream has settings that could lose events and cannot be fixed in place."""
 
 
-async def connect(url: str, *, name: str) -> NATS:
-    """Connect, retrying until the server answers; once connected, never give up reconnecting."""
+async def connect(url: str, *, name: str, user: str = "", password: str = "") -> NATS:
+    """Connect, retrying until the server answers; once connected, never give up reconnecting.
+
+    With a `user`, replies come to that user's own inbox prefix (`_INBOX_<user>.`), the
+    only inboxes its NATS permissions let it read (shared.nats_auth).
+    """
+    credentials: dict[str, str] = {}
+    if user:
+        credentials = {"user": user, "password": password, "inbox_prefix": inbox_prefix(user)}
 
     async def on_error(exc: Exception) -> None:
         log.warning("nats_error", error=repr(exc))
@@ -74,11 +81,17 @@ async def connect(url: str, *, name: str) -> NATS:
                 error_cb=on_error,
                 disconnected_cb=on_disconnect,
                 reconnected_cb=on_reconnect,
+                **credentials,  # type: ignore[arg-type]
             )
         except (TimeoutError, OSError, nats.errors.Error) as exc:
             log.warning("nats_connect_retry", url=url, error=repr(exc), retry_in=delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+
+def inbox_prefix(user: str) -> str:
+    """Where a user's request replies and consumer deliveries come to."""
+    return f"_INBOX_{user}"
 
 
 def _wanted(spec: StreamSpec, duplicate_window_s: float, replicas: int) -> StreamConfig:

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from shared.aio import sleep_or_stop
 from shared.db import BigId, UtcDateTime
 from shared.logs import get_logger
+from shared.signing import EventSigner
 
 log = get_logger(__name__)
 
@@ -47,12 +48,19 @@ class OutboxRelay:
     JetStream drops the copy inside its duplicate window and consumers' inboxes after it.
     Events of one aggregate are published one after another, each only once the
     previous one is acknowledged; different aggregates go concurrently.
+
+    Each event is signed (shared.signing) when it is published, not when its row is
+    written: the private key is needed by the relay alone, the outbox schema stays as it
+    is, and a rotated key applies at once to every event not yet out. A row in the outbox
+    is trusted as much as the rest of the service's database it was committed with.
     """
 
     def __init__(self, engine: AsyncEngine, table: Table, js: JetStreamContext, *,
                  name: str, poll_seconds: float = 0.5, batch_size: int = 500,
-                 publish_timeout_s: float = 5.0) -> None:
+                 publish_timeout_s: float = 5.0, signer: EventSigner | None = None) -> None:
         self._engine = engine
+        # Every service signs; None only where a test drives a relay on its own.
+        self._signer = signer
         self._table = table
         self._js = js
         self._poll_seconds = poll_seconds
@@ -168,14 +176,18 @@ class OutboxRelay:
     async def _publish_in_order(self, chain: list[Any]) -> list[str]:
         done: list[str] = []
         for row in chain:
+            headers = {
+                "Nats-Msg-Id": row["event_id"],
+                EVENT_TYPE_HEADER: row["event_type"],
+                AGGREGATE_HEADER: row["aggregate_id"],
+            }
             try:
+                if self._signer is not None:
+                    headers.update(self._signer.headers(row["subject"], row["event_id"],
+                                                        row["payload"]))
                 await self._js.publish(
                     row["subject"], row["payload"], timeout=self._publish_timeout_s,
-                    headers={
-                        "Nats-Msg-Id": row["event_id"],
-                        EVENT_TYPE_HEADER: row["event_type"],
-                        AGGREGATE_HEADER: row["aggregate_id"],
-                    })
+                    headers=headers)
             except Exception as exc:
                 # Keep the rest of this aggregate's events back so they stay in order.
                 log.warning("outbox_publish_failed", event_id=row["event_id"],

@@ -25,12 +25,19 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shared import messaging
 from shared.aio import sleep_or_stop
 from shared.clock import Clock, FileClock, SystemClock
-from shared.config import ServiceSettings, settings_for
+from shared.config import ServiceSettings, nats_password, settings_for
 from shared.db import create_schema, make_engine, schema_info_table
 from shared.grpc_server import build_server
-from shared.inbox import EventConsumer, Subscription, dead_letter_table, inbox_table
+from shared.inbox import (
+    EventConsumer,
+    EventGate,
+    Subscription,
+    dead_letter_table,
+    inbox_table,
+)
 from shared.logs import configure_logging, get_logger
 from shared.outbox import OutboxRelay, outbox_table
+from shared.signing import EventSigner, EventVerifier, PublicKeyFile
 from shared.uow import UnitOfWorkFactory
 
 log = get_logger(__name__)
@@ -69,6 +76,8 @@ class Infrastructure:
     clock: Clock
     engine: AsyncEngine
     uow: UnitOfWorkFactory
+    # Checks every consumed event's signature (shared.signing) and parks the rest.
+    gate: EventGate | None = None
 
 
 @dataclass
@@ -120,7 +129,9 @@ async def start_service(settings: ServiceSettings, build: BuildParts, *,
         await create_schema(engine, tables.metadata, version=tables.schema_version)
 
         uow = UnitOfWorkFactory(engine, tables.outbox, clock)
-        infra = Infrastructure(settings, clock, engine, uow)
+        signer, verifier = _event_keys(settings)
+        infra = Infrastructure(settings, clock, engine, uow,
+                               EventGate(verifier, uow, tables.dead_letters))
         parts = build(infra)
         stop_event = asyncio.Event()
         tasks: list[asyncio.Task[None]] = []
@@ -133,19 +144,22 @@ async def start_service(settings: ServiceSettings, build: BuildParts, *,
 
         async def start_messaging() -> None:
             nc = await messaging.connect(settings.nats_url,
-                                         name=f"lotgate-{settings.service_name}")
+                                         name=f"lotgate-{settings.service_name}",
+                                         user=settings.nats_user,
+                                         password=nats_password(settings))
             connections.append(nc)
             js = nc.jetstream(timeout=5.0)
             await _retrying(lambda: _ensure_streams(js, parts.streams, settings), stop_event)
             relay = OutboxRelay(engine, tables.outbox, js, name=settings.service_name,
-                                poll_seconds=settings.outbox_poll_seconds)
+                                poll_seconds=settings.outbox_poll_seconds, signer=signer)
             uow.on_events_committed = relay.wake
             running.relay = relay
             tasks.append(asyncio.create_task(relay.run(stop_event), name="outbox-relay"))
             for sub in parts.subscriptions:
                 consumer = EventConsumer(js, uow, tables.inbox, tables.dead_letters, sub,
                                          max_attempts=settings.consumer_max_attempts,
-                                         ack_wait_s=settings.consumer_ack_wait_seconds)
+                                         ack_wait_s=settings.consumer_ack_wait_seconds,
+                                         gate=infra.gate)
                 running.consumers.append(consumer)
                 tasks.append(asyncio.create_task(consumer.run(stop_event), name=sub.durable))
             for ready in parts.on_messaging_ready:
@@ -190,6 +204,22 @@ async def start_service(settings: ServiceSettings, build: BuildParts, *,
     except BaseException:
         await stack.aclose()
         raise
+
+
+def _event_keys(settings: ServiceSettings) -> tuple[EventSigner, EventVerifier]:
+    """This service's signing key and the producers' public keys; both are required, so
+    that a service never publishes an unsigned event nor applies an unverified one."""
+    missing = [name for name, value in (("LOTGATE_SIGNING_KEY_FILE", settings.signing_key_file),
+                                        ("LOTGATE_EVENT_PUBLIC_KEYS_FILE",
+                                         settings.event_public_keys_file)) if not value]
+    if missing:
+        raise RuntimeError(f"{' and '.join(missing)} not set: every event is signed and "
+                           "verified (`lotgate run` writes development keys to "
+                           ".lotgate/secrets/)")
+    signer = EventSigner.from_file(settings.service_name, settings.signing_key_file)
+    verifier = EventVerifier(PublicKeyFile(settings.event_public_keys_file))
+    log.info("event_signing_ready", key_id=signer.key_id)
+    return signer, verifier
 
 
 async def _ensure_streams(js: JetStreamContext, specs: Sequence[messaging.StreamSpec],

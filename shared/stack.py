@@ -18,9 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import nats
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from nats.aio.client import Client as NATS
 
+from shared import nats_auth
 from shared.config import DEFAULT_GRPC_PORTS
+from shared.dev_secrets import DevSecrets
 
 SERVICES = ("suppliers", "results", "lots")
 
@@ -33,7 +37,8 @@ jetstream {{
   store_dir: "{store_dir}"
   sync_interval: always
 }}
-"""
+# Each service its own user and subjects (shared.nats_auth); no anonymous clients.
+{authorization}"""
 
 
 def nats_server_binary() -> str:
@@ -99,25 +104,46 @@ async def _end(process: asyncio.subprocess.Process | None, sig: int, *, grace_s:
 
 @dataclass
 class NatsServer:
-    """A nats-server process with its own port and store, which tests may kill and restart."""
+    """A nats-server process with its own port and store, which tests may kill and restart.
+
+    Only the users of shared.nats_auth may connect, with the passwords of `secrets`
+    (generated under `<workdir>/secrets` when none are given).
+    """
 
     workdir: Path
     port: int = 0
     monitor_port: int = 0
     process: asyncio.subprocess.Process | None = None
+    secrets: DevSecrets | None = None
+
+    def __post_init__(self) -> None:
+        if self.secrets is None:
+            self.secrets = DevSecrets(self.workdir / "secrets").ensure()
 
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
+    def credentials(self, user: str = nats_auth.ADMIN_USER) -> dict[str, str]:
+        """`user` and `password` for nats.connect (the admin user may do anything)."""
+        assert self.secrets is not None
+        return {"user": user, "password": self.secrets.password(user)}
+
+    async def connect(self, user: str = nats_auth.ADMIN_USER, **options: object) -> NATS:
+        """A client connection as `user` (by default the admin, for tests and operators)."""
+        return await nats.connect(self.url, **self.credentials(user), **options)  # type: ignore[arg-type]
+
     async def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
         self.monitor_port = self.monitor_port or free_port()
+        assert self.secrets is not None
         config = self.workdir / "nats-server.conf"
+        config.touch(mode=0o600)
         config.write_text(NATS_CONFIG.format(
             name=f"lotgate-{self.port}", port=self.port, monitor_port=self.monitor_port,
-            store_dir=self.workdir / "jetstream"))
+            store_dir=self.workdir / "jetstream",
+            authorization=nats_auth.authorization_block(self.secrets.passwords())))
         log = open(self.workdir / "nats-server.log", "ab")
         self.process = await asyncio.create_subprocess_exec(
             nats_server_binary(), "-c", str(config), stdout=log, stderr=log)
@@ -184,7 +210,9 @@ class Stack:
 
     async def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.nats = NatsServer(self.workdir / "nats", self.nats_port, self.monitor_port)
+        secrets = DevSecrets(self.workdir / "secrets").ensure()
+        self.nats = NatsServer(self.workdir / "nats", self.nats_port, self.monitor_port,
+                               secrets=secrets)
         await self.nats.start()
         for name in SERVICES:
             port = self.ports.get(name) or DEFAULT_GRPC_PORTS[name]
@@ -197,6 +225,7 @@ class Stack:
                 "LOTGATE_GRPC_HOST": "127.0.0.1",
                 "LOTGATE_GRPC_PORT": str(port),
                 "LOTGATE_LOG_LEVEL": self.log_level,
+                **secrets.service_env(name),
                 **self.extra_env,
             }
             self.services[name] = ServiceProcess(name, port, env,

@@ -28,7 +28,7 @@ from shared.uow import UnitOfWork
 def build(infra: Infrastructure) -> ServiceParts:
     cache = StatusCache()
     # Every replica's status changes: keeps the cache coherent, feeds the watches.
-    feed = ChangeFeed(infra.engine, cache)
+    feed = ChangeFeed(infra.engine, cache, gate=infra.gate)
 
     def register(server: grpc.aio.Server) -> list[str]:
         api = LotApi(infra.uow, infra.engine, cache, infra.clock)

@@ -48,6 +48,7 @@ from shared.errors import (
     Unavailable,
     Violations,
 )
+from shared.inbox import EventGate
 from shared.logs import get_logger
 from shared.protoconv import from_timestamp
 
@@ -108,8 +109,11 @@ class ChangeFeed:
     """Every newest status this process learns of, handed to the watchers that want it."""
 
     def __init__(self, engine: AsyncEngine, cache: StatusCache, *,
-                 queue_size: int = QUEUE_SIZE) -> None:
+                 queue_size: int = QUEUE_SIZE, gate: EventGate | None = None) -> None:
         self._engine = engine
+        # Announcements are applied only when signed by the lots service (an unverified
+        # one would put a made-up status in the cache that reads answer from).
+        self._gate = gate
         self._cache = cache
         self._queue_size = queue_size
         self._by_lot: dict[str, set[Watcher]] = {}
@@ -178,6 +182,11 @@ class ChangeFeed:
         inbound: asyncio.Queue[bytes] = asyncio.Queue()
 
         async def deliver(msg: Any) -> None:
+            if self._gate is not None:
+                refusal = self._gate.refusal(msg)
+                if refusal is not None:
+                    await self._gate.park(msg, refusal)
+                    return
             inbound.put_nowait(msg.data)
 
         while not stop.is_set():

@@ -33,6 +33,7 @@ from shared.protoconv import to_timestamp
 from shared.runtime import RunningService
 from shared.stack import NatsServer
 from tests.support.databases import Databases
+from tests.support.events import harness
 from tests.support.grpc_errors import field_violations
 from tests.support.services import ref, start_in_process
 from tests.support.waiting import eventually
@@ -216,14 +217,14 @@ async def running_system(databases: Databases, nats_server: NatsServer, *,
                                                nats=nats_server, clock=clock, **(suppliers or {}))
     lots_service = await start_in_process("lots", databases=databases, nats=nats_server,
                                           clock=clock, **(lots or {}))
-    nc = await nats.connect(nats_server.url)
+    events = await harness(nats_server)
     try:
         async with grpc.aio.insecure_channel(lots_service.address) as lc, \
                 grpc.aio.insecure_channel(suppliers_service.address) as sc:
             yield System(pb_grpc.LotServiceStub(lc), spb_grpc.SupplierServiceStub(sc),
-                         lots_service, nc.jetstream(), clock=clock)
+                         lots_service, events.js, clock=clock)
     finally:
-        await nc.close()
+        await events.close()
         await lots_service.stop()
         await suppliers_service.stop()
 
@@ -561,10 +562,10 @@ async def test_a_failing_event_is_parked_and_its_batch_mates_are_applied_and_ack
     await broker.start()
     lots = await start_in_process("lots", databases=databases, nats=broker,
                                   consumer_max_attempts=2)
-    nc = await nats.connect(broker.url)
+    events = await harness(broker)
     try:
         async with grpc.aio.insecure_channel(lots.address) as channel:
-            system = System(pb_grpc.LotServiceStub(channel), None, lots, nc.jetstream())
+            system = System(pb_grpc.LotServiceStub(channel), None, lots, events.js)
             lot = await system.receive(ref("SUP"), "MAT-P")
             bad = system.result_event(lot.lot_id, "MAT-P", rpb.TEST_KIND_UNSPECIFIED)
             good = [system.result_event(lot.lot_id, "MAT-P", test) for test in (
@@ -576,7 +577,7 @@ async def test_a_failing_event_is_parked_and_its_batch_mates_are_applied_and_ack
             await system.wait_unmet(lot.lot_id, ["SUPPLIER_NOT_QUALIFIED", "RESULTS_INCOMPLETE"])
             info = await system.js.consumer_info("LOTGATE_RESULTS", "lots-result-recorded")
     finally:
-        await nc.close()
+        await events.close()
         await lots.stop()
         await broker.stop()
 

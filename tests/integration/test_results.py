@@ -9,7 +9,6 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import grpc
-import nats
 import pytest
 from google.protobuf.message import DecodeError, Message
 from google.rpc import error_details_pb2
@@ -27,6 +26,7 @@ from shared import paging
 from shared.protoconv import from_timestamp, to_timestamp
 from shared.runtime import RunningService
 from shared.uow import new_event_id
+from tests.support.events import harness
 from tests.support.grpc_errors import field_violations
 from tests.support.services import ref, start_in_process
 
@@ -64,9 +64,9 @@ async def instruments(stub) -> None:
 
 @pytest.fixture(scope="module")
 async def js(nats_server) -> AsyncIterator[JetStreamContext]:
-    nc = await nats.connect(nats_server.url)
-    yield nc.jetstream()
-    await nc.close()
+    events = await harness(nats_server)
+    yield events.js
+    await events.close()
 
 
 def today() -> date:
@@ -273,7 +273,7 @@ async def events_until(nats_server, subjects: dict[str, type[Message]],
 
     The relay publishes the events of one aggregate (a lot) in commit order, so an event
     that should not exist would come before the last one."""
-    nc = await nats.connect(nats_server.url)
+    nc = await nats_server.connect()
     seen: list[tuple[str, Any]] = []
     try:
         sub = await nc.jetstream().subscribe("lotgate.results.v1.>", ordered_consumer=True)

@@ -18,6 +18,7 @@ from shared import messaging
 from shared.clock import ManualClock
 from shared.db import create_schema, make_engine
 from shared.outbox import OutboxRelay
+from shared.stack import NatsServer
 from shared.uow import UnitOfWorkFactory
 from tests.support.services import ref
 
@@ -44,9 +45,9 @@ async def add_event(engine, event_id: str) -> int:
         return result.inserted_primary_key[0]
 
 
-async def published_ids(nats_url: str, wanted: set[str]) -> set[str]:
+async def published_ids(server: NatsServer, wanted: set[str]) -> set[str]:
     """Which of `wanted` (Nats-Msg-Id) are on the suppliers stream."""
-    nc = await nats.connect(nats_url)
+    nc = await server.connect()
     found: set[str] = set()
     try:
         sub = await nc.jetstream().subscribe(SUBJECT, ordered_consumer=True)
@@ -64,7 +65,7 @@ async def published_ids(nats_url: str, wanted: set[str]) -> set[str]:
 
 async def test_a_row_id_reused_after_the_other_relay_pruned_is_still_published(
         two_engines, nats_server) -> None:
-    nc = await nats.connect(nats_server.url)
+    nc = await nats_server.connect()
     try:
         js = nc.jetstream()
         await messaging.ensure_stream(js, messaging.SUPPLIERS_STREAM, duplicate_window_s=900,
@@ -84,7 +85,7 @@ async def test_a_row_id_reused_after_the_other_relay_pruned_is_still_published(
     finally:
         await nc.close()
 
-    assert await published_ids(nats_server.url, {old, new}) == {old, new}
+    assert await published_ids(nats_server, {old, new}) == {old, new}
 
 
 async def test_a_qualification_both_replicas_find_due_is_warned_about_once(two_engines) -> None:

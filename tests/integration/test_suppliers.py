@@ -164,12 +164,12 @@ def precondition(error: grpc.aio.AioRpcError) -> tuple[str, str]:
 class Events:
     """Reads one subject of the suppliers stream from its start."""
 
-    def __init__(self, url: str, subject: str, message_type) -> None:
-        self.url, self.subject, self.type = url, subject, message_type
+    def __init__(self, server: NatsServer, subject: str, message_type) -> None:
+        self.server, self.subject, self.type = server, subject, message_type
 
     async def collect(self, match, *, count: int, settle: float = 0.0) -> list:
         """The first `count` matching events (and, after `settle` seconds, any more)."""
-        nc = await nats.connect(self.url)
+        nc = await self.server.connect()
         found = []
         try:
             sub = await nc.jetstream().subscribe(self.subject, ordered_consumer=True)
@@ -195,7 +195,7 @@ class Events:
 
 
 def changed_events(nats_server) -> Events:
-    return Events(nats_server.url, "lotgate.suppliers.v1.qualification_changed",
+    return Events(nats_server, "lotgate.suppliers.v1.qualification_changed",
                   events_pb2.QualificationChanged)
 
 
@@ -626,7 +626,7 @@ async def test_two_replicas_expire_each_approval_exactly_once(
 async def test_a_warning_is_sent_once_ahead_of_expiry(timed, nats_server) -> None:
     qa = await new_qa(timed.stub, timed.clock.now())
     q = await qa.approved(days=40)
-    warnings = Events(nats_server.url, "lotgate.suppliers.v1.qualification_expiring",
+    warnings = Events(nats_server, "lotgate.suppliers.v1.qualification_expiring",
                       events_pb2.QualificationExpiring)
 
     timed.clock.advance(timedelta(days=11))  # 29 days left: inside the 30-day warning
@@ -700,7 +700,8 @@ async def test_changes_are_accepted_while_nats_is_down_and_published_once_it_is_
     broker = NatsServer(workdir / f"nats-{ref('late')}", port=free_port())
     settings = settings_for("suppliers", database_url=await databases.create("suppliers"),
                             nats_url=broker.url, grpc_host="127.0.0.1", grpc_port=0,
-                            outbox_poll_seconds=0.2)
+                            outbox_poll_seconds=0.2,
+                            **broker.secrets.service_settings("suppliers"))
     running = await bootstrap.start(settings)  # no broker is listening yet
     try:
         async with grpc.aio.insecure_channel(running.address) as channel:
@@ -710,7 +711,7 @@ async def test_changes_are_accepted_while_nats_is_down_and_published_once_it_is_
 
         await broker.start()
         await asyncio.wait_for(running.messaging_ready.wait(), timeout=30)
-        seen = await Events(broker.url, "lotgate.suppliers.v1.qualification_changed",
+        seen = await Events(broker, "lotgate.suppliers.v1.qualification_changed",
                             events_pb2.QualificationChanged).collect(lambda e: True, count=2)
     finally:
         await running.stop()

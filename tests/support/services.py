@@ -16,8 +16,13 @@ from tests.support.databases import Databases
 async def start_in_process(name: str, *, databases: Databases, nats: NatsServer,
                            clock: Clock | None = None, database_url: str | None = None,
                            **overrides: object) -> RunningService:
-    """`database_url` shares a database with another replica; by default a fresh one."""
+    """`database_url` shares a database with another replica; by default a fresh one.
+
+    The service connects as its own NATS user and signs with its key from `nats.secrets`.
+    """
     bootstrap = importlib.import_module(f"services.{name}.bootstrap")
+    assert nats.secrets is not None, "start the nats-server first"
+    overrides = {**nats.secrets.service_settings(name), **overrides}
     settings = settings_for(name, database_url=database_url or await databases.create(name),
                             nats_url=nats.url,
                             grpc_host="127.0.0.1", grpc_port=0, outbox_poll_seconds=0.2,
