@@ -62,7 +62,25 @@ class Unavailable(LotgateError):
     """A dependency (the database) cannot be reached; the call changed nothing."""
 
 
-_CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]*")
+# Control characters (C0, DEL, C1). PostgreSQL refuses NUL in text, and none of them belongs
+# in a name or a reference; prose (reasons, conclusions, addresses) may break lines and tab.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_PROSE_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# The most characters of a caller's value that a description repeats.
+MAX_SHOWN = 64
+
+
+def is_code(value: str, *, max_length: int = 64) -> bool:
+    """Whether `value` is an identifier as Violations.code wants it."""
+    return 0 < len(value) <= max_length and _CODE.fullmatch(value) is not None
+
+
+def shown(value: str) -> str:
+    """A caller's value as a description may repeat it: short, control characters escaped."""
+    if len(value) > MAX_SHOWN:
+        value = value[:MAX_SHOWN] + "..."
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", value)
 
 
 class Violations:
@@ -80,7 +98,7 @@ class Violations:
             self.add(field, "is required")
         elif len(value) > max_length:
             self.add(field, f"must be at most {max_length} characters")
-        elif not _CODE.match(value):
+        elif not _CODE.fullmatch(value):
             self.add(field, "may hold only letters, digits and . _ : / - and must start with a "
                             "letter or digit")
 
@@ -93,16 +111,23 @@ class Violations:
         first: dict[str, int] = {}
         for i, value in enumerate(values):
             if value in first:
-                self.add(f"{field}[{i}]", f"repeats {field}[{first[value]}] ({value})")
+                self.add(f"{field}[{i}]", f"repeats {field}[{first[value]}] ({shown(value)})")
                 continue
             first[value] = i
             self.code(f"{field}[{i}]", value)
 
-    def text(self, field: str, value: str, *, max_length: int = 500, required: bool = True) -> None:
+    def text(self, field: str, value: str, *, max_length: int = 500, required: bool = True,
+             prose: bool = False) -> None:
+        """Free text: a name, a reference, or with `prose` a reason or an address, which may
+        also hold line breaks and tabs. No other control character is taken: NUL cannot be
+        stored, and the others only garble what auditors read."""
         if required and not value.strip():
             self.add(field, "is required")
         elif len(value) > max_length:
             self.add(field, f"must be at most {max_length} characters")
+        elif (_PROSE_CONTROL if prose else _CONTROL).search(value):
+            allowed = " other than line breaks and tabs" if prose else ""
+            self.add(field, f"may not hold control characters{allowed} (NUL, escapes, ...)")
 
     def day(self, field: str, value: str, *, required: bool = True) -> date | None:
         """A calendar day written YYYY-MM-DD; None when absent or invalid (and noted)."""

@@ -20,7 +20,13 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
-from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import (
+    DataError,
+    DBAPIError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+)
 
 from shared.errors import (
     Aborted,
@@ -38,6 +44,8 @@ log = get_logger(__name__)
 
 # Requests larger than this are refused with RESOURCE_EXHAUSTED by grpc itself.
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+REFUSED_VALUE = ("the database refused a value of this request (a character or a number it "
+                 "cannot store); nothing was changed")
 
 
 def _status(code: int, message: str, *details: Any) -> grpc.Status:
@@ -77,6 +85,11 @@ def status_for(exc: BaseException, request_id: str) -> grpc.Status:
     if isinstance(exc, IntegrityError):
         # Two calls wrote the same record at once; a retry sees the winner's result.
         return _status(code_pb2.ABORTED, "a concurrent call changed the same record; retry")
+    if isinstance(exc, DBAPIError) and refused_value(exc):
+        return _status(code_pb2.INVALID_ARGUMENT, REFUSED_VALUE,
+                       error_details_pb2.BadRequest(field_violations=[
+                           error_details_pb2.BadRequest.FieldViolation(
+                               field="", description=REFUSED_VALUE)]))
     if isinstance(exc, Unavailable | OperationalError | InterfaceError | DBAPIError | OSError):
         retry = error_details_pb2.RetryInfo()
         retry.retry_delay.FromMilliseconds(500)
@@ -88,6 +101,26 @@ def status_for(exc: BaseException, request_id: str) -> grpc.Status:
     if isinstance(exc, LotgateError):
         return _status(code_pb2.INTERNAL, f"{exc.message} (request {request_id})")
     return _status(code_pb2.INTERNAL, f"internal error (request {request_id})")
+
+
+def refused_value(exc: DBAPIError) -> bool:
+    """Whether the database refused a value of the request (SQLSTATE class 22, data
+    exception, or 54, a program limit), or the driver could not send it: the caller's
+    error. Validation catches these before the database; this is the backstop, so that a
+    value is never answered "unavailable, retry later"."""
+    if isinstance(exc, DataError):
+        return True
+    state = str(getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None) or "")
+    if state[:2] in ("22", "54"):
+        return True
+    cause: BaseException | None = exc.orig
+    for _ in range(5):  # asyncpg's own DataError (a value it cannot encode) is a ValueError
+        if cause is None:
+            break
+        if isinstance(cause, ValueError | OverflowError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):

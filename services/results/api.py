@@ -147,7 +147,7 @@ class ResultApi(pb_grpc.ResultServiceServicer):
         status = INSTRUMENT_STATUS_FROM_PROTO.get(request.status)
         if status is None:
             v.add("status", "must be ACTIVE, OUT_OF_SERVICE or RETIRED")
-        v.text("reason", request.reason, max_length=2000)
+        v.text("reason", request.reason, max_length=2000, prose=True)
         v.text("requested_by", request.requested_by, max_length=200)
         v.raise_if_any()
         assert status is not None
@@ -351,7 +351,7 @@ def _check_measurement(request: pb.RecordResultRequest, test: Any, v: Violations
 def _check_handling(request: pb.InvalidateResultRequest | pb.ConfirmResultRequest) -> None:
     v = Violations()
     v.code("result_id", request.result_id)
-    v.text("reason", request.reason, max_length=2000)
+    v.text("reason", request.reason, max_length=2000, prose=True)
     v.text("requested_by", request.requested_by, max_length=200)
     v.raise_if_any()
 
@@ -368,7 +368,7 @@ def _draft(request: pb.CreateSpecificationDraftRequest | pb.UpdateSpecificationD
         if len(v.items) == before:
             for field, problem in check_tests(tests):
                 v.add(field, problem)
-    v.text("change_reason", request.change_reason, max_length=2000)
+    v.text("change_reason", request.change_reason, max_length=2000, prose=True)
     v.text("requested_by", request.requested_by, max_length=200)
     return SpecificationDraft(material_code=request.material_code, tests=tuple(tests),
                               change_reason=request.change_reason.strip(),

@@ -1,0 +1,286 @@
+"""Bad input over real gRPC, on the real database: every RPC of the three services.
+
+A control character in any string field, a page token the service never gave out: each
+is answered INVALID_ARGUMENT with the field named, and changes nothing. Never UNAVAILABLE,
+which tells a client to retry the same request for ever; never INTERNAL.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.descriptor import FieldDescriptor, MethodDescriptor, ServiceDescriptor
+from google.protobuf.message import Message
+from google.protobuf.message_factory import GetMessageClass
+from sqlalchemy import func, select, text
+
+from lotgate.lots.v1 import lots_pb2
+from lotgate.results.v1 import results_pb2
+from lotgate.suppliers.v1 import suppliers_pb2
+from services.lots.tables import tables as lot_tables
+from services.results.tables import tables as result_tables
+from services.suppliers.tables import tables as supplier_tables
+from shared.grpc_server import status_for
+from shared.runtime import RunningService
+from tests.support.grpc_errors import field_violations
+from tests.support.services import ref, start_in_process
+
+pytestmark = pytest.mark.integration
+
+NUL_TEXT = "A\x00B"
+SERVICES = {
+    "suppliers": (suppliers_pb2.DESCRIPTOR.services_by_name["SupplierService"],
+                  supplier_tables),
+    "lots": (lots_pb2.DESCRIPTOR.services_by_name["LotService"], lot_tables),
+    "results": (results_pb2.DESCRIPTOR.services_by_name["ResultService"], result_tables),
+}
+# Tables written off the request path: by the relay, by the consumers of other services'
+# events (which may still arrive from earlier tests on the shared broker).
+PLUMBING = {"outbox", "inbox", "dead_letters", "schema_info"}
+FED_BY_EVENTS = {"lots": {"qualifications", "lot_results"}, "results": {"known_lots"}}
+
+
+@dataclass
+class Service:
+    running: RunningService
+    channel: grpc.aio.Channel
+    descriptor: ServiceDescriptor
+    tables: Any
+
+    async def call(self, method: str, request: Message, **kw: Any) -> Any:
+        """Call `method` (answers of a stream read until the first) with `request`."""
+        m = self.descriptor.methods_by_name[method]
+        path = f"/{self.descriptor.full_name}/{m.name}"
+        reply_class = GetMessageClass(m.output_type)
+        if m.server_streaming:
+            stream = self.channel.unary_stream(
+                path, request_serializer=lambda r: r.SerializeToString(),
+                response_deserializer=reply_class.FromString)(request, **kw)
+            try:
+                async for reply in stream:
+                    return reply
+            finally:
+                stream.cancel()
+            return None
+        return await self.channel.unary_unary(
+            path, request_serializer=lambda r: r.SerializeToString(),
+            response_deserializer=reply_class.FromString)(request, **kw)
+
+    async def row_counts(self) -> dict[str, int]:
+        """Rows per table that a call writes (not those the relay and consumers keep)."""
+        fed = FED_BY_EVENTS.get(self.running.name, set()) | PLUMBING
+        async with self.running.infra.engine.connect() as conn:
+            return {t.name: (await conn.execute(select(func.count()).select_from(t))).scalar_one()
+                    for t in self.tables.metadata.sorted_tables if t.name not in fed}
+
+
+@pytest.fixture(scope="module")
+async def services(databases, nats_server) -> AsyncIterator[dict[str, Service]]:
+    started: dict[str, Service] = {}
+    try:
+        for name, (descriptor, tables) in SERVICES.items():
+            running = await start_in_process(name, databases=databases, nats=nats_server)
+            channel = grpc.aio.insecure_channel(running.address)
+            started[name] = Service(running, channel, descriptor, tables)
+        yield started
+    finally:
+        for service in started.values():
+            await service.channel.close()
+            await service.running.stop()
+
+
+# -- requests built from the descriptors ---------------------------------------------------
+
+def string_paths(descriptor: Any, prefix: str = "", depth: int = 0) -> Iterator[str]:
+    """Every string field a request can carry, as the path a field violation names
+    (`results[0].quantity.unit`); repeated fields through their first entry."""
+    for f in descriptor.fields:
+        name = f"{prefix}{f.name}{'[0]' if _repeated(f) else ''}"
+        if f.type == FieldDescriptor.TYPE_STRING:
+            yield name
+        elif f.type == FieldDescriptor.TYPE_MESSAGE and depth < 3 and \
+                not f.message_type.full_name.startswith("google.protobuf."):
+            yield from string_paths(f.message_type, f"{name}.", depth + 1)
+
+
+def _repeated(f: FieldDescriptor) -> bool:
+    return bool(f.is_repeated)
+
+
+def with_value(method: MethodDescriptor, path: str, value: str) -> Message:
+    """A request of `method` with only the string field at `path` set (and whatever holds it)."""
+    request = GetMessageClass(method.input_type)()
+    target: Any = request
+    parts = path.split(".")
+    for i, part in enumerate(parts):
+        name = part.removesuffix("[0]")
+        last = i == len(parts) - 1
+        field = target.DESCRIPTOR.fields_by_name[name]
+        if last:
+            if _repeated(field):
+                getattr(target, name).append(value)
+            else:
+                setattr(target, name, value)
+        elif _repeated(field):
+            target = getattr(target, name).add()
+        else:
+            target = getattr(target, name)
+    return request
+
+
+def every_string_field() -> Iterator[tuple[str, str, str]]:
+    for service, (descriptor, _) in SERVICES.items():
+        for method in descriptor.methods:
+            for path in string_paths(method.input_type):
+                yield service, method.name, path
+
+
+def list_methods() -> Iterator[tuple[str, str]]:
+    for service, (descriptor, _) in SERVICES.items():
+        for method in descriptor.methods:
+            if "page_token" in method.input_type.fields_by_name:
+                yield service, method.name
+
+
+def position_token(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode()
+
+
+# -- control characters ---------------------------------------------------------------------
+
+FIELDS = list(every_string_field())
+# Filled in by the service (from the audit record); what a request says is not read.
+IGNORED = {"evidence.audit_date"}
+
+
+def test_the_sweep_covers_every_rpc_of_the_three_services() -> None:
+    methods = {(s, m) for s, m, _ in FIELDS}
+    every = {(s, m.name) for s, (d, _) in SERVICES.items() for m in d.methods}
+    assert methods == every
+    assert len(FIELDS) > 100
+
+
+@pytest.mark.parametrize(("service", "method", "path"), FIELDS,
+                         ids=[f"{m}:{p}" for _, m, p in FIELDS])
+async def test_a_nul_in_any_string_field_is_refused_with_the_field_named(
+        services: dict[str, Service], service: str, method: str, path: str) -> None:
+    s = services[service]
+    before = await s.row_counts()
+    request = with_value(s.descriptor.methods_by_name[method], path, NUL_TEXT)
+
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await s.call(method, request)
+
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value.details()
+    if path not in IGNORED:
+        assert path in field_violations(refused.value)
+    assert await s.row_counts() == before
+
+
+@pytest.mark.parametrize("text", ["ACME\n", "ACME\x1b[31m", "AC\x7fME", "AC\x85ME", "\x00"])
+async def test_identifiers_and_names_hold_no_control_character(
+        services: dict[str, Service], text: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await services["suppliers"].call("CreateSupplier", suppliers_pb2.CreateSupplierRequest(
+            supplier_id=text, name=f"Acme {text}", requested_by="qa.jane"))
+
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert {"supplier_id", "name"} <= set(field_violations(refused.value))
+
+
+async def test_prose_may_break_lines_and_tab_but_holds_no_other_control_character(
+        services: dict[str, Service]) -> None:
+    suppliers = services["suppliers"]
+    supplier = ref("SUP")
+    await suppliers.call("CreateSupplier", suppliers_pb2.CreateSupplierRequest(
+        supplier_id=supplier, name="Acme", requested_by="qa.jane"))
+    site = suppliers_pb2.AddSiteRequest(
+        supplier_id=supplier, site_id="MAIN", name="Acme Basel",
+        address="Werkstrasse 1\n4057 Basel\tCH", country="CH", requested_by="qa.jane")
+
+    added = await suppliers.call("AddSite", site)
+    assert added.site.address == "Werkstrasse 1\n4057 Basel\tCH"
+
+    site.site_id, site.address = "OTHER", "Werkstrasse 1\x00"
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await suppliers.call("AddSite", site)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert set(field_violations(refused.value)) == {"address"}
+
+
+# -- page tokens ------------------------------------------------------------------------------
+
+LISTS = list(list_methods())
+BAD_TOKENS = {
+    "nul": "AA==",
+    "garbage": "not a token!",
+    "not_base64": "%%%",
+    "long": "QUFB" * 1000,
+    "nul_in_key": position_token("LOT\x00"),
+    "newline_after_key": position_token("LOT-1\n"),
+}
+# Lists that page by position (a row id or a sequence number) rather than by a lot id.
+BAD_POSITIONS = {
+    "huge_position": position_token(f"p{2**63}"),
+    "position_beyond_int64": position_token("p99999999999999999999"),
+    "negative": position_token("p-1"),
+    "zero": position_token("p0"),
+    "plus_sign": position_token("p+5"),
+}
+CASES = [(s, m, name, token) for s, m in LISTS
+         for name, token in [*BAD_TOKENS.items(),
+                             *(BAD_POSITIONS.items() if m != "ListLots" else ())]]
+
+
+def test_every_list_rpc_of_the_three_services_takes_a_page_token() -> None:
+    assert {m for _, m in LISTS} >= {"ListLots", "ListLotReviews", "ListQualificationHistory",
+                                     "ListInstrumentResults"}
+
+
+@pytest.mark.parametrize(("service", "method", "name", "token"), CASES,
+                         ids=[f"{m}:{n}" for _, m, n, _ in CASES])
+async def test_a_page_token_the_service_never_gave_out_is_invalid_argument(
+        services: dict[str, Service], service: str, method: str, name: str,
+        token: str) -> None:
+    s = services[service]
+    request = GetMessageClass(s.descriptor.methods_by_name[method].input_type)()
+    for name in ("supplier_id", "instrument_id"):  # the one required filter, if any
+        if name in request.DESCRIPTOR.fields_by_name:
+            setattr(request, name, ref("X"))
+    request.page_token = token
+
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await s.call(method, request)
+
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value.details()
+    assert "page_token" in field_violations(refused.value)
+
+
+# -- the backstop: what the database itself refuses ------------------------------------------
+
+@pytest.mark.parametrize(("sql", "value"), [
+    ("SELECT CAST(:v AS TEXT)", "A\x00B"),
+    ("SELECT CAST(:v AS BIGINT)", 2**64),
+    ("SELECT CAST(:v AS BIGINT)", "99999999999999999999"),
+])
+async def test_a_value_the_database_refuses_is_the_callers_error_not_unavailable(
+        services: dict[str, Service], databases, sql: str, value: Any) -> None:
+    """Validation catches these first; should one slip through, the caller learns that
+    the request is wrong, not that it should retry (PostgreSQL refuses all three; SQLite
+    stores or converts the text ones)."""
+    refused: Exception | None = None
+    async with services["lots"].running.infra.engine.connect() as conn:
+        try:
+            await conn.execute(text(sql), {"v": value})
+        except Exception as error:  # whatever the driver raises is judged
+            refused = error
+
+    if databases.kind == "postgresql":
+        assert refused is not None
+    if refused is not None:
+        assert status_for(refused, "test").code == grpc.StatusCode.INVALID_ARGUMENT
