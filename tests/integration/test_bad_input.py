@@ -1,7 +1,8 @@
 """Bad input over real gRPC, on the real database: every RPC of the three services.
 
 A control character in any string field, a page token the service never gave out: each
-is answered INVALID_ARGUMENT with the field named, and changes nothing. Never UNAVAILABLE,
+is answered INVALID_ARGUMENT with the field named, and changes nothing. An absurd number is
+judged, or refused on its field. Never UNAVAILABLE,
 which tells a client to retry the same request for ever; never INTERNAL.
 """
 
@@ -10,23 +11,29 @@ from __future__ import annotations
 import base64
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
+import nats
 import pytest
 from google.protobuf.descriptor import FieldDescriptor, MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
+from nats.js import JetStreamContext
 from sqlalchemy import func, select, text
 
 from lotgate.lots.v1 import lots_pb2
 from lotgate.results.v1 import results_pb2
+from lotgate.results.v1.results_pb2_grpc import ResultServiceStub
 from lotgate.suppliers.v1 import suppliers_pb2
 from services.lots.tables import tables as lot_tables
 from services.results.tables import tables as result_tables
 from services.suppliers.tables import tables as supplier_tables
 from shared.grpc_server import status_for
+from shared.protoconv import to_timestamp
 from shared.runtime import RunningService
+from tests.integration.test_results import new_instrument, specified_lot
 from tests.support.grpc_errors import field_violations
 from tests.support.services import ref, start_in_process
 
@@ -259,6 +266,59 @@ async def test_a_page_token_the_service_never_gave_out_is_invalid_argument(
 
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value.details()
     assert "page_token" in field_violations(refused.value)
+
+
+# -- numbers -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+async def js(nats_server) -> AsyncIterator[JetStreamContext]:
+    nc = await nats.connect(nats_server.url)
+    yield nc.jetstream()
+    await nc.close()
+
+
+async def _purity_lot(services: dict[str, Service], js: JetStreamContext) -> tuple[str, str]:
+    """A known lot of a material whose purity range (98-102 %) is judged on one decimal,
+    and a calibrated instrument."""
+    stub = ResultServiceStub(services["results"].channel)
+    _, lot_id = await specified_lot(stub, js, decimals=1)
+    return lot_id, await new_instrument(stub)
+
+
+async def _posted(results: Service, lot_id: str, instrument: str, value: float) -> Any:
+    """The answer to a purity result of `value` %, or the error."""
+    try:
+        return await results.call("RecordResult", results_pb2.RecordResultRequest(
+            lot_id=lot_id, test=results_pb2.TEST_KIND_PURITY, instrument_id=instrument,
+            instrument_result_id=ref("R"), quantity=results_pb2.Quantity(value=value, unit="%"),
+            measured_at=to_timestamp(datetime.now(UTC))))
+    except grpc.aio.AioRpcError as error:
+        return error
+
+
+@pytest.mark.parametrize("value", [1e30, 1e100, 1e308, 1.7976931348623157e308, -1e308,
+                                   5e-324, -5e-324])
+async def test_any_finite_measurement_is_judged_never_internal(
+        services: dict[str, Service], js: JetStreamContext, value: float) -> None:
+    lot_id, instrument = await _purity_lot(services, js)
+
+    answer = await _posted(services["results"], lot_id, instrument, value)
+
+    assert not isinstance(answer, grpc.aio.AioRpcError), (answer.code(), answer.details())
+    assert answer.result.verdict == results_pb2.VERDICT_FAIL
+    assert answer.result.quantity.value == value
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+async def test_a_measurement_that_is_not_a_number_is_refused_on_its_field(
+        services: dict[str, Service], js: JetStreamContext, value: float) -> None:
+    lot_id, instrument = await _purity_lot(services, js)
+
+    answer = await _posted(services["results"], lot_id, instrument, value)
+
+    assert isinstance(answer, grpc.aio.AioRpcError)
+    assert answer.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "quantity.value" in field_violations(answer)
 
 
 # -- the backstop: what the database itself refuses ------------------------------------------
