@@ -24,10 +24,29 @@ class LotgateError(Exception):
         self.message = message
 
 
+# A status travels in gRPC trailers (8 KiB at most by default): its message says the first
+# problems, up to this many characters, and how many there are in all.
+MAX_MESSAGE = 500
+
+
 class InvalidArgument(LotgateError):
-    def __init__(self, violations: list[FieldViolation]) -> None:
-        super().__init__("; ".join(f"{v.field}: {v.description}" for v in violations))
+    """The request's problems: `violations` (at most MAX_VIOLATIONS of them) and how many
+    more there were (`more`), so that one absurd request cannot build a huge answer."""
+
+    def __init__(self, violations: list[FieldViolation], *, more: int = 0) -> None:
+        super().__init__(_summary(violations, more))
         self.violations = violations
+        self.more = more
+
+
+def _summary(violations: list[FieldViolation], more: int) -> str:
+    text = "; ".join(f"{v.field}: {v.description}" for v in violations)
+    total = len(violations) + more
+    if len(text) > MAX_MESSAGE:
+        text = text[:MAX_MESSAGE].rsplit("; ", 1)[0] + " ..."
+    if total > 1 and (more or text.endswith(" ...")):
+        text += f" ({total:,} problems in all)"
+    return text
 
 
 class NotFound(LotgateError):
@@ -67,6 +86,8 @@ _CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]*")
 # in a name or a reference; prose (reasons, conclusions, addresses) may break lines and tab.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _PROSE_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# The most violations a request collects: the rest are only counted ("and N more").
+MAX_VIOLATIONS = 100
 # The most characters of a caller's value that a description repeats.
 MAX_SHOWN = 64
 
@@ -88,9 +109,25 @@ class Violations:
 
     def __init__(self) -> None:
         self.items: list[FieldViolation] = []
+        # Problems found beyond MAX_VIOLATIONS: counted, not kept.
+        self.more = 0
+
+    def __len__(self) -> int:
+        return len(self.items) + self.more
 
     def add(self, field: str, description: str) -> None:
-        self.items.append(FieldViolation(field, description))
+        if len(self.items) < MAX_VIOLATIONS:
+            self.items.append(FieldViolation(field, description))
+        else:
+            self.more += 1
+
+    def at_most(self, field: str, values: Any, max_items: int) -> bool:
+        """Whether a repeated field holds at most `max_items` entries (noted if not). Check
+        this before looking at the entries: a request may carry millions of them."""
+        if len(values) <= max_items:
+            return True
+        self.add(field, f"must hold at most {max_items:,} entries, not {len(values):,}")
+        return False
 
     def code(self, field: str, value: str, *, max_length: int = 64) -> None:
         """A required identifier: letters, digits and . _ : / - , not too long."""
@@ -105,8 +142,7 @@ class Violations:
     def codes(self, field: str, values: list[str], *, max_items: int) -> None:
         """A list of at most `max_items` identifiers, each given once (an empty list is the
         caller's to judge)."""
-        if len(values) > max_items:
-            self.add(field, f"must hold at most {max_items:,} ids, not {len(values):,}")
+        if not self.at_most(field, values, max_items):
             return
         first: dict[str, int] = {}
         for i, value in enumerate(values):
@@ -156,4 +192,4 @@ class Violations:
 
     def raise_if_any(self) -> None:
         if self.items:
-            raise InvalidArgument(self.items)
+            raise InvalidArgument(self.items, more=self.more)

@@ -42,8 +42,16 @@ from shared.logs import get_logger, request_context
 
 log = get_logger(__name__)
 
-# Requests larger than this are refused with RESOURCE_EXHAUSTED by grpc itself.
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# Requests larger than this are refused with RESOURCE_EXHAUSTED by grpc itself, before any
+# of our code runs. The largest request a client needs (500 results in a batch, 1,000 lot
+# ids) is far below 1 MiB; more would only let one call cost the process its memory.
+MAX_RECEIVE_BYTES = 1024 * 1024
+# Answers (a page of 1,000 lots with their conditions) may be larger.
+MAX_SEND_BYTES = 4 * 1024 * 1024
+# A status travels in trailers, and grpc's default limit for metadata is 8 KiB: the
+# BadRequest detail (base64 in the trailer) stays within this, the rest is counted.
+MAX_DETAIL_BYTES = 2048
+MAX_FIELD_CHARS = 200
 REFUSED_VALUE = ("the database refused a value of this request (a character or a number it "
                  "cannot store); nothing was changed")
 
@@ -60,10 +68,7 @@ def _status(code: int, message: str, *details: Any) -> grpc.Status:
 def status_for(exc: BaseException, request_id: str) -> grpc.Status:
     """The status a caller sees for an exception raised by a handler."""
     if isinstance(exc, InvalidArgument):
-        bad = error_details_pb2.BadRequest(field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-            for v in exc.violations])
-        return _status(code_pb2.INVALID_ARGUMENT, exc.message, bad)
+        return _status(code_pb2.INVALID_ARGUMENT, exc.message, _bad_request(exc))
     if isinstance(exc, NotFound):
         details = []
         if exc.field:
@@ -101,6 +106,26 @@ def status_for(exc: BaseException, request_id: str) -> grpc.Status:
     if isinstance(exc, LotgateError):
         return _status(code_pb2.INTERNAL, f"{exc.message} (request {request_id})")
     return _status(code_pb2.INTERNAL, f"internal error (request {request_id})")
+
+
+def _bad_request(exc: InvalidArgument) -> error_details_pb2.BadRequest:
+    """The field violations, as many as fit in MAX_DETAIL_BYTES, then how many more."""
+    bad = error_details_pb2.BadRequest()
+    size = 0
+    for i, v in enumerate(exc.violations):
+        item = error_details_pb2.BadRequest.FieldViolation(field=v.field[:MAX_FIELD_CHARS],
+                                                           description=v.description)
+        size += item.ByteSize() + 3
+        if size > MAX_DETAIL_BYTES:
+            more = len(exc.violations) - i + exc.more
+            break
+        bad.field_violations.append(item)
+    else:
+        more = exc.more
+    if more:
+        bad.field_violations.append(error_details_pb2.BadRequest.FieldViolation(
+            field="", description=f"and {more:,} more problems"))
+    return bad
 
 
 def refused_value(exc: DBAPIError) -> bool:
@@ -246,8 +271,8 @@ def build_server(
     server = grpc.aio.server(
         interceptors=[ServiceInterceptor(), *interceptors],
         options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
+            ("grpc.max_send_message_length", MAX_SEND_BYTES),
             ("grpc.so_reuseport", 0),
         ],
     )

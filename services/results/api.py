@@ -340,11 +340,11 @@ def _check_measurement(request: pb.RecordResultRequest, test: Any, v: Violations
         v.add(f"{where}identity_score", "must be a finite number")
         return False
     if which == "quantity":
-        before = len(v.items)
+        before = len(v)
         if not math.isfinite(request.quantity.value):
             v.add(f"{where}quantity.value", "must be a finite number")
         v.text(f"{where}quantity.unit", request.quantity.unit, max_length=MAX_UNIT_LENGTH)
-        return len(v.items) == before
+        return len(v) == before
     return True
 
 
@@ -363,9 +363,9 @@ def _draft(request: pb.CreateSpecificationDraftRequest | pb.UpdateSpecificationD
     if len(request.tests) > MAX_TESTS:
         v.add("tests", f"must hold at most {MAX_TESTS} tests")
     else:
-        before = len(v.items)
+        before = len(v)
         tests = criteria_from_proto(request.tests, v)
-        if len(v.items) == before:
+        if len(v) == before:
             for field, problem in check_tests(tests):
                 v.add(field, problem)
     v.text("change_reason", request.change_reason, max_length=2000, prose=True)

@@ -1,9 +1,10 @@
 """Bad input over real gRPC, on the real database: every RPC of the three services.
 
-A control character in any string field, a page token the service never gave out: each
-is answered INVALID_ARGUMENT with the field named, and changes nothing. An absurd number is
-judged, or refused on its field. Never UNAVAILABLE,
-which tells a client to retry the same request for ever; never INTERNAL.
+A control character in any string field, a page token the service never gave out, an
+absurd number, a request with 100,000 repeated entries or one over the size limit: each is
+answered INVALID_ARGUMENT (or RESOURCE_EXHAUSTED for the size) with the field named and a
+small status, and changes nothing. Never UNAVAILABLE, which tells a client to retry the
+same request for ever; never INTERNAL.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ SERVICES = {
 # events (which may still arrive from earlier tests on the shared broker).
 PLUMBING = {"outbox", "inbox", "dead_letters", "schema_info"}
 FED_BY_EVENTS = {"lots": {"qualifications", "lot_results"}, "results": {"known_lots"}}
+# grpc's default limit for all the metadata of a response (the status rides in trailers).
+MAX_METADATA = 8 * 1024
 
 
 @dataclass
@@ -156,6 +159,11 @@ def list_methods() -> Iterator[tuple[str, str]]:
 
 def position_token(text: str) -> str:
     return base64.urlsafe_b64encode(text.encode()).decode()
+
+
+def assert_small_status(error: grpc.aio.AioRpcError) -> None:
+    trailers = sum(len(k) + len(v) for k, v in error.trailing_metadata() or ())
+    assert trailers + len(error.details() or "") < MAX_METADATA // 2
 
 
 # -- control characters ---------------------------------------------------------------------
@@ -319,6 +327,60 @@ async def test_a_measurement_that_is_not_a_number_is_refused_on_its_field(
     assert isinstance(answer, grpc.aio.AioRpcError)
     assert answer.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "quantity.value" in field_violations(answer)
+
+
+# -- sizes ---------------------------------------------------------------------------------
+
+async def test_a_watch_with_100000_resume_entries_is_refused_with_a_small_status(
+        services: dict[str, Service]) -> None:
+    request = lots_pb2.WatchReleaseStatusRequest(
+        lot_ids=[ref("LOT")], resume_from=[lots_pb2.LotVersion()] * 100_000)
+
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await services["lots"].call("WatchReleaseStatus", request)
+
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert set(field_violations(refused.value)) == {"resume_from"}
+    assert_small_status(refused.value)
+
+
+async def test_a_request_with_thousands_of_problems_reports_the_first_and_counts_the_rest(
+        services: dict[str, Service]) -> None:
+    request = lots_pb2.GetReleaseStatusesRequest(lot_ids=[f"BAD {i}" for i in range(1000)])
+
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await services["lots"].call("GetReleaseStatuses", request)
+
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    violations = field_violations(refused.value)
+    assert "lot_ids[0]" in violations
+    assert any(d.startswith("and ") and d.endswith(" more problems")
+               for d in violations.values())
+    assert_small_status(refused.value)
+
+
+async def test_a_request_over_one_mebibyte_is_refused_before_it_is_read(
+        services: dict[str, Service]) -> None:
+    request = suppliers_pb2.CreateSupplierRequest(
+        supplier_id=ref("SUP"), name="x" * (1024 * 1024 + 1), requested_by="qa.jane")
+
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await services["suppliers"].call("CreateSupplier", request)
+
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def test_a_long_text_is_refused_with_a_short_status(
+        services: dict[str, Service]) -> None:
+    request = suppliers_pb2.CreateSupplierRequest(
+        supplier_id="x" * 500_000, name="y" * 400_000, requested_by="qa.jane")
+
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await services["suppliers"].call("CreateSupplier", request)
+
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert set(field_violations(refused.value)) == {"supplier_id", "name"}
+    assert_small_status(refused.value)
 
 
 # -- the backstop: what the database itself refuses ------------------------------------------

@@ -1,16 +1,19 @@
-"""The validation helpers every API uses: text, identifiers, page tokens, and how database
-errors become a gRPC status."""
+"""The validation helpers every API uses: text, identifiers, page tokens, caps, and how the
+errors they raise become a gRPC status."""
 
 from __future__ import annotations
 
 import base64
+import json
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2, status_pb2
 from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalError
 
-from shared.errors import Violations, is_code, shown
-from shared.grpc_server import status_for
+from shared import logs
+from shared.errors import MAX_VIOLATIONS, InvalidArgument, Violations, is_code, shown
+from shared.grpc_server import MAX_DETAIL_BYTES, status_for
 from shared.paging import (
     MAX_POSITION,
     decode_key,
@@ -63,6 +66,77 @@ def test_an_identifier_of_letters_digits_and_punctuation_is_taken() -> None:
 def test_a_repeated_value_is_shown_short_and_escaped() -> None:
     assert shown("A\x00B") == "A\\x00B"
     assert len(shown("x" * 10_000)) < 100
+
+
+# Caps
+
+
+def test_a_repeated_field_over_its_cap_is_one_violation_and_its_entries_are_not_read() -> None:
+    v = Violations()
+    assert not v.at_most("resume_from", [object()] * 100_000, 1000)
+    assert [i.field for i in v.items] == ["resume_from"]
+    assert v.at_most("lot_ids", ["a"] * 1000, 1000)
+
+
+def test_codes_over_the_cap_is_one_violation() -> None:
+    assert list(problems(lambda v: v.codes("lot_ids", ["\x00"] * 5000, max_items=1000))) == [
+        "lot_ids"]
+
+
+def test_violations_beyond_the_cap_are_counted_not_kept() -> None:
+    v = Violations()
+    for i in range(10_000):
+        v.add(f"lot_ids[{i}]", "is required")
+    assert len(v.items) == MAX_VIOLATIONS
+    assert len(v) == 10_000
+    with pytest.raises(InvalidArgument) as raised:
+        v.raise_if_any()
+    assert raised.value.more == 10_000 - MAX_VIOLATIONS
+    assert len(raised.value.message) < 600
+    assert raised.value.message.endswith("(10,000 problems in all)")
+
+
+def test_the_bad_request_detail_stays_small_and_says_how_many_more() -> None:
+    v = Violations()
+    for i in range(10_000):
+        v.add(f"results[{i}].instrument_result_id", "x" * 150)
+    with pytest.raises(InvalidArgument) as raised:
+        v.raise_if_any()
+
+    status = status_for(raised.value, "req")
+    bad = _bad_request(status)
+    assert bad.ByteSize() <= MAX_DETAIL_BYTES + 100
+    assert bad.field_violations[0].field == "results[0].instrument_result_id"
+    last = bad.field_violations[-1]
+    assert last.field == ""
+    shown_count = len(bad.field_violations) - 1
+    assert last.description == f"and {10_000 - shown_count:,} more problems"
+    assert sum(len(k) + len(val) for k, val in status.trailing_metadata) < 4096
+
+
+def test_a_few_violations_are_all_reported() -> None:
+    status = status_for(_raised(
+        lambda v: (v.add("a", "is required"), v.add("b", "is required"))), "req")
+    assert [f.field for f in _bad_request(status).field_violations] == ["a", "b"]
+    assert status.details == "a: is required; b: is required"
+
+
+def _raised(check) -> InvalidArgument:
+    v = Violations()
+    check(v)
+    with pytest.raises(InvalidArgument) as raised:
+        v.raise_if_any()
+    return raised.value
+
+
+def _bad_request(status: grpc.Status) -> error_details_pb2.BadRequest:
+    for key, value in status.trailing_metadata:
+        if key == "grpc-status-details-bin":
+            rich = status_pb2.Status.FromString(value)
+            bad = error_details_pb2.BadRequest()
+            rich.details[0].Unpack(bad)
+            return bad
+    raise AssertionError("no BadRequest detail")
 
 
 # Page tokens
@@ -138,3 +212,15 @@ def test_a_value_the_driver_cannot_encode_is_invalid_argument() -> None:
 ])
 def test_an_unreachable_database_is_unavailable(error: Exception) -> None:
     assert status_for(error, "req").code == grpc.StatusCode.UNAVAILABLE
+
+
+# Log lines
+
+
+def test_a_log_line_carries_at_most_a_thousand_characters_of_a_value() -> None:
+    event = logs._truncate_values(None, "info", {"event": "rpc", "error": "x" * 1_000_000,
+                                                  "code": "INVALID_ARGUMENT", "ms": 1.5})
+    line = json.dumps(event)
+    assert len(line) < 1500
+    assert event["error"].endswith("... (1,000,000 characters)")
+    assert event["code"] == "INVALID_ARGUMENT" and event["ms"] == 1.5
