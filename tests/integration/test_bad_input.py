@@ -10,6 +10,7 @@ same request for ever; never INTERNAL.
 from __future__ import annotations
 
 import base64
+import random
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -408,3 +409,115 @@ async def test_a_value_the_database_refuses_is_the_callers_error_not_unavailable
         assert status_for(refused, "test").code == grpc.StatusCode.INVALID_ARGUMENT
     else:  # SQLite stores the text; its driver refuses 2**64 in Python, before any query
         assert refused is None or isinstance(refused, OverflowError)
+
+
+# -- every RPC with extreme values in every field at once ------------------------------------
+
+# What a caller may be answered; never INTERNAL or UNKNOWN (a defect), never UNAVAILABLE
+# while the servers and the database are up (it would make a client retry for ever).
+DOCUMENTED = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
+              grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ALREADY_EXISTS,
+              grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.ABORTED,
+              grpc.StatusCode.RESOURCE_EXHAUSTED}
+TEXTS = ["", "LOT-1", "MAT-1", "\x00", "A\x00B", "x" * 70, "y" * 5000, "Ωμέγα 株式会社",
+         "\U0001f9ea", " ", "\n", "1e308", "2026-02-30", "0001-01-01", "9999-12-31", "../..",
+         "'; DROP TABLE lots; --", "%", "mg/g", "CFU/mg"]
+INTS = [0, 1, -1, 2**31 - 1, -(2**31), 2**63 - 1, -(2**63), 100_001, 999]
+FLOATS = [0.0, -0.0, 1.0, 99.95, 1e30, 1e308, -1e308, 5e-324, 1.7976931348623157e308]
+SECONDS = [0, -62_135_596_801, 253_402_300_800, 2**62, -(2**62), 1_800_000_000]
+
+
+def extreme(descriptor: Any, rng: random.Random, depth: int = 0) -> Message:
+    """A message of `descriptor` with every field set to an extreme or hostile value."""
+    message = GetMessageClass(descriptor)()
+    for f in descriptor.fields:
+        if f.containing_oneof is not None and rng.random() < 0.5:
+            continue
+        count = rng.choice([1, 1, 2, 3]) if _repeated(f) else 1
+        for _ in range(count):
+            value = _value(f, rng, depth)
+            if value is None:
+                continue
+            if _repeated(f):
+                if f.type == FieldDescriptor.TYPE_MESSAGE:
+                    getattr(message, f.name).add().CopyFrom(value)
+                else:
+                    getattr(message, f.name).append(value)
+            elif f.type == FieldDescriptor.TYPE_MESSAGE:
+                getattr(message, f.name).CopyFrom(value)
+            else:
+                setattr(message, f.name, value)
+    return message
+
+
+def _value(f: FieldDescriptor, rng: random.Random, depth: int) -> Any:
+    t = f.type
+    if t == FieldDescriptor.TYPE_STRING:
+        return rng.choice(TEXTS)
+    if t == FieldDescriptor.TYPE_BOOL:
+        return rng.random() < 0.5
+    if t in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
+        value = rng.choice(FLOATS) * rng.choice([1, -1])
+        return value if t == FieldDescriptor.TYPE_DOUBLE else max(min(value, 3e38), -3e38)
+    if t == FieldDescriptor.TYPE_ENUM:
+        return rng.choice([*(v.number for v in f.enum_type.values), 99])
+    if t == FieldDescriptor.TYPE_MESSAGE:
+        if f.message_type.full_name == "google.protobuf.Timestamp":
+            ts = GetMessageClass(f.message_type)()
+            ts.seconds, ts.nanos = rng.choice(SECONDS), rng.choice([0, 999_999_999])
+            return ts
+        if depth >= 3 or f.message_type.full_name.startswith("google.protobuf."):
+            return None
+        return extreme(f.message_type, rng, depth + 1)
+    if t in (FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_SINT32,
+             FieldDescriptor.TYPE_SFIXED32):
+        return max(min(rng.choice(INTS), 2**31 - 1), -(2**31))
+    if t in (FieldDescriptor.TYPE_UINT32, FieldDescriptor.TYPE_FIXED32):
+        return abs(max(min(rng.choice(INTS), 2**31 - 1), -(2**31)))
+    if t in (FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_FIXED64):
+        return abs(rng.choice(INTS)) % 2**64
+    return rng.choice(INTS)
+
+
+METHODS = [(s, m.name) for s, (d, _) in SERVICES.items() for m in d.methods]
+
+
+@pytest.mark.parametrize(("service", "method"), METHODS, ids=[m for _, m in METHODS])
+async def test_every_rpc_answers_extreme_requests_with_a_documented_status(
+        services: dict[str, Service], service: str, method: str) -> None:
+    s = services[service]
+    rng = random.Random(f"{service}/{method}")  # the same requests on every run
+    descriptor = s.descriptor.methods_by_name[method]
+    requests: list[Any] = [extreme(descriptor.input_type, rng) for _ in range(40)]
+    requests += [rng.randbytes(rng.choice([1, 7, 64, 1000])) for _ in range(10)]
+    answered: set[grpc.StatusCode] = set()
+    for request in requests:
+        try:
+            await _raw_call(s, method, request)
+            answered.add(grpc.StatusCode.OK)
+        except grpc.aio.AioRpcError as error:
+            answered.add(error.code())
+            assert error.code() in DOCUMENTED or (
+                error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                and descriptor.server_streaming), (error.code(), error.details(), request)
+            assert_small_status(error)
+    assert answered
+
+
+async def _raw_call(s: Service, method: str, request: Message | bytes) -> Any:
+    """A call with a message, or with raw bytes that may not decode at all. A watch that is
+    valid keeps streaming: its first answer (or a short deadline) ends the call here."""
+    m = s.descriptor.methods_by_name[method]
+    path = f"/{s.descriptor.full_name}/{m.name}"
+    raw = request if isinstance(request, bytes) else request.SerializeToString()
+    if m.server_streaming:
+        stream = s.channel.unary_stream(path, request_serializer=None,
+                                        response_deserializer=None)(raw, timeout=5)
+        try:
+            async for reply in stream:
+                return reply
+        finally:
+            stream.cancel()
+        return None
+    return await s.channel.unary_unary(path, request_serializer=None,
+                                       response_deserializer=None)(raw)
