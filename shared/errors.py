@@ -25,10 +25,29 @@ class LotgateError(Exception):
         self.message = message
 
 
+# A status travels in gRPC trailers (8 KiB at most by default): its message says the first
+# problems, up to this many characters, and how many there are in all.
+MAX_MESSAGE = 500
+
+
 class InvalidArgument(LotgateError):
-    def __init__(self, violations: list[FieldViolation]) -> None:
-        super().__init__("; ".join(f"{v.field}: {v.description}" for v in violations))
+    """The request's problems: `violations` (at most MAX_VIOLATIONS of them) and how many
+    more there were (`more`), so that one absurd request cannot build a huge answer."""
+
+    def __init__(self, violations: list[FieldViolation], *, more: int = 0) -> None:
+        super().__init__(_summary(violations, more))
         self.violations = violations
+        self.more = more
+
+
+def _summary(violations: list[FieldViolation], more: int) -> str:
+    text = "; ".join(f"{v.field}: {v.description}" for v in violations)
+    total = len(violations) + more
+    if len(text) > MAX_MESSAGE:
+        text = text[:MAX_MESSAGE].rsplit("; ", 1)[0] + " ..."
+    if total > 1 and (more or text.endswith(" ...")):
+        text += f" ({total:,} problems in all)"
+    return text
 
 
 class NotFound(LotgateError):
@@ -63,7 +82,27 @@ class Unavailable(LotgateError):
     """A dependency (the database) cannot be reached; the call changed nothing."""
 
 
-_CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]*")
+# Control characters (C0, DEL, C1). PostgreSQL refuses NUL in text, and none of them belongs
+# in a name or a reference; prose (reasons, conclusions, addresses) may break lines and tab.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_PROSE_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# The most violations a request collects: the rest are only counted ("and N more").
+MAX_VIOLATIONS = 100
+# The most characters of a caller's value that a description repeats.
+MAX_SHOWN = 64
+
+
+def is_code(value: str, *, max_length: int = 64) -> bool:
+    """Whether `value` is an identifier as Violations.code wants it."""
+    return 0 < len(value) <= max_length and _CODE.fullmatch(value) is not None
+
+
+def shown(value: str) -> str:
+    """A caller's value as a description may repeat it: short, control characters escaped."""
+    if len(value) > MAX_SHOWN:
+        value = value[:MAX_SHOWN] + "..."
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", value)
 
 
 class Violations:
@@ -71,9 +110,25 @@ class Violations:
 
     def __init__(self) -> None:
         self.items: list[FieldViolation] = []
+        # Problems found beyond MAX_VIOLATIONS: counted, not kept.
+        self.more = 0
+
+    def __len__(self) -> int:
+        return len(self.items) + self.more
 
     def add(self, field: str, description: str) -> None:
-        self.items.append(FieldViolation(field, description))
+        if len(self.items) < MAX_VIOLATIONS:
+            self.items.append(FieldViolation(field, description))
+        else:
+            self.more += 1
+
+    def at_most(self, field: str, values: Any, max_items: int) -> bool:
+        """Whether a repeated field holds at most `max_items` entries (noted if not). Check
+        this before looking at the entries: a request may carry millions of them."""
+        if len(values) <= max_items:
+            return True
+        self.add(field, f"must hold at most {max_items:,} entries, not {len(values):,}")
+        return False
 
     def code(self, field: str, value: str, *, max_length: int = 64) -> None:
         """A required identifier: letters, digits and . _ : / - , not too long."""
@@ -81,29 +136,35 @@ class Violations:
             self.add(field, "is required")
         elif len(value) > max_length:
             self.add(field, f"must be at most {max_length} characters")
-        elif not _CODE.match(value):
+        elif not _CODE.fullmatch(value):
             self.add(field, "may hold only letters, digits and . _ : / - and must start with a "
                             "letter or digit")
 
     def codes(self, field: str, values: list[str], *, max_items: int) -> None:
         """A list of at most `max_items` identifiers, each given once (an empty list is the
         caller's to judge)."""
-        if len(values) > max_items:
-            self.add(field, f"must hold at most {max_items:,} ids, not {len(values):,}")
+        if not self.at_most(field, values, max_items):
             return
         first: dict[str, int] = {}
         for i, value in enumerate(values):
             if value in first:
-                self.add(f"{field}[{i}]", f"repeats {field}[{first[value]}] ({value})")
+                self.add(f"{field}[{i}]", f"repeats {field}[{first[value]}] ({shown(value)})")
                 continue
             first[value] = i
             self.code(f"{field}[{i}]", value)
 
-    def text(self, field: str, value: str, *, max_length: int = 500, required: bool = True) -> None:
+    def text(self, field: str, value: str, *, max_length: int = 500, required: bool = True,
+             prose: bool = False) -> None:
+        """Free text: a name, a reference, or with `prose` a reason or an address, which may
+        also hold line breaks and tabs. No other control character is taken: NUL cannot be
+        stored, and the others only garble what auditors read."""
         if required and not value.strip():
             self.add(field, "is required")
         elif len(value) > max_length:
             self.add(field, f"must be at most {max_length} characters")
+        elif (_PROSE_CONTROL if prose else _CONTROL).search(value):
+            allowed = " other than line breaks and tabs" if prose else ""
+            self.add(field, f"may not hold control characters{allowed} (NUL, escapes, ...)")
 
     def day(self, field: str, value: str, *, required: bool = True) -> date | None:
         """A calendar day written YYYY-MM-DD; None when absent or invalid (and noted)."""
@@ -144,4 +205,4 @@ class Violations:
 
     def raise_if_any(self) -> None:
         if self.items:
-            raise InvalidArgument(self.items)
+            raise InvalidArgument(self.items, more=self.more)

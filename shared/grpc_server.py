@@ -20,7 +20,13 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
-from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import (
+    DataError,
+    DBAPIError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+)
 
 from shared.errors import (
     Aborted,
@@ -36,8 +42,18 @@ from shared.logs import get_logger, request_context
 
 log = get_logger(__name__)
 
-# Requests larger than this are refused with RESOURCE_EXHAUSTED by grpc itself.
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# Requests larger than this are refused with RESOURCE_EXHAUSTED by grpc itself, before any
+# of our code runs. The largest request a client needs (500 results in a batch, 1,000 lot
+# ids) is far below 1 MiB; more would only let one call cost the process its memory.
+MAX_RECEIVE_BYTES = 1024 * 1024
+# Answers (a page of 1,000 lots with their conditions) may be larger.
+MAX_SEND_BYTES = 4 * 1024 * 1024
+# A status travels in trailers, and grpc's default limit for metadata is 8 KiB: the
+# BadRequest detail (base64 in the trailer) stays within this, the rest is counted.
+MAX_DETAIL_BYTES = 2048
+MAX_FIELD_CHARS = 200
+REFUSED_VALUE = ("the database refused a value of this request (a character or a number it "
+                 "cannot store); nothing was changed")
 
 
 def _status(code: int, message: str, *details: Any) -> grpc.Status:
@@ -52,10 +68,7 @@ def _status(code: int, message: str, *details: Any) -> grpc.Status:
 def status_for(exc: BaseException, request_id: str) -> grpc.Status:
     """The status a caller sees for an exception raised by a handler."""
     if isinstance(exc, InvalidArgument):
-        bad = error_details_pb2.BadRequest(field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-            for v in exc.violations])
-        return _status(code_pb2.INVALID_ARGUMENT, exc.message, bad)
+        return _status(code_pb2.INVALID_ARGUMENT, exc.message, _bad_request(exc))
     if isinstance(exc, NotFound):
         details = []
         if exc.field:
@@ -77,6 +90,11 @@ def status_for(exc: BaseException, request_id: str) -> grpc.Status:
     if isinstance(exc, IntegrityError):
         # Two calls wrote the same record at once; a retry sees the winner's result.
         return _status(code_pb2.ABORTED, "a concurrent call changed the same record; retry")
+    if isinstance(exc, DBAPIError) and refused_value(exc):
+        return _status(code_pb2.INVALID_ARGUMENT, REFUSED_VALUE,
+                       error_details_pb2.BadRequest(field_violations=[
+                           error_details_pb2.BadRequest.FieldViolation(
+                               field="", description=REFUSED_VALUE)]))
     if isinstance(exc, Unavailable | OperationalError | InterfaceError | DBAPIError | OSError):
         retry = error_details_pb2.RetryInfo()
         retry.retry_delay.FromMilliseconds(500)
@@ -88,6 +106,46 @@ def status_for(exc: BaseException, request_id: str) -> grpc.Status:
     if isinstance(exc, LotgateError):
         return _status(code_pb2.INTERNAL, f"{exc.message} (request {request_id})")
     return _status(code_pb2.INTERNAL, f"internal error (request {request_id})")
+
+
+def _bad_request(exc: InvalidArgument) -> error_details_pb2.BadRequest:
+    """The field violations, as many as fit in MAX_DETAIL_BYTES, then how many more."""
+    bad = error_details_pb2.BadRequest()
+    size = 0
+    for i, v in enumerate(exc.violations):
+        item = error_details_pb2.BadRequest.FieldViolation(field=v.field[:MAX_FIELD_CHARS],
+                                                           description=v.description)
+        size += item.ByteSize() + 3
+        if size > MAX_DETAIL_BYTES:
+            more = len(exc.violations) - i + exc.more
+            break
+        bad.field_violations.append(item)
+    else:
+        more = exc.more
+    if more:
+        bad.field_violations.append(error_details_pb2.BadRequest.FieldViolation(
+            field="", description=f"and {more:,} more problems"))
+    return bad
+
+
+def refused_value(exc: DBAPIError) -> bool:
+    """Whether the database refused a value of the request (SQLSTATE class 22, data
+    exception, or 54, a program limit), or the driver could not send it: the caller's
+    error. Validation catches these before the database; this is the backstop, so that a
+    value is never answered "unavailable, retry later"."""
+    if isinstance(exc, DataError):
+        return True
+    state = str(getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None) or "")
+    if state[:2] in ("22", "54"):
+        return True
+    cause: BaseException | None = exc.orig
+    for _ in range(5):  # asyncpg's own DataError (a value it cannot encode) is a ValueError
+        if cause is None:
+            break
+        if isinstance(cause, ValueError | OverflowError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
@@ -213,8 +271,8 @@ def build_server(
     server = grpc.aio.server(
         interceptors=[ServiceInterceptor(), *interceptors],
         options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
+            ("grpc.max_send_message_length", MAX_SEND_BYTES),
             ("grpc.so_reuseport", 0),
         ],
     )

@@ -22,6 +22,19 @@ def _add_request_context(_logger: Any, _method: str, event: dict[str, Any]) -> d
         event.setdefault("rpc", current[1])
     return event
 
+
+# The most characters of one value on a log line: a request may carry megabytes of text,
+# and one line must not (log shippers drop or split long lines).
+MAX_LOG_VALUE = 1000
+
+
+def _truncate_values(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+    for key, value in event.items():
+        if isinstance(value, str) and len(value) > MAX_LOG_VALUE:
+            event[key] = f"{value[:MAX_LOG_VALUE]}... ({len(value):,} characters)"
+    return event
+
+
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}
 
@@ -35,6 +48,7 @@ def configure_logging(service: str, level: str = "info") -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.dict_tracebacks,
+            _truncate_values,
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import math
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,7 +17,7 @@ from services.lots.read_model import StatusCache
 from services.lots.watch import ChangeFeed, watch
 from shared.clock import Clock
 from shared.errors import Unavailable, Violations
-from shared.paging import decode_position, encode_position, page_size
+from shared.paging import decode_key, decode_position, encode_key, encode_position, page_size
 from shared.protoconv import fingerprint
 from shared.uow import UnitOfWorkFactory
 
@@ -212,12 +210,7 @@ class LotApi(pb_grpc.LotServiceServicer):
         if received_from and received_before and received_before <= received_from:
             v.add("received_before", "must lie after received_from")
         limit = page_size(v, request.page_size)
-        after = ""
-        if request.page_token:
-            try:
-                after = base64.urlsafe_b64decode(request.page_token.encode()).decode()
-            except (binascii.Error, UnicodeDecodeError, ValueError):
-                v.add("page_token", "is not a token this service gave out")
+        after = decode_key(v, request.page_token)
         v.raise_if_any()
         lots = await handlers.list_lots(
             self._uow(), status=status, after=after, limit=limit, cache=self._cache,
@@ -226,7 +219,7 @@ class LotApi(pb_grpc.LotServiceServicer):
             received_before=received_before)
         token = ""
         if len(lots) == limit:
-            token = base64.urlsafe_b64encode(lots[-1].lot_id.encode()).decode()
+            token = encode_key(lots[-1].lot_id)
         return pb.ListLotsResponse(lots=lots, next_page_token=token)
 
     async def ListLotReviews(self, request: pb.ListLotReviewsRequest,
@@ -256,7 +249,7 @@ class LotApi(pb_grpc.LotServiceServicer):
                              context: grpc.aio.ServicerContext) -> pb.CloseLotReviewResponse:
         v = Violations()
         v.code("review_id", request.review_id, max_length=100)
-        v.text("conclusion", request.conclusion, max_length=MAX_CONCLUSION)
+        v.text("conclusion", request.conclusion, max_length=MAX_CONCLUSION, prose=True)
         v.text("requested_by", request.requested_by, max_length=200)
         v.raise_if_any()
         review = await handlers.close_lot_review(
@@ -278,7 +271,7 @@ class LotApi(pb_grpc.LotServiceServicer):
 
 
 def _reason_and_who(v: Violations, request: Any) -> None:
-    v.text("reason", request.reason, max_length=MAX_CONCLUSION)
+    v.text("reason", request.reason, max_length=MAX_CONCLUSION, prose=True)
     v.text("requested_by", request.requested_by, max_length=200)
 
 

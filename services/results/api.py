@@ -153,7 +153,7 @@ class ResultApi(pb_grpc.ResultServiceServicer):
         status = INSTRUMENT_STATUS_FROM_PROTO.get(request.status)
         if status is None:
             v.add("status", "must be ACTIVE, OUT_OF_SERVICE or RETIRED")
-        v.text("reason", request.reason, max_length=2000)
+        v.text("reason", request.reason, max_length=2000, prose=True)
         v.text("requested_by", request.requested_by, max_length=200)
         v.raise_if_any()
         assert status is not None
@@ -348,18 +348,18 @@ def _check_measurement(request: pb.RecordResultRequest, test: Any, v: Violations
         v.add(f"{where}identity_score", "must be a finite number")
         return False
     if which == "quantity":
-        before = len(v.items)
+        before = len(v)
         if not math.isfinite(request.quantity.value):
             v.add(f"{where}quantity.value", "must be a finite number")
         v.text(f"{where}quantity.unit", request.quantity.unit, max_length=MAX_UNIT_LENGTH)
-        return len(v.items) == before
+        return len(v) == before
     return True
 
 
 def _check_handling(request: pb.InvalidateResultRequest | pb.ConfirmResultRequest) -> None:
     v = Violations()
     v.code("result_id", request.result_id)
-    v.text("reason", request.reason, max_length=2000)
+    v.text("reason", request.reason, max_length=2000, prose=True)
     v.text("requested_by", request.requested_by, max_length=200)
     v.raise_if_any()
 
@@ -371,12 +371,12 @@ def _draft(request: pb.CreateSpecificationDraftRequest | pb.UpdateSpecificationD
     if len(request.tests) > MAX_TESTS:
         v.add("tests", f"must hold at most {MAX_TESTS} tests")
     else:
-        before = len(v.items)
+        before = len(v)
         tests = criteria_from_proto(request.tests, v)
-        if len(v.items) == before:
+        if len(v) == before:
             for field, problem in check_tests(tests):
                 v.add(field, problem)
-    v.text("change_reason", request.change_reason, max_length=2000)
+    v.text("change_reason", request.change_reason, max_length=2000, prose=True)
     v.text("requested_by", request.requested_by, max_length=200)
     return SpecificationDraft(material_code=request.material_code, tests=tuple(tests),
                               change_reason=request.change_reason.strip(),

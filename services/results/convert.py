@@ -110,8 +110,7 @@ def criteria_from_proto(tests: list[pb.TestCriterion] | object, v: Violations, *
                 min_score=t.identity.min_score if t.identity.HasField("min_score") else None)
         elif which == "range":
             r = t.range
-            if len(r.unit) > MAX_UNIT_LENGTH:
-                v.add(f"{where}.range.unit", f"must be at most {MAX_UNIT_LENGTH} characters")
+            v.text(f"{where}.range.unit", r.unit, max_length=MAX_UNIT_LENGTH, required=False)
             criterion = RangeCriterion(
                 lower=(Bound(r.lower.value, r.lower.exclusive) if r.HasField("lower")
                        else None),

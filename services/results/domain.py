@@ -8,7 +8,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_HALF_UP, Decimal, localcontext
 from enum import StrEnum
 
 from shared.dates import MAX_CALIBRATION_YEARS, MAX_SPECIFICATION_LEAD_YEARS, years_after
@@ -342,8 +342,13 @@ def evaluate(measurement: Measurement, test: TestCriterion, *, material_code: st
             f"'{measurement.unit}' cannot be converted to '{c.unit}', the unit of "
             f"specification version {spec_version} of {material_code}")])
     value = rounded(converted, c.decimals)
+    if not math.isfinite(float(value)):
+        # Converted to the specification's unit it no longer fits a double (1e308 CFU/mg
+        # in CFU/g): the judged value could not be stored or shown.
+        raise InvalidArgument([FieldViolation(
+            "quantity.value", f"is too large to be judged in {c.unit}")])
     judged = Quantity(float(value), c.unit)
-    shown = f"{name} {value} {c.unit}"
+    shown = f"{name} {_show_value(value)} {c.unit}"
     if c.lower is not None:
         limit = Decimal(repr(c.lower.value))
         if value < limit or (c.lower.exclusive and value == limit):
@@ -360,10 +365,25 @@ def evaluate(measurement: Measurement, test: TestCriterion, *, material_code: st
 
 
 def rounded(value: Decimal, decimals: int | None) -> Decimal:
-    """`value` rounded half away from zero to `decimals` (unchanged when None)."""
+    """`value` rounded half away from zero to `decimals` (unchanged when None).
+
+    Any finite double can be rounded: the context holds every digit of the result (a
+    double's integer part has at most 309 digits; decimal's default 28 would make quantize
+    fail on 1e30 at one decimal).
+    """
     if decimals is None:
         return value
-    return value.quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_HALF_UP)
+    digits = max(value.adjusted(), 0) + 1 + decimals
+    with localcontext() as context:
+        context.prec = max(context.prec, digits + 1)
+        return value.quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_HALF_UP)
+
+
+def _show_value(value: Decimal) -> str:
+    """A judged value for a verdict's reason: as rounded, in scientific notation when it
+    would take more than 30 characters (1e30 at one decimal)."""
+    text = str(value)
+    return text if len(text) <= 30 else f"{value:.6E}"
 
 
 def _identity(measurement: Measurement, c: IdentityCriterion) -> Judgement:

@@ -28,7 +28,7 @@ from shared.errors import Violations
 from shared.protoconv import fingerprint, from_timestamp, timestamp_is_valid
 from shared.uow import UnitOfWorkFactory
 
-_COUNTRY = re.compile(r"^[A-Z]{2}$")
+_COUNTRY = re.compile(r"[A-Z]{2}")
 _MAX_FINDINGS = 10_000
 
 
@@ -62,8 +62,8 @@ class SupplierApi(pb_grpc.SupplierServiceServicer):
         v.code("supplier_id", request.supplier_id)
         v.code("site_id", request.site_id)
         v.text("name", request.name, max_length=200)
-        v.text("address", request.address, max_length=500)
-        if not _COUNTRY.match(request.country):
+        v.text("address", request.address, max_length=500, prose=True)
+        if not _COUNTRY.fullmatch(request.country):
             v.add("country", "must be an ISO 3166-1 alpha-2 code in capitals, like CH")
         v.text("requested_by", request.requested_by, max_length=200)
         v.raise_if_any()
@@ -91,7 +91,7 @@ class SupplierApi(pb_grpc.SupplierServiceServicer):
         for name in ("critical_findings", "major_findings", "minor_findings"):
             if not 0 <= getattr(request, name) <= _MAX_FINDINGS:
                 v.add(name, f"must be between 0 and {_MAX_FINDINGS}")
-        v.text("summary", request.summary, max_length=4000, required=False)
+        v.text("summary", request.summary, max_length=4000, required=False, prose=True)
         v.text("requested_by", request.requested_by, max_length=200)
         v.raise_if_any()
         assert audit_type and outcome and audit_date
@@ -203,7 +203,7 @@ class SupplierApi(pb_grpc.SupplierServiceServicer):
 
     async def _change(self, request: Any, action: Action, v: Violations) -> pb.Qualification:
         key = _key(request, v)
-        v.text("reason", request.reason, max_length=2000)
+        v.text("reason", request.reason, max_length=2000, prose=True)
         v.text("requested_by", request.requested_by, max_length=200)
         if request.evidence.audit_id:
             v.code("evidence.audit_id", request.evidence.audit_id)

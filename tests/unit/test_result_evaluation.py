@@ -170,6 +170,39 @@ def test_a_value_that_is_not_a_finite_number_is_never_judged(value) -> None:
 # Identity and sterility
 
 
+@pytest.mark.parametrize("value", [1e30, -1e30, 1e100, 1e308, -1e308, 1.7976931348623157e308])
+@pytest.mark.parametrize("decimals", [None, 0, 1, 6])
+def test_any_finite_value_far_out_of_range_is_judged_out_of_specification(
+        value, decimals) -> None:
+    judged = evaluate(Quantity(value, "%"), purity(decimals=decimals), material_code="M",
+                      spec_version=1)
+    assert judged.verdict is Verdict.FAIL
+    assert judged.judged is not None and math.isfinite(judged.judged.value)
+    assert len(judged.reason) < 120
+
+
+@pytest.mark.parametrize("value", [5e-324, -5e-324, 1e-300])
+def test_a_tiny_value_is_rounded_to_zero_and_judged(value) -> None:
+    judged = evaluate(Quantity(value, "mg/g"), purity(decimals=1), material_code="M",
+                      spec_version=1)
+    assert judged.verdict is Verdict.FAIL
+    assert judged.judged == Quantity(0.0, "%") or judged.judged == Quantity(-0.0, "%")
+
+
+def test_rounding_keeps_every_digit_of_a_huge_value() -> None:
+    assert rounded(Decimal("1E+308"), 1) == Decimal("1E+308")
+    assert rounded(Decimal("123456789012345678901234567890.25"), 1) == Decimal(
+        "123456789012345678901234567890.3")
+
+
+def test_a_value_too_large_once_converted_is_refused_on_its_field() -> None:
+    bioburden = TestCriterion(TestKind.BIOBURDEN, "", RangeCriterion(
+        lower=None, upper=Bound(100.0), unit="CFU/g"))
+    with pytest.raises(InvalidArgument) as refused:
+        evaluate(Quantity(1e308, "CFU/mg"), bioburden, material_code="M", spec_version=1)
+    assert [v.field for v in refused.value.violations] == ["quantity.value"]
+
+
 def test_identity_by_outcome() -> None:
     assert judge(IdentityOutcome.MATCH, IDENTITY).verdict is Verdict.PASS
     failed = judge(IdentityOutcome.NO_MATCH, IDENTITY)
