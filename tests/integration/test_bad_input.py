@@ -17,7 +17,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import grpc
-import nats
 import pytest
 from google.protobuf.descriptor import FieldDescriptor, MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
@@ -37,6 +36,7 @@ from shared.grpc_server import status_for
 from shared.protoconv import to_timestamp
 from shared.runtime import RunningService
 from tests.integration.test_results import new_instrument, specified_lot
+from tests.support.events import harness
 from tests.support.grpc_errors import field_violations
 from tests.support.services import ref, start_in_process
 
@@ -282,9 +282,9 @@ async def test_a_page_token_the_service_never_gave_out_is_invalid_argument(
 
 @pytest.fixture(scope="module")
 async def js(nats_server) -> AsyncIterator[JetStreamContext]:
-    nc = await nats.connect(nats_server.url)
-    yield nc.jetstream()
-    await nc.close()
+    events = await harness(nats_server)
+    yield events.js
+    await events.close()
 
 
 async def _purity_lot(services: dict[str, Service], js: JetStreamContext) -> tuple[str, str]:
