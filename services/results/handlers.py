@@ -310,8 +310,10 @@ async def record_results(uow: UnitOfWork, commands: Sequence[RecordResult], *,
     none. The answers are in the order of `commands`.
 
     Idempotent on (instrument_id, instrument_result_id): a retry with the same content
-    gets the stored original (and no new event); other content is ALREADY_EXISTS.
-    With `batch`, what is wrong with an entry names it as results[i].
+    gets the stored original (and no new event); other content is ALREADY_EXISTS. This
+    holds also for a retry that overlaps its original: it starts again once the original
+    is stored, and is answered from it. With `batch`, what is wrong with an entry names
+    it as results[i].
     """
     for _ in range(2):
         try:
@@ -366,7 +368,14 @@ async def _record_results(uow: UnitOfWork, commands: Sequence[RecordResult],
         next_number = {lot: first for lot, (_, first) in numbers.items()}
         specs = await repository.effective_specifications(uow.conn,
                                                           material_codes=materials.values())
-        priors = await repository.prior_results(uow.conn, lot_ids=sorted(counts))
+        # Read only now that the lots are locked: a copy of this very call that was
+        # stored while this one waited is among them, and is answered as the original
+        # before any rule could take it for an earlier result (an out-of-specification
+        # one would refuse its own retry as "under investigation").
+        priors, stored_keys = await repository.prior_results(uow.conn,
+                                                             lot_ids=sorted(counts))
+        if any((instrument_id, commands[i].instrument_result_id) in stored_keys for i in todo):
+            raise _KeyTaken()
 
         now = uow.clock.now()
         invalid: list[FieldViolation] = []

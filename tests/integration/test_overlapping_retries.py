@@ -1,0 +1,217 @@
+"""A retry that overlaps its original gets the original's answer, over real gRPC.
+
+Instruments, LIMS bridges and warehouse systems retry on timeouts, so a retry can reach a
+service while its original is still being handled. Every copy of a keyed call must then
+be answered as if it had come after the original: the same OK answer, and one record.
+Each test fires identical copies at once in several rounds, so that the copies really
+overlap (on PostgreSQL they run in concurrent transactions).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.message import Message
+
+from lotgate.lots.v1 import lots_pb2 as lpb
+from lotgate.lots.v1 import lots_pb2_grpc as lpb_grpc
+from lotgate.results.v1 import results_pb2 as rpb
+from lotgate.results.v1 import results_pb2_grpc as rpb_grpc
+from lotgate.suppliers.v1 import suppliers_pb2_grpc as spb_grpc
+from shared.protoconv import to_timestamp
+from tests.support.services import ref, start_in_process
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.integration
+
+ROUNDS = 6
+COPIES = 4
+MATERIAL = "CELL-MEDIUM-X"
+SITE = "BASEL-1"
+HPLC, FTIR, BACT = "HPLC-02", "FTIR-01", "BACT-03"
+
+
+@dataclass
+class Stubs:
+    suppliers: spb_grpc.SupplierServiceStub
+    lots: lpb_grpc.LotServiceStub
+    results: rpb_grpc.ResultServiceStub
+
+
+@pytest.fixture(scope="module")
+async def stubs(databases, nats_server) -> AsyncIterator[Stubs]:
+    """The three services in this process, on fresh databases, with a specification in
+    force and three calibrated instruments."""
+    running = [await start_in_process(name, databases=databases, nats=nats_server)
+               for name in ("suppliers", "lots", "results")]
+    try:
+        async with grpc.aio.insecure_channel(running[0].address) as sc, \
+                grpc.aio.insecure_channel(running[1].address) as lc, \
+                grpc.aio.insecure_channel(running[2].address) as rc:
+            found = Stubs(spb_grpc.SupplierServiceStub(sc), lpb_grpc.LotServiceStub(lc),
+                          rpb_grpc.ResultServiceStub(rc))
+            await _specify(found.results)
+            for instrument_id in (HPLC, FTIR, BACT):
+                await found.results.RegisterInstrument(registration(instrument_id))
+            yield found
+    finally:
+        for service in reversed(running):
+            await service.stop()
+
+
+async def _specify(results: rpb_grpc.ResultServiceStub) -> None:
+    tests = [
+        rpb.TestCriterion(test=rpb.TEST_KIND_IDENTITY, method="FTIR",
+                          identity=rpb.IdentityCriterion(reference="FTIR RS-17")),
+        rpb.TestCriterion(test=rpb.TEST_KIND_PURITY, method="HPLC", range=rpb.RangeCriterion(
+            lower=rpb.Bound(value=98.0), upper=rpb.Bound(value=102.0), unit="%", decimals=1)),
+        rpb.TestCriterion(test=rpb.TEST_KIND_STERILITY, method="Ph. Eur. 2.6.1",
+                          sterility=rpb.SterilityCriterion(method="membrane filtration")),
+    ]
+    draft = await results.CreateSpecificationDraft(rpb.CreateSpecificationDraftRequest(
+        material_code=MATERIAL, tests=tests, change_reason="CC-2026-031: first specification",
+        requested_by="qa.jane"))
+    await results.ApproveSpecification(rpb.ApproveSpecificationRequest(
+        material_code=MATERIAL, version=draft.specification.version, approved_by="qa.lead"))
+
+
+def today() -> date:
+    return datetime.now(UTC).date()
+
+
+def registration(instrument_id: str) -> rpb.RegisterInstrumentRequest:
+    return rpb.RegisterInstrumentRequest(
+        instrument_id=instrument_id, type="HPLC", location="QC lab 2",
+        calibrated_on=(today() - timedelta(days=30)).isoformat(),
+        calibration_due=(today() + timedelta(days=300)).isoformat(),
+        certificate_ref="CAL-2026-118", requested_by="qc.lab")
+
+
+def receipt(lot_id: str, supplier_id: str = "ACME-BIO") -> lpb.ReceiveLotRequest:
+    return lpb.ReceiveLotRequest(
+        lot_id=lot_id, material_code=MATERIAL, supplier_id=supplier_id,
+        supplier_site_id=SITE, supplier_lot_number="A-7781",
+        quantity=lpb.Quantity(value=25.0, unit="kg"), container_count=4,
+        expiry_date="2030-06-30", requested_by="wms")
+
+
+async def overlapping(method: Callable[[Message], Awaitable[Message]],
+                      request: Message) -> Message:
+    """Send COPIES of one request at once; every copy must be answered OK, all alike.
+    The answer."""
+    outcomes: list[Any] = await asyncio.gather(*(method(request) for _ in range(COPIES)),
+                                               return_exceptions=True)
+    refused = [f"{o.code().name}: {o.details()}" for o in outcomes
+               if isinstance(o, grpc.aio.AioRpcError)]
+    assert not refused, f"copies of one call were refused: {refused}"
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    assert all(o == outcomes[0] for o in outcomes), outcomes
+    return outcomes[0]
+
+
+async def received_lot(stubs: Stubs) -> str:
+    """A lot received by the lots service, once the results service has heard of it."""
+    lot_id = ref("LOT")
+    await stubs.lots.ReceiveLot(receipt(lot_id))
+
+    async def known() -> bool:
+        try:
+            await stubs.results.ListLotResults(rpb.ListLotResultsRequest(lot_id=lot_id))
+            return True
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+            return False
+
+    await eventually(known, bool)
+    return lot_id
+
+
+async def lot_results(stubs: Stubs, lot_id: str) -> list[rpb.Result]:
+    reply = await stubs.results.ListLotResults(rpb.ListLotResultsRequest(lot_id=lot_id))
+    return list(reply.results)
+
+
+def now() -> Any:
+    return to_timestamp(datetime.now(UTC))
+
+
+def purity(lot_id: str, value: float) -> rpb.RecordResultRequest:
+    return rpb.RecordResultRequest(
+        lot_id=lot_id, test=rpb.TEST_KIND_PURITY, instrument_id=HPLC,
+        instrument_result_id=ref("HPLC-02"), quantity=rpb.Quantity(value=value, unit="%"),
+        measured_at=now())
+
+
+def sterility(lot_id: str, outcome: int) -> rpb.RecordResultRequest:
+    return rpb.RecordResultRequest(
+        lot_id=lot_id, test=rpb.TEST_KIND_STERILITY, instrument_id=BACT,
+        instrument_result_id=ref("BACT-03"), sterility=outcome, measured_at=now())
+
+
+def identity(lot_id: str) -> rpb.RecordResultRequest:
+    return rpb.RecordResultRequest(
+        lot_id=lot_id, test=rpb.TEST_KIND_IDENTITY, instrument_id=FTIR,
+        instrument_result_id=ref("FTIR-01"), identity=rpb.IDENTITY_OUTCOME_MATCH,
+        measured_at=now())
+
+
+# Results: an out-of-specification result must not refuse its own retry.
+
+
+@pytest.mark.parametrize("make", [
+    pytest.param(lambda lot_id: sterility(lot_id, rpb.STERILITY_OUTCOME_GROWTH),
+                 id="sterility-growth"),
+    pytest.param(lambda lot_id: purity(lot_id, 96.0), id="purity-below-range"),
+    pytest.param(lambda lot_id: purity(lot_id, 99.4), id="purity-in-range"),
+])
+async def test_overlapping_copies_of_a_result_all_get_the_original(stubs, make) -> None:
+    for _ in range(ROUNDS):
+        lot_id = await received_lot(stubs)
+        request = make(lot_id)
+
+        reply = await overlapping(stubs.results.RecordResult, request)
+
+        assert [r.result_id for r in await lot_results(stubs, lot_id)] == [
+            reply.result.result_id]
+
+
+async def test_overlapping_copies_of_a_failing_batch_all_get_the_original(stubs) -> None:
+    for _ in range(ROUNDS):
+        lot_id = await received_lot(stubs)
+        request = rpb.RecordResultsRequest(results=[
+            purity(lot_id, 96.0), sterility(lot_id, rpb.STERILITY_OUTCOME_GROWTH),
+            identity(lot_id)])
+        for entry in request.results:
+            entry.instrument_id = HPLC  # a batch comes from one instrument (a LIMS bridge)
+
+        reply = await overlapping(stubs.results.RecordResults, request)
+
+        assert [r.verdict for r in reply.results] == [
+            rpb.VERDICT_FAIL, rpb.VERDICT_FAIL, rpb.VERDICT_PASS]
+        assert [r.result_id for r in await lot_results(stubs, lot_id)] == [
+            r.result_id for r in reply.results]
+
+
+async def test_overlapping_copies_of_a_retest_all_get_the_original(stubs) -> None:
+    for _ in range(ROUNDS):
+        lot_id = await received_lot(stubs)
+        failed = (await stubs.results.RecordResult(purity(lot_id, 96.0))).result
+        await stubs.results.InvalidateResult(rpb.InvalidateResultRequest(
+            result_id=failed.result_id, reason="OOS-2026-17: sample diluted twice",
+            requested_by="qa.jane"))
+        request = purity(lot_id, 99.4)
+        request.retest_of = failed.result_id
+
+        reply = await overlapping(stubs.results.RecordResult, request)
+
+        assert [r.result_id for r in await lot_results(stubs, lot_id)] == [
+            failed.result_id, reply.result.result_id]
