@@ -61,7 +61,7 @@ from shared import messaging
 from shared.errors import AlreadyExists, FailedPrecondition, NotFound, Violations
 from shared.logs import get_logger
 from shared.protoconv import from_timestamp, to_timestamp
-from shared.uow import UnitOfWork, new_event_id
+from shared.uow import UnitOfWork, as_retry_after_conflict, new_event_id
 
 log = get_logger(__name__)
 
@@ -106,7 +106,16 @@ class ReceiveLot:
 
 
 async def receive_lot(uow: UnitOfWork, cmd: ReceiveLot, cache: StatusCache) -> lots_pb2.Lot:
-    """Put a lot into QUARANTINE and decide it at once from what is already known."""
+    """Put a lot into QUARANTINE and decide it at once from what is already known.
+
+    The same receipt again, also one that overlaps the original, returns the lot; other
+    details under its id are ALREADY_EXISTS."""
+    return await as_retry_after_conflict(
+        lambda: _receive_lot(uow, cmd, cache),
+        conflict=f"lot {cmd.lot_id} was received concurrently; retry")
+
+
+async def _receive_lot(uow: UnitOfWork, cmd: ReceiveLot, cache: StatusCache) -> lots_pb2.Lot:
     async with uow:
         existing = await repository.get_lot(uow.conn, lot_id=cmd.lot_id)
         if existing is not None:

@@ -215,3 +215,18 @@ async def test_overlapping_copies_of_a_retest_all_get_the_original(stubs) -> Non
 
         assert [r.result_id for r in await lot_results(stubs, lot_id)] == [
             failed.result_id, reply.result.result_id]
+
+
+# Lots
+
+
+async def test_overlapping_receipts_of_a_lot_all_get_the_original(stubs) -> None:
+    for _ in range(ROUNDS):
+        supplier_id = ref("SUP")
+        request = receipt(ref("LOT"), supplier_id)
+
+        reply = await overlapping(stubs.lots.ReceiveLot, request)
+
+        listed = await stubs.lots.ListLots(lpb.ListLotsRequest(supplier_id=supplier_id))
+        assert [lot.lot_id for lot in listed.lots] == [request.lot_id]
+        assert reply.lot.release_status.version == 1
