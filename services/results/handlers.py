@@ -50,7 +50,7 @@ from shared.errors import (
 )
 from shared.logs import get_logger
 from shared.protoconv import from_timestamp, timestamp_is_valid, to_timestamp
-from shared.uow import UnitOfWork, new_event_id
+from shared.uow import UnitOfWork, as_retry_after_conflict, new_event_id
 
 log = get_logger(__name__)
 
@@ -199,8 +199,16 @@ def _instrument_subject(instrument_id: str) -> str:
 async def register_instrument(uow: UnitOfWork, instrument: Instrument,
                               first: Calibration) -> Instrument:
     """Register an instrument with its first calibration. The same registration again
-    returns the instrument; other details under its id are ALREADY_EXISTS.
-    `registered_at` and the calibration's `recorded_at` are set here."""
+    (also one that overlaps the original) returns the instrument; other details under its
+    id are ALREADY_EXISTS. `registered_at` and the calibration's `recorded_at` are set
+    here."""
+    return await as_retry_after_conflict(
+        lambda: _register_instrument(uow, instrument, first),
+        conflict=f"instrument {instrument.instrument_id} was registered concurrently; retry")
+
+
+async def _register_instrument(uow: UnitOfWork, instrument: Instrument,
+                               first: Calibration) -> Instrument:
     async with uow:
         existing = await repository.get_instrument(uow.conn,
                                                    instrument_id=instrument.instrument_id)
@@ -219,13 +227,9 @@ async def register_instrument(uow: UnitOfWork, instrument: Instrument,
             return existing
         now = uow.clock.now()
         instrument = replace(instrument, registered_at=now)
-        try:
-            await repository.add_instrument(uow.conn, instrument=instrument,
-                                            first=replace(first, recorded_at=now))
-            await uow.commit()
-        except IntegrityError as exc:
-            raise Aborted(f"instrument {instrument.instrument_id} was registered concurrently; "
-                          "retry") from exc
+        await repository.add_instrument(uow.conn, instrument=instrument,
+                                        first=replace(first, recorded_at=now))
+        await uow.commit()
         return instrument
 
 

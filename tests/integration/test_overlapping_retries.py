@@ -217,6 +217,18 @@ async def test_overlapping_copies_of_a_retest_all_get_the_original(stubs) -> Non
             failed.result_id, reply.result.result_id]
 
 
+async def test_overlapping_registrations_of_an_instrument_all_get_the_original(stubs) -> None:
+    for _ in range(ROUNDS):
+        request = registration(ref("INS"))
+
+        reply = await overlapping(stubs.results.RegisterInstrument, request)
+
+        found = await stubs.results.GetInstrument(
+            rpb.GetInstrumentRequest(instrument_id=request.instrument_id))
+        assert found.instrument == reply.instrument
+        assert len(found.calibrations) == 1
+
+
 # Lots
 
 
