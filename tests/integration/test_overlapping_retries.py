@@ -23,6 +23,7 @@ from lotgate.lots.v1 import lots_pb2 as lpb
 from lotgate.lots.v1 import lots_pb2_grpc as lpb_grpc
 from lotgate.results.v1 import results_pb2 as rpb
 from lotgate.results.v1 import results_pb2_grpc as rpb_grpc
+from lotgate.suppliers.v1 import suppliers_pb2 as spb
 from lotgate.suppliers.v1 import suppliers_pb2_grpc as spb_grpc
 from shared.protoconv import to_timestamp
 from tests.support.services import ref, start_in_process
@@ -242,3 +243,55 @@ async def test_overlapping_receipts_of_a_lot_all_get_the_original(stubs) -> None
         listed = await stubs.lots.ListLots(lpb.ListLotsRequest(supplier_id=supplier_id))
         assert [lot.lot_id for lot in listed.lots] == [request.lot_id]
         assert reply.lot.release_status.version == 1
+
+
+# Suppliers
+
+
+async def test_overlapping_creations_of_a_supplier_all_get_the_original(stubs) -> None:
+    for _ in range(ROUNDS):
+        request = spb.CreateSupplierRequest(supplier_id=ref("SUP"), name="Acme Biologicals",
+                                            requested_by="qa.jane")
+
+        reply = await overlapping(stubs.suppliers.CreateSupplier, request)
+
+        found = await stubs.suppliers.GetSupplier(
+            spb.GetSupplierRequest(supplier_id=request.supplier_id))
+        assert found.supplier == reply.supplier
+
+
+async def test_overlapping_additions_of_a_site_all_get_the_original(stubs) -> None:
+    for _ in range(ROUNDS):
+        supplier_id = ref("SUP")
+        await stubs.suppliers.CreateSupplier(spb.CreateSupplierRequest(
+            supplier_id=supplier_id, name="Acme Biologicals", requested_by="qa.jane"))
+        request = spb.AddSiteRequest(supplier_id=supplier_id, site_id=SITE,
+                                     name="Acme Basel fill plant",
+                                     address="Werkstrasse 1, 4057 Basel", country="CH",
+                                     requested_by="qa.jane")
+
+        reply = await overlapping(stubs.suppliers.AddSite, request)
+
+        found = await stubs.suppliers.GetSupplier(spb.GetSupplierRequest(supplier_id=supplier_id))
+        assert list(found.supplier.sites) == [reply.site]
+
+
+async def test_overlapping_records_of_an_audit_all_get_the_original(stubs) -> None:
+    for _ in range(ROUNDS):
+        supplier_id = ref("SUP")
+        await stubs.suppliers.CreateSupplier(spb.CreateSupplierRequest(
+            supplier_id=supplier_id, name="Acme Biologicals", requested_by="qa.jane"))
+        await stubs.suppliers.AddSite(spb.AddSiteRequest(
+            supplier_id=supplier_id, site_id=SITE, name="Acme Basel fill plant",
+            address="Werkstrasse 1, 4057 Basel", country="CH", requested_by="qa.jane"))
+        request = spb.RecordAuditRequest(
+            audit_id=ref("AUD"), supplier_id=supplier_id, site_id=SITE,
+            type=spb.AUDIT_TYPE_ON_SITE, audit_date=today().isoformat(), auditor="max.keller",
+            outcome=spb.AUDIT_OUTCOME_APPROVED, minor_findings=3,
+            next_audit_due=(today() + timedelta(days=700)).isoformat(),
+            summary="fill line and QC lab", requested_by="qa.jane")
+
+        reply = await overlapping(stubs.suppliers.RecordAudit, request)
+
+        found = await stubs.suppliers.ListAudits(spb.ListAuditsRequest(supplier_id=supplier_id))
+        assert list(found.audits) == [reply.audit]
