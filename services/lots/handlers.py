@@ -664,17 +664,22 @@ async def set_release_policy(uow: UnitOfWork, cache: StatusCache, *, material_co
                              requested_by: str) -> lots_pb2.MaterialReleasePolicy:
     """Set a material's policy (kept in its history) and decide its lots in QUARANTINE
     or RELEASABLE again under it; released lots stay released. The same call again
-    changes nothing."""
+    (also one that overlaps the first setting) changes nothing and returns the policy."""
     async with uow:
+        now = uow.clock.now()
+        values = {"material_code": material_code, "policy": policy.value, "reason": reason,
+                  "set_by": requested_by, "set_at": now}
         current = await repository.get_policy(uow.conn, material_code=material_code,
                                               for_update=True)
+        if current is None and not await repository.add_policy(uow.conn, values=values):
+            # A concurrent first setter (a copy of this very call, perhaps) has committed
+            # the material's first policy: this call comes after it.
+            current = await repository.get_policy(uow.conn, material_code=material_code,
+                                                  for_update=True)
         if current is not None and (current.policy, current.reason, current.set_by) == (
                 policy.value, reason, requested_by):
             return policy_to_proto(current)
-        now = uow.clock.now()
-        await repository.set_policy(uow.conn, values={
-            "material_code": material_code, "policy": policy.value, "reason": reason,
-            "set_by": requested_by, "set_at": now})
+        await repository.set_policy(uow.conn, values=values)
         candidates = await repository.undecided_lots_of_material(uow.conn,
                                                                  material_code=material_code)
         if candidates:

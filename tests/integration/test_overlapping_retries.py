@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf.message import Message
+from sqlalchemy import func, select
 
 from lotgate.lots.v1 import lots_pb2 as lpb
 from lotgate.lots.v1 import lots_pb2_grpc as lpb_grpc
@@ -25,7 +26,9 @@ from lotgate.results.v1 import results_pb2 as rpb
 from lotgate.results.v1 import results_pb2_grpc as rpb_grpc
 from lotgate.suppliers.v1 import suppliers_pb2 as spb
 from lotgate.suppliers.v1 import suppliers_pb2_grpc as spb_grpc
+from services.lots.tables import release_policy_history
 from shared.protoconv import to_timestamp
+from shared.runtime import RunningService
 from tests.support.services import ref, start_in_process
 from tests.support.waiting import eventually
 
@@ -43,6 +46,7 @@ class Stubs:
     suppliers: spb_grpc.SupplierServiceStub
     lots: lpb_grpc.LotServiceStub
     results: rpb_grpc.ResultServiceStub
+    lots_service: RunningService
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +60,7 @@ async def stubs(databases, nats_server) -> AsyncIterator[Stubs]:
                 grpc.aio.insecure_channel(running[1].address) as lc, \
                 grpc.aio.insecure_channel(running[2].address) as rc:
             found = Stubs(spb_grpc.SupplierServiceStub(sc), lpb_grpc.LotServiceStub(lc),
-                          rpb_grpc.ResultServiceStub(rc))
+                          rpb_grpc.ResultServiceStub(rc), running[1])
             await _specify(found.results)
             for instrument_id in (HPLC, FTIR, BACT):
                 await found.results.RegisterInstrument(registration(instrument_id))
@@ -94,9 +98,10 @@ def registration(instrument_id: str) -> rpb.RegisterInstrumentRequest:
         certificate_ref="CAL-2026-118", requested_by="qc.lab")
 
 
-def receipt(lot_id: str, supplier_id: str = "ACME-BIO") -> lpb.ReceiveLotRequest:
+def receipt(lot_id: str, supplier_id: str = "ACME-BIO", *,
+            material: str = MATERIAL) -> lpb.ReceiveLotRequest:
     return lpb.ReceiveLotRequest(
-        lot_id=lot_id, material_code=MATERIAL, supplier_id=supplier_id,
+        lot_id=lot_id, material_code=material, supplier_id=supplier_id,
         supplier_site_id=SITE, supplier_lot_number="A-7781",
         quantity=lpb.Quantity(value=25.0, unit="kg"), container_count=4,
         expiry_date="2030-06-30", requested_by="wms")
@@ -243,6 +248,27 @@ async def test_overlapping_receipts_of_a_lot_all_get_the_original(stubs) -> None
         listed = await stubs.lots.ListLots(lpb.ListLotsRequest(supplier_id=supplier_id))
         assert [lot.lot_id for lot in listed.lots] == [request.lot_id]
         assert reply.lot.release_status.version == 1
+
+
+async def test_overlapping_first_settings_of_a_release_policy_all_get_the_original(
+        stubs) -> None:
+    for _ in range(ROUNDS):
+        material = ref("MAT")
+        await stubs.lots.ReceiveLot(receipt(ref("LOT"), material=material))
+        request = lpb.SetReleasePolicyRequest(
+            material_code=material, policy=lpb.RELEASE_POLICY_QA_RELEASE,
+            reason="CC-2026-040: QA releases each lot", requested_by="qa.lead")
+
+        reply = await overlapping(stubs.lots.SetReleasePolicy, request)
+
+        found = await stubs.lots.GetReleasePolicy(
+            lpb.GetReleasePolicyRequest(material_code=material))
+        assert found.policy == reply.policy
+        async with stubs.lots_service.infra.engine.connect() as conn:
+            history = (await conn.execute(
+                select(func.count()).select_from(release_policy_history)
+                .where(release_policy_history.c.material_code == material))).scalar_one()
+        assert history == 1
 
 
 # Suppliers
