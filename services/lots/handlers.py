@@ -556,8 +556,9 @@ async def _qa_action(uow: UnitOfWork, cache: StatusCache, *, lot_id: str, cause:
         now = uow.clock.now()
         values = change(row, now)
         if values is None:
-            entry = await get_status(uow.conn, lot_id=lot_id, cache=cache)
-            return entry.as_of(now)
+            # From the locked row, not the cache: a copy of this call that overlapped
+            # it may have committed without its entry in the cache yet.
+            return repository.status_entry(row).as_of(now)
         await repository.set_qa_facts(uow.conn, lot_id=lot_id, **values)
         [row] = await repository.lots_by_id(uow.conn, lot_ids=[lot_id], for_update=True)
         results = await repository.results_of(uow.conn, lot_ids=[lot_id])

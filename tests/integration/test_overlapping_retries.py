@@ -271,6 +271,24 @@ async def test_overlapping_first_settings_of_a_release_policy_all_get_the_origin
         assert history == 1
 
 
+async def test_overlapping_copies_of_qa_actions_all_get_the_original(stubs) -> None:
+    # The copies that find the action done answer at once; the overlap is narrower here.
+    for _ in range(4 * ROUNDS):
+        lot_id = ref("LOT")
+        await stubs.lots.ReceiveLot(receipt(lot_id))
+        hold = lpb.HoldLotRequest(lot_id=lot_id, reason="label mix-up, DEV-12",
+                                  requested_by="qa.jane")
+        reject = lpb.RejectLotRequest(lot_id=lot_id, reason="containers damaged, DEV-13",
+                                      requested_by="qa.jane")
+
+        await overlapping(stubs.lots.HoldLot, hold)
+        await overlapping(stubs.lots.RejectLot, reject)
+
+        decisions = await stubs.lots.ListDecisions(lpb.ListDecisionsRequest(lot_id=lot_id))
+        assert [d.decision.status for d in decisions.decisions] == [
+            lpb.LOT_STATUS_QUARANTINE, lpb.LOT_STATUS_ON_HOLD, lpb.LOT_STATUS_REJECTED]
+
+
 # Suppliers
 
 
