@@ -235,6 +235,47 @@ async def test_overlapping_registrations_of_an_instrument_all_get_the_original(s
         assert len(found.calibrations) == 1
 
 
+async def test_overlapping_copies_of_a_calibration_all_get_the_original(stubs) -> None:
+    for _ in range(ROUNDS):
+        instrument_id = ref("INS")
+        await stubs.results.RegisterInstrument(registration(instrument_id))
+        request = rpb.RecordCalibrationRequest(
+            instrument_id=instrument_id, calibrated_on=today().isoformat(),
+            calibration_due=(today() + timedelta(days=365)).isoformat(),
+            certificate_ref="CAL-2026-204", requested_by="qc.lab")
+
+        reply = await overlapping(stubs.results.RecordCalibration, request)
+
+        found = await stubs.results.GetInstrument(
+            rpb.GetInstrumentRequest(instrument_id=instrument_id))
+        assert found.instrument == reply.instrument
+        assert len(found.calibrations) == 2
+
+
+async def test_overlapping_copies_of_qa_decisions_on_results_all_get_the_original(
+        stubs) -> None:
+    for _ in range(ROUNDS):
+        material = ref("MAT")
+        draft = await stubs.results.CreateSpecificationDraft(
+            rpb.CreateSpecificationDraftRequest(
+                material_code=material, tests=(await stubs.results.GetSpecification(
+                    rpb.GetSpecificationRequest(material_code=MATERIAL))).specification.tests,
+                change_reason="CC-2026-032", requested_by="qa.jane"))
+        approval = rpb.ApproveSpecificationRequest(
+            material_code=material, version=draft.specification.version, approved_by="qa.lead")
+        lot_id = await received_lot(stubs)
+        failed = (await stubs.results.RecordResult(purity(lot_id, 96.0))).result
+        invalidation = rpb.InvalidateResultRequest(
+            result_id=failed.result_id, reason="OOS-2026-17: sample diluted twice",
+            requested_by="qa.jane")
+
+        approved = await overlapping(stubs.results.ApproveSpecification, approval)
+        invalidated = await overlapping(stubs.results.InvalidateResult, invalidation)
+
+        assert approved.specification.status == rpb.SPECIFICATION_STATUS_EFFECTIVE
+        assert await lot_results(stubs, lot_id) == [invalidated.result]
+
+
 # Lots
 
 
