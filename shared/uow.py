@@ -3,21 +3,41 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 from sqlalchemy import Table, insert
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shared.clock import Clock
-from shared.errors import Unavailable
+from shared.errors import Aborted, Unavailable
+
+T = TypeVar("T")
 
 
 def new_event_id() -> str:
     return str(uuid.uuid4())
+
+
+async def as_retry_after_conflict(attempt: Callable[[], Awaitable[T]], *,
+                                  conflict: str) -> T:
+    """Run a keyed create call; when its insert lost to a concurrent call with the same
+    key (IntegrityError), run it once more in a new transaction.
+
+    A retry can overlap its original (clients retry on timeouts): both find no record,
+    both insert, one wins. The second run finds the winner's record and answers as any
+    later retry does: the original answer for the same content, ALREADY_EXISTS for other
+    content. Should it lose again, the caller is told `conflict` (ABORTED).
+    """
+    for _ in range(2):
+        try:
+            return await attempt()
+        except IntegrityError as exc:
+            lost = exc
+    raise Aborted(conflict) from lost
 
 
 class UnitOfWork:

@@ -69,7 +69,7 @@ from shared.errors import (
 )
 from shared.logs import get_logger
 from shared.protoconv import from_timestamp, to_timestamp
-from shared.uow import UnitOfWork, new_event_id
+from shared.uow import UnitOfWork, as_retry_after_conflict, new_event_id
 
 log = get_logger(__name__)
 
@@ -114,7 +114,16 @@ class ReceiveLot:
 
 
 async def receive_lot(uow: UnitOfWork, cmd: ReceiveLot, cache: StatusCache) -> lots_pb2.Lot:
-    """Put a lot into QUARANTINE and decide it at once from what is already known."""
+    """Put a lot into QUARANTINE and decide it at once from what is already known.
+
+    The same receipt again, also one that overlaps the original, returns the lot; other
+    details under its id are ALREADY_EXISTS."""
+    return await as_retry_after_conflict(
+        lambda: _receive_lot(uow, cmd, cache),
+        conflict=f"lot {cmd.lot_id} was received concurrently; retry")
+
+
+async def _receive_lot(uow: UnitOfWork, cmd: ReceiveLot, cache: StatusCache) -> lots_pb2.Lot:
     async with uow:
         existing = await repository.get_lot(uow.conn, lot_id=cmd.lot_id)
         if existing is not None:
@@ -558,8 +567,9 @@ async def _qa_action(uow: UnitOfWork, cache: StatusCache, *, lot_id: str, cause:
         now = uow.clock.now()
         values = change(row, now)
         if values is None:
-            entry = await get_status(uow.conn, lot_id=lot_id, cache=cache)
-            return entry.as_of(now)
+            # From the locked row, not the cache: a copy of this call that overlapped
+            # it may have committed without its entry in the cache yet.
+            return repository.status_entry(row).as_of(now)
         await repository.set_qa_facts(uow.conn, lot_id=lot_id, **values)
         [row] = await repository.lots_by_id(uow.conn, lot_ids=[lot_id], for_update=True)
         results = await repository.results_of(uow.conn, lot_ids=[lot_id])
@@ -663,17 +673,22 @@ async def set_release_policy(uow: UnitOfWork, cache: StatusCache, *, material_co
                              requested_by: str) -> lots_pb2.MaterialReleasePolicy:
     """Set a material's policy (kept in its history) and decide its lots in QUARANTINE
     or RELEASABLE again under it; released lots stay released. The same call again
-    changes nothing."""
+    (also one that overlaps the first setting) changes nothing and returns the policy."""
     async with uow:
+        now = uow.clock.now()
+        values = {"material_code": material_code, "policy": policy.value, "reason": reason,
+                  "set_by": requested_by, "set_at": now}
         current = await repository.get_policy(uow.conn, material_code=material_code,
                                               for_update=True)
+        if current is None and not await repository.add_policy(uow.conn, values=values):
+            # A concurrent first setter (a copy of this very call, perhaps) has committed
+            # the material's first policy: this call comes after it.
+            current = await repository.get_policy(uow.conn, material_code=material_code,
+                                                  for_update=True)
         if current is not None and (current.policy, current.reason, current.set_by) == (
                 policy.value, reason, requested_by):
             return policy_to_proto(current)
-        now = uow.clock.now()
-        await repository.set_policy(uow.conn, values={
-            "material_code": material_code, "policy": policy.value, "reason": reason,
-            "set_by": requested_by, "set_at": now})
+        await repository.set_policy(uow.conn, values=values)
         candidates = await repository.undecided_lots_of_material(uow.conn,
                                                                  material_code=material_code)
         if candidates:

@@ -439,10 +439,17 @@ async def get_policy(conn: AsyncConnection, *, material_code: str,
     return (await conn.execute(query)).first()
 
 
+async def add_policy(conn: AsyncConnection, *, values: dict[str, Any]) -> bool:
+    """Store a material's first policy (without history: `set_policy` follows); False
+    when a concurrent first setter stored one (this waits for that setter's commit)."""
+    added = await conn.execute(insert_ignoring_duplicates(release_policies, conn.dialect.name),
+                               values)
+    return added.rowcount == 1
+
+
 async def set_policy(conn: AsyncConnection, *, values: dict[str, Any]) -> None:
-    """Store a material's policy and append it to the history."""
-    # Insert (a concurrent first setter waits here), then update: one row per material.
-    await conn.execute(insert_ignoring_duplicates(release_policies, conn.dialect.name), [values])
+    """Store a material's policy in its row (`add_policy` made it) and append it to the
+    history."""
     await conn.execute(
         update(release_policies)
         .where(release_policies.c.material_code == values["material_code"])

@@ -50,7 +50,7 @@ from shared.errors import (
 )
 from shared.logs import get_logger
 from shared.protoconv import from_timestamp, timestamp_is_valid, to_timestamp
-from shared.uow import UnitOfWork, new_event_id
+from shared.uow import UnitOfWork, as_retry_after_conflict, new_event_id
 
 log = get_logger(__name__)
 
@@ -199,8 +199,16 @@ def _instrument_subject(instrument_id: str) -> str:
 async def register_instrument(uow: UnitOfWork, instrument: Instrument,
                               first: Calibration) -> Instrument:
     """Register an instrument with its first calibration. The same registration again
-    returns the instrument; other details under its id are ALREADY_EXISTS.
-    `registered_at` and the calibration's `recorded_at` are set here."""
+    (also one that overlaps the original) returns the instrument; other details under its
+    id are ALREADY_EXISTS. `registered_at` and the calibration's `recorded_at` are set
+    here."""
+    return await as_retry_after_conflict(
+        lambda: _register_instrument(uow, instrument, first),
+        conflict=f"instrument {instrument.instrument_id} was registered concurrently; retry")
+
+
+async def _register_instrument(uow: UnitOfWork, instrument: Instrument,
+                               first: Calibration) -> Instrument:
     async with uow:
         existing = await repository.get_instrument(uow.conn,
                                                    instrument_id=instrument.instrument_id)
@@ -219,13 +227,9 @@ async def register_instrument(uow: UnitOfWork, instrument: Instrument,
             return existing
         now = uow.clock.now()
         instrument = replace(instrument, registered_at=now)
-        try:
-            await repository.add_instrument(uow.conn, instrument=instrument,
-                                            first=replace(first, recorded_at=now))
-            await uow.commit()
-        except IntegrityError as exc:
-            raise Aborted(f"instrument {instrument.instrument_id} was registered concurrently; "
-                          "retry") from exc
+        await repository.add_instrument(uow.conn, instrument=instrument,
+                                        first=replace(first, recorded_at=now))
+        await uow.commit()
         return instrument
 
 
@@ -310,8 +314,10 @@ async def record_results(uow: UnitOfWork, commands: Sequence[RecordResult], *,
     none. The answers are in the order of `commands`.
 
     Idempotent on (instrument_id, instrument_result_id): a retry with the same content
-    gets the stored original (and no new event); other content is ALREADY_EXISTS.
-    With `batch`, what is wrong with an entry names it as results[i].
+    gets the stored original (and no new event); other content is ALREADY_EXISTS. This
+    holds also for a retry that overlaps its original: it starts again once the original
+    is stored, and is answered from it. With `batch`, what is wrong with an entry names
+    it as results[i].
     """
     for _ in range(2):
         try:
@@ -366,7 +372,14 @@ async def _record_results(uow: UnitOfWork, commands: Sequence[RecordResult],
         next_number = {lot: first for lot, (_, first) in numbers.items()}
         specs = await repository.effective_specifications(uow.conn,
                                                           material_codes=materials.values())
-        priors = await repository.prior_results(uow.conn, lot_ids=sorted(counts))
+        # Read only now that the lots are locked: a copy of this very call that was
+        # stored while this one waited is among them, and is answered as the original
+        # before any rule could take it for an earlier result (an out-of-specification
+        # one would refuse its own retry as "under investigation").
+        priors, stored_keys = await repository.prior_results(uow.conn,
+                                                             lot_ids=sorted(counts))
+        if any((instrument_id, commands[i].instrument_result_id) in stored_keys for i in todo):
+            raise _KeyTaken()
 
         now = uow.clock.now()
         invalid: list[FieldViolation] = []

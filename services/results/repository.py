@@ -354,12 +354,14 @@ async def take_result_numbers(conn: AsyncConnection, *, counts: dict[str, int]
 
 
 _PRIOR = select(results.c.result_id, results.c.test, results.c.verdict, results.c.state,
-                results.c.retest_of)
+                results.c.retest_of, results.c.instrument_id, results.c.instrument_result_id)
 
 
 async def prior_results(conn: AsyncConnection, *, lot_ids: Sequence[str]
-                        ) -> dict[tuple[str, TestKind], list[PriorResult]]:
-    """What posting needs of the lots' earlier results, by (lot, test), in recording order."""
+                        ) -> tuple[dict[tuple[str, TestKind], list[PriorResult]],
+                                   set[tuple[str, str]]]:
+    """What posting needs of the lots' earlier results, by (lot, test), in recording order,
+    and the (instrument_id, instrument_result_id) keys they were stored under."""
     query = _PRIOR.add_columns(results.c.lot_id)
     if len(lot_ids) == 1:
         query = query.where(results.c.lot_id == lot_ids[0])
@@ -372,7 +374,7 @@ async def prior_results(conn: AsyncConnection, *, lot_ids: Sequence[str]
         found.setdefault((row.lot_id, TestKind(row.test)), []).append(PriorResult(
             result_id=row.result_id, verdict=Verdict(row.verdict),
             state=ResultState(row.state), retested=row.result_id in retested))
-    return found
+    return found, {(row.instrument_id, row.instrument_result_id) for row in rows}
 
 
 def _row(result: Result, fingerprint: str) -> dict[str, Any]:

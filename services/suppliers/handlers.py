@@ -24,7 +24,7 @@ from shared import messaging
 from shared.errors import Aborted, AlreadyExists, FieldViolation, InvalidArgument, NotFound
 from shared.logs import get_logger
 from shared.protoconv import to_timestamp
-from shared.uow import UnitOfWork, new_event_id
+from shared.uow import UnitOfWork, as_retry_after_conflict, new_event_id
 
 log = get_logger(__name__)
 
@@ -40,19 +40,25 @@ class SupplierView:
 
 async def create_supplier(uow: UnitOfWork, *, supplier_id: str, name: str,
                           requested_by: str) -> SupplierView:
-    """Register a supplier; a retry with the same name returns the original."""
+    """Register a supplier; a retry with the same name (also one that overlaps the
+    original) returns the original."""
+    return await as_retry_after_conflict(
+        lambda: _create_supplier(uow, supplier_id=supplier_id, name=name,
+                                 requested_by=requested_by),
+        conflict=f"supplier {supplier_id} was created concurrently; retry")
+
+
+async def _create_supplier(uow: UnitOfWork, *, supplier_id: str, name: str,
+                           requested_by: str) -> SupplierView:
     async with uow:
         existing = await repository.get_supplier(uow.conn, supplier_id=supplier_id)
         if existing is not None:
             if existing.name != name:
                 raise AlreadyExists(f"supplier {supplier_id} exists with another name")
             return await _view(uow, existing)
-        try:
-            await repository.add_supplier(uow.conn, supplier_id=supplier_id, name=name,
-                                          created_by=requested_by, created_at=uow.clock.now())
-            await uow.commit()
-        except IntegrityError as exc:
-            raise Aborted(f"supplier {supplier_id} was created concurrently; retry") from exc
+        await repository.add_supplier(uow.conn, supplier_id=supplier_id, name=name,
+                                      created_by=requested_by, created_at=uow.clock.now())
+        await uow.commit()
     return await get_supplier(uow, supplier_id=supplier_id)
 
 
@@ -84,7 +90,16 @@ async def _site(uow: UnitOfWork, supplier_id: str, site_id: str) -> Any:
 
 async def add_site(uow: UnitOfWork, *, supplier_id: str, site_id: str, name: str, address: str,
                    country: str, requested_by: str) -> Any:
-    """Register a manufacturing site; a retry with the same details returns the original."""
+    """Register a manufacturing site; a retry with the same details (also one that
+    overlaps the original) returns the original."""
+    return await as_retry_after_conflict(
+        lambda: _add_site(uow, supplier_id=supplier_id, site_id=site_id, name=name,
+                          address=address, country=country, requested_by=requested_by),
+        conflict=f"site {site_id} was added concurrently; retry")
+
+
+async def _add_site(uow: UnitOfWork, *, supplier_id: str, site_id: str, name: str,
+                    address: str, country: str, requested_by: str) -> Any:
     details = {"name": name, "address": address, "country": country}
     async with uow:
         await _supplier(uow, supplier_id)
@@ -94,20 +109,24 @@ async def add_site(uow: UnitOfWork, *, supplier_id: str, site_id: str, name: str
                 raise AlreadyExists(f"site {site_id} of supplier {supplier_id} exists with "
                                     "other details")
             return existing
-        try:
-            await repository.add_site(uow.conn, values={
-                "supplier_id": supplier_id, "site_id": site_id, **details,
-                "created_by": requested_by, "created_at": uow.clock.now()})
-            await uow.commit()
-        except IntegrityError as exc:
-            raise Aborted(f"site {site_id} was added concurrently; retry") from exc
+        await repository.add_site(uow.conn, values={
+            "supplier_id": supplier_id, "site_id": site_id, **details,
+            "created_by": requested_by, "created_at": uow.clock.now()})
+        await uow.commit()
     async with uow:
         return await repository.get_site(uow.conn, supplier_id=supplier_id, site_id=site_id)
 
 
 async def record_audit(uow: UnitOfWork, audit: Audit, *, fingerprint: str) -> Audit:
-    """Record an audit (`recorded_at` is set here); a retry with the same content returns
-    the original, the same audit id with other content is ALREADY_EXISTS."""
+    """Record an audit (`recorded_at` is set here); a retry with the same content (also
+    one that overlaps the original) returns the original, the same audit id with other
+    content is ALREADY_EXISTS."""
+    return await as_retry_after_conflict(
+        lambda: _record_audit(uow, audit, fingerprint=fingerprint),
+        conflict=f"audit {audit.audit_id} was recorded concurrently; retry")
+
+
+async def _record_audit(uow: UnitOfWork, audit: Audit, *, fingerprint: str) -> Audit:
     async with uow:
         existing = await repository.get_audit(uow.conn, audit_id=audit.audit_id)
         if existing is not None:
@@ -121,11 +140,8 @@ async def record_audit(uow: UnitOfWork, audit: Audit, *, fingerprint: str) -> Au
         if problems:
             raise InvalidArgument([FieldViolation(f, d) for f, d in problems])
         audit = replace(audit, recorded_at=now)
-        try:
-            await repository.add_audit(uow.conn, audit=audit, fingerprint=fingerprint)
-            await uow.commit()
-        except IntegrityError as exc:
-            raise Aborted(f"audit {audit.audit_id} was recorded concurrently; retry") from exc
+        await repository.add_audit(uow.conn, audit=audit, fingerprint=fingerprint)
+        await uow.commit()
         return audit
 
 
