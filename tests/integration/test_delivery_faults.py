@@ -167,18 +167,26 @@ async def test_an_event_whose_commit_fails_after_its_handler_is_redelivered_and_
     assert consumer.inner.parked == 0
 
 
-async def test_a_batch_whose_commit_fails_is_redelivered_whole_and_applied_once_in_order(
+async def test_a_batch_whose_commit_fails_is_redelivered_and_each_event_applied_once(
         engine, broker, consumer) -> None:
     events = [f"e{i}" for i in range(1, 6)]
-    for event_id in events:  # all on the stream before the consumer starts: one batch
+    for event_id in events:  # on the stream before the consumer starts: fetched in batches
         await broker.publish(event_id)
+    # A copy of e3 published again under another message id: only the inbox can tell it
+    # is the same event.
+    await broker.publish("e3-copy", events_pb2.ResultRecorded(event_id="e3")
+                         .SerializeToString())
     consumer.uow.commit_fails.arm(1)
     start(consumer)
 
-    await until_applied(engine, events)
+    # Events of a batch put back for a retry may be overtaken by later ones: the domain
+    # does not depend on arrival order (see the README), only on each event counting once.
+    await eventually(lambda: applied_ids(engine), lambda ids: sorted(ids) == events,
+                     within=15)
 
     assert consumer.uow.commit_fails.fired == 1
-    assert consumer.calls == events + events
+    assert sorted(set(consumer.calls)) == events
+    assert len(consumer.calls) > len(events)  # the failed batch's events were applied again
     assert await count(engine, tables.inbox) == len(events)
 
 
