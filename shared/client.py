@@ -26,6 +26,19 @@ _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND,
               grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED}
 
 
+class ConditionNotMet(TimeoutError):
+    """A wait ended without its condition: `last` is what was seen last."""
+
+    def __init__(self, message: str, *, last: object) -> None:
+        super().__init__(message)
+        self.last = last
+
+
+def _describe(status: lots_pb2.ReleaseStatus) -> str:
+    name = lots_pb2.LotStatus.Name(status.status).removeprefix("LOT_STATUS_")
+    return f"{name} {[u.code for u in status.unmet]} (version {status.version})"
+
+
 # The site the demo, the e2e tests and the benchmark use when they need just one.
 DEFAULT_SITE = "MAIN"
 
@@ -197,23 +210,39 @@ class Lotgate:
 
     async def wait_until(self, lot_id: str, check: Callable[[lots_pb2.ReleaseStatus], bool], *,
                          within: float = 10.0) -> lots_pb2.ReleaseStatus:
-        """Poll the lot's status until `check` holds or `within` seconds pass; the last status."""
+        """Poll the lot's status until `check` holds; that status.
+
+        Raises ConditionNotMet (with the last status seen) when `within` seconds pass first:
+        a caller that goes on with a status it did not wait for would act on the wrong one.
+        """
         deadline = time.monotonic() + within
         while True:
             current = await self.status(lot_id)
-            if check(current) or time.monotonic() > deadline:
+            if check(current):
                 return current
+            if time.monotonic() > deadline:
+                raise ConditionNotMet(
+                    f"lot {lot_id}: the awaited status did not come within {within}s; last "
+                    f"status {_describe(current)}", last=current)
             await asyncio.sleep(0.01)
 
     async def wait_for_reviews(self, supplier_id: str, *, count: int,
                                within: float = 10.0) -> list[lots_pb2.LotReview]:
-        """The open lot reviews of a supplier, once there are `count` (or `within` passes)."""
+        """The open lot reviews of a supplier, once there are at least `count`.
+
+        Raises ConditionNotMet (with the reviews open then) when `within` seconds pass first.
+        """
         deadline = time.monotonic() + within
         while True:
             reply = await self.lots.ListLotReviews(lots_pb2.ListLotReviewsRequest(
                 supplier_id=supplier_id, state=lots_pb2.REVIEW_STATE_OPEN))
-            if len(reply.reviews) >= count or time.monotonic() > deadline:
+            if len(reply.reviews) >= count:
                 return list(reply.reviews)
+            if time.monotonic() > deadline:
+                raise ConditionNotMet(
+                    f"supplier {supplier_id}: {len(reply.reviews)} open lot review(s) after "
+                    f"{within}s, not {count}: {[r.lot_id for r in reply.reviews]}",
+                    last=list(reply.reviews))
             await asyncio.sleep(0.02)
 
     # Instrument

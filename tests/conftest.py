@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -10,17 +9,12 @@ import pytest
 
 from shared.stack import NatsServer
 from tests.support.databases import Databases, choose_admin_url
+from tests.support.outcomes import reject_in_ci
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """In CI a skipped test means a server was missing: that is a failure, not a pass."""
-    if not os.environ.get("CI"):
-        return
-    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    skipped = reporter.stats.get("skipped", []) if reporter else []
-    if skipped:
-        reporter.write_line(f"CI: {len(skipped)} test(s) skipped; failing the run", red=True)
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    """In CI a skipped, xfailed or xpassed test fails the run (see tests.support.outcomes)."""
+    reject_in_ci(session)
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ from lotgate.suppliers.v1 import suppliers_pb2 as spb
 from shared.client import DEFAULT_SITE, Lotgate, identity, purity, sterility
 from shared.stack import Stack, free_port
 from tests.support.services import ref
-from tests.support.waiting import eventually
+from tests.support.waiting import eventually, until_lot
 
 pytestmark = pytest.mark.e2e
 
@@ -63,8 +63,7 @@ async def release(lg: Lotgate, lot: str, material: str, supplier: str) -> None:
     await lg.post(identity(lot, "FTIR-1", ref("K")))
     await lg.post(purity(lot, "HPLC-1", ref("K"), 99.5))
     await lg.post(sterility(lot, "BACT-1", ref("K")))
-    status = await lg.wait_until(lot, lambda s: s.status == pb.LOT_STATUS_RELEASED)
-    assert status.status == pb.LOT_STATUS_RELEASED, list(status.unmet)
+    await until_lot(lg.lots, lot, pb.LOT_STATUS_RELEASED, [])
 
 
 async def test_the_dossier_shows_a_suspended_supplier_with_its_history_audit_and_lots(
@@ -84,8 +83,8 @@ async def test_the_dossier_shows_a_suspended_supplier_with_its_history_audit_and
     await lotgate.receive(ref("LOT"), material, other)
     # The lots service learns of the suspension from an event: the new lot waits on it,
     # and the lot released before it is put up for QA's review.
-    await lotgate.wait_until(quarantined, lambda s: "SUPPLIER_SUSPENDED" in
-                             [u.code for u in s.unmet])
+    await until_lot(lotgate.lots, quarantined, pb.LOT_STATUS_QUARANTINE, [
+        "SUPPLIER_SUSPENDED", "IDENTITY_MISSING", "PURITY_MISSING", "STERILITY_MISSING"])
     await eventually(lambda: lotgate.lots.ListLotReviews(
         pb.ListLotReviewsRequest(supplier_id=supplier)), lambda r: len(r.reviews) == 1)
 

@@ -14,21 +14,18 @@ from lotgate.results.v1 import results_pb2 as rpb
 from shared.client import Lotgate, identity, purity, sterility
 from shared.protoconv import to_timestamp
 from tests.support.services import ref
-from tests.support.waiting import eventually
+from tests.support.waiting import until_lot
 
 pytestmark = pytest.mark.e2e
 
 NEXT_YEAR = datetime.now(UTC) + timedelta(days=365)
 
 
-def codes(status: pb.ReleaseStatus) -> list[str]:
-    return [u.code for u in status.unmet]
-
-
-async def settled(lg: Lotgate, lot_id: str, expected: list[str]) -> pb.ReleaseStatus:
-    status = await lg.wait_until(lot_id, lambda s: codes(s) == expected)
-    assert codes(status) == expected
-    return status
+async def settled(lg: Lotgate, lot_id: str, status: int, expected: list[str]
+                  ) -> pb.ReleaseStatus:
+    """The lot once it is `status` with exactly `expected` unmet; fails naming the last
+    status seen when it does not get there."""
+    return await until_lot(lg.lots, lot_id, status, expected)
 
 
 async def lot_with_two_passes(lg: Lotgate) -> tuple[str, str]:
@@ -53,8 +50,7 @@ async def test_oos_holds_the_lot_then_invalidation_and_a_retest_release_it(
     lot, _ = await lot_with_two_passes(lotgate)
     oos = await lotgate.post(purity(lot, "HPLC-1", ref("K"), 96.0))
 
-    held = await settled(lotgate, lot, ["PURITY_OUT_OF_SPECIFICATION"])
-    assert held.status == pb.LOT_STATUS_ON_HOLD
+    await settled(lotgate, lot, pb.LOT_STATUS_ON_HOLD, ["PURITY_OUT_OF_SPECIFICATION"])
     # No testing into compliance: another purity result waits for QA's decision.
     early = await failure(lotgate.results.RecordResult(purity(lot, "HPLC-1", ref("K"), 99.9)))
     assert early.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -62,14 +58,12 @@ async def test_oos_holds_the_lot_then_invalidation_and_a_retest_release_it(
     await lotgate.results.InvalidateResult(rpb.InvalidateResultRequest(
         result_id=oos.result_id, reason="sample diluted twice (lab error, OOS-2026-17)",
         requested_by="qa.jane"))
-    waiting = await settled(lotgate, lot, ["PURITY_RETEST_REQUIRED"])
-    assert waiting.status == pb.LOT_STATUS_QUARANTINE
+    await settled(lotgate, lot, pb.LOT_STATUS_QUARANTINE, ["PURITY_RETEST_REQUIRED"])
     retest = purity(lot, "HPLC-1", ref("K"), 99.6)
     retest.retest_of = oos.result_id
     await lotgate.post(retest)
 
-    released = await lotgate.wait_until(lot, lambda s: s.status == pb.LOT_STATUS_RELEASED)
-    assert released.status == pb.LOT_STATUS_RELEASED
+    await settled(lotgate, lot, pb.LOT_STATUS_RELEASED, [])
     history = (await lotgate.results.ListLotResults(rpb.ListLotResultsRequest(
         lot_id=lot))).results
     original = next(r for r in history if r.result_id == oos.result_id)
@@ -82,14 +76,13 @@ async def test_oos_holds_the_lot_then_invalidation_and_a_retest_release_it(
 async def test_oos_confirmed_by_qa_rejects_the_lot(lotgate: Lotgate) -> None:
     lot, _ = await lot_with_two_passes(lotgate)
     oos = await lotgate.post(purity(lot, "HPLC-1", ref("K"), 103.4))
-    await settled(lotgate, lot, ["PURITY_OUT_OF_SPECIFICATION"])
+    await settled(lotgate, lot, pb.LOT_STATUS_ON_HOLD, ["PURITY_OUT_OF_SPECIFICATION"])
 
     confirmed = await lotgate.results.ConfirmResult(rpb.ConfirmResultRequest(
         result_id=oos.result_id, reason="investigation OOS-2026-18: no assignable cause",
         requested_by="qa.jane"))
 
-    rejected = await settled(lotgate, lot, ["PURITY_FAILED"])
-    assert rejected.status == pb.LOT_STATUS_REJECTED
+    await settled(lotgate, lot, pb.LOT_STATUS_REJECTED, ["PURITY_FAILED"])
     assert confirmed.result.state == rpb.RESULT_STATE_CONFIRMED
 
 
@@ -108,8 +101,7 @@ async def test_a_result_is_judged_by_the_version_in_force_when_it_was_measured(
 
     assert tightened.specification.version == 2
     assert (judged.spec_version, judged.verdict) == (1, rpb.VERDICT_PASS)
-    released = await lotgate.wait_until(lot, lambda s: s.status == pb.LOT_STATUS_RELEASED)
-    assert released.status == pb.LOT_STATUS_RELEASED
+    await settled(lotgate, lot, pb.LOT_STATUS_RELEASED, [])
 
 
 async def test_an_effective_specification_refuses_an_edit(lotgate: Lotgate) -> None:
@@ -144,4 +136,4 @@ async def test_an_instrument_out_of_calibration_is_refused(lotgate: Lotgate) -> 
     assert "not within calibration" in error.details()
     listed = await lotgate.results.ListLotResults(rpb.ListLotResultsRequest(lot_id=lot))
     assert [r.test for r in listed.results] == [rpb.TEST_KIND_IDENTITY, rpb.TEST_KIND_STERILITY]
-    await eventually(lambda: lotgate.status(lot), lambda s: codes(s) == ["PURITY_MISSING"])
+    await settled(lotgate, lot, pb.LOT_STATUS_QUARANTINE, ["PURITY_MISSING"])

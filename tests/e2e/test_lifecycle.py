@@ -19,6 +19,7 @@ from shared.client import Lotgate, identity, purity, sterility
 from shared.stack import SERVICES, Stack, free_port
 from tests.support.databases import Databases
 from tests.support.services import ref
+from tests.support.waiting import until_lot
 
 pytestmark = pytest.mark.e2e
 
@@ -73,8 +74,7 @@ async def test_a_releasable_lot_is_not_picked_until_qa_releases_it(lotgate: Lotg
 
     await all_passing(lotgate, lot_id)
 
-    waiting = await lotgate.wait_until(lot_id, lambda s: s.status == pb.LOT_STATUS_RELEASABLE)
-    assert [u.code for u in waiting.unmet] == ["QA_RELEASE_REQUIRED"]
+    await until_lot(lotgate.lots, lot_id, pb.LOT_STATUS_RELEASABLE, ["QA_RELEASE_REQUIRED"])
     picked = await lotgate.lots.GetReleaseStatuses(pb.GetReleaseStatusesRequest(
         lot_ids=[lot_id]))
     assert picked.statuses[0].status == pb.LOT_STATUS_RELEASABLE
@@ -92,12 +92,12 @@ async def test_a_released_lot_goes_back_to_quarantine_when_its_retest_date_passe
     retest = (services_today(clock_file) + timedelta(days=1)).date().isoformat()
     await lotgate.receive(lot_id, material, supplier, retest_date=retest)
     await all_passing(lotgate, lot_id)
-    released = await lotgate.wait_until(lot_id, lambda s: s.status == pb.LOT_STATUS_RELEASED)
-    assert released.status == pb.LOT_STATUS_RELEASED
+    released = await until_lot(lotgate.lots, lot_id, pb.LOT_STATUS_RELEASED, [])
 
     jump(clock_file, 2)
 
     # Reads say QUARANTINE from the first moment; the scheduler then records the decision.
+    # (Waits for the recorded decision, a new version; fails naming the last status seen.)
     back = await lotgate.wait_until(lot_id, lambda s: s.version > released.version)
     assert back.status == pb.LOT_STATUS_QUARANTINE
     assert [u.code for u in back.unmet] == ["RETEST_DATE_REACHED"]

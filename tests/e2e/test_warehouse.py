@@ -11,6 +11,7 @@ import pytest
 from lotgate.lots.v1 import lots_pb2 as pb
 from shared.client import Lotgate, identity, purity, sterility
 from tests.support.services import ref
+from tests.support.waiting import until_lot
 
 pytestmark = pytest.mark.e2e
 
@@ -46,8 +47,8 @@ async def test_a_pick_list_of_a_thousand_lots_is_answered_in_one_call_in_order(
                     sterility(held, "BACT-1", ref("K"), growth=True)):
         await lotgate.post(request)
     for lot in released:
-        await lotgate.wait_until(lot, lambda s: s.status == pb.LOT_STATUS_RELEASED)
-    await lotgate.wait_until(held, lambda s: codes(s) == ["STERILITY_OUT_OF_SPECIFICATION"])
+        await until_lot(lotgate.lots, lot, pb.LOT_STATUS_RELEASED, [])
+    await until_lot(lotgate.lots, held, pb.LOT_STATUS_ON_HOLD, ["STERILITY_OUT_OF_SPECIFICATION"])
     unknown = ref("LOT")
     pick_list = [*released, held, *waiting, *not_approved, unknown]
     random.Random(11).shuffle(pick_list)

@@ -13,7 +13,7 @@ from lotgate.results.v1 import results_pb2 as rpb
 from tests.integration.test_lots import System, running_system
 from tests.support.grpc_errors import field_violations
 from tests.support.services import ref
-from tests.support.waiting import eventually
+from tests.support.waiting import eventually, until_lot
 from tests.support.watching import READ_WITHIN_S, Watch
 
 pytestmark = pytest.mark.integration
@@ -196,3 +196,21 @@ async def test_bad_watch_requests_are_refused_with_field_violations(system: Syst
                          resume_from=[pb.LotVersion(lot_id=unknown, version=1)])
     assert error.code() == grpc.StatusCode.NOT_FOUND
     assert "resume_from[0].lot_id" in field_violations(error)
+
+
+async def test_until_lot_fails_naming_the_last_status_when_the_lot_does_not_get_there(
+        system: System) -> None:
+    """The wait the e2e tests use: it returns the awaited status, and when the lot never
+    gets there it fails saying what the lot was instead of handing back whatever it saw."""
+    lot_id = (await system.receive(ref("SUP"), ref("MAT"))).lot_id
+    unmet = ["SUPPLIER_NOT_QUALIFIED", "IDENTITY_MISSING", "PURITY_MISSING",
+             "STERILITY_MISSING"]
+
+    reached = await until_lot(system.lots, lot_id, pb.LOT_STATUS_QUARANTINE, unmet)
+    with pytest.raises(AssertionError) as missed:
+        await until_lot(system.lots, lot_id, pb.LOT_STATUS_RELEASED, [], within=1.0)
+
+    assert reached == await system.status(lot_id)
+    assert str(missed.value) == (
+        f"lot {lot_id} did not become RELEASED [] within 1.0s; last seen: QUARANTINE "
+        f"{unmet} (version {reached.version})")

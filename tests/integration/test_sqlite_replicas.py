@@ -10,6 +10,7 @@ from pathlib import Path
 import nats
 import pytest
 from sqlalchemy import func, insert, select
+from sqlalchemy.exc import OperationalError
 
 from services.suppliers import handlers, repository
 from services.suppliers.domain import Qualification, QualificationStatus
@@ -117,23 +118,28 @@ async def test_what_a_transaction_read_cannot_change_under_it_until_it_commits(
         two_engines) -> None:
     """A decision reads, then writes what follows from it (the lots service reads a lot's
     qualification, then writes the lot's status). Another process on the same file must
-    not slip a change in between: it waits until the first transaction has ended."""
+    not slip a change in between: its write cannot start until the first transaction has
+    ended (a process that will not wait, SQLite timeout 0, is refused outright)."""
     first, second = two_engines
+    impatient = make_engine(second.url.render_as_string(hide_password=False),
+                            statement_timeout_s=0)
     await add_event(first, ref("seed"))
-    async with first.connect() as reader:
-        seen = (await reader.execute(select(func.count()).select_from(tables.outbox))).scalar()
-        writer = asyncio.create_task(add_event(second, ref("concurrent")))
-        await asyncio.sleep(0.5)
-        waited = not writer.done()
-        await reader.execute(insert(tables.outbox).values(
-            event_id=ref(f"after-{seen}"), subject=SUBJECT, aggregate_id="x",
-            event_type="test", payload=b"", created_at=datetime.now(UTC)))
-        await reader.commit()
-    await writer
+    try:
+        async with first.connect() as reader:
+            seen = (await reader.execute(
+                select(func.count()).select_from(tables.outbox))).scalar()
+            with pytest.raises(OperationalError, match="locked"):
+                await add_event(impatient, ref("between"))
+            await reader.execute(insert(tables.outbox).values(
+                event_id=ref(f"after-{seen}"), subject=SUBJECT, aggregate_id="x",
+                event_type="test", payload=b"", created_at=datetime.now(UTC)))
+            await reader.commit()
+        await add_event(impatient, ref("concurrent"))
+    finally:
+        await impatient.dispose()
 
-    assert waited
     async with first.connect() as conn:
         ids = (await conn.execute(select(tables.outbox.c.event_id)
                                   .order_by(tables.outbox.c.id))).scalars().all()
-    # The concurrent write came after the whole transaction, not between its read and write.
+    # Nothing came between the transaction's read and its write.
     assert [i.split("-")[0] for i in ids] == ["seed", "after", "concurrent"]

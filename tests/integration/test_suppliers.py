@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import grpc
-import nats
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
@@ -167,28 +166,22 @@ class Events:
     def __init__(self, server: NatsServer, subject: str, message_type) -> None:
         self.server, self.subject, self.type = server, subject, message_type
 
-    async def collect(self, match, *, count: int, settle: float = 0.0) -> list:
-        """The first `count` matching events (and, after `settle` seconds, any more)."""
+    async def collect(self, match, *, count: int, to_end: bool = False) -> list:
+        """The first `count` matching events; with `to_end`, every matching event on the
+        stream up to its last message (so that one too many is seen, not waited out)."""
         nc = await self.server.connect()
         found = []
         try:
             sub = await nc.jetstream().subscribe(self.subject, ordered_consumer=True)
+            pending = 0
             async with asyncio.timeout(20):
-                while len(found) < count:
+                while len(found) < count or (to_end and pending):
                     msg = await sub.next_msg(timeout=20)
+                    pending = msg.metadata.num_pending
                     event = self.type.FromString(msg.data)
                     if match(event):
                         assert msg.headers["Nats-Msg-Id"] == event.event_id
                         found.append(event)
-            if settle:
-                try:
-                    while True:
-                        msg = await sub.next_msg(timeout=settle)
-                        event = self.type.FromString(msg.data)
-                        if match(event):
-                            found.append(event)
-                except nats.errors.TimeoutError:
-                    pass
         finally:
             await nc.close()
         return found
@@ -614,7 +607,7 @@ async def test_two_replicas_expire_each_approval_exactly_once(
         await eventually(qa.history, lambda h: sum(c.new_status == EXPIRED for c in h) == 12)
         events = await changed_events(nats_server).collect(
             lambda e: e.qualification.supplier_id == qa.supplier_id
-            and e.qualification.status == EXPIRED, count=12, settle=1.0)
+            and e.qualification.status == EXPIRED, count=12, to_end=True)
     finally:
         await second.stop()
 
@@ -635,7 +628,7 @@ async def test_a_warning_is_sent_once_ahead_of_expiry(timed, nats_server) -> Non
     timed.clock.advance(timedelta(days=1))
     renewed = await qa.qualify(audit_id=q.evidence.audit_id, days=25)  # a new date: warn again
     again = await warnings.collect(lambda e: e.qualification.supplier_id == qa.supplier_id,
-                                   count=2, settle=0.5)
+                                   count=2, to_end=True)
 
     assert warning.expires_at == q.valid_until
     assert [e.expires_at for e in again] == [q.valid_until, renewed.valid_until]
@@ -687,7 +680,7 @@ async def test_every_change_is_published_once_with_its_event_id(suppliers, nats_
     await qa.suspend()
 
     seen = await changed_events(nats_server).collect(
-        lambda e: e.qualification.supplier_id == qa.supplier_id, count=3, settle=0.5)
+        lambda e: e.qualification.supplier_id == qa.supplier_id, count=3, to_end=True)
 
     assert [(e.previous_status, e.qualification.status, e.qualification.version,
              e.qualification.site_id) for e in seen] == [
