@@ -42,6 +42,17 @@ class ServiceSettings(BaseSettings):
     database_pool_size: int = Field(default=20, ge=1)
     # Seconds a database statement may run before the call fails.
     database_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Every call carries a bearer token (shared.auth): the public keys that sign tokens,
+    # as a JWKS file (re-read when it changes) or URL, and the issuer and audience the
+    # tokens must name. Exactly one of the file and the URL is required.
+    auth_jwks_file: str = ""
+    auth_jwks_url: str = ""
+    auth_issuer: str = ""
+    auth_audience: str = ""
+    # Clock skew tolerated on exp and nbf.
+    auth_leeway_seconds: float = Field(default=30.0, ge=0, le=300)
+    # Server reflection (grpcurl without the protos): on locally, off in production.
+    grpc_reflection: bool = True
     # FOR TESTS ONLY: a file holding a clock offset in seconds (shared.clock.FileClock),
     # so that end-to-end tests can move the services' time. Empty: the system clock.
     clock_file: str = ""

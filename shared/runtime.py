@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared import messaging
 from shared.aio import sleep_or_stop
+from shared.auth import Gate, gate_from
 from shared.clock import Clock, FileClock, SystemClock
 from shared.config import ServiceSettings, settings_for
 from shared.db import create_schema, make_engine, schema_info_table
@@ -97,6 +98,13 @@ class RunningService:
 BuildParts = Callable[[Infrastructure], ServiceParts]
 
 
+def gate_for(settings: ServiceSettings) -> Gate:
+    """The service's gate: no service answers calls without authenticating them."""
+    return gate_from(jwks_file=settings.auth_jwks_file, jwks_url=settings.auth_jwks_url,
+                     issuer=settings.auth_issuer, audience=settings.auth_audience,
+                     leeway_seconds=settings.auth_leeway_seconds)
+
+
 async def start_service(settings: ServiceSettings, build: BuildParts, *,
                         clock: Clock | None = None,
                         tables: Tables) -> RunningService:
@@ -127,7 +135,8 @@ async def start_service(settings: ServiceSettings, build: BuildParts, *,
         connections: list[object] = []
 
         server, port, health_servicer = build_server(
-            host=settings.grpc_host, port=settings.grpc_port, register=parts.register)
+            host=settings.grpc_host, port=settings.grpc_port, register=parts.register,
+            gate=gate_for(settings), reflection_on=settings.grpc_reflection)
         running = RunningService(settings.service_name, port, server, infra, stop_event,
                                  asyncio.Event(), stack)
 

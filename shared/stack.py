@@ -21,6 +21,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shared.config import DEFAULT_GRPC_PORTS
+from shared.tokens import ActingTokens, DevKeys
 
 SERVICES = ("suppliers", "results", "lots")
 
@@ -176,14 +177,23 @@ class Stack:
     monitor_port: int = 0
     log_level: str = "info"
     extra_env: dict[str, str] = field(default_factory=dict)
+    # The keys whose tokens the services accept; by default development keys kept in
+    # <workdir>/keys/ (created on the first start).
+    keys: DevKeys | None = None
     nats: NatsServer | None = None
     services: dict[str, ServiceProcess] = field(default_factory=dict)
 
     def address(self, service: str) -> str:
         return self.services[service].address
 
+    def acting(self) -> ActingTokens:
+        """Tokens for tools that play every role against this stack (demo, benchmark)."""
+        assert self.keys is not None, "start the stack first"
+        return ActingTokens(self.keys)
+
     async def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.keys = self.keys or DevKeys.ensure(self.workdir / "keys")
         self.nats = NatsServer(self.workdir / "nats", self.nats_port, self.monitor_port)
         await self.nats.start()
         for name in SERVICES:
@@ -197,6 +207,7 @@ class Stack:
                 "LOTGATE_GRPC_HOST": "127.0.0.1",
                 "LOTGATE_GRPC_PORT": str(port),
                 "LOTGATE_LOG_LEVEL": self.log_level,
+                **self.keys.service_env(),
                 **self.extra_env,
             }
             self.services[name] = ServiceProcess(name, port, env,
