@@ -91,6 +91,7 @@ placeholders=(
   LOTGATE_SUPPLIERS_DB_PASSWORD=check-only
   LOTGATE_LOTS_DB_PASSWORD=check-only
   LOTGATE_RESULTS_DB_PASSWORD=check-only
+  LOTGATE_AUTH_ISSUER=https://issuer.invalid
 )
 env "${placeholders[@]}" "$COMPOSE" --env-file /dev/null -f deploy/compose.yaml config -q \
   && echo "ok" || failed+=("compose config")

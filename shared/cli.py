@@ -48,7 +48,8 @@ def _print_addresses(stack: Stack) -> None:
           "commit)")
     print("Every call needs a bearer token. Get one with the local keys:")
     print("  TOKEN=$(lotgate token --role qa --sub qa.jane)")
-    print("  grpcurl -plaintext -H \"authorization: Bearer $TOKEN\" 127.0.0.1:50062 list")
+    print("  grpcurl -plaintext -H \"authorization: Bearer $TOKEN\" -d '{}' "
+          f"{stack.address('lots')} lotgate.lots.v1.LotService/ListLots")
 
 
 async def _run(args: argparse.Namespace) -> None:
