@@ -299,6 +299,16 @@ def bearer_token(metadata: Sequence[tuple[str, Any]] | None) -> str:
 # Admission
 
 
+def certificate_principal(common_name: str) -> Principal:
+    """The caller a verified client certificate names (mutual TLS): `instrument:<id>` is
+    that instrument, with the instrument role; any other name is known but has no role
+    (it needs a token for anything)."""
+    kind, _, name = common_name.partition(":")
+    if kind == "instrument" and name:
+        return Principal(common_name, name, frozenset({access.INSTRUMENT}), name)
+    return Principal(common_name, common_name, frozenset())
+
+
 class Gate:
     """Admits a call: authenticates it, checks the RPC's roles and the actor fields."""
 
@@ -306,8 +316,14 @@ class Gate:
         self.verifier = verifier
 
     async def admit(self, method: str, request: Message | None,
-                    metadata: Sequence[tuple[str, Any]] | None) -> Principal:
-        principal = await self.verifier.verify(bearer_token(metadata))
+                    metadata: Sequence[tuple[str, Any]] | None,
+                    certificate_name: str = "") -> Principal:
+        """A bearer token names the caller; without one, a client certificate verified by
+        mutual TLS (`certificate_name`, its common name) does."""
+        if certificate_name and not any(key == "authorization" for key, _ in metadata or ()):
+            principal = certificate_principal(certificate_name)
+        else:
+            principal = await self.verifier.verify(bearer_token(metadata))
         authorize(method, principal)
         if request is not None:
             bind_actor(method, request, principal)

@@ -51,6 +51,12 @@ class ServiceSettings(BaseSettings):
     auth_audience: str = ""
     # Clock skew tolerated on exp and nbf.
     auth_leeway_seconds: float = Field(default=30.0, ge=0, le=300)
+    # TLS on the gRPC port: the server's certificate chain and key (PEM files). With a
+    # client CA too, callers must present a certificate it signed (mutual TLS); one whose
+    # common name is instrument:<id> may post as that instrument without a token.
+    grpc_tls_cert_file: str = ""
+    grpc_tls_key_file: str = ""
+    grpc_tls_client_ca_file: str = ""
     # Server reflection (grpcurl without the protos): on locally, off in production.
     grpc_reflection: bool = True
     # FOR TESTS ONLY: a file holding a clock offset in seconds (shared.clock.FileClock),

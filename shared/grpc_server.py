@@ -143,8 +143,16 @@ async def _admit(gate: Gate | None, method: str, request: Any,
     """The principal's context token, once the gate let the call in (None without a gate)."""
     if gate is None:
         return None
-    principal = await gate.admit(method, request, context.invocation_metadata())
+    principal = await gate.admit(method, request, context.invocation_metadata(),
+                                 peer_common_name(context))
     return bind_principal(principal)
+
+
+def peer_common_name(context: grpc.aio.ServicerContext) -> str:
+    """The common name of the client certificate the TLS handshake verified ("" without
+    mutual TLS)."""
+    names = context.auth_context().get("x509_common_name") or ()
+    return names[0].decode() if names else ""
 
 
 def _wrap(method: str, handler: grpc.RpcMethodHandler,
@@ -250,12 +258,14 @@ def build_server(
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     gate: Gate | None = None,
     reflection_on: bool = True,
+    tls: grpc.ServerCredentials | None = None,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """A grpc.aio server with our interceptor, health checking and (optional) reflection.
 
     `register` adds the servicers and returns their full service names. Port 0 picks a
     free port; the port actually bound is returned. With a `gate` every service call is
-    authenticated and authorized; health and reflection stay open.
+    authenticated and authorized; health and reflection stay open. With `tls` the port
+    speaks TLS (mutual TLS when the credentials require client certificates).
     """
     server = grpc.aio.server(
         interceptors=[ServiceInterceptor(gate), *interceptors],
@@ -272,7 +282,8 @@ def build_server(
         reflection.enable_server_reflection(
             [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME], server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    bound = (server.add_secure_port(f"{host}:{port}", tls) if tls is not None
+             else server.add_insecure_port(f"{host}:{port}"))
     if bound == 0:
         raise OSError(f"cannot bind gRPC server to {host}:{port}")
     return server, bound, health_servicer

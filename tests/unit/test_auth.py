@@ -161,3 +161,9 @@ def test_a_service_without_keys_does_not_start() -> None:
     with pytest.raises(ValueError, match="exactly one"):
         auth.gate_from(jwks_file="", jwks_url="", issuer=ISSUER, audience=AUDIENCE,
                        leeway_seconds=0)
+
+
+def test_a_client_certificate_names_an_instrument_or_a_caller_without_roles() -> None:
+    assert auth.certificate_principal("instrument:HPLC-1") == Principal(
+        "instrument:HPLC-1", "HPLC-1", frozenset({"instrument"}), "HPLC-1")
+    assert auth.certificate_principal("lims-bridge").roles == frozenset()
