@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import http.server
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -167,3 +169,41 @@ def test_a_client_certificate_names_an_instrument_or_a_caller_without_roles() ->
     assert auth.certificate_principal("instrument:HPLC-1") == Principal(
         "instrument:HPLC-1", "HPLC-1", frozenset({"instrument"}), "HPLC-1")
     assert auth.certificate_principal("lims-bridge").roles == frozenset()
+
+
+class _Jwks(http.server.BaseHTTPRequestHandler):
+    """Serves the JWKS file of the server's `keys`; counts the fetches."""
+
+    def do_GET(self) -> None:
+        body = self.server.keys.jwks_file.read_bytes()  # type: ignore[attr-defined]
+        self.server.fetches += 1  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+async def test_a_jwks_url_is_cached_and_fetched_again_for_an_unknown_key(
+        keys: DevKeys, monkeypatch: pytest.MonkeyPatch) -> None:
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Jwks)
+    server.keys, server.fetches = keys, 0  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/jwks.json"
+        verifier = TokenVerifier(auth.UrlKeySet(url), VerifierConfig(ISSUER, AUDIENCE))
+        first = keys.mint("qa.jane", ["qa"])
+        assert (await verifier.verify(first)).subject == "qa.jane"
+        assert (await verifier.verify(keys.mint("qa.max", ["qa"]))).subject == "qa.max"
+        assert server.fetches == 1  # type: ignore[attr-defined]
+
+        keys.rotate()
+        monkeypatch.setattr(auth, "URL_MIN_REFETCH_SECONDS", 0.0)
+        assert (await verifier.verify(keys.mint("qa.jane", ["qa"]))).subject == "qa.jane"
+        assert server.fetches == 2  # type: ignore[attr-defined]
+    finally:
+        server.shutdown()
+        thread.join()
