@@ -95,6 +95,7 @@ placeholders=(
   LOTGATE_NATS_PASSWORD_LOTS=check-only
   LOTGATE_NATS_PASSWORD_RESULTS=check-only
   LOTGATE_NATS_PASSWORD_ADMIN=check-only
+  LOTGATE_AUTH_ISSUER=https://issuer.invalid
 )
 env "${placeholders[@]}" "$COMPOSE" --env-file /dev/null -f deploy/compose.yaml config -q \
   && echo "ok" || failed+=("compose config")

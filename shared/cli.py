@@ -4,6 +4,8 @@
     lotgate demo   a warehouse, an instrument and QA at work; prints each lot's status
     lotgate dossier SUPPLIER_ID
                    an auditor's qualification dossier of one supplier: HTML, JSON, CSV
+    lotgate token --role qa --sub qa.jane
+                   a bearer token signed with the local development keys (.lotgate/keys)
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import getpass
+import os
 import signal
 import socket
 import sys
@@ -20,8 +23,14 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
+from shared import access
 from shared.config import DEFAULT_GRPC_PORTS
 from shared.stack import Stack, wait_until_serving
+from shared.tokens import ActingTokens, DevKeys, TokenSource, static_token
+
+DEFAULT_DATA_DIR = ".lotgate"
+# The development keys `lotgate run` creates and its services trust.
+DEV_KEYS_DIR = Path(DEFAULT_DATA_DIR) / "keys"
 
 DEFAULT_NATS_PORT = 14222
 DEFAULT_MONITOR_PORT = 18222
@@ -34,7 +43,13 @@ def _print_addresses(stack: Stack) -> None:
     for name, service in stack.services.items():
         print(f"  {name:<12}  {service.address}  log {service.log_path}")
     print(f"  data          {stack.workdir}")
-    print("Try: grpcurl -plaintext 127.0.0.1:50062 list")
+    assert stack.keys is not None
+    print(f"  keys          {stack.keys.directory}  (JWKS {stack.keys.jwks_file.name}; never "
+          "commit)")
+    print("Every call needs a bearer token. Get one with the local keys:")
+    print("  TOKEN=$(lotgate token --role qa --sub qa.jane)")
+    print("  grpcurl -plaintext -H \"authorization: Bearer $TOKEN\" -d '{}' "
+          f"{stack.address('lots')} lotgate.lots.v1.LotService/ListLots")
 
 
 async def _run(args: argparse.Namespace) -> None:
@@ -60,10 +75,16 @@ async def _demo(args: argparse.Namespace) -> int:
     addresses = {name: f"127.0.0.1:{port}" for name, port in DEFAULT_GRPC_PORTS.items()}
     try:
         await asyncio.gather(*(wait_until_serving(a, timeout=0.5) for a in addresses.values()))
-        print("Using the Lotgate that is already running.")
-        return await run_demo(addresses)
     except TimeoutError:
         pass
+    else:
+        if not (DEV_KEYS_DIR / "signing.pem").exists():
+            print(f"A Lotgate is running, but there are no development keys in {DEV_KEYS_DIR} "
+                  "to sign the demo's calls: run the demo where `lotgate run` runs.",
+                  file=sys.stderr)
+            return 1
+        print("Using the Lotgate that is already running.")
+        return await run_demo(addresses, ActingTokens(DevKeys.ensure(DEV_KEYS_DIR)))
     with tempfile.TemporaryDirectory(prefix="lotgate-demo-") as tmp:
         from shared.stack import free_port
 
@@ -72,7 +93,8 @@ async def _demo(args: argparse.Namespace) -> int:
         print("Starting a private Lotgate for the demo ...")
         await stack.start()
         try:
-            return await run_demo({name: stack.address(name) for name in ports})
+            return await run_demo({name: stack.address(name) for name in ports},
+                                  stack.acting())
         finally:
             await stack.stop()
 
@@ -107,7 +129,8 @@ async def _dossier(args: argparse.Namespace) -> int:
         return fail(str(error))
     addresses = {"suppliers": args.suppliers, "lots": args.lots}
     try:
-        records = await fetch_from(addresses, args.supplier_id)
+        # Without a token the services answer UNAUTHENTICATED, which is reported as such.
+        records = await fetch_from(addresses, args.supplier_id, _dossier_tokens(args.token))
     except DossierFetchError as error:
         return fail(str(error), error.exit_code)
     try:
@@ -129,12 +152,35 @@ async def _dossier(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dossier_tokens(token: str) -> TokenSource | None:
+    """The caller's own token; else, locally, an auditor's signed with the dev keys."""
+    if token:
+        return static_token(token)
+    if (DEV_KEYS_DIR / "signing.pem").exists():
+        keys = DevKeys.ensure(DEV_KEYS_DIR)
+        return static_token(keys.mint(_who(), [access.AUDITOR], ttl_seconds=900))
+    return None
+
+
+def _token(args: argparse.Namespace) -> int:
+    """Print a token signed with the development keys (created if missing)."""
+    keys = DevKeys.ensure(args.keys)
+    if args.role == access.INSTRUMENT and not args.instrument_id:
+        print("lotgate token: an instrument token needs --instrument-id", file=sys.stderr)
+        return 2
+    subject = args.sub or (f"instrument:{args.instrument_id}" if args.instrument_id
+                           else f"{args.role}.local")
+    print(keys.mint(subject, args.role, name=args.name, instrument_id=args.instrument_id,
+                    ttl_seconds=args.ttl_minutes * 60))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lotgate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run nats-server and the three services locally")
-    run.add_argument("--data-dir", default=".lotgate")
+    run.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
     run.add_argument("--nats-port", type=int, default=DEFAULT_NATS_PORT)
     run.add_argument("--monitor-port", type=int, default=DEFAULT_MONITOR_PORT)
     run.add_argument("--suppliers-port", type=int, default=DEFAULT_GRPC_PORTS["suppliers"])
@@ -157,7 +203,28 @@ def main(argv: list[str] | None = None) -> int:
     dossier.add_argument("--lots", metavar="HOST:PORT",
                          default=f"127.0.0.1:{DEFAULT_GRPC_PORTS['lots']}",
                          help="the lots service (default: %(default)s)")
+    dossier.add_argument("--token", default=os.environ.get("LOTGATE_TOKEN", ""),
+                         help="bearer token (default: $LOTGATE_TOKEN; locally, one signed "
+                         f"with the development keys in {DEV_KEYS_DIR})")
+    token = sub.add_parser(
+        "token", help="print a bearer token signed with the local development keys",
+        description="Print a bearer token for local use, signed with the development keys "
+        f"that `lotgate run` creates in {DEV_KEYS_DIR} (created here if missing). Roles: "
+        + "; ".join(f"{role}: {len(access.rpcs_of(role))} RPCs" for role in access.ROLES)
+        + ". The README's access table lists them.")
+    token.add_argument("--role", action="append", required=True, choices=access.ROLES,
+                       help="a role; repeat for several")
+    token.add_argument("--sub", default="", help="the subject recorded as the actor "
+                       "(default: <role>.local, or instrument:<id>)")
+    token.add_argument("--name", default="", help="display name")
+    token.add_argument("--instrument-id", default="",
+                       help="the instrument an instrument token posts as")
+    token.add_argument("--ttl-minutes", type=float, default=60.0)
+    token.add_argument("--keys", type=Path, default=DEV_KEYS_DIR,
+                       help="directory of the development keys (default: %(default)s)")
     args = parser.parse_args(argv)
+    if args.command == "token":
+        return _token(args)
     if args.command == "run":
         args.data_dir = Path(args.data_dir).resolve()
     with contextlib.suppress(KeyboardInterrupt):

@@ -19,6 +19,7 @@ from lotgate.lots.v1 import lots_pb2, lots_pb2_grpc
 from lotgate.results.v1 import results_pb2, results_pb2_grpc
 from lotgate.suppliers.v1 import suppliers_pb2, suppliers_pb2_grpc
 from shared.protoconv import to_timestamp
+from shared.tokens import TokenSource, channel
 
 # Worth retrying with the same request: the service was briefly unreachable,
 # or the lot was received a moment ago and the results service has not heard yet.
@@ -51,9 +52,11 @@ class Lotgate:
     _channels: list[grpc.aio.Channel]
 
     @classmethod
-    def connect(cls, addresses: dict[str, str]) -> Lotgate:
-        channels = {name: grpc.aio.insecure_channel(address)
-                    for name, address in addresses.items()}
+    def connect(cls, addresses: dict[str, str], tokens: TokenSource | None = None) -> Lotgate:
+        """Channels to the services; `tokens` gives each call its bearer token (for
+        example `static_token(...)`, or `ActingTokens(keys)` for the demo and the tests,
+        which play the warehouse, the instruments and QA at once)."""
+        channels = {name: channel(address, tokens) for name, address in addresses.items()}
         return cls(suppliers_pb2_grpc.SupplierServiceStub(channels["suppliers"]),
                    lots_pb2_grpc.LotServiceStub(channels["lots"]),
                    results_pb2_grpc.ResultServiceStub(channels["results"]),

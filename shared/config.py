@@ -51,6 +51,23 @@ class ServiceSettings(BaseSettings):
     # producers' public keys (JSON; read again whenever it changes, for rotation).
     signing_key_file: str = ""
     event_public_keys_file: str = ""
+    # Every call carries a bearer token (shared.auth): the public keys that sign tokens,
+    # as a JWKS file (re-read when it changes) or URL, and the issuer and audience the
+    # tokens must name. Exactly one of the file and the URL is required.
+    auth_jwks_file: str = ""
+    auth_jwks_url: str = ""
+    auth_issuer: str = ""
+    auth_audience: str = ""
+    # Clock skew tolerated on exp and nbf.
+    auth_leeway_seconds: float = Field(default=30.0, ge=0, le=300)
+    # TLS on the gRPC port: the server's certificate chain and key (PEM files). With a
+    # client CA too, callers must present a certificate it signed (mutual TLS); one whose
+    # common name is instrument:<id> may post as that instrument without a token.
+    grpc_tls_cert_file: str = ""
+    grpc_tls_key_file: str = ""
+    grpc_tls_client_ca_file: str = ""
+    # Server reflection (grpcurl without the protos): on locally, off in production.
+    grpc_reflection: bool = True
     # FOR TESTS ONLY: a file holding a clock offset in seconds (shared.clock.FileClock),
     # so that end-to-end tests can move the services' time. Empty: the system clock.
     clock_file: str = ""

@@ -16,9 +16,11 @@ from shared.client import (
     purity,
     sterility,
 )
+from shared.tokens import TokenSource
 
 
-async def run_demo(addresses: dict[str, str]) -> int:
+async def run_demo(addresses: dict[str, str], tokens: TokenSource) -> int:
+    """`tokens` signs each call as the person making it (QA, QC, warehouse, instrument)."""
     run = uuid.uuid4().hex[:4].upper()
     medium, peg = f"CELL-MEDIUM-{run}", f"PEG-4000-{run}"
     acme, nordic = f"ACME-BIO-{run}", f"NORDIC-CHEM-{run}"
@@ -28,7 +30,7 @@ async def run_demo(addresses: dict[str, str]) -> int:
         "unqualified": f"LOT-{run}-003",
         "waiting": f"LOT-{run}-004",
     }
-    async with Lotgate.connect(addresses) as lg:
+    async with Lotgate.connect(addresses, tokens) as lg:
         print(f"QA: qualify {acme} for {medium}; {nordic} is registered but not qualified")
         await lg.qualify(acme, "Acme Biologicals GmbH", medium,
                          datetime.now(UTC) + timedelta(days=365))

@@ -16,6 +16,7 @@ import grpc
 
 from lotgate.lots.v1 import lots_pb2, lots_pb2_grpc
 from lotgate.suppliers.v1 import suppliers_pb2, suppliers_pb2_grpc
+from shared.tokens import TokenSource, channel
 
 PAGE_SIZE = 1000
 CALL_TIMEOUT_S = 30.0
@@ -117,10 +118,12 @@ async def fetch_records(suppliers: suppliers_pb2_grpc.SupplierServiceStub,
                           history=history, lots=lot_list, reviews=reviews)
 
 
-async def fetch_from(addresses: dict[str, str], supplier_id: str) -> DossierRecords:
-    """Connect to `addresses["suppliers"]` and `addresses["lots"]` and fetch the records."""
-    async with grpc.aio.insecure_channel(addresses["suppliers"]) as to_suppliers, \
-            grpc.aio.insecure_channel(addresses["lots"]) as to_lots:
+async def fetch_from(addresses: dict[str, str], supplier_id: str,
+                     tokens: TokenSource | None = None) -> DossierRecords:
+    """Connect to `addresses["suppliers"]` and `addresses["lots"]` and fetch the records;
+    `tokens` authenticates the calls."""
+    async with channel(addresses["suppliers"], tokens) as to_suppliers, \
+            channel(addresses["lots"], tokens) as to_lots:
         return await fetch_records(suppliers_pb2_grpc.SupplierServiceStub(to_suppliers),
                                    lots_pb2_grpc.LotServiceStub(to_lots), supplier_id,
                                    addresses=addresses)

@@ -74,6 +74,11 @@ class PermissionDenied(LotgateError):
     posting under another instrument's id)."""
 
 
+class Unauthenticated(LotgateError):
+    """The call carries no credentials, or credentials that do not prove who is calling
+    (expired, not yet valid, signed by an unknown key, for another audience ...)."""
+
+
 class Aborted(LotgateError):
     """A concurrent change won; the caller may read again and retry."""
 

@@ -28,6 +28,7 @@ from sqlalchemy.exc import (
     OperationalError,
 )
 
+from shared.auth import Gate, bind_principal, unbind_principal
 from shared.errors import (
     Aborted,
     AlreadyExists,
@@ -36,6 +37,7 @@ from shared.errors import (
     LotgateError,
     NotFound,
     PermissionDenied,
+    Unauthenticated,
     Unavailable,
 )
 from shared.logs import get_logger, request_context
@@ -85,6 +87,8 @@ def status_for(exc: BaseException, request_id: str) -> grpc.Status:
         return _status(code_pb2.ALREADY_EXISTS, exc.message)
     if isinstance(exc, PermissionDenied):
         return _status(code_pb2.PERMISSION_DENIED, exc.message)
+    if isinstance(exc, Unauthenticated):
+        return _status(code_pb2.UNAUTHENTICATED, exc.message)
     if isinstance(exc, Aborted):
         return _status(code_pb2.ABORTED, exc.message)
     if isinstance(exc, IntegrityError):
@@ -149,10 +153,15 @@ def refused_value(exc: DBAPIError) -> bool:
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps every unary handler once per method (not per call: this is the hot path)."""
+    """Wraps every unary handler once per method (not per call: this is the hot path).
 
-    def __init__(self) -> None:
+    With a `gate`, every call of the services (not health, not reflection) is admitted by
+    it first (shared.auth), and its principal is `current_principal()` in the handler.
+    """
+
+    def __init__(self, gate: Gate | None = None) -> None:
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+        self._gate = gate
 
     async def intercept_service(
         self,
@@ -164,15 +173,48 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         if wrapped is not None:
             return wrapped
         handler = await continuation(details)
-        if handler is None or handler.request_streaming or method.startswith(
-                ("/grpc.health.", "/grpc.reflection.")):
+        if handler is None or method.startswith(OPEN_PREFIXES):
             return handler
-        wrapped = _wrap(method, handler)
+        if handler.request_streaming:
+            # None of ours streams requests; one that did would bypass the gate: refuse it.
+            return _refused(method) if self._gate is not None else handler
+        wrapped = _wrap(method, handler, self._gate)
         self._wrapped[method] = wrapped
         return wrapped
 
 
-def _wrap(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+# Calls that need no credentials: health checks (probes, load balancers) and reflection
+# (a description of the API; switched off in production by LOTGATE_GRPC_REFLECTION).
+OPEN_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
+
+
+def _refused(method: str) -> grpc.RpcMethodHandler:
+    async def refuse(_requests: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                            f"{method} is open to no role (not in the access table)")
+
+    return grpc.stream_unary_rpc_method_handler(refuse)
+
+
+async def _admit(gate: Gate | None, method: str, request: Any,
+                 context: grpc.aio.ServicerContext) -> Any:
+    """The principal's context token, once the gate let the call in (None without a gate)."""
+    if gate is None:
+        return None
+    principal = await gate.admit(method, request, context.invocation_metadata(),
+                                 peer_common_name(context))
+    return bind_principal(principal)
+
+
+def peer_common_name(context: grpc.aio.ServicerContext) -> str:
+    """The common name of the client certificate the TLS handshake verified ("" without
+    mutual TLS)."""
+    names = context.auth_context().get("x509_common_name") or ()
+    return names[0].decode() if names else ""
+
+
+def _wrap(method: str, handler: grpc.RpcMethodHandler,
+          gate: Gate | None = None) -> grpc.RpcMethodHandler:
     decode = handler.request_deserializer
     if handler.unary_unary is not None:
         inner = handler.unary_unary
@@ -180,8 +222,11 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         async def unary(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
             token = request_context.set((_request_id(context), method))
             started = time.perf_counter()
+            admitted = None
             try:
-                response = await inner(_decode(decode, raw), context)
+                request = _decode(decode, raw)
+                admitted = await _admit(gate, method, request, context)
+                response = await inner(request, context)
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:
@@ -190,6 +235,8 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
                 log.debug("rpc", code="OK", ms=_elapsed_ms(started))
                 return response
             finally:
+                if admitted is not None:
+                    unbind_principal(admitted)
                 request_context.reset(token)
 
         return grpc.unary_unary_rpc_method_handler(
@@ -200,14 +247,19 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         async def stream(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
             token = request_context.set((_request_id(context), method))
             started = time.perf_counter()
+            admitted = None
             try:
-                async for item in inner_stream(_decode(decode, raw), context):
+                request = _decode(decode, raw)
+                admitted = await _admit(gate, method, request, context)
+                async for item in inner_stream(request, context):
                     yield item
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:
                 await _abort(context, exc, started)
             finally:
+                if admitted is not None:
+                    unbind_principal(admitted)
                 request_context.reset(token)
 
         return grpc.unary_stream_rpc_method_handler(
@@ -262,14 +314,19 @@ def build_server(
     port: int,
     register: Callable[[grpc.aio.Server], Sequence[str]],
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    gate: Gate | None = None,
+    reflection_on: bool = True,
+    tls: grpc.ServerCredentials | None = None,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
-    """A grpc.aio server with our interceptor, health checking and reflection.
+    """A grpc.aio server with our interceptor, health checking and (optional) reflection.
 
     `register` adds the servicers and returns their full service names. Port 0 picks a
-    free port; the port actually bound is returned.
+    free port; the port actually bound is returned. With a `gate` every service call is
+    authenticated and authorized; health and reflection stay open. With `tls` the port
+    speaks TLS (mutual TLS when the credentials require client certificates).
     """
     server = grpc.aio.server(
-        interceptors=[ServiceInterceptor(), *interceptors],
+        interceptors=[ServiceInterceptor(gate), *interceptors],
         options=[
             ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
             ("grpc.max_send_message_length", MAX_SEND_BYTES),
@@ -279,10 +336,12 @@ def build_server(
     names = list(register(server))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-         reflection.SERVICE_NAME], server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    if reflection_on:
+        reflection.enable_server_reflection(
+            [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME], server)
+    bound = (server.add_secure_port(f"{host}:{port}", tls) if tls is not None
+             else server.add_insecure_port(f"{host}:{port}"))
     if bound == 0:
         raise OSError(f"cannot bind gRPC server to {host}:{port}")
     return server, bound, health_servicer

@@ -15,6 +15,7 @@ import signal
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2
@@ -24,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared import messaging
 from shared.aio import sleep_or_stop
+from shared.auth import Gate, gate_from
 from shared.clock import Clock, FileClock, SystemClock
 from shared.config import ServiceSettings, nats_password, settings_for
 from shared.db import create_schema, make_engine, schema_info_table
@@ -106,6 +108,27 @@ class RunningService:
 BuildParts = Callable[[Infrastructure], ServiceParts]
 
 
+def tls_for(settings: ServiceSettings) -> grpc.ServerCredentials | None:
+    """TLS credentials of the gRPC port, if configured; mutual TLS with a client CA."""
+    if not settings.grpc_tls_cert_file and not settings.grpc_tls_client_ca_file:
+        return None
+    if not settings.grpc_tls_cert_file or not settings.grpc_tls_key_file:
+        raise ValueError("TLS needs LOTGATE_GRPC_TLS_CERT_FILE and LOTGATE_GRPC_TLS_KEY_FILE")
+    client_ca = (Path(settings.grpc_tls_client_ca_file).read_bytes()
+                 if settings.grpc_tls_client_ca_file else None)
+    return grpc.ssl_server_credentials(
+        [(Path(settings.grpc_tls_key_file).read_bytes(),
+          Path(settings.grpc_tls_cert_file).read_bytes())],
+        root_certificates=client_ca, require_client_auth=client_ca is not None)
+
+
+def gate_for(settings: ServiceSettings) -> Gate:
+    """The service's gate: no service answers calls without authenticating them."""
+    return gate_from(jwks_file=settings.auth_jwks_file, jwks_url=settings.auth_jwks_url,
+                     issuer=settings.auth_issuer, audience=settings.auth_audience,
+                     leeway_seconds=settings.auth_leeway_seconds)
+
+
 async def start_service(settings: ServiceSettings, build: BuildParts, *,
                         clock: Clock | None = None,
                         tables: Tables) -> RunningService:
@@ -138,7 +161,9 @@ async def start_service(settings: ServiceSettings, build: BuildParts, *,
         connections: list[object] = []
 
         server, port, health_servicer = build_server(
-            host=settings.grpc_host, port=settings.grpc_port, register=parts.register)
+            host=settings.grpc_host, port=settings.grpc_port, register=parts.register,
+            gate=gate_for(settings), reflection_on=settings.grpc_reflection,
+            tls=tls_for(settings))
         running = RunningService(settings.service_name, port, server, infra, stop_event,
                                  asyncio.Event(), stack)
 

@@ -25,6 +25,7 @@ from nats.aio.client import Client as NATS
 from shared import nats_auth
 from shared.config import DEFAULT_GRPC_PORTS
 from shared.dev_secrets import DevSecrets
+from shared.tokens import ActingTokens, DevKeys
 
 SERVICES = ("suppliers", "results", "lots")
 
@@ -202,15 +203,24 @@ class Stack:
     monitor_port: int = 0
     log_level: str = "info"
     extra_env: dict[str, str] = field(default_factory=dict)
+    # The keys whose tokens the services accept; by default development keys kept in
+    # <workdir>/keys/ (created on the first start).
+    keys: DevKeys | None = None
     nats: NatsServer | None = None
     services: dict[str, ServiceProcess] = field(default_factory=dict)
 
     def address(self, service: str) -> str:
         return self.services[service].address
 
+    def acting(self) -> ActingTokens:
+        """Tokens for tools that play every role against this stack (demo, benchmark)."""
+        assert self.keys is not None, "start the stack first"
+        return ActingTokens(self.keys)
+
     async def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         secrets = DevSecrets(self.workdir / "secrets").ensure()
+        self.keys = self.keys or DevKeys.ensure(self.workdir / "keys")
         self.nats = NatsServer(self.workdir / "nats", self.nats_port, self.monitor_port,
                                secrets=secrets)
         await self.nats.start()
@@ -226,6 +236,7 @@ class Stack:
                 "LOTGATE_GRPC_PORT": str(port),
                 "LOTGATE_LOG_LEVEL": self.log_level,
                 **secrets.service_env(name),
+                **self.keys.service_env(),
                 **self.extra_env,
             }
             self.services[name] = ServiceProcess(name, port, env,

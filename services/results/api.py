@@ -198,10 +198,9 @@ class ResultApi(pb_grpc.ResultServiceServicer):
                            context: grpc.aio.ServicerContext) -> pb.RecordResultResponse:
         """Record one result.
 
-        An instrument may post only as itself: a call that carries the gRPC metadata
-        `x-lotgate-instrument` must name the same instrument_id, else PERMISSION_DENIED.
-        A call without it is allowed for now; authentication (which will set it from the
-        caller's credentials) comes later.
+        An instrument may post only as itself: the gate (shared.auth) checks the
+        instrument_id against the caller's token. The older `x-lotgate-instrument`
+        metadata is still accepted, and must then name the same instrument_id.
         """
         _check_caller(context, request.instrument_id)
         v = Violations()
@@ -319,7 +318,8 @@ class ResultApi(pb_grpc.ResultServiceServicer):
 
 
 def _check_caller(context: grpc.aio.ServicerContext, instrument_id: str) -> None:
-    """An instrument may post only as itself (when the call says which one it is)."""
+    """The x-lotgate-instrument metadata, when a caller still sends it, must agree (the
+    token's instrument_id is checked by the gate before this)."""
     for key, value in context.invocation_metadata() or ():
         if key == INSTRUMENT_HEADER and value != instrument_id:
             raise PermissionDenied(f"this call comes from instrument {value!s:.64}; it may "

@@ -28,6 +28,7 @@ from pathlib import Path
 import grpc
 
 from lotgate.lots.v1 import lots_pb2_grpc
+from shared import tokens
 from shared.client import Lotgate
 from shared.stack import SERVICES, Stack, free_port, nats_server_binary, wait_for_port
 from tests.bench import phases
@@ -201,7 +202,7 @@ class Bench:
     async def run(self) -> None:
         args = self.args
         addresses = {name: self.stack.address(name) for name in SERVICES}
-        async with Lotgate.connect(addresses) as lg:
+        async with Lotgate.connect(addresses, self.stack.acting()) as lg:
             progress("setup: specifications and qualified suppliers")
             await phases.set_up_materials(lg, self.fixture)
             busy = await wait_for_quiet(within=30.0)
@@ -294,7 +295,7 @@ class Bench:
         args, c = self.args, self.args.concurrency
         progress(f"2. lots service: GetReleaseStatus closed loop over {len(read_lots)} lots, "
                  f"c={c}, {args.read_seconds:g} s")
-        async with grpc.aio.insecure_channel(self.stack.address("lots")) as channel:
+        async with tokens.channel(self.stack.address("lots"), self.stack.acting()) as channel:
             stub = lots_pb2_grpc.LotServiceStub(channel)
             await channel.channel_ready()
             with client_gc_paused():
@@ -336,7 +337,7 @@ class Bench:
 
         progress(f"3b. lots service: GetReleaseStatuses of {len(read_lots)} lots, closed loop "
                  f"c=4, {args.read_seconds:g} s")
-        async with grpc.aio.insecure_channel(self.stack.address("lots")) as channel:
+        async with tokens.channel(self.stack.address("lots"), self.stack.acting()) as channel:
             stub = lots_pb2_grpc.LotServiceStub(channel)
             with client_gc_paused():
                 meter = CpuMeter(self.pids).start()

@@ -238,7 +238,8 @@ async def main_async() -> int:
         stack = Stack(workdir / "stack", database_urls=urls,
                       ports={name: free_port() for name in SERVICES}, log_level="warning")
         await stack.start()
-        async with Lotgate.connect({n: stack.address(n) for n in SERVICES}) as lg:
+        async with Lotgate.connect({n: stack.address(n) for n in SERVICES},
+                                   stack.acting()) as lg:
             rows = await _measure(lg)
     finally:
         if stack is not None:

@@ -15,6 +15,7 @@ from lotgate.lots.v1 import lots_pb2 as pb
 from lotgate.lots.v1 import lots_pb2_grpc as pb_grpc
 from shared.client import Lotgate
 from shared.stack import SERVICES, Stack, free_port
+from tests.support.auth import TEST_KEYS, acting
 from tests.support.databases import Databases
 
 INSTRUMENTS = (("FTIR-1", "FTIR"), ("HPLC-1", "HPLC"), ("BACT-1", "BacT/ALERT"))
@@ -26,7 +27,7 @@ async def stack(databases: Databases, tmp_path_factory: pytest.TempPathFactory
     workdir: Path = tmp_path_factory.mktemp("stack")
     urls = {name: await databases.create(f"e2e_{name}") for name in SERVICES}
     running = Stack(workdir, database_urls=urls, ports={n: free_port() for n in SERVICES},
-                    extra_env={"LOTGATE_OUTBOX_POLL_SECONDS": "0.2"})
+                    extra_env={"LOTGATE_OUTBOX_POLL_SECONDS": "0.2"}, keys=TEST_KEYS)
     await running.start()
     yield running
     await running.stop()
@@ -34,7 +35,8 @@ async def stack(databases: Databases, tmp_path_factory: pytest.TempPathFactory
 
 @pytest.fixture(scope="module")
 async def lotgate(stack: Stack) -> AsyncIterator[Lotgate]:
-    async with Lotgate.connect({name: stack.address(name) for name in SERVICES}) as client:
+    addresses = {name: stack.address(name) for name in SERVICES}
+    async with Lotgate.connect(addresses, acting()) as client:
         # The instruments the tests post as: registered and within calibration.
         for instrument, kind in INSTRUMENTS:
             await client.register_instrument(instrument, type=kind)
@@ -60,7 +62,8 @@ async def _replayed_stack(stack: Stack) -> AsyncIterator[Stack]:
     """The module's stack; once its tests are done (and before it stops), every lot is
     walked (ListLots, page by page) and each of its decisions replayed."""
     yield stack
-    async with Lotgate.connect({name: stack.address(name) for name in SERVICES}) as client:
+    addresses = {name: stack.address(name) for name in SERVICES}
+    async with Lotgate.connect(addresses, acting()) as client:
         disagreements, decided = await _replay_all(client.lots)
     assert not disagreements, (
         f"{len(disagreements)} of {decided} decisions do not replay:\n"

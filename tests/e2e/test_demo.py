@@ -6,12 +6,13 @@ import pytest
 
 from shared.demo import run_demo
 from shared.stack import SERVICES, Stack
+from tests.support.auth import acting
 
 pytestmark = pytest.mark.e2e
 
 
 async def test_the_demo_ends_as_expected(stack: Stack, capsys: pytest.CaptureFixture) -> None:
-    outcome = await run_demo({name: stack.address(name) for name in SERVICES})
+    outcome = await run_demo({name: stack.address(name) for name in SERVICES}, acting())
 
     printed = capsys.readouterr().out
     assert outcome == 0, printed

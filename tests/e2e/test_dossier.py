@@ -18,6 +18,7 @@ from lotgate.lots.v1 import lots_pb2 as pb
 from lotgate.suppliers.v1 import suppliers_pb2 as spb
 from shared.client import DEFAULT_SITE, Lotgate, identity, purity, sterility
 from shared.stack import Stack, free_port
+from tests.support import auth
 from tests.support.services import ref
 from tests.support.waiting import eventually, until_lot
 
@@ -46,7 +47,9 @@ async def lotgate_cli(*args: str) -> Run:
 
 
 def addresses(stack: Stack) -> list[str]:
-    return ["--suppliers", stack.address("suppliers"), "--lots", stack.address("lots")]
+    """The services' addresses, and an auditor's token for them."""
+    return ["--suppliers", stack.address("suppliers"), "--lots", stack.address("lots"),
+            "--token", auth.token("auditor", "auditor.test")]
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

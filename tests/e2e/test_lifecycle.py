@@ -17,6 +17,7 @@ import pytest
 from lotgate.lots.v1 import lots_pb2 as pb
 from shared.client import Lotgate, identity, purity, sterility
 from shared.stack import SERVICES, Stack, free_port
+from tests.support import auth
 from tests.support.databases import Databases
 from tests.support.services import ref
 from tests.support.waiting import until_lot
@@ -39,7 +40,7 @@ async def stack(databases: Databases, tmp_path_factory: pytest.TempPathFactory,
     running = Stack(workdir, database_urls=urls, ports={n: free_port() for n in SERVICES},
                     extra_env={"LOTGATE_CLOCK_FILE": str(clock_file),
                                "LOTGATE_EXPIRY_CHECK_SECONDS": "0.2",
-                               "LOTGATE_OUTBOX_POLL_SECONDS": "0.2"})
+                               "LOTGATE_OUTBOX_POLL_SECONDS": "0.2"}, keys=auth.TEST_KEYS)
     await running.start()
     yield running
     await running.stop()

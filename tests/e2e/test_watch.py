@@ -7,7 +7,6 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
-import grpc
 import pytest
 
 from lotgate.lots.v1 import lots_pb2 as pb
@@ -15,6 +14,7 @@ from lotgate.lots.v1 import lots_pb2_grpc as pb_grpc
 from lotgate.results.v1 import results_pb2 as rpb
 from shared.client import Lotgate, identity, purity, sterility
 from shared.stack import ServiceProcess, Stack, free_port
+from tests.support import auth
 from tests.support.services import ref
 from tests.support.waiting import eventually
 from tests.support.watching import Watch
@@ -94,7 +94,7 @@ async def second_lots(stack: Stack) -> AsyncIterator[pb_grpc.LotServiceStub]:
                              stack.workdir / "lots-replica.log")
     await replica.start()
     try:
-        async with grpc.aio.insecure_channel(replica.address) as channel:
+        async with auth.channel(replica.address) as channel:
             yield pb_grpc.LotServiceStub(channel)
     finally:
         await replica.stop()

@@ -36,6 +36,7 @@ from shared.grpc_server import status_for
 from shared.protoconv import to_timestamp
 from shared.runtime import RunningService
 from tests.integration.test_results import new_instrument, specified_lot
+from tests.support import auth
 from tests.support.events import harness
 from tests.support.grpc_errors import field_violations
 from tests.support.services import ref, start_in_process
@@ -97,7 +98,7 @@ async def services(databases, nats_server) -> AsyncIterator[dict[str, Service]]:
     try:
         for name, (descriptor, tables) in SERVICES.items():
             running = await start_in_process(name, databases=databases, nats=nats_server)
-            channel = grpc.aio.insecure_channel(running.address)
+            channel = auth.channel(running.address)
             started[name] = Service(running, channel, descriptor, tables)
         yield started
     finally:

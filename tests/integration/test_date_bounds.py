@@ -24,6 +24,7 @@ from shared.dates import years_after
 from shared.protoconv import to_timestamp
 from shared.runtime import RunningService
 from tests.integration.test_lots import System, running_system
+from tests.support import auth
 from tests.support.grpc_errors import field_violations
 from tests.support.services import ref, start_in_process
 
@@ -61,7 +62,7 @@ async def dates(databases, nats_server) -> AsyncIterator[Dates]:
         results: RunningService = await start_in_process(
             "results", databases=databases, nats=nats_server, clock=clock)
         try:
-            async with grpc.aio.insecure_channel(results.address) as channel:
+            async with auth.channel(results.address) as channel:
                 yield Dates(system, rpb_grpc.ResultServiceStub(channel), clock)
         finally:
             await results.stop()

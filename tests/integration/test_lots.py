@@ -32,6 +32,7 @@ from shared.clock import Clock
 from shared.protoconv import to_timestamp
 from shared.runtime import RunningService
 from shared.stack import NatsServer
+from tests.support import auth
 from tests.support.databases import Databases
 from tests.support.events import harness
 from tests.support.grpc_errors import field_violations
@@ -219,8 +220,8 @@ async def running_system(databases: Databases, nats_server: NatsServer, *,
                                           clock=clock, **(lots or {}))
     events = await harness(nats_server)
     try:
-        async with grpc.aio.insecure_channel(lots_service.address) as lc, \
-                grpc.aio.insecure_channel(suppliers_service.address) as sc:
+        async with auth.channel(lots_service.address) as lc, \
+                auth.channel(suppliers_service.address) as sc:
             yield System(pb_grpc.LotServiceStub(lc), spb_grpc.SupplierServiceStub(sc),
                          lots_service, events.js, clock=clock)
     finally:
@@ -564,7 +565,7 @@ async def test_a_failing_event_is_parked_and_its_batch_mates_are_applied_and_ack
                                   consumer_max_attempts=2)
     events = await harness(broker)
     try:
-        async with grpc.aio.insecure_channel(lots.address) as channel:
+        async with auth.channel(lots.address) as channel:
             system = System(pb_grpc.LotServiceStub(channel), None, lots, events.js)
             lot = await system.receive(ref("SUP"), "MAT-P")
             bad = system.result_event(lot.lot_id, "MAT-P", rpb.TEST_KIND_UNSPECIFIED)

@@ -29,6 +29,7 @@ from lotgate.suppliers.v1 import suppliers_pb2_grpc as spb_grpc
 from services.lots.tables import release_policy_history
 from shared.protoconv import to_timestamp
 from shared.runtime import RunningService
+from tests.support import auth
 from tests.support.services import ref, start_in_process
 from tests.support.waiting import eventually
 
@@ -56,9 +57,9 @@ async def stubs(databases, nats_server) -> AsyncIterator[Stubs]:
     running = [await start_in_process(name, databases=databases, nats=nats_server)
                for name in ("suppliers", "lots", "results")]
     try:
-        async with grpc.aio.insecure_channel(running[0].address) as sc, \
-                grpc.aio.insecure_channel(running[1].address) as lc, \
-                grpc.aio.insecure_channel(running[2].address) as rc:
+        async with auth.channel(running[0].address) as sc, \
+                auth.channel(running[1].address) as lc, \
+                auth.channel(running[2].address) as rc:
             found = Stubs(spb_grpc.SupplierServiceStub(sc), lpb_grpc.LotServiceStub(lc),
                           rpb_grpc.ResultServiceStub(rc), running[1])
             await _specify(found.results)

@@ -20,6 +20,7 @@ from shared.clock import ManualClock
 from shared.config import settings_for
 from shared.protoconv import from_timestamp, to_timestamp
 from shared.stack import NatsServer, free_port
+from tests.support import auth
 from tests.support.grpc_errors import field_violations
 from tests.support.services import ref, start_in_process
 from tests.support.waiting import eventually
@@ -117,7 +118,7 @@ async def new_qa(stub: pb_grpc.SupplierServiceStub, now: datetime | None = None)
 @pytest.fixture(scope="module")
 async def suppliers(databases, nats_server) -> AsyncIterator[pb_grpc.SupplierServiceStub]:
     running = await start_in_process("suppliers", databases=databases, nats=nats_server)
-    async with grpc.aio.insecure_channel(running.address) as channel:
+    async with auth.channel(running.address) as channel:
         yield pb_grpc.SupplierServiceStub(channel)
     await running.stop()
 
@@ -137,7 +138,7 @@ async def timed(databases, nats_server) -> AsyncIterator[Timed]:
     running = await start_in_process("suppliers", databases=databases, nats=nats_server,
                                      clock=clock, expiry_check_seconds=0.05,
                                      expiry_warning_days=30)
-    async with grpc.aio.insecure_channel(running.address) as channel:
+    async with auth.channel(running.address) as channel:
         yield Timed(pb_grpc.SupplierServiceStub(channel), clock,
                     running.infra.settings.database_url)
     await running.stop()
@@ -693,11 +694,11 @@ async def test_changes_are_accepted_while_nats_is_down_and_published_once_it_is_
     broker = NatsServer(workdir / f"nats-{ref('late')}", port=free_port())
     settings = settings_for("suppliers", database_url=await databases.create("suppliers"),
                             nats_url=broker.url, grpc_host="127.0.0.1", grpc_port=0,
-                            outbox_poll_seconds=0.2,
+                            outbox_poll_seconds=0.2, **auth.settings_overrides(),
                             **broker.secrets.service_settings("suppliers"))
     running = await bootstrap.start(settings)  # no broker is listening yet
     try:
-        async with grpc.aio.insecure_channel(running.address) as channel:
+        async with auth.channel(running.address) as channel:
             qa = await new_qa(pb_grpc.SupplierServiceStub(channel))
             accepted = await qa.approved()
         assert not running.messaging_ready.is_set()

@@ -10,6 +10,7 @@ from shared.clock import Clock
 from shared.config import settings_for
 from shared.runtime import RunningService
 from shared.stack import NatsServer
+from tests.support.auth import settings_overrides
 from tests.support.databases import Databases
 
 
@@ -26,7 +27,7 @@ async def start_in_process(name: str, *, databases: Databases, nats: NatsServer,
     settings = settings_for(name, database_url=database_url or await databases.create(name),
                             nats_url=nats.url,
                             grpc_host="127.0.0.1", grpc_port=0, outbox_poll_seconds=0.2,
-                            **overrides)
+                            **{**settings_overrides(), **overrides})
     running = await bootstrap.start(settings, clock=clock)
     await asyncio.wait_for(running.messaging_ready.wait(), timeout=30)
     return running
