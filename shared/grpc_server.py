@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from contextvars import Token
 from typing import Any
 
 import grpc
@@ -142,19 +143,38 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         async def stream(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
             token = request_context.set((_request_id(context), method))
             started = time.perf_counter()
+            items = None
             try:
-                async for item in inner_stream(_decode(decode, raw), context):
+                items = inner_stream(_decode(decode, raw), context)
+                async for item in items:
                     yield item
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:
                 await _abort(context, exc, started)
             finally:
-                request_context.reset(token)
+                # `async for` leaves the handler's generator open when we stop early (the
+                # call was cancelled): close it now, so that its own clean-up (a watch
+                # leaving the change feed) runs with ours rather than whenever it is
+                # collected.
+                if items is not None and hasattr(items, "aclose"):
+                    await items.aclose()
+                _reset_request_context(token)
 
         return grpc.unary_stream_rpc_method_handler(
             stream, request_deserializer=None, response_serializer=handler.response_serializer)
     return handler
+
+
+def _reset_request_context(token: Token[Any]) -> None:
+    """Undo our `request_context.set`. A call cancelled while its stream was waiting to send
+    leaves the generator to the event loop, which closes it later in another task's
+    context; there the token cannot be reset, and need not be: the call's own context ended
+    with its task."""
+    try:
+        request_context.reset(token)
+    except ValueError:
+        pass
 
 
 def _request_id(context: grpc.aio.ServicerContext) -> str:
