@@ -218,8 +218,8 @@ def _scalar(fd: FieldDescriptor, known: Known, hostile: bool) -> st.SearchStrate
         return st.sampled_from([v for v in values if v != 0] or values)
     if kind in (F.TYPE_DOUBLE, F.TYPE_FLOAT):
         if hostile:
-            return st.one_of(st.sampled_from(NASTY_DOUBLES),
-                             st.floats(width=32 if kind == F.TYPE_FLOAT else 64))
+            nasty = st.sampled_from(NASTY_DOUBLES)
+            return st.one_of(nasty, nasty, st.floats(width=32 if kind == F.TYPE_FLOAT else 64))
         return st.sampled_from(_plausible_doubles(fd.name))
     bounds = _int_bounds(kind)
     if hostile:
@@ -300,8 +300,10 @@ def _hostile_string(name: str, known: Known) -> st.SearchStrategy[str]:
         return st.tuples(_plausible_string(name, known), chars, st.integers(0, 40)).map(
             lambda t: t[0][:t[2]] + t[1] + t[0][t[2]:])
 
+    nul = inject(st.just("\x00"))
     choices: list[st.SearchStrategy[str]] = [
-        inject(st.just("\x00")),
+        nul,
+        nul,
         inject(st.sampled_from(INJECTED)),
         st.sampled_from(NASTY_TEXT),
         st.text(max_size=40),
