@@ -308,6 +308,10 @@ def check(rpc: str, request: FuzzRequest, answer: Answer, grown: int) -> None:
         assert answer.field_violations(), f"INVALID_ARGUMENT without BadRequest: {said}"
     assert answer.trailer_bytes() <= MAX_TRAILER_BYTES, (
         f"trailers of {answer.trailer_bytes():,} bytes: {said}")
+    # Trailers above the client's metadata limit reach it as this RESOURCE_EXHAUSTED, the
+    # server's answer lost.
+    assert not (answer.code == Code.RESOURCE_EXHAUSTED and "metadata size" in answer.details), (
+        f"trailers too large for the client: {said}")
     assert grown < MAX_CALL_GROWTH, f"the process grew by {grown / 2**20:.0f} MiB in {said}"
 
 
