@@ -269,7 +269,7 @@ async def seed_records(channels: dict[str, grpc.aio.Channel]) -> Known:
         "material_code": [material], "audit_id": [audit], "instrument_id": instruments,
         "lot_id": lot_ids, "lot_ids": lot_ids, "result_id": result_ids,
         "retest_of": result_ids,
-    }, now=now)
+    }, now=datetime.now(UTC))  # after the specification took effect
 
 
 async def _known_to_results(results: results_grpc.ResultServiceStub, lot_id: str) -> bool:

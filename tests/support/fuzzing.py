@@ -280,7 +280,10 @@ def _plausible_string(name: str, known: Known) -> st.SearchStrategy[str]:
         return st.sampled_from(("%", "mg/g", "kg", "g", "CFU/g", "CFU/mg", "L"))
     if name in ("requested_by", "approved_by", "auditor"):
         return st.sampled_from(("qa.jane", "qa.lead", "qc.lab", "wms", "auditor.max"))
-    if name in ("result_id", "retest_of"):
+    if name == "retest_of":  # mostly a first result, which names none
+        return st.integers(0, 3).flatmap(
+            lambda n: st.just("") if n < 3 else st.sampled_from(ids or [""]))
+    if name == "result_id":
         return st.one_of(st.sampled_from(ids), st.uuids().map(str)) if ids else st.uuids().map(str)
     if name == "instrument_result_id":
         return fresh.map(lambda s: f"IR-{s}")
@@ -328,15 +331,18 @@ def _hostile_string(name: str, known: Known) -> st.SearchStrategy[str]:
     return st.one_of(choices)
 
 
-# Timestamp fields -> the plausible range in days from now.
-TIMESTAMP_DAYS = {"measured_at": (-20, 0), "valid_until": (1, 390), "effective_from": (0, 30)}
+DAY_S = 86_400
+# Timestamp fields -> the plausible range in seconds from Known.now. Results are measured
+# after the seeded specification took effect, and at most minutes ahead of the clock.
+TIMESTAMP_S = {"measured_at": (0, 120), "valid_until": (DAY_S, 390 * DAY_S),
+               "effective_from": (0, 30 * DAY_S)}
 
 
 def _timestamp(known: Known, rate: int, name: str) -> st.SearchStrategy[tuple[int, int]]:
     """(seconds, nanos): around now, or at and beyond the limits of the valid range."""
     now = int(known.now.timestamp())
-    low, high = TIMESTAMP_DAYS.get(name, (-400, 400))
-    plausible = st.tuples(st.integers(now + low * 86_400, now + high * 86_400),
+    low, high = TIMESTAMP_S.get(name, (-400 * DAY_S, 400 * DAY_S))
+    plausible = st.tuples(st.integers(now + low, now + high),
                           st.integers(0, 999_999_999))
     # Shrinking goes to the first branch: the plausible one.
     if rate == 0:
