@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PROTOS := $(wildcard protos/lotgate/*/v1/*.proto)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run demo test test-unit test-integration test-e2e lint proto proto-check \
+.PHONY: help install run demo test test-unit test-integration test-e2e fuzz lint proto proto-check \
         bench bench-history deploy-check clean
 
 help: ## list the targets
@@ -41,6 +41,15 @@ test-integration: install ## each service in-process against a real nats-server 
 test-e2e: install ## the three services as processes, driven like a warehouse and an instrument
 	$(BIN)/pytest tests/e2e
 
+FUZZ_EXAMPLES ?= 300
+# A new seed per run unless given; the run prints it, so that a failure can be repeated.
+ifndef FUZZ_SEED
+FUZZ_SEED := $(shell date +%s)
+endif
+fuzz: install ## the RPC fuzzer at length: FUZZ_EXAMPLES requests per RPC (300), FUZZ_SEED to repeat a run
+	@echo "fuzzing every RPC with $(FUZZ_EXAMPLES) requests each, FUZZ_SEED=$(FUZZ_SEED)"
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_SEED=$(FUZZ_SEED) $(BIN)/pytest tests/integration/test_rpc_fuzz.py
+
 node_modules/.package-lock.json: package.json package-lock.json
 	npm ci --no-audit --no-fund --silent
 
@@ -67,4 +76,4 @@ deploy-check: ## validate the Kubernetes manifests, the Dockerfile and the compo
 	bash deploy/check.sh
 
 clean: ## remove the venv, the local data and caches
-	rm -rf $(VENV) .lotgate node_modules .pytest_cache .ruff_cache
+	rm -rf $(VENV) .lotgate node_modules .pytest_cache .ruff_cache .hypothesis

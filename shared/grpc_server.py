@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from contextvars import Token
 from typing import Any
 
 import grpc
@@ -248,23 +249,42 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler,
             token = request_context.set((_request_id(context), method))
             started = time.perf_counter()
             admitted = None
+            items = None
             try:
                 request = _decode(decode, raw)
                 admitted = await _admit(gate, method, request, context)
-                async for item in inner_stream(request, context):
+                items = inner_stream(request, context)
+                async for item in items:
                     yield item
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:
                 await _abort(context, exc, started)
             finally:
+                # `async for` leaves the handler's generator open when we stop early (the
+                # call was cancelled): close it now, so that its own clean-up (a watch
+                # leaving the change feed) runs with ours rather than whenever it is
+                # collected.
+                if items is not None and hasattr(items, "aclose"):
+                    await items.aclose()
                 if admitted is not None:
-                    unbind_principal(admitted)
-                request_context.reset(token)
+                    _reset_context_var(unbind_principal, admitted)
+                _reset_context_var(request_context.reset, token)
 
         return grpc.unary_stream_rpc_method_handler(
             stream, request_deserializer=None, response_serializer=handler.response_serializer)
     return handler
+
+
+def _reset_context_var(reset: Callable[[Token[Any]], None], token: Token[Any]) -> None:
+    """Undo a context variable's `set` (the request context, the principal). A call
+    cancelled while its stream was waiting to send leaves the generator to the event loop,
+    which closes it later in another task's context; there the token cannot be reset, and
+    need not be: the call's own context ended with its task."""
+    try:
+        reset(token)
+    except ValueError:
+        pass
 
 
 def _request_id(context: grpc.aio.ServicerContext) -> str:

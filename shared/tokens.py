@@ -21,6 +21,7 @@ import grpc
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.message import Message
 
 from shared import access
@@ -149,7 +150,9 @@ class ActingTokens:
         self.ttl_seconds = ttl_seconds
         self._minted: dict[tuple[str, frozenset[str], str, str], tuple[str, float]] = {}
 
-    def __call__(self, method: str, request: Message) -> str:
+    def __call__(self, method: str, request: Message | bytes) -> str:
+        if not isinstance(request, Message):
+            request = _parsed(method, request)
         roles = access.allowed_roles(method)
         instrument_id = ""
         if access.rpc_name(method) in access.INSTRUMENT_POSTS:
@@ -169,14 +172,32 @@ class ActingTokens:
         return token
 
 
-def _actor_of(request: Message) -> str:
-    if not isinstance(request, Message):  # raw bytes, as a fuzzer sends them
+def _parsed(method: str, raw: bytes) -> Message | bytes:
+    """A request sent as raw bytes (as a fuzzer sends it), read as the method's request
+    type so that its actor can be seen; the bytes themselves when they do not parse."""
+    try:
+        service, name = method.strip("/").rsplit("/", 1)
+        descriptor = descriptor_pool.Default().FindServiceByName(service).FindMethodByName(name)
+        return message_factory.GetMessageClass(descriptor.input_type).FromString(raw)
+    except Exception:  # any unreadable request simply names no actor
+        return raw
+
+
+def _actor_of(request: Message | bytes) -> str:
+    if not isinstance(request, Message):
         return ""
     fields = request.DESCRIPTOR.fields_by_name
     for name in access.ACTOR_FIELDS:
-        if name in fields and getattr(request, name):
+        if name in fields and _could_be_subject(getattr(request, name)):
             return str(getattr(request, name))
     return ""
+
+
+def _could_be_subject(name: str) -> bool:
+    """Whether an identity provider could have issued a token for `name`: a request that
+    names nobody plausible is sent under the role's own subject (and is then refused as
+    acting in another's name)."""
+    return 0 < len(name) <= 200 and name == name.strip() and name.isprintable()
 
 
 class _Bearer:
