@@ -25,6 +25,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared import messaging
 from shared.aio import sleep_or_stop
+from shared.audit import audit_trail_table
+from shared.audit_api import AuditApi
+from shared.audit_api import add_to_server as add_audit_api
 from shared.auth import Gate, gate_from
 from shared.clock import Clock, FileClock, SystemClock
 from shared.config import ServiceSettings, nats_password, settings_for
@@ -152,6 +155,7 @@ async def start_service(settings: ServiceSettings, build: BuildParts, *,
         await create_schema(engine, tables.metadata, version=tables.schema_version)
 
         uow = UnitOfWorkFactory(engine, tables.outbox, clock)
+        uow.system_actor = f"lotgate:{settings.service_name}"
         signer, verifier = _event_keys(settings)
         infra = Infrastructure(settings, clock, engine, uow,
                                EventGate(verifier, uow, tables.dead_letters))
@@ -160,8 +164,14 @@ async def start_service(settings: ServiceSettings, build: BuildParts, *,
         tasks: list[asyncio.Task[None]] = []
         connections: list[object] = []
 
+        audit_api = AuditApi(settings.service_name, engine, tables.metadata)
+
+        def register(grpc_server: grpc.aio.Server) -> list[str]:
+            # Every service answers for its own audit trail.
+            return [*parts.register(grpc_server), *add_audit_api(grpc_server, audit_api)]
+
         server, port, health_servicer = build_server(
-            host=settings.grpc_host, port=settings.grpc_port, register=parts.register,
+            host=settings.grpc_host, port=settings.grpc_port, register=register,
             gate=gate_for(settings), reflection_on=settings.grpc_reflection,
             tls=tls_for(settings))
         running = RunningService(settings.service_name, port, server, infra, stop_event,
@@ -324,10 +334,12 @@ def run_until_signal(start: Callable[[], Awaitable[RunningService]]) -> None:
 
 
 def make_tables(metadata: MetaData, *, schema_version: int = 1) -> Tables:
-    """The outbox, inbox, dead-letter and schema tables every service has beside its own.
+    """The outbox, inbox, dead-letter, audit trail and schema tables every service has
+    beside its own.
 
     `schema_version` grows with every change to the service's tables.
     """
     schema_info_table(metadata)
+    audit_trail_table(metadata)
     return Tables(metadata, outbox_table(metadata), inbox_table(metadata),
                   dead_letter_table(metadata), schema_version)
