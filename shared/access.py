@@ -66,7 +66,8 @@ ACCESS: dict[str, frozenset[str]] = {
             "GetInstrument", "ListLotResults", "ListInstrumentResults"),
 
     # Every service's audit trail: read by those who answer for the records.
-    **_rpcs(_AUDIT, {QA, AUDITOR, ADMIN}, "VerifyAuditTrail", "ListAuditTrail"),
+    **_rpcs(_AUDIT, {QA, AUDITOR, ADMIN}, "VerifyAuditTrail", "ListAuditTrail",
+            "GetAuditAnchor"),
     # Publishing the chain head now (it is published periodically anyway).
     **_rpcs(_AUDIT, {ADMIN}, "PublishAuditAnchor"),
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -11,15 +12,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lotgate.audit.v1 import audit_pb2 as pb
 from lotgate.audit.v1 import audit_pb2_grpc
-from shared import audit, paging
-from shared.errors import Unavailable, Violations
+from shared import audit, audit_anchor, paging
+from shared.errors import FieldViolation, InvalidArgument, NotFound, Unavailable, Violations
 from shared.protoconv import to_timestamp
 
+_HASH = re.compile(r"[0-9a-f]{64}")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AuditService"].full_name
 
-# The latest anchor of this service's chain that another party keeps: (sequence, hash,
-# who keeps it), or None when there is none yet.
-AnchorSource = Callable[[], Awaitable[tuple[int, str, str] | None]]
 # Publishes the chain head now; returns it.
 AnchorPublisher = Callable[[], Awaitable[tuple[int, str]]]
 
@@ -49,18 +48,26 @@ def verdict_to_proto(service: str, verdict: audit.Verdict) -> pb.VerifyAuditTrai
 
 class AuditApi(audit_pb2_grpc.AuditServiceServicer):
     def __init__(self, service: str, engine: AsyncEngine, metadata: MetaData, *,
-                 anchor: AnchorSource | None = None,
                  publish: AnchorPublisher | None = None) -> None:
         self._service = service
         self._engine = engine
         self._metadata = metadata
-        self._anchor = anchor
         self._publish = publish
 
     async def VerifyAuditTrail(self, request: pb.VerifyAuditTrailRequest,
                                context: grpc.aio.ServicerContext
                                ) -> pb.VerifyAuditTrailResponse:
-        anchor = await self._anchor() if self._anchor is not None else None
+        v = Violations()
+        anchor = None
+        if request.anchor_sequence or request.anchor_hash:
+            if request.anchor_sequence <= 0:
+                v.add("anchor_sequence", "must be above 0 with an anchor_hash")
+            if not _HASH.fullmatch(request.anchor_hash):
+                v.add("anchor_hash", "must be 64 lowercase hexadecimal digits")
+            v.text("anchor_kept_by", request.anchor_kept_by, max_length=64, required=False)
+            anchor = (request.anchor_sequence, request.anchor_hash,
+                      request.anchor_kept_by or "the caller")
+        v.raise_if_any()
         async with self._engine.connect() as conn:
             if conn.dialect.name == "postgresql":
                 # One snapshot: the chain and the rows as of one instant, so a change
@@ -95,6 +102,24 @@ class AuditApi(audit_pb2_grpc.AuditServiceServicer):
         token = paging.encode_position(rows[-1].sequence) if len(rows) == limit else ""
         return pb.ListAuditTrailResponse(entries=[entry_to_proto(r) for r in rows],
                                          next_page_token=token)
+
+    async def GetAuditAnchor(self, request: pb.GetAuditAnchorRequest,
+                             context: grpc.aio.ServicerContext) -> pb.GetAuditAnchorResponse:
+        kept = audit_anchor.KEEPS.get(self._service, ())
+        if request.service not in kept:
+            raise InvalidArgument([FieldViolation(
+                "service", f"{self._service} keeps the anchors of "
+                f"{', '.join(kept) if kept else 'no service'}")])
+        async with self._engine.connect() as conn:
+            row = await audit_anchor.latest(conn, self._metadata, request.service)
+        if row is None:
+            raise NotFound(f"{self._service} has received no anchor of {request.service} yet",
+                           field="service")
+        return pb.GetAuditAnchorResponse(
+            anchor=pb.AuditAnchor(event_id=row.event_id, service=row.service,
+                                  sequence=row.sequence, entry_hash=row.entry_hash,
+                                  occurred_at=to_timestamp(row.occurred_at)),
+            kept_by=self._service, received_at=to_timestamp(row.received_at))
 
     async def PublishAuditAnchor(self, request: pb.PublishAuditAnchorRequest,
                                  context: grpc.aio.ServicerContext

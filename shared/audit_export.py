@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import grpc
 from google.protobuf.json_format import MessageToDict
 
 from lotgate.audit.v1 import audit_pb2, audit_pb2_grpc
@@ -36,9 +37,11 @@ class Export:
 
 async def fetch(stub: audit_pb2_grpc.AuditServiceStub, *, record_type: str = "",
                 record_id: str = "", principal: str = "", since: datetime | None = None,
-                until: datetime | None = None) -> tuple[list[audit_pb2.AuditEntry],
-                                                        audit_pb2.VerifyAuditTrailResponse]:
-    """Every matching entry, page after page, then the verification of the whole chain."""
+                until: datetime | None = None,
+                anchor: audit_pb2.GetAuditAnchorResponse | None = None
+                ) -> tuple[list[audit_pb2.AuditEntry], audit_pb2.VerifyAuditTrailResponse]:
+    """Every matching entry, page after page, then the verification of the whole chain
+    (against `anchor`, the keeper's latest anchor of it, when given)."""
     request = audit_pb2.ListAuditTrailRequest(
         record_type=record_type, record_id=record_id, principal=principal,
         page_size=PAGE_SIZE)
@@ -53,15 +56,37 @@ async def fetch(stub: audit_pb2_grpc.AuditServiceStub, *, record_type: str = "",
         if not page.next_page_token:
             break
         request.page_token = page.next_page_token
-    verification = await stub.VerifyAuditTrail(audit_pb2.VerifyAuditTrailRequest(),
-                                                timeout=CALL_TIMEOUT_S)
+    verify = audit_pb2.VerifyAuditTrailRequest()
+    if anchor is not None:
+        verify = audit_pb2.VerifyAuditTrailRequest(
+            anchor_sequence=anchor.anchor.sequence, anchor_hash=anchor.anchor.entry_hash,
+            anchor_kept_by=anchor.kept_by)
+    verification = await stub.VerifyAuditTrail(verify, timeout=CALL_TIMEOUT_S)
     return entries, verification
 
 
-async def fetch_from(address: str, service: str, tokens: TokenSource | None,
-                     **filters: Any) -> Export:
+async def anchor_from(address: str, service: str, tokens: TokenSource | None
+                      ) -> audit_pb2.GetAuditAnchorResponse | None:
+    """The latest anchor of `service`'s chain its keeper at `address` holds; None when it
+    has received none yet."""
     async with channel(address, tokens) as ch:
-        entries, verification = await fetch(audit_pb2_grpc.AuditServiceStub(ch), **filters)
+        try:
+            return await audit_pb2_grpc.AuditServiceStub(ch).GetAuditAnchor(
+                audit_pb2.GetAuditAnchorRequest(service=service), timeout=CALL_TIMEOUT_S)
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise
+
+
+async def fetch_from(address: str, service: str, tokens: TokenSource | None, *,
+                     anchor_address: str = "", **filters: Any) -> Export:
+    """The export; with `anchor_address` (the keeper of the service's anchors) the chain
+    is verified against the latest anchor kept there."""
+    anchor = await anchor_from(anchor_address, service, tokens) if anchor_address else None
+    async with channel(address, tokens) as ch:
+        entries, verification = await fetch(audit_pb2_grpc.AuditServiceStub(ch),
+                                            anchor=anchor, **filters)
     return Export(service, entries, verification)
 
 

@@ -160,6 +160,7 @@ async def _dossier(args: argparse.Namespace) -> int:
 
 async def _audit(args: argparse.Namespace) -> int:
     """Export a service's audit trail; exit 1 when the chain does not verify."""
+    from shared.audit_anchor import keeper_of
     from shared.audit_export import fetch_from, summary, to_csv, to_json
 
     def instant(name: str, value: str) -> datetime | None:
@@ -176,13 +177,18 @@ async def _audit(args: argparse.Namespace) -> int:
         print(f"lotgate audit: {error}", file=sys.stderr)
         return 2
     address = args.address or f"127.0.0.1:{DEFAULT_GRPC_PORTS[args.service]}"
+    keeper = keeper_of(args.service)
+    anchor_address = "" if args.no_anchor else (
+        args.anchor_from or f"127.0.0.1:{DEFAULT_GRPC_PORTS[keeper]}")
     try:
         export = await fetch_from(address, args.service, _dossier_tokens(args.token),
+                                  anchor_address=anchor_address,
                                   record_type=args.record_type, record_id=args.record_id,
                                   principal=args.principal, since=since, until=until)
     except grpc.aio.AioRpcError as error:
-        print(f"lotgate audit: the {args.service} service at {address} answered "
-              f"{error.code().name}: {error.details()}", file=sys.stderr)
+        print(f"lotgate audit: the {args.service} service at {address} or the keeper of its "
+              f"anchors at {anchor_address or '-'} answered {error.code().name}: "
+              f"{error.details()}", file=sys.stderr)
         return 2 if error.code() == grpc.StatusCode.UNAVAILABLE else 1
     text = to_json(export) if args.format == "json" else to_csv(export)
     if args.out:
@@ -262,6 +268,12 @@ def main(argv: list[str] | None = None) -> int:
     trail.add_argument("--principal", default="", help="only this subject's changes")
     trail.add_argument("--since", default="", help="ISO 8601 time with zone, inclusive")
     trail.add_argument("--until", default="", help="ISO 8601 time with zone, exclusive")
+    trail.add_argument("--anchor-from", default="", metavar="HOST:PORT",
+                       help="the service that keeps this service's anchors (suppliers "
+                       "keeps those of lots and results, lots those of suppliers; default: "
+                       "its local port)")
+    trail.add_argument("--no-anchor", action="store_true",
+                       help="verify the chain without comparing it with an anchor")
     trail.add_argument("--format", choices=("csv", "json"), default="json")
     trail.add_argument("--out", default="", metavar="FILE", help="default: stdout")
     trail.add_argument("--token", default=os.environ.get("LOTGATE_TOKEN", ""),

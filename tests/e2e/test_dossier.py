@@ -12,8 +12,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import grpc
 import pytest
 
+from lotgate.audit.v1 import audit_pb2 as apb
+from lotgate.audit.v1 import audit_pb2_grpc as apb_grpc
 from lotgate.lots.v1 import lots_pb2 as pb
 from lotgate.suppliers.v1 import suppliers_pb2 as spb
 from shared.client import DEFAULT_SITE, Lotgate, identity, purity, sterility
@@ -189,14 +192,33 @@ async def test_the_audit_command_exports_a_records_trail_with_its_verification(
     await lotgate.qualify(supplier, "Acme", material, NEXT_YEAR, by="qa.jane")
     await release(lotgate, lot, material, supplier)
     token = ["--token", auth.token("auditor", "auditor.test")]
+    # The lots service's chain head, published now rather than on its next round, and
+    # kept by the suppliers service.
+    async with auth.channel(stack.address("lots"), "admin") as ch:
+        head = await apb_grpc.AuditServiceStub(ch).PublishAuditAnchor(
+            apb.PublishAuditAnchorRequest())
+    async with auth.channel(stack.address("suppliers"), "auditor") as ch:
+        async def kept() -> int:
+            try:
+                reply = await apb_grpc.AuditServiceStub(ch).GetAuditAnchor(
+                    apb.GetAuditAnchorRequest(service="lots"))
+            except grpc.aio.AioRpcError as error:
+                assert error.code() == grpc.StatusCode.NOT_FOUND, error
+                return 0
+            return reply.anchor.sequence
+
+        await eventually(kept, lambda sequence: sequence >= head.sequence)
 
     run = await lotgate_cli("audit", "--service", "lots", "--address", stack.address("lots"),
+                            "--anchor-from", stack.address("suppliers"),
                             "--record-type", "lot", "--record-id", lot, "--format", "json",
                             *token)
 
     assert run.code == 0, run.stderr
     document = json.loads(run.stdout)
     assert document["verification"]["ok"] is True
+    assert document["verification"]["anchor_kept_by"] == "suppliers"
+    assert int(document["verification"]["anchor_sequence"]) >= head.sequence
     entries = document["entries"]
     assert entries[0]["action"] == "receive" and entries[0]["old_values_json"] == ""
     assert json.loads(entries[-1]["new_values_json"])["status"] == "RELEASED"
@@ -206,6 +228,7 @@ async def test_the_audit_command_exports_a_records_trail_with_its_verification(
     out = tmp_path / "trail.csv"
     run = await lotgate_cli("audit", "--service", "suppliers", "--address",
                             stack.address("suppliers"), "--principal", "qa.jane",
+                            "--anchor-from", stack.address("lots"),
                             "--since", "2020-01-01T00:00:00Z", "--format", "csv",
                             "--out", str(out), *token)
 

@@ -12,6 +12,7 @@ import grpc
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from lotgate.audit.v1 import audit_pb2 as apb
 from lotgate.audit.v1 import audit_pb2_grpc as apb_grpc
@@ -405,15 +406,20 @@ async def tampered(databases, nats_server) -> AsyncIterator[tuple[RunningService
         await service.stop()
 
 
+async def around_the_trigger(conn: AsyncConnection) -> None:
+    """Let this transaction edit the trail, as only an administrator of the database
+    could (PostgreSQL: replica mode skips triggers; SQLite: drop them)."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(text("SET LOCAL session_replication_role = replica"))
+    else:
+        await conn.execute(text("DROP TRIGGER IF EXISTS audit_trail_no_update"))
+        await conn.execute(text("DROP TRIGGER IF EXISTS audit_trail_no_delete"))
+
+
 async def as_superuser(service: RunningService, *statements: str) -> None:
-    """Run `statements` around the append-only trigger, as only an administrator of the
-    database could (PostgreSQL: replica mode skips triggers; SQLite: drop them)."""
+    """Run `statements` around the append-only trigger."""
     async with service.infra.engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            await conn.execute(text("SET LOCAL session_replication_role = replica"))
-        else:
-            await conn.execute(text("DROP TRIGGER IF EXISTS audit_trail_no_update"))
-            await conn.execute(text("DROP TRIGGER IF EXISTS audit_trail_no_delete"))
+        await around_the_trigger(conn)
         for statement in statements:
             await conn.execute(text(statement))
 

@@ -25,31 +25,35 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1clotgate/audit/v1/audit.proto\x12\x10lotgate.audit.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbb\x02\n\nAuditEntry\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12/\n\x0brecorded_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11principal_subject\x18\x03 \x01(\t\x12\x16\n\x0eprincipal_name\x18\x04 \x01(\t\x12\x13\n\x0brecord_type\x18\x05 \x01(\t\x12\x11\n\trecord_id\x18\x06 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x07 \x01(\t\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x17\n\x0fold_values_json\x18\t \x01(\t\x12\x17\n\x0fnew_values_json\x18\n \x01(\t\x12\x12\n\nrequest_id\x18\x0b \x01(\t\x12\x15\n\rprevious_hash\x18\x0c \x01(\t\x12\x12\n\nentry_hash\x18\r \x01(\t\"\x19\n\x17VerifyAuditTrailRequest\"\xbf\x02\n\x18VerifyAuditTrailResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12/\n\x07problem\x18\x02 \x01(\x0e\x32\x1e.lotgate.audit.v1.AuditProblem\x12\x10\n\x08sequence\x18\x03 \x01(\x03\x12\x13\n\x0brecord_type\x18\x04 \x01(\t\x12\x11\n\trecord_id\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\x12\x17\n\x0f\x65ntries_checked\x18\x07 \x01(\x03\x12\x17\n\x0frecords_checked\x18\x08 \x01(\x03\x12\x15\n\rhead_sequence\x18\t \x01(\x03\x12\x11\n\thead_hash\x18\n \x01(\t\x12\x17\n\x0f\x61nchor_sequence\x18\x0b \x01(\x03\x12\x16\n\x0e\x61nchor_kept_by\x18\x0c \x01(\t\x12\x0f\n\x07service\x18\r \x01(\t\"\xcf\x01\n\x15ListAuditTrailRequest\x12\x13\n\x0brecord_type\x18\x01 \x01(\t\x12\x11\n\trecord_id\x18\x02 \x01(\t\x12\x11\n\tprincipal\x18\x03 \x01(\t\x12)\n\x05since\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x06 \x01(\x05\x12\x12\n\npage_token\x18\x07 \x01(\t\"`\n\x16ListAuditTrailResponse\x12-\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1c.lotgate.audit.v1.AuditEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1b\n\x19PublishAuditAnchorRequest\"B\n\x1aPublishAuditAnchorResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x12\n\nentry_hash\x18\x02 \x01(\t\"\x87\x01\n\x0b\x41uditAnchor\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x10\n\x08sequence\x18\x03 \x01(\x03\x12\x12\n\nentry_hash\x18\x04 \x01(\t\x12/\n\x0boccurred_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xa2\x02\n\x0c\x41uditProblem\x12\x1d\n\x19\x41UDIT_PROBLEM_UNSPECIFIED\x10\x00\x12\'\n#AUDIT_PROBLEM_CONTENT_HASH_MISMATCH\x10\x01\x12\x1d\n\x19\x41UDIT_PROBLEM_BROKEN_LINK\x10\x02\x12\x1e\n\x1a\x41UDIT_PROBLEM_SEQUENCE_GAP\x10\x03\x12 \n\x1c\x41UDIT_PROBLEM_RECORD_CHANGED\x10\x04\x12$\n AUDIT_PROBLEM_RECORD_NOT_AUDITED\x10\x05\x12 \n\x1c\x41UDIT_PROBLEM_RECORD_MISSING\x10\x06\x12!\n\x1d\x41UDIT_PROBLEM_ANCHOR_MISMATCH\x10\x07\x32\xcf\x02\n\x0c\x41uditService\x12i\n\x10VerifyAuditTrail\x12).lotgate.audit.v1.VerifyAuditTrailRequest\x1a*.lotgate.audit.v1.VerifyAuditTrailResponse\x12\x63\n\x0eListAuditTrail\x12\'.lotgate.audit.v1.ListAuditTrailRequest\x1a(.lotgate.audit.v1.ListAuditTrailResponse\x12o\n\x12PublishAuditAnchor\x12+.lotgate.audit.v1.PublishAuditAnchorRequest\x1a,.lotgate.audit.v1.PublishAuditAnchorResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1clotgate/audit/v1/audit.proto\x12\x10lotgate.audit.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbb\x02\n\nAuditEntry\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12/\n\x0brecorded_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11principal_subject\x18\x03 \x01(\t\x12\x16\n\x0eprincipal_name\x18\x04 \x01(\t\x12\x13\n\x0brecord_type\x18\x05 \x01(\t\x12\x11\n\trecord_id\x18\x06 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x07 \x01(\t\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x17\n\x0fold_values_json\x18\t \x01(\t\x12\x17\n\x0fnew_values_json\x18\n \x01(\t\x12\x12\n\nrequest_id\x18\x0b \x01(\t\x12\x15\n\rprevious_hash\x18\x0c \x01(\t\x12\x12\n\nentry_hash\x18\r \x01(\t\"_\n\x17VerifyAuditTrailRequest\x12\x17\n\x0f\x61nchor_sequence\x18\x01 \x01(\x03\x12\x13\n\x0b\x61nchor_hash\x18\x02 \x01(\t\x12\x16\n\x0e\x61nchor_kept_by\x18\x03 \x01(\t\"\xbf\x02\n\x18VerifyAuditTrailResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12/\n\x07problem\x18\x02 \x01(\x0e\x32\x1e.lotgate.audit.v1.AuditProblem\x12\x10\n\x08sequence\x18\x03 \x01(\x03\x12\x13\n\x0brecord_type\x18\x04 \x01(\t\x12\x11\n\trecord_id\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\x12\x17\n\x0f\x65ntries_checked\x18\x07 \x01(\x03\x12\x17\n\x0frecords_checked\x18\x08 \x01(\x03\x12\x15\n\rhead_sequence\x18\t \x01(\x03\x12\x11\n\thead_hash\x18\n \x01(\t\x12\x17\n\x0f\x61nchor_sequence\x18\x0b \x01(\x03\x12\x16\n\x0e\x61nchor_kept_by\x18\x0c \x01(\t\x12\x0f\n\x07service\x18\r \x01(\t\"\xcf\x01\n\x15ListAuditTrailRequest\x12\x13\n\x0brecord_type\x18\x01 \x01(\t\x12\x11\n\trecord_id\x18\x02 \x01(\t\x12\x11\n\tprincipal\x18\x03 \x01(\t\x12)\n\x05since\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x06 \x01(\x05\x12\x12\n\npage_token\x18\x07 \x01(\t\"`\n\x16ListAuditTrailResponse\x12-\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1c.lotgate.audit.v1.AuditEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1b\n\x19PublishAuditAnchorRequest\"B\n\x1aPublishAuditAnchorResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x12\n\nentry_hash\x18\x02 \x01(\t\"\x87\x01\n\x0b\x41uditAnchor\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x10\n\x08sequence\x18\x03 \x01(\x03\x12\x12\n\nentry_hash\x18\x04 \x01(\t\x12/\n\x0boccurred_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"(\n\x15GetAuditAnchorRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\"\x89\x01\n\x16GetAuditAnchorResponse\x12-\n\x06\x61nchor\x18\x01 \x01(\x0b\x32\x1d.lotgate.audit.v1.AuditAnchor\x12\x0f\n\x07kept_by\x18\x02 \x01(\t\x12/\n\x0breceived_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xa2\x02\n\x0c\x41uditProblem\x12\x1d\n\x19\x41UDIT_PROBLEM_UNSPECIFIED\x10\x00\x12\'\n#AUDIT_PROBLEM_CONTENT_HASH_MISMATCH\x10\x01\x12\x1d\n\x19\x41UDIT_PROBLEM_BROKEN_LINK\x10\x02\x12\x1e\n\x1a\x41UDIT_PROBLEM_SEQUENCE_GAP\x10\x03\x12 \n\x1c\x41UDIT_PROBLEM_RECORD_CHANGED\x10\x04\x12$\n AUDIT_PROBLEM_RECORD_NOT_AUDITED\x10\x05\x12 \n\x1c\x41UDIT_PROBLEM_RECORD_MISSING\x10\x06\x12!\n\x1d\x41UDIT_PROBLEM_ANCHOR_MISMATCH\x10\x07\x32\xb4\x03\n\x0c\x41uditService\x12i\n\x10VerifyAuditTrail\x12).lotgate.audit.v1.VerifyAuditTrailRequest\x1a*.lotgate.audit.v1.VerifyAuditTrailResponse\x12\x63\n\x0eListAuditTrail\x12\'.lotgate.audit.v1.ListAuditTrailRequest\x1a(.lotgate.audit.v1.ListAuditTrailResponse\x12o\n\x12PublishAuditAnchor\x12+.lotgate.audit.v1.PublishAuditAnchorRequest\x1a,.lotgate.audit.v1.PublishAuditAnchorResponse\x12\x63\n\x0eGetAuditAnchor\x12\'.lotgate.audit.v1.GetAuditAnchorRequest\x1a(.lotgate.audit.v1.GetAuditAnchorResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lotgate.audit.v1.audit_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_AUDITPROBLEM']._serialized_start=1294
-  _globals['_AUDITPROBLEM']._serialized_end=1584
+  _globals['_AUDITPROBLEM']._serialized_start=1546
+  _globals['_AUDITPROBLEM']._serialized_end=1836
   _globals['_AUDITENTRY']._serialized_start=84
   _globals['_AUDITENTRY']._serialized_end=399
   _globals['_VERIFYAUDITTRAILREQUEST']._serialized_start=401
-  _globals['_VERIFYAUDITTRAILREQUEST']._serialized_end=426
-  _globals['_VERIFYAUDITTRAILRESPONSE']._serialized_start=429
-  _globals['_VERIFYAUDITTRAILRESPONSE']._serialized_end=748
-  _globals['_LISTAUDITTRAILREQUEST']._serialized_start=751
-  _globals['_LISTAUDITTRAILREQUEST']._serialized_end=958
-  _globals['_LISTAUDITTRAILRESPONSE']._serialized_start=960
-  _globals['_LISTAUDITTRAILRESPONSE']._serialized_end=1056
-  _globals['_PUBLISHAUDITANCHORREQUEST']._serialized_start=1058
-  _globals['_PUBLISHAUDITANCHORREQUEST']._serialized_end=1085
-  _globals['_PUBLISHAUDITANCHORRESPONSE']._serialized_start=1087
-  _globals['_PUBLISHAUDITANCHORRESPONSE']._serialized_end=1153
-  _globals['_AUDITANCHOR']._serialized_start=1156
-  _globals['_AUDITANCHOR']._serialized_end=1291
-  _globals['_AUDITSERVICE']._serialized_start=1587
-  _globals['_AUDITSERVICE']._serialized_end=1922
+  _globals['_VERIFYAUDITTRAILREQUEST']._serialized_end=496
+  _globals['_VERIFYAUDITTRAILRESPONSE']._serialized_start=499
+  _globals['_VERIFYAUDITTRAILRESPONSE']._serialized_end=818
+  _globals['_LISTAUDITTRAILREQUEST']._serialized_start=821
+  _globals['_LISTAUDITTRAILREQUEST']._serialized_end=1028
+  _globals['_LISTAUDITTRAILRESPONSE']._serialized_start=1030
+  _globals['_LISTAUDITTRAILRESPONSE']._serialized_end=1126
+  _globals['_PUBLISHAUDITANCHORREQUEST']._serialized_start=1128
+  _globals['_PUBLISHAUDITANCHORREQUEST']._serialized_end=1155
+  _globals['_PUBLISHAUDITANCHORRESPONSE']._serialized_start=1157
+  _globals['_PUBLISHAUDITANCHORRESPONSE']._serialized_end=1223
+  _globals['_AUDITANCHOR']._serialized_start=1226
+  _globals['_AUDITANCHOR']._serialized_end=1361
+  _globals['_GETAUDITANCHORREQUEST']._serialized_start=1363
+  _globals['_GETAUDITANCHORREQUEST']._serialized_end=1403
+  _globals['_GETAUDITANCHORRESPONSE']._serialized_start=1406
+  _globals['_GETAUDITANCHORRESPONSE']._serialized_end=1543
+  _globals['_AUDITSERVICE']._serialized_start=1839
+  _globals['_AUDITSERVICE']._serialized_end=2275
 # @@protoc_insertion_point(module_scope)

@@ -147,12 +147,27 @@ Global___AuditEntry: _TypeAlias = AuditEntry  # noqa: Y015
 class VerifyAuditTrailRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    ANCHOR_SEQUENCE_FIELD_NUMBER: _builtins.int
+    ANCHOR_HASH_FIELD_NUMBER: _builtins.int
+    ANCHOR_KEPT_BY_FIELD_NUMBER: _builtins.int
+    anchor_sequence: _builtins.int
+    """An anchor of this service's chain kept elsewhere (GetAuditAnchor of its
+    keeper): the chain must hold this hash at this sequence, or it was
+    rewritten or cut. 0: compare with no anchor.
+    """
+    anchor_hash: _builtins.str
+    anchor_kept_by: _builtins.str
+    """Who kept the anchor, for the answer ("suppliers")."""
     def __init__(
         self,
+        *,
+        anchor_sequence: _builtins.int = ...,
+        anchor_hash: _builtins.str = ...,
+        anchor_kept_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anchor_hash", b"anchor_hash", "anchor_kept_by", b"anchor_kept_by", "anchor_sequence", b"anchor_sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -362,3 +377,51 @@ class AuditAnchor(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AuditAnchor: _TypeAlias = AuditAnchor  # noqa: Y015
+
+@_typing.final
+class GetAuditAnchorRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    service: _builtins.str
+    """The service whose chain the anchor is of ("lots")."""
+    def __init__(
+        self,
+        *,
+        service: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["service", b"service"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAuditAnchorRequest: _TypeAlias = GetAuditAnchorRequest  # noqa: Y015
+
+@_typing.final
+class GetAuditAnchorResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANCHOR_FIELD_NUMBER: _builtins.int
+    KEPT_BY_FIELD_NUMBER: _builtins.int
+    RECEIVED_AT_FIELD_NUMBER: _builtins.int
+    kept_by: _builtins.str
+    """The service that kept it."""
+    @_builtins.property
+    def anchor(self) -> Global___AuditAnchor: ...
+    @_builtins.property
+    def received_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        anchor: Global___AuditAnchor | None = ...,
+        kept_by: _builtins.str = ...,
+        received_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["anchor", b"anchor", "received_at", b"received_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anchor", b"anchor", "kept_by", b"kept_by", "received_at", b"received_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAuditAnchorResponse: _TypeAlias = GetAuditAnchorResponse  # noqa: Y015

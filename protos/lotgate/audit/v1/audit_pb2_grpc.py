@@ -52,6 +52,11 @@ class AuditServiceStub:
                 request_serializer=lotgate_dot_audit_dot_v1_dot_audit__pb2.PublishAuditAnchorRequest.SerializeToString,
                 response_deserializer=lotgate_dot_audit_dot_v1_dot_audit__pb2.PublishAuditAnchorResponse.FromString,
                 _registered_method=True)
+        self.GetAuditAnchor = channel.unary_unary(
+                '/lotgate.audit.v1.AuditService/GetAuditAnchor',
+                request_serializer=lotgate_dot_audit_dot_v1_dot_audit__pb2.GetAuditAnchorRequest.SerializeToString,
+                response_deserializer=lotgate_dot_audit_dot_v1_dot_audit__pb2.GetAuditAnchorResponse.FromString,
+                _registered_method=True)
 
 
 class AuditServiceServicer:
@@ -86,6 +91,15 @@ class AuditServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetAuditAnchor(self, request, context):
+        """GetAuditAnchor returns the latest anchor this service keeps of another
+        service's chain (suppliers keeps those of lots and results, lots those of
+        suppliers): what VerifyAuditTrail of that service is to be compared with.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuditServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -103,6 +117,11 @@ def add_AuditServiceServicer_to_server(servicer, server):
                     servicer.PublishAuditAnchor,
                     request_deserializer=lotgate_dot_audit_dot_v1_dot_audit__pb2.PublishAuditAnchorRequest.FromString,
                     response_serializer=lotgate_dot_audit_dot_v1_dot_audit__pb2.PublishAuditAnchorResponse.SerializeToString,
+            ),
+            'GetAuditAnchor': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAuditAnchor,
+                    request_deserializer=lotgate_dot_audit_dot_v1_dot_audit__pb2.GetAuditAnchorRequest.FromString,
+                    response_serializer=lotgate_dot_audit_dot_v1_dot_audit__pb2.GetAuditAnchorResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -189,6 +208,33 @@ class AuditService:
             '/lotgate.audit.v1.AuditService/PublishAuditAnchor',
             lotgate_dot_audit_dot_v1_dot_audit__pb2.PublishAuditAnchorRequest.SerializeToString,
             lotgate_dot_audit_dot_v1_dot_audit__pb2.PublishAuditAnchorResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAuditAnchor(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lotgate.audit.v1.AuditService/GetAuditAnchor',
+            lotgate_dot_audit_dot_v1_dot_audit__pb2.GetAuditAnchorRequest.SerializeToString,
+            lotgate_dot_audit_dot_v1_dot_audit__pb2.GetAuditAnchorResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -50,6 +50,11 @@ class AuditServiceStub:
     """PublishAuditAnchor publishes the chain head now (it is also published
     periodically) and returns it.
     """
+    GetAuditAnchor: _grpc.UnaryUnaryMultiCallable[_audit_pb2.GetAuditAnchorRequest, _audit_pb2.GetAuditAnchorResponse]
+    """GetAuditAnchor returns the latest anchor this service keeps of another
+    service's chain (suppliers keeps those of lots and results, lots those of
+    suppliers): what VerifyAuditTrail of that service is to be compared with.
+    """
 
 @_typing.type_check_only
 class AuditServiceAsyncStub(AuditServiceStub):
@@ -72,6 +77,11 @@ class AuditServiceAsyncStub(AuditServiceStub):
     PublishAuditAnchor: _aio.UnaryUnaryMultiCallable[_audit_pb2.PublishAuditAnchorRequest, _audit_pb2.PublishAuditAnchorResponse]  # type: ignore[assignment]
     """PublishAuditAnchor publishes the chain head now (it is also published
     periodically) and returns it.
+    """
+    GetAuditAnchor: _aio.UnaryUnaryMultiCallable[_audit_pb2.GetAuditAnchorRequest, _audit_pb2.GetAuditAnchorResponse]  # type: ignore[assignment]
+    """GetAuditAnchor returns the latest anchor this service keeps of another
+    service's chain (suppliers keeps those of lots and results, lots those of
+    suppliers): what VerifyAuditTrail of that service is to be compared with.
     """
 
 class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -110,6 +120,17 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_audit_pb2.PublishAuditAnchorResponse, _abc.Awaitable[_audit_pb2.PublishAuditAnchorResponse]]:
         """PublishAuditAnchor publishes the chain head now (it is also published
         periodically) and returns it.
+        """
+
+    @_abc_1.abstractmethod
+    def GetAuditAnchor(
+        self,
+        request: _audit_pb2.GetAuditAnchorRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audit_pb2.GetAuditAnchorResponse, _abc.Awaitable[_audit_pb2.GetAuditAnchorResponse]]:
+        """GetAuditAnchor returns the latest anchor this service keeps of another
+        service's chain (suppliers keeps those of lots and results, lots those of
+        suppliers): what VerifyAuditTrail of that service is to be compared with.
         """
 
 def add_AuditServiceServicer_to_server(servicer: AuditServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
