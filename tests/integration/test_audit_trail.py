@@ -23,6 +23,7 @@ from lotgate.results.v1 import results_pb2_grpc as rpb_grpc
 from lotgate.suppliers.v1 import suppliers_pb2 as spb
 from lotgate.suppliers.v1 import suppliers_pb2_grpc as spb_grpc
 from shared import access, paging
+from shared.clock import ManualClock
 from shared.protoconv import to_timestamp
 from shared.runtime import RunningService
 from tests.integration import test_results as results_support
@@ -515,3 +516,29 @@ async def test_the_service_cannot_truncate_its_trail_on_postgresql(tampered) -> 
             await conn.execute(text(statement))
 
     assert (await verified(trail)).entries_checked == 3
+
+
+async def test_an_expiry_by_the_scheduler_is_recorded_as_the_service(
+        databases, nats_server) -> None:
+    clock = ManualClock()
+    service = await start_in_process("suppliers", databases=databases, nats=nats_server,
+                                     clock=clock, expiry_check_seconds=0.05)
+    try:
+        async with auth.channel(service.address) as ch, \
+                auth.channel(service.address, "auditor") as auditor:
+            system = System(None, spb_grpc.SupplierServiceStub(ch), service, None,  # type: ignore[arg-type]
+                            clock=clock)
+            supplier = await system.qualified_supplier("MAT-EXPIRY")
+            clock.advance(timedelta(days=400))
+            trail = apb_grpc.AuditServiceStub(auditor)
+            expired = await eventually(
+                lambda: entries(trail, record_type="qualification",
+                                record_id=f"{supplier}/{SITE}/MAT-EXPIRY"),
+                lambda found: found[-1].action == "set EXPIRED")
+
+            assert expired[-1].principal_subject == "lotgate:suppliers"
+            assert json.loads(expired[-1].old_values_json)["status"] == "QUALIFIED"
+            assert json.loads(expired[-1].new_values_json)["status"] == "EXPIRED"
+            assert (await verified(trail)).ok
+    finally:
+        await service.stop()
