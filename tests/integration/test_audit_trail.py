@@ -3,6 +3,7 @@ every GMP write leaves its entry, and VerifyAuditTrail names each kind of tamper
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -542,3 +543,18 @@ async def test_an_expiry_by_the_scheduler_is_recorded_as_the_service(
             assert (await verified(trail)).ok
     finally:
         await service.stop()
+
+
+async def test_concurrent_writes_append_one_unbroken_chain(tampered) -> None:
+    service, trail = tampered
+    async with auth.channel(service.address) as ch:
+        stub = spb_grpc.SupplierServiceStub(ch)
+        await asyncio.gather(*(stub.CreateSupplier(spb.CreateSupplierRequest(
+            supplier_id=f"SUP-P{i}", name="Parallel Ltd", requested_by="qa.jane"))
+            for i in range(30)))
+
+    verdict = await verified(trail)
+
+    assert verdict.ok, verdict
+    assert (verdict.entries_checked, verdict.head_sequence, verdict.records_checked) == (
+        33, 33, 33)
