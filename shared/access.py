@@ -34,6 +34,7 @@ _STATUS = _READ | {WAREHOUSE}
 _SUPPLIERS = "lotgate.suppliers.v1.SupplierService"
 _LOTS = "lotgate.lots.v1.LotService"
 _RESULTS = "lotgate.results.v1.ResultService"
+_AUDIT = "lotgate.audit.v1.AuditService"
 
 
 def _rpcs(service: str, roles: Iterable[str], *methods: str) -> dict[str, frozenset[str]]:
@@ -63,6 +64,12 @@ ACCESS: dict[str, frozenset[str]] = {
     **_rpcs(_RESULTS, {INSTRUMENT}, "RecordResult", "RecordResults"),
     **_rpcs(_RESULTS, _READ, "GetSpecification", "ListSpecificationVersions",
             "GetInstrument", "ListLotResults", "ListInstrumentResults"),
+
+    # Every service's audit trail: read by those who answer for the records.
+    **_rpcs(_AUDIT, {QA, AUDITOR, ADMIN}, "VerifyAuditTrail", "ListAuditTrail",
+            "GetAuditAnchor"),
+    # Publishing the chain head now (it is published periodically anyway).
+    **_rpcs(_AUDIT, {ADMIN}, "PublishAuditAnchor"),
 }
 
 # Request fields that name the person acting. They must be the caller's subject or empty

@@ -4,6 +4,8 @@
     lotgate demo   a warehouse, an instrument and QA at work; prints each lot's status
     lotgate dossier SUPPLIER_ID
                    an auditor's qualification dossier of one supplier: HTML, JSON, CSV
+    lotgate audit --service lots [--record-type lot --record-id LOT-1] --format csv
+                   a service's audit trail (filtered) with its verification: CSV or JSON
     lotgate token --role qa --sub qa.jane
                    a bearer token signed with the local development keys (.lotgate/keys)
 """
@@ -22,6 +24,8 @@ import tempfile
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
+
+import grpc
 
 from shared import access
 from shared.config import DEFAULT_GRPC_PORTS
@@ -136,7 +140,9 @@ async def _dossier(args: argparse.Namespace) -> int:
     try:
         dossier = build_dossier(
             records.supplier, audits=records.audits, history=records.history,
-            lots=records.lots, reviews=records.reviews, generated_at=datetime.now(UTC),
+            lots=records.lots, reviews=records.reviews, audit_trail=records.audit_trail,
+            audit_trail_verification=records.audit_trail_verification,
+            generated_at=datetime.now(UTC),
             generated_by=_who(), generator=f"lotgate {_version()} (lotgate dossier)",
             sources=addresses)
     except ValueError as error:
@@ -150,6 +156,47 @@ async def _dossier(args: argparse.Namespace) -> int:
     print(f"SHA-256 of {paths[-1].name}: {sha256_of(paths[-1])} (record it to detect "
           "later edits of this export)", file=sys.stderr)
     return 0
+
+
+async def _audit(args: argparse.Namespace) -> int:
+    """Export a service's audit trail; exit 1 when the chain does not verify."""
+    from shared.audit_anchor import keeper_of
+    from shared.audit_export import fetch_from, summary, to_csv, to_json
+
+    def instant(name: str, value: str) -> datetime | None:
+        if not value:
+            return None
+        parsed = datetime.fromisoformat(value)
+        if parsed.tzinfo is None:
+            raise ValueError(f"--{name} needs a time zone (2026-11-30T00:00:00Z)")
+        return parsed
+
+    try:
+        since, until = instant("since", args.since), instant("until", args.until)
+    except ValueError as error:
+        print(f"lotgate audit: {error}", file=sys.stderr)
+        return 2
+    address = args.address or f"127.0.0.1:{DEFAULT_GRPC_PORTS[args.service]}"
+    keeper = keeper_of(args.service)
+    anchor_address = "" if args.no_anchor else (
+        args.anchor_from or f"127.0.0.1:{DEFAULT_GRPC_PORTS[keeper]}")
+    try:
+        export = await fetch_from(address, args.service, _dossier_tokens(args.token),
+                                  anchor_address=anchor_address,
+                                  record_type=args.record_type, record_id=args.record_id,
+                                  principal=args.principal, since=since, until=until)
+    except grpc.aio.AioRpcError as error:
+        print(f"lotgate audit: the {args.service} service at {address} or the keeper of its "
+              f"anchors at {anchor_address or '-'} answered {error.code().name}: "
+              f"{error.details()}", file=sys.stderr)
+        return 2 if error.code() == grpc.StatusCode.UNAVAILABLE else 1
+    text = to_json(export) if args.format == "json" else to_csv(export)
+    if args.out:
+        await asyncio.to_thread(Path(args.out).write_text, text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    print(summary(export), file=sys.stderr)
+    return 0 if export.verification.ok else 1
 
 
 def _dossier_tokens(token: str) -> TokenSource | None:
@@ -206,6 +253,32 @@ def main(argv: list[str] | None = None) -> int:
     dossier.add_argument("--token", default=os.environ.get("LOTGATE_TOKEN", ""),
                          help="bearer token (default: $LOTGATE_TOKEN; locally, one signed "
                          f"with the development keys in {DEV_KEYS_DIR})")
+    trail = sub.add_parser(
+        "audit", help="export a service's audit trail with its verification",
+        description="Page through one service's audit trail (every create and change of its "
+        "GMP records: who, when, why, old and new values) and verify its hash chain. "
+        "JSON holds the entries and the verification; CSV holds the entries, and the "
+        "verification is printed to stderr. Exit 1 when the chain does not verify or the "
+        "service refuses, 2 when it cannot be reached.")
+    trail.add_argument("--service", required=True, choices=sorted(DEFAULT_GRPC_PORTS))
+    trail.add_argument("--address", default="", metavar="HOST:PORT",
+                       help="the service (default: its local port)")
+    trail.add_argument("--record-type", default="", help="lot, qualification, result ...")
+    trail.add_argument("--record-id", default="", help="needs --record-type")
+    trail.add_argument("--principal", default="", help="only this subject's changes")
+    trail.add_argument("--since", default="", help="ISO 8601 time with zone, inclusive")
+    trail.add_argument("--until", default="", help="ISO 8601 time with zone, exclusive")
+    trail.add_argument("--anchor-from", default="", metavar="HOST:PORT",
+                       help="the service that keeps this service's anchors (suppliers "
+                       "keeps those of lots and results, lots those of suppliers; default: "
+                       "its local port)")
+    trail.add_argument("--no-anchor", action="store_true",
+                       help="verify the chain without comparing it with an anchor")
+    trail.add_argument("--format", choices=("csv", "json"), default="json")
+    trail.add_argument("--out", default="", metavar="FILE", help="default: stdout")
+    trail.add_argument("--token", default=os.environ.get("LOTGATE_TOKEN", ""),
+                       help="bearer token (default: $LOTGATE_TOKEN; locally, an auditor's "
+                       f"signed with the development keys in {DEV_KEYS_DIR})")
     token = sub.add_parser(
         "token", help="print a bearer token signed with the local development keys",
         description="Print a bearer token for local use, signed with the development keys "
@@ -233,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "dossier":
             return asyncio.run(_dossier(args))
+        if args.command == "audit":
+            return asyncio.run(_audit(args))
         return asyncio.run(_demo(args))
     return 130
 

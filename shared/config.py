@@ -38,6 +38,8 @@ class ServiceSettings(BaseSettings):
     # Suppliers: how often to look for approvals that have lapsed (an EXPIRED event
     # follows within about this long), and how long before a lapse to warn.
     expiry_check_seconds: float = Field(default=1.0, gt=0)
+    # How often the audit trail's chain head is published as an anchor (when it moved).
+    audit_anchor_seconds: float = Field(default=60.0, gt=0)
     expiry_warning_days: float = Field(default=30.0, ge=0)
     database_pool_size: int = Field(default=20, ge=1)
     # Seconds a database statement may run before the call fails.

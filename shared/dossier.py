@@ -29,6 +29,7 @@ from urllib.parse import quote
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from lotgate.audit.v1 import audit_pb2
 from lotgate.lots.v1 import lots_pb2
 from lotgate.suppliers.v1 import suppliers_pb2
 
@@ -177,6 +178,25 @@ class ReviewRow:
 
 
 @dataclass(frozen=True)
+class AuditTrailRow:
+    """An entry of the suppliers service's audit trail about one of the supplier's
+    records (the supplier, its sites, audits and qualifications)."""
+
+    sequence: int
+    recorded_at: str | None
+    principal_subject: str
+    principal_name: str
+    record_type: str
+    record_id: str
+    action: str
+    reason: str
+    old_values: str
+    new_values: str
+    request_id: str
+    entry_hash: str
+
+
+@dataclass(frozen=True)
 class Dossier:
     generation: Generation
     supplier: SupplierInfo
@@ -186,6 +206,9 @@ class Dossier:
     audits: tuple[AuditRow, ...]
     lots: tuple[LotRow, ...]
     reviews: tuple[ReviewRow, ...]
+    audit_trail: tuple[AuditTrailRow, ...] = ()
+    # What VerifyAuditTrail of the suppliers service said when the dossier was read.
+    audit_trail_verification: str = ""
 
 
 # One CSV per table: file name, the Dossier attribute, the row type (its fields are the header).
@@ -196,6 +219,7 @@ CSV_TABLES: tuple[tuple[str, str, type], ...] = (
     ("audits.csv", "audits", AuditRow),
     ("lots.csv", "lots", LotRow),
     ("reviews.csv", "reviews", ReviewRow),
+    ("audit_trail.csv", "audit_trail", AuditTrailRow),
 )
 
 
@@ -270,6 +294,8 @@ def build_dossier(supplier: suppliers_pb2.Supplier, *,
                   history: Iterable[suppliers_pb2.QualificationChange],
                   lots: Iterable[lots_pb2.Lot],
                   reviews: Iterable[lots_pb2.LotReview],
+                  audit_trail: Iterable[audit_pb2.AuditEntry] = (),
+                  audit_trail_verification: str = "",
                   generated_at: datetime, generated_by: str, generator: str,
                   sources: Mapping[str, str] | None = None) -> Dossier:
     """The dossier of `supplier` from what the services returned, in any order.
@@ -347,6 +373,15 @@ def build_dossier(supplier: suppliers_pb2.Supplier, *,
             opened_at=_time(r, "opened_at"), state=_enum(lots_pb2.ReviewState, r.state),
             conclusion=r.conclusion, closed_by=r.closed_by,
             closed_at=_time(r, "closed_at")) for r in review_list),
+        audit_trail=tuple(AuditTrailRow(
+            sequence=e.sequence, recorded_at=_time(e, "recorded_at"),
+            principal_subject=e.principal_subject, principal_name=e.principal_name,
+            record_type=e.record_type, record_id=e.record_id, action=e.action,
+            reason=e.reason, old_values=e.old_values_json, new_values=e.new_values_json,
+            request_id=e.request_id, entry_hash=e.entry_hash)
+            for e in sorted({e.sequence: e for e in audit_trail}.values(),
+                            key=lambda e: e.sequence)),
+        audit_trail_verification=audit_trail_verification,
     )
 
 
@@ -611,6 +646,14 @@ def render_html(dossier: Dossier) -> str:
         ("Closed at", lambda r: r.closed_at, False),
     ], "No lot review.")
 
+    trail = _table(dossier.audit_trail, [
+        ("#", lambda t: t.sequence, False), ("Recorded at", lambda t: t.recorded_at, False),
+        ("By", lambda t: t.principal_subject, False),
+        ("Record", lambda t: f"{t.record_type} {t.record_id}", False),
+        ("Action", lambda t: t.action, False), ("Reason", lambda t: t.reason, False),
+        ("Old values", lambda t: t.old_values, False),
+        ("New values", lambda t: t.new_values, False),
+    ], "No audit trail entry.")
     d = dossier
     body = "".join([
         header,
@@ -628,6 +671,11 @@ def render_html(dossier: Dossier) -> str:
         _section("reviews", "7. Lot reviews",
                  f"{_plural(len(d.reviews), 'review')} of released lots whose supplier "
                  "qualification was later withdrawn or lapsed.", reviews),
+        _section("audit-trail", "8. Audit trail of the supplier's records",
+                 f"{len(d.audit_trail)} {'entry' if len(d.audit_trail) == 1 else 'entries'} "
+                 "of the suppliers service's "
+                 "hash-chained trail. Verification when read: "
+                 f"{d.audit_trail_verification or 'not asked'}.", trail),
         f"<footer>End of the dossier of supplier {_e(s.supplier_id)}, "
         f"generated at {_e(g.generated_at)} ({_e(FORMAT)}).</footer>\n",
     ])

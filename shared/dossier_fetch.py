@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from lotgate.audit.v1 import audit_pb2, audit_pb2_grpc
 from lotgate.lots.v1 import lots_pb2, lots_pb2_grpc
 from lotgate.suppliers.v1 import suppliers_pb2, suppliers_pb2_grpc
 from shared.tokens import TokenSource, channel
@@ -42,6 +43,8 @@ class DossierRecords:
     history: list[suppliers_pb2.QualificationChange] = field(default_factory=list)
     lots: list[lots_pb2.Lot] = field(default_factory=list)
     reviews: list[lots_pb2.LotReview] = field(default_factory=list)
+    audit_trail: list[audit_pb2.AuditEntry] = field(default_factory=list)
+    audit_trail_verification: str = ""
 
 
 R = TypeVar("R")
@@ -93,7 +96,9 @@ async def _all_pages(service: str, address: str, rpc: str, method: Any, request:
 
 async def fetch_records(suppliers: suppliers_pb2_grpc.SupplierServiceStub,
                         lots: lots_pb2_grpc.LotServiceStub, supplier_id: str, *,
-                        addresses: dict[str, str] | None = None) -> DossierRecords:
+                        addresses: dict[str, str] | None = None,
+                        trail: audit_pb2_grpc.AuditServiceStub | None = None
+                        ) -> DossierRecords:
     """The supplier, its audits, its full qualification history, its lots and reviews."""
     addresses = addresses or {}
     at_suppliers, at_lots = addresses.get("suppliers", ""), addresses.get("lots", "")
@@ -114,8 +119,33 @@ async def fetch_records(suppliers: suppliers_pb2_grpc.SupplierServiceStub,
         "lots", at_lots, "ListLotReviews", lots.ListLotReviews,
         lots_pb2.ListLotReviewsRequest(supplier_id=supplier_id, page_size=PAGE_SIZE),
         "reviews")
-    return DossierRecords(supplier=reply.supplier, audits=list(audits.audits),
-                          history=history, lots=lot_list, reviews=reviews)
+    records = DossierRecords(supplier=reply.supplier, audits=list(audits.audits),
+                             history=history, lots=lot_list, reviews=reviews)
+    if trail is not None:
+        await _fetch_trail(trail, records, at_suppliers)
+    return records
+
+
+async def _fetch_trail(trail: audit_pb2_grpc.AuditServiceStub, records: DossierRecords,
+                       address: str) -> None:
+    """The suppliers service's audit entries of the supplier's records, and what
+    VerifyAuditTrail says of the whole chain."""
+    s = records.supplier
+    wanted = [("supplier", s.supplier_id),
+              *(("site", f"{site.supplier_id}/{site.site_id}") for site in s.sites),
+              *(("audit", a.audit_id) for a in records.audits),
+              *{("qualification", f"{c.supplier_id}/{c.site_id}/{c.material_code}")
+                for c in records.history}]
+    for record_type, record_id in wanted:
+        records.audit_trail += await _all_pages(
+            "suppliers", address, "ListAuditTrail", trail.ListAuditTrail,
+            audit_pb2.ListAuditTrailRequest(record_type=record_type, record_id=record_id,
+                                            page_size=PAGE_SIZE), "entries")
+    v = await _call("suppliers", address, "VerifyAuditTrail", lambda: trail.VerifyAuditTrail(
+        audit_pb2.VerifyAuditTrailRequest(), timeout=CALL_TIMEOUT_S))
+    records.audit_trail_verification = (
+        f"verified, {v.entries_checked} entries, head {v.head_sequence} {v.head_hash}"
+        if v.ok else f"NOT VERIFIED: {audit_pb2.AuditProblem.Name(v.problem)}: {v.detail}")
 
 
 async def fetch_from(addresses: dict[str, str], supplier_id: str,
@@ -126,4 +156,5 @@ async def fetch_from(addresses: dict[str, str], supplier_id: str,
             channel(addresses["lots"], tokens) as to_lots:
         return await fetch_records(suppliers_pb2_grpc.SupplierServiceStub(to_suppliers),
                                    lots_pb2_grpc.LotServiceStub(to_lots), supplier_id,
-                                   addresses=addresses)
+                                   addresses=addresses,
+                                   trail=audit_pb2_grpc.AuditServiceStub(to_suppliers))

@@ -48,7 +48,13 @@ class ServiceAccess:
 # The table. A new consumer or stream of a service must be added here, or the broker
 # refuses it (tests/unit/test_nats_auth.py compares this with the services' wiring).
 SERVICES: Mapping[str, ServiceAccess] = {
-    "suppliers": ServiceAccess("suppliers", SUPPLIERS_STREAM, (SUPPLIERS_STREAM,)),
+    # Suppliers keeps the audit trail anchors of lots and results (shared/audit_anchor.py).
+    "suppliers": ServiceAccess(
+        "suppliers", SUPPLIERS_STREAM, (SUPPLIERS_STREAM, LOTS_STREAM, RESULTS_STREAM),
+        (Consumes(LOTS_STREAM.name, "lotgate.lots.v1.audit_anchor",
+                  "suppliers-lots-audit-anchor"),
+         Consumes(RESULTS_STREAM.name, "lotgate.results.v1.audit_anchor",
+                  "suppliers-results-audit-anchor"))),
     "results": ServiceAccess(
         "results", RESULTS_STREAM, (RESULTS_STREAM, LOTS_STREAM),
         (Consumes(LOTS_STREAM.name, messaging.LOT_RECEIVED, "results-lot-received"),)),
@@ -59,6 +65,9 @@ SERVICES: Mapping[str, ServiceAccess] = {
          Consumes(RESULTS_STREAM.name, messaging.RESULT_CONFIRMED, "lots-result-confirmed"),
          Consumes(SUPPLIERS_STREAM.name, messaging.QUALIFICATION_CHANGED,
                   "lots-qualification-changed"),
+         # Lots keeps the audit trail anchors of suppliers.
+         Consumes(SUPPLIERS_STREAM.name, "lotgate.suppliers.v1.audit_anchor",
+                  "lots-suppliers-audit-anchor"),
          # The change feed (services/lots/watch.py): every replica's status changes.
          Consumes(LOTS_STREAM.name, messaging.LOT_STATUS_CHANGED))),
 }

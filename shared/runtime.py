@@ -23,8 +23,11 @@ from nats.js import JetStreamContext
 from sqlalchemy import MetaData, Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared import messaging
+from shared import audit_anchor, messaging
 from shared.aio import sleep_or_stop
+from shared.audit import audit_trail_table
+from shared.audit_api import AuditApi
+from shared.audit_api import add_to_server as add_audit_api
 from shared.auth import Gate, gate_from
 from shared.clock import Clock, FileClock, SystemClock
 from shared.config import ServiceSettings, nats_password, settings_for
@@ -152,6 +155,7 @@ async def start_service(settings: ServiceSettings, build: BuildParts, *,
         await create_schema(engine, tables.metadata, version=tables.schema_version)
 
         uow = UnitOfWorkFactory(engine, tables.outbox, clock)
+        uow.system_actor = f"lotgate:{settings.service_name}"
         signer, verifier = _event_keys(settings)
         infra = Infrastructure(settings, clock, engine, uow,
                                EventGate(verifier, uow, tables.dead_letters))
@@ -160,8 +164,24 @@ async def start_service(settings: ServiceSettings, build: BuildParts, *,
         tasks: list[asyncio.Task[None]] = []
         connections: list[object] = []
 
+        name = settings.service_name
+        audit_api = AuditApi(name, engine, tables.metadata,
+                             publish=audit_anchor.publisher(uow, tables.metadata, name))
+        # Every service publishes its chain head; some keep other services' heads.
+        subscriptions = [*parts.subscriptions,
+                         *audit_anchor.subscriptions(name, tables.metadata)]
+        streams = list(dict.fromkeys([*parts.streams, *audit_anchor.streams(name)]))
+
+        async def anchors(stop: asyncio.Event) -> None:
+            await audit_anchor.run_anchors(uow, tables.metadata, name, stop,
+                                           every_seconds=settings.audit_anchor_seconds)
+
+        def register(grpc_server: grpc.aio.Server) -> list[str]:
+            # Every service answers for its own audit trail.
+            return [*parts.register(grpc_server), *add_audit_api(grpc_server, audit_api)]
+
         server, port, health_servicer = build_server(
-            host=settings.grpc_host, port=settings.grpc_port, register=parts.register,
+            host=settings.grpc_host, port=settings.grpc_port, register=register,
             gate=gate_for(settings), reflection_on=settings.grpc_reflection,
             tls=tls_for(settings))
         running = RunningService(settings.service_name, port, server, infra, stop_event,
@@ -174,13 +194,13 @@ async def start_service(settings: ServiceSettings, build: BuildParts, *,
                                          password=nats_password(settings))
             connections.append(nc)
             js = nc.jetstream(timeout=5.0)
-            await _retrying(lambda: _ensure_streams(js, parts.streams, settings), stop_event)
+            await _retrying(lambda: _ensure_streams(js, streams, settings), stop_event)
             relay = OutboxRelay(engine, tables.outbox, js, name=settings.service_name,
                                 poll_seconds=settings.outbox_poll_seconds, signer=signer)
             uow.on_events_committed = relay.wake
             running.relay = relay
             tasks.append(asyncio.create_task(relay.run(stop_event), name="outbox-relay"))
-            for sub in parts.subscriptions:
+            for sub in subscriptions:
                 consumer = EventConsumer(js, uow, tables.inbox, tables.dead_letters, sub,
                                          max_attempts=settings.consumer_max_attempts,
                                          ack_wait_s=settings.consumer_ack_wait_seconds,
@@ -210,7 +230,7 @@ async def start_service(settings: ServiceSettings, build: BuildParts, *,
         stack.push_async_callback(stop_background)
         tasks.append(asyncio.create_task(_or_stop(start_messaging(), running),
                                          name="messaging"))
-        for loop in parts.background:
+        for loop in [*parts.background, anchors]:
             tasks.append(asyncio.create_task(loop(stop_event), name=loop.__name__))
 
         await server.start()
@@ -324,10 +344,13 @@ def run_until_signal(start: Callable[[], Awaitable[RunningService]]) -> None:
 
 
 def make_tables(metadata: MetaData, *, schema_version: int = 1) -> Tables:
-    """The outbox, inbox, dead-letter and schema tables every service has beside its own.
+    """The outbox, inbox, dead-letter, audit trail, audit anchor and schema tables every
+    service has beside its own.
 
     `schema_version` grows with every change to the service's tables.
     """
     schema_info_table(metadata)
+    audit_trail_table(metadata)
+    audit_anchor.audit_anchors_table(metadata)
     return Tables(metadata, outbox_table(metadata), inbox_table(metadata),
                   dead_letter_table(metadata), schema_version)

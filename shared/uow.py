@@ -12,6 +12,7 @@ from sqlalchemy import Table, insert
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from shared import audit
 from shared.clock import Clock
 from shared.errors import Aborted, Unavailable
 
@@ -58,6 +59,10 @@ class UnitOfWork:
         self._events: list[dict[str, Any]] = []
         self._after_commit: list[Callable[[], None]] = []
         self.committed = False
+        # Changes of GMP records noted by `shared.audit.record`, written at commit.
+        self.audit_entries: list[audit.Pending] = []
+        # Who changes records when no caller does (events, schedules).
+        self.system_actor = "lotgate:system"
 
     @property
     def conn(self) -> AsyncConnection:
@@ -74,6 +79,7 @@ class UnitOfWork:
             raise Unavailable("the database cannot be reached; nothing was changed") from exc
         self._events = []
         self._after_commit = []
+        self.audit_entries = []
         self.committed = False
         return self
 
@@ -107,6 +113,11 @@ class UnitOfWork:
         self._after_commit.append(callback)
 
     async def commit(self) -> None:
+        if self.audit_entries:
+            # Last, so that each entry holds the row as this transaction leaves it.
+            await audit.flush(self.conn, self._outbox.metadata, self.audit_entries,
+                              self.clock.now())
+            self.audit_entries = []
         if len(self._events) == 1:
             # A single parameter set skips the executemany path (measured ~30% cheaper).
             await self.conn.execute(self._insert, self._events[0])
@@ -128,6 +139,9 @@ class UnitOfWorkFactory:
         self.outbox = outbox
         self.clock = clock
         self.on_events_committed: Callable[[], None] | None = None
+        self.system_actor = "lotgate:system"
 
     def __call__(self) -> UnitOfWork:
-        return UnitOfWork(self.engine, self.outbox, self.clock, self.on_events_committed)
+        uow = UnitOfWork(self.engine, self.outbox, self.clock, self.on_events_committed)
+        uow.system_actor = self.system_actor
+        return uow

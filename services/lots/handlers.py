@@ -60,6 +60,7 @@ from services.lots.domain import (
 from services.lots.read_model import StatusCache, StatusEntry
 from services.lots.repository import Key, key_of
 from shared import messaging
+from shared.audit import record as audit_record
 from shared.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -150,6 +151,8 @@ async def _receive_lot(uow: UnitOfWork, cmd: ReceiveLot, cache: StatusCache) -> 
             "decided_at": now,
         }
         await repository.add_lot(uow.conn, values=values)
+        audit_record(uow, "lot", cmd.lot_id, action="receive",
+                     reason=f"received by {cmd.requested_by}")
         row = (await repository.lots_by_id(uow.conn, lot_ids=[cmd.lot_id], for_update=True))[0]
         received = events_pb2.LotReceived(event_id=new_event_id(), occurred_at=to_timestamp(now))
         received.lot.CopyFrom(lot_to_proto(row, lots_pb2.ReleaseStatus()))
@@ -319,6 +322,7 @@ async def _open_reviews(uow: UnitOfWork, key: Key, q: suppliers_pb2.Qualificatio
         return
     await repository.add_reviews(uow.conn, rows=rows)
     for row in rows:
+        audit_record(uow, "review", row["review_id"], action="open", reason=reason)
         required = events_pb2.LotReviewRequired(
             event_id=new_event_id(), review=review_to_proto(SimpleNamespace(**row)),
             occurred_at=to_timestamp(now))
@@ -357,6 +361,7 @@ async def _decide_and_record(uow: UnitOfWork, lots: Sequence[Any],
         if not (first or force) and status.value == lot.status and unmet_json == lot.unmet:
             continue
         version = lot.status_version + 1
+        audit_record(uow, "lot", lot.lot_id, action="decide", reason=cause)
         inputs = DecisionInputs(facts, qualification, tuple(results.get(lot.lot_id, ())), now,
                                 qa)
         # QA's release stands only while everything keeps holding: once the lot leaves
@@ -539,6 +544,7 @@ async def close_lot_review(uow: UnitOfWork, *, review_id: str, conclusion: str,
         now = uow.clock.now()
         await repository.close_review(uow.conn, review_id=review_id, conclusion=conclusion,
                                       closed_by=requested_by, closed_at=now)
+        audit_record(uow, "review", review_id, action="close", reason=conclusion)
         row = await repository.get_review(uow.conn, review_id=review_id)
         review = review_to_proto(row)
         closed = events_pb2.LotReviewClosed(event_id=new_event_id(), review=review,
@@ -571,6 +577,7 @@ async def _qa_action(uow: UnitOfWork, cache: StatusCache, *, lot_id: str, cause:
             # it may have committed without its entry in the cache yet.
             return repository.status_entry(row).as_of(now)
         await repository.set_qa_facts(uow.conn, lot_id=lot_id, **values)
+        audit_record(uow, "lot", lot_id, action=cause.split(" by ", 1)[0], reason=cause)
         [row] = await repository.lots_by_id(uow.conn, lot_ids=[lot_id], for_update=True)
         results = await repository.results_of(uow.conn, lot_ids=[lot_id])
         [entry] = await _decide_and_record(uow, [row], qualifications, results, cache,
@@ -689,6 +696,7 @@ async def set_release_policy(uow: UnitOfWork, cache: StatusCache, *, material_co
                 policy.value, reason, requested_by):
             return policy_to_proto(current)
         await repository.set_policy(uow.conn, values=values)
+        audit_record(uow, "policy", material_code, action=f"set {policy.value}", reason=reason)
         candidates = await repository.undecided_lots_of_material(uow.conn,
                                                                  material_code=material_code)
         if candidates:

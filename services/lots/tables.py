@@ -18,6 +18,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
+from shared import audit
 from shared.db import BigId, UtcDateTime
 from shared.runtime import make_tables
 
@@ -165,4 +166,11 @@ lot_reviews = Table(
 #    material), so that every decision can be replayed; ix_lots_received_at.
 # 5: lots.retest_date, qa_released, qa_hold_reason, qa_rejection_reason; release_policies
 #    and release_policy_history; RELEASABLE and EXPIRED statuses; ix_lots_material.
-tables = make_tables(metadata, schema_version=5)
+# 6: audit_trail.
+tables = make_tables(metadata, schema_version=6)
+
+# The GMP records of this service, each change of which the audit trail records (QA's
+# actions are changes of their lot).
+audit.register(metadata, "lot", lots)
+audit.register(metadata, "policy", release_policies)
+audit.register(metadata, "review", lot_reviews, "review_id")

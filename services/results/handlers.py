@@ -40,6 +40,7 @@ from services.results.records import (
 )
 from services.results.repository import StoredResult
 from shared import messaging
+from shared.audit import record as audit_record
 from shared.errors import (
     Aborted,
     AlreadyExists,
@@ -90,6 +91,8 @@ async def create_specification_draft(uow: UnitOfWork,
             change_reason=command.change_reason)
         try:
             await repository.add_specification(uow.conn, spec=spec)
+            audit_record(uow, "specification", spec.material_code, spec.version,
+                         action="create draft", reason=spec.change_reason)
             await uow.commit()
         except IntegrityError as exc:
             raise Aborted(f"another version of the specification of {command.material_code} "
@@ -123,6 +126,8 @@ async def update_specification_draft(uow: UnitOfWork, command: SpecificationDraf
                 uow.conn, material_code=spec.material_code, version=spec.version,
                 tests=changed.tests, change_reason=changed.change_reason, authors=authors):
             raise Aborted("the draft was approved concurrently; read it again")
+        audit_record(uow, "specification", spec.material_code, spec.version,
+                     action="update draft", reason=changed.change_reason)
         await uow.commit()
         return changed
 
@@ -151,6 +156,7 @@ async def approve_specification(uow: UnitOfWork, *, material_code: str, version:
                             approved_by=approved_by, approved_at=now)
         if not await repository.make_effective(uow.conn, spec=effective):
             raise Aborted("the specification was approved concurrently; read it again")
+        audit_record(uow, "specification", material_code, version, action="approve")
         uow.emit(messaging.SPECIFICATION_APPROVED, f"materials/{material_code}",
                  events_pb2.SpecificationApproved(
                      event_id=new_event_id(), specification=specification_to_proto(effective),
@@ -227,8 +233,10 @@ async def _register_instrument(uow: UnitOfWork, instrument: Instrument,
             return existing
         now = uow.clock.now()
         instrument = replace(instrument, registered_at=now)
-        await repository.add_instrument(uow.conn, instrument=instrument,
-                                        first=replace(first, recorded_at=now))
+        calibration_id = await repository.add_instrument(
+            uow.conn, instrument=instrument, first=replace(first, recorded_at=now))
+        audit_record(uow, "instrument", instrument.instrument_id, action="register")
+        audit_record(uow, "calibration", calibration_id, action="record")
         await uow.commit()
         return instrument
 
@@ -260,8 +268,8 @@ async def record_calibration(uow: UnitOfWork, *, instrument_id: str,
 
         if any(key(c) == key(calibration) for c in history):
             return instrument
-        await repository.add_calibration(uow.conn, instrument_id=instrument_id,
-                                         calibration=calibration)
+        audit_record(uow, "calibration", await repository.add_calibration(
+            uow.conn, instrument_id=instrument_id, calibration=calibration), action="record")
         # The latest calibration: the last calibrated (the last recorded of equals).
         latest = max([*history, calibration], key=lambda c: c.calibrated_on)
         latest_due = max((c for c in [*history, calibration]
@@ -286,6 +294,8 @@ async def set_instrument_status(uow: UnitOfWork, *, instrument_id: str,
         await repository.set_instrument_status(
             uow.conn, instrument_id=instrument_id, status=status, reason=reason,
             changed_by=requested_by, changed_at=uow.clock.now())
+        audit_record(uow, "instrument", instrument_id, action=f"set {status.value}",
+                     reason=reason)
         await uow.commit()
         return replace(instrument, status=status, status_reason=reason)
 
@@ -444,6 +454,7 @@ async def _record_results(uow: UnitOfWork, commands: Sequence[RecordResult],
         for (i, result, _), sequence in zip(new, sequences, strict=True):
             result = replace(result, sequence=sequence)
             answers[i] = result
+            audit_record(uow, "result", result.result_id, action="record")
             uow.emit(messaging.RESULT_RECORDED, result.lot_id, events_pb2.ResultRecorded(
                 event_id=new_event_id(), result=result_to_proto(result),
                 occurred_at=occurred_at))
@@ -492,6 +503,7 @@ async def _handle(uow: UnitOfWork, result_id: str, target: ResultState, reason: 
                                              reason=reason, changed_by=requested_by,
                                              changed_at=now):
             raise Aborted(f"result {result_id} was changed concurrently; read it again")
+        audit_record(uow, "result", result_id, action=f"set {target.value}", reason=reason)
         changed = replace(current, state=target, state_reason=reason,
                           state_changed_by=requested_by, state_changed_at=now)
         message = result_to_proto(changed)

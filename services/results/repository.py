@@ -221,8 +221,9 @@ async def list_calibrations(conn: AsyncConnection, *, instrument_id: str) -> lis
 
 
 async def add_instrument(conn: AsyncConnection, *, instrument: Instrument,
-                         first: Calibration) -> None:
-    """Insert an instrument and its first calibration (IntegrityError if it exists)."""
+                         first: Calibration) -> int:
+    """Insert an instrument and its first calibration (IntegrityError if it exists);
+    returns the calibration's id."""
     i = instrument
     await conn.execute(insert(instruments).values(
         instrument_id=i.instrument_id, type=i.type, location=i.location,
@@ -230,16 +231,18 @@ async def add_instrument(conn: AsyncConnection, *, instrument: Instrument,
         status_changed_by=i.registered_by, status_changed_at=i.registered_at,
         calibration_due=i.calibration_due, registered_by=i.registered_by,
         registered_at=i.registered_at))
-    await add_calibration(conn, instrument_id=i.instrument_id, calibration=first)
+    return await add_calibration(conn, instrument_id=i.instrument_id, calibration=first)
 
 
 async def add_calibration(conn: AsyncConnection, *, instrument_id: str,
-                          calibration: Calibration) -> None:
+                          calibration: Calibration) -> int:
+    """Append a calibration; returns its id."""
     c = calibration
-    await conn.execute(insert(calibrations).values(
+    result = await conn.execute(insert(calibrations).values(
         instrument_id=instrument_id, calibrated_on=c.calibrated_on,
         calibration_due=c.calibration_due, certificate_ref=c.certificate_ref,
         recorded_by=c.recorded_by, recorded_at=c.recorded_at))
+    return int(result.inserted_primary_key[0])
 
 
 async def set_calibration_due(conn: AsyncConnection, *, instrument_id: str,

@@ -16,6 +16,7 @@ from sqlalchemy import (
     text,
 )
 
+from shared import audit
 from shared.db import BigId, UtcDateTime
 from shared.runtime import make_tables
 
@@ -126,6 +127,14 @@ results = Table(
     sqlite_autoincrement=True,
 )
 
+# The GMP records of this service, each change of which the audit trail records. An
+# instrument's calibration due date follows its calibrations, which are recorded.
+audit.register(metadata, "specification", specifications)
+audit.register(metadata, "instrument", instruments, derived=["calibration_due"])
+audit.register(metadata, "calibration", calibrations)
+audit.register(metadata, "result", results, "result_id")
+
 # Version 2: specification versions with drafts and tests, instruments and calibrations,
 # result states, retests and judged values.
-tables = make_tables(metadata, schema_version=2)
+# Version 3: audit_trail.
+tables = make_tables(metadata, schema_version=3)

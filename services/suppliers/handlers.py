@@ -21,6 +21,7 @@ from services.suppliers.domain import (
     expire,
 )
 from shared import messaging
+from shared.audit import record as audit_record
 from shared.errors import Aborted, AlreadyExists, FieldViolation, InvalidArgument, NotFound
 from shared.logs import get_logger
 from shared.protoconv import to_timestamp
@@ -58,6 +59,7 @@ async def _create_supplier(uow: UnitOfWork, *, supplier_id: str, name: str,
             return await _view(uow, existing)
         await repository.add_supplier(uow.conn, supplier_id=supplier_id, name=name,
                                       created_by=requested_by, created_at=uow.clock.now())
+        audit_record(uow, "supplier", supplier_id, action="create")
         await uow.commit()
     return await get_supplier(uow, supplier_id=supplier_id)
 
@@ -112,6 +114,7 @@ async def _add_site(uow: UnitOfWork, *, supplier_id: str, site_id: str, name: st
         await repository.add_site(uow.conn, values={
             "supplier_id": supplier_id, "site_id": site_id, **details,
             "created_by": requested_by, "created_at": uow.clock.now()})
+        audit_record(uow, "site", supplier_id, site_id, action="create")
         await uow.commit()
     async with uow:
         return await repository.get_site(uow.conn, supplier_id=supplier_id, site_id=site_id)
@@ -141,6 +144,7 @@ async def _record_audit(uow: UnitOfWork, audit: Audit, *, fingerprint: str) -> A
             raise InvalidArgument([FieldViolation(f, d) for f, d in problems])
         audit = replace(audit, recorded_at=now)
         await repository.add_audit(uow.conn, audit=audit, fingerprint=fingerprint)
+        audit_record(uow, "audit", audit.audit_id, action="record", reason=audit.summary)
         await uow.commit()
         return audit
 
@@ -189,6 +193,8 @@ async def _record(uow: UnitOfWork, current: Qualification | None, new: Qualifica
     if not saved:
         raise Aborted("the qualification was changed concurrently; read it again")
     uow.emit(messaging.QUALIFICATION_CHANGED, aggregate_id(new), event)
+    audit_record(uow, "qualification", new.supplier_id, new.site_id, new.material_code,
+                 action=f"set {new.status.value}", reason=new.reason)
 
 
 def aggregate_id(q: Qualification) -> str:

@@ -15,6 +15,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
+from shared import audit
 from shared.db import BigId, UtcDateTime
 from shared.runtime import make_tables
 
@@ -112,5 +113,13 @@ qualification_history = Table(
           "changed_at"),
 )
 
+# The GMP records of this service, each change of which the audit trail records. The
+# expiry warning mark is not a change of the qualification.
+audit.register(metadata, "supplier", suppliers)
+audit.register(metadata, "site", sites)
+audit.register(metadata, "audit", audits)
+audit.register(metadata, "qualification", qualifications, derived=["expiry_warned_for"])
+
 # Version 2: qualifications per supplier site; audits; evidence; review list.
-tables = make_tables(metadata, schema_version=2)
+# Version 3: audit_trail.
+tables = make_tables(metadata, schema_version=3)

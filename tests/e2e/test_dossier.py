@@ -12,8 +12,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import grpc
 import pytest
 
+from lotgate.audit.v1 import audit_pb2 as apb
+from lotgate.audit.v1 import audit_pb2_grpc as apb_grpc
 from lotgate.lots.v1 import lots_pb2 as pb
 from lotgate.suppliers.v1 import suppliers_pb2 as spb
 from shared.client import DEFAULT_SITE, Lotgate, identity, purity, sterility
@@ -96,7 +99,8 @@ async def test_the_dossier_shows_a_suspended_supplier_with_its_history_audit_and
     assert run.code == 0, run.stderr
     folder = tmp_path / supplier
     expected = ["dossier.html", "dossier.json", "sites.csv", "qualifications.csv",
-                "history.csv", "audits.csv", "lots.csv", "reviews.csv", "SHA256SUMS"]
+                "history.csv", "audits.csv", "lots.csv", "reviews.csv", "audit_trail.csv",
+                "SHA256SUMS"]
     assert run.stdout.splitlines() == [str(folder / name) for name in expected]
     assert names_in(folder) == sorted(expected)
 
@@ -128,7 +132,19 @@ async def test_the_dossier_shows_a_suspended_supplier_with_its_history_audit_and
     assert (review["lot_id"], review["qualification_status"], review["state"]) == (
         released, "SUSPENDED", "OPEN")
 
+    trail = read_csv(folder / "audit_trail.csv")
+    assert [(t["record_type"], t["action"]) for t in trail] == [
+        ("supplier", "create"), ("site", "create"), ("audit", "record"),
+        ("qualification", "set PENDING"), ("qualification", "set QUALIFIED"),
+        ("qualification", "set SUSPENDED")]
+    assert {t["record_id"] for t in trail} >= {supplier, f"{supplier}/{DEFAULT_SITE}"}
+    assert (trail[-1]["principal_subject"], trail[-1]["reason"]) == ("qa.bob",
+                                                                    SUSPENSION_REASON)
+    assert json.loads(trail[-1]["old_values"])["status"] == "QUALIFIED"
+    assert json.loads(trail[-1]["new_values"])["status"] == "SUSPENDED"
+
     document = json.loads((folder / "dossier.json").read_text(encoding="utf-8"))
+    assert document["audit_trail_verification"].startswith("verified, ")
     assert document["supplier"]["name"] == name
     assert document["history"][-1]["reason"] == SUSPENSION_REASON
     assert document["generation"]["sources"]["suppliers"] == stack.address("suppliers")
@@ -167,3 +183,56 @@ async def test_an_unreachable_service_is_one_clear_line_and_exit_code_2(tmp_path
     assert line.startswith(f"lotgate dossier: cannot reach the suppliers service at {nothing}")
     assert "Traceback" not in run.stderr
     assert names_in(tmp_path) == []
+
+
+async def test_the_audit_command_exports_a_records_trail_with_its_verification(
+        stack: Stack, lotgate: Lotgate, tmp_path: Path) -> None:
+    material, supplier, lot = ref("MAT"), ref("SUP"), ref("LOT")
+    await lotgate.specify(material)
+    await lotgate.qualify(supplier, "Acme", material, NEXT_YEAR, by="qa.jane")
+    await release(lotgate, lot, material, supplier)
+    token = ["--token", auth.token("auditor", "auditor.test")]
+    # The lots service's chain head, published now rather than on its next round, and
+    # kept by the suppliers service.
+    async with auth.channel(stack.address("lots"), "admin") as ch:
+        head = await apb_grpc.AuditServiceStub(ch).PublishAuditAnchor(
+            apb.PublishAuditAnchorRequest())
+    async with auth.channel(stack.address("suppliers"), "auditor") as ch:
+        async def kept() -> int:
+            try:
+                reply = await apb_grpc.AuditServiceStub(ch).GetAuditAnchor(
+                    apb.GetAuditAnchorRequest(service="lots"))
+            except grpc.aio.AioRpcError as error:
+                assert error.code() == grpc.StatusCode.NOT_FOUND, error
+                return 0
+            return reply.anchor.sequence
+
+        await eventually(kept, lambda sequence: sequence >= head.sequence)
+
+    run = await lotgate_cli("audit", "--service", "lots", "--address", stack.address("lots"),
+                            "--anchor-from", stack.address("suppliers"),
+                            "--record-type", "lot", "--record-id", lot, "--format", "json",
+                            *token)
+
+    assert run.code == 0, run.stderr
+    document = json.loads(run.stdout)
+    assert document["verification"]["ok"] is True
+    assert document["verification"]["anchor_kept_by"] == "suppliers"
+    assert int(document["verification"]["anchor_sequence"]) >= head.sequence
+    entries = document["entries"]
+    assert entries[0]["action"] == "receive" and entries[0]["old_values_json"] == ""
+    assert json.loads(entries[-1]["new_values_json"])["status"] == "RELEASED"
+    assert {e["record_id"] for e in entries} == {lot}
+    assert "audit trail of lots: verified" in run.stderr
+
+    out = tmp_path / "trail.csv"
+    run = await lotgate_cli("audit", "--service", "suppliers", "--address",
+                            stack.address("suppliers"), "--principal", "qa.jane",
+                            "--anchor-from", stack.address("lots"),
+                            "--since", "2020-01-01T00:00:00Z", "--format", "csv",
+                            "--out", str(out), *token)
+
+    assert run.code == 0, run.stderr
+    rows = read_csv(out)
+    assert rows and {r["principal_subject"] for r in rows} == {"qa.jane"}
+    assert [int(r["sequence"]) for r in rows] == sorted(int(r["sequence"]) for r in rows)

@@ -18,6 +18,7 @@ from google.protobuf.descriptor import MethodDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from lotgate.audit.v1 import audit_pb2
 from lotgate.lots.v1 import lots_pb2, lots_pb2_grpc
 from lotgate.results.v1 import results_pb2, results_pb2_grpc
 from lotgate.results.v1 import results_pb2 as rpb
@@ -39,9 +40,11 @@ ADMITTED = grpc.StatusCode.NOT_FOUND
 
 
 def every_rpc() -> list[tuple[str, MethodDescriptor]]:
-    """(service name, method) of every RPC of the three services."""
+    """(service name, method) of every RPC of the three services, each with its own
+    AuditService."""
     return [(name, method) for name, module in SERVICES.items()
-            for service in module.DESCRIPTOR.services_by_name.values()
+            for file in (module, audit_pb2)
+            for service in file.DESCRIPTOR.services_by_name.values()
             for method in service.methods]
 
 
@@ -91,7 +94,8 @@ async def call(address: str, method: MethodDescriptor, request: object,
 
 
 @pytest.mark.parametrize(("service", "method"), every_rpc(),
-                         ids=[f"{m.containing_service.name}.{m.name}" for _, m in every_rpc()])
+                         ids=[f"{n}.{m.containing_service.name}.{m.name}"
+                              for n, m in every_rpc()])
 async def test_every_rpc_admits_exactly_its_roles_and_no_bad_token(
         services: dict[str, RunningService], service: str, method: MethodDescriptor) -> None:
     address = services[service].address

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from google.protobuf.descriptor import FileDescriptor
 
+from lotgate.audit.v1 import audit_pb2
 from lotgate.lots.v1 import lots_pb2
 from lotgate.results.v1 import results_pb2
 from lotgate.suppliers.v1 import suppliers_pb2
 from shared import access
 
 FILES: list[FileDescriptor] = [suppliers_pb2.DESCRIPTOR, lots_pb2.DESCRIPTOR,
-                               results_pb2.DESCRIPTOR]
+                               results_pb2.DESCRIPTOR, audit_pb2.DESCRIPTOR]
 
 
 def every_rpc() -> list[str]:
@@ -36,7 +37,7 @@ def test_an_rpc_missing_from_the_table_is_open_to_nobody() -> None:
 
 def test_the_auditor_reads_everything_and_changes_nothing() -> None:
     reads = [rpc for rpc in every_rpc()
-             if rpc.split("/")[1].startswith(("Get", "List", "Explain", "Watch"))]
+             if rpc.split("/")[1].startswith(("Get", "List", "Explain", "Watch", "Verify"))]
 
     assert sorted(access.rpcs_of(access.AUDITOR)) == sorted(reads)
 

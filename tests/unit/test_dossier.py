@@ -164,14 +164,14 @@ def test_there_is_one_csv_per_table_each_with_a_header_row(tmp_path: Path) -> No
 
     assert sorted(p.name for p in written) == sorted(
         ["sites.csv", "qualifications.csv", "history.csv", "audits.csv", "lots.csv",
-         "reviews.csv"])
+         "reviews.csv", "audit_trail.csv"])
     assert header_of(tmp_path / "history.csv") == [
         "supplier_id", "sequence", "site_id", "material_code", "version", "previous_status",
         "new_status", "valid_until", "reason", "changed_by", "changed_at", "event_id",
         "evidence_audit_id", "evidence_audit_date", "evidence_quality_agreement_ref",
         "evidence_questionnaire_ref"]
     assert header_of(tmp_path / "lots.csv")[:3] == ["supplier_id", "lot_id", "supplier_site_id"]
-    assert [len(read_csv(p)) for p in sorted(written)] == [1, 5, 2, 2, 1, 2]
+    assert [len(read_csv(p)) for p in sorted(written)] == [0, 1, 5, 2, 2, 1, 2]
 
 
 def test_history_csv_lists_every_change_in_the_order_recorded(tmp_path: Path) -> None:
@@ -325,7 +325,8 @@ def test_the_same_records_in_any_order_give_byte_identical_files(tmp_path: Path)
 
     a, b, c = (files_of(tmp_path / name) for name in "abc")
     assert a == b == c
-    assert sorted(a) == ["SHA256SUMS", "audits.csv", "dossier.html", "dossier.json",
+    assert sorted(a) == ["SHA256SUMS", "audit_trail.csv", "audits.csv", "dossier.html",
+                         "dossier.json",
                          "history.csv", "lots.csv", "qualifications.csv", "reviews.csv",
                          "sites.csv"]
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
-from shared import messaging, nats_auth
+from shared import audit_anchor, messaging, nats_auth
 from shared.config import settings_for
 from shared.nats_auth import SERVICES, Consumes, authorization_block, permissions
 
@@ -86,6 +87,10 @@ def test_a_service_may_not_read_a_stream_through_a_consumer_it_does_not_have() -
     assert not may_publish("results", "$JS.ACK.LOTGATE_RESULTS.lots-result-recorded.1.2.3")
 
 
+def tables_of(service: str) -> Any:
+    return importlib.import_module(f"services.{service}.tables").tables
+
+
 def _wiring(service: str) -> SimpleNamespace:
     bootstrap = importlib.import_module(f"services.{service}.bootstrap")
     infra = SimpleNamespace(settings=settings_for(service), engine=None, uow=None,
@@ -98,10 +103,13 @@ def test_the_table_allows_exactly_the_consumers_and_streams_each_service_has(
         service: str) -> None:
     parts = _wiring(service)
     access = SERVICES[service]
+    # Every service's runtime adds the consumers that keep other services' anchors.
+    anchors = audit_anchor.subscriptions(service, tables_of(service).metadata)
 
-    durables = {Consumes(s.stream, s.subject, s.durable) for s in parts.subscriptions}
+    durables = {Consumes(s.stream, s.subject, s.durable)
+                for s in [*parts.subscriptions, *anchors]}
     assert durables == {c for c in access.consumes if c.durable is not None}
-    assert set(parts.streams) == set(access.streams)
+    assert set(parts.streams) | set(audit_anchor.streams(service)) == set(access.streams)
     assert access.owns in access.streams
 
 
