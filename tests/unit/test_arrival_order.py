@@ -20,6 +20,7 @@ lots only those are compared.
 from __future__ import annotations
 
 import itertools
+import os
 import random
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
@@ -46,6 +47,10 @@ NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 LOT = LotFacts("LOT-1", "MAT-1", "SUP-1", "SITE-1", expiry_date=date(2027, 6, 30))
 IDT, PUR, STE, ASY = TestKind.IDENTITY, TestKind.PURITY, TestKind.STERILITY, TestKind.ASSAY
 VALID, INVALIDATED, CONFIRMED = ResultState.VALID, ResultState.INVALIDATED, ResultState.CONFIRMED
+
+# Orders of the whole history with its duplicates drawn per history (fewer under mutation
+# testing, where this runs once per mutant).
+DRAWN = int(os.environ.get("LOTGATE_ARRIVAL_DRAWN", "3000"))
 
 Event = tuple[str, object]
 NOTHING_KNOWN = QualificationFacts("", None, 0)  # what the projection holds before any
@@ -230,9 +235,9 @@ def test_every_arrival_order_with_duplicates_ends_as_the_order_things_happened(
     in_order = fed(events).state()
     rng = random.Random(name)
     with_copies = _with_duplicates(events, rng)
-    # Every order of the events (up to 9! = 362,880 would be too many: every order of the
-    # first 7 with the rest in any of 40 drawn orders around them, plus 3,000 drawn orders
-    # of the whole with the duplicates).
+    # Every order of the events (9! = 362,880 would be too many: every order of the first
+    # 7 with the rest placed twice at drawn positions among them), plus DRAWN drawn orders
+    # of the whole with the duplicates.
     orders: list[list[Event]] = []
     if len(events) <= 7:
         orders += [list(order) for order in itertools.permutations(events)]
@@ -244,7 +249,7 @@ def test_every_arrival_order_with_duplicates_ends_as_the_order_things_happened(
                 for event in tail:
                     mixed.insert(rng.randrange(len(mixed) + 1), event)
                 orders.append(mixed)
-    for _ in range(3000):
+    for _ in range(DRAWN):
         orders.append(rng.sample(with_copies, len(with_copies)))
 
     ends = [(order, fed(order).state()) for order in orders]
