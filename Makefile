@@ -8,7 +8,7 @@ PROTOS := $(wildcard protos/lotgate/*/v1/*.proto)
 
 .DEFAULT_GOAL := help
 .PHONY: help install run demo test test-unit test-integration test-e2e lint proto proto-check \
-        bench bench-history deploy-check clean
+        bench bench-history deploy-check mutation mutation-ci clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -41,6 +41,15 @@ test-integration: install ## each service in-process against a real nats-server 
 test-e2e: install ## the three services as processes, driven like a warehouse and an instrument
 	$(BIN)/pytest tests/e2e
 
+mutation: install ## mutmut over the pure rules (unit tests) and the outbox/inbox (integration); prints scores and survivors
+	$(BIN)/python -m tests.mutation.run domain delivery
+
+mutation-ci: install ## a bounded mutation run for CI: the release rule and the transition policy
+	$(BIN)/python -m tests.mutation.run domain --only 'services.lots.domain.x_decide*' \
+	  --only 'services.lots.domain.x_qualification_unmet*' \
+	  --only 'services.lots.domain.x_next_status*' --only 'services.lots.domain.x_decision_step*' \
+	  --only 'services.lots.domain.x_missing_results*' --only 'services.lots.domain.x_required_tests*'
+
 node_modules/.package-lock.json: package.json package-lock.json
 	npm ci --no-audit --no-fund --silent
 
@@ -67,4 +76,4 @@ deploy-check: ## validate the Kubernetes manifests, the Dockerfile and the compo
 	bash deploy/check.sh
 
 clean: ## remove the venv, the local data and caches
-	rm -rf $(VENV) .lotgate node_modules .pytest_cache .ruff_cache
+	rm -rf $(VENV) .lotgate node_modules .pytest_cache .ruff_cache mutants mutants-*

@@ -493,8 +493,8 @@ def replay(inputs: DecisionInputs, previous_status: LotStatus | None,
                     tuple(r.result_id for r in step.rule.used_results))
 
 
-def _conditions(unmet: Iterable[Unmet]) -> str:
-    return "[" + "; ".join(f"{u.code}: {u.message} ({u.rule})" for u in unmet) + "]"
+def _shown(unmet: Unmet) -> str:
+    return f"[{unmet.code}: {unmet.message} ({unmet.rule})]"
 
 
 def replay_difference(replayed: Replayed, *, status: LotStatus, unmet: Iterable[Unmet],
@@ -523,8 +523,8 @@ def replay_difference(replayed: Replayed, *, status: LotStatus, unmet: Iterable[
         else:
             for mine, theirs in zip(stored, replayed.unmet, strict=True):
                 if mine != theirs:
-                    differences.append(f"unmet {mine.code}: stored {_conditions([mine])}, "
-                                       f"replayed {_conditions([theirs])}")
+                    differences.append(f"unmet {mine.code}: stored {_shown(mine)}, "
+                                       f"replayed {_shown(theirs)}")
     if required_tests is not None:
         stored_tests = [t.value for t in required_tests]
         replayed_tests = [t.value for t in replayed.required_tests]
