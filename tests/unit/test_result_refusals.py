@@ -344,3 +344,12 @@ def test_a_retest_naming_its_invalidated_result_is_taken() -> None:
 
     assert check_posting(prior, test=T.PURITY, retest_of="R-1") is None
     assert check_posting(prior[1:], test=T.PURITY, retest_of="") is None
+
+
+def test_a_specification_gives_the_criterion_of_each_of_its_tests() -> None:
+    spec = _spec(SpecificationStatus.DRAFT)
+
+    assert spec.criterion(T.PURITY) == TestCriterion(T.PURITY, "HPLC", PURITY)
+    assert spec.criterion(T.IDENTITY).method == "FTIR"
+    assert spec.criterion(T.ASSAY) is None
+    assert spec.test_kinds == (T.IDENTITY, T.PURITY, T.STERILITY)
