@@ -8,7 +8,7 @@ PROTOS := $(wildcard protos/lotgate/*/v1/*.proto)
 
 .DEFAULT_GOAL := help
 .PHONY: help install run demo test test-unit test-integration test-e2e fuzz lint proto proto-check \
-        bench bench-history deploy-check clean
+        bench bench-history deploy-check mutation mutation-ci clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -50,6 +50,15 @@ fuzz: install ## the RPC fuzzer at length: FUZZ_EXAMPLES requests per RPC (300),
 	@echo "fuzzing every RPC with $(FUZZ_EXAMPLES) requests each, FUZZ_SEED=$(FUZZ_SEED)"
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_SEED=$(FUZZ_SEED) $(BIN)/pytest tests/integration/test_rpc_fuzz.py
 
+mutation: install ## mutmut over the pure rules (unit tests) and the outbox/inbox (integration); prints scores and survivors
+	$(BIN)/python -m tests.mutation.run domain delivery
+
+mutation-ci: install ## a bounded mutation run for CI: the release rule and the transition policy
+	$(BIN)/python -m tests.mutation.run domain --only 'services.lots.domain.x_decide*' \
+	  --only 'services.lots.domain.x_qualification_unmet*' \
+	  --only 'services.lots.domain.x_next_status*' --only 'services.lots.domain.x_decision_step*' \
+	  --only 'services.lots.domain.x_missing_results*' --only 'services.lots.domain.x_required_tests*'
+
 node_modules/.package-lock.json: package.json package-lock.json
 	npm ci --no-audit --no-fund --silent
 
@@ -76,4 +85,4 @@ deploy-check: ## validate the Kubernetes manifests, the Dockerfile and the compo
 	bash deploy/check.sh
 
 clean: ## remove the venv, the local data and caches
-	rm -rf $(VENV) .lotgate node_modules .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .lotgate node_modules .pytest_cache .ruff_cache .hypothesis mutants mutants-*

@@ -318,6 +318,12 @@ SUPPLIER_CODES = frozenset({"SUPPLIER_NOT_QUALIFIED", "SUPPLIER_SUSPENDED",
                             "SUPPLIER_DISQUALIFIED", "QUALIFICATION_EXPIRED"})
 
 
+# Statuses whose lots a qualification change decides again. A released lot is not (a
+# lapse opens a review instead); REJECTED and EXPIRED are final.
+DECIDED_ON_QUALIFICATION = frozenset({LotStatus.QUARANTINE, LotStatus.ON_HOLD,
+                                      LotStatus.RELEASABLE})
+
+
 def next_status(current: LotStatus | None, decision: Decision) -> LotStatus:
     """The status a lot moves to, given the status it has and a fresh decision.
 
@@ -478,25 +484,54 @@ class Replayed:
     counted: tuple[str, ...]  # ids of the results that counted
 
 
-def replay(inputs: DecisionInputs, previous_status: LotStatus | None,
-           previous_unmet: Iterable[Unmet]) -> Replayed:
+@dataclass(frozen=True)
+class Step:
+    """One decision of a lot as the live path takes it (see `decision_step`)."""
+
+    rule: Decision  # what the rule alone decided
+    status: LotStatus  # after the transition policy
+    unmet: tuple[Unmet, ...]  # the conditions the lot's status carries from now on
+    # Whether it is recorded: the lot's first decision, a QA action, or a change of the
+    # status or of the conditions.
+    recorded: bool
+    # Whether QA's release still stands after it (`keeps_qa_release`).
+    qa_released: bool
+
+
+def decision_step(inputs: DecisionInputs, previous_status: LotStatus | None,
+                  previous_unmet: Iterable[Unmet], *, force: bool = False) -> Step:
     """The decision the live path takes from `inputs` for a lot whose previous decision
-    was `previous_status` with `previous_unmet` (None and () for a lot's first decision).
+    was `previous_status` with `previous_unmet` (None and () for a lot's first decision);
+    `force`: a QA action, recorded even when it changes nothing.
 
     The rule decides; the transition policy gives the status; the conditions are the
     rule's when the status is the rule's, else the previous decision's (a released lot
     that stays released for a supplier lapse keeps its reasons; REJECTED and EXPIRED are
-    final).
+    final). The lots service's handler and the replay both take this one step, so a
+    replayed decision is the live one by construction.
     """
     rule = decide(inputs.lot, inputs.qualification, inputs.results, inputs.now, inputs.qa)
     status = next_status(previous_status, rule)
-    unmet = rule.unmet if status is rule.status else tuple(previous_unmet)
-    return Replayed(status, unmet, rule.status, rule.required_tests,
-                    tuple(r.result_id for r in rule.used_results))
+    previous = tuple(previous_unmet)
+    unmet = rule.unmet if status is rule.status else previous
+    recorded = (previous_status is None or force or status is not previous_status
+                or unmet != previous)
+    return Step(rule, status, unmet, recorded,
+                inputs.qa.released and keeps_qa_release(status))
 
 
-def _conditions(unmet: Iterable[Unmet]) -> str:
-    return "[" + "; ".join(f"{u.code}: {u.message} ({u.rule})" for u in unmet) + "]"
+def replay(inputs: DecisionInputs, previous_status: LotStatus | None,
+           previous_unmet: Iterable[Unmet]) -> Replayed:
+    """The decision the live path takes from `inputs` for a lot whose previous decision
+    was `previous_status` with `previous_unmet` (None and () for a lot's first decision):
+    `decision_step`, with what the record keeps of it."""
+    step = decision_step(inputs, previous_status, previous_unmet)
+    return Replayed(step.status, step.unmet, step.rule.status, step.rule.required_tests,
+                    tuple(r.result_id for r in step.rule.used_results))
+
+
+def _shown(unmet: Unmet) -> str:
+    return f"[{unmet.code}: {unmet.message} ({unmet.rule})]"
 
 
 def replay_difference(replayed: Replayed, *, status: LotStatus, unmet: Iterable[Unmet],
@@ -525,8 +560,8 @@ def replay_difference(replayed: Replayed, *, status: LotStatus, unmet: Iterable[
         else:
             for mine, theirs in zip(stored, replayed.unmet, strict=True):
                 if mine != theirs:
-                    differences.append(f"unmet {mine.code}: stored {_conditions([mine])}, "
-                                       f"replayed {_conditions([theirs])}")
+                    differences.append(f"unmet {mine.code}: stored {_shown(mine)}, "
+                                       f"replayed {_shown(theirs)}")
     if required_tests is not None:
         stored_tests = [t.value for t in required_tests]
         replayed_tests = [t.value for t in replayed.required_tests]

@@ -46,11 +46,9 @@ from services.lots.domain import (
     ReviewState,
     TestKind,
     Unmet,
-    decide,
-    keeps_qa_release,
+    decision_step,
     must_close,
     needs_review,
-    next_status,
     receipt_date_problems,
     replay,
     replay_difference,
@@ -351,28 +349,27 @@ async def _decide_and_record(uow: UnitOfWork, lots: Sequence[Any],
         qa = repository.qa_facts_of(
             lot, policies.get(lot.material_code, ReleasePolicy.AUTOMATIC))
         # Everything the rule is given is stored with the decision (repository.inputs_to_json)
-        # so that it can be replayed: see `explain`.
-        decision = decide(facts, qualification, results.get(lot.lot_id, ()), now, qa)
-        current = None if first else LotStatus(lot.status)
-        status = next_status(current, decision)
-        unmet = decision.unmet if status is decision.status else tuple(
-            u for u in repository.unmet_from_json(lot.unmet))
-        unmet_json = repository.unmet_to_json(unmet)
-        if not (first or force) and status.value == lot.status and unmet_json == lot.unmet:
-            continue
-        version = lot.status_version + 1
-        audit_record(uow, "lot", lot.lot_id, action="decide", reason=cause)
+        # so that it can be replayed with the same step: see `explain`.
         inputs = DecisionInputs(facts, qualification, tuple(results.get(lot.lot_id, ())), now,
                                 qa)
+        current = None if first else LotStatus(lot.status)
+        step = decision_step(inputs, current,
+                             () if first else repository.unmet_from_json(lot.unmet), force=force)
+        if not step.recorded:
+            continue
+        status, unmet = step.status, step.unmet
+        unmet_json = repository.unmet_to_json(unmet)
+        version = lot.status_version + 1
+        audit_record(uow, "lot", lot.lot_id, action="decide", reason=cause)
         # QA's release stands only while everything keeps holding: once the lot leaves
         # RELEASED and RELEASABLE, QA must release it again (recorded in the next inputs).
         updates.append({"b_lot_id": lot.lot_id, "b_status": status.value, "b_version": version,
                         "b_unmet": unmet_json, "b_decided_at": now,
-                        "b_qa_released": qa.released and keeps_qa_release(status)})
+                        "b_qa_released": step.qa_released})
         records.append({"lot_id": lot.lot_id, "version": version,
                         "previous_status": None if first else lot.status,
                         "status": status.value, "unmet": unmet_json,
-                        "inputs": repository.inputs_to_json(inputs, decision),
+                        "inputs": repository.inputs_to_json(inputs, step.rule),
                         "cause": cause[:200], "decided_at": now})
         entry = StatusEntry.make(lot, status, version, unmet, now)
         changed = events_pb2.LotStatusChanged(

@@ -19,6 +19,7 @@ from sqlalchemy import Insert, bindparam, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.lots.domain import (
+    DECIDED_ON_QUALIFICATION,
     Decision,
     DecisionInputs,
     LotFacts,
@@ -213,7 +214,7 @@ def _of_key(key: Key) -> Any:
 
 
 # Statuses a qualification change can still move a lot out of.
-_OPEN = (LotStatus.QUARANTINE.value, LotStatus.ON_HOLD.value, LotStatus.RELEASABLE.value)
+_OPEN = tuple(sorted(status.value for status in DECIDED_ON_QUALIFICATION))
 
 
 async def open_lots_of(conn: AsyncConnection, *, key: Key) -> list[Any]:

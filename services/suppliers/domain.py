@@ -195,7 +195,7 @@ def apply(current: Qualification | None, command: ChangeQualification, now: date
         raise FailedPrecondition(_refusal(command, state), subject=where)
     evidence = command.evidence
     if command.evidence.audit_id:
-        evidence = replace(evidence, audit_date=_cited(audit, command, where).audit_date)
+        evidence = replace(evidence, audit_date=_cited(audit, command).audit_date)
     elif not command.evidence and current is not None:
         evidence = current.evidence  # what the standing rests on stays visible
     valid_until = current.valid_until if current else None
@@ -247,7 +247,7 @@ def _refusal(command: ChangeQualification, state: QualificationStatus | None) ->
             f"qualification can be {_DONE[command.action]}")
 
 
-def _cited(audit: Audit | None, command: ChangeQualification, where: str) -> Audit:
+def _cited(audit: Audit | None, command: ChangeQualification) -> Audit:
     audit_id = command.evidence.audit_id
     if audit is None:
         raise FailedPrecondition(f"audit {audit_id} is not on record", type_="EVIDENCE",

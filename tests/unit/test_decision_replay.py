@@ -1,10 +1,10 @@
 """Decision replay: every decision the live functions take is recomputed from its stored
 inputs with the same pure rule, and agrees; a record that was tampered with does not.
 
-`LiveLot` takes decisions the way the lots service's `_decide_and_record` does: the rule
-(`decide`), then the transition policy (`next_status`), the conditions kept from the
-previous decision when the policy overrides the rule, a record only when the status or
-the conditions change, and the inputs stored with `repository.inputs_to_json`. Replay
+`LiveLot` takes decisions with the step the lots service's `_decide_and_record` takes
+(`decision_step`: the rule, the transition policy, the conditions kept from the previous
+decision when the policy overrides the rule, a record only when the status or the
+conditions change) and stores the inputs with `repository.inputs_to_json`. Replay
 reads the records back the way ExplainDecision and ListDecisions do.
 """
 
@@ -31,9 +31,7 @@ from services.lots.domain import (
     TestKind,
     Unmet,
     Verdict,
-    decide,
-    keeps_qa_release,
-    next_status,
+    decision_step,
     replay,
     replay_difference,
 )
@@ -72,23 +70,20 @@ class LiveLot:
         path drops it (`keeps_qa_release`)."""
         results = tuple(results)
         qa = self.qa if qa is None else qa
-        rule = decide(self.lot, qualification, results, now, qa)
         first = not self.records
         current = None if first else self.status
-        status = next_status(current, rule)
-        unmet = rule.unmet if status is rule.status else self.unmet
-        if not (first or force) and status is current and unmet == self.unmet:
+        inputs = DecisionInputs(self.lot, qualification, results, now, qa)
+        step = decision_step(inputs, current, self.unmet, force=force)
+        if not step.recorded:
             return None  # nothing changed: nothing recorded
         record = SimpleNamespace(
             lot_id=self.lot.lot_id, version=len(self.records) + 1,
-            previous_status=current.value if current else None, status=status.value,
-            unmet=unmet_to_json(unmet),
-            inputs=inputs_to_json(DecisionInputs(self.lot, qualification, results, now, qa),
-                                  rule),
+            previous_status=current.value if current else None, status=step.status.value,
+            unmet=unmet_to_json(step.unmet), inputs=inputs_to_json(inputs, step.rule),
             cause=cause, decided_at=now)
         self.records.append(record)
-        self.status, self.unmet = status, unmet
-        self.qa = replace(qa, released=qa.released and keeps_qa_release(status))
+        self.status, self.unmet = step.status, step.unmet
+        self.qa = replace(qa, released=step.qa_released)
         return record
 
     def explained(self) -> list[pb.ExplainedDecision]:
