@@ -34,6 +34,7 @@ _STATUS = _READ | {WAREHOUSE}
 _SUPPLIERS = "lotgate.suppliers.v1.SupplierService"
 _LOTS = "lotgate.lots.v1.LotService"
 _RESULTS = "lotgate.results.v1.ResultService"
+_SIGNATURES = "lotgate.signatures.v1.SignatureService"
 
 
 def _rpcs(service: str, roles: Iterable[str], *methods: str) -> dict[str, frozenset[str]]:
@@ -61,6 +62,11 @@ ACCESS: dict[str, frozenset[str]] = {
             "RegisterInstrument", "RecordCalibration", "SetInstrumentStatus"),
     **_rpcs(_RESULTS, {QA}, "ApproveSpecification", "InvalidateResult", "ConfirmResult"),
     **_rpcs(_RESULTS, {INSTRUMENT}, "RecordResult", "RecordResults"),
+    # Signing secrets, in every service: QA signs its decisions; an administrator unlocks.
+    **_rpcs(_SIGNATURES, {QA}, "EnrollSigner"),
+    **_rpcs(_SIGNATURES, {ADMIN}, "ResetSigner"),
+    **_rpcs(_SIGNATURES, {QA, ADMIN, AUDITOR}, "GetSigner"),
+
     **_rpcs(_RESULTS, _READ, "GetSpecification", "ListSpecificationVersions",
             "GetInstrument", "ListLotResults", "ListInstrumentResults"),
 }

@@ -23,7 +23,7 @@ from nats.js import JetStreamContext
 from sqlalchemy import MetaData, Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared import messaging
+from shared import esign, messaging
 from shared.aio import sleep_or_stop
 from shared.auth import Gate, gate_from
 from shared.clock import Clock, FileClock, SystemClock
@@ -160,10 +160,16 @@ async def start_service(settings: ServiceSettings, build: BuildParts, *,
         tasks: list[asyncio.Task[None]] = []
         connections: list[object] = []
 
+        # Electronic signatures: every service keeps its own signers (shared.esign).
+        signers = esign.SignerStore(engine, clock, max_failures=settings.esign_max_failures)
+
+        def register(server: grpc.aio.Server) -> list[str]:
+            return [*parts.register(server), esign.register(server, signers)]
+
         server, port, health_servicer = build_server(
-            host=settings.grpc_host, port=settings.grpc_port, register=parts.register,
+            host=settings.grpc_host, port=settings.grpc_port, register=register,
             gate=gate_for(settings), reflection_on=settings.grpc_reflection,
-            tls=tls_for(settings))
+            tls=tls_for(settings), interceptors=[esign.SignatureInterceptor(signers)])
         running = RunningService(settings.service_name, port, server, infra, stop_event,
                                  asyncio.Event(), stack)
 
@@ -329,5 +335,6 @@ def make_tables(metadata: MetaData, *, schema_version: int = 1) -> Tables:
     `schema_version` grows with every change to the service's tables.
     """
     schema_info_table(metadata)
+    esign.add_tables(metadata)
     return Tables(metadata, outbox_table(metadata), inbox_table(metadata),
                   dead_letter_table(metadata), schema_version)

@@ -69,6 +69,8 @@ release_policies = Table(
     Column("reason", Text, nullable=False),
     Column("set_by", String(200), nullable=False),
     Column("set_at", UtcDateTime, nullable=False),
+    # A QA release needs two people's signatures (four eyes).
+    Column("two_signatures", Boolean, nullable=False, default=False),
 )
 
 # Every policy ever set, append-only: the history behind release_policies.
@@ -80,6 +82,7 @@ release_policy_history = Table(
     Column("reason", Text, nullable=False),
     Column("set_by", String(200), nullable=False),
     Column("set_at", UtcDateTime, nullable=False),
+    Column("two_signatures", Boolean, nullable=False, default=False),
     Index("ix_release_policy_history_material", "material_code", "id"),
 )
 
@@ -165,4 +168,4 @@ lot_reviews = Table(
 #    material), so that every decision can be replayed; ix_lots_received_at.
 # 5: lots.retest_date, qa_released, qa_hold_reason, qa_rejection_reason; release_policies
 #    and release_policy_history; RELEASABLE and EXPIRED statuses; ix_lots_material.
-tables = make_tables(metadata, schema_version=5)
+tables = make_tables(metadata, schema_version=6)
