@@ -632,7 +632,7 @@ async def _qa_action(uow: UnitOfWork, cache: StatusCache, *, lot_id: str, cause:
         results = await repository.results_of(uow.conn, lot_ids=[lot_id])
         [entry] = await _decide_and_record(uow, [row], qualifications, results, cache,
                                            cause=cause, force=True)
-        await esign.sign(uow.conn, now=now, record_type=DECISION,
+        await esign.sign(uow.conn, now=entry.decided_at, record_type=DECISION,
                          record_id=decision_record(lot_id, entry.version),
                          fields=decision_content(lot_id, entry.version, entry.status.value))
         await uow.commit()
