@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
+from types import SimpleNamespace
 from typing import Any
 
 import argon2
@@ -182,24 +183,25 @@ def current_signing() -> Signing | None:
 
 
 async def sign(conn: AsyncConnection, *, now: datetime, record_type: str, record_id: str,
-               fields: Mapping[str, Any], signing: Signing | None = None) -> str | None:
-    """Record the call's signature on a record, in the caller's transaction.
+               fields: Mapping[str, Any], signing: Signing | None = None
+               ) -> pb.Signature | None:
+    """Record the call's signature on a record, in the caller's transaction, and return
+    its manifestation (for the answer and the event that announce the decision).
 
     `fields` are the decision's fields as the record stores them (the same that
-    `signatures_of` is given to verify). Nothing outside a signed call; returns the id.
+    `signatures_of` is given to verify). Nothing outside a signed call.
     """
     signing = signing or current_signing()
     if signing is None:
         return None
-    signature_id = str(uuid.uuid4())
-    await conn.execute(SIGNATURES.insert().values(
-        signature_id=signature_id, record_type=record_type, record_id=record_id,
-        signer=signing.subject, printed_name=signing.printed_name,
-        meaning=meaning_name(signing.meaning), signed_at=now,
-        content_hash=content_hash(record_type, record_id, fields)))
+    values = {"signature_id": str(uuid.uuid4()), "record_type": record_type,
+              "record_id": record_id, "signer": signing.subject,
+              "printed_name": signing.printed_name, "meaning": meaning_name(signing.meaning),
+              "signed_at": now, "content_hash": content_hash(record_type, record_id, fields)}
+    await conn.execute(SIGNATURES.insert().values(**values))
     log.info("record_signed", record_type=record_type, record_id=record_id,
              signer=signing.subject, meaning=meaning_name(signing.meaning))
-    return signature_id
+    return signature_to_proto(SimpleNamespace(**values), fields)
 
 
 async def signature_rows(conn: AsyncConnection, *, record_type: str,
