@@ -96,7 +96,8 @@ async def test_the_dossier_shows_a_suspended_supplier_with_its_history_audit_and
     assert run.code == 0, run.stderr
     folder = tmp_path / supplier
     expected = ["dossier.html", "dossier.json", "sites.csv", "qualifications.csv",
-                "history.csv", "audits.csv", "lots.csv", "reviews.csv", "SHA256SUMS"]
+                "history.csv", "audits.csv", "lots.csv", "reviews.csv", "signatures.csv",
+                "SHA256SUMS"]
     assert run.stdout.splitlines() == [str(folder / name) for name in expected]
     assert names_in(folder) == sorted(expected)
 
@@ -127,6 +128,12 @@ async def test_the_dossier_shows_a_suspended_supplier_with_its_history_audit_and
     [review] = read_csv(folder / "reviews.csv")
     assert (review["lot_id"], review["qualification_status"], review["state"]) == (
         released, "SUSPENDED", "OPEN")
+
+    # QA's qualification and suspension were signed; the dossier prints both signatures.
+    signatures = read_csv(folder / "signatures.csv")
+    assert [(s["signer"], s["meaning"], s["verified"]) for s in signatures] == [
+        ("qa.jane", "APPROVAL", "True"), ("qa.bob", "RESPONSIBILITY", "True")]
+    assert all(len(s["content_hash"]) == 64 for s in signatures)
 
     document = json.loads((folder / "dossier.json").read_text(encoding="utf-8"))
     assert document["supplier"]["name"] == name
