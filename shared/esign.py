@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextvars import ContextVar
@@ -37,6 +38,7 @@ from typing import Any
 
 import argon2
 import grpc
+from google.protobuf.message import Message
 from sqlalchemy import (
     Boolean,
     Column,
@@ -69,6 +71,8 @@ from shared.logs import get_logger
 from shared.protoconv import to_timestamp
 
 log = get_logger(__name__)
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 SERVICE = pb.DESCRIPTOR.services_by_name["SignatureService"].full_name
 
@@ -267,31 +271,48 @@ class SignerStore:
 
     async def check(self, subject: str, secret: str) -> None:
         """Pass when `secret` is the subject's; otherwise count the failure (committed
-        whatever the call does next) and raise."""
+        whatever the call does next) and raise.
+
+        The hash is checked outside any transaction (tens of milliseconds: no lock is held
+        meanwhile); the count then changes with one atomic UPDATE, so concurrent wrong
+        secrets are all counted."""
+        async with self.engine.connect() as conn:
+            row = await self._row(conn, subject)
+        if row is None or row.secret_hash is None:
+            raise FailedPrecondition(
+                f"{subject} has no signing secret; enrol first (EnrollSigner)",
+                type_="SIGNER", subject=f"signers/{subject}")
+        if row.locked:
+            raise self._locked(subject, row.failures)
+        right = await asyncio.to_thread(_verify, row.secret_hash, secret)
+        now = self.clock.now()
         async with self.engine.begin() as conn:
-            row = await self._row(conn, subject, lock=True)
-            if row is None or row.secret_hash is None:
-                raise FailedPrecondition(
-                    f"{subject} has no signing secret; enrol first (EnrollSigner)",
-                    type_="SIGNER", subject=f"signers/{subject}")
-            if row.locked:
-                raise PermissionDenied(
-                    f"{subject} may not sign: locked after {row.failures} wrong secrets; "
-                    "an administrator must unlock (ResetSigner)")
-            right = await asyncio.to_thread(_verify, row.secret_hash, secret)
-            failures = 0 if right else row.failures + 1
-            locked = failures >= self.max_failures
-            if failures != row.failures:
+            if right:
+                if row.failures:
+                    await conn.execute(update(SIGNERS).where(
+                        SIGNERS.c.subject == subject, SIGNERS.c.locked.is_(False)).values(
+                        failures=0, updated_at=now))
+            else:
                 await conn.execute(update(SIGNERS).where(SIGNERS.c.subject == subject).values(
-                    failures=failures, locked=locked, updated_at=self.clock.now()))
+                    failures=SIGNERS.c.failures + 1,
+                    locked=SIGNERS.c.failures + 1 >= self.max_failures, updated_at=now))
+            after = await self._row(conn, subject)
+        if after.locked:
+            # Locked meanwhile (a concurrent wrong secret) or by this one.
+            if right:
+                raise self._locked(subject, after.failures)
+            log.warning("signer_locked", alert=True, subject=subject, failures=after.failures)
         if right:
             return
-        if locked:
-            log.warning("signer_locked", alert=True, subject=subject, failures=failures)
         raise Unauthenticated(
             f"the signing secret of {subject} is wrong; nothing was changed"
-            + (" (now locked: an administrator must unlock)" if locked else
-               f" ({self.max_failures - failures} more wrong secrets lock the signer)"))
+            + (" (now locked: an administrator must unlock)" if after.locked else
+               f" ({self.max_failures - after.failures} more wrong secrets lock the signer)"))
+
+    def _locked(self, subject: str, failures: int) -> PermissionDenied:
+        return PermissionDenied(
+            f"{subject} may not sign: locked after {failures} wrong secrets; an "
+            "administrator must unlock (ResetSigner)")
 
     async def enrol(self, subject: str, new_secret: str, current_secret: str) -> Any:
         """Set the caller's secret; once enrolled only with the current secret."""
@@ -393,8 +414,14 @@ def register(server: grpc.aio.Server, store: SignerStore) -> str:
 
 
 def _signature_problems(rpc: str, request: Any) -> None:
+    """The signature's problems, and the actor field's: the signer is the caller, whom the
+    actor field names (shared.auth.bind_actor), looked up before the handler checks it."""
     required = SIGNED_ACTIONS[rpc]
     v = Violations()
+    fields = request.DESCRIPTOR.fields_by_name
+    for name in access.ACTOR_FIELDS:
+        if name in fields:
+            v.text(name, getattr(request, name), max_length=200)
     if not request.HasField("signature"):
         v.add("signature", f"is required: this decision is signed with your signing secret "
                            f"and the meaning {meaning_name(required)}")
@@ -404,6 +431,8 @@ def _signature_problems(rpc: str, request: Any) -> None:
         v.add("signature.secret", "is required")
     elif len(signature.secret) > MAX_SECRET:
         v.add("signature.secret", f"must be at most {MAX_SECRET} characters")
+    elif _CONTROL.search(signature.secret):
+        v.add("signature.secret", "may not hold control characters (NUL, escapes, ...)")
     if signature.meaning == pb.MEANING_UNSPECIFIED:
         v.add("signature.meaning", f"is required ({meaning_name(required)} for this action)")
     elif signature.meaning != required:
@@ -481,7 +510,8 @@ class AutoSign(grpc.aio.UnaryUnaryClientInterceptor):
         method = client_call_details.method
         path = method.decode() if isinstance(method, bytes) else str(method)
         rpc = access.rpc_name(path)
-        if rpc in SIGNED_ACTIONS and not request.HasField("signature"):
+        if (rpc in SIGNED_ACTIONS and isinstance(request, Message)
+                and not request.HasField("signature")):
             subject = _subject_of(self.tokens(path, request))
             secret = self.secret_for(subject)
             await self._enrol(subject, self.tokens(path, request), secret)
@@ -497,9 +527,14 @@ class AutoSign(grpc.aio.UnaryUnaryClientInterceptor):
             if subject in self._enrolled:
                 return
             async with grpc.aio.insecure_channel(self.address) as channel:
-                await pb_grpc.SignatureServiceStub(channel).EnrollSigner(
-                    pb.EnrollSignerRequest(new_secret=secret, current_secret=secret),
-                    metadata=[("authorization", f"Bearer {token}")])
+                try:
+                    await pb_grpc.SignatureServiceStub(channel).EnrollSigner(
+                        pb.EnrollSignerRequest(new_secret=secret, current_secret=secret),
+                        metadata=[("authorization", f"Bearer {token}")])
+                except grpc.aio.AioRpcError:
+                    # A caller who may not sign (or a signer enrolled otherwise): the
+                    # signed call itself answers why, as it would for anyone.
+                    return
             self._enrolled.add(subject)
 
 

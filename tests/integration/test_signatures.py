@@ -251,3 +251,47 @@ async def test_the_secret_never_reaches_a_log_line(system: System) -> None:
     assert any(entry.get("event") == "record_signed" for entry in logs)
     assert any(entry.get("code") == "UNAUTHENTICATED" for entry in logs)
     assert secret not in repr(logs)
+
+
+async def test_a_signer_changes_their_secret_only_with_the_current_one(system: System) -> None:
+    address = system.lots_service.address
+    async with auth.channel(address, "qa", sub="qa.ann") as channel:
+        stub = spb_grpc.SignatureServiceStub(channel)
+        first = (await stub.EnrollSigner(spb.EnrollSignerRequest(
+            new_secret="first-secret"))).signer
+        with pytest.raises(grpc.aio.AioRpcError) as without:
+            await stub.EnrollSigner(spb.EnrollSignerRequest(new_secret="second-secret"))
+        with pytest.raises(grpc.aio.AioRpcError) as short:
+            await stub.EnrollSigner(spb.EnrollSignerRequest(new_secret="short",
+                                                            current_secret="first-secret"))
+        changed = (await stub.EnrollSigner(spb.EnrollSignerRequest(
+            new_secret="second-secret", current_secret="first-secret"))).signer
+    async with auth.channel(address, "qa", sub="qa.ann") as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as not_admin:
+            await spb_grpc.SignatureServiceStub(channel).ResetSigner(
+                spb.ResetSignerRequest(subject="qa.ann", reason="forgot it"))
+
+    assert (first.subject, first.enrolled, first.locked) == ("qa.ann", True, False)
+    assert without.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "current_secret" in field_violations(without.value)
+    assert "new_secret" in field_violations(short.value)
+    assert "short" not in short.value.details()
+    assert changed.enrolled
+    assert not_admin.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    lot_id = await releasable(system)
+    with pytest.raises(grpc.aio.AioRpcError) as old:
+        await release(system, lot_id, "qa.ann", signed("first-secret"))
+    assert old.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert (await release(system, lot_id, "qa.ann", signed("second-secret"))
+            ).release_status.status == pb.LOT_STATUS_RELEASED
+
+
+async def test_a_signer_who_never_enrolled_is_told_to_enrol(system: System) -> None:
+    lot_id = await releasable(system)
+
+    with pytest.raises(grpc.aio.AioRpcError) as unknown:
+        await release(system, lot_id, "qa.new", signed())
+
+    assert unknown.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "EnrollSigner" in unknown.value.details()
+    assert (await system.status(lot_id)).status == pb.LOT_STATUS_RELEASABLE
