@@ -9,9 +9,11 @@ Roles:
     instrument  posts its own results (the token names its instrument_id)
     qc          instruments, calibrations, specification drafts
     qa          qualifies, suspends, disqualifies; approves specifications; invalidates and
-                confirms results; holds, releases and rejects lots; policies; reviews
+                confirms results; holds, releases and rejects lots; policies; reviews;
+                enrols its own signing secret (its decisions are signed: shared.esign)
     auditor     reads everything, changes nothing
-    admin       operational calls: the reads an operator needs, no change to GMP records
+    admin       operational calls: the reads an operator needs, unlocking a signer, no
+                change to GMP records
 """
 
 from __future__ import annotations

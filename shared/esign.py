@@ -179,6 +179,11 @@ class Signing:
 
 
 _signing: ContextVar[Signing | None] = ContextVar("lotgate_signing", default=None)
+# Why the call's signature cannot be checked (its actor field is not a storable subject):
+# the handler's own validation names that field with the request's other problems; should
+# a handler ever get as far as signing, `sign` raises this instead.
+_refusal: ContextVar[InvalidArgument | None] = ContextVar("lotgate_signing_refusal",
+                                                          default=None)
 
 
 def current_signing() -> Signing | None:
@@ -197,6 +202,9 @@ async def sign(conn: AsyncConnection, *, now: datetime, record_type: str, record
     """
     signing = signing or current_signing()
     if signing is None:
+        refusal = _refusal.get()
+        if refusal is not None:
+            raise refusal
         return None
     values = {"signature_id": str(uuid.uuid4()), "record_type": record_type,
               "record_id": record_id, "signer": signing.subject,
@@ -413,15 +421,20 @@ def register(server: grpc.aio.Server, store: SignerStore) -> str:
 # Checking the signature of a call
 
 
-def _signature_problems(rpc: str, request: Any) -> None:
-    """The signature's problems, and the actor field's: the signer is the caller, whom the
-    actor field names (shared.auth.bind_actor), looked up before the handler checks it."""
-    required = SIGNED_ACTIONS[rpc]
+def _actor_problems(request: Any) -> InvalidArgument | None:
+    """The signer is the caller, whom the actor field names (shared.auth.bind_actor): one
+    that no signers table can hold is refused with that field."""
     v = Violations()
     fields = request.DESCRIPTOR.fields_by_name
     for name in access.ACTOR_FIELDS:
         if name in fields:
             v.text(name, getattr(request, name), max_length=200)
+    return InvalidArgument(v.items, more=v.more) if v.items else None
+
+
+def _signature_problems(rpc: str, request: Any) -> None:
+    required = SIGNED_ACTIONS[rpc]
+    v = Violations()
     if not request.HasField("signature"):
         v.add("signature", f"is required: this decision is signed with your signing secret "
                            f"and the meaning {meaning_name(required)}")
@@ -476,6 +489,16 @@ class SignatureInterceptor(grpc.aio.ServerInterceptor):
         store = self.store
 
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            refusal = _actor_problems(request)
+            if refusal is not None:
+                # The handler refuses the actor field with the request's other problems.
+                _signature_problems(rpc, request)
+                request.ClearField("signature")
+                refused = _refusal.set(refusal)
+                try:
+                    return await inner(request, context)
+                finally:
+                    _refusal.reset(refused)
             signing = await admit(store, rpc, request)
             token = _signing.set(signing)
             try:
