@@ -9,9 +9,11 @@ Roles:
     instrument  posts its own results (the token names its instrument_id)
     qc          instruments, calibrations, specification drafts
     qa          qualifies, suspends, disqualifies; approves specifications; invalidates and
-                confirms results; holds, releases and rejects lots; policies; reviews
+                confirms results; holds, releases and rejects lots; policies; reviews;
+                enrols its own signing secret (its decisions are signed: shared.esign)
     auditor     reads everything, changes nothing
-    admin       operational calls: the reads an operator needs, no change to GMP records
+    admin       operational calls: the reads an operator needs, unlocking a signer, no
+                change to GMP records
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ _SUPPLIERS = "lotgate.suppliers.v1.SupplierService"
 _LOTS = "lotgate.lots.v1.LotService"
 _RESULTS = "lotgate.results.v1.ResultService"
 _AUDIT = "lotgate.audit.v1.AuditService"
+_SIGNATURES = "lotgate.signatures.v1.SignatureService"
 
 
 def _rpcs(service: str, roles: Iterable[str], *methods: str) -> dict[str, frozenset[str]]:
@@ -62,6 +65,11 @@ ACCESS: dict[str, frozenset[str]] = {
             "RegisterInstrument", "RecordCalibration", "SetInstrumentStatus"),
     **_rpcs(_RESULTS, {QA}, "ApproveSpecification", "InvalidateResult", "ConfirmResult"),
     **_rpcs(_RESULTS, {INSTRUMENT}, "RecordResult", "RecordResults"),
+    # Signing secrets, in every service: QA signs its decisions; an administrator unlocks.
+    **_rpcs(_SIGNATURES, {QA}, "EnrollSigner"),
+    **_rpcs(_SIGNATURES, {ADMIN}, "ResetSigner"),
+    **_rpcs(_SIGNATURES, {QA, ADMIN, AUDITOR}, "GetSigner"),
+
     **_rpcs(_RESULTS, _READ, "GetSpecification", "ListSpecificationVersions",
             "GetInstrument", "ListLotResults", "ListInstrumentResults"),
 

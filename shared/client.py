@@ -18,8 +18,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from lotgate.lots.v1 import lots_pb2, lots_pb2_grpc
 from lotgate.results.v1 import results_pb2, results_pb2_grpc
 from lotgate.suppliers.v1 import suppliers_pb2, suppliers_pb2_grpc
+from shared import esign
 from shared.protoconv import to_timestamp
-from shared.tokens import TokenSource, channel
+from shared.tokens import ActingTokens, TokenSource, bearer_interceptors, channel
 
 # Worth retrying with the same request: the service was briefly unreachable,
 # or the lot was received a moment ago and the results service has not heard yet.
@@ -44,6 +45,17 @@ def _describe(status: lots_pb2.ReleaseStatus) -> str:
 DEFAULT_SITE = "MAIN"
 
 
+def _channel(address: str, tokens: TokenSource | None) -> grpc.aio.Channel:
+    """A channel sending `tokens`; with ActingTokens (local tools playing QA) signed calls
+    are signed too, with a secret derived from the local key (shared.esign.AutoSign)."""
+    if not isinstance(tokens, ActingTokens):
+        return channel(address, tokens)
+    seed = tokens.keys.private.private_bytes_raw()
+    signer = esign.AutoSign(address, tokens, esign.local_secret(seed))
+    return grpc.aio.insecure_channel(address,
+                                     interceptors=[signer, *bearer_interceptors(tokens)])
+
+
 @dataclass
 class Lotgate:
     suppliers: suppliers_pb2_grpc.SupplierServiceStub
@@ -56,7 +68,7 @@ class Lotgate:
         """Channels to the services; `tokens` gives each call its bearer token (for
         example `static_token(...)`, or `ActingTokens(keys)` for the demo and the tests,
         which play the warehouse, the instruments and QA at once)."""
-        channels = {name: channel(address, tokens) for name, address in addresses.items()}
+        channels = {name: _channel(address, tokens) for name, address in addresses.items()}
         return cls(suppliers_pb2_grpc.SupplierServiceStub(channels["suppliers"]),
                    lots_pb2_grpc.LotServiceStub(channels["lots"]),
                    results_pb2_grpc.ResultServiceStub(channels["results"]),

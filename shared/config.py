@@ -70,6 +70,9 @@ class ServiceSettings(BaseSettings):
     grpc_tls_client_ca_file: str = ""
     # Server reflection (grpcurl without the protos): on locally, off in production.
     grpc_reflection: bool = True
+    # Electronic signatures: this many wrong signing secrets in a row lock the signer
+    # until an administrator resets them (shared.esign).
+    esign_max_failures: int = Field(default=5, ge=1, le=100)
     # FOR TESTS ONLY: a file holding a clock offset in seconds (shared.clock.FileClock),
     # so that end-to-end tests can move the services' time. Empty: the system clock.
     clock_file: str = ""

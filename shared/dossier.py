@@ -31,6 +31,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from lotgate.audit.v1 import audit_pb2
 from lotgate.lots.v1 import lots_pb2
+from lotgate.signatures.v1 import signatures_pb2
 from lotgate.suppliers.v1 import suppliers_pb2
 
 FORMAT = "lotgate-dossier/1"
@@ -197,6 +198,23 @@ class AuditTrailRow:
 
 
 @dataclass(frozen=True)
+class SignatureRow:
+    """An electronic signature on one of the supplier's records (a qualification change or
+    a lot review), as the services showed it: verified when it fits the record."""
+
+    supplier_id: str
+    record_type: str
+    record_id: str
+    signer: str
+    printed_name: str
+    meaning: str | None
+    signed_at: str | None
+    content_hash: str
+    verified: bool
+    signature_id: str
+
+
+@dataclass(frozen=True)
 class Dossier:
     generation: Generation
     supplier: SupplierInfo
@@ -209,6 +227,7 @@ class Dossier:
     audit_trail: tuple[AuditTrailRow, ...] = ()
     # What VerifyAuditTrail of the suppliers service said when the dossier was read.
     audit_trail_verification: str = ""
+    signatures: tuple[SignatureRow, ...] = ()
 
 
 # One CSV per table: file name, the Dossier attribute, the row type (its fields are the header).
@@ -220,6 +239,7 @@ CSV_TABLES: tuple[tuple[str, str, type], ...] = (
     ("lots.csv", "lots", LotRow),
     ("reviews.csv", "reviews", ReviewRow),
     ("audit_trail.csv", "audit_trail", AuditTrailRow),
+    ("signatures.csv", "signatures", SignatureRow),
 )
 
 
@@ -382,7 +402,22 @@ def build_dossier(supplier: suppliers_pb2.Supplier, *,
             for e in sorted({e.sequence: e for e in audit_trail}.values(),
                             key=lambda e: e.sequence)),
         audit_trail_verification=audit_trail_verification,
+        signatures=_signatures(sid, [*changes, *review_list]),
     )
+
+
+def _signatures(supplier_id: str, records: Iterable[Any]) -> tuple[SignatureRow, ...]:
+    """The signatures the records show, each once, in the order they were given."""
+    found: dict[str, SignatureRow] = {}
+    for record in records:
+        for s in record.signatures:
+            found.setdefault(s.signature_id, SignatureRow(
+                supplier_id=supplier_id, record_type=s.record_type, record_id=s.record_id,
+                signer=s.signer, printed_name=s.printed_name,
+                meaning=_enum(signatures_pb2.Meaning, s.meaning),
+                signed_at=_time(s, "signed_at"), content_hash=s.content_hash,
+                verified=s.verified, signature_id=s.signature_id))
+    return tuple(sorted(found.values(), key=lambda r: (r.signed_at or "", r.signature_id)))
 
 
 def directory_name(supplier_id: str) -> str:
@@ -645,6 +680,13 @@ def render_html(dossier: Dossier) -> str:
         ("Closed by", lambda r: r.closed_by, False),
         ("Closed at", lambda r: r.closed_at, False),
     ], "No lot review.")
+    signed = _table(dossier.signatures, [
+        ("Record", lambda r: f"{r.record_type} {r.record_id}", False),
+        ("Signed by", lambda r: f"{r.printed_name} ({r.signer})", False),
+        ("Meaning", lambda r: r.meaning, False), ("Signed at", lambda r: r.signed_at, False),
+        ("Verified", lambda r: "yes" if r.verified else "NO: does not fit the record", False),
+        ("Content SHA-256", lambda r: r.content_hash, False),
+    ], "No electronic signature.")
 
     trail = _table(dossier.audit_trail, [
         ("#", lambda t: t.sequence, False), ("Recorded at", lambda t: t.recorded_at, False),
@@ -676,6 +718,10 @@ def render_html(dossier: Dossier) -> str:
                  "of the suppliers service's "
                  "hash-chained trail. Verification when read: "
                  f"{d.audit_trail_verification or 'not asked'}.", trail),
+        _section("signatures", "9. Electronic signatures",
+                 f"{_plural(len(d.signatures), 'signature')} of QA's decisions on these "
+                 "records (21 CFR 11.50): who signed, meaning, when, and whether the "
+                 "signature still fits the record it signs.", signed),
         f"<footer>End of the dossier of supplier {_e(s.supplier_id)}, "
         f"generated at {_e(g.generated_at)} ({_e(FORMAT)}).</footer>\n",
     ])

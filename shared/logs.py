@@ -28,8 +28,15 @@ def _add_request_context(_logger: Any, _method: str, event: dict[str, Any]) -> d
 MAX_LOG_VALUE = 1000
 
 
+# Keys whose values never reach a log line (signing secrets, shared.esign).
+REDACTED_KEYS = frozenset({"secret", "new_secret", "current_secret", "signature"})
+
+
 def _truncate_values(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
     for key, value in event.items():
+        if key in REDACTED_KEYS:
+            event[key] = "[redacted]"
+            continue
         if isinstance(value, str) and len(value) > MAX_LOG_VALUE:
             event[key] = f"{value[:MAX_LOG_VALUE]}... ({len(value):,} characters)"
     return event

@@ -23,7 +23,7 @@ from nats.js import JetStreamContext
 from sqlalchemy import MetaData, Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared import audit_anchor, messaging
+from shared import audit_anchor, esign, messaging
 from shared.aio import sleep_or_stop
 from shared.audit import audit_trail_table
 from shared.audit_api import AuditApi
@@ -171,19 +171,22 @@ async def start_service(settings: ServiceSettings, build: BuildParts, *,
         subscriptions = [*parts.subscriptions,
                          *audit_anchor.subscriptions(name, tables.metadata)]
         streams = list(dict.fromkeys([*parts.streams, *audit_anchor.streams(name)]))
+        # Electronic signatures: every service keeps its own signers (shared.esign).
+        signers = esign.SignerStore(engine, clock, max_failures=settings.esign_max_failures)
 
         async def anchors(stop: asyncio.Event) -> None:
             await audit_anchor.run_anchors(uow, tables.metadata, name, stop,
                                            every_seconds=settings.audit_anchor_seconds)
 
         def register(grpc_server: grpc.aio.Server) -> list[str]:
-            # Every service answers for its own audit trail.
-            return [*parts.register(grpc_server), *add_audit_api(grpc_server, audit_api)]
+            # Every service answers for its own audit trail and its own signers.
+            return [*parts.register(grpc_server), *add_audit_api(grpc_server, audit_api),
+                    esign.register(grpc_server, signers)]
 
         server, port, health_servicer = build_server(
             host=settings.grpc_host, port=settings.grpc_port, register=register,
             gate=gate_for(settings), reflection_on=settings.grpc_reflection,
-            tls=tls_for(settings))
+            tls=tls_for(settings), interceptors=[esign.SignatureInterceptor(signers)])
         running = RunningService(settings.service_name, port, server, infra, stop_event,
                                  asyncio.Event(), stack)
 
@@ -352,5 +355,6 @@ def make_tables(metadata: MetaData, *, schema_version: int = 1) -> Tables:
     schema_info_table(metadata)
     audit_trail_table(metadata)
     audit_anchor.audit_anchors_table(metadata)
+    esign.add_tables(metadata)
     return Tables(metadata, outbox_table(metadata), inbox_table(metadata),
                   dead_letter_table(metadata), schema_version)

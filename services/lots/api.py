@@ -13,6 +13,7 @@ from lotgate.lots.v1 import lots_pb2 as pb
 from lotgate.lots.v1 import lots_pb2_grpc as pb_grpc
 from services.lots import handlers
 from services.lots.convert import POLICY_FROM_PROTO, REVIEW_STATE_FROM_PROTO, STATUS_FROM_PROTO
+from services.lots.domain import ReleasePolicy
 from services.lots.read_model import StatusCache
 from services.lots.watch import ChangeFeed, watch
 from shared.clock import Clock
@@ -128,12 +129,15 @@ class LotApi(pb_grpc.LotServiceServicer):
         policy = POLICY_FROM_PROTO.get(request.policy)
         if policy is None:
             v.add("policy", "must be RELEASE_POLICY_AUTOMATIC or RELEASE_POLICY_QA_RELEASE")
+        elif request.two_signatures and policy is not ReleasePolicy.QA_RELEASE:
+            v.add("two_signatures", "only with RELEASE_POLICY_QA_RELEASE (a release by QA)")
         _reason_and_who(v, request)
         v.raise_if_any()
         assert policy is not None
         set_ = await handlers.set_release_policy(
             self._uow(), self._cache, material_code=request.material_code, policy=policy,
-            reason=request.reason, requested_by=request.requested_by)
+            reason=request.reason, requested_by=request.requested_by,
+            two_signatures=request.two_signatures)
         return pb.SetReleasePolicyResponse(policy=set_)
 
     async def GetReleasePolicy(self, request: pb.GetReleasePolicyRequest,
@@ -147,8 +151,8 @@ class LotApi(pb_grpc.LotServiceServicer):
 
     async def ReleaseLot(self, request: pb.ReleaseLotRequest,
                          context: grpc.aio.ServicerContext) -> pb.ReleaseLotResponse:
-        return pb.ReleaseLotResponse(release_status=await self._qa(handlers.release_lot,
-                                                                   request))
+        status, awaited = await self._qa(handlers.release_lot, request)
+        return pb.ReleaseLotResponse(release_status=status, signatures_awaited=awaited)
 
     async def HoldLot(self, request: pb.HoldLotRequest,
                       context: grpc.aio.ServicerContext) -> pb.HoldLotResponse:
@@ -163,17 +167,15 @@ class LotApi(pb_grpc.LotServiceServicer):
                         context: grpc.aio.ServicerContext) -> pb.RejectLotResponse:
         return pb.RejectLotResponse(release_status=await self._qa(handlers.reject_lot, request))
 
-    async def _qa(self, action: Any, request: Any) -> pb.ReleaseStatus:
+    async def _qa(self, action: Any, request: Any) -> Any:
         """A QA action on a lot: the lot, why and who (field violations otherwise), then
         the handler's unit of work."""
         v = Violations()
         v.code("lot_id", request.lot_id)
         _reason_and_who(v, request)
         v.raise_if_any()
-        status: pb.ReleaseStatus = await action(self._uow(), self._cache, lot_id=request.lot_id,
-                                                reason=request.reason,
-                                                requested_by=request.requested_by)
-        return status
+        return await action(self._uow(), self._cache, lot_id=request.lot_id,
+                            reason=request.reason, requested_by=request.requested_by)
 
     async def SetRetestDate(self, request: pb.SetRetestDateRequest,
                             context: grpc.aio.ServicerContext) -> pb.SetRetestDateResponse:

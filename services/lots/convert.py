@@ -101,7 +101,8 @@ def policy_to_proto(row: Any) -> pb.MaterialReleasePolicy:
     """A row of release_policies as a MaterialReleasePolicy."""
     return pb.MaterialReleasePolicy(
         material_code=row.material_code, policy=POLICY_TO_PROTO[ReleasePolicy(row.policy)],
-        reason=row.reason, set_by=row.set_by, set_at=to_timestamp(row.set_at))
+        reason=row.reason, set_by=row.set_by, set_at=to_timestamp(row.set_at),
+        two_signatures=bool(row.two_signatures))
 
 
 def review_to_proto(row: Any) -> pb.LotReview:

@@ -57,7 +57,7 @@ from services.lots.domain import (
 )
 from services.lots.read_model import StatusCache, StatusEntry
 from services.lots.repository import Key, key_of
-from shared import messaging
+from shared import esign, messaging
 from shared.audit import record as audit_record
 from shared.errors import (
     AlreadyExists,
@@ -473,7 +473,9 @@ async def explain_decision(conn: Any, *, lot_id: str, version: int
         raise NotFound(f"lot {lot_id} has no decision {version}", field="version")
     record = rows[-1]
     previous = rows[0] if len(rows) == 2 else None
-    return explain(record, previous)
+    explained = explain(record, previous)
+    await _with_signatures(conn, [explained])
+    return explained
 
 
 async def list_decisions(conn: Any, *, lot_id: str) -> list[lots_pb2.ExplainedDecision]:
@@ -482,7 +484,52 @@ async def list_decisions(conn: Any, *, lot_id: str) -> list[lots_pb2.ExplainedDe
     if not rows:
         raise NotFound(f"no lot {lot_id}", field="lot_id")
     by_version = {row.version: row for row in rows}
-    return [explain(row, by_version.get(row.version - 1)) for row in rows]
+    explained = [explain(row, by_version.get(row.version - 1)) for row in rows]
+    await _with_signatures(conn, explained)
+    return explained
+
+
+# Electronic signatures of QA's actions (shared.esign). A QA action signs the decision it
+# makes: the lot, the decision's version and the status it gives the lot. That content is
+# known before the decision, so the first of two release signatures can sign it too.
+DECISION = "lot_decision"
+REVIEW = "lot_review"
+
+
+def decision_record(lot_id: str, version: int) -> str:
+    return f"{lot_id}/{version}"
+
+
+def decision_content(lot_id: str, version: int, status: str) -> dict[str, Any]:
+    return {"lot_id": lot_id, "version": version, "status": status}
+
+
+def review_content(row: Any) -> dict[str, Any]:
+    return {"review_id": row.review_id, "lot_id": row.lot_id, "state": row.state,
+            "conclusion": row.conclusion, "closed_by": row.closed_by}
+
+
+async def _with_signatures(conn: Any, explained: list[lots_pb2.ExplainedDecision]) -> None:
+    contents = {}
+    for item in explained:
+        d = item.decision
+        contents[decision_record(d.lot_id, d.version)] = decision_content(
+            d.lot_id, d.version, lots_pb2.LotStatus.Name(d.status).removeprefix("LOT_STATUS_"))
+    found = await esign.signatures_of(conn, record_type=DECISION, contents=contents)
+    for item in explained:
+        item.signatures.extend(found[decision_record(item.decision.lot_id,
+                                                     item.decision.version)])
+
+
+async def _reviews_with_signatures(conn: Any, rows: Sequence[Any]) -> list[lots_pb2.LotReview]:
+    found = await esign.signatures_of(conn, record_type=REVIEW,
+                                      contents={r.review_id: review_content(r) for r in rows})
+    reviews = []
+    for row in rows:
+        review = review_to_proto(row)
+        review.signatures.extend(found[row.review_id])
+        reviews.append(review)
+    return reviews
 
 
 async def _lot_view(uow: UnitOfWork, row: Any, cache: StatusCache) -> lots_pb2.Lot:
@@ -521,7 +568,8 @@ async def list_lot_reviews(uow: UnitOfWork, *, state: ReviewState | None, suppli
                                              supplier_id=supplier_id,
                                              material_code=material_code, after=after,
                                              limit=limit)
-    return [review_to_proto(row) for row in rows], (rows[-1].sequence if rows else 0)
+        reviews = await _reviews_with_signatures(uow.conn, rows)
+    return reviews, (rows[-1].sequence if rows else 0)
 
 
 async def close_lot_review(uow: UnitOfWork, *, review_id: str, conclusion: str,
@@ -537,13 +585,16 @@ async def close_lot_review(uow: UnitOfWork, *, review_id: str, conclusion: str,
             raise NotFound(f"no lot review {review_id}", field="review_id")
         if not must_close(review_id, ReviewState(row.state), row.conclusion, row.closed_by,
                           new_conclusion=conclusion, requested_by=requested_by):
-            return review_to_proto(row)
+            [review] = await _reviews_with_signatures(uow.conn, [row])
+            return review
         now = uow.clock.now()
         await repository.close_review(uow.conn, review_id=review_id, conclusion=conclusion,
                                       closed_by=requested_by, closed_at=now)
         audit_record(uow, "review", review_id, action="close", reason=conclusion)
         row = await repository.get_review(uow.conn, review_id=review_id)
-        review = review_to_proto(row)
+        await esign.sign(uow.conn, now=now, record_type=REVIEW, record_id=review_id,
+                         fields=review_content(row))
+        [review] = await _reviews_with_signatures(uow.conn, [row])
         closed = events_pb2.LotReviewClosed(event_id=new_event_id(), review=review,
                                             occurred_at=to_timestamp(now))
         uow.emit(messaging.LOT_REVIEW_CLOSED, row.lot_id, closed)
@@ -557,10 +608,12 @@ async def close_lot_review(uow: UnitOfWork, *, review_id: str, conclusion: str,
 
 
 async def _qa_action(uow: UnitOfWork, cache: StatusCache, *, lot_id: str, cause: str,
-                     change: Any) -> lots_pb2.ReleaseStatus:
+                     change: Any, two_signatures: bool = False) -> lots_pb2.ReleaseStatus:
     """Lock the lot (its qualification first), ask `change(row, now)` for the columns to
     set (None: a retry of what was done already; it raises when the action is refused),
-    set them and decide the lot again."""
+    set them and decide the lot again; the call's signature signs that decision. With
+    `two_signatures` (a release whose policy asks for two), the first signature is only
+    recorded and the lot waits for the second."""
     async with uow:
         row = await repository.get_lot(uow.conn, lot_id=lot_id)
         if row is None:
@@ -573,12 +626,19 @@ async def _qa_action(uow: UnitOfWork, cache: StatusCache, *, lot_id: str, cause:
             # From the locked row, not the cache: a copy of this call that overlapped
             # it may have committed without its entry in the cache yet.
             return repository.status_entry(row).as_of(now)
+        if two_signatures and await _first_of_two(uow, row, now):
+            await uow.commit()
+            log.info("lot_release_awaits_second_signature", lot_id=lot_id)
+            return repository.status_entry(row).as_of(now)
         await repository.set_qa_facts(uow.conn, lot_id=lot_id, **values)
         audit_record(uow, "lot", lot_id, action=cause.split(" by ", 1)[0], reason=cause)
         [row] = await repository.lots_by_id(uow.conn, lot_ids=[lot_id], for_update=True)
         results = await repository.results_of(uow.conn, lot_ids=[lot_id])
         [entry] = await _decide_and_record(uow, [row], qualifications, results, cache,
                                            cause=cause, force=True)
+        await esign.sign(uow.conn, now=entry.decided_at, record_type=DECISION,
+                         record_id=decision_record(lot_id, entry.version),
+                         fields=decision_content(lot_id, entry.version, entry.status.value))
         await uow.commit()
     log.info("lot_qa_action", lot_id=lot_id, cause=cause[:200], status=entry.status.value)
     return entry.as_of(now)
@@ -589,16 +649,55 @@ def _refuse(row: Any, why: str) -> FailedPrecondition:
                               subject=f"lots/{row.lot_id}")
 
 
+async def _first_of_two(uow: UnitOfWork, row: Any, now: datetime) -> bool:
+    """Whether this signature is the first of a two-signature release (recorded now, on
+    the decision the release will make); False for the second, from another person.
+
+    Both sign the same content: the lot, the next decision's version and RELEASED. A
+    change of the lot in between moves the version on, so a first signature never
+    counts for a lot that changed after it was given."""
+    signing = esign.current_signing()
+    if signing is None:
+        return False
+    version = row.status_version + 1
+    record_id = decision_record(row.lot_id, version)
+    given = await esign.signature_rows(uow.conn, record_type=DECISION, record_ids=[record_id])
+    if any(r.signer == signing.subject for r in given):
+        raise FailedPrecondition(
+            f"lot {row.lot_id}: {signing.subject} has signed this release already; the "
+            "second signature must come from another person (four eyes)",
+            type_="FOUR_EYES", subject=f"lots/{row.lot_id}")
+    if given:
+        return False
+    await esign.sign(uow.conn, now=now, record_type=DECISION, record_id=record_id,
+                     fields=decision_content(row.lot_id, version, LotStatus.RELEASED.value))
+    return True
+
+
 async def release_lot(uow: UnitOfWork, cache: StatusCache, *, lot_id: str, reason: str,
-                      requested_by: str) -> lots_pb2.ReleaseStatus:
-    """QA's release of a RELEASABLE lot."""
+                      requested_by: str) -> tuple[lots_pb2.ReleaseStatus, int]:
+    """QA's release of a RELEASABLE lot, and how many signatures it still awaits (1 after
+    the first of two, when the material's policy asks for two)."""
     def change(row: Any, now: datetime) -> dict[str, Any]:
         if row.status != LotStatus.RELEASABLE.value:
             raise _refuse(row, "only a RELEASABLE lot can be released by QA")
         return {"qa_released": True}
 
-    return await _qa_action(uow, cache, lot_id=lot_id, change=change,
-                            cause=f"QA release by {requested_by}: {reason}")
+    async with uow:
+        policy = await repository.get_policy(uow.conn, material_code=await _material_of(
+            uow, lot_id))
+    two = policy is not None and bool(policy.two_signatures)
+    status = await _qa_action(uow, cache, lot_id=lot_id, change=change, two_signatures=two,
+                              cause=f"QA release by {requested_by}: {reason}")
+    awaited = int(two and status.status == lots_pb2.LOT_STATUS_RELEASABLE)
+    return status, awaited
+
+
+async def _material_of(uow: UnitOfWork, lot_id: str) -> str:
+    row = await repository.get_lot(uow.conn, lot_id=lot_id)
+    if row is None:
+        raise NotFound(f"no lot {lot_id}", field="lot_id")
+    return str(row.material_code)
 
 
 async def hold_lot(uow: UnitOfWork, cache: StatusCache, *, lot_id: str, reason: str,
@@ -673,15 +772,15 @@ async def get_release_policy(conn: Any, *, material_code: str) -> lots_pb2.Mater
 
 
 async def set_release_policy(uow: UnitOfWork, cache: StatusCache, *, material_code: str,
-                             policy: ReleasePolicy, reason: str,
-                             requested_by: str) -> lots_pb2.MaterialReleasePolicy:
+                             policy: ReleasePolicy, reason: str, requested_by: str,
+                             two_signatures: bool = False) -> lots_pb2.MaterialReleasePolicy:
     """Set a material's policy (kept in its history) and decide its lots in QUARANTINE
     or RELEASABLE again under it; released lots stay released. The same call again
     (also one that overlaps the first setting) changes nothing and returns the policy."""
     async with uow:
         now = uow.clock.now()
         values = {"material_code": material_code, "policy": policy.value, "reason": reason,
-                  "set_by": requested_by, "set_at": now}
+                  "set_by": requested_by, "set_at": now, "two_signatures": two_signatures}
         current = await repository.get_policy(uow.conn, material_code=material_code,
                                               for_update=True)
         if current is None and not await repository.add_policy(uow.conn, values=values):
@@ -689,8 +788,9 @@ async def set_release_policy(uow: UnitOfWork, cache: StatusCache, *, material_co
             # the material's first policy: this call comes after it.
             current = await repository.get_policy(uow.conn, material_code=material_code,
                                                   for_update=True)
-        if current is not None and (current.policy, current.reason, current.set_by) == (
-                policy.value, reason, requested_by):
+        if current is not None and (current.policy, current.reason, current.set_by,
+                                    bool(current.two_signatures)) == (
+                policy.value, reason, requested_by, two_signatures):
             return policy_to_proto(current)
         await repository.set_policy(uow.conn, values=values)
         audit_record(uow, "policy", material_code, action=f"set {policy.value}", reason=reason)

@@ -70,6 +70,8 @@ release_policies = Table(
     Column("reason", Text, nullable=False),
     Column("set_by", String(200), nullable=False),
     Column("set_at", UtcDateTime, nullable=False),
+    # A QA release needs two people's signatures (four eyes).
+    Column("two_signatures", Boolean, nullable=False, default=False),
 )
 
 # Every policy ever set, append-only: the history behind release_policies.
@@ -81,6 +83,7 @@ release_policy_history = Table(
     Column("reason", Text, nullable=False),
     Column("set_by", String(200), nullable=False),
     Column("set_at", UtcDateTime, nullable=False),
+    Column("two_signatures", Boolean, nullable=False, default=False),
     Index("ix_release_policy_history_material", "material_code", "id"),
 )
 
@@ -167,7 +170,8 @@ lot_reviews = Table(
 # 5: lots.retest_date, qa_released, qa_hold_reason, qa_rejection_reason; release_policies
 #    and release_policy_history; RELEASABLE and EXPIRED statuses; ix_lots_material.
 # 6: audit_trail.
-tables = make_tables(metadata, schema_version=6)
+# 7: release_policies.two_signatures (and its history); signers, signatures.
+tables = make_tables(metadata, schema_version=7)
 
 # The GMP records of this service, each change of which the audit trail records (QA's
 # actions are changes of their lot).

@@ -10,7 +10,7 @@ import grpc
 
 from lotgate.results.v1 import results_pb2 as pb
 from lotgate.results.v1 import results_pb2_grpc as pb_grpc
-from services.results import handlers
+from services.results import handlers, signatures
 from services.results.convert import (
     IDENTITY_FROM_PROTO,
     INSTRUMENT_STATUS_FROM_PROTO,
@@ -85,7 +85,7 @@ class ResultApi(pb_grpc.ResultServiceServicer):
         spec = await handlers.approve_specification(
             self._uow(), material_code=request.material_code, version=request.version,
             effective_from=effective_from, approved_by=request.approved_by)
-        return pb.ApproveSpecificationResponse(specification=specification_to_proto(spec))
+        return pb.ApproveSpecificationResponse(specification=await self._spec(spec))
 
     async def GetSpecification(self, request: pb.GetSpecificationRequest,
                                context: grpc.aio.ServicerContext) -> pb.GetSpecificationResponse:
@@ -100,7 +100,7 @@ class ResultApi(pb_grpc.ResultServiceServicer):
         spec = await handlers.get_specification(
             self._uow(), material_code=request.material_code, version=request.version,
             as_of=as_of)
-        return pb.GetSpecificationResponse(specification=specification_to_proto(spec))
+        return pb.GetSpecificationResponse(specification=await self._spec(spec))
 
     async def ListSpecificationVersions(
             self, request: pb.ListSpecificationVersionsRequest,
@@ -110,8 +110,19 @@ class ResultApi(pb_grpc.ResultServiceServicer):
         v.raise_if_any()
         found = await handlers.list_specification_versions(
             self._uow(), material_code=request.material_code)
-        return pb.ListSpecificationVersionsResponse(
-            specifications=[specification_to_proto(s) for s in found])
+        shown = [specification_to_proto(s) for s in found]
+        await signatures.show_specifications(self._uow(), shown)
+        return pb.ListSpecificationVersionsResponse(specifications=shown)
+
+    async def _spec(self, spec: Any) -> pb.Specification:
+        shown = specification_to_proto(spec)
+        await signatures.show_specifications(self._uow(), [shown])
+        return shown
+
+    async def _results(self, found: Any) -> list[pb.Result]:
+        shown = [result_to_proto(r) for r in found]
+        await signatures.show_results(self._uow(), shown)
+        return shown
 
     # Instruments
 
@@ -278,7 +289,7 @@ class ResultApi(pb_grpc.ResultServiceServicer):
         result = await handlers.invalidate_result(
             self._uow(), result_id=request.result_id, reason=request.reason.strip(),
             requested_by=request.requested_by)
-        return pb.InvalidateResultResponse(result=result_to_proto(result))
+        return pb.InvalidateResultResponse(result=(await self._results([result]))[0])
 
     async def ConfirmResult(self, request: pb.ConfirmResultRequest,
                             context: grpc.aio.ServicerContext) -> pb.ConfirmResultResponse:
@@ -286,7 +297,7 @@ class ResultApi(pb_grpc.ResultServiceServicer):
         result = await handlers.confirm_result(
             self._uow(), result_id=request.result_id, reason=request.reason.strip(),
             requested_by=request.requested_by)
-        return pb.ConfirmResultResponse(result=result_to_proto(result))
+        return pb.ConfirmResultResponse(result=(await self._results([result]))[0])
 
     async def ListLotResults(self, request: pb.ListLotResultsRequest,
                              context: grpc.aio.ServicerContext) -> pb.ListLotResultsResponse:
@@ -294,7 +305,7 @@ class ResultApi(pb_grpc.ResultServiceServicer):
         v.code("lot_id", request.lot_id)
         v.raise_if_any()
         results = await handlers.list_lot_results(self._uow(), lot_id=request.lot_id)
-        return pb.ListLotResultsResponse(results=[result_to_proto(r) for r in results])
+        return pb.ListLotResultsResponse(results=await self._results(results))
 
     async def ListInstrumentResults(
             self, request: pb.ListInstrumentResultsRequest,
@@ -313,7 +324,7 @@ class ResultApi(pb_grpc.ResultServiceServicer):
             measured_before=measured_before, after_sequence=after, limit=limit)
         # The token names the last result given; its (measured_at, sequence) never change.
         token = paging.encode_position(found[-1].sequence) if len(found) == limit else ""
-        return pb.ListInstrumentResultsResponse(results=[result_to_proto(r) for r in found],
+        return pb.ListInstrumentResultsResponse(results=await self._results(found),
                                                 next_page_token=token)
 
 

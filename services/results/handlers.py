@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 
 from lotgate.lots.v1 import events_pb2 as lots_events_pb2
 from lotgate.results.v1 import events_pb2
-from services.results import repository
+from services.results import repository, signatures
 from services.results.convert import result_to_proto, specification_to_proto, test_order
 from services.results.domain import (
     InstrumentStatus,
@@ -157,9 +157,11 @@ async def approve_specification(uow: UnitOfWork, *, material_code: str, version:
         if not await repository.make_effective(uow.conn, spec=effective):
             raise Aborted("the specification was approved concurrently; read it again")
         audit_record(uow, "specification", material_code, version, action="approve")
+        shown = specification_to_proto(effective)
+        await signatures.sign_specification(uow, shown)
         uow.emit(messaging.SPECIFICATION_APPROVED, f"materials/{material_code}",
                  events_pb2.SpecificationApproved(
-                     event_id=new_event_id(), specification=specification_to_proto(effective),
+                     event_id=new_event_id(), specification=shown,
                      occurred_at=to_timestamp(now)))
         await uow.commit()
         return effective
@@ -507,6 +509,7 @@ async def _handle(uow: UnitOfWork, result_id: str, target: ResultState, reason: 
         changed = replace(current, state=target, state_reason=reason,
                           state_changed_by=requested_by, state_changed_at=now)
         message = result_to_proto(changed)
+        await signatures.sign_result(uow, message)
         if target is ResultState.INVALIDATED:
             uow.emit(messaging.RESULT_INVALIDATED, changed.lot_id, events_pb2.ResultInvalidated(
                 event_id=new_event_id(), result=message, occurred_at=to_timestamp(now)))

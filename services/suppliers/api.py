@@ -158,7 +158,9 @@ class SupplierApi(pb_grpc.SupplierServiceServicer):
         as_of = v.instant(request, "as_of")
         v.raise_if_any()
         q, in_force = await handlers.get_qualification(self._uow(), key=key, as_of=as_of)
-        return pb.GetQualificationResponse(qualification=qualification_to_proto(q),
+        shown = qualification_to_proto(q)
+        await handlers.with_signatures(self._uow(), [shown])
+        return pb.GetQualificationResponse(qualification=shown,
                                            status_in_force=status_to_proto(in_force))
 
     async def ListQualificationHistory(
@@ -182,8 +184,9 @@ class SupplierApi(pb_grpc.SupplierServiceServicer):
             site_id=request.site_id, changed_from=changed_from, changed_before=changed_before,
             after_id=after, limit=limit)
         token = paging.encode_position(rows[-1].id) if len(rows) == limit else ""
-        return pb.ListQualificationHistoryResponse(changes=[change_to_proto(r) for r in rows],
-                                                   next_page_token=token)
+        changes = [change_to_proto(r) for r in rows]
+        await handlers.with_signatures(self._uow(), changes)
+        return pb.ListQualificationHistoryResponse(changes=changes, next_page_token=token)
 
     async def ListApprovedSuppliers(
             self, request: pb.ListApprovedSuppliersRequest,
@@ -221,8 +224,9 @@ class SupplierApi(pb_grpc.SupplierServiceServicer):
             evidence=evidence_from_proto(request.evidence),
             expected_version=(request.expected_version
                               if request.HasField("expected_version") else None))
-        q = await handlers.change_qualification(self._uow(), command)
-        return qualification_to_proto(q)
+        q = qualification_to_proto(await handlers.change_qualification(self._uow(), command))
+        await handlers.with_signatures(self._uow(), [q])
+        return q
 
 
 def _supplier(view: handlers.SupplierView) -> pb.Supplier:

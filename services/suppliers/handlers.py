@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 
 from lotgate.suppliers.v1 import events_pb2
+from lotgate.suppliers.v1 import suppliers_pb2 as pb
 from services.suppliers import repository
 from services.suppliers.convert import qualification_to_proto, status_to_proto
 from services.suppliers.domain import (
@@ -20,7 +21,7 @@ from services.suppliers.domain import (
     check_audit_record,
     expire,
 )
-from shared import messaging
+from shared import esign, messaging
 from shared.audit import record as audit_record
 from shared.errors import Aborted, AlreadyExists, FieldViolation, InvalidArgument, NotFound
 from shared.logs import get_logger
@@ -174,17 +175,56 @@ async def change_qualification(uow: UnitOfWork, command: ChangeQualification) ->
             found = await repository.get_audit(uow.conn, audit_id=command.evidence.audit_id)
             audit = found[0] if found else None
         new = apply(current, command, uow.clock.now(), audit=audit)
-        await _record(uow, current, new)
+        signed = qualification_to_proto(new)
+        signature = await esign.sign(uow.conn, now=new.changed_at, record_type=QUALIFICATION,
+                                     record_id=qualification_record(signed),
+                                     fields=qualification_content(signed))
+        await _record(uow, current, new, signature)
         await uow.commit()
         return new
 
 
-async def _record(uow: UnitOfWork, current: Qualification | None, new: Qualification) -> None:
-    """Store a change with its history row and its QualificationChanged event."""
+# Electronic signatures of QA's qualification decisions (shared.esign): each signs one
+# version of a qualification, as QualificationChange and Qualification both show it.
+QUALIFICATION = "qualification"
+
+
+def qualification_record(q: pb.Qualification | pb.QualificationChange) -> str:
+    return f"{q.supplier_id}/{q.site_id}/{q.material_code}/{q.version}"
+
+
+def qualification_content(q: pb.Qualification | pb.QualificationChange) -> dict[str, Any]:
+    status = q.new_status if isinstance(q, pb.QualificationChange) else q.status
+    return {"supplier_id": q.supplier_id, "site_id": q.site_id,
+            "material_code": q.material_code, "version": q.version,
+            "status": pb.QualificationStatus.Name(status),
+            "valid_until": q.valid_until.ToJsonString() if q.HasField("valid_until") else "",
+            "reason": q.reason, "changed_by": q.changed_by}
+
+
+async def with_signatures(uow: UnitOfWork,
+                          shown: list[pb.Qualification] | list[pb.QualificationChange]) -> None:
+    """Add to each qualification version its signatures, verified against it."""
+    if not shown:
+        return
+    async with uow:
+        found = await esign.signatures_of(
+            uow.conn, record_type=QUALIFICATION,
+            contents={qualification_record(q): qualification_content(q) for q in shown})
+    for q in shown:
+        q.signatures.extend(found[qualification_record(q)])
+
+
+async def _record(uow: UnitOfWork, current: Qualification | None, new: Qualification,
+                  signature: Any = None) -> None:
+    """Store a change with its history row and its QualificationChanged event (which shows
+    the change's signature, when QA signed it)."""
     event = events_pb2.QualificationChanged(
         event_id=new_event_id(), qualification=qualification_to_proto(new),
         previous_status=status_to_proto(current.status if current else None),
         occurred_at=to_timestamp(new.changed_at))
+    if signature is not None:
+        event.qualification.signatures.append(signature)
     try:
         saved = await repository.save_qualification(uow.conn, new=new, previous=current,
                                                     event_id=event.event_id)

@@ -100,6 +100,7 @@ async def test_the_dossier_shows_a_suspended_supplier_with_its_history_audit_and
     folder = tmp_path / supplier
     expected = ["dossier.html", "dossier.json", "sites.csv", "qualifications.csv",
                 "history.csv", "audits.csv", "lots.csv", "reviews.csv", "audit_trail.csv",
+                "history.csv", "audits.csv", "lots.csv", "reviews.csv", "signatures.csv",
                 "SHA256SUMS"]
     assert run.stdout.splitlines() == [str(folder / name) for name in expected]
     assert names_in(folder) == sorted(expected)
@@ -142,6 +143,11 @@ async def test_the_dossier_shows_a_suspended_supplier_with_its_history_audit_and
                                                                     SUSPENSION_REASON)
     assert json.loads(trail[-1]["old_values"])["status"] == "QUALIFIED"
     assert json.loads(trail[-1]["new_values"])["status"] == "SUSPENDED"
+    # QA's qualification and suspension were signed; the dossier prints both signatures.
+    signatures = read_csv(folder / "signatures.csv")
+    assert [(s["signer"], s["meaning"], s["verified"]) for s in signatures] == [
+        ("qa.jane", "APPROVAL", "True"), ("qa.bob", "RESPONSIBILITY", "True")]
+    assert all(len(s["content_hash"]) == 64 for s in signatures)
 
     document = json.loads((folder / "dossier.json").read_text(encoding="utf-8"))
     assert document["audit_trail_verification"].startswith("verified, ")

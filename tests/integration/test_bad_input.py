@@ -52,7 +52,8 @@ SERVICES = {
 }
 # Tables written off the request path: by the relay, by the consumers of other services'
 # events (which may still arrive from earlier tests on the shared broker).
-PLUMBING = {"outbox", "inbox", "dead_letters", "schema_info"}
+# `signers`: the test channel enrols each signer it plays on first use (tests.support.auth).
+PLUMBING = {"outbox", "inbox", "dead_letters", "schema_info", "signers"}
 FED_BY_EVENTS = {"lots": {"qualifications", "lot_results"}, "results": {"known_lots"}}
 # grpc's default limit for all the metadata of a response (the status rides in trailers).
 MAX_METADATA = 8 * 1024
@@ -416,10 +417,11 @@ async def test_a_value_the_database_refuses_is_the_callers_error_not_unavailable
 
 # What a caller may be answered; never INTERNAL or UNKNOWN (a defect), never UNAVAILABLE
 # while the servers and the database are up (it would make a client retry for ever).
+# UNAUTHENTICATED: a signed decision with a wrong signing secret (shared.esign).
 DOCUMENTED = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
               grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ALREADY_EXISTS,
               grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.ABORTED,
-              grpc.StatusCode.RESOURCE_EXHAUSTED}
+              grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAUTHENTICATED}
 TEXTS = ["", "LOT-1", "MAT-1", "\x00", "A\x00B", "x" * 70, "y" * 5000, "Ωμέγα 株式会社",
          "\U0001f9ea", " ", "\n", "1e308", "2026-02-30", "0001-01-01", "9999-12-31", "../..",
          "'; DROP TABLE lots; --", "%", "mg/g", "CFU/mg"]

@@ -11,6 +11,8 @@ To talk to one, use `channel` instead of `grpc.aio.insecure_channel`:
 Without `role`, each call gets a token with the roles that RPC needs (shared.access), the
 subject its requested_by/approved_by names (else "<role>.local"), and for a result's post
 the instrument_id it posts as: tests that are not about access keep working unchanged.
+A signed call (shared.esign.SIGNED_ACTIONS) without a signature is signed with TEST_SECRET
+by its caller, enrolled first; a test about signatures sends its own.
 `token(...)` mints one token; `bad_tokens(role)` gives every kind of token that must be
 refused; `TEST_KEYS.rotate()` rotates the key the services trust.
 """
@@ -31,8 +33,12 @@ from typing import Any
 import grpc
 import jwt
 
-from shared.tokens import ActingTokens, DevKeys, TokenSource, static_token
-from shared.tokens import channel as _channel
+from shared.esign import AutoSign
+from shared.tokens import ActingTokens, DevKeys, TokenSource, bearer_interceptors, static_token
+
+# The signing secret the test channels enrol and sign with for every subject (a test of
+# signatures themselves sends its own).
+TEST_SECRET = "test-signing-secret"
 
 ISSUER = "lotgate-test"
 AUDIENCE = "lotgate-test-services"
@@ -72,7 +78,12 @@ def channel(address: str, role: str | None = None, *, sub: str = "", instrument_
         source = acting()
     else:
         source = static_token(_token(role, sub, roles=roles, instrument_id=instrument_id))
-    return _channel(address, source)
+    if source is None:
+        return grpc.aio.insecure_channel(address)
+    # Signed calls without a signature are signed with TEST_SECRET (enrolled first).
+    signer = AutoSign(address, source, lambda _subject: TEST_SECRET)
+    return grpc.aio.insecure_channel(address,
+                                     interceptors=[signer, *bearer_interceptors(source)])
 
 
 _token = token

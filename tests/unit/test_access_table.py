@@ -7,11 +7,13 @@ from google.protobuf.descriptor import FileDescriptor
 from lotgate.audit.v1 import audit_pb2
 from lotgate.lots.v1 import lots_pb2
 from lotgate.results.v1 import results_pb2
+from lotgate.signatures.v1 import signatures_pb2
 from lotgate.suppliers.v1 import suppliers_pb2
 from shared import access
 
 FILES: list[FileDescriptor] = [suppliers_pb2.DESCRIPTOR, lots_pb2.DESCRIPTOR,
-                               results_pb2.DESCRIPTOR, audit_pb2.DESCRIPTOR]
+                               results_pb2.DESCRIPTOR, audit_pb2.DESCRIPTOR,
+                               signatures_pb2.DESCRIPTOR]
 
 
 def every_rpc() -> list[str]:

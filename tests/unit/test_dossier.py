@@ -15,6 +15,7 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from lotgate.lots.v1 import lots_pb2 as lpb
+from lotgate.signatures.v1 import signatures_pb2 as sigpb
 from lotgate.suppliers.v1 import suppliers_pb2 as spb
 from shared.dossier import (
     Dossier,
@@ -94,6 +95,12 @@ HISTORY = [
     change(5, "MEDIUM-X", 3, S.QUALIFICATION_STATUS_QUALIFIED, S.QUALIFICATION_STATUS_SUSPENDED,
            "qa.bob", AWKWARD, "2026-03-01T09:30:00.250Z"),
 ]
+# QA's qualification is signed (shared.esign); the dossier lists the signature.
+HISTORY[2].signatures.append(sigpb.Signature(
+    signature_id="SIG-1", signer="qa.jane", printed_name="Jane Doe",
+    meaning=sigpb.MEANING_APPROVAL, signed_at=ts("2026-01-11T10:00:00Z"),
+    content_hash="ab" * 32, record_type="qualification", record_id="ACME-BIO/MAIN/MEDIUM-X/2",
+    verified=True))
 LOTS = [
     lpb.Lot(lot_id="LOT-0002", material_code="MEDIUM-X", supplier_id="ACME-BIO",
             supplier_site_id="MAIN", supplier_lot_number="A-7782",
@@ -164,14 +171,20 @@ def test_there_is_one_csv_per_table_each_with_a_header_row(tmp_path: Path) -> No
 
     assert sorted(p.name for p in written) == sorted(
         ["sites.csv", "qualifications.csv", "history.csv", "audits.csv", "lots.csv",
-         "reviews.csv", "audit_trail.csv"])
+         "reviews.csv", "audit_trail.csv", "signatures.csv"])
     assert header_of(tmp_path / "history.csv") == [
         "supplier_id", "sequence", "site_id", "material_code", "version", "previous_status",
         "new_status", "valid_until", "reason", "changed_by", "changed_at", "event_id",
         "evidence_audit_id", "evidence_audit_date", "evidence_quality_agreement_ref",
         "evidence_questionnaire_ref"]
     assert header_of(tmp_path / "lots.csv")[:3] == ["supplier_id", "lot_id", "supplier_site_id"]
-    assert [len(read_csv(p)) for p in sorted(written)] == [0, 1, 5, 2, 2, 1, 2]
+    assert [len(read_csv(p)) for p in sorted(written)] == [0, 1, 5, 2, 2, 1, 1, 2]
+    assert read_csv(tmp_path / "signatures.csv") == [{
+        "supplier_id": "ACME-BIO", "record_type": "qualification",
+        "record_id": "ACME-BIO/MAIN/MEDIUM-X/2", "signer": "qa.jane",
+        "printed_name": "Jane Doe", "meaning": "APPROVAL",
+        "signed_at": "2026-01-11T10:00:00Z", "content_hash": "ab" * 32, "verified": "True",
+        "signature_id": "SIG-1"}]
 
 
 def test_history_csv_lists_every_change_in_the_order_recorded(tmp_path: Path) -> None:
@@ -298,7 +311,8 @@ def test_html_summary_gives_each_site_and_material_its_status_and_valid_until() 
     buffer, medium = rows  # ordered by site, then material
     assert "BUFFER-Y" in buffer and "EXPIRED" in buffer and "2026-06-30T00:00:00Z" in buffer
     assert "MEDIUM-X" in medium and "SUSPENDED" in medium and "2027-12-31T00:00:00Z" in medium
-    for section in ("sites", "qualifications", "history", "audits", "lots", "reviews"):
+    for section in ("sites", "qualifications", "history", "audits", "lots", "reviews",
+                    "signatures"):
         assert f'<section id="{section}">' in page
     assert "SUPPLIER_SUSPENDED (ICH Q7 7.12)" in page
 
@@ -328,7 +342,7 @@ def test_the_same_records_in_any_order_give_byte_identical_files(tmp_path: Path)
     assert sorted(a) == ["SHA256SUMS", "audit_trail.csv", "audits.csv", "dossier.html",
                          "dossier.json",
                          "history.csv", "lots.csv", "qualifications.csv", "reviews.csv",
-                         "sites.csv"]
+                         "signatures.csv", "sites.csv"]
 
 
 def test_only_the_generation_time_differs_between_two_exports(tmp_path: Path) -> None:

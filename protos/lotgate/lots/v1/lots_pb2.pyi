@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from lotgate.signatures.v1 import signatures_pb2 as _signatures_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -497,6 +498,7 @@ class LotReview(_message.Message):
     CONCLUSION_FIELD_NUMBER: _builtins.int
     CLOSED_BY_FIELD_NUMBER: _builtins.int
     CLOSED_AT_FIELD_NUMBER: _builtins.int
+    SIGNATURES_FIELD_NUMBER: _builtins.int
     review_id: _builtins.str
     """"<lot_id>/<qualification version>"."""
     lot_id: _builtins.str
@@ -516,6 +518,10 @@ class LotReview(_message.Message):
     def opened_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def closed_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def signatures(self) -> _containers.RepeatedCompositeFieldContainer[_signatures_pb2.Signature]:
+        """The electronic signature of the close."""
+
     def __init__(
         self,
         *,
@@ -532,10 +538,11 @@ class LotReview(_message.Message):
         conclusion: _builtins.str = ...,
         closed_by: _builtins.str = ...,
         closed_at: _timestamp_pb2.Timestamp | None = ...,
+        signatures: _abc.Iterable[_signatures_pb2.Signature] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["closed_at", b"closed_at", "opened_at", b"opened_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["closed_at", b"closed_at", "closed_by", b"closed_by", "conclusion", b"conclusion", "lot_id", b"lot_id", "material_code", b"material_code", "opened_at", b"opened_at", "qualification_status", b"qualification_status", "qualification_version", b"qualification_version", "reason", b"reason", "review_id", b"review_id", "state", b"state", "supplier_id", b"supplier_id", "supplier_site_id", b"supplier_site_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["closed_at", b"closed_at", "closed_by", b"closed_by", "conclusion", b"conclusion", "lot_id", b"lot_id", "material_code", b"material_code", "opened_at", b"opened_at", "qualification_status", b"qualification_status", "qualification_version", b"qualification_version", "reason", b"reason", "review_id", b"review_id", "signatures", b"signatures", "state", b"state", "supplier_id", b"supplier_id", "supplier_site_id", b"supplier_site_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -609,19 +616,25 @@ class CloseLotReviewRequest(_message.Message):
     REVIEW_ID_FIELD_NUMBER: _builtins.int
     CONCLUSION_FIELD_NUMBER: _builtins.int
     REQUESTED_BY_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
     review_id: _builtins.str
     conclusion: _builtins.str
     requested_by: _builtins.str
+    @_builtins.property
+    def signature(self) -> _signatures_pb2.SignatureInput:
+        """The signer's secret and meaning (21 CFR 11.200); required."""
+
     def __init__(
         self,
         *,
         review_id: _builtins.str = ...,
         conclusion: _builtins.str = ...,
         requested_by: _builtins.str = ...,
+        signature: _signatures_pb2.SignatureInput | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["signature", b"signature"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conclusion", b"conclusion", "requested_by", b"requested_by", "review_id", b"review_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conclusion", b"conclusion", "requested_by", b"requested_by", "review_id", b"review_id", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -945,19 +958,25 @@ class ExplainedDecision(_message.Message):
 
     DECISION_FIELD_NUMBER: _builtins.int
     REPLAY_FIELD_NUMBER: _builtins.int
+    SIGNATURES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def decision(self) -> Global___Decision: ...
     @_builtins.property
     def replay(self) -> Global___Replay: ...
+    @_builtins.property
+    def signatures(self) -> _containers.RepeatedCompositeFieldContainer[_signatures_pb2.Signature]:
+        """The electronic signatures of the QA action this decision records."""
+
     def __init__(
         self,
         *,
         decision: Global___Decision | None = ...,
         replay: Global___Replay | None = ...,
+        signatures: _abc.Iterable[_signatures_pb2.Signature] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "replay", b"replay"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "replay", b"replay"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "replay", b"replay", "signatures", b"signatures"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1139,10 +1158,13 @@ class SetReleasePolicyRequest(_message.Message):
     POLICY_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     REQUESTED_BY_FIELD_NUMBER: _builtins.int
+    TWO_SIGNATURES_FIELD_NUMBER: _builtins.int
     material_code: _builtins.str
     policy: Global___ReleasePolicy.ValueType
     reason: _builtins.str
     requested_by: _builtins.str
+    two_signatures: _builtins.bool
+    """QA_RELEASE only: a release needs the signatures of two different people."""
     def __init__(
         self,
         *,
@@ -1150,10 +1172,11 @@ class SetReleasePolicyRequest(_message.Message):
         policy: Global___ReleasePolicy.ValueType = ...,
         reason: _builtins.str = ...,
         requested_by: _builtins.str = ...,
+        two_signatures: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["material_code", b"material_code", "policy", b"policy", "reason", b"reason", "requested_by", b"requested_by"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["material_code", b"material_code", "policy", b"policy", "reason", b"reason", "requested_by", b"requested_by", "two_signatures", b"two_signatures"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1170,10 +1193,13 @@ class MaterialReleasePolicy(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     SET_BY_FIELD_NUMBER: _builtins.int
     SET_AT_FIELD_NUMBER: _builtins.int
+    TWO_SIGNATURES_FIELD_NUMBER: _builtins.int
     material_code: _builtins.str
     policy: Global___ReleasePolicy.ValueType
     reason: _builtins.str
     set_by: _builtins.str
+    two_signatures: _builtins.bool
+    """A QA release needs the signatures of two different people."""
     @_builtins.property
     def set_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -1184,10 +1210,11 @@ class MaterialReleasePolicy(_message.Message):
         reason: _builtins.str = ...,
         set_by: _builtins.str = ...,
         set_at: _timestamp_pb2.Timestamp | None = ...,
+        two_signatures: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["set_at", b"set_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["material_code", b"material_code", "policy", b"policy", "reason", b"reason", "set_at", b"set_at", "set_by", b"set_by"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["material_code", b"material_code", "policy", b"policy", "reason", b"reason", "set_at", b"set_at", "set_by", b"set_by", "two_signatures", b"two_signatures"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1259,19 +1286,25 @@ class ReleaseLotRequest(_message.Message):
     LOT_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     REQUESTED_BY_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
     lot_id: _builtins.str
     reason: _builtins.str
     requested_by: _builtins.str
+    @_builtins.property
+    def signature(self) -> _signatures_pb2.SignatureInput:
+        """The signer's secret and meaning (21 CFR 11.200); required."""
+
     def __init__(
         self,
         *,
         lot_id: _builtins.str = ...,
         reason: _builtins.str = ...,
         requested_by: _builtins.str = ...,
+        signature: _signatures_pb2.SignatureInput | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["signature", b"signature"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lot_id", b"lot_id", "reason", b"reason", "requested_by", b"requested_by"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lot_id", b"lot_id", "reason", b"reason", "requested_by", b"requested_by", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1282,16 +1315,20 @@ class ReleaseLotResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RELEASE_STATUS_FIELD_NUMBER: _builtins.int
+    SIGNATURES_AWAITED_FIELD_NUMBER: _builtins.int
+    signatures_awaited: _builtins.int
+    """Signatures the release still waits for: 1 after the first of two, else 0."""
     @_builtins.property
     def release_status(self) -> Global___ReleaseStatus: ...
     def __init__(
         self,
         *,
         release_status: Global___ReleaseStatus | None = ...,
+        signatures_awaited: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["release_status", b"release_status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["release_status", b"release_status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["release_status", b"release_status", "signatures_awaited", b"signatures_awaited"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1304,19 +1341,25 @@ class HoldLotRequest(_message.Message):
     LOT_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     REQUESTED_BY_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
     lot_id: _builtins.str
     reason: _builtins.str
     requested_by: _builtins.str
+    @_builtins.property
+    def signature(self) -> _signatures_pb2.SignatureInput:
+        """The signer's secret and meaning (21 CFR 11.200); required."""
+
     def __init__(
         self,
         *,
         lot_id: _builtins.str = ...,
         reason: _builtins.str = ...,
         requested_by: _builtins.str = ...,
+        signature: _signatures_pb2.SignatureInput | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["signature", b"signature"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lot_id", b"lot_id", "reason", b"reason", "requested_by", b"requested_by"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lot_id", b"lot_id", "reason", b"reason", "requested_by", b"requested_by", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1349,19 +1392,25 @@ class ReleaseHoldRequest(_message.Message):
     LOT_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     REQUESTED_BY_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
     lot_id: _builtins.str
     reason: _builtins.str
     requested_by: _builtins.str
+    @_builtins.property
+    def signature(self) -> _signatures_pb2.SignatureInput:
+        """The signer's secret and meaning (21 CFR 11.200); required."""
+
     def __init__(
         self,
         *,
         lot_id: _builtins.str = ...,
         reason: _builtins.str = ...,
         requested_by: _builtins.str = ...,
+        signature: _signatures_pb2.SignatureInput | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["signature", b"signature"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lot_id", b"lot_id", "reason", b"reason", "requested_by", b"requested_by"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lot_id", b"lot_id", "reason", b"reason", "requested_by", b"requested_by", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1394,19 +1443,25 @@ class RejectLotRequest(_message.Message):
     LOT_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     REQUESTED_BY_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
     lot_id: _builtins.str
     reason: _builtins.str
     requested_by: _builtins.str
+    @_builtins.property
+    def signature(self) -> _signatures_pb2.SignatureInput:
+        """The signer's secret and meaning (21 CFR 11.200); required."""
+
     def __init__(
         self,
         *,
         lot_id: _builtins.str = ...,
         reason: _builtins.str = ...,
         requested_by: _builtins.str = ...,
+        signature: _signatures_pb2.SignatureInput | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["signature", b"signature"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lot_id", b"lot_id", "reason", b"reason", "requested_by", b"requested_by"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lot_id", b"lot_id", "reason", b"reason", "requested_by", b"requested_by", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from lotgate.signatures.v1 import signatures_pb2 as _signatures_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -366,6 +367,7 @@ class Specification(_message.Message):
     APPROVED_BY_FIELD_NUMBER: _builtins.int
     APPROVED_AT_FIELD_NUMBER: _builtins.int
     CHANGE_REASON_FIELD_NUMBER: _builtins.int
+    SIGNATURES_FIELD_NUMBER: _builtins.int
     material_code: _builtins.str
     version: _builtins.int
     status: Global___SpecificationStatus.ValueType
@@ -385,6 +387,10 @@ class Specification(_message.Message):
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def approved_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def signatures(self) -> _containers.RepeatedCompositeFieldContainer[_signatures_pb2.Signature]:
+        """The electronic signatures of this version's approval."""
+
     def __init__(
         self,
         *,
@@ -398,10 +404,11 @@ class Specification(_message.Message):
         approved_by: _builtins.str = ...,
         approved_at: _timestamp_pb2.Timestamp | None = ...,
         change_reason: _builtins.str = ...,
+        signatures: _abc.Iterable[_signatures_pb2.Signature] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["approved_at", b"approved_at", "created_at", b"created_at", "effective_from", b"effective_from"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_at", b"approved_at", "approved_by", b"approved_by", "change_reason", b"change_reason", "created_at", b"created_at", "created_by", b"created_by", "effective_from", b"effective_from", "material_code", b"material_code", "status", b"status", "tests", b"tests", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_at", b"approved_at", "approved_by", b"approved_by", "change_reason", b"change_reason", "created_at", b"created_at", "created_by", b"created_by", "effective_from", b"effective_from", "material_code", b"material_code", "signatures", b"signatures", "status", b"status", "tests", b"tests", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -516,6 +523,7 @@ class Result(_message.Message):
     STATE_CHANGED_AT_FIELD_NUMBER: _builtins.int
     RETEST_OF_FIELD_NUMBER: _builtins.int
     REQUIRED_TESTS_FIELD_NUMBER: _builtins.int
+    SIGNATURES_FIELD_NUMBER: _builtins.int
     result_id: _builtins.str
     lot_id: _builtins.str
     material_code: _builtins.str
@@ -566,6 +574,10 @@ class Result(_message.Message):
     def required_tests(self) -> _containers.RepeatedScalarFieldContainer[Global___TestKind.ValueType]:
         """The tests of spec_version: every one of them must pass for release."""
 
+    @_builtins.property
+    def signatures(self) -> _containers.RepeatedCompositeFieldContainer[_signatures_pb2.Signature]:
+        """The electronic signatures of QA's invalidation or confirmation."""
+
     def __init__(
         self,
         *,
@@ -593,10 +605,11 @@ class Result(_message.Message):
         state_changed_at: _timestamp_pb2.Timestamp | None = ...,
         retest_of: _builtins.str = ...,
         required_tests: _abc.Iterable[Global___TestKind.ValueType] | None = ...,
+        signatures: _abc.Iterable[_signatures_pb2.Signature] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "identity_score", b"identity_score", "judged", b"judged", "measured_at", b"measured_at", "measurement", b"measurement", "quantity", b"quantity", "recorded_at", b"recorded_at", "state_changed_at", b"state_changed_at", "sterility", b"sterility"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "identity_score", b"identity_score", "instrument_id", b"instrument_id", "instrument_result_id", b"instrument_result_id", "judged", b"judged", "lot_id", b"lot_id", "lot_result_number", b"lot_result_number", "material_code", b"material_code", "measured_at", b"measured_at", "measurement", b"measurement", "quantity", b"quantity", "recorded_at", b"recorded_at", "required_tests", b"required_tests", "result_id", b"result_id", "retest_of", b"retest_of", "sequence", b"sequence", "spec_version", b"spec_version", "state", b"state", "state_changed_at", b"state_changed_at", "state_changed_by", b"state_changed_by", "state_reason", b"state_reason", "sterility", b"sterility", "test", b"test", "verdict", b"verdict", "verdict_reason", b"verdict_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "identity_score", b"identity_score", "instrument_id", b"instrument_id", "instrument_result_id", b"instrument_result_id", "judged", b"judged", "lot_id", b"lot_id", "lot_result_number", b"lot_result_number", "material_code", b"material_code", "measured_at", b"measured_at", "measurement", b"measurement", "quantity", b"quantity", "recorded_at", b"recorded_at", "required_tests", b"required_tests", "result_id", b"result_id", "retest_of", b"retest_of", "sequence", b"sequence", "signatures", b"signatures", "spec_version", b"spec_version", "state", b"state", "state_changed_at", b"state_changed_at", "state_changed_by", b"state_changed_by", "state_reason", b"state_reason", "sterility", b"sterility", "test", b"test", "verdict", b"verdict", "verdict_reason", b"verdict_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_measurement: _TypeAlias = _typing.Literal["identity", "quantity", "sterility", "identity_score"]  # noqa: Y015
     _WhichOneofArgType_measurement: _TypeAlias = _typing.Literal["measurement", b"measurement"]  # noqa: Y015
@@ -713,12 +726,17 @@ class ApproveSpecificationRequest(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     EFFECTIVE_FROM_FIELD_NUMBER: _builtins.int
     APPROVED_BY_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
     material_code: _builtins.str
     version: _builtins.int
     approved_by: _builtins.str
     @_builtins.property
     def effective_from(self) -> _timestamp_pb2.Timestamp:
         """Not before now and at most 1 year ahead; now when unset."""
+
+    @_builtins.property
+    def signature(self) -> _signatures_pb2.SignatureInput:
+        """The signer's secret and meaning (21 CFR 11.200); required."""
 
     def __init__(
         self,
@@ -727,10 +745,11 @@ class ApproveSpecificationRequest(_message.Message):
         version: _builtins.int = ...,
         effective_from: _timestamp_pb2.Timestamp | None = ...,
         approved_by: _builtins.str = ...,
+        signature: _signatures_pb2.SignatureInput | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["effective_from", b"effective_from"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["effective_from", b"effective_from", "signature", b"signature"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_by", b"approved_by", "effective_from", b"effective_from", "material_code", b"material_code", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_by", b"approved_by", "effective_from", b"effective_from", "material_code", b"material_code", "signature", b"signature", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1175,20 +1194,26 @@ class InvalidateResultRequest(_message.Message):
     RESULT_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     REQUESTED_BY_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
     result_id: _builtins.str
     reason: _builtins.str
     """The laboratory error the investigation found."""
     requested_by: _builtins.str
+    @_builtins.property
+    def signature(self) -> _signatures_pb2.SignatureInput:
+        """The signer's secret and meaning (21 CFR 11.200); required."""
+
     def __init__(
         self,
         *,
         result_id: _builtins.str = ...,
         reason: _builtins.str = ...,
         requested_by: _builtins.str = ...,
+        signature: _signatures_pb2.SignatureInput | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["signature", b"signature"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "requested_by", b"requested_by", "result_id", b"result_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "requested_by", b"requested_by", "result_id", b"result_id", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1221,19 +1246,25 @@ class ConfirmResultRequest(_message.Message):
     RESULT_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     REQUESTED_BY_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
     result_id: _builtins.str
     reason: _builtins.str
     requested_by: _builtins.str
+    @_builtins.property
+    def signature(self) -> _signatures_pb2.SignatureInput:
+        """The signer's secret and meaning (21 CFR 11.200); required."""
+
     def __init__(
         self,
         *,
         result_id: _builtins.str = ...,
         reason: _builtins.str = ...,
         requested_by: _builtins.str = ...,
+        signature: _signatures_pb2.SignatureInput | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["signature", b"signature"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "requested_by", b"requested_by", "result_id", b"result_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "requested_by", b"requested_by", "result_id", b"result_id", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from lotgate.signatures.v1 import signatures_pb2 as _signatures_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -287,6 +288,7 @@ class Qualification(_message.Message):
     CHANGED_AT_FIELD_NUMBER: _builtins.int
     SITE_ID_FIELD_NUMBER: _builtins.int
     EVIDENCE_FIELD_NUMBER: _builtins.int
+    SIGNATURES_FIELD_NUMBER: _builtins.int
     supplier_id: _builtins.str
     material_code: _builtins.str
     status: Global___QualificationStatus.ValueType
@@ -305,6 +307,10 @@ class Qualification(_message.Message):
 
     @_builtins.property
     def evidence(self) -> Global___Evidence: ...
+    @_builtins.property
+    def signatures(self) -> _containers.RepeatedCompositeFieldContainer[_signatures_pb2.Signature]:
+        """The electronic signatures of this version's change."""
+
     def __init__(
         self,
         *,
@@ -318,10 +324,11 @@ class Qualification(_message.Message):
         changed_at: _timestamp_pb2.Timestamp | None = ...,
         site_id: _builtins.str = ...,
         evidence: Global___Evidence | None = ...,
+        signatures: _abc.Iterable[_signatures_pb2.Signature] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at", "evidence", b"evidence", "valid_until", b"valid_until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at", "changed_by", b"changed_by", "evidence", b"evidence", "material_code", b"material_code", "reason", b"reason", "site_id", b"site_id", "status", b"status", "supplier_id", b"supplier_id", "valid_until", b"valid_until", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at", "changed_by", b"changed_by", "evidence", b"evidence", "material_code", b"material_code", "reason", b"reason", "signatures", b"signatures", "site_id", b"site_id", "status", b"status", "supplier_id", b"supplier_id", "valid_until", b"valid_until", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -346,6 +353,7 @@ class QualificationChange(_message.Message):
     SITE_ID_FIELD_NUMBER: _builtins.int
     EVIDENCE_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
+    SIGNATURES_FIELD_NUMBER: _builtins.int
     supplier_id: _builtins.str
     material_code: _builtins.str
     version: _builtins.int
@@ -366,6 +374,10 @@ class QualificationChange(_message.Message):
 
     @_builtins.property
     def evidence(self) -> Global___Evidence: ...
+    @_builtins.property
+    def signatures(self) -> _containers.RepeatedCompositeFieldContainer[_signatures_pb2.Signature]:
+        """The electronic signatures of this change."""
+
     def __init__(
         self,
         *,
@@ -382,10 +394,11 @@ class QualificationChange(_message.Message):
         site_id: _builtins.str = ...,
         evidence: Global___Evidence | None = ...,
         sequence: _builtins.int = ...,
+        signatures: _abc.Iterable[_signatures_pb2.Signature] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at", "evidence", b"evidence", "valid_until", b"valid_until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at", "changed_by", b"changed_by", "event_id", b"event_id", "evidence", b"evidence", "material_code", b"material_code", "new_status", b"new_status", "previous_status", b"previous_status", "reason", b"reason", "sequence", b"sequence", "site_id", b"site_id", "supplier_id", b"supplier_id", "valid_until", b"valid_until", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at", "changed_by", b"changed_by", "event_id", b"event_id", "evidence", b"evidence", "material_code", b"material_code", "new_status", b"new_status", "previous_status", b"previous_status", "reason", b"reason", "sequence", b"sequence", "signatures", b"signatures", "site_id", b"site_id", "supplier_id", b"supplier_id", "valid_until", b"valid_until", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -727,6 +740,7 @@ class QualifySupplierRequest(_message.Message):
     EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
     SITE_ID_FIELD_NUMBER: _builtins.int
     EVIDENCE_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
     supplier_id: _builtins.str
     material_code: _builtins.str
     reason: _builtins.str
@@ -744,6 +758,10 @@ class QualifySupplierRequest(_message.Message):
         required. valid_until may not lie after the audit's next_audit_due.
         """
 
+    @_builtins.property
+    def signature(self) -> _signatures_pb2.SignatureInput:
+        """The signer's secret and meaning (21 CFR 11.200); required."""
+
     def __init__(
         self,
         *,
@@ -755,10 +773,11 @@ class QualifySupplierRequest(_message.Message):
         expected_version: _builtins.int | None = ...,
         site_id: _builtins.str = ...,
         evidence: Global___Evidence | None = ...,
+        signature: _signatures_pb2.SignatureInput | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "evidence", b"evidence", "expected_version", b"expected_version", "valid_until", b"valid_until"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "evidence", b"evidence", "expected_version", b"expected_version", "signature", b"signature", "valid_until", b"valid_until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "evidence", b"evidence", "expected_version", b"expected_version", "material_code", b"material_code", "reason", b"reason", "requested_by", b"requested_by", "site_id", b"site_id", "supplier_id", b"supplier_id", "valid_until", b"valid_until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "evidence", b"evidence", "expected_version", b"expected_version", "material_code", b"material_code", "reason", b"reason", "requested_by", b"requested_by", "signature", b"signature", "site_id", b"site_id", "supplier_id", b"supplier_id", "valid_until", b"valid_until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__expected_version: _TypeAlias = _typing.Literal["expected_version"]  # noqa: Y015
     _WhichOneofArgType__expected_version: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version"]  # noqa: Y015
@@ -797,6 +816,7 @@ class SuspendQualificationRequest(_message.Message):
     EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
     SITE_ID_FIELD_NUMBER: _builtins.int
     EVIDENCE_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
     supplier_id: _builtins.str
     material_code: _builtins.str
     reason: _builtins.str
@@ -805,6 +825,10 @@ class SuspendQualificationRequest(_message.Message):
     site_id: _builtins.str
     @_builtins.property
     def evidence(self) -> Global___Evidence: ...
+    @_builtins.property
+    def signature(self) -> _signatures_pb2.SignatureInput:
+        """The signer's secret and meaning (21 CFR 11.200); required."""
+
     def __init__(
         self,
         *,
@@ -815,10 +839,11 @@ class SuspendQualificationRequest(_message.Message):
         expected_version: _builtins.int | None = ...,
         site_id: _builtins.str = ...,
         evidence: Global___Evidence | None = ...,
+        signature: _signatures_pb2.SignatureInput | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "evidence", b"evidence", "expected_version", b"expected_version"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "evidence", b"evidence", "expected_version", b"expected_version", "signature", b"signature"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "evidence", b"evidence", "expected_version", b"expected_version", "material_code", b"material_code", "reason", b"reason", "requested_by", b"requested_by", "site_id", b"site_id", "supplier_id", b"supplier_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "evidence", b"evidence", "expected_version", b"expected_version", "material_code", b"material_code", "reason", b"reason", "requested_by", b"requested_by", "signature", b"signature", "site_id", b"site_id", "supplier_id", b"supplier_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__expected_version: _TypeAlias = _typing.Literal["expected_version"]  # noqa: Y015
     _WhichOneofArgType__expected_version: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version"]  # noqa: Y015
@@ -857,6 +882,7 @@ class DisqualifySupplierRequest(_message.Message):
     EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
     SITE_ID_FIELD_NUMBER: _builtins.int
     EVIDENCE_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
     supplier_id: _builtins.str
     material_code: _builtins.str
     reason: _builtins.str
@@ -865,6 +891,10 @@ class DisqualifySupplierRequest(_message.Message):
     site_id: _builtins.str
     @_builtins.property
     def evidence(self) -> Global___Evidence: ...
+    @_builtins.property
+    def signature(self) -> _signatures_pb2.SignatureInput:
+        """The signer's secret and meaning (21 CFR 11.200); required."""
+
     def __init__(
         self,
         *,
@@ -875,10 +905,11 @@ class DisqualifySupplierRequest(_message.Message):
         expected_version: _builtins.int | None = ...,
         site_id: _builtins.str = ...,
         evidence: Global___Evidence | None = ...,
+        signature: _signatures_pb2.SignatureInput | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "evidence", b"evidence", "expected_version", b"expected_version"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "evidence", b"evidence", "expected_version", b"expected_version", "signature", b"signature"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "evidence", b"evidence", "expected_version", b"expected_version", "material_code", b"material_code", "reason", b"reason", "requested_by", b"requested_by", "site_id", b"site_id", "supplier_id", b"supplier_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "evidence", b"evidence", "expected_version", b"expected_version", "material_code", b"material_code", "reason", b"reason", "requested_by", b"requested_by", "signature", b"signature", "site_id", b"site_id", "supplier_id", b"supplier_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__expected_version: _TypeAlias = _typing.Literal["expected_version"]  # noqa: Y015
     _WhichOneofArgType__expected_version: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version"]  # noqa: Y015
