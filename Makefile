@@ -53,8 +53,10 @@ fuzz: install ## the RPC fuzzer at length: FUZZ_EXAMPLES requests per RPC (300),
 mutation: install ## mutmut over the pure rules (unit tests) and the outbox/inbox (integration); prints scores and survivors
 	$(BIN)/python -m tests.mutation.run domain delivery
 
+# The subset's 3 survivors are equivalent (README, "Mutation testing"): 99.0 %; one more
+# survivor fails the run.
 mutation-ci: install ## a bounded mutation run for CI: the release rule and the transition policy
-	$(BIN)/python -m tests.mutation.run domain --only 'services.lots.domain.x_decide*' \
+	$(BIN)/python -m tests.mutation.run domain --fail-under 98.8 --only 'services.lots.domain.x_decide*' \
 	  --only 'services.lots.domain.x_qualification_unmet*' \
 	  --only 'services.lots.domain.x_next_status*' --only 'services.lots.domain.x_decision_step*' \
 	  --only 'services.lots.domain.x_missing_results*' --only 'services.lots.domain.x_required_tests*'

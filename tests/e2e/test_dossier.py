@@ -100,7 +100,7 @@ async def test_the_dossier_shows_a_suspended_supplier_with_its_history_audit_and
     folder = tmp_path / supplier
     expected = ["dossier.html", "dossier.json", "sites.csv", "qualifications.csv",
                 "history.csv", "audits.csv", "lots.csv", "reviews.csv", "audit_trail.csv",
-                "history.csv", "audits.csv", "lots.csv", "reviews.csv", "signatures.csv",
+                "signatures.csv",
                 "SHA256SUMS"]
     assert run.stdout.splitlines() == [str(folder / name) for name in expected]
     assert names_in(folder) == sorted(expected)

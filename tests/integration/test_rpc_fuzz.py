@@ -37,7 +37,7 @@ from lotgate.results.v1 import results_pb2
 from lotgate.results.v1 import results_pb2_grpc as results_grpc
 from lotgate.suppliers.v1 import suppliers_pb2
 from lotgate.suppliers.v1 import suppliers_pb2_grpc as suppliers_grpc
-from shared import access
+from shared import access, esign
 from shared.protoconv import to_timestamp
 from shared.runtime import RunningService
 from tests.support import auth
@@ -98,11 +98,16 @@ ACTING = frozenset(
     if set(method.input_type.fields_by_name) & set(access.ACTOR_FIELDS)
     or rpc in {name.rsplit("/", 1)[1] for name in access.INSTRUMENT_POSTS})
 
+# The QA decisions that carry an electronic signature (README, "Electronic signatures").
+SIGNED = frozenset(name.rsplit("/", 1)[1] for name in esign.SIGNED_ACTIONS)
+
 # The documented answers (README, "Errors" and the text of each RPC): status -> the RPCs
 # that may answer it. Everything else (INTERNAL, UNKNOWN, and UNAVAILABLE or
 # DEADLINE_EXCEEDED while every server is up) is a defect. Each call carries a token of
-# the caller it is for (tests.support.auth), so UNAUTHENTICATED and PERMISSION_DENIED are
-# defects here too; tests/integration/test_access.py covers them.
+# the caller it is for (tests.support.auth), so UNAUTHENTICATED and PERMISSION_DENIED
+# are defects here (tests/integration/test_access.py covers them), except where the
+# request itself asks for them: an actor other than the caller, and, on a signed action
+# (shared.esign), a wrong signing secret (UNAUTHENTICATED) and then a locked signer.
 DOCUMENTED: dict[grpc.StatusCode, frozenset[str]] = {
     Code.OK: EVERY_RPC,
     Code.INVALID_ARGUMENT: EVERY_RPC,  # with a BadRequest naming the fields
@@ -110,7 +115,8 @@ DOCUMENTED: dict[grpc.StatusCode, frozenset[str]] = {
     Code.RESOURCE_EXHAUSTED: EVERY_RPC,  # a request above the size limit
     Code.FAILED_PRECONDITION: WRITES,
     Code.ALREADY_EXISTS: KEYED,
-    Code.PERMISSION_DENIED: ACTING,
+    Code.PERMISSION_DENIED: ACTING | SIGNED,
+    Code.UNAUTHENTICATED: SIGNED,
     # A concurrent change, a stale expected_version, or a watch that fell behind.
     Code.ABORTED: WRITES | {"WatchReleaseStatus"},
 }

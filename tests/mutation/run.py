@@ -25,7 +25,7 @@ HERE = Path(__file__).parent
 QUICK = {"LOTGATE_ORACLE_CASES_PER_CHUNK": "150", "LOTGATE_ARRIVAL_DRAWN": "200"}
 
 
-def run(part: str, only: list[str], children: int) -> int:
+def run(part: str, only: list[str], children: int, fail_under: float) -> int:
     config = Path("setup.cfg")
     if config.exists():
         print("setup.cfg exists; mutmut would read it instead of the part's configuration",
@@ -44,8 +44,8 @@ def run(part: str, only: list[str], children: int) -> int:
     shutil.rmtree(kept, ignore_errors=True)
     Path("mutants").rename(kept)
     print(f"\n== {part}: mutmut ran {time.monotonic() - started:.0f} s")
-    return subprocess.run([sys.executable, "-m", "tests.mutation.report", "--dir", str(kept)],
-                          check=False).returncode
+    return subprocess.run([sys.executable, "-m", "tests.mutation.report", "--dir", str(kept),
+                           "--fail-under", str(fail_under)], check=False).returncode
 
 
 def main() -> int:
@@ -54,8 +54,10 @@ def main() -> int:
     parser.add_argument("--only", action="append", default=[],
                         help="mutant names (globs) to run, e.g. 'services.lots.domain*'")
     parser.add_argument("--children", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--fail-under", type=float, default=0.0,
+                        help="exit 1 when a part's score is below this percentage")
     args = parser.parse_args()
-    return max(run(part, args.only, args.children) for part in args.parts)
+    return max(run(part, args.only, args.children, args.fail_under) for part in args.parts)
 
 
 if __name__ == "__main__":
