@@ -55,6 +55,7 @@ async def lotgate(databases, broker) -> AsyncIterator[Lotgate]:
             await service.stop()
 
 
+@pytest.mark.req("DEL-001", "DEL-002")
 async def test_results_posted_across_a_broker_kill_and_restart_all_count_once(
         lotgate, broker) -> None:
     material, supplier = ref("MAT"), ref("SUP")

@@ -159,6 +159,7 @@ def header_of(path: Path) -> list[str]:
 # CSV
 # ---------------------------------------------------------------------------------------
 
+@pytest.mark.req("AUD-003")
 def test_there_is_one_csv_per_table_each_with_a_header_row(tmp_path: Path) -> None:
     written = write_csv(dossier(), tmp_path)
 
@@ -174,6 +175,7 @@ def test_there_is_one_csv_per_table_each_with_a_header_row(tmp_path: Path) -> No
     assert [len(read_csv(p)) for p in sorted(written)] == [1, 5, 2, 2, 1, 2]
 
 
+@pytest.mark.req("AUD-003")
 def test_history_csv_lists_every_change_in_the_order_recorded(tmp_path: Path) -> None:
     write_csv(dossier(), tmp_path)
 
@@ -193,6 +195,7 @@ def test_history_csv_lists_every_change_in_the_order_recorded(tmp_path: Path) ->
     assert suspension["evidence_quality_agreement_ref"] == "QAG-7"
 
 
+@pytest.mark.req("AUD-003")
 def test_csv_cells_use_short_enum_names_and_iso_utc_times(tmp_path: Path) -> None:
     write_csv(dossier(), tmp_path)
 
@@ -213,6 +216,7 @@ def test_csv_cells_use_short_enum_names_and_iso_utc_times(tmp_path: Path) -> Non
     assert [s["site_id"] for s in sites] == ["MAIN", "ZUG"]
 
 
+@pytest.mark.req("AUD-003")
 def test_a_qualified_record_past_its_valid_until_is_expired_at_generation(
         tmp_path: Path) -> None:
     write_csv(dossier(), tmp_path)
@@ -232,6 +236,7 @@ def test_a_qualified_record_past_its_valid_until_is_expired_at_generation(
 # JSON
 # ---------------------------------------------------------------------------------------
 
+@pytest.mark.req("AUD-003")
 def test_json_holds_every_section_with_plain_values(tmp_path: Path) -> None:
     path = write_json(dossier(), tmp_path / "dossier.json")
 
@@ -261,6 +266,7 @@ def test_json_holds_every_section_with_plain_values(tmp_path: Path) -> None:
 # HTML
 # ---------------------------------------------------------------------------------------
 
+@pytest.mark.req("AUD-003")
 def test_html_escapes_hostile_text_and_loads_nothing_from_elsewhere() -> None:
     hostile_everywhere = dossier(reviews=[lpb.LotReview(
         review_id="R-1", lot_id='"><img src=x onerror=alert(2)>', supplier_id="ACME-BIO",
@@ -278,6 +284,7 @@ def test_html_escapes_hostile_text_and_loads_nothing_from_elsewhere() -> None:
     assert "default-src 'none'" in page  # and a browser would refuse scripts anyway
 
 
+@pytest.mark.req("AUD-003")
 def test_html_names_the_supplier_and_who_generated_it_when() -> None:
     page = render_html(dossier())
 
@@ -289,6 +296,7 @@ def test_html_names_the_supplier_and_who_generated_it_when() -> None:
     assert "Acme Basel &amp; Co" in page
 
 
+@pytest.mark.req("AUD-003")
 def test_html_summary_gives_each_site_and_material_its_status_and_valid_until() -> None:
     page = render_html(dossier())
 
@@ -303,6 +311,7 @@ def test_html_summary_gives_each_site_and_material_its_status_and_valid_until() 
     assert "SUPPLIER_SUSPENDED (ICH Q7 7.12)" in page
 
 
+@pytest.mark.req("AUD-003")
 def test_html_says_so_when_a_section_is_empty() -> None:
     page = render_html(dossier(lots=[], reviews=[]))
 
@@ -318,6 +327,7 @@ def files_of(directory: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
 
 
+@pytest.mark.req("AUD-003")
 def test_the_same_records_in_any_order_give_byte_identical_files(tmp_path: Path) -> None:
     write_dossier(dossier(), tmp_path / "a")
     write_dossier(dossier(shuffle=1), tmp_path / "b")
@@ -330,6 +340,7 @@ def test_the_same_records_in_any_order_give_byte_identical_files(tmp_path: Path)
                          "sites.csv"]
 
 
+@pytest.mark.req("AUD-003")
 def test_only_the_generation_time_differs_between_two_exports(tmp_path: Path) -> None:
     write_dossier(dossier(), tmp_path / "a")
     write_dossier(dossier(generated_at=datetime(2026, 11, 26, tzinfo=UTC)), tmp_path / "b")
@@ -341,6 +352,7 @@ def test_only_the_generation_time_differs_between_two_exports(tmp_path: Path) ->
         b["dossier.json"])
 
 
+@pytest.mark.req("AUD-003")
 def test_sha256sums_lists_every_other_file_with_its_digest(tmp_path: Path) -> None:
     written = write_dossier(dossier(), tmp_path)
 
@@ -357,6 +369,7 @@ def test_sha256sums_lists_every_other_file_with_its_digest(tmp_path: Path) -> No
     assert hashlib.sha256(b"edited").hexdigest() != listed["history.csv"]
 
 
+@pytest.mark.req("AUD-003")
 def test_writing_again_replaces_the_earlier_export(tmp_path: Path) -> None:
     write_dossier(dossier(), tmp_path)
     (tmp_path / "history.csv").write_text("edited", encoding="utf-8")
@@ -373,6 +386,7 @@ def test_writing_again_replaces_the_earlier_export(tmp_path: Path) -> None:
 # Refusals
 # ---------------------------------------------------------------------------------------
 
+@pytest.mark.req("AUD-003")
 def test_a_lot_of_another_supplier_is_refused_not_exported() -> None:
     other = lpb.Lot(lot_id="LOT-9", supplier_id="OTHER-CO")
 
@@ -380,6 +394,7 @@ def test_a_lot_of_another_supplier_is_refused_not_exported() -> None:
         dossier(lots=[*LOTS, other])
 
 
+@pytest.mark.req("AUD-003")
 def test_a_change_returned_twice_with_other_content_is_refused() -> None:
     tampered = spb.QualificationChange()
     tampered.CopyFrom(HISTORY[2])
@@ -390,17 +405,20 @@ def test_a_change_returned_twice_with_other_content_is_refused() -> None:
         dossier(history=[*HISTORY, tampered])
 
 
+@pytest.mark.req("AUD-003")
 def test_a_naive_generation_time_is_refused() -> None:
     with pytest.raises(ValueError, match="timezone"):
         dossier(generated_at=datetime(2026, 11, 25, 12, 0))
 
 
+@pytest.mark.req("AUD-003")
 @pytest.mark.parametrize(("supplier_id", "directory"), [
     ("ACME-BIO", "ACME-BIO"), ("ACME/BIO", "ACME%2FBIO"), ("a:b.c_d", "a%3Ab.c_d")])
 def test_a_supplier_id_becomes_one_path_component(supplier_id: str, directory: str) -> None:
     assert directory_name(supplier_id) == directory
 
 
+@pytest.mark.req("AUD-003")
 @pytest.mark.parametrize("supplier_id", ["", ".", ".."])
 def test_a_supplier_id_that_names_no_directory_is_refused(supplier_id: str) -> None:
     with pytest.raises(ValueError):
@@ -449,6 +467,7 @@ class Lots:
         self.ListLotReviews = Paged(REVIEWS, "reviews", lpb.ListLotReviewsResponse)
 
 
+@pytest.mark.req("AUD-003")
 async def test_the_fetcher_follows_every_page_keeping_the_supplier_filter() -> None:
     suppliers, lots = Suppliers(), Lots()
 
@@ -463,6 +482,7 @@ async def test_the_fetcher_follows_every_page_keeping_the_supplier_filter() -> N
     assert lots.ListLotReviews.requests[0].supplier_id == "ACME-BIO"
 
 
+@pytest.mark.req("AUD-003")
 async def test_the_fetcher_reports_an_unknown_supplier_in_one_line_with_exit_code_1() -> None:
     with pytest.raises(DossierFetchError) as raised:
         await fetch_records(Suppliers(), Lots(), "NOBODY",  # type: ignore[arg-type]
@@ -473,6 +493,7 @@ async def test_the_fetcher_reports_an_unknown_supplier_in_one_line_with_exit_cod
                                 "10.0.0.1:50061"
 
 
+@pytest.mark.req("AUD-003")
 async def test_the_fetcher_reports_an_unreachable_service_with_exit_code_2() -> None:
     lots = Lots()
 
@@ -490,6 +511,7 @@ async def test_the_fetcher_reports_an_unreachable_service_with_exit_code_2() -> 
     assert "lots service at 10.0.0.2:50062" in str(raised.value)
 
 
+@pytest.mark.req("AUD-003")
 def test_csv_text_is_utf8_with_rfc4180_line_ends(tmp_path: Path) -> None:
     write_csv(dossier(), tmp_path)
 
