@@ -41,6 +41,12 @@ test-integration: install ## each service in-process against a real nats-server 
 test-e2e: install ## the three services as processes, driven like a warehouse and an instrument
 	$(BIN)/pytest tests/e2e
 
+VALIDATION_DIR ?= build/validation
+
+.PHONY: validation-report
+validation-report: install ## all tests, writing the requirements traceability matrix to build/validation/
+	$(BIN)/pytest --validation-report $(VALIDATION_DIR)
+
 node_modules/.package-lock.json: package.json package-lock.json
 	npm ci --no-audit --no-fund --silent
 
