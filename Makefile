@@ -43,6 +43,10 @@ test-e2e: install ## the three services as processes, driven like a warehouse an
 
 VALIDATION_DIR ?= build/validation
 
+.PHONY: stateful
+stateful: install ## the stateful property test of the release rule, 2,000 sequences (STATEFUL_EXAMPLES)
+	STATEFUL_EXAMPLES=$${STATEFUL_EXAMPLES:-2000} $(BIN)/pytest tests/unit/test_release_rule_stateful.py
+
 .PHONY: validation-report
 validation-report: install ## all tests, writing the requirements traceability matrix to build/validation/
 	$(BIN)/pytest --validation-report $(VALIDATION_DIR)
