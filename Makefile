@@ -49,7 +49,7 @@ stateful: install ## the stateful property test of the release rule, 2,000 seque
 
 .PHONY: validation-report
 validation-report: install ## all tests, writing the requirements traceability matrix to build/validation/
-	$(BIN)/pytest --validation-report $(VALIDATION_DIR)
+	$(BIN)/pytest --validation-report=$(VALIDATION_DIR)
 
 node_modules/.package-lock.json: package.json package-lock.json
 	npm ci --no-audit --no-fund --silent

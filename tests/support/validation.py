@@ -1,6 +1,6 @@
 """A pytest plugin that turns a test run into validation evidence.
 
-    pytest -p tests.support.validation --validation-report build/validation
+    pytest --validation-report=build/validation      (tests/conftest.py loads the plugin)
 
 collects each test's outcome and its `@pytest.mark.req(...)` ids, joins them with
 docs/requirements.yaml (tests.support.traceability) and writes traceability.html and
