@@ -29,8 +29,10 @@ run: install ## run nats-server and the three services on SQLite files; Ctrl-C s
 demo: install ## drive a realistic scenario over gRPC and print each lot's status and why
 	$(BIN)/lotgate demo
 
-test: install ## all tests: unit, integration (real NATS + database) and e2e (processes)
-	$(BIN)/pytest
+VALIDATION_DIR ?= build/validation
+
+test: install ## all tests: unit, integration (real NATS + database) and e2e (processes); writes build/validation/
+	$(BIN)/pytest --validation-report=$(VALIDATION_DIR)
 
 test-unit: install ## pure tests of the rules, fast
 	$(BIN)/pytest tests/unit
@@ -60,6 +62,13 @@ mutation-ci: install ## a bounded mutation run for CI: the release rule and the 
 	  --only 'services.lots.domain.x_qualification_unmet*' \
 	  --only 'services.lots.domain.x_next_status*' --only 'services.lots.domain.x_decision_step*' \
 	  --only 'services.lots.domain.x_missing_results*' --only 'services.lots.domain.x_required_tests*'
+
+.PHONY: stateful
+stateful: install ## the stateful property test of the release rule, 2,000 sequences (STATEFUL_EXAMPLES)
+	STATEFUL_EXAMPLES=$${STATEFUL_EXAMPLES:-2000} $(BIN)/pytest tests/unit/test_release_rule_stateful.py
+
+.PHONY: validation-report
+validation-report: test ## the same as make test: all tests, and the traceability matrix in build/validation/
 
 node_modules/.package-lock.json: package.json package-lock.json
 	npm ci --no-audit --no-fund --silent

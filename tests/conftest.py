@@ -11,6 +11,9 @@ from shared.stack import NatsServer
 from tests.support.databases import Databases, choose_admin_url
 from tests.support.outcomes import reject_in_ci
 
+# --validation-report DIR writes the requirements traceability matrix (make validation-report).
+pytest_plugins = ["tests.support.validation"]
+
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """In CI a skipped, xfailed or xpassed test fails the run (see tests.support.outcomes)."""

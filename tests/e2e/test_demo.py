@@ -11,6 +11,7 @@ from tests.support.auth import acting
 pytestmark = pytest.mark.e2e
 
 
+@pytest.mark.req("REL-001", "OOS-003", "REL-010")
 async def test_the_demo_ends_as_expected(stack: Stack, capsys: pytest.CaptureFixture) -> None:
     outcome = await run_demo({name: stack.address(name) for name in SERVICES}, acting())
 

@@ -72,6 +72,7 @@ async def release(lg: Lotgate, lot: str, material: str, supplier: str) -> None:
     await until_lot(lg.lots, lot, pb.LOT_STATUS_RELEASED, [])
 
 
+@pytest.mark.req("AUD-003")
 async def test_the_dossier_shows_a_suspended_supplier_with_its_history_audit_and_lots(
         stack: Stack, lotgate: Lotgate, tmp_path: Path) -> None:
     material, supplier, other = ref("MAT"), ref("SUP"), ref("SUP")
@@ -165,6 +166,7 @@ async def test_the_dossier_shows_a_suspended_supplier_with_its_history_audit_and
         assert hashlib.sha256((folder / file).read_bytes()).hexdigest() == digest
 
 
+@pytest.mark.req("AUD-003")
 async def test_an_unknown_supplier_is_one_clear_line_and_exit_code_1(
         stack: Stack, tmp_path: Path) -> None:
     run = await lotgate_cli("dossier", "NO-SUCH-SUPPLIER", "--out", str(tmp_path),
@@ -178,6 +180,7 @@ async def test_an_unknown_supplier_is_one_clear_line_and_exit_code_1(
     assert not (tmp_path / "NO-SUCH-SUPPLIER").exists()
 
 
+@pytest.mark.req("AUD-003")
 async def test_an_unreachable_service_is_one_clear_line_and_exit_code_2(tmp_path: Path) -> None:
     nothing = f"127.0.0.1:{free_port()}"
 

@@ -45,6 +45,7 @@ async def failure(call) -> grpc.aio.AioRpcError:
     return caught.value
 
 
+@pytest.mark.req("OOS-001", "OOS-003")
 async def test_oos_holds_the_lot_then_invalidation_and_a_retest_release_it(
         lotgate: Lotgate) -> None:
     lot, _ = await lot_with_two_passes(lotgate)
@@ -73,6 +74,7 @@ async def test_oos_holds_the_lot_then_invalidation_and_a_retest_release_it(
         "", oos.result_id]
 
 
+@pytest.mark.req("OOS-002")
 async def test_oos_confirmed_by_qa_rejects_the_lot(lotgate: Lotgate) -> None:
     lot, _ = await lot_with_two_passes(lotgate)
     oos = await lotgate.post(purity(lot, "HPLC-1", ref("K"), 103.4))
@@ -86,6 +88,7 @@ async def test_oos_confirmed_by_qa_rejects_the_lot(lotgate: Lotgate) -> None:
     assert confirmed.result.state == rpb.RESULT_STATE_CONFIRMED
 
 
+@pytest.mark.req("SPEC-003")
 async def test_a_result_is_judged_by_the_version_in_force_when_it_was_measured(
         lotgate: Lotgate) -> None:
     lot, material = await lot_with_two_passes(lotgate)
@@ -104,6 +107,7 @@ async def test_a_result_is_judged_by_the_version_in_force_when_it_was_measured(
     await settled(lotgate, lot, pb.LOT_STATUS_RELEASED, [])
 
 
+@pytest.mark.req("SPEC-002")
 async def test_an_effective_specification_refuses_an_edit(lotgate: Lotgate) -> None:
     material = ref("MAT")
     spec = await lotgate.specify(material)
@@ -120,6 +124,7 @@ async def test_an_effective_specification_refuses_an_edit(lotgate: Lotgate) -> N
     assert after.specification == spec
 
 
+@pytest.mark.req("INS-001")
 async def test_an_instrument_out_of_calibration_is_refused(lotgate: Lotgate) -> None:
     lot, _ = await lot_with_two_passes(lotgate)
     instrument = ref("HPLC")

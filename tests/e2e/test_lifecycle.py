@@ -64,6 +64,7 @@ async def all_passing(lg: Lotgate, lot_id: str) -> None:
     await lg.post(sterility(lot_id, "BACT-1", ref("K")))
 
 
+@pytest.mark.req("QA-001", "WMS-002")
 async def test_a_releasable_lot_is_not_picked_until_qa_releases_it(lotgate: Lotgate) -> None:
     material, supplier, lot_id = ref("MAT"), ref("SUP"), ref("LOT")
     await lotgate.specify(material)
@@ -85,6 +86,7 @@ async def test_a_releasable_lot_is_not_picked_until_qa_releases_it(lotgate: Lotg
     assert (await lotgate.status(lot_id)).status == pb.LOT_STATUS_RELEASED
 
 
+@pytest.mark.req("QA-003")
 async def test_a_released_lot_goes_back_to_quarantine_when_its_retest_date_passes(
         lotgate: Lotgate, clock_file: Path) -> None:
     material, supplier, lot_id = ref("MAT"), ref("SUP"), ref("LOT")

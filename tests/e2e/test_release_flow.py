@@ -40,6 +40,7 @@ async def material_with_supplier(lg: Lotgate) -> tuple[str, str]:
     return material, supplier
 
 
+@pytest.mark.req("REL-001", "REL-002")
 async def test_a_lot_is_released_only_when_every_condition_holds(lotgate: Lotgate) -> None:
     material, supplier = ref("MAT"), ref("SUP")
     await lotgate.specify(material)
@@ -63,6 +64,7 @@ async def test_a_lot_is_released_only_when_every_condition_holds(lotgate: Lotgat
     await settled(lotgate, lot, pb.LOT_STATUS_RELEASED, [])
 
 
+@pytest.mark.req("REL-001")
 @pytest.mark.parametrize("last", ["identity", "purity", "sterility"])
 async def test_the_last_passing_result_releases_the_lot(
         lotgate: Lotgate, last: str) -> None:
@@ -82,6 +84,7 @@ async def test_the_last_passing_result_releases_the_lot(
     await settled(lotgate, lot, pb.LOT_STATUS_RELEASED, [])
 
 
+@pytest.mark.req("OOS-001", "OOS-002")
 @pytest.mark.parametrize("failing", ["identity", "purity", "sterility"])
 async def test_a_failing_result_holds_the_lot_and_rejects_it_once_qa_confirms(
         lotgate: Lotgate, failing: str) -> None:
@@ -101,6 +104,7 @@ async def test_a_failing_result_holds_the_lot_and_rejects_it_once_qa_confirms(
     await settled(lotgate, lot, pb.LOT_STATUS_REJECTED, [f"{failing.upper()}_FAILED"])
 
 
+@pytest.mark.req("RES-001")
 async def test_a_retried_post_is_answered_identically_and_changes_nothing(
         lotgate: Lotgate) -> None:
     material, supplier = await material_with_supplier(lotgate)
@@ -122,6 +126,7 @@ async def test_a_retried_post_is_answered_identically_and_changes_nothing(
     assert (await lotgate.status(lot)).version == before.version
 
 
+@pytest.mark.req("DEL-004")
 async def test_results_in_any_order_end_in_the_same_state(lotgate: Lotgate) -> None:
     material, supplier = await material_with_supplier(lotgate)
     finals = []
@@ -159,6 +164,7 @@ async def known_to_results(lg: Lotgate, lot_id: str) -> None:
     await eventually(listed, bool)
 
 
+@pytest.mark.req("DEL-001")
 async def test_results_posted_while_the_lots_service_is_down_are_applied_after_restart(
         stack: Stack, lotgate: Lotgate) -> None:
     material, supplier = await material_with_supplier(lotgate)
@@ -177,6 +183,7 @@ async def test_results_posted_while_the_lots_service_is_down_are_applied_after_r
     await until_lot(lotgate.lots, lot, pb.LOT_STATUS_RELEASED, [], within=60)
 
 
+@pytest.mark.req("DEL-001")
 async def test_a_lot_received_just_before_the_lots_service_dies_is_not_lost(
         stack: Stack, lotgate: Lotgate) -> None:
     material, supplier = await material_with_supplier(lotgate)
@@ -196,6 +203,7 @@ async def test_a_lot_received_just_before_the_lots_service_dies_is_not_lost(
     await until_lot(lotgate.lots, lot, pb.LOT_STATUS_RELEASED, [], within=60)
 
 
+@pytest.mark.req("ACC-002")
 async def test_every_service_answers_health_checks_and_reflection(stack: Stack) -> None:
     expected = {"suppliers": "lotgate.suppliers.v1.SupplierService",
                 "lots": "lotgate.lots.v1.LotService",

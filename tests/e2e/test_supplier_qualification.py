@@ -28,6 +28,7 @@ def key(supplier: str, material: str) -> dict[str, str]:
     return {"supplier_id": supplier, "site_id": DEFAULT_SITE, "material_code": material}
 
 
+@pytest.mark.req("REL-005")
 async def test_expiry_keeps_a_lot_that_was_about_to_be_released_in_quarantine(
         lotgate: Lotgate) -> None:
     material, supplier, lot = ref("MAT"), ref("SUP"), ref("LOT")
@@ -52,6 +53,7 @@ async def test_expiry_keeps_a_lot_that_was_about_to_be_released_in_quarantine(
     assert expired.qualification.changed_at.ToDatetime(tzinfo=UTC) >= lapses_at
 
 
+@pytest.mark.req("REL-004", "REL-010")
 async def test_a_disqualification_holds_open_lots_and_lists_released_ones_for_review(
         lotgate: Lotgate) -> None:
     material, supplier = ref("MAT"), ref("SUP")
@@ -88,6 +90,7 @@ async def test_a_disqualification_holds_open_lots_and_lists_released_ones_for_re
     assert closed.review.state == pb.REVIEW_STATE_CLOSED
 
 
+@pytest.mark.req("AUD-002")
 async def test_the_status_as_known_on_a_past_date_is_the_older_one(lotgate: Lotgate) -> None:
     material, supplier = ref("MAT"), ref("SUP")
     await lotgate.qualify(supplier, "Acme", material, NEXT_YEAR)

@@ -28,6 +28,7 @@ async def receive_all(lg: Lotgate, lot_ids: list[str], material: str, supplier: 
                                for lot_id in lot_ids[start:start + 50]))
 
 
+@pytest.mark.req("WMS-001")
 async def test_a_pick_list_of_a_thousand_lots_is_answered_in_one_call_in_order(
         lotgate: Lotgate) -> None:
     material, supplier, unqualified = ref("MAT"), ref("SUP"), ref("SUP")

@@ -45,6 +45,7 @@ async def material_with_supplier(lg: Lotgate) -> tuple[str, str]:
     return material, supplier
 
 
+@pytest.mark.req("WAT-002")
 async def test_a_watcher_that_disconnects_and_resumes_sees_every_change_once(
         lotgate: Lotgate) -> None:
     material, supplier = await material_with_supplier(lotgate)
@@ -100,6 +101,7 @@ async def second_lots(stack: Stack) -> AsyncIterator[pb_grpc.LotServiceStub]:
         await replica.stop()
 
 
+@pytest.mark.req("WAT-004")
 async def test_two_replicas_decide_as_one_and_both_serve_reads_and_watches(
         lotgate: Lotgate, second_lots: pb_grpc.LotServiceStub) -> None:
     replicas = [lotgate.lots, second_lots]

@@ -93,6 +93,7 @@ async def call(address: str, method: MethodDescriptor, request: object,
     return grpc.StatusCode.OK
 
 
+@pytest.mark.req("ACC-001", "ACC-002")
 @pytest.mark.parametrize(("service", "method"), every_rpc(),
                          ids=[f"{n}.{m.containing_service.name}.{m.name}"
                               for n, m in every_rpc()])
@@ -117,6 +118,7 @@ async def test_every_rpc_admits_exactly_its_roles_and_no_bad_token(
     assert wrong == []
 
 
+@pytest.mark.req("ACC-002")
 async def test_a_denied_caller_is_told_why(services: dict[str, RunningService]) -> None:
     async with auth.channel(services["lots"].address, "warehouse", sub="wms.north") as ch:
         with pytest.raises(grpc.aio.AioRpcError) as denied:
@@ -129,6 +131,7 @@ async def test_a_denied_caller_is_told_why(services: dict[str, RunningService]) 
         "it needs one of the roles qa")
 
 
+@pytest.mark.req("ACC-001")
 async def test_an_expired_token_is_unauthenticated_with_the_reason(
         services: dict[str, RunningService]) -> None:
     async with auth.channel(services["lots"].address,
@@ -140,6 +143,7 @@ async def test_an_expired_token_is_unauthenticated_with_the_reason(
     assert refused.value.details() == "the token has expired"
 
 
+@pytest.mark.req("ACC-002")
 async def test_health_is_open_and_reflection_is_on_by_default(
         services: dict[str, RunningService]) -> None:
     async with grpc.aio.insecure_channel(services["suppliers"].address) as channel:
@@ -154,6 +158,7 @@ async def test_health_is_open_and_reflection_is_on_by_default(
     assert "lotgate.suppliers.v1.SupplierService" in names
 
 
+@pytest.mark.req("ACC-002")
 async def test_reflection_is_off_when_configured_so(databases, nats_server) -> None:
     running = await start_in_process("suppliers", databases=databases, nats=nats_server,
                                      grpc_reflection=False)
@@ -170,6 +175,7 @@ async def test_reflection_is_off_when_configured_so(databases, nats_server) -> N
     assert off.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
+@pytest.mark.req("SPEC-001", "ACC-003")
 async def test_four_eyes_compares_subjects_not_the_names_typed(
         services: dict[str, RunningService]) -> None:
     """One person holding QC and QA may not approve their own draft under another name."""
@@ -199,6 +205,7 @@ async def test_four_eyes_compares_subjects_not_the_names_typed(
     assert approved.approved_by == "qa.max"
 
 
+@pytest.mark.req("INS-003")
 async def test_an_instrument_posts_only_as_the_instrument_its_token_names(
         services: dict[str, RunningService]) -> None:
     post = rpb.RecordResultRequest(lot_id=ref("LOT"), test=rpb.TEST_KIND_STERILITY,
@@ -214,6 +221,7 @@ async def test_an_instrument_posts_only_as_the_instrument_its_token_names(
         "this call comes from instrument BACT-MINE; it may not post results as 'BACT-OTHER'")
 
 
+@pytest.mark.req("ACC-001")
 async def test_a_new_key_is_trusted_and_a_removed_one_refused_without_a_restart(
         databases, nats_server, tmp_path: Path) -> None:
     """Rotation as an operator does it: publish the new key beside the old one, sign with

@@ -177,6 +177,7 @@ FIELDS = list(every_string_field())
 IGNORED = {"evidence.audit_date"}
 
 
+@pytest.mark.req("INP-001")
 def test_the_sweep_covers_every_rpc_of_the_three_services() -> None:
     methods = {(s, m) for s, m, _ in FIELDS}
     every = {(s, m.name) for s, (d, _) in SERVICES.items() for m in d.methods}
@@ -184,6 +185,7 @@ def test_the_sweep_covers_every_rpc_of_the_three_services() -> None:
     assert len(FIELDS) > 100
 
 
+@pytest.mark.req("INP-001")
 @pytest.mark.parametrize(("service", "method", "path"), FIELDS,
                          ids=[f"{m}:{p}" for _, m, p in FIELDS])
 async def test_a_nul_in_any_string_field_is_refused_with_the_field_named(
@@ -201,6 +203,7 @@ async def test_a_nul_in_any_string_field_is_refused_with_the_field_named(
     assert await s.row_counts() == before
 
 
+@pytest.mark.req("INP-001")
 @pytest.mark.parametrize("text", ["ACME\n", "ACME\x1b[31m", "AC\x7fME", "AC\x85ME", "\x00"])
 async def test_identifiers_and_names_hold_no_control_character(
         services: dict[str, Service], text: str) -> None:
@@ -212,6 +215,7 @@ async def test_identifiers_and_names_hold_no_control_character(
     assert {"supplier_id", "name"} <= set(field_violations(refused.value))
 
 
+@pytest.mark.req("INP-001")
 async def test_prose_may_break_lines_and_tab_but_holds_no_other_control_character(
         services: dict[str, Service]) -> None:
     suppliers = services["suppliers"]
@@ -256,11 +260,13 @@ CASES = [(s, m, name, token) for s, m in LISTS
                              *(BAD_POSITIONS.items() if m != "ListLots" else ())]]
 
 
+@pytest.mark.req("INP-002")
 def test_every_list_rpc_of_the_three_services_takes_a_page_token() -> None:
     assert {m for _, m in LISTS} >= {"ListLots", "ListLotReviews", "ListQualificationHistory",
                                      "ListInstrumentResults"}
 
 
+@pytest.mark.req("INP-002")
 @pytest.mark.parametrize(("service", "method", "name", "token"), CASES,
                          ids=[f"{m}:{n}" for _, m, n, _ in CASES])
 async def test_a_page_token_the_service_never_gave_out_is_invalid_argument(
@@ -308,6 +314,7 @@ async def _posted(results: Service, lot_id: str, instrument: str, value: float) 
         return error
 
 
+@pytest.mark.req("RES-004")
 @pytest.mark.parametrize("value", [1e30, 1e100, 1e308, 1.7976931348623157e308, -1e308,
                                    5e-324, -5e-324])
 async def test_any_finite_measurement_is_judged_never_internal(
@@ -321,6 +328,7 @@ async def test_any_finite_measurement_is_judged_never_internal(
     assert answer.result.quantity.value == value
 
 
+@pytest.mark.req("RES-004")
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
 async def test_a_measurement_that_is_not_a_number_is_refused_on_its_field(
         services: dict[str, Service], js: JetStreamContext, value: float) -> None:
@@ -335,6 +343,7 @@ async def test_a_measurement_that_is_not_a_number_is_refused_on_its_field(
 
 # -- sizes ---------------------------------------------------------------------------------
 
+@pytest.mark.req("INP-002")
 async def test_a_watch_with_100000_resume_entries_is_refused_with_a_small_status(
         services: dict[str, Service]) -> None:
     request = lots_pb2.WatchReleaseStatusRequest(
@@ -348,6 +357,7 @@ async def test_a_watch_with_100000_resume_entries_is_refused_with_a_small_status
     assert_small_status(refused.value)
 
 
+@pytest.mark.req("INP-002")
 async def test_a_request_with_thousands_of_problems_reports_the_first_and_counts_the_rest(
         services: dict[str, Service]) -> None:
     request = lots_pb2.GetReleaseStatusesRequest(lot_ids=[f"BAD {i}" for i in range(1000)])
@@ -363,6 +373,7 @@ async def test_a_request_with_thousands_of_problems_reports_the_first_and_counts
     assert_small_status(refused.value)
 
 
+@pytest.mark.req("INP-002")
 async def test_a_request_over_one_mebibyte_is_refused_before_it_is_read(
         services: dict[str, Service]) -> None:
     request = suppliers_pb2.CreateSupplierRequest(
@@ -374,6 +385,7 @@ async def test_a_request_over_one_mebibyte_is_refused_before_it_is_read(
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+@pytest.mark.req("INP-002")
 async def test_a_long_text_is_refused_with_a_short_status(
         services: dict[str, Service]) -> None:
     request = suppliers_pb2.CreateSupplierRequest(
@@ -389,6 +401,7 @@ async def test_a_long_text_is_refused_with_a_short_status(
 
 # -- the backstop: what the database itself refuses ------------------------------------------
 
+@pytest.mark.req("INP-001")
 @pytest.mark.parametrize(("sql", "value"), [
     ("SELECT CAST(:v AS TEXT)", "A\x00B"),
     ("SELECT CAST(:v AS BIGINT)", 2**64),
@@ -485,6 +498,7 @@ def _value(f: FieldDescriptor, rng: random.Random, depth: int) -> Any:
 METHODS = [(s, m.name) for s, (d, _) in SERVICES.items() for m in d.methods]
 
 
+@pytest.mark.req("INP-001", "INP-002")
 @pytest.mark.parametrize(("service", "method"), METHODS, ids=[m for _, m in METHODS])
 async def test_every_rpc_answers_extreme_requests_with_a_documented_status(
         services: dict[str, Service], service: str, method: str) -> None:

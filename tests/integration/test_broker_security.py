@@ -79,12 +79,14 @@ async def connect_as(broker: NatsServer, user: str, errors: Errors) -> nats.NATS
 # The broker
 
 
+@pytest.mark.req("EVT-001")
 async def test_an_anonymous_client_is_refused_by_the_broker(broker: NatsServer) -> None:
     with pytest.raises(nats.errors.Error, match="Authorization Violation"):
         await nats.connect(broker.url, allow_reconnect=False, max_reconnect_attempts=0,
                            error_cb=Errors().record)
 
 
+@pytest.mark.req("EVT-001")
 async def test_a_wrong_password_is_refused_by_the_broker(broker: NatsServer) -> None:
     with pytest.raises(nats.errors.Error, match="Authorization Violation"):
         await nats.connect(broker.url, user="results", password="guessed",
@@ -92,6 +94,7 @@ async def test_a_wrong_password_is_refused_by_the_broker(broker: NatsServer) -> 
                            error_cb=Errors().record)
 
 
+@pytest.mark.req("EVT-001")
 async def test_a_service_may_not_publish_another_services_subject(
         broker: NatsServer, system: System) -> None:
     errors = Errors()
@@ -117,6 +120,7 @@ async def test_a_service_may_not_publish_another_services_subject(
         await admin.close()
 
 
+@pytest.mark.req("EVT-001")
 async def test_a_service_may_not_read_another_services_events_directly(
         broker: NatsServer, system: System) -> None:
     errors = Errors()
@@ -189,6 +193,7 @@ FORGERIES: dict[str, tuple[Callable[..., dict[str, str]], str]] = {
 }
 
 
+@pytest.mark.req("EVT-002")
 @pytest.mark.parametrize("forgery", list(FORGERIES))
 async def test_a_forged_result_is_parked_and_the_lot_does_not_move(
         broker: NatsServer, system: System, forgery: str) -> None:
@@ -228,6 +233,7 @@ async def test_a_forged_result_is_parked_and_the_lot_does_not_move(
     await system.wait_status(lot.lot_id, pb.LOT_STATUS_RELEASED)
 
 
+@pytest.mark.req("EVT-002")
 async def test_a_parked_forgery_is_acked_and_not_redelivered(broker: NatsServer,
                                                              system: System) -> None:
     event = system.result_event(ref("LOT"), "MAT-ACK", rpb.TEST_KIND_IDENTITY)
@@ -252,6 +258,7 @@ async def test_a_parked_forgery_is_acked_and_not_redelivered(broker: NatsServer,
     assert await _dead_letter(system, event.event_id) is not None
 
 
+@pytest.mark.req("EVT-002")
 async def test_a_forged_status_announcement_does_not_reach_status_reads(
         broker: NatsServer, system: System) -> None:
     """The change feed applies status announcements to the cache that reads answer from:
@@ -286,6 +293,7 @@ async def test_a_forged_status_announcement_does_not_reach_status_reads(
 # Rotation
 
 
+@pytest.mark.req("EVT-003")
 async def test_a_signing_key_is_rotated_through_the_public_keys_file(
         broker: NatsServer, system: System) -> None:
     keys_file = broker.secrets.public_keys_file

@@ -85,6 +85,7 @@ async def not_found(call: Awaitable[Any]) -> None:
 # Lots
 
 
+@pytest.mark.req("DAT-001", "DAT-002")
 @pytest.mark.parametrize(("dates_", "field", "says"), [
     ({"retest_date": "0001-01-01"}, "retest_date", "must not lie before 2000-01-01"),
     ({"expiry_date": "0001-01-01"}, "expiry_date", "must not lie before 2000-01-01"),
@@ -108,6 +109,7 @@ async def test_a_receipt_with_an_absurd_date_is_refused_and_not_stored(
     assert await dates.system.lots_where(supplier_id=supplier_id) == []
 
 
+@pytest.mark.req("DAT-002")
 async def test_expiry_and_retest_dates_at_their_bounds_are_received(dates: Dates) -> None:
     latest = dates.years(10)
     lot = await dates.system.receive(ref("SUP"), "MAT-A", expiry_date=latest,
@@ -119,6 +121,7 @@ async def test_expiry_and_retest_dates_at_their_bounds_are_received(dates: Dates
     assert soonest.release_status.status == pb.LOT_STATUS_QUARANTINE
 
 
+@pytest.mark.req("DAT-002")
 @pytest.mark.parametrize(("retest", "expiry"), [(0, 30), (-1, 30), (31, 30)])
 async def test_receipt_and_set_retest_date_hold_a_retest_date_to_the_same_rule(
         dates: Dates, retest: int, expiry: int) -> None:
@@ -139,6 +142,7 @@ async def test_receipt_and_set_retest_date_hold_a_retest_date_to_the_same_rule(
             ).lot.retest_date == ""
 
 
+@pytest.mark.req("DAT-002")
 async def test_both_accept_a_retest_date_from_tomorrow_to_the_expiry_date(dates: Dates) -> None:
     for retest in (dates.day(1), dates.day(30)):
         lot = await dates.system.receive(ref("SUP"), "MAT-A", expiry_date=dates.day(30),
@@ -149,6 +153,7 @@ async def test_both_accept_a_retest_date_from_tomorrow_to_the_expiry_date(dates:
         assert status.status == pb.LOT_STATUS_QUARANTINE
 
 
+@pytest.mark.req("DAT-002")
 async def test_a_retried_receipt_keeps_its_answer_on_a_later_day(dates: Dates) -> None:
     """Day-relative bounds are checked only for a lot not received yet: a warehouse
     system that retries an accepted receipt days later must not be told it is invalid."""
@@ -187,6 +192,7 @@ def _audit(supplier_id: str, **kw: str) -> spb.RecordAuditRequest:
     return spb.RecordAuditRequest(**values)
 
 
+@pytest.mark.req("DAT-001")
 @pytest.mark.parametrize(("audit_date", "next_due", "field", "says"), [
     (0, "9999-12-31", "next_audit_due", "must lie at most 5 years after audit_date"),
     (-30, (5, 1), "next_audit_due", "must lie at most 5 years after audit_date"),
@@ -208,6 +214,7 @@ async def test_an_audit_with_an_absurd_date_is_refused_and_not_recorded(
     assert list(audits.audits) == []
 
 
+@pytest.mark.req("SUP-004", "DAT-003")
 async def test_a_qualification_cannot_run_past_the_audit_cycle(dates: Dates) -> None:
     supplier_id = await _site(dates)
     longest = dates.years(5)
@@ -243,6 +250,7 @@ def _calibration(instrument_id: str, on: str, due: str) -> dict[str, str]:
                 certificate_ref="CAL-9", requested_by="qc.lead")
 
 
+@pytest.mark.req("DAT-001")
 @pytest.mark.parametrize(("on", "due", "field", "says"), [
     ("0001-01-01", "9999-12-31", "calibrated_on", "must not lie before 2000-01-01"),
     (-30, "9999-12-31", "calibration_due", "must lie at most 5 years after calibrated_on"),
@@ -273,6 +281,7 @@ async def test_a_calibration_with_an_absurd_date_is_refused_and_not_stored(
     assert found.instrument.calibration_due == dates.day(300)
 
 
+@pytest.mark.req("DAT-003")
 async def test_a_calibration_of_five_years_is_taken(dates: Dates) -> None:
     on, due = dates.years(-1), dates.years(4)
 
@@ -283,6 +292,7 @@ async def test_a_calibration_of_five_years_is_taken(dates: Dates) -> None:
     assert instrument.calibration_due == due
 
 
+@pytest.mark.req("DAT-003")
 async def test_a_specification_takes_effect_at_most_a_year_ahead(dates: Dates) -> None:
     material = ref("MAT")
     draft = (await dates.results.CreateSpecificationDraft(rpb.CreateSpecificationDraftRequest(
@@ -317,6 +327,7 @@ async def test_a_specification_takes_effect_at_most_a_year_ahead(dates: Dates) -
     assert approved.status == rpb.SPECIFICATION_STATUS_EFFECTIVE
 
 
+@pytest.mark.req("DAT-001")
 async def test_a_result_measured_before_the_epoch_is_refused(dates: Dates) -> None:
     instrument_id = ref("INS")
     await dates.results.RegisterInstrument(rpb.RegisterInstrumentRequest(

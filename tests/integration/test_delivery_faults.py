@@ -150,6 +150,7 @@ async def until_applied(engine: AsyncEngine, expected: list[str],
 # The inbox
 
 
+@pytest.mark.req("DEL-002")
 async def test_an_event_whose_commit_fails_after_its_handler_is_redelivered_and_applied_once(
         engine, broker, consumer) -> None:
     consumer.uow.commit_fails.arm(1)  # the database goes away between handler and commit
@@ -166,6 +167,7 @@ async def test_an_event_whose_commit_fails_after_its_handler_is_redelivered_and_
     assert consumer.inner.parked == 0
 
 
+@pytest.mark.req("DEL-002")
 async def test_a_batch_whose_commit_fails_is_redelivered_and_each_event_applied_once(
         engine, broker, consumer) -> None:
     events = [f"e{i}" for i in range(1, 6)]
@@ -189,6 +191,7 @@ async def test_a_batch_whose_commit_fails_is_redelivered_and_each_event_applied_
     assert await count(engine, tables.inbox) == len(events)
 
 
+@pytest.mark.req("DEL-003")
 async def test_a_failing_event_in_a_batch_is_parked_and_the_rest_applied_once(
         engine, broker, consumer) -> None:
     for event_id in ("e1", "poison-1", "e2"):
@@ -206,6 +209,7 @@ async def test_a_failing_event_in_a_batch_is_parked_and_the_rest_applied_once(
     assert consumer.inner.parked == 1
 
 
+@pytest.mark.req("DEL-003")
 async def test_an_event_that_cannot_be_parked_is_redelivered_until_it_is(
         engine, broker, consumer) -> None:
     await broker.publish("garbled", b"\xff\xff not a protobuf")
@@ -222,6 +226,7 @@ async def test_an_event_that_cannot_be_parked_is_redelivered_until_it_is(
     assert consumer.inner.parked == 1
 
 
+@pytest.mark.req("DEL-003")
 async def test_an_unreachable_database_is_retried_not_parked(engine, broker, consumer) -> None:
     consumer.uow.begin_fails.arm(4)  # more than max_attempts: still never parked
     start(consumer)
@@ -233,6 +238,7 @@ async def test_an_unreachable_database_is_retried_not_parked(engine, broker, con
     assert await count(engine, tables.dead_letters) == 0
 
 
+@pytest.mark.req("DEL-002")
 async def test_a_consumer_subscribes_again_when_the_broker_fails_it(
         engine, broker, consumer) -> None:
     broker.js.subscribe_fails.arm(1)  # JetStream not answering yet
@@ -267,6 +273,7 @@ COMMITTED = [("a1", "LOT-A"), ("b1", "LOT-B"), ("a2", "LOT-A"), ("b2", "LOT-B"),
              ("a3", "LOT-A"), ("a4", "LOT-A")]
 
 
+@pytest.mark.req("DEL-001")
 async def test_a_publish_that_fails_mid_chain_holds_back_the_rest_of_its_aggregate(
         engine, broker) -> None:
     await emit(engine, broker.subject, COMMITTED)
@@ -286,6 +293,7 @@ async def test_a_publish_that_fails_mid_chain_holds_back_the_rest_of_its_aggrega
     assert await count(engine, tables.outbox) == 0
 
 
+@pytest.mark.req("DEL-001")
 async def test_a_relay_retries_a_failing_database_and_a_lost_ack_and_all_arrive_in_order(
         engine, broker, consumer) -> None:
     faulty = FaultyEngine(engine)

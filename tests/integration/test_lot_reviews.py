@@ -103,6 +103,7 @@ def precondition_subjects(error: grpc.aio.AioRpcError) -> list[str]:
     return subjects
 
 
+@pytest.mark.req("REL-010")
 async def test_a_disqualification_opens_a_review_of_each_released_lot_of_that_site_and_material(
         system: System) -> None:
     supplier_id, mat_x, mat_y = ref("SUP"), ref("MAT"), ref("MAT")
@@ -144,6 +145,7 @@ async def test_a_disqualification_opens_a_review_of_each_released_lot_of_that_si
         r.review_id: r for r in found}
 
 
+@pytest.mark.req("REL-010", "REL-004")
 async def test_a_suspension_opens_reviews_too_and_unreleased_lots_wait(system: System) -> None:
     material = ref("MAT")
     supplier_id = await system.qualified_supplier(material)
@@ -161,6 +163,7 @@ async def test_a_suspension_opens_reviews_too_and_unreleased_lots_wait(system: S
     assert status.status == pb.LOT_STATUS_QUARANTINE
 
 
+@pytest.mark.req("REL-010", "DEL-002")
 async def test_a_repeated_announcement_opens_no_second_review(system: System) -> None:
     material = ref("MAT")
     supplier_id = await system.qualified_supplier(material)
@@ -188,6 +191,7 @@ async def test_a_repeated_announcement_opens_no_second_review(system: System) ->
     assert await reviews(system, supplier_id=supplier_id) == [review]
 
 
+@pytest.mark.req("REV-001")
 async def test_reviews_are_listed_oldest_first_page_by_page_and_filtered(system: System) -> None:
     supplier_id, mat_x, mat_y = ref("SUP"), ref("MAT"), ref("MAT")
     await system.qualify(supplier_id, mat_x)
@@ -217,6 +221,7 @@ async def test_reviews_are_listed_oldest_first_page_by_page_and_filtered(system:
     assert await reviews(system, supplier_id=supplier_id, state=pb.REVIEW_STATE_CLOSED) == []
 
 
+@pytest.mark.req("REV-001", "INP-001")
 async def test_list_lot_reviews_refuses_bad_filters_and_tokens_field_by_field(
         system: System) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -235,6 +240,7 @@ async def test_list_lot_reviews_refuses_bad_filters_and_tokens_field_by_field(
     assert set(field_violations(caught.value)) == {"page_token"}
 
 
+@pytest.mark.req("REV-001")
 async def test_qa_closes_a_review_with_its_conclusion(system: System) -> None:
     review = await review_of_a_released_lot(system)
 
@@ -259,6 +265,7 @@ async def test_qa_closes_a_review_with_its_conclusion(system: System) -> None:
     assert msg.metadata.stream == "LOTGATE_LOTS"
 
 
+@pytest.mark.req("REV-001")
 async def test_closing_again_the_same_way_is_a_retry_and_any_other_way_is_refused(
         system: System) -> None:
     review = await review_of_a_released_lot(system)
@@ -281,6 +288,7 @@ async def test_closing_again_the_same_way_is_a_retry_and_any_other_way_is_refuse
     assert len(closes) == 1
 
 
+@pytest.mark.req("REV-001")
 async def test_closing_an_unknown_review_is_not_found(system: System) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await system.lots.CloseLotReview(pb.CloseLotReviewRequest(
@@ -290,6 +298,7 @@ async def test_closing_an_unknown_review_is_not_found(system: System) -> None:
     assert set(field_violations(caught.value)) == {"review_id"}
 
 
+@pytest.mark.req("REV-001")
 async def test_a_close_without_review_conclusion_or_person_is_refused_field_by_field(
         system: System) -> None:
     review = await review_of_a_released_lot(system)

@@ -49,6 +49,7 @@ async def about_to_be_released(system: System, supplier_id: str, material: str) 
     return lot.lot_id
 
 
+@pytest.mark.req("REL-005")
 async def test_a_lapsed_qualification_does_not_release_a_lot_even_with_no_expiry_announced(
         system: System) -> None:
     clock = manual_clock(system)
@@ -76,6 +77,7 @@ async def test_a_lapsed_qualification_does_not_release_a_lot_even_with_no_expiry
     assert valid_until.isoformat() in status.unmet[0].message
 
 
+@pytest.mark.req("REL-005", "REL-010")
 async def test_an_expiry_stops_the_next_release_and_puts_released_lots_up_for_review(
         system: System) -> None:
     clock = manual_clock(system)

@@ -236,6 +236,7 @@ async def system(databases, nats_server) -> AsyncIterator[System]:
         yield system
 
 
+@pytest.mark.req("REL-002", "REL-003")
 async def test_a_received_lot_is_in_quarantine_and_says_why(system: System) -> None:
     lot = await system.receive(ref("SUP"), "MAT-A")
 
@@ -245,6 +246,7 @@ async def test_a_received_lot_is_in_quarantine_and_says_why(system: System) -> N
     assert all(u.rule for u in lot.release_status.unmet)
 
 
+@pytest.mark.req("REL-001")
 async def test_a_lot_is_released_once_qualified_and_all_tests_pass(system: System) -> None:
     supplier_id = await system.qualified_supplier("MAT-A")
     lot = await system.receive(supplier_id, "MAT-A")
@@ -257,6 +259,7 @@ async def test_a_lot_is_released_once_qualified_and_all_tests_pass(system: Syste
     assert list(released.unmet) == []
 
 
+@pytest.mark.req("DEL-004")
 async def test_a_qualification_that_arrives_after_the_results_releases_the_lot(
         system: System) -> None:
     supplier_id = ref("SUP")
@@ -270,6 +273,7 @@ async def test_a_qualification_that_arrives_after_the_results_releases_the_lot(
     await system.wait_status(lot.lot_id, pb.LOT_STATUS_RELEASED)
 
 
+@pytest.mark.req("REL-004", "SUP-001")
 async def test_lots_are_decided_by_the_qualification_of_their_own_site(system: System) -> None:
     supplier_id = await system.qualified_supplier("MAT-S", site="BASEL-1")
     await system.add_site(supplier_id, "LYON-2")  # a known site, not qualified for MAT-S
@@ -288,6 +292,7 @@ async def test_lots_are_decided_by_the_qualification_of_their_own_site(system: S
     assert lot.supplier_site_id == "LYON-2"
 
 
+@pytest.mark.req("REL-004")
 @pytest.mark.parametrize("action,code,says", [
     ("suspend", "SUPPLIER_SUSPENDED", "is suspended"),
     ("disqualify", "SUPPLIER_DISQUALIFIED", "is disqualified"),
@@ -312,6 +317,7 @@ async def test_a_withdrawn_approval_keeps_open_lots_in_quarantine_with_the_reaso
     assert "ICH Q7" in status.unmet[0].rule
 
 
+@pytest.mark.req("DEL-004")
 async def test_results_that_arrive_before_the_lot_are_not_lost(system: System) -> None:
     supplier_id = await system.qualified_supplier("MAT-D")
     # The qualification and the results come on different streams; the point here is
@@ -328,6 +334,7 @@ async def test_results_that_arrive_before_the_lot_are_not_lost(system: System) -
     assert lot.release_status.status == pb.LOT_STATUS_RELEASED
 
 
+@pytest.mark.req("OOS-001", "OOS-002")
 async def test_a_failing_result_holds_the_lot_and_its_confirmation_rejects_it(
         system: System) -> None:
     supplier_id = await system.qualified_supplier("MAT-E")
@@ -344,6 +351,7 @@ async def test_a_failing_result_holds_the_lot_and_its_confirmation_rejects_it(
     assert "STERILITY_FAILED" in [u.code for u in rejected.unmet]
 
 
+@pytest.mark.req("DEL-004", "DEL-002")
 async def test_duplicated_and_reordered_results_end_in_the_same_state(system: System) -> None:
     supplier_id = await system.qualified_supplier("MAT-F")
     lot = await system.receive(supplier_id, "MAT-F")
@@ -367,6 +375,7 @@ async def test_duplicated_and_reordered_results_end_in_the_same_state(system: Sy
     assert await _count_results(system.lots_service, lot.lot_id) == 3
 
 
+@pytest.mark.req("REL-008")
 async def test_a_lot_waits_for_a_result_that_was_recorded_but_has_not_arrived(
         system: System) -> None:
     supplier_id = await system.qualified_supplier("MAT-I")
@@ -391,6 +400,7 @@ async def test_a_lot_waits_for_a_result_that_was_recorded_but_has_not_arrived(
     await system.wait_status(lot.lot_id, pb.LOT_STATUS_RELEASED)
 
 
+@pytest.mark.req("DEL-003")
 async def test_a_poison_message_is_parked_and_the_consumer_keeps_going(system: System) -> None:
     supplier_id = await system.qualified_supplier("MAT-G")
     lot = await system.receive(supplier_id, "MAT-G")
@@ -405,6 +415,7 @@ async def test_a_poison_message_is_parked_and_the_consumer_keeps_going(system: S
     assert parked == 1
 
 
+@pytest.mark.req("DEC-003")
 async def test_status_changes_are_published_in_order(system: System) -> None:
     supplier_id = await system.qualified_supplier("MAT-H")
     sub = await system.js.subscribe("lotgate.lots.v1.status_changed", ordered_consumer=True,
@@ -425,6 +436,7 @@ async def test_status_changes_are_published_in_order(system: System) -> None:
     assert seen[0].previous_status == pb.LOT_STATUS_UNSPECIFIED
 
 
+@pytest.mark.req("WMS-003")
 async def test_receiving_the_same_lot_again_returns_it_and_other_details_conflict(
         system: System) -> None:
     first = await system.receive(ref("SUP"), "MAT-A")
@@ -436,6 +448,7 @@ async def test_receiving_the_same_lot_again_returns_it_and_other_details_conflic
     assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
 
 
+@pytest.mark.req("WMS-003", "INP-001")
 async def test_a_malformed_lot_is_refused_field_by_field_and_not_stored(system: System) -> None:
     lot_id = ref("LOT")
     with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -453,6 +466,7 @@ async def test_a_malformed_lot_is_refused_field_by_field_and_not_stored(system: 
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+@pytest.mark.req("WMS-003")
 async def test_a_lot_without_its_supplier_site_is_refused(system: System) -> None:
     supplier_id = await system.qualified_supplier("MAT-A")
     lot_id = ref("LOT")
@@ -467,6 +481,7 @@ async def test_a_lot_without_its_supplier_site_is_refused(system: System) -> Non
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+@pytest.mark.req("WMS-004")
 async def test_list_lots_filters_by_supplier_site_and_material(system: System) -> None:
     supplier_id, other_supplier = ref("SUP"), ref("SUP")
     mat_x, mat_y = ref("MAT"), ref("MAT")
@@ -497,6 +512,7 @@ async def test_list_lots_filters_by_supplier_site_and_material(system: System) -
         (supplier_id, "LYON-2", mat_x)]
 
 
+@pytest.mark.req("WMS-004")
 async def test_list_lots_refuses_a_site_without_its_supplier_and_malformed_filters(
         system: System) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -513,6 +529,7 @@ async def test_list_lots_refuses_a_site_without_its_supplier_and_malformed_filte
         "supplier_id", "supplier_site_id", "material_code", "page_size"}
 
 
+@pytest.mark.req("WMS-004")
 async def test_list_lots_pages_through_lots_of_one_status(system: System) -> None:
     supplier_id = await system.qualified_supplier("MAT-L")
     received = sorted([(await system.receive(supplier_id, "MAT-L")).lot_id for _ in range(5)])
@@ -557,6 +574,7 @@ async def _parked(service: RunningService, event_id: str) -> int:
                                    .where(dead.c.event_id == event_id))).scalar_one()
 
 
+@pytest.mark.req("DEL-003")
 async def test_a_failing_event_is_parked_and_its_batch_mates_are_applied_and_acked(
         databases, workdir) -> None:
     broker = NatsServer(workdir / f"nats-{ref('poison')}")
@@ -587,6 +605,7 @@ async def test_a_failing_event_is_parked_and_its_batch_mates_are_applied_and_ack
     assert info.num_pending == 0
 
 
+@pytest.mark.req("WMS-003")
 async def test_the_same_lot_received_twice_at_once_is_stored_once(system: System) -> None:
     lot_id, supplier_id = ref("LOT"), ref("SUP")
 

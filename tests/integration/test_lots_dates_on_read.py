@@ -28,6 +28,7 @@ async def system(databases, nats_server) -> AsyncIterator[System]:
         yield system
 
 
+@pytest.mark.req("WMS-002")
 async def test_reads_withdraw_a_released_lot_at_its_retest_and_expiry_dates(
         system: System) -> None:
     clock = manual_clock(system)

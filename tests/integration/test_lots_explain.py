@@ -72,6 +72,7 @@ async def oos_retested_lot(system: System, material: str) -> dict[str, Any]:
             "sterility": sterility.result, "retest": retest.result}
 
 
+@pytest.mark.req("DEC-001", "DEC-002")
 async def test_the_latest_decision_is_explained_with_its_inputs_and_replay_agrees(
         system: System) -> None:
     lot = await oos_retested_lot(system, ref("MAT"))
@@ -112,6 +113,7 @@ async def test_the_latest_decision_is_explained_with_its_inputs_and_replay_agree
     assert (explained.replay.status, explained.replay.difference) == (pb.LOT_STATUS_RELEASED, "")
 
 
+@pytest.mark.req("DEC-002")
 async def test_a_decision_by_version_is_explained_and_agrees(system: System) -> None:
     lot = await oos_retested_lot(system, ref("MAT"))
     every = await decisions(system, lot["lot_id"])
@@ -138,6 +140,7 @@ async def test_a_decision_by_version_is_explained_and_agrees(system: System) -> 
     assert list(on_hold.replay.unmet) == list(on_hold.decision.unmet)
 
 
+@pytest.mark.req("DEC-001", "DEC-002")
 async def test_list_decisions_gives_every_decision_oldest_first_and_all_agree(
         system: System) -> None:
     lot = await oos_retested_lot(system, ref("MAT"))
@@ -157,6 +160,7 @@ async def test_list_decisions_gives_every_decision_oldest_first_and_all_agree(
         assert e.replay.agrees, (e.decision.version, e.replay.difference)
 
 
+@pytest.mark.req("DEC-002", "REL-010")
 async def test_a_released_lot_kept_released_for_a_suspension_replays_and_agrees(
         system: System) -> None:
     material = ref("MAT")
@@ -186,6 +190,7 @@ async def test_a_released_lot_kept_released_for_a_suspension_replays_and_agrees(
         assert e.replay.agrees, (e.decision.version, e.replay.difference)
 
 
+@pytest.mark.req("INP-001")
 async def test_an_unknown_lot_or_version_is_not_found_and_bad_requests_are_refused(
         system: System) -> None:
     lot = await system.receive(ref("SUP"), "MAT-A")
@@ -221,6 +226,7 @@ async def receive_many(system: System, supplier_id: str, material: str, count: i
     return ids
 
 
+@pytest.mark.req("WMS-001")
 async def test_the_statuses_of_a_thousand_lots_come_in_one_call_in_the_order_asked(
         system: System) -> None:
     material = ref("MAT")
@@ -253,6 +259,7 @@ async def test_the_statuses_of_a_thousand_lots_come_in_one_call_in_the_order_ask
         assert by_id[lot_id] == await system.status(lot_id)
 
 
+@pytest.mark.req("WMS-001", "WMS-002")
 async def test_lots_not_in_memory_are_read_in_one_query_and_expiry_applies_on_read(
         system: System) -> None:
     material = ref("MAT")
@@ -288,6 +295,7 @@ async def test_lots_not_in_memory_are_read_in_one_query_and_expiry_applies_on_re
     assert codes(after_expiry.unmet) == ["LOT_EXPIRED"]
 
 
+@pytest.mark.req("WMS-001")
 async def test_a_batch_that_is_empty_too_long_repeated_or_malformed_is_refused(
         system: System) -> None:
     async def refused(lot_ids: list[str]) -> dict[str, str]:
@@ -308,6 +316,7 @@ async def test_a_batch_that_is_empty_too_long_repeated_or_malformed_is_refused(
         (pb.LOT_STATUS_UNSPECIFIED, "LOT_NOT_FOUND")}
 
 
+@pytest.mark.req("WMS-004")
 async def test_list_lots_filters_by_the_received_range_half_open(system: System) -> None:
     supplier_id = ref("SUP")
     first = await system.receive(supplier_id, "MAT-A")
@@ -336,6 +345,7 @@ async def test_list_lots_filters_by_the_received_range_half_open(system: System)
     assert [lot.lot_id for lot in rest.lots] == everything[2:]
 
 
+@pytest.mark.req("WMS-004")
 async def test_list_lots_refuses_a_bad_received_range(system: System) -> None:
     now = to_timestamp(datetime.now(UTC))
     bad = pb.ListLotsRequest(received_from=now, received_before=now)
@@ -353,6 +363,7 @@ async def test_list_lots_refuses_a_bad_received_range(system: System) -> None:
     assert set(field_violations(caught.value)) == {"received_from", "received_before"}
 
 
+@pytest.mark.req("DEC-002")
 async def test_decisions_taken_while_results_race_all_replay(system: System) -> None:
     material = ref("MAT")
     supplier_id = await system.qualified_supplier(material)

@@ -79,6 +79,7 @@ async def applied(system: System, subject_of: type) -> None:
     await eventually(lambda: _states(system.lots_service, marker.result.lot_id), bool)
 
 
+@pytest.mark.req("OOS-001", "OOS-003")
 async def test_an_oos_result_holds_the_lot_its_invalidation_asks_for_a_retest_which_releases(
         system: System) -> None:
     lot_id = await lot_with_passing(system, "MAT-O1", rpb.TEST_KIND_IDENTITY,
@@ -122,6 +123,7 @@ async def test_an_oos_result_holds_the_lot_its_invalidation_asks_for_a_retest_wh
     assert json.loads(records[-3].inputs)["rule_status"] == "ON_HOLD"
 
 
+@pytest.mark.req("OOS-002", "REL-009")
 async def test_a_confirmed_oos_result_rejects_the_lot_for_good(system: System) -> None:
     lot_id = await lot_with_passing(system, "MAT-O2", rpb.TEST_KIND_IDENTITY,
                                     rpb.TEST_KIND_STERILITY)
@@ -143,6 +145,7 @@ async def test_a_confirmed_oos_result_rejects_the_lot_for_good(system: System) -
     assert await system.status(lot_id) == rejected
 
 
+@pytest.mark.req("DEL-004")
 @pytest.mark.parametrize("qa", ["invalidation", "confirmation"])
 async def test_qa_s_event_arriving_before_the_result_s_own_still_converges(
         system: System, qa: str) -> None:
@@ -167,6 +170,7 @@ async def test_qa_s_event_arriving_before_the_result_s_own_still_converges(
     assert (await _states(system.lots_service, lot_id))[failure.result.result_id] == state
 
 
+@pytest.mark.req("DEL-004", "REL-007")
 async def test_every_order_of_the_three_subjects_ends_in_the_same_state(
         system: System) -> None:
     material = ref("MAT")
@@ -201,6 +205,7 @@ async def test_every_order_of_the_three_subjects_ends_in_the_same_state(
         assert status.status == expected
 
 
+@pytest.mark.req("DEL-002")
 async def test_redelivered_qa_events_change_nothing(system: System) -> None:
     lot_id = await lot_with_passing(system, "MAT-O3", *TESTS[:2])
     failure = system.result_event(lot_id, "MAT-O3", rpb.TEST_KIND_STERILITY, rpb.VERDICT_FAIL)
@@ -223,6 +228,7 @@ async def test_redelivered_qa_events_change_nothing(system: System) -> None:
     assert len(await _decisions(system.lots_service, lot_id)) == decided
 
 
+@pytest.mark.req("OOS-001", "REL-010")
 async def test_a_released_lot_is_held_by_an_oos_result_and_released_again_when_invalidated(
         system: System) -> None:
     supplier_id = await system.qualified_supplier("MAT-O4")
@@ -241,6 +247,7 @@ async def test_a_released_lot_is_held_by_an_oos_result_and_released_again_when_i
         "ON_HOLD", "RELEASED"]
 
 
+@pytest.mark.req("OOS-003", "REL-010")
 async def test_a_released_lot_whose_result_is_invalidated_goes_back_to_quarantine(
         system: System) -> None:
     supplier_id = await system.qualified_supplier("MAT-O7")
@@ -258,6 +265,7 @@ async def test_a_released_lot_whose_result_is_invalidated_goes_back_to_quarantin
     assert codes(pulled_back) == ["PURITY_RETEST_REQUIRED"]
 
 
+@pytest.mark.req("DEL-004")
 async def test_a_qualification_change_re_decides_lots_on_hold(system: System) -> None:
     material = ref("MAT")
     supplier_id = await system.qualified_supplier(material)
@@ -274,6 +282,7 @@ async def test_a_qualification_change_re_decides_lots_on_hold(system: System) ->
     assert held.status == pb.LOT_STATUS_ON_HOLD
 
 
+@pytest.mark.req("REL-006")
 async def test_a_test_the_specification_adds_is_required_for_release(system: System) -> None:
     material = ref("MAT")
     supplier_id = await system.qualified_supplier(material)
@@ -299,6 +308,7 @@ async def test_a_test_the_specification_adds_is_required_for_release(system: Sys
     await system.wait_status(lot.lot_id, pb.LOT_STATUS_RELEASED)
 
 
+@pytest.mark.req("WMS-004")
 async def test_list_lots_finds_the_lots_on_hold(system: System) -> None:
     material = ref("MAT")
     supplier_id = await system.qualified_supplier(material)

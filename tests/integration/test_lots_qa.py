@@ -70,6 +70,7 @@ async def all_passed(system: System, supplier_id: str, material: str, **kw) -> s
     return lot.lot_id
 
 
+@pytest.mark.req("QA-001", "WMS-002")
 async def test_under_qa_release_a_lot_waits_for_qa_and_is_not_picked_until_released(
         system: System) -> None:
     material = ref("MAT")
@@ -106,6 +107,7 @@ async def test_under_qa_release_a_lot_waits_for_qa_and_is_not_picked_until_relea
     assert history[-2].decision.inputs.release_policy == pb.RELEASE_POLICY_QA_RELEASE
 
 
+@pytest.mark.req("QA-001")
 async def test_switching_a_material_back_to_automatic_decides_its_releasable_lots(
         system: System) -> None:
     material = ref("MAT")
@@ -123,6 +125,7 @@ async def test_switching_a_material_back_to_automatic_decides_its_releasable_lot
         f"release policy of {material} set to AUTOMATIC by qa.jane")
 
 
+@pytest.mark.req("QA-002", "DEC-001")
 async def test_qa_holds_releases_the_hold_and_rejects_with_causes_recorded(
         system: System) -> None:
     material = ref("MAT")
@@ -165,6 +168,7 @@ async def test_qa_holds_releases_the_hold_and_rejects_with_causes_recorded(
     assert history[-1].decision.inputs.qa_rejection_reason == "container damaged"
 
 
+@pytest.mark.req("QA-002")
 async def test_a_qa_release_must_be_given_again_after_the_lot_was_held(system: System) -> None:
     material = ref("MAT")
     supplier_id = await system.qualified_supplier(material)
@@ -182,6 +186,7 @@ async def test_a_qa_release_must_be_given_again_after_the_lot_was_held(system: S
     assert [e.decision.inputs.qa_released for e in history[-3:]] == [True, True, False]
 
 
+@pytest.mark.req("QA-003")
 async def test_a_passing_retest_date_quarantines_a_released_lot_until_a_new_one_is_set(
         system: System) -> None:
     clock = manual_clock(system)
@@ -215,6 +220,7 @@ async def test_a_passing_retest_date_quarantines_a_released_lot_until_a_new_one_
     assert last.inputs.retest_date == day(system, 180)
 
 
+@pytest.mark.req("QA-003", "REL-009")
 async def test_a_lot_past_its_expiry_date_expires_for_good(system: System) -> None:
     clock = manual_clock(system)
     material = ref("MAT")
@@ -242,6 +248,7 @@ async def test_a_lot_past_its_expiry_date_expires_for_good(system: System) -> No
     assert (await system.status(waiting.lot_id)).status == pb.LOT_STATUS_EXPIRED
 
 
+@pytest.mark.req("QA-002", "ACC-003")
 @pytest.mark.parametrize("call,request_", [
     ("ReleaseLot", pb.ReleaseLotRequest(lot_id="LOT-1", reason="", requested_by="")),
     ("HoldLot", pb.HoldLotRequest(lot_id="LOT-1", reason=" ", requested_by="")),
@@ -260,6 +267,7 @@ async def test_qa_calls_need_a_reason(system: System, call: str, request_) -> No
     assert "reason" in field_violations(invalid.value)
 
 
+@pytest.mark.req("QA-002", "INP-001")
 async def test_a_policy_must_be_named_and_a_lot_must_exist(system: System) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as invalid:
         await system.lots.SetReleasePolicy(pb.SetReleasePolicyRequest(material_code="MAT-1",

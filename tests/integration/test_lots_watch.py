@@ -40,6 +40,7 @@ async def decided_versions(system: System, lot_id: str) -> list[int]:
     return [d.decision.version for d in reply.decisions]
 
 
+@pytest.mark.req("WAT-001")
 async def test_a_lot_set_watch_sends_the_snapshot_then_every_change(system: System) -> None:
     material = ref("MAT")
     supplier = await system.qualified_supplier(material)
@@ -64,6 +65,7 @@ async def test_a_lot_set_watch_sends_the_snapshot_then_every_change(system: Syst
     assert changes[-1].release_status == await system.status(first)
 
 
+@pytest.mark.req("WAT-001")
 async def test_a_material_watch_sees_a_lot_received_after_it_started(system: System) -> None:
     material = ref("MAT")
     supplier = await system.qualified_supplier(material)
@@ -87,6 +89,7 @@ async def test_a_material_watch_sees_a_lot_received_after_it_started(system: Sys
     assert watch.versions(later) == decided[arrived.release_status.version - 1:]
 
 
+@pytest.mark.req("WAT-002")
 async def test_a_watcher_that_reconnects_gets_exactly_the_changes_it_missed(
         system: System) -> None:
     material = ref("MAT")
@@ -128,6 +131,7 @@ async def test_a_watcher_that_reconnects_gets_exactly_the_changes_it_missed(
     assert seen == decided[seen[0] - 1:]
 
 
+@pytest.mark.req("WAT-002")
 async def test_a_material_watch_resumes_some_lots_and_snapshots_the_others(
         system: System) -> None:
     material = ref("MAT")
@@ -155,6 +159,7 @@ async def _error(system: System, **request) -> grpc.aio.AioRpcError:
     return caught.value
 
 
+@pytest.mark.req("WAT-003")
 async def test_bad_watch_requests_are_refused_with_field_violations(system: System) -> None:
     material = ref("MAT")
     supplier = await system.qualified_supplier(material)

@@ -115,6 +115,7 @@ async def status_of(call: object) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
+@pytest.mark.req("ACC-004", "INS-003")
 async def test_an_instrument_certificate_posts_as_that_instrument_only(mtls: Setup) -> None:
     async with tls_channel(mtls, mtls.instrument) as channel:
         stub = pb_grpc.ResultServiceStub(channel)
@@ -131,6 +132,7 @@ async def test_an_instrument_certificate_posts_as_that_instrument_only(mtls: Set
     assert reading == grpc.StatusCode.PERMISSION_DENIED
 
 
+@pytest.mark.req("ACC-004")
 async def test_a_token_still_names_the_caller_over_mutual_tls(mtls: Setup) -> None:
     token = (("authorization", f"Bearer {auth.token('auditor', 'auditor.kim')}"),)
     async with tls_channel(mtls, mtls.instrument) as channel:
@@ -140,6 +142,7 @@ async def test_a_token_still_names_the_caller_over_mutual_tls(mtls: Setup) -> No
     assert reading not in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 
 
+@pytest.mark.req("ACC-004")
 @pytest.mark.parametrize("client", ["none", "untrusted"])
 async def test_without_a_certificate_of_our_authority_no_call_gets_through(
         mtls: Setup, client: str) -> None:

@@ -174,6 +174,7 @@ def identity(lot_id: str) -> rpb.RecordResultRequest:
 # Results: an out-of-specification result must not refuse its own retry.
 
 
+@pytest.mark.req("DEL-005", "RES-001")
 @pytest.mark.parametrize("make", [
     pytest.param(lambda lot_id: sterility(lot_id, rpb.STERILITY_OUTCOME_GROWTH),
                  id="sterility-growth"),
@@ -191,6 +192,7 @@ async def test_overlapping_copies_of_a_result_all_get_the_original(stubs, make) 
             reply.result.result_id]
 
 
+@pytest.mark.req("DEL-005", "RES-002")
 async def test_overlapping_copies_of_a_failing_batch_all_get_the_original(stubs) -> None:
     for _ in range(ROUNDS):
         lot_id = await received_lot(stubs)
@@ -208,6 +210,7 @@ async def test_overlapping_copies_of_a_failing_batch_all_get_the_original(stubs)
             r.result_id for r in reply.results]
 
 
+@pytest.mark.req("DEL-005")
 async def test_overlapping_copies_of_a_retest_all_get_the_original(stubs) -> None:
     for _ in range(ROUNDS):
         lot_id = await received_lot(stubs)
@@ -224,6 +227,7 @@ async def test_overlapping_copies_of_a_retest_all_get_the_original(stubs) -> Non
             failed.result_id, reply.result.result_id]
 
 
+@pytest.mark.req("DEL-005")
 async def test_overlapping_registrations_of_an_instrument_all_get_the_original(stubs) -> None:
     for _ in range(ROUNDS):
         request = registration(ref("INS"))
@@ -236,6 +240,7 @@ async def test_overlapping_registrations_of_an_instrument_all_get_the_original(s
         assert len(found.calibrations) == 1
 
 
+@pytest.mark.req("DEL-005")
 async def test_overlapping_copies_of_a_calibration_all_get_the_original(stubs) -> None:
     for _ in range(ROUNDS):
         instrument_id = ref("INS")
@@ -253,6 +258,7 @@ async def test_overlapping_copies_of_a_calibration_all_get_the_original(stubs) -
         assert len(found.calibrations) == 2
 
 
+@pytest.mark.req("DEL-005")
 async def test_overlapping_copies_of_qa_decisions_on_results_all_get_the_original(
         stubs) -> None:
     for _ in range(ROUNDS):
@@ -280,6 +286,7 @@ async def test_overlapping_copies_of_qa_decisions_on_results_all_get_the_origina
 # Lots
 
 
+@pytest.mark.req("DEL-005")
 async def test_overlapping_receipts_of_a_lot_all_get_the_original(stubs) -> None:
     for _ in range(ROUNDS):
         supplier_id = ref("SUP")
@@ -292,6 +299,7 @@ async def test_overlapping_receipts_of_a_lot_all_get_the_original(stubs) -> None
         assert reply.lot.release_status.version == 1
 
 
+@pytest.mark.req("DEL-005")
 async def test_overlapping_first_settings_of_a_release_policy_all_get_the_original(
         stubs) -> None:
     for _ in range(ROUNDS):
@@ -313,6 +321,7 @@ async def test_overlapping_first_settings_of_a_release_policy_all_get_the_origin
         assert history == 1
 
 
+@pytest.mark.req("DEL-005")
 async def test_overlapping_copies_of_qa_actions_all_get_the_original(stubs) -> None:
     # The copies that find the action done answer at once; the overlap is narrower here.
     for _ in range(4 * ROUNDS):
@@ -334,6 +343,7 @@ async def test_overlapping_copies_of_qa_actions_all_get_the_original(stubs) -> N
 # Suppliers
 
 
+@pytest.mark.req("DEL-005")
 async def test_overlapping_creations_of_a_supplier_all_get_the_original(stubs) -> None:
     for _ in range(ROUNDS):
         request = spb.CreateSupplierRequest(supplier_id=ref("SUP"), name="Acme Biologicals",
@@ -346,6 +356,7 @@ async def test_overlapping_creations_of_a_supplier_all_get_the_original(stubs) -
         assert found.supplier == reply.supplier
 
 
+@pytest.mark.req("DEL-005")
 async def test_overlapping_additions_of_a_site_all_get_the_original(stubs) -> None:
     for _ in range(ROUNDS):
         supplier_id = ref("SUP")
@@ -362,6 +373,7 @@ async def test_overlapping_additions_of_a_site_all_get_the_original(stubs) -> No
         assert list(found.supplier.sites) == [reply.site]
 
 
+@pytest.mark.req("DEL-005")
 async def test_overlapping_records_of_an_audit_all_get_the_original(stubs) -> None:
     for _ in range(ROUNDS):
         supplier_id = ref("SUP")

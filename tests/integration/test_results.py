@@ -300,6 +300,7 @@ async def events_until(nats_server, subjects: dict[str, type[Message]],
 # Specifications: drafts, four eyes, versions
 
 
+@pytest.mark.req("SPEC-001")
 async def test_a_draft_judges_nothing_until_a_second_person_approves_it(stub, js) -> None:
     material = ref("MAT")
     before = now()
@@ -327,6 +328,7 @@ async def test_a_draft_judges_nothing_until_a_second_person_approves_it(stub, js
     assert (await post(stub, purity(lot_id, 99.0))).spec_version == 1
 
 
+@pytest.mark.req("SPEC-001")
 async def test_the_author_of_a_draft_cannot_approve_it(stub) -> None:
     material = ref("MAT")
     written = await draft(stub, material, by="qa.author")
@@ -340,6 +342,7 @@ async def test_the_author_of_a_draft_cannot_approve_it(stub) -> None:
         pb.SPECIFICATION_STATUS_DRAFT)
 
 
+@pytest.mark.req("SPEC-001")
 async def test_whoever_changed_a_draft_cannot_approve_it_either(stub) -> None:
     material = ref("MAT")
     written = await draft(stub, material, by="qa.author")
@@ -356,6 +359,7 @@ async def test_whoever_changed_a_draft_cannot_approve_it_either(stub) -> None:
     assert approved.created_by == "qa.author"
 
 
+@pytest.mark.req("SPEC-002")
 async def test_an_effective_version_is_never_edited(stub) -> None:
     material = ref("MAT")
     effective = await specify(stub, material)
@@ -369,6 +373,7 @@ async def test_an_effective_version_is_never_edited(stub) -> None:
     assert await current_spec(stub, material, version=effective.version) == effective
 
 
+@pytest.mark.req("SPEC-002")
 async def test_a_draft_can_be_changed_until_it_is_approved(stub) -> None:
     material = ref("MAT")
     written = await draft(stub, material)
@@ -384,6 +389,7 @@ async def test_a_draft_can_be_changed_until_it_is_approved(stub) -> None:
     assert await current_spec(stub, material, version=written.version) == changed
 
 
+@pytest.mark.req("SPEC-002")
 async def test_versions_count_up_and_only_one_draft_may_be_open(stub) -> None:
     material = ref("MAT")
     first = await specify(stub, material)
@@ -400,6 +406,7 @@ async def test_versions_count_up_and_only_one_draft_may_be_open(stub) -> None:
     assert list(versions) == [first, second]
 
 
+@pytest.mark.req("SPEC-002")
 async def test_concurrent_drafts_never_share_a_version(stub) -> None:
     material = ref("MAT")
     await specify(stub, material)
@@ -413,6 +420,7 @@ async def test_concurrent_drafts_never_share_a_version(stub) -> None:
     assert {e.code() for e in lost} <= {FAILED, grpc.StatusCode.ABORTED}
 
 
+@pytest.mark.req("SPEC-003")
 async def test_the_version_in_force_depends_on_the_instant_asked_about(stub) -> None:
     material = ref("MAT")
     first = await specify(stub, material)
@@ -432,6 +440,7 @@ async def test_the_version_in_force_depends_on_the_instant_asked_about(stub) -> 
         grpc.StatusCode.NOT_FOUND, {"version"})
 
 
+@pytest.mark.req("DAT-003")
 async def test_a_version_cannot_take_effect_in_the_past(stub) -> None:
     material = ref("MAT")
     written = await draft(stub, material)
@@ -445,6 +454,7 @@ async def test_a_version_cannot_take_effect_in_the_past(stub) -> None:
         pb.SPECIFICATION_STATUS_DRAFT)
 
 
+@pytest.mark.req("SPEC-001", "DEL-005")
 async def test_an_approval_retried_is_answered_with_the_effective_version(stub) -> None:
     material = ref("MAT")
     written = await draft(stub, material)
@@ -458,6 +468,7 @@ async def test_an_approval_retried_is_answered_with_the_effective_version(stub) 
     assert "already EFFECTIVE" in other.details()
 
 
+@pytest.mark.req("SPEC-006")
 async def test_a_bad_specification_names_every_bad_field(stub) -> None:
     tests = [
         pb.TestCriterion(test=pb.TEST_KIND_IDENTITY,
@@ -478,6 +489,7 @@ async def test_a_bad_specification_names_every_bad_field(stub) -> None:
     assert "STERILITY" in field_violations(error)["tests"]
 
 
+@pytest.mark.req("SPEC-006")
 async def test_a_criterion_of_an_unknown_test_or_without_a_kind_is_refused(stub) -> None:
     error = await refused(stub.CreateSpecificationDraft(pb.CreateSpecificationDraftRequest(
         material_code=ref("MAT"), change_reason="x", requested_by="qa.author",
@@ -487,6 +499,7 @@ async def test_a_criterion_of_an_unknown_test_or_without_a_kind_is_refused(stub)
     assert set(field_violations(error)) == {"tests[0].test", "tests[1]"}
 
 
+@pytest.mark.req("SPEC-001")
 async def test_approval_is_announced_with_the_effective_version(stub, nats_server) -> None:
     material = ref("MAT")
     approved = await specify(stub, material)
@@ -501,6 +514,7 @@ async def test_approval_is_announced_with_the_effective_version(stub, nats_serve
 # Instruments and calibrations
 
 
+@pytest.mark.req("INS-002")
 async def test_an_instrument_is_registered_once_with_its_first_calibration(stub) -> None:
     instrument_id = ref("INS")
     first = await register(stub, instrument_id)
@@ -519,6 +533,7 @@ async def test_an_instrument_is_registered_once_with_its_first_calibration(stub)
         ((today() - timedelta(days=30)).isoformat(), "CAL-0001")]
 
 
+@pytest.mark.req("INS-002")
 async def test_calibrations_are_kept_and_the_latest_sets_the_due_date(stub) -> None:
     instrument_id = await new_instrument(stub, calibrated_on=today() - timedelta(days=300),
                                          due=today() + timedelta(days=65))
@@ -537,6 +552,7 @@ async def test_calibrations_are_kept_and_the_latest_sets_the_due_date(stub) -> N
     assert history[1].recorded_by == "qc.lead"
 
 
+@pytest.mark.req("INS-002", "DAT-001")
 async def test_impossible_calibration_dates_are_refused(stub) -> None:
     error = await refused(register(stub, ref("INS"), calibrated_on=today() + timedelta(days=1),
                                    due=today()))
@@ -549,6 +565,7 @@ async def test_impossible_calibration_dates_are_refused(stub) -> None:
                                                 "certificate_ref"}
 
 
+@pytest.mark.req("INS-001")
 async def test_a_retired_instrument_stays_retired(stub) -> None:
     instrument_id = await new_instrument(stub)
 
@@ -569,6 +586,7 @@ async def test_a_retired_instrument_stays_retired(stub) -> None:
     assert "RETIRED" in error.details()
 
 
+@pytest.mark.req("INS-001")
 async def test_an_unregistered_instrument_is_not_found(stub) -> None:
     error = await refused(stub.GetInstrument(pb.GetInstrumentRequest(instrument_id=ref("INS"))))
 
@@ -579,6 +597,7 @@ async def test_an_unregistered_instrument_is_not_found(stub) -> None:
 # Posting: which instrument may post
 
 
+@pytest.mark.req("INS-001")
 async def test_only_a_registered_active_calibrated_instrument_may_post(stub, js) -> None:
     _, lot_id = await specified_lot(stub, js)
     unregistered = ref("INS")
@@ -601,6 +620,7 @@ async def test_only_a_registered_active_calibrated_instrument_may_post(stub, js)
     assert await list_results(stub, lot_id) == []
 
 
+@pytest.mark.req("INS-001", "INS-002")
 async def test_an_instrument_calibrated_again_may_post_again(stub, js) -> None:
     _, lot_id = await specified_lot(stub, js)
     lapsed = await new_instrument(stub, calibrated_on=today() - timedelta(days=400),
@@ -616,6 +636,7 @@ async def test_an_instrument_calibrated_again_may_post_again(stub, js) -> None:
         pb.VERDICT_PASS)
 
 
+@pytest.mark.req("INS-003")
 async def test_an_instrument_may_post_only_as_itself(stub, js) -> None:
     _, lot_id = await specified_lot(stub, js)
 
@@ -635,6 +656,7 @@ async def test_an_instrument_may_post_only_as_itself(stub, js) -> None:
 # Posting: judging
 
 
+@pytest.mark.req("SPEC-003")
 async def test_a_result_is_judged_against_the_version_in_force_when_it_was_measured(
         stub, js) -> None:
     material, lot_id = await specified_lot(stub, js, lower=98.0, upper=102.0)
@@ -661,6 +683,7 @@ async def test_a_result_is_judged_against_the_version_in_force_when_it_was_measu
         first.result_id, measured_before.result_id, measured_after.result_id]
 
 
+@pytest.mark.req("SPEC-003")
 async def test_a_result_measured_before_any_effective_version_is_refused(stub, js) -> None:
     material, lot_id = await specified_lot(stub, js)
     effective = from_timestamp((await current_spec(stub, material)).effective_from)
@@ -673,6 +696,7 @@ async def test_a_result_measured_before_any_effective_version_is_refused(stub, j
     assert await list_results(stub, lot_id) == []
 
 
+@pytest.mark.req("RES-003", "SPEC-005")
 async def test_a_result_keeps_what_was_measured_and_what_was_judged(stub, js) -> None:
     material, lot_id = await specified_lot(stub, js)
     measured = now() - timedelta(milliseconds=1)
@@ -690,6 +714,7 @@ async def test_a_result_keeps_what_was_measured_and_what_was_judged(stub, js) ->
     assert result.sequence > 0
 
 
+@pytest.mark.req("SPEC-005")
 async def test_a_quantity_in_another_unit_is_converted_to_the_specifications(
         stub, js) -> None:
     _, passing_lot = await specified_lot(stub, js, lower=98.0, upper=102.0, unit="%")
@@ -705,6 +730,7 @@ async def test_a_quantity_in_another_unit_is_converted_to_the_specifications(
     assert "97.9 %" in failing.verdict_reason
 
 
+@pytest.mark.req("SPEC-005")
 async def test_a_unit_that_cannot_be_converted_is_refused_on_quantity_unit(stub, js) -> None:
     material, lot_id = await specified_lot(stub, js, unit="%")
 
@@ -717,6 +743,7 @@ async def test_a_unit_that_cannot_be_converted_is_refused_on_quantity_unit(stub,
     assert await list_results(stub, lot_id) == []
 
 
+@pytest.mark.req("SPEC-004")
 async def test_identity_and_sterility_are_judged_by_their_outcome(stub, js) -> None:
     _, lot_id = await specified_lot(stub, js)
 
@@ -730,6 +757,7 @@ async def test_identity_and_sterility_are_judged_by_their_outcome(stub, js) -> N
     assert failing == [pb.VERDICT_FAIL, pb.VERDICT_FAIL]
 
 
+@pytest.mark.req("SPEC-004")
 async def test_a_match_score_is_judged_when_the_specification_asks_for_one(stub, js) -> None:
     _, lot_id = await specified_lot(stub, js, min_score=95.0)
     scored = pb.RecordResultRequest(
@@ -743,6 +771,7 @@ async def test_a_match_score_is_judged_when_the_specification_asks_for_one(stub,
     assert (result.verdict, result.identity_score) == (pb.VERDICT_PASS, 97.5)
 
 
+@pytest.mark.req("RES-004")
 async def test_a_test_that_the_specification_does_not_have_is_refused(stub, js) -> None:
     material, lot_id = await specified_lot(stub, js)
 
@@ -759,6 +788,7 @@ async def test_a_test_that_the_specification_does_not_have_is_refused(stub, js) 
 # Posting: bad requests
 
 
+@pytest.mark.req("RES-004")
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
 async def test_a_non_finite_quantity_is_refused(stub, js, value: float) -> None:
     _, lot_id = await specified_lot(stub, js, lower=None, upper=100.0)
@@ -770,6 +800,7 @@ async def test_a_non_finite_quantity_is_refused(stub, js, value: float) -> None:
     assert await list_results(stub, lot_id) == []
 
 
+@pytest.mark.req("RES-004", "INP-001")
 async def test_an_empty_result_names_every_missing_field(stub) -> None:
     error = await refused(stub.RecordResult(pb.RecordResultRequest()))
 
@@ -779,6 +810,7 @@ async def test_an_empty_result_names_every_missing_field(stub) -> None:
         "measured_at"}
 
 
+@pytest.mark.req("RES-004")
 @pytest.mark.parametrize("test", [pb.TEST_KIND_UNSPECIFIED, 99])
 async def test_an_unspecified_or_unknown_test_is_refused(stub, js, test: int) -> None:
     _, lot_id = await specified_lot(stub, js)
@@ -790,6 +822,7 @@ async def test_an_unspecified_or_unknown_test_is_refused(stub, js, test: int) ->
     assert set(field_violations(error)) == {"test"}
 
 
+@pytest.mark.req("RES-004")
 async def test_a_measurement_that_does_not_fit_the_test_is_refused(stub, js) -> None:
     _, lot_id = await specified_lot(stub, js)
     request = sterility(lot_id)
@@ -801,6 +834,7 @@ async def test_a_measurement_that_does_not_fit_the_test_is_refused(stub, js) -> 
                                                       "not sterility"}
 
 
+@pytest.mark.req("RES-004", "INP-001")
 async def test_a_bad_result_names_every_bad_field_and_changes_nothing(stub, js) -> None:
     _, lot_id = await specified_lot(stub, js)
 
@@ -816,6 +850,7 @@ async def test_a_bad_result_names_every_bad_field_and_changes_nothing(stub, js) 
     assert await list_results(stub, lot_id) == []
 
 
+@pytest.mark.req("RES-005")
 async def test_a_result_for_an_unknown_lot_is_not_found_and_may_be_retried(stub) -> None:
     error = await refused(post(stub, purity(ref("LOT"), 99.0)))
 
@@ -827,6 +862,7 @@ async def test_a_result_for_an_unknown_lot_is_not_found_and_may_be_retried(stub)
 # Idempotency
 
 
+@pytest.mark.req("RES-001")
 async def test_a_retried_post_is_answered_identically_and_published_once(
         stub, js, nats_server) -> None:
     _, lot_id = await specified_lot(stub, js)
@@ -845,6 +881,7 @@ async def test_a_retried_post_is_answered_identically_and_published_once(
     assert all(e.occurred_at == e.result.recorded_at for _, e in seen)
 
 
+@pytest.mark.req("RES-001")
 async def test_a_conflicting_retry_is_already_exists_and_changes_nothing(stub, js) -> None:
     _, lot_id = await specified_lot(stub, js)
     request = purity(lot_id, 99.0)
@@ -860,6 +897,7 @@ async def test_a_conflicting_retry_is_already_exists_and_changes_nothing(stub, j
     assert await list_results(stub, lot_id) == [original]
 
 
+@pytest.mark.req("RES-001")
 async def test_the_same_id_from_another_instrument_is_another_result(stub, js) -> None:
     _, lot_id = await specified_lot(stub, js)
     request = purity(lot_id, 99.0, instrument=HPLC)
@@ -872,6 +910,7 @@ async def test_the_same_id_from_another_instrument_is_another_result(stub, js) -
     assert len(await list_results(stub, lot_id)) == 2
 
 
+@pytest.mark.req("RES-001")
 async def test_concurrent_duplicates_are_recorded_once(stub, js) -> None:
     _, lot_id = await specified_lot(stub, js)
     request = purity(lot_id, 99.0)
@@ -882,6 +921,7 @@ async def test_concurrent_duplicates_are_recorded_once(stub, js) -> None:
     assert len(await list_results(stub, lot_id)) == 1
 
 
+@pytest.mark.req("RES-003")
 async def test_a_lots_results_are_numbered_without_gaps_and_retries_take_no_number(
         stub, js) -> None:
     _, lot_id = await specified_lot(stub, js)
@@ -903,6 +943,7 @@ async def test_a_lots_results_are_numbered_without_gaps_and_retries_take_no_numb
 # Posting many at once
 
 
+@pytest.mark.req("RES-002")
 async def test_a_batch_is_stored_whole_and_answered_in_request_order(stub, js) -> None:
     _, lot_id = await specified_lot(stub, js)
     _, other_lot = await specified_lot(stub, js)
@@ -920,6 +961,7 @@ async def test_a_batch_is_stored_whole_and_answered_in_request_order(stub, js) -
     assert await list_results(stub, lot_id) == [stored[0], stored[2], stored[3]]
 
 
+@pytest.mark.req("RES-002")
 async def test_one_entry_refused_refuses_the_whole_batch(stub, js) -> None:
     _, lot_id = await specified_lot(stub, js)
     assay = purity(lot_id, 99.0, instrument=LIMS)
@@ -933,6 +975,7 @@ async def test_one_entry_refused_refuses_the_whole_batch(stub, js) -> None:
     assert await list_results(stub, lot_id) == []
 
 
+@pytest.mark.req("RES-002")
 async def test_a_batch_names_every_bad_entry(stub, js) -> None:
     _, lot_id = await specified_lot(stub, js)
     good = purity(lot_id, 99.0, instrument=LIMS)
@@ -950,6 +993,7 @@ async def test_a_batch_names_every_bad_entry(stub, js) -> None:
     assert await list_results(stub, lot_id) == []
 
 
+@pytest.mark.req("RES-002")
 async def test_a_batch_refused_for_one_entry_stores_none_of_it(stub, js) -> None:
     _, lot_id = await specified_lot(stub, js)
     unknown_lot = ref("LOT")
@@ -962,6 +1006,7 @@ async def test_a_batch_refused_for_one_entry_stores_none_of_it(stub, js) -> None
     assert await list_results(stub, lot_id) == []
 
 
+@pytest.mark.req("RES-002", "RES-001")
 async def test_a_batch_with_a_conflicting_retry_stores_nothing(stub, js) -> None:
     _, lot_id = await specified_lot(stub, js)
     stored = await post(stub, purity(lot_id, 99.0, instrument=LIMS, key="RUN-1"))
@@ -974,6 +1019,7 @@ async def test_a_batch_with_a_conflicting_retry_stores_nothing(stub, js) -> None
     assert await list_results(stub, lot_id) == [stored]
 
 
+@pytest.mark.req("RES-002")
 async def test_a_batch_holds_one_to_five_hundred_results(stub, js) -> None:
     _, lot_id = await specified_lot(stub, js)
 
@@ -989,6 +1035,7 @@ async def test_a_batch_holds_one_to_five_hundred_results(stub, js) -> None:
 # Out-of-specification results
 
 
+@pytest.mark.req("OOS-004")
 async def test_an_out_of_specification_result_blocks_further_tests_until_qa_decides(
         stub, js) -> None:
     _, lot_id = await specified_lot(stub, js)
@@ -1006,6 +1053,7 @@ async def test_an_out_of_specification_result_blocks_further_tests_until_qa_deci
         failing.result_id, other_test.result_id]
 
 
+@pytest.mark.req("OOS-003")
 async def test_an_invalidated_result_is_kept_and_its_retest_must_name_it(stub, js) -> None:
     _, lot_id = await specified_lot(stub, js)
     failing = await post(stub, purity(lot_id, 97.0))
@@ -1029,6 +1077,7 @@ async def test_an_invalidated_result_is_kept_and_its_retest_must_name_it(stub, j
     assert await list_results(stub, lot_id) == [invalidated, retest]
 
 
+@pytest.mark.req("OOS-003")
 async def test_a_retest_must_name_an_invalidated_result_of_the_same_lot_and_test(
         stub, js) -> None:
     _, lot_id = await specified_lot(stub, js)
@@ -1045,6 +1094,7 @@ async def test_a_retest_must_name_an_invalidated_result_of_the_same_lot_and_test
     assert "is not a PURITY result of this lot" in other_test.details()
 
 
+@pytest.mark.req("OOS-004")
 async def test_testing_into_compliance_is_refused_within_a_batch_too(stub, js) -> None:
     _, lot_id = await specified_lot(stub, js)
 
@@ -1057,6 +1107,7 @@ async def test_testing_into_compliance_is_refused_within_a_batch_too(stub, js) -
     assert await list_results(stub, lot_id) == []
 
 
+@pytest.mark.req("OOS-002")
 async def test_a_confirmed_result_stays_confirmed(stub, js) -> None:
     _, lot_id = await specified_lot(stub, js)
     failing = await post(stub, sterility(lot_id, growth=True))
@@ -1078,6 +1129,7 @@ async def test_a_confirmed_result_stays_confirmed(stub, js) -> None:
     assert await list_results(stub, lot_id) == [confirmed, passing]
 
 
+@pytest.mark.req("OOS-003", "DEL-005")
 async def test_an_invalidation_retried_is_answered_with_the_result(stub, js) -> None:
     _, lot_id = await specified_lot(stub, js)
     result = await post(stub, purity(lot_id, 97.0))
@@ -1092,6 +1144,7 @@ async def test_an_invalidation_retried_is_answered_with_the_result(stub, js) -> 
     assert "is INVALIDATED" in other.details()
 
 
+@pytest.mark.req("OOS-003", "INP-001")
 async def test_handling_a_result_needs_a_reason_and_a_known_result(stub) -> None:
     no_reason = await refused(stub.InvalidateResult(pb.InvalidateResultRequest(
         result_id=ref("R"), reason=" ", requested_by="qa.jane")))
@@ -1102,6 +1155,7 @@ async def test_handling_a_result_needs_a_reason_and_a_known_result(stub) -> None
                                                                  {"result_id"})
 
 
+@pytest.mark.req("OOS-002", "OOS-003")
 async def test_invalidations_and_confirmations_are_published_with_the_result(
         stub, js, nats_server) -> None:
     _, lot_id = await specified_lot(stub, js)
@@ -1126,6 +1180,7 @@ async def test_invalidations_and_confirmations_are_published_with_the_result(
 # Queries
 
 
+@pytest.mark.req("RES-003")
 async def test_an_instruments_results_come_by_measurement_time_a_page_at_a_time(
         stub, js) -> None:
     instrument_id = await new_instrument(stub)
@@ -1158,6 +1213,7 @@ async def test_an_instruments_results_come_by_measurement_time_a_page_at_a_time(
     assert window.next_page_token == ""
 
 
+@pytest.mark.req("INP-001")
 async def test_listing_an_instruments_results_checks_the_request(stub) -> None:
     base = now()
     backwards = await refused(stub.ListInstrumentResults(pb.ListInstrumentResultsRequest(
@@ -1174,6 +1230,7 @@ async def test_listing_an_instruments_results_checks_the_request(stub) -> None:
     assert unknown.code() == grpc.StatusCode.NOT_FOUND
 
 
+@pytest.mark.req("RES-005")
 async def test_the_results_of_an_unknown_lot_are_not_found(stub) -> None:
     error = await refused(stub.ListLotResults(pb.ListLotResultsRequest(lot_id=ref("LOT"))))
 
@@ -1183,6 +1240,7 @@ async def test_the_results_of_an_unknown_lot_are_not_found(stub) -> None:
 # The lot projection
 
 
+@pytest.mark.req("RES-005", "DEL-002")
 async def test_the_same_lot_received_delivered_twice_changes_nothing(
         stub, js, service) -> None:
     material = ref("MAT")
@@ -1211,6 +1269,7 @@ async def test_the_same_lot_received_delivered_twice_changes_nothing(
     assert service.consumers[0].parked == 0
 
 
+@pytest.mark.req("RES-001")
 async def test_one_row_is_stored_per_recorded_result(stub, js, service) -> None:
     _, lot_id = await specified_lot(stub, js)
     request = purity(lot_id, 99.0)

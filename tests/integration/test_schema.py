@@ -14,6 +14,7 @@ from shared.db import SchemaMismatch, create_schema, make_engine
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.req("OPS-001")
 async def test_replicas_starting_together_on_an_empty_database_all_start(databases) -> None:
     url = await databases.create("schema")
     engines = [make_engine(url) for _ in range(4)]
@@ -27,6 +28,7 @@ async def test_replicas_starting_together_on_an_empty_database_all_start(databas
     assert set(metadata.tables) <= names
 
 
+@pytest.mark.req("OPS-001")
 async def test_a_database_made_for_other_tables_is_refused_and_left_alone(databases) -> None:
     url = await databases.create("schema")
     engine = make_engine(url)
@@ -49,6 +51,7 @@ async def test_a_database_made_for_other_tables_is_refused_and_left_alone(databa
     assert names == {"qualifications"}
 
 
+@pytest.mark.req("OPS-001")
 async def test_a_database_at_the_right_version_is_used_as_it_is(databases) -> None:
     url = await databases.create("schema")
     engine = make_engine(url)

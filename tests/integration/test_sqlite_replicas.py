@@ -64,6 +64,7 @@ async def published_ids(server: NatsServer, wanted: set[str]) -> set[str]:
     return found
 
 
+@pytest.mark.req("DEL-001")
 async def test_a_row_id_reused_after_the_other_relay_pruned_is_still_published(
         two_engines, nats_server) -> None:
     nc = await nats_server.connect()
@@ -89,6 +90,7 @@ async def test_a_row_id_reused_after_the_other_relay_pruned_is_still_published(
     assert await published_ids(nats_server, {old, new}) == {old, new}
 
 
+@pytest.mark.req("SUP-006")
 async def test_a_qualification_both_replicas_find_due_is_warned_about_once(two_engines) -> None:
     clock = ManualClock()
     now = clock.now()
@@ -114,6 +116,7 @@ async def test_a_qualification_both_replicas_find_due_is_warned_about_once(two_e
     assert sorted(warnings) == [f"SUP/MAIN/MAT-{i}" for i in range(3)]
 
 
+@pytest.mark.req("WAT-004")
 async def test_what_a_transaction_read_cannot_change_under_it_until_it_commits(
         two_engines) -> None:
     """A decision reads, then writes what follows from it (the lots service reads a lot's

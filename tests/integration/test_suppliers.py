@@ -196,6 +196,7 @@ def changed_events(nats_server) -> Events:
 # Sites and the approved supplier list per site and material
 
 
+@pytest.mark.req("SUP-001")
 async def test_a_qualification_is_for_one_site_and_one_material(suppliers) -> None:
     qa = await new_qa(suppliers)
     await qa.approved("MAIN", "MAT-A")
@@ -212,6 +213,7 @@ async def test_a_qualification_is_for_one_site_and_one_material(suppliers) -> No
         assert error.code() == grpc.StatusCode.NOT_FOUND
 
 
+@pytest.mark.req("SUP-001")
 async def test_adding_a_site_twice_returns_it_and_other_details_conflict(suppliers) -> None:
     qa = await new_qa(suppliers)
     first = await qa.site("MAIN")
@@ -223,6 +225,7 @@ async def test_adding_a_site_twice_returns_it_and_other_details_conflict(supplie
     assert error.code() == grpc.StatusCode.ALREADY_EXISTS
 
 
+@pytest.mark.req("SUP-001", "INP-001")
 async def test_a_site_of_an_unknown_supplier_or_a_bad_country_is_refused(suppliers) -> None:
     unknown = await failure(suppliers.AddSite(pb.AddSiteRequest(
         supplier_id=ref("NOPE"), site_id="MAIN", name="Plant", address="Road 1", country="CH",
@@ -239,6 +242,7 @@ async def test_a_site_of_an_unknown_supplier_or_a_bad_country_is_refused(supplie
 # The lifecycle
 
 
+@pytest.mark.req("SUP-003")
 async def test_the_whole_lifecycle_is_recorded_with_actor_reason_and_evidence(suppliers) -> None:
     qa = await new_qa(suppliers)
     await qa.site()
@@ -275,6 +279,7 @@ async def test_the_whole_lifecycle_is_recorded_with_actor_reason_and_evidence(su
     assert [c.sequence for c in history] == sorted(c.sequence for c in history)
 
 
+@pytest.mark.req("SUP-003")
 async def test_a_renewal_moves_the_requalification_date(suppliers) -> None:
     qa = await new_qa(suppliers)
     first = await qa.approved(days=100)
@@ -285,6 +290,7 @@ async def test_a_renewal_moves_the_requalification_date(suppliers) -> None:
     assert from_timestamp(renewed.valid_until) > from_timestamp(first.valid_until)
 
 
+@pytest.mark.req("SUP-002")
 @pytest.mark.parametrize(("steps", "action", "state", "says"), [
     ([], "qualify", "no qualification", "open one first"),
     ([], "suspend", "no qualification", "open one first"),
@@ -316,6 +322,7 @@ async def test_an_illegal_transition_is_a_failed_precondition_naming_the_state(
     assert await qa.history() == before
 
 
+@pytest.mark.req("SUP-002")
 async def test_a_stale_expected_version_is_aborted(suppliers) -> None:
     qa = await new_qa(suppliers)
     q = await qa.approved()
@@ -329,6 +336,7 @@ async def test_a_stale_expected_version_is_aborted(suppliers) -> None:
 # Evidence
 
 
+@pytest.mark.req("SUP-004")
 async def test_qualifying_requires_an_audit_and_a_quality_agreement(suppliers) -> None:
     qa = await new_qa(suppliers)
     await qa.site()
@@ -344,6 +352,7 @@ async def test_qualifying_requires_an_audit_and_a_quality_agreement(suppliers) -
     assert (await qa.current()).qualification.status == PENDING
 
 
+@pytest.mark.req("SUP-004")
 async def test_the_cited_audit_must_exist_approve_and_be_of_the_same_site(suppliers) -> None:
     qa = await new_qa(suppliers)
     await qa.site("MAIN")
@@ -363,6 +372,7 @@ async def test_the_cited_audit_must_exist_approve_and_be_of_the_same_site(suppli
     assert (await qa.current()).qualification.status == PENDING
 
 
+@pytest.mark.req("SUP-004")
 async def test_an_approval_cannot_outlast_the_next_audit(suppliers) -> None:
     qa = await new_qa(suppliers)
     await qa.site()
@@ -377,6 +387,7 @@ async def test_an_approval_cannot_outlast_the_next_audit(suppliers) -> None:
     assert ok.status == QUALIFIED
 
 
+@pytest.mark.req("SUP-004")
 async def test_a_qualification_date_in_the_past_is_refused(suppliers) -> None:
     qa = await new_qa(suppliers)
     await qa.site()
@@ -392,6 +403,7 @@ async def test_a_qualification_date_in_the_past_is_refused(suppliers) -> None:
 # Audits
 
 
+@pytest.mark.req("SUP-005")
 async def test_an_audit_is_recorded_once_and_never_edited(suppliers) -> None:
     qa = await new_qa(suppliers)
     await qa.site()
@@ -410,6 +422,7 @@ async def test_an_audit_is_recorded_once_and_never_edited(suppliers) -> None:
         pb.AUDIT_TYPE_ON_SITE, pb.AUDIT_OUTCOME_APPROVED, 2, "qa.jane")
 
 
+@pytest.mark.req("SUP-005")
 async def test_audits_are_listed_by_date_and_filtered_by_site(suppliers) -> None:
     qa = await new_qa(suppliers)
     await qa.site("MAIN")
@@ -428,6 +441,7 @@ async def test_audits_are_listed_by_date_and_filtered_by_site(suppliers) -> None
     assert {a.audit_id for a in everything} == {early.audit_id, late.audit_id, other.audit_id}
 
 
+@pytest.mark.req("SUP-005")
 async def test_an_implausible_audit_names_every_bad_field(suppliers) -> None:
     qa = await new_qa(suppliers)
     await qa.site()
@@ -446,6 +460,7 @@ async def test_an_implausible_audit_names_every_bad_field(suppliers) -> None:
     assert list(audits.audits) == []
 
 
+@pytest.mark.req("SUP-005")
 async def test_an_audit_of_an_unknown_site_is_not_found(suppliers) -> None:
     qa = await new_qa(suppliers)
 
@@ -458,6 +473,7 @@ async def test_an_audit_of_an_unknown_site_is_not_found(suppliers) -> None:
 # Auditor queries
 
 
+@pytest.mark.req("AUD-001")
 async def test_history_is_paginated_in_a_stable_order_and_filtered(suppliers) -> None:
     qa = await new_qa(suppliers)
     await qa.approved("MAIN", "MAT-A")
@@ -491,6 +507,7 @@ async def test_history_is_paginated_in_a_stable_order_and_filtered(suppliers) ->
         == [c.sequence for c in everything])
 
 
+@pytest.mark.req("AUD-001")
 async def test_bad_history_queries_name_the_field(suppliers) -> None:
     qa = await new_qa(suppliers)
     now = to_timestamp(qa.now)
@@ -507,6 +524,7 @@ async def test_bad_history_queries_name_the_field(suppliers) -> None:
     assert unknown.code() == grpc.StatusCode.NOT_FOUND
 
 
+@pytest.mark.req("AUD-002")
 async def test_the_status_as_known_on_a_past_date(timed) -> None:
     qa = await new_qa(timed.stub, timed.clock.now())
     start = timed.clock.now()
@@ -528,6 +546,7 @@ async def test_the_status_as_known_on_a_past_date(timed) -> None:
     assert now.qualification == after_suspension.qualification
 
 
+@pytest.mark.req("AUD-002")
 async def test_the_approved_supplier_list_of_a_material_on_a_date(timed) -> None:
     material = ref("MAT")
     acme = await new_qa(timed.stub, timed.clock.now())
@@ -563,6 +582,7 @@ async def test_the_approved_supplier_list_of_a_material_on_a_date(timed) -> None
 # Expiry as time
 
 
+@pytest.mark.req("SUP-006")
 async def test_an_approval_expires_by_itself_when_its_date_passes(timed, nats_server) -> None:
     qa = await new_qa(timed.stub, timed.clock.now())
     q = await qa.approved(days=10)
@@ -590,6 +610,7 @@ async def test_an_approval_expires_by_itself_when_its_date_passes(timed, nats_se
     assert requalified.status == QUALIFIED
 
 
+@pytest.mark.req("SUP-006")
 async def test_two_replicas_expire_each_approval_exactly_once(
         timed, databases, nats_server) -> None:
     second = await start_in_process("suppliers", databases=databases, nats=nats_server,
@@ -617,6 +638,7 @@ async def test_two_replicas_expire_each_approval_exactly_once(
     assert sorted(e.qualification.material_code for e in events) == sorted(materials)
 
 
+@pytest.mark.req("SUP-006")
 async def test_a_warning_is_sent_once_ahead_of_expiry(timed, nats_server) -> None:
     qa = await new_qa(timed.stub, timed.clock.now())
     q = await qa.approved(days=40)
@@ -639,6 +661,7 @@ async def test_a_warning_is_sent_once_ahead_of_expiry(timed, nats_server) -> Non
 # Validation, idempotency, events
 
 
+@pytest.mark.req("INP-001")
 async def test_bad_requests_name_every_bad_field_and_change_nothing(suppliers) -> None:
     qa = await new_qa(suppliers)
 
@@ -653,6 +676,7 @@ async def test_bad_requests_name_every_bad_field_and_change_nothing(suppliers) -
     assert await qa.history() == []
 
 
+@pytest.mark.req("INP-001")
 async def test_unknown_supplier_or_site_is_not_found(suppliers) -> None:
     missing = await failure(suppliers.GetSupplier(pb.GetSupplierRequest(
         supplier_id=ref("NOPE"))))
@@ -663,6 +687,7 @@ async def test_unknown_supplier_or_site_is_not_found(suppliers) -> None:
     assert no_site.code() == grpc.StatusCode.NOT_FOUND
 
 
+@pytest.mark.req("SUP-001")
 async def test_creating_a_supplier_twice_returns_the_original_or_conflicts(suppliers) -> None:
     qa = await new_qa(suppliers)
 
@@ -675,6 +700,7 @@ async def test_creating_a_supplier_twice_returns_the_original_or_conflicts(suppl
     assert error.code() == grpc.StatusCode.ALREADY_EXISTS
 
 
+@pytest.mark.req("SUP-003", "DEL-001")
 async def test_every_change_is_published_once_with_its_event_id(suppliers, nats_server) -> None:
     qa = await new_qa(suppliers)
     await qa.approved()
@@ -689,6 +715,7 @@ async def test_every_change_is_published_once_with_its_event_id(suppliers, nats_
         (QUALIFIED, SUSPENDED, 3, "MAIN")]
 
 
+@pytest.mark.req("DEL-001")
 async def test_changes_are_accepted_while_nats_is_down_and_published_once_it_is_up(
         databases, workdir) -> None:
     broker = NatsServer(workdir / f"nats-{ref('late')}", port=free_port())

@@ -36,6 +36,7 @@ def keys(tmp_path: Path) -> DevKeys:
     return made
 
 
+@pytest.mark.req("ACC-001")
 async def test_a_valid_token_gives_its_subject_name_roles_and_instrument() -> None:
     minted = TEST_KEYS.mint("instrument:HPLC-1", ["instrument"], name="HPLC 1",
                             instrument_id="HPLC-1")
@@ -46,6 +47,7 @@ async def test_a_valid_token_gives_its_subject_name_roles_and_instrument() -> No
                                   "HPLC-1")
 
 
+@pytest.mark.req("ACC-001")
 @pytest.mark.parametrize("kind", [k for k in bad_tokens("qa") if k != "no token"])
 async def test_a_bad_token_is_refused_with_the_reason(kind: str) -> None:
     with pytest.raises(Unauthenticated) as refused:
@@ -59,6 +61,7 @@ async def test_a_bad_token_is_refused_with_the_reason(kind: str) -> None:
     assert expected in refused.value.message
 
 
+@pytest.mark.req("ACC-001")
 async def test_a_token_without_expiry_is_refused() -> None:
     claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": "qa.jane", "roles": ["qa"]}
     minted = jwt.encode(claims, TEST_KEYS.private, algorithm="EdDSA",
@@ -68,6 +71,7 @@ async def test_a_token_without_expiry_is_refused() -> None:
         await verifier_of(TEST_KEYS).verify(minted)
 
 
+@pytest.mark.req("ACC-001")
 async def test_es256_keys_are_accepted_too(keys: DevKeys) -> None:
     private = ec.generate_private_key(ec.SECP256R1())
     jwk = {**json.loads(jwt.algorithms.ECAlgorithm.to_jwk(private.public_key())),
@@ -81,6 +85,7 @@ async def test_es256_keys_are_accepted_too(keys: DevKeys) -> None:
     assert (await verifier_of(keys).verify(minted)).subject == "qa.idp"
 
 
+@pytest.mark.req("ACC-001")
 async def test_a_key_added_to_the_file_is_used_at_once_and_a_removed_one_is_refused(
         keys: DevKeys, monkeypatch: pytest.MonkeyPatch) -> None:
     verifier = verifier_of(keys)
@@ -98,6 +103,7 @@ async def test_a_key_added_to_the_file_is_used_at_once_and_a_removed_one_is_refu
         await verifier.verify(old)
 
 
+@pytest.mark.req("ACC-002")
 def test_a_caller_without_the_role_is_denied_with_the_roles_it_needs() -> None:
     warehouse = Principal("wms", "wms", frozenset({"warehouse"}))
 
@@ -109,6 +115,7 @@ def test_a_caller_without_the_role_is_denied_with_the_roles_it_needs() -> None:
     assert "needs one of the roles qa" in denied.value.message
 
 
+@pytest.mark.req("ACC-002")
 def test_an_rpc_not_in_the_table_is_denied_even_to_every_role() -> None:
     everyone = Principal("root", "root", frozenset({"qa", "qc", "admin", "auditor"}))
 
@@ -116,6 +123,7 @@ def test_an_rpc_not_in_the_table_is_denied_even_to_every_role() -> None:
         auth.authorize("/lotgate.lots.v1.LotService/DropLots", everyone)
 
 
+@pytest.mark.req("ACC-003")
 def test_an_empty_actor_is_the_caller_and_another_name_is_denied() -> None:
     jane = Principal("qa.jane", "Jane", frozenset({"qa"}))
     request = lots_pb2.ReleaseLotRequest(lot_id="LOT-1", reason="ok")
@@ -127,6 +135,7 @@ def test_an_empty_actor_is_the_caller_and_another_name_is_denied() -> None:
         auth.bind_actor(RELEASE, lots_pb2.ReleaseLotRequest(requested_by="qa.max"), jane)
 
 
+@pytest.mark.req("INS-003")
 def test_an_instrument_posts_only_as_itself() -> None:
     hplc = Principal("instrument:HPLC-1", "HPLC-1", frozenset({"instrument"}), "HPLC-1")
     auth.bind_actor(RECORD, results_pb2.RecordResultRequest(instrument_id="HPLC-1"), hplc)
@@ -145,6 +154,7 @@ def test_an_instrument_posts_only_as_itself() -> None:
         auth.bind_actor(RECORD, results_pb2.RecordResultRequest(instrument_id="X"), nameless)
 
 
+@pytest.mark.req("ACC-001")
 @pytest.mark.parametrize("metadata", [(), (("authorization", "Basic dXNlcg=="),),
                                       (("authorization", "Bearer "),)])
 def test_a_call_without_a_bearer_token_is_unauthenticated(metadata: tuple) -> None:
@@ -152,6 +162,7 @@ def test_a_call_without_a_bearer_token_is_unauthenticated(metadata: tuple) -> No
         auth.bearer_token(metadata)
 
 
+@pytest.mark.req("ACC-001")
 def test_the_bearer_token_is_read_from_the_authorization_metadata() -> None:
     minted = token("qa", "qa.jane")
 
@@ -159,12 +170,14 @@ def test_the_bearer_token_is_read_from_the_authorization_metadata() -> None:
                              ) == minted
 
 
+@pytest.mark.req("ACC-001")
 def test_a_service_without_keys_does_not_start() -> None:
     with pytest.raises(ValueError, match="exactly one"):
         auth.gate_from(jwks_file="", jwks_url="", issuer=ISSUER, audience=AUDIENCE,
                        leeway_seconds=0)
 
 
+@pytest.mark.req("ACC-004")
 def test_a_client_certificate_names_an_instrument_or_a_caller_without_roles() -> None:
     assert auth.certificate_principal("instrument:HPLC-1") == Principal(
         "instrument:HPLC-1", "HPLC-1", frozenset({"instrument"}), "HPLC-1")
@@ -186,6 +199,7 @@ class _Jwks(http.server.BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.req("ACC-001")
 async def test_a_jwks_url_is_cached_and_fetched_again_for_an_unknown_key(
         keys: DevKeys, monkeypatch: pytest.MonkeyPatch) -> None:
     server = http.server.HTTPServer(("127.0.0.1", 0), _Jwks)

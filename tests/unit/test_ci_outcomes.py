@@ -48,6 +48,7 @@ def run_suite(tmp_path: Path, body: str, *, ci: bool) -> subprocess.CompletedPro
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.req("VAL-001")
 @pytest.mark.parametrize("outcome", sorted(ENDINGS))
 def test_ci_fails_a_run_with_a_skipped_xfailed_or_xpassed_test(tmp_path, outcome) -> None:
     run = run_suite(tmp_path, ENDINGS[outcome], ci=True)
@@ -56,6 +57,7 @@ def test_ci_fails_a_run_with_a_skipped_xfailed_or_xpassed_test(tmp_path, outcome
     assert f"CI: 1 {outcome}; every test must run and pass" in run.stdout, run.stdout
 
 
+@pytest.mark.req("VAL-001")
 @pytest.mark.parametrize("outcome", sorted(ENDINGS))
 def test_outside_ci_the_same_run_passes(tmp_path, outcome) -> None:
     run = run_suite(tmp_path, ENDINGS[outcome], ci=False)
@@ -63,6 +65,7 @@ def test_outside_ci_the_same_run_passes(tmp_path, outcome) -> None:
     assert run.returncode == pytest.ExitCode.OK, run.stdout + run.stderr
 
 
+@pytest.mark.req("VAL-001")
 def test_ci_passes_a_run_in_which_every_test_ran_and_passed(tmp_path) -> None:
     run = run_suite(tmp_path, PASSING.replace("test_passes", "test_also_passes"), ci=True)
 

@@ -34,6 +34,7 @@ NOW = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
 
 # The helpers
 
+@pytest.mark.req("DAT-001")
 @pytest.mark.parametrize(("day", "years", "expected"), [
     (date(2026, 12, 1), 10, date(2036, 12, 1)),
     (date(2028, 2, 29), 1, date(2029, 2, 28)),
@@ -44,11 +45,13 @@ def test_years_after_keeps_the_day_of_the_year(day: date, years: int, expected: 
     assert years_after(day, years) == expected
 
 
+@pytest.mark.req("DAT-001")
 def test_years_after_keeps_a_timestamp_and_its_zone() -> None:
     assert years_after(NOW, 1) == datetime(2027, 12, 1, 9, 30, tzinfo=UTC)
     assert years_after(NOW.replace(year=9999), 1) == datetime.max.replace(tzinfo=UTC)
 
 
+@pytest.mark.req("DAT-001")
 def test_bounds_include_both_ends() -> None:
     assert bounds_problem(EPOCH, EPOCH, TODAY) is None
     assert bounds_problem(TODAY, EPOCH, TODAY) is None
@@ -57,6 +60,7 @@ def test_bounds_include_both_ends() -> None:
         "must not lie after 2026-12-01")
 
 
+@pytest.mark.req("DAT-001")
 @pytest.mark.parametrize(("value", "says"), [
     ("0001-01-01", "must not lie before 2000-01-01"),
     ("1999-12-31", "must not lie before 2000-01-01"),
@@ -71,6 +75,7 @@ def test_a_day_out_of_bounds_is_named_with_its_field(value: str, says: str) -> N
     assert [(i.field, i.description) for i in v.items] == [("some_date", says)]
 
 
+@pytest.mark.req("DAT-001")
 def test_a_day_within_bounds_is_returned_and_an_optional_one_may_be_absent() -> None:
     v = Violations()
 
@@ -81,6 +86,7 @@ def test_a_day_within_bounds_is_returned_and_an_optional_one_may_be_absent() -> 
 
 # Lots: expiry on receipt, and the one retest rule
 
+@pytest.mark.req("DAT-002")
 def test_a_lot_is_received_only_before_its_expiry_date_and_at_most_ten_years_ahead() -> None:
     assert receipt_date_problems(TODAY + timedelta(days=1), None, TODAY) == []
     assert receipt_date_problems(date(2036, 12, 1), None, TODAY) == []
@@ -92,6 +98,7 @@ def test_a_lot_is_received_only_before_its_expiry_date_and_at_most_ten_years_ahe
                              "must not lie more than 10 years ahead (after 2036-12-01)")
 
 
+@pytest.mark.req("DAT-002")
 @pytest.mark.parametrize(("retest", "says"), [
     (TODAY - timedelta(days=1), "must lie after today (2026-12-01)"),
     (TODAY, "must lie after today (2026-12-01)"),
@@ -107,6 +114,7 @@ def test_receipt_and_qa_hold_a_retest_date_to_one_rule(retest: date, says: str |
     assert on_receipt == ([("retest_date", says)] if says else [])
 
 
+@pytest.mark.req("DAT-002")
 def test_a_receipt_names_both_dates_when_both_are_wrong() -> None:
     problems = receipt_date_problems(TODAY, TODAY, TODAY)
 
@@ -115,6 +123,7 @@ def test_a_receipt_names_both_dates_when_both_are_wrong() -> None:
 
 # Results: calibration intervals, and how far ahead a specification takes effect
 
+@pytest.mark.req("DAT-003")
 @pytest.mark.parametrize(("calibrated_on", "due", "fields"), [
     (TODAY, TODAY, []),
     (TODAY - timedelta(days=30), date(2031, 11, 1), []),
@@ -131,6 +140,7 @@ def test_a_calibration_covers_at_most_five_years(calibrated_on: date, due: date,
     assert [field for field, _ in problems] == fields
 
 
+@pytest.mark.req("DAT-003")
 def test_a_too_long_calibration_interval_says_its_last_allowed_day() -> None:
     [(_, says)] = calibration_record_problems(EPOCH, date(9999, 12, 31), TODAY)
 
@@ -142,6 +152,7 @@ def _draft() -> Specification:
                          NOW - timedelta(days=1), "", None, "")
 
 
+@pytest.mark.req("DAT-003")
 def test_a_specification_takes_effect_at_most_a_year_ahead() -> None:
     check_spec_approval(_draft(), approved_by="qa.lead", effective_from=years_after(NOW, 1),
                         now=NOW)
@@ -163,6 +174,7 @@ AUDIT = Audit(audit_id="AUD-1", supplier_id="ACME", site_id="MAIN", type=AuditTy
               recorded_at=NOW)
 
 
+@pytest.mark.req("DAT-003")
 @pytest.mark.parametrize(("next_due", "fields"), [
     (date(2031, 11, 2), []),
     (date(2031, 11, 3), ["next_audit_due"]),
@@ -187,6 +199,7 @@ def _qualify(valid_until: datetime, audit: Audit) -> QualificationStatus:
     return apply(pending, command, NOW, audit=audit).status
 
 
+@pytest.mark.req("SUP-004")
 def test_an_approval_never_outlasts_the_longest_audit_cycle() -> None:
     # An audit recorded before cycles were bounded may name any next audit.
     legacy = replace(AUDIT, next_audit_due=date(9999, 12, 31))

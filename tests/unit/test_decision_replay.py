@@ -247,6 +247,7 @@ SCENARIOS: list[Callable[[], LiveLot]] = [
 ]
 
 
+@pytest.mark.req("DEC-002")
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.__name__)
 def test_every_decision_of_the_live_functions_replays_and_agrees(
         scenario: Callable[[], LiveLot]) -> None:
@@ -262,6 +263,7 @@ def test_every_decision_of_the_live_functions_replays_and_agrees(
         assert list(e.replay.unmet) == list(e.decision.unmet)
 
 
+@pytest.mark.req("DEC-002", "REL-010")
 def test_a_released_lot_kept_released_for_a_supplier_lapse_replays_with_its_old_conditions(
         ) -> None:
     passing = (result(IDT, sequence=1), result(PUR, sequence=2), result(STE, sequence=3))
@@ -279,6 +281,7 @@ def test_a_released_lot_kept_released_for_a_supplier_lapse_replays_with_its_old_
     assert [u.code for u in first.unmet] == ["SUPPLIER_SUSPENDED"]
 
 
+@pytest.mark.req("DEC-002")
 def test_a_rejected_lot_replays_with_the_conditions_it_was_rejected_for() -> None:
     previous = (Unmet("PURITY_FAILED", "purity result R fails", "rule"),)
     inputs = DecisionInputs(LOT, QUALIFIED, (result(IDT), ), NOW)
@@ -289,6 +292,7 @@ def test_a_rejected_lot_replays_with_the_conditions_it_was_rejected_for() -> Non
     assert replayed.rule_status is LotStatus.QUARANTINE
 
 
+@pytest.mark.req("DEC-001")
 def test_the_stored_inputs_hold_every_fact_the_rule_reads() -> None:
     live = released_then_supplier_lapse_then_invalidation()
     record = live.records[-1]
@@ -326,6 +330,7 @@ def _flip_sterility(inputs: dict[str, Any]) -> None:
     sterility["verdict"] = "FAIL"
 
 
+@pytest.mark.req("DEC-002")
 def test_a_flipped_verdict_makes_the_replay_disagree_and_says_what_differs() -> None:
     live = oos_invalidated_and_retested()
     released = live.records[-1]
@@ -340,6 +345,7 @@ def test_a_flipped_verdict_makes_the_replay_disagree_and_says_what_differs() -> 
     assert "unmet codes: stored [], replayed ['STERILITY_OUT_OF_SPECIFICATION']" in difference
 
 
+@pytest.mark.req("DEC-002")
 def test_a_changed_stored_status_makes_the_replay_disagree() -> None:
     live = oos_then_confirmation_then_more()
     rejected = live.records[-2]
@@ -356,6 +362,7 @@ def test_a_changed_stored_status_makes_the_replay_disagree() -> None:
                                    f"{rejected.version} says RELEASED")
 
 
+@pytest.mark.req("DEC-002")
 @pytest.mark.parametrize("what,change,says", [
     ("a condition's message", lambda r: setattr(
         r, "unmet", unmet_to_json([Unmet("IDENTITY_MISSING", "all fine", "21 CFR 211.84(d)(1); "
@@ -388,6 +395,7 @@ def test_a_tampered_record_makes_the_replay_disagree_and_names_what(
     assert says in explained.replay.difference, explained.replay.difference
 
 
+@pytest.mark.req("DEC-002")
 def test_a_decision_whose_predecessor_is_missing_does_not_agree() -> None:
     live = a_gap_in_the_numbering()
 

@@ -166,6 +166,7 @@ def header_of(path: Path) -> list[str]:
 # CSV
 # ---------------------------------------------------------------------------------------
 
+@pytest.mark.req("AUD-003")
 def test_there_is_one_csv_per_table_each_with_a_header_row(tmp_path: Path) -> None:
     written = write_csv(dossier(), tmp_path)
 
@@ -187,6 +188,7 @@ def test_there_is_one_csv_per_table_each_with_a_header_row(tmp_path: Path) -> No
         "signature_id": "SIG-1"}]
 
 
+@pytest.mark.req("AUD-003")
 def test_history_csv_lists_every_change_in_the_order_recorded(tmp_path: Path) -> None:
     write_csv(dossier(), tmp_path)
 
@@ -206,6 +208,7 @@ def test_history_csv_lists_every_change_in_the_order_recorded(tmp_path: Path) ->
     assert suspension["evidence_quality_agreement_ref"] == "QAG-7"
 
 
+@pytest.mark.req("AUD-003")
 def test_csv_cells_use_short_enum_names_and_iso_utc_times(tmp_path: Path) -> None:
     write_csv(dossier(), tmp_path)
 
@@ -226,6 +229,7 @@ def test_csv_cells_use_short_enum_names_and_iso_utc_times(tmp_path: Path) -> Non
     assert [s["site_id"] for s in sites] == ["MAIN", "ZUG"]
 
 
+@pytest.mark.req("AUD-003")
 def test_a_qualified_record_past_its_valid_until_is_expired_at_generation(
         tmp_path: Path) -> None:
     write_csv(dossier(), tmp_path)
@@ -245,6 +249,7 @@ def test_a_qualified_record_past_its_valid_until_is_expired_at_generation(
 # JSON
 # ---------------------------------------------------------------------------------------
 
+@pytest.mark.req("AUD-003")
 def test_json_holds_every_section_with_plain_values(tmp_path: Path) -> None:
     path = write_json(dossier(), tmp_path / "dossier.json")
 
@@ -274,6 +279,7 @@ def test_json_holds_every_section_with_plain_values(tmp_path: Path) -> None:
 # HTML
 # ---------------------------------------------------------------------------------------
 
+@pytest.mark.req("AUD-003")
 def test_html_escapes_hostile_text_and_loads_nothing_from_elsewhere() -> None:
     hostile_everywhere = dossier(reviews=[lpb.LotReview(
         review_id="R-1", lot_id='"><img src=x onerror=alert(2)>', supplier_id="ACME-BIO",
@@ -291,6 +297,7 @@ def test_html_escapes_hostile_text_and_loads_nothing_from_elsewhere() -> None:
     assert "default-src 'none'" in page  # and a browser would refuse scripts anyway
 
 
+@pytest.mark.req("AUD-003")
 def test_html_names_the_supplier_and_who_generated_it_when() -> None:
     page = render_html(dossier())
 
@@ -302,6 +309,7 @@ def test_html_names_the_supplier_and_who_generated_it_when() -> None:
     assert "Acme Basel &amp; Co" in page
 
 
+@pytest.mark.req("AUD-003")
 def test_html_summary_gives_each_site_and_material_its_status_and_valid_until() -> None:
     page = render_html(dossier())
 
@@ -317,6 +325,7 @@ def test_html_summary_gives_each_site_and_material_its_status_and_valid_until() 
     assert "SUPPLIER_SUSPENDED (ICH Q7 7.12)" in page
 
 
+@pytest.mark.req("AUD-003")
 def test_html_says_so_when_a_section_is_empty() -> None:
     page = render_html(dossier(lots=[], reviews=[]))
 
@@ -332,6 +341,7 @@ def files_of(directory: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
 
 
+@pytest.mark.req("AUD-003")
 def test_the_same_records_in_any_order_give_byte_identical_files(tmp_path: Path) -> None:
     write_dossier(dossier(), tmp_path / "a")
     write_dossier(dossier(shuffle=1), tmp_path / "b")
@@ -345,6 +355,7 @@ def test_the_same_records_in_any_order_give_byte_identical_files(tmp_path: Path)
                          "signatures.csv", "sites.csv"]
 
 
+@pytest.mark.req("AUD-003")
 def test_only_the_generation_time_differs_between_two_exports(tmp_path: Path) -> None:
     write_dossier(dossier(), tmp_path / "a")
     write_dossier(dossier(generated_at=datetime(2026, 11, 26, tzinfo=UTC)), tmp_path / "b")
@@ -356,6 +367,7 @@ def test_only_the_generation_time_differs_between_two_exports(tmp_path: Path) ->
         b["dossier.json"])
 
 
+@pytest.mark.req("AUD-003")
 def test_sha256sums_lists_every_other_file_with_its_digest(tmp_path: Path) -> None:
     written = write_dossier(dossier(), tmp_path)
 
@@ -372,6 +384,7 @@ def test_sha256sums_lists_every_other_file_with_its_digest(tmp_path: Path) -> No
     assert hashlib.sha256(b"edited").hexdigest() != listed["history.csv"]
 
 
+@pytest.mark.req("AUD-003")
 def test_writing_again_replaces_the_earlier_export(tmp_path: Path) -> None:
     write_dossier(dossier(), tmp_path)
     (tmp_path / "history.csv").write_text("edited", encoding="utf-8")
@@ -388,6 +401,7 @@ def test_writing_again_replaces_the_earlier_export(tmp_path: Path) -> None:
 # Refusals
 # ---------------------------------------------------------------------------------------
 
+@pytest.mark.req("AUD-003")
 def test_a_lot_of_another_supplier_is_refused_not_exported() -> None:
     other = lpb.Lot(lot_id="LOT-9", supplier_id="OTHER-CO")
 
@@ -395,6 +409,7 @@ def test_a_lot_of_another_supplier_is_refused_not_exported() -> None:
         dossier(lots=[*LOTS, other])
 
 
+@pytest.mark.req("AUD-003")
 def test_a_change_returned_twice_with_other_content_is_refused() -> None:
     tampered = spb.QualificationChange()
     tampered.CopyFrom(HISTORY[2])
@@ -405,17 +420,20 @@ def test_a_change_returned_twice_with_other_content_is_refused() -> None:
         dossier(history=[*HISTORY, tampered])
 
 
+@pytest.mark.req("AUD-003")
 def test_a_naive_generation_time_is_refused() -> None:
     with pytest.raises(ValueError, match="timezone"):
         dossier(generated_at=datetime(2026, 11, 25, 12, 0))
 
 
+@pytest.mark.req("AUD-003")
 @pytest.mark.parametrize(("supplier_id", "directory"), [
     ("ACME-BIO", "ACME-BIO"), ("ACME/BIO", "ACME%2FBIO"), ("a:b.c_d", "a%3Ab.c_d")])
 def test_a_supplier_id_becomes_one_path_component(supplier_id: str, directory: str) -> None:
     assert directory_name(supplier_id) == directory
 
 
+@pytest.mark.req("AUD-003")
 @pytest.mark.parametrize("supplier_id", ["", ".", ".."])
 def test_a_supplier_id_that_names_no_directory_is_refused(supplier_id: str) -> None:
     with pytest.raises(ValueError):
@@ -464,6 +482,7 @@ class Lots:
         self.ListLotReviews = Paged(REVIEWS, "reviews", lpb.ListLotReviewsResponse)
 
 
+@pytest.mark.req("AUD-003")
 async def test_the_fetcher_follows_every_page_keeping_the_supplier_filter() -> None:
     suppliers, lots = Suppliers(), Lots()
 
@@ -478,6 +497,7 @@ async def test_the_fetcher_follows_every_page_keeping_the_supplier_filter() -> N
     assert lots.ListLotReviews.requests[0].supplier_id == "ACME-BIO"
 
 
+@pytest.mark.req("AUD-003")
 async def test_the_fetcher_reports_an_unknown_supplier_in_one_line_with_exit_code_1() -> None:
     with pytest.raises(DossierFetchError) as raised:
         await fetch_records(Suppliers(), Lots(), "NOBODY",  # type: ignore[arg-type]
@@ -488,6 +508,7 @@ async def test_the_fetcher_reports_an_unknown_supplier_in_one_line_with_exit_cod
                                 "10.0.0.1:50061"
 
 
+@pytest.mark.req("AUD-003")
 async def test_the_fetcher_reports_an_unreachable_service_with_exit_code_2() -> None:
     lots = Lots()
 
@@ -505,6 +526,7 @@ async def test_the_fetcher_reports_an_unreachable_service_with_exit_code_2() -> 
     assert "lots service at 10.0.0.2:50062" in str(raised.value)
 
 
+@pytest.mark.req("AUD-003")
 def test_csv_text_is_utf8_with_rfc4180_line_ends(tmp_path: Path) -> None:
     write_csv(dossier(), tmp_path)
 

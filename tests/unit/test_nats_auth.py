@@ -42,6 +42,7 @@ EVENT_SUBJECTS = {
 }
 
 
+@pytest.mark.req("EVT-001")
 @pytest.mark.parametrize("user", list(SERVICES))
 def test_a_service_publishes_its_own_events_and_no_one_elses(user: str) -> None:
     for owner, subjects in EVENT_SUBJECTS.items():
@@ -49,6 +50,7 @@ def test_a_service_publishes_its_own_events_and_no_one_elses(user: str) -> None:
             assert may_publish(user, subject) == (owner == user), (user, subject)
 
 
+@pytest.mark.req("EVT-001")
 @pytest.mark.parametrize("user", list(SERVICES))
 def test_a_service_reads_only_its_own_inbox(user: str) -> None:
     assert may_subscribe(user, f"_INBOX_{user}.abc.1")
@@ -61,6 +63,7 @@ def test_a_service_reads_only_its_own_inbox(user: str) -> None:
             assert not may_subscribe(user, subject)
 
 
+@pytest.mark.req("EVT-001")
 def test_only_a_streams_owner_may_change_or_delete_it() -> None:
     for user, access in SERVICES.items():
         for stream in (messaging.SUPPLIERS_STREAM, messaging.LOTS_STREAM,
@@ -72,6 +75,7 @@ def test_only_a_streams_owner_may_change_or_delete_it() -> None:
             assert not may_publish(user, f"$JS.API.STREAM.MSG.DELETE.{stream.name}")
 
 
+@pytest.mark.req("EVT-001")
 def test_a_service_may_not_read_a_stream_through_a_consumer_it_does_not_have() -> None:
     # The suppliers service consumes nothing; results only lot_received.
     assert not may_publish("suppliers", "$JS.API.CONSUMER.CREATE.LOTGATE_RESULTS.x")
@@ -98,6 +102,7 @@ def _wiring(service: str) -> SimpleNamespace:
     return bootstrap.build(infra)
 
 
+@pytest.mark.req("EVT-001")
 @pytest.mark.parametrize("service", list(SERVICES))
 def test_the_table_allows_exactly_the_consumers_and_streams_each_service_has(
         service: str) -> None:
@@ -113,11 +118,13 @@ def test_the_table_allows_exactly_the_consumers_and_streams_each_service_has(
     assert access.owns in access.streams
 
 
+@pytest.mark.req("EVT-001")
 def test_the_lots_change_feed_is_an_ordered_consumer_of_status_changes() -> None:
     ordered = [c for c in SERVICES["lots"].consumes if c.durable is None]
     assert ordered == [Consumes(messaging.LOTS_STREAM.name, messaging.LOT_STATUS_CHANGED)]
 
 
+@pytest.mark.req("EVT-001")
 def test_the_block_takes_passwords_from_the_environment_unless_given() -> None:
     block = authorization_block()
     for user in nats_auth.USERS:
@@ -127,12 +134,14 @@ def test_the_block_takes_passwords_from_the_environment_unless_given() -> None:
     assert 'password: "pw \\"lots\\""' in given
 
 
+@pytest.mark.req("EVT-001")
 def test_the_command_prints_the_block(capsys: pytest.CaptureFixture[str]) -> None:
     assert nats_auth.main(["authorization"]) == 0
     assert capsys.readouterr().out == authorization_block()
     assert nats_auth.main([]) == 2
 
 
+@pytest.mark.req("EVT-001")
 @pytest.mark.parametrize("config", ["deploy/nats/nats-server.conf", "k8s/nats/nats-server.conf"])
 def test_the_deployed_broker_configs_carry_the_table(config: str) -> None:
     text = (Path(__file__).parents[2] / config).read_text()

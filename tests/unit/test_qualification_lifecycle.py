@@ -69,6 +69,7 @@ ALLOWED = {
 EVERY = [(state, action) for state in (None, *S) for action in Action]
 
 
+@pytest.mark.req("SUP-002")
 @pytest.mark.parametrize(("state", "action"), EVERY)
 def test_every_transition_is_either_allowed_or_refused_naming_the_state(state, action) -> None:
     current = in_state(state)
@@ -86,6 +87,7 @@ def test_every_transition_is_either_allowed_or_refused_naming_the_state(state, a
         assert refused.value.subject == "suppliers/ACME/sites/MAIN/materials/MAT-A"
 
 
+@pytest.mark.req("SUP-004")
 def test_qualifying_copies_the_audit_date_from_the_audit_record() -> None:
     new = apply(in_state(S.PENDING), command(Action.QUALIFY), NOW, audit=AUDIT)
 
@@ -93,6 +95,7 @@ def test_qualifying_copies_the_audit_date_from_the_audit_record() -> None:
     assert new.valid_until == NOW + timedelta(days=365)
 
 
+@pytest.mark.req("SUP-003")
 def test_a_suspension_without_evidence_keeps_the_approval_evidence_visible() -> None:
     new = apply(in_state(S.QUALIFIED), command(Action.SUSPEND), NOW)
 
@@ -100,12 +103,14 @@ def test_a_suspension_without_evidence_keeps_the_approval_evidence_visible() -> 
     assert new.valid_until == NOW + timedelta(days=30)
 
 
+@pytest.mark.req("SUP-003")
 def test_opening_anew_forgets_the_old_approval_date() -> None:
     new = apply(in_state(S.DISQUALIFIED), command(Action.OPEN), NOW)
 
     assert new.valid_until is None
 
 
+@pytest.mark.req("SUP-004")
 @pytest.mark.parametrize(("audit", "change", "says"), [
     (None, {}, "not on record"),
     (replace(AUDIT, site_id="OTHER"), {}, "is of site OTHER"),
@@ -121,6 +126,7 @@ def test_an_approval_needs_sound_evidence(audit, change, says) -> None:
     assert says in refused.value.message
 
 
+@pytest.mark.req("SUP-004")
 def test_an_approval_may_run_to_the_end_of_the_day_the_next_audit_is_due() -> None:
     audit = replace(AUDIT, next_audit_due=date(2027, 6, 1))
     until = datetime(2027, 6, 1, 23, 59, tzinfo=UTC)
@@ -131,6 +137,7 @@ def test_an_approval_may_run_to_the_end_of_the_day_the_next_audit_is_due() -> No
     assert new.valid_until == until
 
 
+@pytest.mark.req("SUP-006", "REL-005")
 def test_an_approval_lapses_at_its_date_whether_or_not_the_expiry_is_recorded() -> None:
     q = in_state(S.QUALIFIED)
     assert q is not None and q.valid_until is not None
@@ -140,6 +147,7 @@ def test_an_approval_lapses_at_its_date_whether_or_not_the_expiry_is_recorded() 
     assert in_state(S.SUSPENDED).status_at(q.valid_until + timedelta(days=1)) is S.SUSPENDED
 
 
+@pytest.mark.req("SUP-006")
 def test_the_expiry_command_exists_only_once_the_date_has_passed() -> None:
     q = in_state(S.QUALIFIED)
     assert q is not None and q.valid_until is not None
@@ -152,6 +160,7 @@ def test_the_expiry_command_exists_only_once_the_date_has_passed() -> None:
     assert expire(in_state(S.SUSPENDED), q.valid_until + timedelta(days=1)) is None
 
 
+@pytest.mark.req("SUP-005")
 @pytest.mark.parametrize(("change", "fields"), [
     ({}, []),
     ({"audit_date": date(2026, 11, 26)}, ["audit_date"]),

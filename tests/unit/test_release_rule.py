@@ -56,6 +56,7 @@ def codes(decision: Decision) -> list[str]:
     return [u.code for u in decision.unmet]
 
 
+@pytest.mark.req("REL-001")
 def test_a_lot_is_released_when_the_supplier_is_qualified_and_all_three_tests_pass() -> None:
     decision = decide(LOT, QUALIFIED, ALL_PASS, NOW)
 
@@ -65,6 +66,7 @@ def test_a_lot_is_released_when_the_supplier_is_qualified_and_all_three_tests_pa
     assert decision.required_tests == REQUIRED_TESTS
 
 
+@pytest.mark.req("REL-002")
 @pytest.mark.parametrize("missing", REQUIRED_TESTS)
 def test_lot_stays_quarantined_when_a_test_result_is_missing(missing: TestKind) -> None:
     results = [r for r in ALL_PASS if r.test is not missing]
@@ -75,6 +77,7 @@ def test_lot_stays_quarantined_when_a_test_result_is_missing(missing: TestKind) 
     assert codes(decision) == [f"{missing.value}_MISSING"]
 
 
+@pytest.mark.req("OOS-001")
 @pytest.mark.parametrize("failing", REQUIRED_TESTS)
 def test_a_failing_result_holds_the_lot_while_it_is_investigated(failing: TestKind) -> None:
     decision = decide(LOT, QUALIFIED, but(failing, result(failing, Verdict.FAIL, 9)), NOW)
@@ -88,6 +91,7 @@ def test_a_failing_result_holds_the_lot_while_it_is_investigated(failing: TestKi
         f"R-{failing.value}-9"]
 
 
+@pytest.mark.req("OOS-002")
 @pytest.mark.parametrize("failing", REQUIRED_TESTS)
 def test_a_failure_confirmed_by_qa_rejects_the_lot(failing: TestKind) -> None:
     confirmed = result(failing, Verdict.FAIL, 9, state=CONFIRMED, reason="no lab error")
@@ -102,6 +106,7 @@ def test_a_failure_confirmed_by_qa_rejects_the_lot(failing: TestKind) -> None:
     assert unmet.rule.endswith("; 21 CFR 211.84(e)")
 
 
+@pytest.mark.req("OOS-003")
 @pytest.mark.parametrize("failing", REQUIRED_TESTS)
 def test_an_invalidated_result_with_nothing_else_waits_for_its_retest(
         failing: TestKind) -> None:
@@ -120,6 +125,7 @@ def test_an_invalidated_result_with_nothing_else_waits_for_its_retest(
     assert invalidated not in decision.used_results
 
 
+@pytest.mark.req("OOS-003")
 def test_an_invalidation_without_a_known_reason_says_so_plainly() -> None:
     invalidated = result(TestKind.PURITY, Verdict.PASS, 9, state=INVALIDATED)
 
@@ -129,6 +135,7 @@ def test_an_invalidation_without_a_known_reason_says_so_plainly() -> None:
                              "a retest is expected")
 
 
+@pytest.mark.req("OOS-003")
 def test_the_retest_required_names_the_latest_invalidated_result() -> None:
     first = result(TestKind.STERILITY, Verdict.FAIL, 4, state=INVALIDATED, reason="a")
     retest = result(TestKind.STERILITY, Verdict.FAIL, 8, state=INVALIDATED, reason="b",
@@ -139,6 +146,7 @@ def test_the_retest_required_names_the_latest_invalidated_result() -> None:
         assert unmet.message.startswith("sterility result R-STERILITY-8 was invalidated (b)")
 
 
+@pytest.mark.req("OOS-003")
 def test_an_invalidated_failure_and_a_passing_retest_release_the_lot() -> None:
     failure = result(TestKind.STERILITY, Verdict.FAIL, 4, state=INVALIDATED, reason="lab")
     retest = result(TestKind.STERILITY, Verdict.PASS, 5, retest_of=failure.result_id)
@@ -149,6 +157,7 @@ def test_an_invalidated_failure_and_a_passing_retest_release_the_lot() -> None:
     assert retest in decision.used_results and failure not in decision.used_results
 
 
+@pytest.mark.req("OOS-003", "REL-007")
 def test_an_invalidated_failure_leaves_the_passing_result_before_it_to_count() -> None:
     passing = result(TestKind.PURITY, Verdict.PASS, 2)
     failure = result(TestKind.PURITY, Verdict.FAIL, 6, state=INVALIDATED)
@@ -159,6 +168,7 @@ def test_an_invalidated_failure_leaves_the_passing_result_before_it_to_count() -
     assert passing in decision.used_results
 
 
+@pytest.mark.req("OOS-003")
 def test_an_invalidated_pass_does_not_count_either() -> None:
     passing = result(TestKind.PURITY, Verdict.PASS, 2)
     later = result(TestKind.PURITY, Verdict.PASS, 6, state=INVALIDATED)
@@ -169,6 +179,7 @@ def test_an_invalidated_pass_does_not_count_either() -> None:
     assert passing in decision.used_results and later not in decision.used_results
 
 
+@pytest.mark.req("REL-007")
 @pytest.mark.parametrize("state,status,code", [
     (VALID, LotStatus.ON_HOLD, "STERILITY_OUT_OF_SPECIFICATION"),
     (CONFIRMED, LotStatus.REJECTED, "STERILITY_FAILED"),
@@ -183,6 +194,7 @@ def test_a_passing_retest_does_not_overrule_a_failure_that_counts_in_any_order(
         assert (decision.status, codes(decision)) == (status, [code])
 
 
+@pytest.mark.req("OOS-002", "REL-009")
 def test_a_confirmed_failure_outranks_an_investigation_of_the_same_test() -> None:
     confirmed = result(TestKind.PURITY, Verdict.FAIL, 4, state=CONFIRMED)
     investigated = result(TestKind.PURITY, Verdict.FAIL, 5)
@@ -192,6 +204,7 @@ def test_a_confirmed_failure_outranks_an_investigation_of_the_same_test() -> Non
     assert (decision.status, codes(decision)) == (LotStatus.REJECTED, ["PURITY_FAILED"])
 
 
+@pytest.mark.req("REL-009")
 def test_rejected_outranks_on_hold_which_outranks_quarantine() -> None:
     confirmed = result(TestKind.IDENTITY, Verdict.FAIL, 4, state=CONFIRMED)
     investigated = result(TestKind.PURITY, Verdict.FAIL, 5)
@@ -207,6 +220,7 @@ def test_rejected_outranks_on_hold_which_outranks_quarantine() -> None:
                            "PURITY_OUT_OF_SPECIFICATION", "STERILITY_MISSING"]
 
 
+@pytest.mark.req("OOS-001", "REL-003")
 def test_every_investigated_failure_of_a_test_is_named() -> None:
     results = but(TestKind.PURITY, result(TestKind.PURITY, Verdict.FAIL, 7),
                   result(TestKind.PURITY, Verdict.FAIL, 5))
@@ -219,6 +233,7 @@ def test_every_investigated_failure_of_a_test_is_named() -> None:
 SPEC_WITH_ASSAY = (*REQUIRED_TESTS, TestKind.ASSAY)
 
 
+@pytest.mark.req("REL-006")
 def test_a_test_the_specification_requires_is_required() -> None:
     results = [result(r.test, r.verdict, r.sequence, required=SPEC_WITH_ASSAY)
                for r in ALL_PASS]
@@ -235,6 +250,7 @@ def test_a_test_the_specification_requires_is_required() -> None:
     assert assay in released.used_results
 
 
+@pytest.mark.req("REL-006")
 def test_one_result_of_a_specification_with_a_test_is_enough_to_require_it() -> None:
     # Even an invalidated one: it was judged against a version that requires bioburden.
     bioburden = result(TestKind.BIOBURDEN, Verdict.FAIL, 9, state=INVALIDATED,
@@ -246,6 +262,7 @@ def test_one_result_of_a_specification_with_a_test_is_enough_to_require_it() -> 
     assert decision.unmet[0].rule == "21 CFR 211.84(d)(6); USP <61>"
 
 
+@pytest.mark.req("REL-006")
 @pytest.mark.parametrize("test,rule", [(TestKind.ASSAY, "21 CFR 211.84(d)(2)"),
                                        (TestKind.BIOBURDEN, "21 CFR 211.84(d)(6); USP <61>")])
 def test_an_added_test_is_handled_like_the_others(test: TestKind, rule: str) -> None:
@@ -262,6 +279,7 @@ def test_an_added_test_is_handled_like_the_others(test: TestKind, rule: str) -> 
     assert rejected.unmet[0].rule == f"{rule}; 21 CFR 211.84(e)"
 
 
+@pytest.mark.req("REL-006")
 def test_a_result_of_a_test_nobody_requires_does_not_decide() -> None:
     # An assay result judged against a specification without assay cannot hold the lot.
     stray = result(TestKind.ASSAY, Verdict.FAIL, 9)
@@ -269,6 +287,7 @@ def test_a_result_of_a_test_nobody_requires_does_not_decide() -> None:
     assert decide(LOT, QUALIFIED, [*ALL_PASS, stray], NOW).status is LotStatus.RELEASED
 
 
+@pytest.mark.req("REL-007")
 def test_the_same_results_in_any_order_give_the_same_decision() -> None:
     required = (*REQUIRED_TESTS, TestKind.ASSAY)
     results = [
@@ -287,6 +306,7 @@ def test_the_same_results_in_any_order_give_the_same_decision() -> None:
     assert codes(expected) == ["STERILITY_OUT_OF_SPECIFICATION", "ASSAY_RETEST_REQUIRED"]
 
 
+@pytest.mark.req("REL-004")
 @pytest.mark.parametrize("status,code", [
     ("", "SUPPLIER_NOT_QUALIFIED"),
     ("PENDING", "SUPPLIER_NOT_QUALIFIED"),
@@ -303,6 +323,7 @@ def test_lot_stays_quarantined_unless_the_supplier_is_qualified(status: str, cod
     assert codes(decision) == [code]
 
 
+@pytest.mark.req("REL-005")
 @pytest.mark.parametrize("valid_until", [NOW, NOW - timedelta(seconds=1), None])
 def test_a_lapsed_qualification_does_not_count(valid_until: datetime | None) -> None:
     decision = decide(LOT, QualificationFacts("QUALIFIED", valid_until, 4), ALL_PASS, NOW)
@@ -311,6 +332,7 @@ def test_a_lapsed_qualification_does_not_count(valid_until: datetime | None) -> 
     assert codes(decision) == ["QUALIFICATION_EXPIRED"]
 
 
+@pytest.mark.req("REL-005")
 def test_a_qualification_past_valid_until_does_not_count_before_the_expiry_is_announced(
         ) -> None:
     # The projection still says QUALIFIED (the EXPIRED event is on its way): the rule
@@ -326,6 +348,7 @@ def test_a_qualification_past_valid_until_does_not_count_before_the_expiry_is_an
     assert valid_until.isoformat() in later.unmet[0].message
 
 
+@pytest.mark.req("REL-005")
 @pytest.mark.parametrize("valid_until", [NOW + timedelta(days=30), NOW - timedelta(days=1),
                                          None])
 def test_an_announced_expiry_does_not_count_whatever_its_date(
@@ -337,6 +360,7 @@ def test_an_announced_expiry_does_not_count_whatever_its_date(
     assert "ICH Q7" in decision.unmet[0].rule
 
 
+@pytest.mark.req("REL-003", "REL-004")
 @pytest.mark.parametrize("status,says", [
     ("", "is not qualified"), ("PENDING", "is not qualified"),
     ("SUSPENDED", "is suspended"), ("DISQUALIFIED", "is disqualified"),
@@ -352,12 +376,14 @@ def test_the_unmet_supplier_condition_names_the_supplier_site_and_material(
     assert says in unmet.message
 
 
+@pytest.mark.req("REL-005")
 def test_a_qualification_valid_one_second_longer_counts() -> None:
     qualification = QualificationFacts("QUALIFIED", NOW + timedelta(seconds=1), 4)
 
     assert decide(LOT, qualification, ALL_PASS, NOW).status is LotStatus.RELEASED
 
 
+@pytest.mark.req("QA-003")
 def test_a_lot_past_its_expiry_date_is_not_released() -> None:
     expired = LotFacts("LOT-1", "MAT-1", "SUP-1", "SITE-1",
                        expiry_date=NOW.date() - timedelta(days=1))
@@ -368,6 +394,7 @@ def test_a_lot_past_its_expiry_date_is_not_released() -> None:
     assert decide(on_the_day, QUALIFIED, ALL_PASS, NOW).status is LotStatus.RELEASED
 
 
+@pytest.mark.req("REL-007")
 def test_a_later_passing_result_supersedes_an_earlier_passing_one() -> None:
     results = [*ALL_PASS, result(TestKind.PURITY, Verdict.PASS, sequence=7)]
 
@@ -381,6 +408,7 @@ def numbered(*pairs: tuple[TestKind, int], verdict: Verdict = Verdict.PASS) -> l
             for test, n in pairs]
 
 
+@pytest.mark.req("REL-008")
 def test_a_lot_is_not_released_while_a_numbered_result_has_not_arrived() -> None:
     # Results 1, 2 and 4 are here; 3 was recorded but is still on its way.
     results = numbered((TestKind.IDENTITY, 1), (TestKind.PURITY, 2), (TestKind.STERILITY, 4))
@@ -392,6 +420,7 @@ def test_a_lot_is_not_released_while_a_numbered_result_has_not_arrived() -> None
         assert "3" in decision.unmet[0].message
 
 
+@pytest.mark.req("REL-008")
 def test_the_missing_result_arriving_completes_the_lot() -> None:
     results = numbered((TestKind.IDENTITY, 1), (TestKind.PURITY, 2), (TestKind.PURITY, 3),
                        (TestKind.STERILITY, 4))
@@ -399,6 +428,7 @@ def test_the_missing_result_arriving_completes_the_lot() -> None:
     assert decide(LOT, QUALIFIED, results, NOW).status is LotStatus.RELEASED
 
 
+@pytest.mark.req("REL-003")
 def test_the_decision_lists_every_unmet_condition_at_once() -> None:
     decision = decide(LOT, None, [result(TestKind.PURITY, Verdict.FAIL, state=CONFIRMED)], NOW)
 
@@ -407,6 +437,7 @@ def test_the_decision_lists_every_unmet_condition_at_once() -> None:
     assert all(u.message and u.rule for u in decision.unmet)
 
 
+@pytest.mark.req("REL-008")
 def test_an_invalidated_result_still_fills_its_place_in_the_numbering() -> None:
     results = numbered((TestKind.IDENTITY, 1), (TestKind.PURITY, 3), (TestKind.STERILITY, 4))
     invalidated = ResultFacts("R-2", TestKind.PURITY, Verdict.FAIL, sequence=2,
@@ -427,6 +458,7 @@ OUTCOMES = {
 }
 
 
+@pytest.mark.req("REL-001", "REL-004", "REL-009")
 @pytest.mark.parametrize("qual,identity,purity,sterility", list(itertools.product(
     ["", "PENDING", "QUALIFIED", "QUALIFIED-LAPSED", "SUSPENDED", "DISQUALIFIED", "EXPIRED"],
     OUTCOMES, OUTCOMES, OUTCOMES)))
@@ -463,6 +495,7 @@ Q, R, J, H = LotStatus.QUARANTINE, LotStatus.RELEASED, LotStatus.REJECTED, LotSt
 A, E = LotStatus.RELEASABLE, LotStatus.EXPIRED
 
 
+@pytest.mark.req("REL-009", "REL-010")
 @pytest.mark.parametrize("current,decided,codes_,expected", [
     # A new lot takes the decided status.
     (None, Q, ("X",), Q), (None, R, (), R), (None, H, ("X",), H), (None, J, ("X",), J),
@@ -505,6 +538,7 @@ def test_next_status(current: LotStatus | None, decided: LotStatus, codes_: tupl
     assert next_status(current, decision_of(decided, *codes_)) is expected
 
 
+@pytest.mark.req("WMS-002")
 @pytest.mark.parametrize("status", [LotStatus.RELEASED, LotStatus.RELEASABLE])
 def test_a_usable_lot_read_after_its_dates_is_not_usable_before_the_scheduler_runs(
         status: LotStatus) -> None:
@@ -522,6 +556,7 @@ def test_a_usable_lot_read_after_its_dates_is_not_usable_before_the_scheduler_ru
     assert moved_by_time(status, today, tomorrow, NOW) is None
 
 
+@pytest.mark.req("WMS-002")
 @pytest.mark.parametrize("status", [LotStatus.QUARANTINE, LotStatus.ON_HOLD,
                                     LotStatus.REJECTED, LotStatus.EXPIRED])
 def test_a_lot_that_is_not_usable_is_read_as_decided(status: LotStatus) -> None:
@@ -534,6 +569,7 @@ WITH_RETEST = LotFacts("LOT-1", "MAT-1", "SUP-1", "SITE-1", expiry_date=date(202
                        retest_date=date(2027, 1, 15))
 
 
+@pytest.mark.req("QA-001")
 def test_under_qa_release_a_lot_that_meets_every_condition_waits_for_qa() -> None:
     decision = decide(LOT, QUALIFIED, ALL_PASS, NOW, QA_RELEASE)
 
@@ -543,6 +579,7 @@ def test_under_qa_release_a_lot_that_meets_every_condition_waits_for_qa() -> Non
         "by QA, and QA has not released this one", "21 CFR 211.22(a); EU GMP Annex 16"),)
 
 
+@pytest.mark.req("QA-001")
 def test_qa_release_releases_a_releasable_lot_and_automatic_needs_none() -> None:
     released = QaFacts(ReleasePolicy.QA_RELEASE, released=True)
 
@@ -551,6 +588,7 @@ def test_qa_release_releases_a_releasable_lot_and_automatic_needs_none() -> None
     assert decide(LOT, QUALIFIED, ALL_PASS, NOW).status is LotStatus.RELEASED
 
 
+@pytest.mark.req("QA-001")
 @pytest.mark.parametrize("qa", [QA_RELEASE, QaFacts(ReleasePolicy.QA_RELEASE, released=True)])
 def test_qa_release_required_is_only_there_when_nothing_else_is_unmet(qa: QaFacts) -> None:
     decision = decide(LOT, QUALIFIED, but(TestKind.PURITY), NOW, qa)
@@ -559,6 +597,7 @@ def test_qa_release_required_is_only_there_when_nothing_else_is_unmet(qa: QaFact
     assert codes(decision) == ["PURITY_MISSING"]
 
 
+@pytest.mark.req("QA-002")
 def test_a_qa_hold_holds_the_lot_with_its_reason() -> None:
     decision = decide(LOT, QUALIFIED, ALL_PASS, NOW, QaFacts(hold_reason="label mix-up"))
 
@@ -567,6 +606,7 @@ def test_a_qa_hold_holds_the_lot_with_its_reason() -> None:
                                     "EU GMP Part I 1.4(xv); 21 CFR 211.22(a)"),)
 
 
+@pytest.mark.req("QA-002")
 def test_a_qa_rejection_rejects_the_lot_with_its_reason() -> None:
     qa = QaFacts(hold_reason="label mix-up", rejection_reason="container damaged")
 
@@ -578,6 +618,7 @@ def test_a_qa_rejection_rejects_the_lot_with_its_reason() -> None:
                                       "EU GMP Part I 1.4(xv); 21 CFR 211.22(a)")
 
 
+@pytest.mark.req("QA-003")
 def test_the_retest_date_quarantines_the_lot_from_that_day() -> None:
     the_day = datetime.combine(WITH_RETEST.retest_date, NOW.time(), UTC)
     day_before = the_day - timedelta(days=1)
@@ -594,6 +635,7 @@ def test_the_retest_date_quarantines_the_lot_from_that_day() -> None:
         ReleasePolicy.QA_RELEASE, released=True)).status is LotStatus.QUARANTINE
 
 
+@pytest.mark.req("REL-009")
 def test_expired_outranks_rejected_which_outranks_on_hold_then_quarantine_then_releasable(
         ) -> None:
     past = datetime.combine(LOT.expiry_date + timedelta(days=1), NOW.time(), UTC)
@@ -609,6 +651,7 @@ def test_expired_outranks_rejected_which_outranks_on_hold_then_quarantine_then_r
     assert decide(LOT, QUALIFIED, ALL_PASS, NOW, QA_RELEASE).status is LotStatus.RELEASABLE
 
 
+@pytest.mark.req("QA-002")
 @pytest.mark.parametrize("status,kept", [
     (LotStatus.RELEASED, True), (LotStatus.RELEASABLE, True), (LotStatus.QUARANTINE, False),
     (LotStatus.ON_HOLD, False), (LotStatus.REJECTED, False), (LotStatus.EXPIRED, False)])

@@ -73,6 +73,7 @@ def above(x: float) -> float:
 # Every bound: inclusive, exclusive, equal to the limit, just inside, just outside
 
 
+@pytest.mark.req("SPEC-004")
 @pytest.mark.parametrize(("value", "lower_exclusive", "upper_exclusive", "verdict"), [
     (98.0, False, False, Verdict.PASS),
     (102.0, False, False, Verdict.PASS),
@@ -91,6 +92,7 @@ def test_each_bound_is_inclusive_unless_exclusive(value, lower_exclusive, upper_
     assert judge(Quantity(value, "%"), test).verdict is verdict
 
 
+@pytest.mark.req("SPEC-004")
 def test_a_failure_says_which_limit_and_how_the_range_reads() -> None:
     low = judge(Quantity(97.2, "%"), purity())
     high = judge(Quantity(102.0, "%"), purity(upper_exclusive=True))
@@ -99,6 +101,7 @@ def test_a_failure_says_which_limit_and_how_the_range_reads() -> None:
     assert high.reason == "purity 102.0 % is not below the upper limit [98, 102) %"
 
 
+@pytest.mark.req("SPEC-004")
 @pytest.mark.parametrize(("value", "verdict", "judged"), [
     (97.95, Verdict.PASS, 98.0),    # rounds up onto the limit: conforms (USP 7.20)
     (97.94, Verdict.FAIL, 97.9),
@@ -114,12 +117,14 @@ def test_values_are_rounded_to_the_reported_precision_before_comparison(
     assert result.judged == Quantity(judged, "%")
 
 
+@pytest.mark.req("SPEC-004")
 def test_rounding_uses_the_decimal_value_that_was_sent_not_its_binary_neighbour() -> None:
     # 2.675 is stored as 2.67499999...; the instrument sent 2.675, which rounds to 2.68.
     assert rounded(Decimal(repr(2.675)), 2) == Decimal("2.68")
     assert rounded(Decimal("1.5"), None) == Decimal("1.5")
 
 
+@pytest.mark.req("SPEC-004")
 def test_a_range_open_on_one_side_checks_only_the_other() -> None:
     bioburden = TestCriterion(TestKind.BIOBURDEN, "USP <61>", RangeCriterion(
         lower=None, upper=Bound(100), unit="CFU/g"))
@@ -132,6 +137,7 @@ def test_a_range_open_on_one_side_checks_only_the_other() -> None:
 # Units
 
 
+@pytest.mark.req("SPEC-005")
 def test_a_value_in_another_unit_of_the_same_kind_is_converted_then_judged() -> None:
     result = judge(Quantity(994.0, "mg/g"), purity(decimals=1))
 
@@ -139,6 +145,7 @@ def test_a_value_in_another_unit_of_the_same_kind_is_converted_then_judged() -> 
     assert result.judged == Quantity(99.4, "%")
 
 
+@pytest.mark.req("SPEC-005")
 @pytest.mark.parametrize(("value", "unit", "to", "expected"), [
     (1, "%", "mg/g", Decimal(10)),
     (250, "ppm", "%", Decimal("0.025")),
@@ -150,6 +157,7 @@ def test_conversions_are_exact(value, unit, to, expected) -> None:
     assert convert(value, unit, to) == expected
 
 
+@pytest.mark.req("SPEC-005")
 @pytest.mark.parametrize(("unit"), ["mg/mL", "CFU/g", "kg", ""])
 def test_a_unit_of_another_kind_is_refused_never_guessed(unit) -> None:
     with pytest.raises(InvalidArgument) as refused:
@@ -159,6 +167,7 @@ def test_a_unit_of_another_kind_is_refused_never_guessed(unit) -> None:
     assert "version 3 of MAT-A" in refused.value.violations[0].description
 
 
+@pytest.mark.req("RES-004")
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
 def test_a_value_that_is_not_a_finite_number_is_never_judged(value) -> None:
     with pytest.raises(InvalidArgument) as refused:
@@ -170,6 +179,7 @@ def test_a_value_that_is_not_a_finite_number_is_never_judged(value) -> None:
 # Identity and sterility
 
 
+@pytest.mark.req("RES-004")
 @pytest.mark.parametrize("value", [1e30, -1e30, 1e100, 1e308, -1e308, 1.7976931348623157e308])
 @pytest.mark.parametrize("decimals", [None, 0, 1, 6])
 def test_any_finite_value_far_out_of_range_is_judged_out_of_specification(
@@ -181,6 +191,7 @@ def test_any_finite_value_far_out_of_range_is_judged_out_of_specification(
     assert len(judged.reason) < 120
 
 
+@pytest.mark.req("RES-004")
 @pytest.mark.parametrize("value", [5e-324, -5e-324, 1e-300])
 def test_a_tiny_value_is_rounded_to_zero_and_judged(value) -> None:
     judged = evaluate(Quantity(value, "mg/g"), purity(decimals=1), material_code="M",
@@ -189,12 +200,14 @@ def test_a_tiny_value_is_rounded_to_zero_and_judged(value) -> None:
     assert judged.judged == Quantity(0.0, "%") or judged.judged == Quantity(-0.0, "%")
 
 
+@pytest.mark.req("RES-004", "SPEC-004")
 def test_rounding_keeps_every_digit_of_a_huge_value() -> None:
     assert rounded(Decimal("1E+308"), 1) == Decimal("1E+308")
     assert rounded(Decimal("123456789012345678901234567890.25"), 1) == Decimal(
         "123456789012345678901234567890.3")
 
 
+@pytest.mark.req("RES-004")
 def test_a_value_too_large_once_converted_is_refused_on_its_field() -> None:
     bioburden = TestCriterion(TestKind.BIOBURDEN, "", RangeCriterion(
         lower=None, upper=Bound(100.0), unit="CFU/g"))
@@ -203,12 +216,14 @@ def test_a_value_too_large_once_converted_is_refused_on_its_field() -> None:
     assert [v.field for v in refused.value.violations] == ["quantity.value"]
 
 
+@pytest.mark.req("SPEC-004")
 def test_identity_by_outcome() -> None:
     assert judge(IdentityOutcome.MATCH, IDENTITY).verdict is Verdict.PASS
     failed = judge(IdentityOutcome.NO_MATCH, IDENTITY)
     assert failed.verdict is Verdict.FAIL and "RS-7" in failed.reason
 
 
+@pytest.mark.req("SPEC-004")
 def test_identity_by_score_passes_at_the_threshold_and_fails_below() -> None:
     scored = TestCriterion(TestKind.IDENTITY, "Raman", IdentityCriterion("RS-7", min_score=95.0))
 
@@ -220,12 +235,14 @@ def test_identity_by_score_passes_at_the_threshold_and_fails_below() -> None:
         judge(IdentityScore(math.nan), scored)
 
 
+@pytest.mark.req("SPEC-004")
 def test_sterility_passes_only_without_growth() -> None:
     assert judge(SterilityOutcome.NO_GROWTH, STERILITY).verdict is Verdict.PASS
     failed = judge(SterilityOutcome.GROWTH, STERILITY)
     assert failed.verdict is Verdict.FAIL and "Ph. Eur. 2.6.1" in failed.reason
 
 
+@pytest.mark.req("RES-004")
 @pytest.mark.parametrize(("measurement", "test"), [
     (Quantity(99, "%"), IDENTITY),
     (IdentityOutcome.MATCH, purity()),
@@ -242,6 +259,7 @@ def test_a_measurement_of_the_wrong_kind_is_refused(measurement, test) -> None:
 # Specifications
 
 
+@pytest.mark.req("SPEC-006")
 def test_a_sound_specification_has_no_problems() -> None:
     assay = TestCriterion(TestKind.ASSAY, "titration", RangeCriterion(
         Bound(95.0), Bound(105.0), "%", 1))
@@ -249,6 +267,7 @@ def test_a_sound_specification_has_no_problems() -> None:
     assert check_tests([IDENTITY, purity(), STERILITY, assay]) == []
 
 
+@pytest.mark.req("SPEC-006")
 @pytest.mark.parametrize(("tests", "fields"), [
     ([IDENTITY, purity()], ["tests"]),
     ([IDENTITY, purity(), STERILITY, purity()], ["tests[3].test"]),
@@ -275,6 +294,7 @@ def version(n: int, status: SpecificationStatus = SpecificationStatus.EFFECTIVE,
                          by, NOW - timedelta(days=1), "", None, "")
 
 
+@pytest.mark.req("SPEC-003")
 def test_the_version_in_force_is_the_latest_effective_one_at_that_instant() -> None:
     versions = [version(1, from_=NOW - timedelta(days=30)), version(2, from_=NOW),
                 version(3, from_=NOW + timedelta(days=7)),
@@ -286,6 +306,7 @@ def test_the_version_in_force_is_the_latest_effective_one_at_that_instant() -> N
     assert in_force(versions, NOW + timedelta(days=8)).version == 3
 
 
+@pytest.mark.req("SPEC-002")
 def test_an_effective_version_is_never_edited_and_a_draft_is() -> None:
     with pytest.raises(FailedPrecondition) as refused:
         check_draft_change(version(2), material_code="MAT-A", version=2)
@@ -295,6 +316,7 @@ def test_an_effective_version_is_never_edited_and_a_draft_is() -> None:
     assert check_draft_change(draft, material_code="MAT-A", version=3) is draft
 
 
+@pytest.mark.req("SPEC-001", "DAT-003")
 def test_approval_needs_a_second_person_and_no_date_in_the_past() -> None:
     draft = version(3, SpecificationStatus.DRAFT, by="qa.jane")
 
@@ -316,6 +338,7 @@ def test_approval_needs_a_second_person_and_no_date_in_the_past() -> None:
 CALIBRATED = [(date(2026, 1, 1), date(2026, 6, 30)), (date(2026, 7, 1), date(2026, 12, 31))]
 
 
+@pytest.mark.req("INS-001")
 @pytest.mark.parametrize(("status", "day", "says"), [
     (InstrumentStatus.ACTIVE, date(2026, 12, 31), None),
     (InstrumentStatus.ACTIVE, date(2026, 1, 1), None),
@@ -334,6 +357,7 @@ def test_only_a_registered_active_instrument_within_calibration_may_post(
     assert (problem is None) if says is None else (says in problem)
 
 
+@pytest.mark.req("INS-001")
 def test_a_retired_instrument_stays_retired() -> None:
     with pytest.raises(FailedPrecondition):
         check_status_change(InstrumentStatus.RETIRED, instrument_id="HPLC-02")
@@ -343,6 +367,7 @@ def test_a_retired_instrument_stays_retired() -> None:
 # Out of specification
 
 
+@pytest.mark.req("OOS-002", "OOS-003")
 def test_only_a_valid_result_is_invalidated_and_only_a_valid_failure_confirmed() -> None:
     check_invalidation(ResultState.VALID, result_id="R1")
     check_confirmation(ResultState.VALID, Verdict.FAIL, result_id="R1")
@@ -361,6 +386,7 @@ def prior(result_id: str, verdict: Verdict, state: ResultState,
     return PriorResult(result_id, verdict, state, retested)
 
 
+@pytest.mark.req("OOS-004")
 def test_no_other_result_is_taken_while_an_oos_result_is_under_investigation() -> None:
     with pytest.raises(FailedPrecondition) as refused:
         check_posting([prior("R1", Verdict.FAIL, ResultState.VALID)], test=TestKind.PURITY,
@@ -369,6 +395,7 @@ def test_no_other_result_is_taken_while_an_oos_result_is_under_investigation() -
     assert refused.value.type_ == "INVESTIGATION" and "R1" in refused.value.message
 
 
+@pytest.mark.req("OOS-003")
 def test_after_an_invalidation_the_retest_must_name_the_invalidated_result() -> None:
     invalidated = [prior("R1", Verdict.FAIL, ResultState.INVALIDATED)]
 
@@ -378,6 +405,7 @@ def test_after_an_invalidation_the_retest_must_name_the_invalidated_result() -> 
     assert unnamed.value.type_ == "RETEST"
 
 
+@pytest.mark.req("OOS-003")
 @pytest.mark.parametrize(("results", "retest_of", "says"), [
     ([prior("R1", Verdict.PASS, ResultState.VALID)], "R1", "only an invalidated result"),
     ([prior("R1", Verdict.FAIL, ResultState.INVALIDATED, retested=True)], "R1",
@@ -392,6 +420,7 @@ def test_a_retest_names_an_invalidated_result_that_has_no_retest_yet(
     assert says in refused.value.message
 
 
+@pytest.mark.req("OOS-004")
 def test_a_further_result_after_a_pass_or_a_completed_retest_is_taken() -> None:
     check_posting([prior("R1", Verdict.PASS, ResultState.VALID)], test=TestKind.PURITY,
                   retest_of="")

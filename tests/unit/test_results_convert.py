@@ -58,6 +58,7 @@ def result(test: TestKind, measurement, **kw) -> Result:
     return Result(**values)
 
 
+@pytest.mark.req("RES-003")
 @pytest.mark.parametrize(("test", "measurement", "field"), [
     (TestKind.IDENTITY, IdentityOutcome.NO_MATCH, "identity"),
     (TestKind.IDENTITY, IdentityScore(91.25), "identity_score"),
@@ -71,6 +72,7 @@ def test_a_result_keeps_its_measurement_through_the_contract(test, measurement, 
     assert measurement_from_proto(message) == measurement
 
 
+@pytest.mark.req("RES-003")
 def test_a_result_carries_what_the_lots_service_decides_on() -> None:
     message = result_to_proto(result(
         TestKind.PURITY, Quantity(971.25, "mg/g"), judged=Quantity(97.1, "%"),
@@ -89,6 +91,7 @@ def test_a_result_carries_what_the_lots_service_decides_on() -> None:
     assert message.recorded_at.ToDatetime(tzinfo=UTC) == AT
 
 
+@pytest.mark.req("RES-003")
 def test_a_valid_result_has_no_judged_value_or_state_change_unless_it_has_one() -> None:
     message = result_to_proto(result(TestKind.STERILITY, SterilityOutcome.NO_GROWTH))
 
@@ -97,6 +100,7 @@ def test_a_valid_result_has_no_judged_value_or_state_change_unless_it_has_one() 
     assert not message.HasField("state_changed_at")
 
 
+@pytest.mark.req("SPEC-006")
 def test_criteria_survive_the_contract_both_ways() -> None:
     v = Violations()
 
@@ -106,6 +110,7 @@ def test_criteria_survive_the_contract_both_ways() -> None:
     assert tuple(back) == TESTS
 
 
+@pytest.mark.req("SPEC-006")
 def test_an_open_bound_and_unset_options_stay_absent() -> None:
     purity = criterion_to_proto(TESTS[3]).range
     identity = criterion_to_proto(
@@ -116,6 +121,7 @@ def test_an_open_bound_and_unset_options_stay_absent() -> None:
     assert not identity.HasField("min_score")
 
 
+@pytest.mark.req("SPEC-006")
 def test_unreadable_criteria_are_named_by_their_position() -> None:
     v = Violations()
 
@@ -129,6 +135,7 @@ def test_unreadable_criteria_are_named_by_their_position() -> None:
     assert [t.test for t in found] == [TestKind.ASSAY]
 
 
+@pytest.mark.req("SPEC-006")
 def test_the_stored_tests_read_back_exactly() -> None:
     awkward = (*TESTS, TestCriterion(TestKind.ASSAY, "titration", RangeCriterion(
         Bound(0.1 + 0.2), Bound(math.nextafter(100.0, 200.0)), "mg/mL")))
@@ -136,6 +143,7 @@ def test_the_stored_tests_read_back_exactly() -> None:
     assert criteria_from_json(criteria_to_json(awkward)) == awkward
 
 
+@pytest.mark.req("SPEC-002")
 def test_a_draft_has_no_effective_date_and_an_effective_version_has_one() -> None:
     draft = Specification(
         material_code="MAT-A", version=2, status=SpecificationStatus.DRAFT, tests=TESTS,

@@ -40,6 +40,7 @@ def keyring(*signers: EventSigner) -> dict[str, PublicKey]:
 VERIFIER = EventVerifier(keyring(RESULTS, LOTS))
 
 
+@pytest.mark.req("EVT-002")
 def test_an_event_signed_by_its_subjects_owner_is_accepted() -> None:
     headers = RESULTS.headers(SUBJECT, "e-1", PAYLOAD)
 
@@ -48,6 +49,7 @@ def test_an_event_signed_by_its_subjects_owner_is_accepted() -> None:
     assert headers[KEY_ID_HEADER] == key_id_of(results_key.public_key())
 
 
+@pytest.mark.req("EVT-002")
 @pytest.mark.parametrize("change", [
     {"payload": PAYLOAD + b"!"},
     {"subject": "lotgate.results.v1.result_confirmed"},  # same owner, another meaning
@@ -64,6 +66,7 @@ def test_changing_anything_signed_breaks_the_signature(change: dict[str, object]
         VERIFIER.verify(subject, headers, payload)  # type: ignore[arg-type]
 
 
+@pytest.mark.req("EVT-002")
 @pytest.mark.parametrize("missing", [MSG_ID_HEADER, PRODUCER_HEADER, KEY_ID_HEADER,
                                      TIME_HEADER, SIGNATURE_HEADER])
 def test_an_event_without_a_signature_header_is_unsigned(missing: str) -> None:
@@ -74,11 +77,13 @@ def test_an_event_without_a_signature_header_is_unsigned(missing: str) -> None:
         VERIFIER.verify(SUBJECT, headers, PAYLOAD)
 
 
+@pytest.mark.req("EVT-002")
 def test_no_headers_at_all_is_unsigned() -> None:
     with pytest.raises(Unverified, match="unsigned"):
         VERIFIER.verify(SUBJECT, None, PAYLOAD)
 
 
+@pytest.mark.req("EVT-002")
 def test_a_valid_signature_of_another_producer_is_refused() -> None:
     # The lots service's own key, correctly used, on a results subject.
     headers = LOTS.headers(SUBJECT, "e-1", PAYLOAD)
@@ -87,6 +92,7 @@ def test_a_valid_signature_of_another_producer_is_refused() -> None:
         VERIFIER.verify(SUBJECT, headers, PAYLOAD)
 
 
+@pytest.mark.req("EVT-002")
 def test_a_key_of_one_producer_cannot_sign_as_another() -> None:
     # The lots key signing with the producer header saying "results".
     impostor = EventSigner("results", lots_key)
@@ -96,6 +102,7 @@ def test_a_key_of_one_producer_cannot_sign_as_another() -> None:
         VERIFIER.verify(SUBJECT, headers, PAYLOAD)
 
 
+@pytest.mark.req("EVT-002")
 def test_an_unknown_key_is_refused() -> None:
     stranger = EventSigner("results", Ed25519PrivateKey.generate())
 
@@ -103,6 +110,7 @@ def test_an_unknown_key_is_refused() -> None:
         VERIFIER.verify(SUBJECT, stranger.headers(SUBJECT, "e-1", PAYLOAD), PAYLOAD)
 
 
+@pytest.mark.req("EVT-002")
 def test_a_signature_copied_under_a_known_key_id_is_refused() -> None:
     # A forger who knows the real key id but not the key.
     forged = EventSigner("results", Ed25519PrivateKey.generate()).headers(SUBJECT, "e-1",
@@ -113,6 +121,7 @@ def test_a_signature_copied_under_a_known_key_id_is_refused() -> None:
         VERIFIER.verify(SUBJECT, forged, PAYLOAD)
 
 
+@pytest.mark.req("EVT-002")
 def test_a_subject_no_service_owns_is_refused() -> None:
     headers = RESULTS.headers("lotgate.audit.v1.entry", "e-1", PAYLOAD)
 
@@ -120,6 +129,7 @@ def test_a_subject_no_service_owns_is_refused() -> None:
         VERIFIER.verify("lotgate.audit.v1.entry", headers, PAYLOAD)
 
 
+@pytest.mark.req("EVT-002")
 def test_a_header_with_a_line_break_cannot_shift_the_signed_fields() -> None:
     headers = RESULTS.headers(SUBJECT, "e-1", PAYLOAD)
     headers[MSG_ID_HEADER] = "e-1\nresults"
@@ -128,6 +138,7 @@ def test_a_header_with_a_line_break_cannot_shift_the_signed_fields() -> None:
         VERIFIER.verify(SUBJECT, headers, PAYLOAD)
 
 
+@pytest.mark.req("EVT-002")
 def test_a_signature_that_is_not_base64_is_refused() -> None:
     headers = RESULTS.headers(SUBJECT, "e-1", PAYLOAD)
     headers[SIGNATURE_HEADER] = "not base64!"
@@ -144,6 +155,7 @@ def _rewrite(path: Path, *signers: EventSigner) -> None:
                              for s in signers])
 
 
+@pytest.mark.req("EVT-003")
 def test_the_public_keys_file_is_read_again_when_it_changes(tmp_path: Path) -> None:
     path = tmp_path / "keys.json"
     _rewrite(path, RESULTS)
@@ -166,6 +178,7 @@ def test_the_public_keys_file_is_read_again_when_it_changes(tmp_path: Path) -> N
     assert verifier.verify(SUBJECT, new_event, PAYLOAD) == "results"
 
 
+@pytest.mark.req("EVT-003")
 def test_a_broken_keys_file_keeps_the_keys_read_before(tmp_path: Path) -> None:
     path = tmp_path / "keys.json"
     _rewrite(path, RESULTS)
@@ -179,11 +192,13 @@ def test_a_broken_keys_file_keeps_the_keys_read_before(tmp_path: Path) -> None:
     assert verifier.verify(SUBJECT, event, PAYLOAD) == "results"
 
 
+@pytest.mark.req("EVT-003")
 def test_a_missing_keys_file_is_refused_at_start(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         PublicKeyFile(tmp_path / "absent.json")
 
 
+@pytest.mark.req("EVT-003")
 def test_development_secrets_sign_and_verify_as_each_service(tmp_path: Path) -> None:
     secrets = DevSecrets(tmp_path / "secrets").ensure()
     verifier = EventVerifier(PublicKeyFile(secrets.public_keys_file))
@@ -202,6 +217,7 @@ def test_development_secrets_sign_and_verify_as_each_service(tmp_path: Path) -> 
         == before
 
 
+@pytest.mark.req("EVT-003")
 def test_a_service_does_not_start_without_its_signing_key_or_the_public_keys() -> None:
     from shared.config import settings_for
     from shared.runtime import _event_keys
@@ -211,6 +227,7 @@ def test_a_service_does_not_start_without_its_signing_key_or_the_public_keys() -
         _event_keys(settings_for("lots", signing_key_file="", event_public_keys_file=""))
 
 
+@pytest.mark.req("EVT-003")
 def test_a_service_starts_with_its_development_secrets(tmp_path: Path) -> None:
     from shared.config import settings_for
     from shared.runtime import _event_keys

@@ -32,37 +32,44 @@ def problems(check) -> dict[str, str]:
 # Text and identifiers
 
 
+@pytest.mark.req("INP-001")
 @pytest.mark.parametrize("text", ["A\x00B", "A\x01", "line\nbreak", "tab\t", "\r", "\x1b[1m",
                                   "\x7f", "\x85", "\x9f"])
 def test_a_name_holds_no_control_character(text: str) -> None:
     assert "name" in problems(lambda v: v.text("name", text))
 
 
+@pytest.mark.req("INP-001")
 @pytest.mark.parametrize("text", ["first line\nsecond line", "a\ttab", "windows\r\nbreak"])
 def test_prose_may_break_lines_and_tab(text: str) -> None:
     assert problems(lambda v: v.text("reason", text, prose=True)) == {}
 
 
+@pytest.mark.req("INP-001")
 @pytest.mark.parametrize("text", ["A\x00B", "\x0b", "\x0c", "\x1b", "\x7f", "\x85"])
 def test_prose_holds_no_other_control_character(text: str) -> None:
     assert "reason" in problems(lambda v: v.text("reason", f"why {text}", prose=True))
 
 
+@pytest.mark.req("INP-001")
 def test_ordinary_text_in_any_script_is_taken() -> None:
     assert problems(lambda v: v.text("name", "Müller & Søn — 株式会社 «Basel»")) == {}
 
 
+@pytest.mark.req("INP-001")
 @pytest.mark.parametrize("value", ["LOT-1\n", "LOT-1\x00", "\nLOT-1", "LOT 1", "-LOT"])
 def test_an_identifier_must_match_its_pattern_in_full(value: str) -> None:
     assert "lot_id" in problems(lambda v: v.code("lot_id", value))
     assert not is_code(value)
 
 
+@pytest.mark.req("INP-001")
 def test_an_identifier_of_letters_digits_and_punctuation_is_taken() -> None:
     assert problems(lambda v: v.code("lot_id", "LOT-2026/001_a:b.c")) == {}
     assert is_code("LOT-2026/001_a:b.c")
 
 
+@pytest.mark.req("INP-002")
 def test_a_repeated_value_is_shown_short_and_escaped() -> None:
     assert shown("A\x00B") == "A\\x00B"
     assert len(shown("x" * 10_000)) < 100
@@ -71,6 +78,7 @@ def test_a_repeated_value_is_shown_short_and_escaped() -> None:
 # Caps
 
 
+@pytest.mark.req("INP-002")
 def test_a_repeated_field_over_its_cap_is_one_violation_and_its_entries_are_not_read() -> None:
     v = Violations()
     assert not v.at_most("resume_from", [object()] * 100_000, 1000)
@@ -78,11 +86,13 @@ def test_a_repeated_field_over_its_cap_is_one_violation_and_its_entries_are_not_
     assert v.at_most("lot_ids", ["a"] * 1000, 1000)
 
 
+@pytest.mark.req("INP-002")
 def test_codes_over_the_cap_is_one_violation() -> None:
     assert list(problems(lambda v: v.codes("lot_ids", ["\x00"] * 5000, max_items=1000))) == [
         "lot_ids"]
 
 
+@pytest.mark.req("INP-002")
 def test_violations_beyond_the_cap_are_counted_not_kept() -> None:
     v = Violations()
     for i in range(10_000):
@@ -96,6 +106,7 @@ def test_violations_beyond_the_cap_are_counted_not_kept() -> None:
     assert raised.value.message.endswith("(10,000 problems in all)")
 
 
+@pytest.mark.req("INP-002")
 def test_the_bad_request_detail_stays_small_and_says_how_many_more() -> None:
     v = Violations()
     for i in range(10_000):
@@ -114,6 +125,7 @@ def test_the_bad_request_detail_stays_small_and_says_how_many_more() -> None:
     assert sum(len(k) + len(val) for k, val in status.trailing_metadata) < 4096
 
 
+@pytest.mark.req("INP-001")
 def test_a_few_violations_are_all_reported() -> None:
     status = status_for(_raised(
         lambda v: (v.add("a", "is required"), v.add("b", "is required"))), "req")
@@ -142,6 +154,7 @@ def _bad_request(status: grpc.Status) -> error_details_pb2.BadRequest:
 # Page tokens
 
 
+@pytest.mark.req("INP-002")
 def test_a_position_token_round_trips() -> None:
     v = Violations()
     assert decode_position(v, encode_position(12345)) == 12345
@@ -150,6 +163,7 @@ def test_a_position_token_round_trips() -> None:
     assert v.items == []
 
 
+@pytest.mark.req("INP-002")
 @pytest.mark.parametrize("token", [
     "AA==", "garbage!", "%%%", "QUFB" * 100, encode_position(MAX_POSITION + 1),
     encode_position(0), encode_position(-1),
@@ -161,6 +175,7 @@ def test_a_position_token_the_service_never_gave_out_is_refused(token: str) -> N
     assert list(problems(lambda v: decode_position(v, token))) == ["page_token"]
 
 
+@pytest.mark.req("INP-002")
 def test_a_key_token_round_trips() -> None:
     v = Violations()
     assert decode_key(v, encode_key("LOT-0001")) == "LOT-0001"
@@ -168,6 +183,7 @@ def test_a_key_token_round_trips() -> None:
     assert v.items == []
 
 
+@pytest.mark.req("INP-002")
 @pytest.mark.parametrize("key", ["\x00", "LOT-1\n", "x" * 65, "LOT 1", ""])
 def test_a_key_token_holding_no_identifier_is_refused(key: str) -> None:
     token = base64.urlsafe_b64encode(key.encode()).decode() or "===="
@@ -183,17 +199,20 @@ class _Orig(Exception):
         self.sqlstate = sqlstate
 
 
+@pytest.mark.req("INP-001")
 @pytest.mark.parametrize("sqlstate", ["22021", "22003", "22P02", "54000"])
 def test_a_value_the_database_refuses_is_invalid_argument(sqlstate: str) -> None:
     error = DBAPIError("INSERT ...", {}, _Orig(sqlstate))
     assert status_for(error, "req").code == grpc.StatusCode.INVALID_ARGUMENT
 
 
+@pytest.mark.req("INP-001")
 def test_a_data_error_is_invalid_argument() -> None:
     assert status_for(DataError("SELECT", {}, _Orig()), "req").code == \
         grpc.StatusCode.INVALID_ARGUMENT
 
 
+@pytest.mark.req("INP-001")
 def test_a_value_the_driver_cannot_encode_is_invalid_argument() -> None:
     orig = _Orig()
     try:
@@ -204,6 +223,7 @@ def test_a_value_the_driver_cannot_encode_is_invalid_argument() -> None:
     assert status_for(error, "req").code == grpc.StatusCode.INVALID_ARGUMENT
 
 
+@pytest.mark.req("DEL-003")
 @pytest.mark.parametrize("error", [
     OperationalError("SELECT", {}, _Orig("08006")),
     InterfaceError("SELECT", {}, _Orig()),
@@ -217,6 +237,7 @@ def test_an_unreachable_database_is_unavailable(error: Exception) -> None:
 # Log lines
 
 
+@pytest.mark.req("INP-002")
 def test_a_log_line_carries_at_most_a_thousand_characters_of_a_value() -> None:
     event = logs._truncate_values(None, "info", {"event": "rpc", "error": "x" * 1_000_000,
                                                   "code": "INVALID_ARGUMENT", "ms": 1.5})

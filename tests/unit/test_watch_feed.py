@@ -27,6 +27,7 @@ def entry(version: int, status: LotStatus = LotStatus.QUARANTINE, lot=LOT) -> St
     return StatusEntry.make(lot, status, version, (), NOW)
 
 
+@pytest.mark.req("WAT-001", "WAT-004")
 def test_the_cache_takes_only_newer_versions_and_tells_its_subscribers() -> None:
     cache = StatusCache()
     heard: list[int] = []
@@ -38,6 +39,7 @@ def test_the_cache_takes_only_newer_versions_and_tells_its_subscribers() -> None
     assert heard == [2, 3]
 
 
+@pytest.mark.req("WAT-004")
 def test_a_floor_refuses_a_stale_fill_of_a_lot_not_held() -> None:
     cache = StatusCache()
     cache.raise_floor("LOT-1", 3)
@@ -47,6 +49,7 @@ def test_a_floor_refuses_a_stale_fill_of_a_lot_not_held() -> None:
     assert cache.put(entry(4))
 
 
+@pytest.mark.req("WAT-001")
 async def test_the_feed_hands_each_version_once_to_the_watchers_that_want_it() -> None:
     cache = StatusCache()
     feed = ChangeFeed(engine=None, cache=cache)  # type: ignore[arg-type]
@@ -86,6 +89,7 @@ class _DatabaseAwayOnce:
         return self._conn()
 
 
+@pytest.mark.req("WAT-001")
 async def test_a_change_whose_read_fails_is_applied_again_before_any_later_one() -> None:
     row = SimpleNamespace(**vars(LOT), status="RELEASED", status_version=2, unmet="[]",
                           decided_at=NOW)
@@ -106,6 +110,7 @@ def _announced(e: StatusEntry) -> bytes:
     return events_pb2.LotStatusChanged(event_id="E-1", release_status=e.proto).SerializeToString()
 
 
+@pytest.mark.req("WAT-003")
 async def test_a_watcher_that_falls_behind_overflows_instead_of_dropping() -> None:
     watcher = Watcher(frozenset({"LOT-1"}), "", size=3)
     for version in range(1, 5):
@@ -114,6 +119,7 @@ async def test_a_watcher_that_falls_behind_overflows_instead_of_dropping() -> No
     assert await watcher.next_batch() == []
 
 
+@pytest.mark.req("WAT-003")
 async def test_closing_the_feed_ends_its_watchers() -> None:
     feed = ChangeFeed(engine=None, cache=StatusCache())  # type: ignore[arg-type]
     with feed.watching(["LOT-1"], "") as watcher:
@@ -155,6 +161,7 @@ async def _started(feed: ChangeFeed):
     return stream
 
 
+@pytest.mark.req("WAT-002")
 async def test_a_watch_fills_versions_it_has_not_heard_of_from_the_decisions(
         database: dict[int, StatusEntry]) -> None:
     cache = StatusCache()
@@ -172,6 +179,7 @@ async def test_a_watch_fills_versions_it_has_not_heard_of_from_the_decisions(
     assert not feed._by_lot
 
 
+@pytest.mark.req("WAT-003")
 async def test_a_watch_that_falls_behind_ends_with_aborted(
         database: dict[int, StatusEntry]) -> None:
     cache = StatusCache()
@@ -183,6 +191,7 @@ async def test_a_watch_that_falls_behind_ends_with_aborted(
         await stream.__anext__()
 
 
+@pytest.mark.req("WAT-003")
 async def test_a_watch_ends_with_unavailable_when_the_service_stops(
         database: dict[int, StatusEntry]) -> None:
     feed = ChangeFeed(engine=None, cache=StatusCache())  # type: ignore[arg-type]
