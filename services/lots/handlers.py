@@ -60,6 +60,7 @@ from services.lots.domain import (
 from services.lots.read_model import StatusCache, StatusEntry
 from services.lots.repository import Key, key_of
 from shared import messaging
+from shared.crash import crash_point
 from shared.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -379,6 +380,7 @@ async def _decide_and_record(uow: UnitOfWork, lots: Sequence[Any],
         if status is not (current or LotStatus.QUARANTINE):
             log.info("lot_status_changed", lot_id=lot.lot_id, status=status.value,
                      previous=current.value if current else None, version=version)
+    crash_point("inside_decision")
     await repository.save_decisions(uow.conn, lot_updates=updates, records=records)
     return decided
 
