@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PROTOS := $(wildcard protos/lotgate/*/v1/*.proto)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run demo test test-unit test-integration test-e2e lint proto proto-check \
+.PHONY: help install run demo test test-unit test-integration test-e2e test-faults soak lint proto proto-check \
         bench bench-history deploy-check clean
 
 help: ## list the targets
@@ -40,6 +40,13 @@ test-integration: install ## each service in-process against a real nats-server 
 
 test-e2e: install ## the three services as processes, driven like a warehouse and an instrument
 	$(BIN)/pytest tests/e2e
+
+test-faults: install ## the fault suite: crashes, broker and database outages, judged by an oracle (minutes)
+	$(BIN)/pytest tests/faults -p no:cacheprovider
+
+SOAK_SECONDS ?= 120
+soak: install ## random faults under a random workload for SOAK_SECONDS (120); prints a table
+	SOAK_SECONDS=$(SOAK_SECONDS) $(BIN)/python -m tests.faults.soak
 
 node_modules/.package-lock.json: package.json package-lock.json
 	npm ci --no-audit --no-fund --silent

@@ -569,6 +569,11 @@ def _agrees(expected: Expected, seen: tuple[str, frozenset[str]], reviewed: bool
     status, codes = seen
     if (status, codes) == (expected.status, expected.codes):
         return True
+    # REJECTED is final: its reasons are those of the rejection, the supplier's standing
+    # as it was then (a later requalification does not decide the lot again).
+    if status == expected.status == "REJECTED" and (
+            codes - SUPPLIER_CODES == expected.codes - SUPPLIER_CODES):
+        return True
     # Released before the supplier lapsed: stays RELEASED, and QA reviews it.
     return expected.may_stay_released and status == "RELEASED" and reviewed
 

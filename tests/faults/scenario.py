@@ -131,9 +131,9 @@ async def republish_after_window(stack: FaultStack, workload: Workload,
             messages = await _stream_messages(stack, stream)
             config = (await h.raw.stream_info(stream)).config
             window = config.duplicate_window
-            config.duplicate_window = 0.05
+            config.duplicate_window = 0.1  # the least the broker takes
             await h.raw.update_stream(config)
-            await asyncio.sleep(0.2)  # the fault itself: the window passes
+            await asyncio.sleep(0.3)  # the fault itself: the window passes
             rng.shuffle(messages)
             for msg in messages:
                 ack = await h.raw.publish(msg.subject, msg.data,  # type: ignore[attr-defined]
