@@ -61,6 +61,9 @@ class FaultStack:
     pg: PgCluster
     crash_at: dict[str, str] = field(default_factory=dict)
     extra_env: dict[str, str] = field(default_factory=dict)
+    # More lots processes on the same database ("lots#2", ...): the clients talk to the
+    # first; the others share its consumers and compete for its relay's leader lock.
+    lots_replicas: int = 1
     nats: NatsServer | None = None
     services: dict[str, ServiceProcess] = field(default_factory=dict)
     faults: Counter[str] = field(default_factory=Counter)
@@ -70,7 +73,7 @@ class FaultStack:
     _expected_down: set[str] = field(default_factory=set)
 
     def addresses(self) -> dict[str, str]:
-        return {name: s.address for name, s in self.services.items()}
+        return {name: self.services[name].address for name in SERVICES}
 
     async def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -93,6 +96,12 @@ class FaultStack:
                 env[CRASH_ENV] = self.crash_at[name]
             self.services[name] = ServiceProcess(name, int(env["LOTGATE_GRPC_PORT"]), env,
                                                  self.workdir / f"{name}.log")
+        for n in range(2, self.lots_replicas + 1):
+            first = self.services["lots"]
+            env = {**first.env, "LOTGATE_GRPC_PORT": str(free_port())}
+            env.pop(CRASH_ENV, None)
+            self.services[f"lots#{n}"] = ServiceProcess(
+                "lots", int(env["LOTGATE_GRPC_PORT"]), env, self.workdir / f"lots-{n}.log")
         await asyncio.gather(*(s.start() for s in self.services.values()))
         self._supervisor = asyncio.create_task(self._supervise())
 
@@ -166,8 +175,8 @@ class FaultStack:
 
     def logs_tail(self, chars: int = 2500) -> str:
         parts = []
-        for name in SERVICES:
-            path = self.workdir / f"{name}.log"
+        for name in self.services:
+            path = self.workdir / f"{name.replace('#', '-')}.log"
             if path.exists():
                 parts.append(f"--- {name}.log\n{path.read_text(errors='replace')[-chars:]}")
         return "\n".join(parts)
@@ -260,7 +269,7 @@ class Workload:
                 lambda i=instrument, k=kind: self.lg.register_instrument(i, type=k))
         await self._retrying(lambda: self.lg.specify(self.material))
         for supplier in self.suppliers:
-            op = Op("qualify", {"supplier": supplier}, time.time())
+            op = Op("qualify", {"supplier": supplier, "material": self.material}, time.time())
             await self._retrying(lambda s=supplier: self.lg.qualify(
                 s, "Supplier " + s, self.material, VALID_UNTIL))
             op.outcome, op.acked = "ok", time.time()
@@ -408,7 +417,7 @@ class Workload:
             return await self._standing(supplier) == spb.QUALIFICATION_STATUS_SUSPENDED
 
         return await self.rec.call(
-            "suspend", {"supplier": supplier},
+            "suspend", {"supplier": supplier, "material": self.material},
             lambda: self.lg.suppliers.SuspendQualification(spb.SuspendQualificationRequest(
                 reason="audit found a critical deviation", requested_by="qa.fault",
                 **self._qkey(supplier)), timeout=5), settle=settled)
@@ -418,7 +427,8 @@ class Workload:
             return await self.lg.qualify(supplier, "Supplier " + supplier, self.material,
                                          VALID_UNTIL)
 
-        return await self.rec.call("qualify", {"supplier": supplier}, again)
+        return await self.rec.call("qualify", {"supplier": supplier, "material": self.material},
+                                   again)
 
 
 # --- the oracle --------------------------------------------------------------------------
@@ -621,9 +631,30 @@ async def check(lg: Lotgate, ops: list[Op], *, quiesce_s: float = 120.0) -> Verd
         elif e.certain and not _agrees(e, seen[lot], lot in reviewed):
             verdict.mismatches.append(f"lot {lot}: {status} {sorted(codes)}, oracle "
                                       f"{e.status} {sorted(e.codes)}")
+    await _check_standing(lg, oracle, verdict)
     await _check_results(lg, oracle, verdict)
     await _check_history(lg, oracle, verdict)
     return verdict
+
+
+async def _check_standing(lg: Lotgate, oracle: Oracle, verdict: Verdict) -> None:
+    """Each supplier's qualification is what its last acknowledged change made it."""
+    checked: set[str] = set()
+    for op in oracle.ops:
+        if op.kind not in ("qualify", "suspend") or not op.ok:
+            continue
+        supplier = op.key["supplier"]
+        expected = oracle.standing.get(supplier)
+        if expected in (None, "UNKNOWN") or supplier in checked:
+            continue
+        checked.add(supplier)
+        reply = await lg.suppliers.GetQualification(spb.GetQualificationRequest(
+            supplier_id=supplier, site_id=DEFAULT_SITE,
+            material_code=op.key.get("material", "")), timeout=10)
+        seen = spb.QualificationStatus.Name(reply.qualification.status).removeprefix(
+            "QUALIFICATION_STATUS_")
+        if seen != expected:
+            verdict.lost.append(f"supplier {supplier}: {seen}, acknowledged {expected}")
 
 
 async def _check_results(lg: Lotgate, oracle: Oracle, verdict: Verdict) -> None:

@@ -44,11 +44,11 @@ class Outcome:
 
 async def run(workdir: Path, pg: PgCluster, seed: int, *, plan: Plan | None = None,
               crash_at: dict[str, str] | None = None, nemesis: Nemesis | None = None,
-              after: Nemesis | None = None) -> Outcome:
+              after: Nemesis | None = None, lots_replicas: int = 1) -> Outcome:
     """Start, set up, run the workload with `nemesis` beside it, run `after` once the
     workload is done, then wait for the system to quiesce and check it against the oracle."""
     started = time.monotonic()
-    stack = FaultStack(workdir, pg, crash_at=crash_at or {})
+    stack = FaultStack(workdir, pg, crash_at=crash_at or {}, lots_replicas=lots_replicas)
     await stack.start()
     try:
         recorder = Recorder()

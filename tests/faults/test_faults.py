@@ -164,3 +164,15 @@ def _receipt(lot: str, material: str, supplier: str) -> lpb.ReceiveLotRequest:
 async def _until_codes(workload: Workload, lot: str, codes: set[str]) -> None:
     from tests.support.waiting import until_lot
     await until_lot(workload.lg.lots, lot, lpb.LOT_STATUS_QUARANTINE, sorted(codes))
+
+
+async def test_two_lots_replicas_one_killed_repeatedly(pg: PgCluster, stack_dir: Path,
+                                                       seed: int) -> None:
+    """Two lots processes share the database and the durable consumers; the one the
+    clients do not talk to (which may hold the relay's leader lock) is killed three
+    times: its unacked events go to the survivor, its relay lock passes over."""
+    outcome = await scenario.run(
+        stack_dir, pg, seed, lots_replicas=2,
+        nemesis=scenario.repeatedly(scenario.kill_service("lots#2"), 3, gap_s=(0.5, 2.0)))
+    assert outcome.stack.faults["sigkill:lots#2"] == 3
+    assert_judged_right(outcome)
