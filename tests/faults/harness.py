@@ -678,19 +678,27 @@ async def _check_results(lg: Lotgate, oracle: Oracle, verdict: Verdict) -> None:
 
 
 async def _check_history(lg: Lotgate, oracle: Oracle, verdict: Verdict) -> None:
-    """No decision ever released a lot with a failure that was never invalidated, or
-    one QA rejected (all its acknowledged operations came before any such decision could
-    count: a rejection is final, a failure counts until invalidated)."""
+    """Each lot's decision history: versions 1..n without a gap, the last one the status
+    it shows, every decision replays to what was stored, and none ever released a lot
+    with a failure that was never invalidated (in this workload a failing result is the
+    lot's first of its test, so no release can have come before it counted)."""
     for lot in oracle.lots:
+        decisions = [d for d in (await lg.lots.ListDecisions(
+            lpb.ListDecisionsRequest(lot_id=lot), timeout=10)).decisions]
+        status = (await lg.lots.GetReleaseStatus(lpb.GetReleaseStatusRequest(lot_id=lot),
+                                                 timeout=10)).release_status
+        versions = [d.decision.version for d in decisions]
+        if versions != list(range(1, len(versions) + 1)) or (
+                versions and versions[-1] != status.version):
+            verdict.mismatches.append(f"lot {lot}: decision versions {versions}, status "
+                                      f"version {status.version}")
+        verdict.mismatches += [f"lot {lot} decision {d.decision.version} does not replay: "
+                               f"{d.replay.difference}" for d in decisions if not d.replay.agrees]
         failures_kept = [r for r in oracle.results[lot].values()
                          if not r["passing"] and r["state"] != "INVALIDATED"]
-        if not failures_kept:
-            continue
-        decisions = (await lg.lots.ListDecisions(lpb.ListDecisionsRequest(lot_id=lot),
-                                                 timeout=10)).decisions
         released = [d.decision.version for d in decisions
                     if d.decision.status == lpb.LOT_STATUS_RELEASED]
-        if released:
+        if failures_kept and released:
             verdict.wrong_releases.append(
                 f"lot {lot}: released (decision versions {released}) though result(s) "
                 f"{[r['key'] for r in failures_kept]} fail and were never invalidated")
