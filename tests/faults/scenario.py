@@ -168,12 +168,17 @@ async def unknown_lots(stack: FaultStack, workload: Workload, rng: random.Random
     """Copies of recorded results re-addressed to lots nobody received (and new ids):
     kept aside by the lots service, never counted for a real lot."""
     assert stack.nats is not None
-    await asyncio.sleep(rng.uniform(1.0, 3.0))
+    await asyncio.sleep(rng.uniform(1.0, 3.0))  # let the workload get going
+    recorded: list[object] = []
+    for _ in range(600):  # wait (at most a minute) for the first recorded results
+        recorded = [m for m in await _stream_messages(stack, messaging.RESULTS_STREAM.name)
+                    if m.subject == messaging.RESULT_RECORDED]  # type: ignore[attr-defined]
+        if recorded:
+            break
+        await asyncio.sleep(0.1)
     h = await harness(stack.nats)
     try:
-        for msg in await _stream_messages(stack, messaging.RESULTS_STREAM.name):
-            if msg.subject != messaging.RESULT_RECORDED:  # type: ignore[attr-defined]
-                continue
+        for msg in recorded:
             event = result_events.ResultRecorded.FromString(msg.data)  # type: ignore[attr-defined]
             event.event_id = str(uuid.uuid4())
             event.result.lot_id = f"UNKNOWN-{uuid.uuid4().hex[:8]}"

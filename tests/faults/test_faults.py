@@ -38,7 +38,7 @@ async def test_crash_after_commit_before_the_ack(pg: PgCluster, stack_dir: Path,
     and gets the one record; the inbox absorbs the redelivery."""
     # Within the commits the workload surely makes (suppliers: 5 per supplier set up).
     count = random.Random(seed).randint(*{"suppliers": (4, 12), "results": (4, 15),
-                                          "lots": (8, 25)}[service])
+                                          "lots": (6, 18)}[service])
     outcome = await scenario.run(stack_dir, pg, seed,
                                  crash_at={service: f"after_commit_before_ack:{count}"})
     assert outcome.stack.faults[f"crash:{service}"] == 1, outcome.explain()
@@ -62,7 +62,7 @@ async def test_crash_after_publish_before_the_outbox_delete(
 async def test_crash_inside_a_decision(pg: PgCluster, stack_dir: Path, seed: int) -> None:
     """The lots service dies with a decision made but not committed: nothing of it stays,
     the event is redelivered and decided again."""
-    count = random.Random(seed).randint(5, 20)
+    count = random.Random(seed).randint(4, 14)
     outcome = await scenario.run(stack_dir, pg, seed,
                                  crash_at={"lots": f"inside_decision:{count}"})
     assert outcome.stack.faults["crash:lots"] == 1, outcome.explain()
