@@ -711,6 +711,9 @@ def summary(ops: list[Op], faults: Counter[str], verdict: Verdict, seed: int,
             ("acknowledged (OK)", outcomes["ok"]),
             ("definite errors", sum(n for k, n in outcomes.items() if k.startswith("error"))),
             ("indeterminate", outcomes["indeterminate"]), ("lots", verdict.lots)]
+    refused = Counter(f"{o.kind} {o.outcome.removeprefix('error:')}" for o in ops
+                      if o.outcome.startswith("error:"))
+    rows += [(f"  refused: {what}", n) for what, n in sorted(refused.items())]
     rows += [(f"fault {kind}", n) for kind, n in sorted(faults.items())]
     rows += [("lost acknowledged operations", len(verdict.lost)),
              ("duplicated results", len(verdict.duplicated)),
