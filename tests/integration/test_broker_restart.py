@@ -19,6 +19,7 @@ from lotgate.results.v1 import results_pb2 as rpb
 from shared.client import Lotgate, identity, purity, sterility
 from shared.runtime import RunningService
 from shared.stack import NatsServer, free_port
+from tests.support.auth import acting
 from tests.support.services import ref, start_in_process
 from tests.support.waiting import until_lot
 
@@ -45,7 +46,7 @@ async def lotgate(databases, broker) -> AsyncIterator[Lotgate]:
         for name in ("suppliers", "results", "lots"):
             services.append(await start_in_process(name, databases=databases, nats=broker,
                                                    consumer_ack_wait_seconds=2.0))
-        async with Lotgate.connect({s.name: s.address for s in services}) as client:
+        async with Lotgate.connect({s.name: s.address for s in services}, acting()) as client:
             for instrument, kind in (("FTIR-1", "FTIR"), ("HPLC-1", "HPLC"),
                                      ("BACT-1", "BacT/ALERT")):
                 await client.register_instrument(instrument, type=kind)
