@@ -391,8 +391,8 @@ class Workload:
                     settle=lambda code: self._hold_lifted(lot))
 
     async def _hold_lifted(self, lot: str) -> bool:
-        status = (await self.lg.lots.GetReleaseStatus(
-            lpb.GetReleaseStatusRequest(lot_id=lot))).release_status
+        status = (await _read(lambda: self.lg.lots.GetReleaseStatus(
+            lpb.GetReleaseStatusRequest(lot_id=lot), timeout=10))).release_status
         return "QA_HOLD" not in {u.code for u in status.unmet}
 
     async def supplier_life(self, supplier: str, rng: random.Random) -> None:
@@ -409,8 +409,9 @@ class Workload:
                 "material_code": self.material}
 
     async def _standing(self, supplier: str) -> int:
-        return (await self.lg.suppliers.GetQualification(spb.GetQualificationRequest(
-            **self._qkey(supplier)))).qualification.status
+        request = spb.GetQualificationRequest(**self._qkey(supplier))
+        return (await _read(lambda: self.lg.suppliers.GetQualification(
+            request, timeout=10))).qualification.status
 
     async def suspend(self, supplier: str) -> Op:
         async def settled(code: grpc.StatusCode) -> bool:
@@ -565,13 +566,27 @@ class Verdict:
         return "\n".join(lines)
 
 
+async def _read(call: Callable[[], Awaitable[Any]]) -> Any:
+    """A read for the check, retried while the answer is UNAVAILABLE or the like: the
+    first use of a pooled connection the database restart cut answers so (nothing was
+    changed, retry later), as any client sees it."""
+    give_up = time.monotonic() + 60
+    while True:
+        try:
+            return await call()
+        except grpc.aio.AioRpcError as error:
+            if error.code() not in RETRY or time.monotonic() > give_up:
+                raise
+        await asyncio.sleep(0.2)
+
+
 def _status_name(value: int) -> str:
     return lpb.LotStatus.Name(value).removeprefix("LOT_STATUS_")
 
 
 async def _observe(lg: Lotgate, lot: str) -> tuple[str, frozenset[str]]:
-    status = (await lg.lots.GetReleaseStatus(lpb.GetReleaseStatusRequest(lot_id=lot),
-                                             timeout=10)).release_status
+    status = (await _read(lambda: lg.lots.GetReleaseStatus(
+        lpb.GetReleaseStatusRequest(lot_id=lot), timeout=10))).release_status
     return _status_name(status.status), frozenset(u.code for u in status.unmet)
 
 
@@ -591,8 +606,8 @@ def _agrees(expected: Expected, seen: tuple[str, frozenset[str]], reviewed: bool
 async def _reviewed_lots(lg: Lotgate, suppliers: set[str]) -> set[str]:
     reviewed: set[str] = set()
     for supplier in suppliers:
-        reply = await lg.lots.ListLotReviews(lpb.ListLotReviewsRequest(supplier_id=supplier),
-                                             timeout=10)
+        reply = await _read(lambda s=supplier: lg.lots.ListLotReviews(
+            lpb.ListLotReviewsRequest(supplier_id=s), timeout=10))
         reviewed |= {r.lot_id for r in reply.reviews}
     return reviewed
 
@@ -648,9 +663,9 @@ async def _check_standing(lg: Lotgate, oracle: Oracle, verdict: Verdict) -> None
         if expected in (None, "UNKNOWN") or supplier in checked:
             continue
         checked.add(supplier)
-        reply = await lg.suppliers.GetQualification(spb.GetQualificationRequest(
-            supplier_id=supplier, site_id=DEFAULT_SITE,
-            material_code=op.key.get("material", "")), timeout=10)
+        request = spb.GetQualificationRequest(supplier_id=supplier, site_id=DEFAULT_SITE,
+                                              material_code=op.key.get("material", ""))
+        reply = await _read(lambda r=request: lg.suppliers.GetQualification(r, timeout=10))
         seen = spb.QualificationStatus.Name(reply.qualification.status).removeprefix(
             "QUALIFICATION_STATUS_")
         if seen != expected:
@@ -661,8 +676,8 @@ async def _check_results(lg: Lotgate, oracle: Oracle, verdict: Verdict) -> None:
     """Every acknowledged result stored exactly once, in the state QA's acknowledged
     invalidation or confirmation gave it."""
     for lot in oracle.lots:
-        stored = (await lg.results.ListLotResults(rpb.ListLotResultsRequest(lot_id=lot),
-                                                  timeout=10)).results
+        stored = (await _read(lambda lot=lot: lg.results.ListLotResults(
+            rpb.ListLotResultsRequest(lot_id=lot), timeout=10))).results
         by_key = Counter(r.instrument_result_id for r in stored)
         verdict.duplicated += [f"lot {lot}: {key} stored {n} times"
                                for key, n in by_key.items() if n > 1]
@@ -683,10 +698,10 @@ async def _check_history(lg: Lotgate, oracle: Oracle, verdict: Verdict) -> None:
     with a failure that was never invalidated (in this workload a failing result is the
     lot's first of its test, so no release can have come before it counted)."""
     for lot in oracle.lots:
-        decisions = [d for d in (await lg.lots.ListDecisions(
-            lpb.ListDecisionsRequest(lot_id=lot), timeout=10)).decisions]
-        status = (await lg.lots.GetReleaseStatus(lpb.GetReleaseStatusRequest(lot_id=lot),
-                                                 timeout=10)).release_status
+        decisions = list((await _read(lambda lot=lot: lg.lots.ListDecisions(
+            lpb.ListDecisionsRequest(lot_id=lot), timeout=10))).decisions)
+        status = (await _read(lambda lot=lot: lg.lots.GetReleaseStatus(
+            lpb.GetReleaseStatusRequest(lot_id=lot), timeout=10))).release_status
         versions = [d.decision.version for d in decisions]
         if versions != list(range(1, len(versions) + 1)) or (
                 versions and versions[-1] != status.version):
