@@ -14,6 +14,7 @@ from lotgate.lots.v1 import lots_pb2 as lpb
 from tests.faults import scenario
 from tests.faults.harness import FaultStack, Plan, Workload
 from tests.faults.postgres import PgCluster
+from tests.support.waiting import until_lot
 
 pytestmark = pytest.mark.faults
 
@@ -128,20 +129,24 @@ async def test_supplier_suspended_while_the_last_passing_results_arrive(
         pg: PgCluster, stack_dir: Path, seed: int) -> None:
     """Every lot of one supplier waits for its last passing result; the results and the
     supplier's suspension are sent at once. A lot may end RELEASED only if it was
-    released before the suspension counted, and then it is on the review list."""
+    released before the suspension counted, and then it is on the review list (as are
+    the lots released well before it)."""
     plan = Plan(lots=0, suppliers=1, suspend_p=0.0)
 
     async def race(stack: FaultStack, workload: Workload, rng: random.Random) -> None:
         supplier = workload.suppliers[0]
         lots = [f"LOT-{workload.tag}-race-{i}" for i in range(8)]
-        for lot in lots:
+        released = [f"LOT-{workload.tag}-released-{i}" for i in range(3)]
+        for lot in lots + released:
             await workload.rec.call("receive", {"lot": lot, "supplier": supplier},
                                     lambda lot=lot: workload.lg.lots.ReceiveLot(
                                         _receipt(lot, workload.material, supplier), timeout=5))
-            for test in ("IDENTITY", "PURITY"):
+            for test in ("IDENTITY", "PURITY") + (("STERILITY",) if lot in released else ()):
                 await workload.post(lot, test, True, f"{lot}-{test}-1", rng)
         for lot in lots:  # wait until only sterility is missing
             await _until_codes(workload, lot, {"STERILITY_MISSING"})
+        for lot in released:
+            await until_lot(workload.lg.lots, lot, lpb.LOT_STATUS_RELEASED, [])
         await asyncio.gather(
             workload.suspend(supplier),
             *(workload.post(lot, "STERILITY", True, f"{lot}-STERILITY-1", rng)
@@ -164,7 +169,6 @@ def _receipt(lot: str, material: str, supplier: str) -> lpb.ReceiveLotRequest:
 
 
 async def _until_codes(workload: Workload, lot: str, codes: set[str]) -> None:
-    from tests.support.waiting import until_lot
     await until_lot(workload.lg.lots, lot, lpb.LOT_STATUS_QUARANTINE, sorted(codes))
 
 
