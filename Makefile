@@ -7,8 +7,8 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PROTOS := $(wildcard protos/lotgate/*/v1/*.proto)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run demo test test-unit test-integration test-e2e fuzz lint proto proto-check \
-        bench bench-history deploy-check mutation mutation-ci clean
+.PHONY: help install run demo test test-unit test-integration test-e2e test-faults soak fuzz lint \
+        proto proto-check bench bench-history deploy-check mutation mutation-ci clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -69,6 +69,13 @@ stateful: install ## the stateful property test of the release rule, 2,000 seque
 
 .PHONY: validation-report
 validation-report: test ## the same as make test: all tests, and the traceability matrix in build/validation/
+
+test-faults: install ## the fault suite: crashes, broker and database outages, judged by an oracle (minutes)
+	$(BIN)/pytest tests/faults -p no:cacheprovider
+
+SOAK_SECONDS ?= 120
+soak: install ## random faults under a random workload for SOAK_SECONDS (120); prints a table
+	SOAK_SECONDS=$(SOAK_SECONDS) $(BIN)/python -m tests.faults.soak
 
 node_modules/.package-lock.json: package.json package-lock.json
 	npm ci --no-audit --no-fund --silent

@@ -14,6 +14,7 @@ from sqlalchemy import Column, Index, LargeBinary, MetaData, String, Table, dele
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shared.aio import sleep_or_stop
+from shared.crash import crash_point
 from shared.db import BigId, UtcDateTime
 from shared.logs import get_logger
 from shared.signing import EventSigner
@@ -168,6 +169,7 @@ class OutboxRelay:
         if not self._unpruned:
             return
         event_ids = list(self._unpruned)
+        crash_point("after_publish_before_outbox_delete")
         async with self._engine.begin() as conn:
             await conn.execute(delete(self._table).where(self._table.c.event_id.in_(event_ids)))
         for event_id in event_ids:

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shared import audit
 from shared.clock import Clock
+from shared.crash import crash_point
 from shared.errors import Aborted, Unavailable
 
 T = TypeVar("T")
@@ -125,6 +126,7 @@ class UnitOfWork:
             await self.conn.execute(self._insert, self._events)
         await self.conn.commit()
         self.committed = True
+        crash_point("after_commit_before_ack")
         for callback in self._after_commit:
             callback()
         if self._events and self._on_events_committed is not None:

@@ -13,6 +13,17 @@ from tests.support.outcomes import reject_in_ci
 
 # --validation-report DIR writes the requirements traceability matrix (make validation-report).
 pytest_plugins = ["tests.support.validation"]
+FAULTS = Path(__file__).parent / "faults"
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """The fault suite (tests/faults) runs only when named (`make test-faults`): it takes
+    minutes, and CI runs it as a step of its own, so `make test` does not run it twice."""
+    if collection_path == FAULTS and not any(
+            Path(arg.split("::")[0]).resolve().is_relative_to(FAULTS)
+            for arg in config.args):
+        return True
+    return None
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

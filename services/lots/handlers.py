@@ -59,6 +59,7 @@ from services.lots.read_model import StatusCache, StatusEntry
 from services.lots.repository import Key, key_of
 from shared import esign, messaging
 from shared.audit import record as audit_record
+from shared.crash import crash_point
 from shared.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -381,6 +382,7 @@ async def _decide_and_record(uow: UnitOfWork, lots: Sequence[Any],
         if status is not (current or LotStatus.QUARANTINE):
             log.info("lot_status_changed", lot_id=lot.lot_id, status=status.value,
                      previous=current.value if current else None, version=version)
+    crash_point("inside_decision")
     await repository.save_decisions(uow.conn, lot_updates=updates, records=records)
     return decided
 
