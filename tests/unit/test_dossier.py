@@ -501,11 +501,11 @@ async def test_the_fetcher_follows_every_page_keeping_the_supplier_filter() -> N
 async def test_the_fetcher_reports_an_unknown_supplier_in_one_line_with_exit_code_1() -> None:
     with pytest.raises(DossierFetchError) as raised:
         await fetch_records(Suppliers(), Lots(), "NOBODY",  # type: ignore[arg-type]
-                            addresses={"suppliers": "10.0.0.1:50061"})
+                            addresses={"suppliers": "127.0.0.1:50061"})
 
     assert raised.value.exit_code == 1
     assert str(raised.value) == "supplier 'NOBODY' not found in the suppliers service at " \
-                                "10.0.0.1:50061"
+                                "127.0.0.1:50061"
 
 
 @pytest.mark.req("AUD-003")
@@ -519,11 +519,11 @@ async def test_the_fetcher_reports_an_unreachable_service_with_exit_code_2() -> 
     lots.ListLots = down  # type: ignore[assignment]
     with pytest.raises(DossierFetchError) as raised:
         await fetch_records(Suppliers(), lots, "ACME-BIO",  # type: ignore[arg-type]
-                            addresses={"lots": "10.0.0.2:50062"})
+                            addresses={"lots": "127.0.0.1:50062"})
 
     assert raised.value.exit_code == 2
     assert "\n" not in str(raised.value)
-    assert "lots service at 10.0.0.2:50062" in str(raised.value)
+    assert "lots service at 127.0.0.1:50062" in str(raised.value)
 
 
 @pytest.mark.req("AUD-003")
