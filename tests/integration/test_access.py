@@ -22,6 +22,7 @@ from lotgate.audit.v1 import audit_pb2
 from lotgate.lots.v1 import lots_pb2, lots_pb2_grpc
 from lotgate.results.v1 import results_pb2, results_pb2_grpc
 from lotgate.results.v1 import results_pb2 as rpb
+from lotgate.signatures.v1 import signatures_pb2
 from lotgate.suppliers.v1 import suppliers_pb2
 from shared import access
 from shared.runtime import RunningService
@@ -41,9 +42,9 @@ ADMITTED = grpc.StatusCode.NOT_FOUND
 
 def every_rpc() -> list[tuple[str, MethodDescriptor]]:
     """(service name, method) of every RPC of the three services, each with its own
-    AuditService."""
+    AuditService and SignatureService."""
     return [(name, method) for name, module in SERVICES.items()
-            for file in (module, audit_pb2)
+            for file in (module, audit_pb2, signatures_pb2)
             for service in file.DESCRIPTOR.services_by_name.values()
             for method in service.methods]
 
