@@ -263,9 +263,7 @@ async def flush(conn: AsyncConnection, metadata: MetaData, pending: Sequence[Pen
     if conn.dialect.name == "postgresql":
         # Held to the commit that follows: one append at a time, so the chain never forks.
         await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _APPEND_LOCK_KEY})
-    head = (await conn.execute(select(trail.c.sequence, trail.c.entry_hash)
-                               .order_by(trail.c.sequence.desc()).limit(1))).first()
-    sequence, previous = (head.sequence, head.entry_hash) if head else (0, GENESIS)
+    sequence, previous = await head(conn, metadata)
     for values in rows:
         sequence += 1
         values["sequence"] = sequence
