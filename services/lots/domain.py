@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from enum import StrEnum
 
+from shared.contract import ResultState, TestKind, Verdict
 from shared.dates import MAX_LOT_YEARS, years_after
 from shared.errors import FailedPrecondition
 
@@ -53,31 +54,8 @@ class ReleasePolicy(StrEnum):
     QA_RELEASE = "QA_RELEASE"  # a QA person releases each one
 
 
-class TestKind(StrEnum):
-    __test__ = False  # a domain type, not a pytest test class
-
-    IDENTITY = "IDENTITY"
-    PURITY = "PURITY"
-    STERILITY = "STERILITY"
-    ASSAY = "ASSAY"
-    BIOBURDEN = "BIOBURDEN"
-
-
 # Required of every lot, whatever its specification says.
 REQUIRED_TESTS = (TestKind.IDENTITY, TestKind.PURITY, TestKind.STERILITY)
-
-
-class Verdict(StrEnum):
-    PASS = "PASS"
-    FAIL = "FAIL"
-
-
-class ResultState(StrEnum):
-    """Where a result stands in QA's handling."""
-
-    VALID = "VALID"  # counts; a VALID failure is under investigation
-    INVALIDATED = "INVALIDATED"  # a laboratory error: kept, no longer counts
-    CONFIRMED = "CONFIRMED"  # an out-of-specification result QA confirmed
 
 
 @dataclass(frozen=True)

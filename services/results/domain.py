@@ -11,27 +11,12 @@ from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal, localcontext
 from enum import StrEnum
 
+from shared.contract import ResultState, TestKind, Verdict
 from shared.dates import MAX_CALIBRATION_YEARS, MAX_SPECIFICATION_LEAD_YEARS, years_after
 from shared.errors import FailedPrecondition, FieldViolation, InvalidArgument
 
-
-class TestKind(StrEnum):
-    __test__ = False  # not a pytest test class, whatever its name says
-
-    IDENTITY = "IDENTITY"
-    PURITY = "PURITY"
-    STERILITY = "STERILITY"
-    ASSAY = "ASSAY"
-    BIOBURDEN = "BIOBURDEN"
-
-
 # Every specification has these; release needs every test of the specification.
 REQUIRED_TESTS = (TestKind.IDENTITY, TestKind.PURITY, TestKind.STERILITY)
-
-
-class Verdict(StrEnum):
-    PASS = "PASS"
-    FAIL = "FAIL"
 
 
 class IdentityOutcome(StrEnum):
@@ -53,12 +38,6 @@ class InstrumentStatus(StrEnum):
     ACTIVE = "ACTIVE"
     OUT_OF_SERVICE = "OUT_OF_SERVICE"
     RETIRED = "RETIRED"
-
-
-class ResultState(StrEnum):
-    VALID = "VALID"
-    INVALIDATED = "INVALIDATED"
-    CONFIRMED = "CONFIRMED"
 
 
 @dataclass(frozen=True)
