@@ -163,8 +163,11 @@ class EventConsumer:
                         ack_policy=AckPolicy.EXPLICIT,
                         deliver_policy=DeliverPolicy.ALL,
                         ack_wait=self._ack_wait_s,
-                        # No more in flight than one batch: a failed batch is redelivered
-                        # before anything after it, so events stay in order.
+                        # No more in flight than one batch, which bounds the work a
+                        # redelivery repeats. It does not keep events in order: after a
+                        # failed batch JetStream may hand out later events before the
+                        # redelivery, so every handler is independent of arrival order
+                        # (tests/integration/test_arrival_order.py).
                         max_ack_pending=self._batch_size,
                         filter_subject=sub.subject,
                     ))
