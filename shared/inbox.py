@@ -262,13 +262,18 @@ class EventConsumer:
                 fresh.discard(event_id)  # a copy later in the same batch is a duplicate too
                 taken.append((msg, event))
             events = [event for _, event in taken]
-            for msg, event in taken if self._sub.handler is not None else ():
-                with traced_message(self._sub.durable, [(msg, event)]):
-                    await self._sub.handler(uow, event)
-            if events and self._sub.batch_handler is not None:
+            if self._sub.handler is not None:
+                for msg, event in taken:
+                    with traced_message(self._sub.durable, [(msg, event)]):
+                        await self._sub.handler(uow, event)
+                await uow.commit()
+            elif taken and self._sub.batch_handler is not None:
+                # The commit inside the span: what runs after it (watchers) is traced too.
                 with traced_message(self._sub.durable, taken):
                     await self._sub.batch_handler(uow, events)
-            await uow.commit()
+                    await uow.commit()
+            else:
+                await uow.commit()
         self.applied += len(events)
 
     @functools.cache  # noqa: B019 (one consumer per subscription, kept for the process)
