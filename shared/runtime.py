@@ -319,7 +319,8 @@ def run_service(name: str, start: Callable[..., Awaitable[RunningService]]) -> N
     try:
         run_until_signal(lambda: start(settings))
     finally:
-        provider.shutdown()  # exports the spans still batched
+        if provider is not None:
+            provider.shutdown()  # exports the spans still batched
 
 
 def run_until_signal(start: Callable[[], Awaitable[RunningService]]) -> None:

@@ -83,8 +83,14 @@ def build_provider(service: str, *, endpoint: str = "") -> TracerProvider:
 
 
 def configure_tracing(service: str, *, endpoint: str,
-                      environ: Mapping[str, str]) -> TracerProvider:
-    """Install the process's provider (once, at start: OpenTelemetry keeps the first)."""
+                      environ: Mapping[str, str]) -> TracerProvider | None:
+    """Install the process's provider (once, at start: OpenTelemetry keeps the first).
+
+    The standard OTEL_SDK_DISABLED=true installs none: spans are the API's no-ops (about
+    3 µs a call instead of about 15 µs here) and log lines carry no trace ids.
+    """
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return None
     provider = build_provider(service, endpoint=export_endpoint(endpoint, environ))
     trace.set_tracer_provider(provider)
     return provider

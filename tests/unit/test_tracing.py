@@ -73,6 +73,11 @@ def test_the_lotgate_setting_or_the_standard_otel_variable_turns_export_on() -> 
                                         **standard}) == "http://127.0.0.1:1"
 
 
+def test_otel_sdk_disabled_installs_no_provider() -> None:
+    assert tracing.configure_tracing("lots", endpoint="http://127.0.0.1:4317",
+                                     environ={"OTEL_SDK_DISABLED": "true"}) is None
+
+
 def test_a_configured_endpoint_receives_the_services_spans(collector) -> None:
     servicer, port = collector
     provider = tracing.build_provider("lots", endpoint=f"http://127.0.0.1:{port}")
