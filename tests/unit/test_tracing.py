@@ -138,3 +138,13 @@ def test_log_lines_inside_a_span_carry_its_trace_and_span_ids() -> None:
     ctx = span.get_span_context()
     assert (lines[1]["trace_id"], lines[1]["span_id"]) == (format(ctx.trace_id, "032x"),
                                                            format(ctx.span_id, "016x"))
+
+
+def test_a_row_written_before_trace_context_existed_still_publishes() -> None:
+    headers: dict[str, str] = {"Nats-Msg-Id": "e-1"}
+    with tracing.publish_span("lotgate.results.v1.result_recorded", "e-1", None, headers) as sent:
+        pass
+
+    assert tracing.REQUEST_ID_HEADER not in headers
+    assert headers["Nats-Msg-Id"] == "e-1"
+    assert getattr(sent, "parent", None) is None
