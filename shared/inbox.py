@@ -309,6 +309,9 @@ class EventConsumer:
             pass
 
 
+_IDS_ON_A_LINE = 20
+
+
 @contextlib.contextmanager
 def traced_message(durable: str, batch: list[tuple[Msg, Any]]) -> Iterator[None]:
     """A consumer span continuing the events' trace, with the event id(s) and the
@@ -319,8 +322,9 @@ def traced_message(durable: str, batch: list[tuple[Msg, Any]]) -> Iterator[None]
     bound: dict[str, Any] = {"subject": batch[0][0].subject}
     if len(ids) == 1:
         bound["event_id"] = ids[0]
-    else:
-        bound["event_ids"] = ids
+    else:  # the first ones (a line stays short), and how many
+        bound["event_ids"] = ids[:_IDS_ON_A_LINE]
+        bound["events"] = len(ids)
     if len(requests) == 1:
         bound["request_id"] = requests[0]
     elif requests:
