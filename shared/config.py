@@ -73,6 +73,10 @@ class ServiceSettings(BaseSettings):
     # Electronic signatures: this many wrong signing secrets in a row lock the signer
     # until an administrator resets them (shared.esign).
     esign_max_failures: int = Field(default=5, ge=1, le=100)
+    # Traces (shared.tracing): the OTLP/gRPC collector spans are exported to, e.g.
+    # http://otel-collector:4317. Empty: nothing leaves the process (the standard
+    # OTEL_EXPORTER_OTLP_ENDPOINT is honoured too); log lines carry trace ids either way.
+    otlp_endpoint: str = ""
     # FOR TESTS ONLY: a file holding a clock offset in seconds (shared.clock.FileClock),
     # so that end-to-end tests can move the services' time. Empty: the system clock.
     clock_file: str = ""

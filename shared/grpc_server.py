@@ -2,7 +2,8 @@
 
 The interceptor turns the project's errors into precise status codes with rich details
 (google.rpc.BadRequest field violations, PreconditionFailure), maps an unreachable
-database to UNAVAILABLE, binds a request id to every log line, and decodes request
+database to UNAVAILABLE, binds a request id to every log line, runs each call in a
+server span (shared.tracing) and logs it once, and decodes request
 bytes itself so that a malformed message is INVALID_ARGUMENT rather than INTERNAL.
 """
 
@@ -29,7 +30,8 @@ from sqlalchemy.exc import (
     OperationalError,
 )
 
-from shared.auth import Gate, bind_principal, unbind_principal
+from shared import tracing
+from shared.auth import Gate, bind_principal, current_principal, unbind_principal
 from shared.errors import (
     Aborted,
     AlreadyExists,
@@ -222,6 +224,7 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler,
 
         async def unary(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
             token = request_context.set((_request_id(context), method))
+            span = tracing.start_server_span(method, context.invocation_metadata())
             started = time.perf_counter()
             admitted = None
             try:
@@ -233,12 +236,13 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler,
             except Exception as exc:
                 await _abort(context, exc, started)
             else:
-                log.debug("rpc", code="OK", ms=_elapsed_ms(started))
+                _succeeded(started, admitted)
                 return response
             finally:
                 if admitted is not None:
                     unbind_principal(admitted)
                 request_context.reset(token)
+                tracing.end_server_span(span)
 
         return grpc.unary_unary_rpc_method_handler(
             unary, request_deserializer=None, response_serializer=handler.response_serializer)
@@ -247,6 +251,7 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler,
 
         async def stream(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
             token = request_context.set((_request_id(context), method))
+            span = tracing.start_server_span(method, context.invocation_metadata())
             started = time.perf_counter()
             admitted = None
             items = None
@@ -260,6 +265,8 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler,
                 raise
             except Exception as exc:
                 await _abort(context, exc, started)
+            else:
+                _succeeded(started, admitted)
             finally:
                 # `async for` leaves the handler's generator open when we stop early (the
                 # call was cancelled): close it now, so that its own clean-up (a watch
@@ -270,10 +277,18 @@ def _wrap(method: str, handler: grpc.RpcMethodHandler,
                 if admitted is not None:
                     _reset_context_var(unbind_principal, admitted)
                 _reset_context_var(request_context.reset, token)
+                tracing.end_server_span(span)
 
         return grpc.unary_stream_rpc_method_handler(
             stream, request_deserializer=None, response_serializer=handler.response_serializer)
     return handler
+
+
+def _succeeded(started: float, admitted: Any) -> None:
+    """One line at info per answered call: operators see traffic without debug logs."""
+    tracing.set_rpc_code(grpc.StatusCode.OK)
+    log.info("rpc", code="OK", ms=_elapsed_ms(started),
+             principal=current_principal().subject if admitted is not None else None)
 
 
 def _reset_context_var(reset: Callable[[Token[Any]], None], token: Token[Any]) -> None:
@@ -315,6 +330,7 @@ async def _abort(context: grpc.aio.ServicerContext, exc: Exception, started: flo
     else:
         status = status_for(exc, request_id)
     elapsed = _elapsed_ms(started)
+    tracing.set_rpc_code(status.code)
     if status.code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
         log.error("rpc", code=status.code.name, ms=elapsed, exc_info=exc)
     elif status.code == grpc.StatusCode.UNAVAILABLE:

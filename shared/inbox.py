@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +24,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from sqlalchemy import Column, LargeBinary, MetaData, String, Table, Text, insert
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from shared import tracing
 from shared.aio import sleep_or_stop
 from shared.db import BigId, UtcDateTime, insert_ignoring_duplicates
 from shared.errors import Unavailable
@@ -256,20 +257,26 @@ class EventConsumer:
                 self._claim_statement(uow.conn.dialect.name),
                 [{"event_id": event.event_id, "subject": msg.subject,  # type: ignore[attr-defined]
                   "processed_at": now} for msg, event in batch])).scalars())
-            events = []
+            taken = []
             for msg, event in batch:
                 event_id = event.event_id  # type: ignore[attr-defined]
                 if event_id not in fresh:
                     continue
                 fresh.discard(event_id)  # a copy later in the same batch is a duplicate too
-                events.append(event)
-                if self._sub.handler is not None:
-                    with structlog.contextvars.bound_contextvars(event_id=event_id,
-                                                                 subject=msg.subject):
+                taken.append((msg, event))
+            events = [event for _, event in taken]
+            if self._sub.handler is not None:
+                for msg, event in taken:
+                    with traced_message(self._sub.durable, [(msg, event)]):
                         await self._sub.handler(uow, event)
-            if events and self._sub.batch_handler is not None:
-                await self._sub.batch_handler(uow, events)
-            await uow.commit()
+                await uow.commit()
+            elif taken and self._sub.batch_handler is not None:
+                # The commit inside the span: what runs after it (watchers) is traced too.
+                with traced_message(self._sub.durable, taken):
+                    await self._sub.batch_handler(uow, events)
+                    await uow.commit()
+            else:
+                await uow.commit()
         self.applied += len(events)
 
     @functools.cache  # noqa: B019 (one consumer per subscription, kept for the process)
@@ -303,6 +310,32 @@ class EventConsumer:
             await msg.term()
         except Exception:
             pass
+
+
+_IDS_ON_A_LINE = 20
+
+
+@contextlib.contextmanager
+def traced_message(durable: str, batch: list[tuple[Msg, Any]]) -> Iterator[None]:
+    """A consumer span continuing the events' trace, with the event id(s) and the
+    request id that caused them on every log line the handler writes."""
+    ids = [event.event_id for _, event in batch]
+    requests = list(dict.fromkeys(r for r in (tracing.request_id_of(m.headers)
+                                              for m, _ in batch) if r))
+    bound: dict[str, Any] = {"subject": batch[0][0].subject}
+    if len(ids) == 1:
+        bound["event_id"] = ids[0]
+    else:  # the first ones (a line stays short), and how many
+        bound["event_ids"] = ids[:_IDS_ON_A_LINE]
+        bound["events"] = len(ids)
+    if len(requests) == 1:
+        bound["request_id"] = requests[0]
+    elif requests:
+        bound["request_ids"] = requests
+    with tracing.consumer_span(durable, [(msg.subject, event.event_id, msg.headers)
+                                         for msg, event in batch]), \
+            structlog.contextvars.bound_contextvars(**bound):
+        yield
 
 
 def _deliveries(msg: Msg) -> int:

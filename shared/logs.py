@@ -1,4 +1,5 @@
-"""structlog configured for JSON lines on stdout, with request and event ids bound per task."""
+"""structlog configured for JSON lines on stdout, with request, event and trace ids bound per
+task."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from contextvars import ContextVar
 from typing import Any
 
 import structlog
+
+from shared import tracing
 
 # (request id, rpc) of the gRPC call a task is serving; one ContextVar is cheaper per call
 # than binding structlog's contextvars, and the processor below puts both on every line.
@@ -20,6 +23,14 @@ def _add_request_context(_logger: Any, _method: str, event: dict[str, Any]) -> d
     if current is not None:
         event.setdefault("request_id", current[0])
         event.setdefault("rpc", current[1])
+    return event
+
+
+def _add_trace_ids(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+    ids = tracing.log_ids()
+    if ids is not None:
+        event.setdefault("trace_id", ids[0])
+        event.setdefault("span_id", ids[1])
     return event
 
 
@@ -42,6 +53,11 @@ def _truncate_values(_logger: Any, _method: str, event: dict[str, Any]) -> dict[
     return event
 
 
+# What every line learns from the task it is written in: bound ids (service, event), the
+# gRPC call's request id, the current span's trace and span ids.
+CONTEXT_PROCESSORS = (structlog.contextvars.merge_contextvars, _add_request_context,
+                      _add_trace_ids)
+
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}
 
@@ -50,8 +66,7 @@ def configure_logging(service: str, level: str = "info") -> None:
     """Send JSON log lines to stdout; the service name is on every line."""
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
-            _add_request_context,
+            *CONTEXT_PROCESSORS,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.dict_tracebacks,

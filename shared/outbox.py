@@ -10,9 +10,21 @@ from collections import defaultdict
 from typing import Any
 
 from nats.js import JetStreamContext
-from sqlalchemy import Column, Index, LargeBinary, MetaData, String, Table, delete, select, text
+from sqlalchemy import (
+    Column,
+    Index,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    delete,
+    select,
+    text,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from shared import tracing
 from shared.aio import sleep_or_stop
 from shared.crash import crash_point
 from shared.db import BigId, UtcDateTime
@@ -38,6 +50,10 @@ def outbox_table(metadata: MetaData) -> Table:
         Column("event_type", String(200), nullable=False),
         Column("payload", LargeBinary, nullable=False),
         Column("created_at", UtcDateTime, nullable=False),
+        # The trace context (W3C traceparent, tracestate) and request id of the call that
+        # wrote the row, as JSON of the headers to publish (shared.tracing). Nullable:
+        # rows from before it, and rows written outside any trace, publish without.
+        Column("trace_context", Text, nullable=True),
         Index("ix_outbox_aggregate", "aggregate_id"),
     )
 
@@ -184,12 +200,14 @@ class OutboxRelay:
                 AGGREGATE_HEADER: row["aggregate_id"],
             }
             try:
-                if self._signer is not None:
-                    headers.update(self._signer.headers(row["subject"], row["event_id"],
-                                                        row["payload"]))
-                await self._js.publish(
-                    row["subject"], row["payload"], timeout=self._publish_timeout_s,
-                    headers=headers)
+                with tracing.publish_span(row["subject"], row["event_id"],
+                                          row.get("trace_context"), headers):
+                    if self._signer is not None:
+                        headers.update(self._signer.headers(row["subject"], row["event_id"],
+                                                            row["payload"]))
+                    await self._js.publish(
+                        row["subject"], row["payload"], timeout=self._publish_timeout_s,
+                        headers=headers)
             except Exception as exc:
                 # Keep the rest of this aggregate's events back so they stay in order.
                 log.warning("outbox_publish_failed", event_id=row["event_id"],

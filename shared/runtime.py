@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
@@ -43,6 +44,7 @@ from shared.inbox import (
 from shared.logs import configure_logging, get_logger
 from shared.outbox import OutboxRelay, outbox_table
 from shared.signing import EventSigner, EventVerifier, PublicKeyFile
+from shared.tracing import configure_tracing
 from shared.uow import UnitOfWorkFactory
 
 log = get_logger(__name__)
@@ -313,7 +315,12 @@ def run_service(name: str, start: Callable[..., Awaitable[RunningService]]) -> N
     """The `python -m services.<name>` entrypoint: settings, logs, run until a signal."""
     settings = settings_for(name)
     configure_logging(name, settings.log_level)
-    run_until_signal(lambda: start(settings))
+    provider = configure_tracing(name, endpoint=settings.otlp_endpoint, environ=os.environ)
+    try:
+        run_until_signal(lambda: start(settings))
+    finally:
+        if provider is not None:
+            provider.shutdown()  # exports the spans still batched
 
 
 def run_until_signal(start: Callable[[], Awaitable[RunningService]]) -> None:

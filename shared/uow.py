@@ -12,10 +12,11 @@ from sqlalchemy import Table, insert
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from shared import audit
+from shared import audit, tracing
 from shared.clock import Clock
 from shared.crash import crash_point
 from shared.errors import Aborted, Unavailable
+from shared.logs import request_context
 
 T = TypeVar("T")
 
@@ -40,6 +41,11 @@ async def as_retry_after_conflict(attempt: Callable[[], Awaitable[T]], *,
         except IntegrityError as exc:
             lost = exc
     raise Aborted(conflict) from lost
+
+
+def _request_id() -> str | None:
+    current = request_context.get()
+    return current[0] if current else None
 
 
 class UnitOfWork:
@@ -107,6 +113,7 @@ class UnitOfWork:
             "event_type": event.DESCRIPTOR.full_name,
             "payload": event.SerializeToString(deterministic=True),
             "created_at": self.clock.now(),
+            "trace_context": tracing.carrier(_request_id()),
         })
 
     def after_commit(self, callback: Callable[[], None]) -> None:

@@ -57,7 +57,7 @@ from services.lots.domain import (
 )
 from services.lots.read_model import StatusCache, StatusEntry
 from services.lots.repository import Key, key_of
-from shared import esign, messaging
+from shared import esign, messaging, tracing
 from shared.audit import record as audit_record
 from shared.crash import crash_point
 from shared.errors import (
@@ -330,6 +330,7 @@ async def _open_reviews(uow: UnitOfWork, key: Key, q: suppliers_pb2.Qualificatio
              qualification_status=status, qualification_version=q.version, lots=len(rows))
 
 
+@tracing.traced("lots.decide")
 async def _decide_and_record(uow: UnitOfWork, lots: Sequence[Any],
                              qualifications: dict[Key, QualificationFacts],
                              results: dict[str, list[ResultFacts]], cache: StatusCache, *,
@@ -380,8 +381,12 @@ async def _decide_and_record(uow: UnitOfWork, lots: Sequence[Any],
         uow.after_commit(lambda entry=entry: cache.put(entry))
         decided.append(entry)
         if status is not (current or LotStatus.QUARANTINE):
+            # The cause's event (or request) and trace ids come from the context.
             log.info("lot_status_changed", lot_id=lot.lot_id, status=status.value,
-                     previous=current.value if current else None, version=version)
+                     previous=current.value if current else None, version=version,
+                     cause=cause[:200], status_event_id=changed.event_id)
+            tracing.add_event("lot_status_changed", lot_id=lot.lot_id,
+                              status=status.value, version=version)
     crash_point("inside_decision")
     await repository.save_decisions(uow.conn, lot_updates=updates, records=records)
     return decided

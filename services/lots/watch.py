@@ -37,7 +37,7 @@ from services.lots.domain import LotStatus, Unmet
 from services.lots.read_model import StatusCache, StatusEntry
 from services.lots.repository import status_entry, unmet_from_json
 from services.lots.tables import decisions, lots
-from shared import messaging
+from shared import messaging, tracing
 from shared.aio import sleep_or_stop
 from shared.clock import Clock
 from shared.errors import (
@@ -132,10 +132,17 @@ class ChangeFeed:
 
     def publish(self, entry: StatusEntry) -> None:
         """Hand `entry` (the newest version of its lot here) to the watchers wanting it."""
-        for watcher in self._by_lot.get(entry.lot_id, ()):
-            watcher.offer(entry)
-        for watcher in self._by_material.get(entry.material_code, ()):
-            watcher.offer(entry)
+        by_lot = self._by_lot.get(entry.lot_id, ())
+        by_material = self._by_material.get(entry.material_code, ())
+        if not by_lot and not by_material:
+            return
+        with tracing.span("lots.watch push", **{"lot.id": entry.lot_id,
+                                               "lot.version": entry.version,
+                                               "lots.watchers": len(by_lot) + len(by_material)}):
+            for watcher in by_lot:
+                watcher.offer(entry)
+            for watcher in by_material:
+                watcher.offer(entry)
 
     @contextlib.contextmanager
     def watching(self, lot_ids: Iterable[str], material_code: str) -> Any:
