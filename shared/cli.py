@@ -68,6 +68,7 @@ def _print_addresses(stack: Stack) -> None:
                         if service.address != f"127.0.0.1:{DEFAULT_GRPC_PORTS[name]}")
     print("Drive the demo scenario through it:")
     print(f"  lotgate demo{addresses}{keys}")
+    sys.stdout.flush()  # seen at once through a pipe (| tee), not when it stops
 
 
 def _run_failed(message: str) -> int:
@@ -83,8 +84,8 @@ async def _run(args: argparse.Namespace) -> int:
         await stack.start()
     except PortsInUse as error:
         for conflict in error.conflicts:
-            _run_failed(f"port {conflict.use.port} is {conflict.reason}: "
-                        f"{conflict.use.purpose} wants it; choose another with "
+            _run_failed(f"port {conflict.use.port} for {conflict.use.purpose} is "
+                        f"{conflict.reason}; choose another with "
                         f"{RUN_PORT_FLAGS.get(conflict.use.key, 'its setting')}")
         return _run_failed("nothing was started")
     except StartFailed as error:

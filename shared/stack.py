@@ -80,7 +80,7 @@ class PortUse:
 @dataclass(frozen=True)
 class PortConflict:
     use: PortUse
-    reason: str  # "in use: Address already in use" or "also wanted by ..."
+    reason: str  # "already in use (Address already in use)", "also wanted by ..."
 
 
 class PortsInUse(StartFailed):
@@ -89,7 +89,7 @@ class PortsInUse(StartFailed):
     def __init__(self, conflicts: list[PortConflict]) -> None:
         self.conflicts = conflicts
         super().__init__("; ".join(
-            f"port {c.use.port} ({c.use.purpose}) is {c.reason}" for c in conflicts))
+            f"port {c.use.port} for {c.use.purpose} is {c.reason}" for c in conflicts))
 
 
 def port_taken(port: int, host: str = "127.0.0.1") -> str | None:
@@ -127,9 +127,12 @@ def _log_tail(path: Path, start: int = 0, chars: int = 3000) -> str:
     try:
         with open(path, "rb") as log:
             log.seek(start)
-            return log.read().decode(errors="replace")[-chars:]
+            text = log.read().decode(errors="replace")
     except OSError:
         return ""
+    if len(text) > chars:  # whole lines only
+        text = text[-chars:].partition("\n")[2]
+    return text
 
 
 async def wait_for_port(port: int, timeout: float = 10.0) -> None:

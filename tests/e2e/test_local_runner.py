@@ -1,0 +1,97 @@
+"""`lotgate run` and `lotgate --version` as a user runs them, as real processes on loopback.
+
+A port that is taken, or a service that cannot start, stops `lotgate run` with a message
+naming what failed and how to change it: it never says "Lotgate is running" then, and
+leaves no nats-server or service behind.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from tests.support.processes import LOTGATE, kill_group, left_in_group, unused_port
+
+pytestmark = pytest.mark.e2e
+
+PORT_FLAGS = ("--nats-port", "--monitor-port", "--suppliers-port", "--lots-port",
+              "--results-port")
+# A guard against a hang only: a refusal takes a second or two.
+HANG_S = 120
+
+
+def run_lotgate(data_dir: Path, ports: dict[str, int]
+                ) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """Run `lotgate run` until it exits; with the processes of its group left running."""
+    command = [LOTGATE, "run", "--data-dir", str(data_dir)]
+    for flag, port in ports.items():
+        command += [flag, str(port)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True, cwd=data_dir.parent)
+    try:
+        out, err = process.communicate(timeout=HANG_S)
+        left = left_in_group(process.pid)
+    finally:
+        kill_group(process.pid)
+    return subprocess.CompletedProcess(command, process.returncode, out, err), left
+
+
+@pytest.mark.parametrize("taken", ["--nats-port", "--monitor-port", "--lots-port"])
+def test_a_taken_port_stops_lotgate_run_before_it_starts_anything(
+        taken: str, tmp_path: Path) -> None:
+    ports = {flag: unused_port() for flag in PORT_FLAGS}
+    with socket.socket() as holder:  # another program's listener
+        holder.bind(("127.0.0.1", ports[taken]))
+        holder.listen()
+        done, left = run_lotgate(tmp_path / "data", ports)
+
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert "Lotgate is running" not in done.stdout
+    assert f"port {ports[taken]} for " in done.stderr
+    assert "is already in use" in done.stderr
+    assert f"choose another with {taken}" in done.stderr
+    assert "nothing was started" in done.stderr
+    assert left == []
+
+
+def test_a_port_wanted_twice_is_refused_naming_both(tmp_path: Path) -> None:
+    ports = {flag: unused_port() for flag in PORT_FLAGS}
+    ports["--results-port"] = ports["--lots-port"]
+
+    done, left = run_lotgate(tmp_path / "data", ports)
+
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    line = next(line for line in done.stderr.splitlines() if "also wanted by" in line)
+    assert f"port {ports['--lots-port']} for the " in line
+    assert "lots service's gRPC port" in line and "results service's gRPC port" in line
+    assert "Lotgate is running" not in done.stdout
+    assert left == []
+
+
+def test_a_service_that_cannot_start_stops_lotgate_run_and_what_it_started(
+        tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (data / "data" / "lots.db").mkdir(parents=True)  # a directory where SQLite wants a file
+
+    done, left = run_lotgate(data, {flag: unused_port() for flag in PORT_FLAGS})
+
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert "Lotgate is running" not in done.stdout
+    assert "the lots service" in done.stderr and "exited with status" in done.stderr
+    assert "unable to open database file" in done.stderr  # the end of the service's log
+    assert "Everything it had started is stopped." in done.stderr
+    # nats-server and the two other services had started: all are stopped again.
+    assert "Server Exiting" in (data / "nats" / "nats-server.log").read_text()
+    assert left == []
+
+
+def test_version_prints_the_installed_version() -> None:
+    done = subprocess.run([LOTGATE, "--version"], capture_output=True, text=True,
+                          timeout=HANG_S)
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"lotgate {metadata.version('lotgate')}\n"
