@@ -95,3 +95,14 @@ def test_version_prints_the_installed_version() -> None:
 
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"lotgate {metadata.version('lotgate')}\n"
+
+
+def test_demo_at_an_address_where_nothing_answers_exits_2_naming_it(tmp_path: Path) -> None:
+    nowhere = f"127.0.0.1:{unused_port()}"
+
+    done = subprocess.run([LOTGATE, "demo", "--lots", nowhere], capture_output=True,
+                          text=True, timeout=HANG_S, cwd=tmp_path)
+
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert f"lots at {nowhere}" in done.stderr
+    assert "Starting a private Lotgate" not in done.stdout
