@@ -99,12 +99,17 @@ async def _run(args: argparse.Namespace) -> int:
     exited = asyncio.ensure_future(stack.first_exit())
     try:
         await asyncio.wait((stopped, exited), return_when=asyncio.FIRST_COMPLETED)
+        if not stop.is_set():
+            # Ctrl-C in a terminal reaches the children too, and one may be seen exiting
+            # before this process's own handler runs: that is a stop, not a failure.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(stopped), timeout=1.0)
     finally:
         stopped.cancel()
         exited.cancel()
         print("stopping ...")
         await stack.stop()
-    if exited.done() and not exited.cancelled():
+    if not stop.is_set() and exited.done() and not exited.cancelled():
         name, status = exited.result()
         return _run_failed(f"{name} exited with status {status}; the others are stopped "
                            f"(logs in {stack.workdir})")

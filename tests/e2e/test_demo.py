@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from pathlib import Path
 
@@ -68,7 +69,7 @@ async def test_lotgate_run_on_other_ports_prints_them_and_lotgate_demo_runs_thro
         assert "Using the Lotgate that is already running." in told
         assert "Demo finished as expected." in told
 
-        run.send_signal(signal.SIGINT)
+        os.killpg(run.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole group
         await asyncio.wait_for(run.wait(), timeout=HANG_S)
         assert run.returncode == 0, (tmp_path / "run.err").read_text()
         assert left_in_group(run.pid) == []
