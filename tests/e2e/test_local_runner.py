@@ -11,7 +11,9 @@ import socket
 import subprocess
 from importlib import metadata
 from pathlib import Path
+from typing import IO
 
+import psutil
 import pytest
 
 from tests.support.processes import LOTGATE, kill_group, left_in_group, unused_port
@@ -106,3 +108,37 @@ def test_demo_at_an_address_where_nothing_answers_exits_2_naming_it(tmp_path: Pa
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert f"lots at {nowhere}" in done.stderr
     assert "Starting a private Lotgate" not in done.stdout
+
+
+def test_a_service_that_dies_while_running_stops_lotgate_run_and_the_others(
+        tmp_path: Path) -> None:
+    command = [LOTGATE, "run", "--data-dir", str(tmp_path / "data")]
+    for flag in PORT_FLAGS:
+        command += [flag, str(unused_port())]
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, start_new_session=True, cwd=tmp_path)
+    try:
+        assert run.stdout is not None
+        printed = _read_through(run.stdout, "Drive the demo scenario through it:")
+        assert "Lotgate is running" in printed, run.stderr.read()  # type: ignore[union-attr]
+        lots = next(process for process in psutil.Process(run.pid).children()
+                    if "services.lots" in process.cmdline())
+        lots.kill()  # SIGKILL, as the OOM killer would
+        out, err = run.communicate(timeout=HANG_S)
+        left = left_in_group(run.pid)
+    finally:
+        kill_group(run.pid)
+
+    assert run.returncode == 1, (out, err)
+    assert "lots exited with status -9; the others are stopped" in err
+    assert left == []
+
+
+def _read_through(stream: IO[str], marker: str) -> str:
+    """What a process prints, up to the line starting with `marker` or until it exits."""
+    lines = []
+    for line in stream:
+        lines.append(line)
+        if line.startswith(marker):
+            break
+    return "".join(lines)
