@@ -1,8 +1,9 @@
 """`lotgate run` and `lotgate --version` as a user runs them, as real processes on loopback.
 
-A port that is taken, or a service that cannot start, stops `lotgate run` with a message
-naming what failed and how to change it: it never says "Lotgate is running" then, and
-leaves no nats-server or service behind.
+A port that is taken (or given twice), or a service that cannot start, stops `lotgate run`
+with a message naming what failed and how to change it: it never says "Lotgate is running"
+then, and leaves no nats-server or service behind; a service that dies later stops it the
+same way. Its hints on other ports, and `lotgate demo` through them: tests/e2e/test_demo.py.
 """
 
 from __future__ import annotations
