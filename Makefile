@@ -26,8 +26,10 @@ install: $(STAMP) ## create .venv and install Lotgate with everything it needs (
 run: install ## run nats-server and the three services on SQLite files; Ctrl-C stops them
 	$(BIN)/lotgate run
 
-demo: install ## drive a realistic scenario over gRPC and print each lot's status and why
-	$(BIN)/lotgate demo
+# Flags of `lotgate demo`, e.g. DEMO_ARGS="--lots 127.0.0.1:7002 --keys other/keys".
+DEMO_ARGS ?=
+demo: install ## drive a realistic scenario over gRPC and print each lot's status and why (DEMO_ARGS: its flags)
+	$(BIN)/lotgate demo $(DEMO_ARGS)
 
 VALIDATION_DIR ?= build/validation
 

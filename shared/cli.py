@@ -1,7 +1,10 @@
 """`lotgate`: run the whole system on this machine, or drive a demo through it.
 
     lotgate run    nats-server from the venv + the three services on SQLite files
+                   (--nats-port, --monitor-port, --suppliers-port, --lots-port,
+                   --results-port choose the ports; a taken port stops it before it starts)
     lotgate demo   a warehouse, an instrument and QA at work; prints each lot's status
+                   (--suppliers, --lots, --results: the addresses of a running Lotgate)
     lotgate dossier SUPPLIER_ID
                    an auditor's qualification dossier of one supplier: HTML, JSON, CSV
     lotgate audit --service lots [--record-type lot --record-id LOT-1] --format csv
@@ -29,7 +32,7 @@ import grpc
 
 from shared import access
 from shared.config import DEFAULT_GRPC_PORTS
-from shared.stack import Stack, wait_until_serving
+from shared.stack import PortsInUse, Stack, StartFailed, wait_until_serving
 from shared.tokens import ActingTokens, DevKeys, TokenSource, static_token
 
 DEFAULT_DATA_DIR = ".lotgate"
@@ -38,69 +41,135 @@ DEV_KEYS_DIR = Path(DEFAULT_DATA_DIR) / "keys"
 
 DEFAULT_NATS_PORT = 14222
 DEFAULT_MONITOR_PORT = 18222
+# The flag of `lotgate run` that chooses each port of Stack.port_uses().
+RUN_PORT_FLAGS = {"nats": "--nats-port", "nats-monitor": "--monitor-port",
+                  "suppliers": "--suppliers-port", "lots": "--lots-port",
+                  "results": "--results-port"}
 
 
 def _print_addresses(stack: Stack) -> None:
-    assert stack.nats is not None
+    assert stack.nats is not None and stack.keys is not None
     print("Lotgate is running (Ctrl-C stops it):")
     print(f"  nats-server   {stack.nats.url}  (monitor http://127.0.0.1:{stack.nats.monitor_port})")
     for name, service in stack.services.items():
         print(f"  {name:<12}  {service.address}  log {service.log_path}")
     print(f"  data          {stack.workdir}")
-    assert stack.keys is not None
     print(f"  keys          {stack.keys.directory}  (JWKS {stack.keys.jwks_file.name}; never "
           "commit)")
+    keys = ""
+    if stack.keys.directory.resolve() != DEV_KEYS_DIR.resolve():
+        keys = f" --keys {stack.keys.directory}"
     print("Every call needs a bearer token. Get one with the local keys:")
-    print("  TOKEN=$(lotgate token --role qa --sub qa.jane)")
+    print(f"  TOKEN=$(lotgate token --role qa --sub qa.jane{keys})")
     print("  grpcurl -plaintext -H \"authorization: Bearer $TOKEN\" -d '{}' "
           f"{stack.address('lots')} lotgate.lots.v1.LotService/ListLots")
+    addresses = "".join(f" --{name} {service.address}" for name, service
+                        in stack.services.items()
+                        if service.address != f"127.0.0.1:{DEFAULT_GRPC_PORTS[name]}")
+    print("Drive the demo scenario through it:")
+    print(f"  lotgate demo{addresses}{keys}")
+    sys.stdout.flush()  # seen at once through a pipe (| tee), not when it stops
 
 
-async def _run(args: argparse.Namespace) -> None:
+def _run_failed(message: str) -> int:
+    print(f"lotgate run: {message}", file=sys.stderr)
+    return 1
+
+
+async def _run(args: argparse.Namespace) -> int:
     stack = Stack(args.data_dir, nats_port=args.nats_port, monitor_port=args.monitor_port,
                   ports={"suppliers": args.suppliers_port, "lots": args.lots_port,
                          "results": args.results_port}, log_level=args.log_level)
-    await stack.start()
+    try:
+        await stack.start()
+    except PortsInUse as error:
+        for conflict in error.conflicts:
+            _run_failed(f"port {conflict.use.port} for {conflict.use.purpose} is "
+                        f"{conflict.reason}; choose another with "
+                        f"{RUN_PORT_FLAGS.get(conflict.use.key, 'its setting')}")
+        return _run_failed("nothing was started")
+    except StartFailed as error:
+        return _run_failed(f"{error}\nEverything it had started is stopped.")
     _print_addresses(stack)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    stopped = asyncio.ensure_future(stop.wait())
+    exited = asyncio.ensure_future(stack.first_exit())
     try:
-        await stop.wait()
+        await asyncio.wait((stopped, exited), return_when=asyncio.FIRST_COMPLETED)
+        if not stop.is_set():
+            # Ctrl-C in a terminal reaches the children too, and one may be seen exiting
+            # before this process's own handler runs: that is a stop, not a failure.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(stopped), timeout=1.0)
     finally:
+        stopped.cancel()
+        exited.cancel()
         print("stopping ...")
         await stack.stop()
+    if not stop.is_set() and exited.done() and not exited.cancelled():
+        name, status = exited.result()
+        return _run_failed(f"{name} exited with status {status}; the others are stopped "
+                           f"(logs in {stack.workdir})")
+    return 0
 
 
 async def _demo(args: argparse.Namespace) -> int:
     from shared.demo import run_demo
 
-    addresses = {name: f"127.0.0.1:{port}" for name, port in DEFAULT_GRPC_PORTS.items()}
+    chosen = {name: getattr(args, name) for name in DEFAULT_GRPC_PORTS}
+    addresses = {name: address or f"127.0.0.1:{DEFAULT_GRPC_PORTS[name]}"
+                 for name, address in chosen.items()}
     try:
         await asyncio.gather(*(wait_until_serving(a, timeout=0.5) for a in addresses.values()))
     except TimeoutError:
-        pass
+        if any(chosen.values()):
+            unserved = [f"{name} at {address}" for name, address in addresses.items()
+                        if not await _serving(address)]
+            print(f"lotgate demo: no Lotgate service answers as SERVING: "
+                  f"{', '.join(unserved)}", file=sys.stderr)
+            return 2
     else:
-        if not (DEV_KEYS_DIR / "signing.pem").exists():
-            print(f"A Lotgate is running, but there are no development keys in {DEV_KEYS_DIR} "
-                  "to sign the demo's calls: run the demo where `lotgate run` runs.",
-                  file=sys.stderr)
+        if not (args.keys / "signing.pem").exists():
+            print(f"A Lotgate is running, but there are no development keys in {args.keys} "
+                  "to sign the demo's calls: run the demo where `lotgate run` runs, or give "
+                  "its keys with --keys.", file=sys.stderr)
             return 1
         print("Using the Lotgate that is already running.")
-        return await run_demo(addresses, ActingTokens(DevKeys.ensure(DEV_KEYS_DIR)))
+        return await run_demo(addresses, ActingTokens(DevKeys.ensure(args.keys)))
     with tempfile.TemporaryDirectory(prefix="lotgate-demo-") as tmp:
         from shared.stack import free_port
 
         ports = {name: free_port() for name in DEFAULT_GRPC_PORTS}
         stack = Stack(Path(tmp), ports=ports, log_level="warning")
         print("Starting a private Lotgate for the demo ...")
-        await stack.start()
+        try:
+            await stack.start()
+        except StartFailed as error:
+            print(f"lotgate demo: the private Lotgate did not start: {error}", file=sys.stderr)
+            return 1
         try:
             return await run_demo({name: stack.address(name) for name in ports},
                                   stack.acting())
         finally:
             await stack.stop()
+
+
+async def _serving(address: str) -> bool:
+    try:
+        await wait_until_serving(address, timeout=0.5)
+    except TimeoutError:
+        return False
+    return True
+
+
+def _port(text: str) -> int:
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a TCP port (1-65535)")
+    return port
 
 
 def _who() -> str:
@@ -225,16 +294,38 @@ def _token(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lotgate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run nats-server and the three services locally")
-    run.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
-    run.add_argument("--nats-port", type=int, default=DEFAULT_NATS_PORT)
-    run.add_argument("--monitor-port", type=int, default=DEFAULT_MONITOR_PORT)
-    run.add_argument("--suppliers-port", type=int, default=DEFAULT_GRPC_PORTS["suppliers"])
-    run.add_argument("--lots-port", type=int, default=DEFAULT_GRPC_PORTS["lots"])
-    run.add_argument("--results-port", type=int, default=DEFAULT_GRPC_PORTS["results"])
+    run = sub.add_parser(
+        "run", help="run nats-server and the three services locally",
+        description="Run nats-server (JetStream) and the three services on 127.0.0.1, with "
+        "SQLite files, NATS store, secrets and development keys under --data-dir. Every "
+        "port is checked before anything starts: a taken one stops it (exit 1) naming the "
+        "port and its flag; so does a process that exits or does not come up.")
+    run.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
+                     help="data, secrets and keys (default: %(default)s)")
+    run.add_argument("--nats-port", type=_port, default=DEFAULT_NATS_PORT,
+                     help="nats-server's client port (default: %(default)s)")
+    run.add_argument("--monitor-port", type=_port, default=DEFAULT_MONITOR_PORT,
+                     help="nats-server's monitoring port (default: %(default)s)")
+    for name in DEFAULT_GRPC_PORTS:
+        run.add_argument(f"--{name}-port", type=_port, default=DEFAULT_GRPC_PORTS[name],
+                         help=f"the {name} service's gRPC port (default: %(default)s)")
     run.add_argument("--log-level", default="info")
-    sub.add_parser("demo", help="drive a realistic scenario and print each lot's status")
+    demo = sub.add_parser(
+        "demo", help="drive a realistic scenario and print each lot's status",
+        description="Drive the demo scenario through the Lotgate at the given addresses "
+        "(signing its calls with the development keys of --keys). Without any address, "
+        "through one running on the default ports, else through a private one it starts "
+        "and stops. Exit 0 when every lot ends as expected, 2 when a given service does "
+        "not answer.")
+    for name in DEFAULT_GRPC_PORTS:
+        demo.add_argument(f"--{name}", metavar="HOST:PORT", default=None,
+                          help=f"the {name} service (default: "
+                          f"127.0.0.1:{DEFAULT_GRPC_PORTS[name]})")
+    demo.add_argument("--keys", type=Path, default=DEV_KEYS_DIR,
+                      help="the development keys of that Lotgate, `lotgate run`'s "
+                      "DATA_DIR/keys (default: %(default)s)")
     dossier = sub.add_parser(
         "dossier", help="write a supplier's qualification dossier for an auditor",
         description="Write the qualification dossier of one supplier into OUT/SUPPLIER_ID/: "
@@ -302,8 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         args.data_dir = Path(args.data_dir).resolve()
     with contextlib.suppress(KeyboardInterrupt):
         if args.command == "run":
-            asyncio.run(_run(args))
-            return 0
+            return asyncio.run(_run(args))
         if args.command == "dossier":
             return asyncio.run(_dossier(args))
         if args.command == "audit":

@@ -14,6 +14,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +58,81 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+class StartFailed(RuntimeError):
+    """A process of the stack did not come up; what had started was stopped."""
+
+
+@dataclass(frozen=True)
+class PortUse:
+    """A port the stack will bind on 127.0.0.1, and what binds it.
+
+    `key` names the setting that chooses the port ("nats", "nats-monitor", a service's
+    name), so that a runner can tell its user which flag to change.
+    """
+
+    key: str
+    port: int
+    purpose: str
+
+
+@dataclass(frozen=True)
+class PortConflict:
+    use: PortUse
+    reason: str  # "already in use (Address already in use)", "also wanted by ..."
+
+
+class PortsInUse(StartFailed):
+    """Ports the stack would bind are taken (or wanted twice); nothing was started."""
+
+    def __init__(self, conflicts: list[PortConflict]) -> None:
+        self.conflicts = conflicts
+        super().__init__("; ".join(
+            f"port {c.use.port} for {c.use.purpose} is {c.reason}" for c in conflicts))
+
+
+def port_taken(port: int, host: str = "127.0.0.1") -> str | None:
+    """Why `port` cannot be bound on `host` now, or None when it can.
+
+    SO_REUSEADDR as nats-server and gRPC set it: a port held by a listener is taken, one
+    whose last connection is only in TIME_WAIT is not.
+    """
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as error:
+            return error.strerror or str(error)
+    return None
+
+
+def check_ports(uses: Iterable[PortUse]) -> None:
+    """Raise PortsInUse naming every port of `uses` that is taken or wanted twice."""
+    conflicts: list[PortConflict] = []
+    first: dict[int, PortUse] = {}
+    for use in uses:
+        if use.port in first:
+            conflicts.append(PortConflict(use, f"also wanted by {first[use.port].purpose}"))
+            continue
+        first[use.port] = use
+        reason = port_taken(use.port)
+        if reason is not None:
+            conflicts.append(PortConflict(use, f"already in use ({reason})"))
+    if conflicts:
+        raise PortsInUse(conflicts)
+
+
+def _log_tail(path: Path, start: int = 0, chars: int = 3000) -> str:
+    try:
+        with open(path, "rb") as log:
+            log.seek(start)
+            text = log.read().decode(errors="replace")
+    except OSError:
+        return ""
+    if len(text) > chars:  # whole lines only
+        text = text[-chars:].partition("\n")[2]
+    return text
 
 
 async def wait_for_port(port: int, timeout: float = 10.0) -> None:
@@ -145,10 +221,41 @@ class NatsServer:
             name=f"lotgate-{self.port}", port=self.port, monitor_port=self.monitor_port,
             store_dir=self.workdir / "jetstream",
             authorization=nats_auth.authorization_block(self.secrets.passwords())))
-        log = open(self.workdir / "nats-server.log", "ab")
+        log_path = self.workdir / "nats-server.log"
+        log = open(log_path, "ab")
+        start = log.tell()
         self.process = await asyncio.create_subprocess_exec(
             nats_server_binary(), "-c", str(config), stdout=log, stderr=log)
         log.close()
+        try:
+            await self._wait_ready(log_path, start)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _wait_ready(self, log_path: Path, start: int, timeout: float = 30.0) -> None:
+        """Wait until this process (its pid in the log) says it is ready.
+
+        A port that answers is not enough: another broker may listen there while this one
+        failed to bind and exited, and clients must never be sent to that one.
+        """
+        assert self.process is not None
+        ready = f"[{self.process.pid}] "
+        deadline = time.monotonic() + timeout
+        while True:
+            text = _log_tail(log_path, start, chars=1_000_000)
+            if any(line.startswith(ready) and line.endswith("Server is ready")
+                   for line in text.splitlines()):
+                break
+            if self.process.returncode is not None:
+                raise StartFailed(
+                    f"nats-server exited with status {self.process.returncode} before it "
+                    f"was ready (ports {self.port}, {self.monitor_port}); its log "
+                    f"{log_path} ends with:\n{text[-3000:]}")
+            if time.monotonic() > deadline:
+                raise StartFailed(f"nats-server was not ready within {timeout:.0f} s; its "
+                                  f"log {log_path} ends with:\n{text[-3000:]}")
+            await asyncio.sleep(0.05)
         await wait_for_port(self.port)
 
     async def stop(self, sig: int = signal.SIGTERM) -> None:
@@ -173,15 +280,31 @@ class ServiceProcess:
 
     async def start(self) -> None:
         log = open(self.log_path, "ab")
+        start = log.tell()
         self.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", f"services.{self.name}", env=self.env,
             stdout=log, stderr=log)
         log.close()
+        # Serving counts only while this process lives: one that failed to bind its port
+        # exits, and whatever else answers on that port is not this service.
+        serving = asyncio.ensure_future(wait_until_serving(self.address))
+        exited = asyncio.ensure_future(self.process.wait())
         try:
-            await wait_until_serving(self.address)
-        except TimeoutError:
-            tail = self.log_path.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"{self.name} did not start; its log ends with:\n{tail}") from None
+            await asyncio.wait((serving, exited), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            exited.cancel()
+            serving.cancel()
+        unserved = (not serving.done() or serving.cancelled()
+                    or serving.exception() is not None)
+        failure = ""
+        if self.process.returncode is not None:
+            failure = f"exited with status {self.process.returncode}"
+        elif unserved:
+            failure = "did not become SERVING"
+        if failure:
+            tail = _log_tail(self.log_path, start)
+            raise StartFailed(f"the {self.name} service ({self.address}) {failure}; its log "
+                              f"{self.log_path} ends with:\n{tail}")
 
     async def stop(self, sig: int = signal.SIGTERM) -> None:
         process, self.process = self.process, None
@@ -217,7 +340,37 @@ class Stack:
         assert self.keys is not None, "start the stack first"
         return ActingTokens(self.keys)
 
+    def port_uses(self) -> list[PortUse]:
+        """Every port the stack will bind, a free one chosen where none was given.
+
+        `start` checks them all before it starts anything; a process that binds another
+        port (metrics, say) adds it here.
+        """
+        self.nats_port = self.nats_port or free_port()
+        self.monitor_port = self.monitor_port or free_port()
+        uses = [PortUse("nats", self.nats_port, "nats-server's client port"),
+                PortUse("nats-monitor", self.monitor_port, "nats-server's monitoring port")]
+        uses += [PortUse(name, self._grpc_port(name), f"the {name} service's gRPC port")
+                 for name in SERVICES]
+        return uses
+
+    def _grpc_port(self, name: str) -> int:
+        return self.ports.get(name) or DEFAULT_GRPC_PORTS[name]
+
     async def start(self) -> None:
+        """Start nats-server, then the services; on any failure stop what started.
+
+        Raises PortsInUse before starting anything when a port is taken, StartFailed when
+        a process exits or does not come up.
+        """
+        check_ports(self.port_uses())
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         secrets = DevSecrets(self.workdir / "secrets").ensure()
         self.keys = self.keys or DevKeys.ensure(self.workdir / "keys")
@@ -225,7 +378,7 @@ class Stack:
                                secrets=secrets)
         await self.nats.start()
         for name in SERVICES:
-            port = self.ports.get(name) or DEFAULT_GRPC_PORTS[name]
+            port = self._grpc_port(name)
             url = self.database_urls.get(name) or (
                 f"sqlite+aiosqlite:///{self.workdir / 'data' / f'{name}.db'}")
             env = {
@@ -241,11 +394,28 @@ class Stack:
             }
             self.services[name] = ServiceProcess(name, port, env,
                                                  self.workdir / f"{name}.log")
+        starting = [asyncio.ensure_future(s.start()) for s in self.services.values()]
         try:
-            await asyncio.gather(*(s.start() for s in self.services.values()))
+            await asyncio.gather(*starting)
         except BaseException:
-            await self.stop()
+            for task in starting:
+                task.cancel()
+            await asyncio.gather(*starting, return_exceptions=True)
             raise
+
+    async def first_exit(self) -> tuple[str, int]:
+        """Wait until a process of the running stack exits: its name and exit status."""
+        processes = {"nats-server": self.nats.process if self.nats else None,
+                     **{name: s.process for name, s in self.services.items()}}
+        waits = {asyncio.ensure_future(p.wait()): name
+                 for name, p in processes.items() if p is not None}
+        try:
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+        finished = done.pop()
+        return waits[finished], finished.result()
 
     async def stop(self) -> None:
         await asyncio.gather(*(s.stop() for s in self.services.values()),

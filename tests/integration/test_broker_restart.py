@@ -92,3 +92,18 @@ async def test_results_posted_across_a_broker_kill_and_restart_all_count_once(
         listed = await lotgate.results.ListLotResults(rpb.ListLotResultsRequest(lot_id=lot))
         assert used == sorted(r.result_id for r in listed.results), lot
         assert len(used) == 3, lot
+
+
+async def test_a_broker_on_a_taken_port_fails_rather_than_pass_off_the_other_one(
+        nats_server: NatsServer, workdir) -> None:
+    """The port answers (the session's broker listens there), but this nats-server could
+    not bind it and exited: its start fails, so nobody is sent to the other broker."""
+    second = NatsServer(workdir / f"nats-{ref('second')}", port=nats_server.port)
+
+    with pytest.raises(RuntimeError, match="nats-server exited with status 1") as failure:
+        await second.start()
+
+    assert "address already in use" in str(failure.value)
+    assert second.process is None
+    connection = await nats_server.connect()  # the other broker is left as it was
+    await connection.close()
