@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from shared.demo import run_demo
-from shared.stack import SERVICES, Stack
+from lotgate_tools.demo import run_demo
+from lotgate_tools.stack import SERVICES, Stack
 from tests.support.auth import acting
 
 pytestmark = pytest.mark.e2e

@@ -15,10 +15,10 @@ from lotgate.audit.v1 import audit_pb2 as apb
 from lotgate.audit.v1 import audit_pb2_grpc as apb_grpc
 from lotgate.suppliers.v1 import suppliers_pb2 as spb
 from lotgate.suppliers.v1 import suppliers_pb2_grpc as spb_grpc
+from lotgate_tools.stack import NatsServer
 from services.suppliers.tables import metadata
 from shared import audit
 from shared.runtime import RunningService
-from shared.stack import NatsServer
 from tests.integration.test_audit_trail import around_the_trigger, as_superuser, verified
 from tests.support import auth
 from tests.support.services import start_in_process

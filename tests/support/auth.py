@@ -33,8 +33,14 @@ from typing import Any
 import grpc
 import jwt
 
+from lotgate_tools.tokens import (
+    ActingTokens,
+    DevKeys,
+    TokenSource,
+    bearer_interceptors,
+    static_token,
+)
 from shared.esign import AutoSign
-from shared.tokens import ActingTokens, DevKeys, TokenSource, bearer_interceptors, static_token
 
 # The signing secret the test channels enrol and sign with for every subject (a test of
 # signatures themselves sends its own).

@@ -17,7 +17,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from lotgate.lots.v1 import lots_pb2 as lpb
 from lotgate.signatures.v1 import signatures_pb2 as sigpb
 from lotgate.suppliers.v1 import suppliers_pb2 as spb
-from shared.dossier import (
+from lotgate_tools.dossier import (
     Dossier,
     build_dossier,
     directory_name,
@@ -26,7 +26,7 @@ from shared.dossier import (
     write_dossier,
     write_json,
 )
-from shared.dossier_fetch import DossierFetchError, fetch_records
+from lotgate_tools.dossier_fetch import DossierFetchError, fetch_records
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 HOSTILE = "<script>alert(1)</script>"

@@ -18,9 +18,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from lotgate.lots.v1 import lots_pb2, lots_pb2_grpc
 from lotgate.results.v1 import results_pb2, results_pb2_grpc
 from lotgate.suppliers.v1 import suppliers_pb2, suppliers_pb2_grpc
+from lotgate_tools.tokens import ActingTokens, TokenSource, bearer_interceptors, channel
 from shared import esign
 from shared.protoconv import to_timestamp
-from shared.tokens import ActingTokens, TokenSource, bearer_interceptors, channel
 
 # Worth retrying with the same request: the service was briefly unreachable,
 # or the lot was received a moment ago and the results service has not heard yet.

@@ -17,7 +17,7 @@ import grpc
 from lotgate.audit.v1 import audit_pb2, audit_pb2_grpc
 from lotgate.lots.v1 import lots_pb2, lots_pb2_grpc
 from lotgate.suppliers.v1 import suppliers_pb2, suppliers_pb2_grpc
-from shared.tokens import TokenSource, channel
+from lotgate_tools.tokens import TokenSource, channel
 
 PAGE_SIZE = 1000
 CALL_TIMEOUT_S = 30.0
