@@ -34,81 +34,20 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
-    DDL,
-    BigInteger,
-    Column,
-    Index,
     MetaData,
-    String,
     Table,
-    Text,
     and_,
-    event,
     select,
     text,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shared.db import UtcDateTime
+from shared.tables import AUDIT_TRAIL
 
-AUDIT_TRAIL = "audit_trail"
 GENESIS = "0" * 64
 _APPEND_LOCK_KEY = 0x4C47_4154  # "LGAT"
 _REGISTRY = "lotgate_audited"
 _BATCH = 1000
-
-# Installed with the table on PostgreSQL: the trail cannot be edited through SQL by the
-# service's role (nor anyone else who does not first disable the trigger).
-_APPEND_ONLY_FUNCTION = DDL("""
-CREATE OR REPLACE FUNCTION lotgate_audit_trail_append_only() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    RAISE EXCEPTION 'audit_trail is append-only: %% refused', TG_OP
-        USING ERRCODE = 'insufficient_privilege';
-END
-$$
-""")
-_NO_UPDATE_DELETE = DDL(
-    "CREATE TRIGGER audit_trail_append_only BEFORE UPDATE OR DELETE ON audit_trail "
-    "FOR EACH ROW EXECUTE FUNCTION lotgate_audit_trail_append_only()")
-_NO_TRUNCATE = DDL(
-    "CREATE TRIGGER audit_trail_no_truncate BEFORE TRUNCATE ON audit_trail "
-    "FOR EACH STATEMENT EXECUTE FUNCTION lotgate_audit_trail_append_only()")
-
-# SQLite has no roles: the same refusal keeps the service itself from editing the trail.
-_SQLITE_TRIGGERS = [DDL(
-    f"CREATE TRIGGER audit_trail_no_{op.lower()} BEFORE {op} ON audit_trail "
-    f"BEGIN SELECT RAISE(ABORT, 'audit_trail is append-only: {op} refused'); END")
-    for op in ("UPDATE", "DELETE")]
-
-
-def audit_trail_table(metadata: MetaData) -> Table:
-    """The trail's table; on PostgreSQL created with the trigger that keeps it append-only."""
-    table = Table(
-        AUDIT_TRAIL, metadata,
-        Column("sequence", BigInteger, primary_key=True, autoincrement=False),
-        Column("recorded_at", UtcDateTime, nullable=False),
-        Column("principal_subject", String(200), nullable=False),
-        Column("principal_name", String(200), nullable=False),
-        Column("record_type", String(40), nullable=False),
-        Column("record_id", String(300), nullable=False),
-        Column("action", String(60), nullable=False),
-        Column("reason", Text, nullable=False),
-        Column("old_values", Text, nullable=True),
-        Column("new_values", Text, nullable=False),
-        Column("request_id", String(128), nullable=False),
-        Column("previous_hash", String(64), nullable=False),
-        Column("entry_hash", String(64), nullable=False),
-        Index("ix_audit_trail_record", "record_type", "record_id", "sequence"),
-        Index("ix_audit_trail_principal", "principal_subject", "sequence"),
-        Index("ix_audit_trail_recorded_at", "recorded_at", "sequence"),
-    )
-    for ddl in (_APPEND_ONLY_FUNCTION, _NO_UPDATE_DELETE, _NO_TRUNCATE):
-        event.listen(table, "after_create", ddl.execute_if(dialect="postgresql"))
-    for ddl in _SQLITE_TRIGGERS:
-        event.listen(table, "after_create", ddl.execute_if(dialect="sqlite"))
-    return table
-
 
 @dataclass(frozen=True)
 class Audited:

@@ -16,21 +16,21 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, MetaData, String, Table, select
+from sqlalchemy import MetaData, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from lotgate.audit.v1 import audit_pb2
 from shared import audit, messaging
 from shared.aio import sleep_or_stop
-from shared.db import UtcDateTime, insert_ignoring_duplicates
+from shared.db import insert_ignoring_duplicates
 from shared.inbox import Subscription
 from shared.logs import get_logger
 from shared.protoconv import from_timestamp, to_timestamp
+from shared.tables import AUDIT_ANCHORS
 from shared.uow import UnitOfWork, UnitOfWorkFactory, new_event_id
 
 log = get_logger(__name__)
 
-AUDIT_ANCHORS = "audit_anchors"
 # Keeper -> the services whose anchors it keeps.
 KEEPS: dict[str, tuple[str, ...]] = {"suppliers": ("lots", "results"), "lots": ("suppliers",)}
 STREAMS = {"suppliers": messaging.SUPPLIERS_STREAM, "lots": messaging.LOTS_STREAM,
@@ -48,19 +48,6 @@ def keeper_of(service: str) -> str:
 
 def durable(keeper: str, service: str) -> str:
     return f"{keeper}-{service}-audit-anchor"
-
-
-def audit_anchors_table(metadata: MetaData) -> Table:
-    """Anchors of other services' chains this service received (append-only)."""
-    return Table(
-        AUDIT_ANCHORS, metadata,
-        Column("service", String(32), primary_key=True),
-        Column("sequence", BigInteger, primary_key=True),
-        Column("entry_hash", String(64), nullable=False),
-        Column("event_id", String(36), nullable=False),
-        Column("occurred_at", UtcDateTime, nullable=False),
-        Column("received_at", UtcDateTime, nullable=False),
-    )
 
 
 async def publish(uow: UnitOfWork, metadata: MetaData, service: str) -> tuple[int, str]:

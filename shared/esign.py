@@ -40,13 +40,6 @@ import argon2
 import grpc
 from google.protobuf.message import Message
 from sqlalchemy import (
-    Boolean,
-    Column,
-    Index,
-    Integer,
-    MetaData,
-    String,
-    Table,
     select,
     update,
 )
@@ -57,7 +50,6 @@ from lotgate.signatures.v1 import signatures_pb2_grpc as pb_grpc
 from shared import access
 from shared.auth import current_principal
 from shared.clock import Clock
-from shared.db import UtcDateTime
 from shared.errors import (
     FailedPrecondition,
     FieldViolation,
@@ -69,6 +61,7 @@ from shared.errors import (
 )
 from shared.logs import get_logger
 from shared.protoconv import to_timestamp
+from shared.tables import SIGNATURES, SIGNERS
 
 log = get_logger(__name__)
 
@@ -112,40 +105,6 @@ _HASHER = argon2.PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=
 
 def meaning_name(meaning: int) -> str:
     return pb.Meaning.Name(meaning)
-
-
-# Tables: every service keeps its own signers and signatures beside its records.
-
-_metadata = MetaData()
-
-SIGNERS = Table(
-    "signers", _metadata,
-    Column("subject", String(200), primary_key=True),
-    # Argon2id hash (with its salt and parameters); NULL after a reset.
-    Column("secret_hash", String(200), nullable=True),
-    Column("failures", Integer, nullable=False),
-    Column("locked", Boolean, nullable=False),
-    Column("updated_at", UtcDateTime, nullable=False),
-)
-
-SIGNATURES = Table(
-    "signatures", _metadata,
-    Column("signature_id", String(36), primary_key=True),
-    Column("record_type", String(64), nullable=False),
-    Column("record_id", String(300), nullable=False),
-    Column("signer", String(200), nullable=False),
-    Column("printed_name", String(200), nullable=False),
-    Column("meaning", String(32), nullable=False),
-    Column("signed_at", UtcDateTime, nullable=False),
-    Column("content_hash", String(64), nullable=False),
-    Index("ix_signatures_record", "record_type", "record_id"),
-)
-
-
-def add_tables(metadata: MetaData) -> None:
-    """Put the signers and signatures tables into a service's metadata."""
-    SIGNERS.to_metadata(metadata)
-    SIGNATURES.to_metadata(metadata)
 
 
 # What was signed

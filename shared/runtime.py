@@ -20,41 +20,25 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2
 from nats.js import JetStreamContext
-from sqlalchemy import MetaData, Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared import audit_anchor, esign, messaging
 from shared.aio import sleep_or_stop
-from shared.audit import audit_trail_table
 from shared.audit_api import AuditApi
 from shared.audit_api import add_to_server as add_audit_api
 from shared.auth import Gate, gate_from
 from shared.clock import Clock, FileClock, SystemClock
 from shared.config import ServiceSettings, nats_password, settings_for
-from shared.db import create_schema, make_engine, schema_info_table
+from shared.db import create_schema, make_engine
 from shared.grpc_server import build_server
-from shared.inbox import (
-    EventConsumer,
-    EventGate,
-    Subscription,
-    dead_letter_table,
-    inbox_table,
-)
+from shared.inbox import EventConsumer, EventGate, Subscription
 from shared.logs import configure_logging, get_logger
-from shared.outbox import OutboxRelay, outbox_table
+from shared.outbox import OutboxRelay
 from shared.signing import EventSigner, EventVerifier, PublicKeyFile
+from shared.tables import Tables
 from shared.uow import UnitOfWorkFactory
 
 log = get_logger(__name__)
-
-
-@dataclass
-class Tables:
-    metadata: MetaData
-    outbox: Table
-    inbox: Table
-    dead_letters: Table
-    schema_version: int = 1
 
 
 @dataclass
@@ -344,17 +328,3 @@ def run_until_signal(start: Callable[[], Awaitable[RunningService]]) -> None:
         uvloop.run(main())
     except ImportError:
         asyncio.run(main())
-
-
-def make_tables(metadata: MetaData, *, schema_version: int = 1) -> Tables:
-    """The outbox, inbox, dead-letter, audit trail, audit anchor and schema tables every
-    service has beside its own.
-
-    `schema_version` grows with every change to the service's tables.
-    """
-    schema_info_table(metadata)
-    audit_trail_table(metadata)
-    audit_anchor.audit_anchors_table(metadata)
-    esign.add_tables(metadata)
-    return Tables(metadata, outbox_table(metadata), inbox_table(metadata),
-                  dead_letter_table(metadata), schema_version)
