@@ -20,7 +20,7 @@ from sqlalchemy import MetaData, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from lotgate.audit.v1 import audit_pb2
-from shared import audit, messaging
+from shared import audit_chain, messaging
 from shared.aio import sleep_or_stop
 from shared.db import insert_ignoring_duplicates
 from shared.inbox import Subscription
@@ -53,7 +53,7 @@ def durable(keeper: str, service: str) -> str:
 async def publish(uow: UnitOfWork, metadata: MetaData, service: str) -> tuple[int, str]:
     """Publish the chain head now (through the outbox, so signed like every event)."""
     async with uow:
-        sequence, entry_hash = await audit.head(uow.conn, metadata)
+        sequence, entry_hash = await audit_chain.head(uow.conn, metadata)
         if sequence:
             uow.emit(subject(service), f"audit/{service}", audit_pb2.AuditAnchor(
                 event_id=new_event_id(), service=service, sequence=sequence,
@@ -74,7 +74,7 @@ async def run_anchors(uow: UnitOfWorkFactory, metadata: MetaData, service: str,
     while not stop.is_set():
         try:
             async with uow() as unit:
-                sequence, _ = await audit.head(unit.conn, metadata)
+                sequence, _ = await audit_chain.head(unit.conn, metadata)
             if sequence != last:
                 last, _ = await publish(uow(), metadata, service)
         except Exception as exc:  # the next round tries again
