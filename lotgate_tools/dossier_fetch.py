@@ -1,6 +1,6 @@
 """Reads what a supplier's dossier needs from the suppliers and lots services.
 
-The I/O half of `lotgate dossier`; `shared/dossier.py` is the pure half. Every failure
+The I/O half of `lotgate dossier`; `lotgate_tools/dossier.py` is the pure half. Every failure
 becomes a `DossierFetchError` with a one-line message and the command's exit code:
 1 when a service answered with an error (an unknown supplier is NOT_FOUND), 2 when a
 service could not be reached or did not answer in time.
