@@ -71,7 +71,7 @@ class ServiceSettings(BaseSettings):
     # Server reflection (grpcurl without the protos): on locally, off in production.
     grpc_reflection: bool = True
     # Electronic signatures: this many wrong signing secrets in a row lock the signer
-    # until an administrator resets them (shared.esign).
+    # until an administrator resets them (shared.esign_signers).
     esign_max_failures: int = Field(default=5, ge=1, le=100)
     # FOR TESTS ONLY: a file holding a clock offset in seconds (shared.clock.FileClock),
     # so that end-to-end tests can move the services' time. Empty: the system clock.

@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2
 from nats.js import JetStreamContext
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared import audit_anchor, esign, messaging
+from shared import audit_anchor, esign_interceptor, esign_signers, messaging
 from shared.aio import sleep_or_stop
 from shared.audit_api import AuditApi
 from shared.audit_api import add_to_server as add_audit_api
@@ -155,8 +155,9 @@ async def start_service(settings: ServiceSettings, build: BuildParts, *,
         subscriptions = [*parts.subscriptions,
                          *audit_anchor.subscriptions(name, tables.metadata)]
         streams = list(dict.fromkeys([*parts.streams, *audit_anchor.streams(name)]))
-        # Electronic signatures: every service keeps its own signers (shared.esign).
-        signers = esign.SignerStore(engine, clock, max_failures=settings.esign_max_failures)
+        # Electronic signatures: every service keeps its own signers (shared.esign_signers).
+        signers = esign_signers.SignerStore(engine, clock,
+                                            max_failures=settings.esign_max_failures)
 
         async def anchors(stop: asyncio.Event) -> None:
             await audit_anchor.run_anchors(uow, tables.metadata, name, stop,
@@ -165,12 +166,13 @@ async def start_service(settings: ServiceSettings, build: BuildParts, *,
         def register(grpc_server: grpc.aio.Server) -> list[str]:
             # Every service answers for its own audit trail and its own signers.
             return [*parts.register(grpc_server), *add_audit_api(grpc_server, audit_api),
-                    esign.register(grpc_server, signers)]
+                    esign_signers.register(grpc_server, signers)]
 
         server, port, health_servicer = build_server(
             host=settings.grpc_host, port=settings.grpc_port, register=register,
             gate=gate_for(settings), reflection_on=settings.grpc_reflection,
-            tls=tls_for(settings), interceptors=[esign.SignatureInterceptor(signers)])
+            tls=tls_for(settings),
+            interceptors=[esign_interceptor.SignatureInterceptor(signers)])
         running = RunningService(settings.service_name, port, server, infra, stop_event,
                                  asyncio.Event(), stack)
 
