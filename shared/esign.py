@@ -52,6 +52,7 @@ from shared.tables import SIGNATURES
 
 log = get_logger(__name__)
 
+
 # What was signed
 
 
