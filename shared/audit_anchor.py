@@ -16,21 +16,21 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, MetaData, String, Table, select
+from sqlalchemy import MetaData, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from lotgate.audit.v1 import audit_pb2
-from shared import audit, messaging
+from shared import audit_chain, messaging
 from shared.aio import sleep_or_stop
-from shared.db import UtcDateTime, insert_ignoring_duplicates
+from shared.db import insert_ignoring_duplicates
 from shared.inbox import Subscription
 from shared.logs import get_logger
 from shared.protoconv import from_timestamp, to_timestamp
+from shared.tables import AUDIT_ANCHORS
 from shared.uow import UnitOfWork, UnitOfWorkFactory, new_event_id
 
 log = get_logger(__name__)
 
-AUDIT_ANCHORS = "audit_anchors"
 # Keeper -> the services whose anchors it keeps.
 KEEPS: dict[str, tuple[str, ...]] = {"suppliers": ("lots", "results"), "lots": ("suppliers",)}
 STREAMS = {"suppliers": messaging.SUPPLIERS_STREAM, "lots": messaging.LOTS_STREAM,
@@ -50,23 +50,10 @@ def durable(keeper: str, service: str) -> str:
     return f"{keeper}-{service}-audit-anchor"
 
 
-def audit_anchors_table(metadata: MetaData) -> Table:
-    """Anchors of other services' chains this service received (append-only)."""
-    return Table(
-        AUDIT_ANCHORS, metadata,
-        Column("service", String(32), primary_key=True),
-        Column("sequence", BigInteger, primary_key=True),
-        Column("entry_hash", String(64), nullable=False),
-        Column("event_id", String(36), nullable=False),
-        Column("occurred_at", UtcDateTime, nullable=False),
-        Column("received_at", UtcDateTime, nullable=False),
-    )
-
-
 async def publish(uow: UnitOfWork, metadata: MetaData, service: str) -> tuple[int, str]:
     """Publish the chain head now (through the outbox, so signed like every event)."""
     async with uow:
-        sequence, entry_hash = await audit.head(uow.conn, metadata)
+        sequence, entry_hash = await audit_chain.head(uow.conn, metadata)
         if sequence:
             uow.emit(subject(service), f"audit/{service}", audit_pb2.AuditAnchor(
                 event_id=new_event_id(), service=service, sequence=sequence,
@@ -87,7 +74,7 @@ async def run_anchors(uow: UnitOfWorkFactory, metadata: MetaData, service: str,
     while not stop.is_set():
         try:
             async with uow() as unit:
-                sequence, _ = await audit.head(unit.conn, metadata)
+                sequence, _ = await audit_chain.head(unit.conn, metadata)
             if sequence != last:
                 last, _ = await publish(uow(), metadata, service)
         except Exception as exc:  # the next round tries again

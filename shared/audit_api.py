@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lotgate.audit.v1 import audit_pb2 as pb
 from lotgate.audit.v1 import audit_pb2_grpc
-from shared import audit, audit_anchor, paging
+from shared import audit, audit_anchor, audit_verify, paging
 from shared.errors import FieldViolation, InvalidArgument, NotFound, Unavailable, Violations
 from shared.protoconv import to_timestamp
 
@@ -33,7 +33,8 @@ def entry_to_proto(row: Any) -> pb.AuditEntry:
         previous_hash=row.previous_hash, entry_hash=row.entry_hash)
 
 
-def verdict_to_proto(service: str, verdict: audit.Verdict) -> pb.VerifyAuditTrailResponse:
+def verdict_to_proto(service: str,
+                     verdict: audit_verify.Verdict) -> pb.VerifyAuditTrailResponse:
     return pb.VerifyAuditTrailResponse(
         ok=verdict.ok,
         problem=(pb.AuditProblem.Value(f"AUDIT_PROBLEM_{verdict.problem.value}")
@@ -73,7 +74,7 @@ class AuditApi(audit_pb2_grpc.AuditServiceServicer):
                 # One snapshot: the chain and the rows as of one instant, so a change
                 # committed during the walk is not mistaken for an edit.
                 conn = await conn.execution_options(isolation_level="REPEATABLE READ")
-            verdict = await audit.verify(conn, self._metadata, anchor=anchor)
+            verdict = await audit_verify.verify(conn, self._metadata, anchor=anchor)
         return verdict_to_proto(self._service, verdict)
 
     async def ListAuditTrail(self, request: pb.ListAuditTrailRequest,
@@ -95,10 +96,12 @@ class AuditApi(audit_pb2_grpc.AuditServiceServicer):
         limit = paging.page_size(v, request.page_size)
         after = paging.decode_position(v, request.page_token)
         v.raise_if_any()
-        filters = audit.Filters(record_type=request.record_type, record_id=request.record_id,
-                                principal=request.principal, since=since, until=until)
+        filters = audit_verify.Filters(
+            record_type=request.record_type, record_id=request.record_id,
+            principal=request.principal, since=since, until=until)
         async with self._engine.connect() as conn:
-            rows = await audit.page(conn, self._metadata, filters, after=after, limit=limit)
+            rows = await audit_verify.page(conn, self._metadata, filters, after=after,
+                                           limit=limit)
         token = paging.encode_position(rows[-1].sequence) if len(rows) == limit else ""
         return pb.ListAuditTrailResponse(entries=[entry_to_proto(r) for r in rows],
                                          next_page_token=token)

@@ -71,7 +71,7 @@ class ServiceSettings(BaseSettings):
     # Server reflection (grpcurl without the protos): on locally, off in production.
     grpc_reflection: bool = True
     # Electronic signatures: this many wrong signing secrets in a row lock the signer
-    # until an administrator resets them (shared.esign).
+    # until an administrator resets them (shared.esign_signers).
     esign_max_failures: int = Field(default=5, ge=1, le=100)
     # Traces (shared.tracing): the OTLP/gRPC collector spans are exported to, e.g.
     # http://otel-collector:4317. Empty: nothing leaves the process (the standard

@@ -21,12 +21,12 @@ from google.protobuf.message import DecodeError, Message
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from sqlalchemy import Column, LargeBinary, MetaData, String, Table, Text, insert
+from sqlalchemy import Table, insert
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from shared import tracing
 from shared.aio import sleep_or_stop
-from shared.db import BigId, UtcDateTime, insert_ignoring_duplicates
+from shared.db import insert_ignoring_duplicates
 from shared.errors import Unavailable
 from shared.logs import get_logger
 from shared.signing import EventVerifier, Unverified
@@ -36,28 +36,6 @@ log = get_logger(__name__)
 
 Handler = Callable[[UnitOfWork, Any], Awaitable[None]]
 BatchHandler = Callable[[UnitOfWork, list[Any]], Awaitable[None]]
-
-
-def inbox_table(metadata: MetaData) -> Table:
-    return Table(
-        "inbox", metadata,
-        Column("event_id", String(36), primary_key=True),
-        Column("subject", String(200), nullable=False),
-        Column("processed_at", UtcDateTime, nullable=False),
-    )
-
-
-def dead_letter_table(metadata: MetaData) -> Table:
-    """Messages that could not be applied, kept for QA and operators to look at."""
-    return Table(
-        "dead_letters", metadata,
-        Column("id", BigId, primary_key=True, autoincrement=True),
-        Column("event_id", String(200), nullable=False),
-        Column("subject", String(200), nullable=False),
-        Column("payload", LargeBinary, nullable=False),
-        Column("error", Text, nullable=False),
-        Column("parked_at", UtcDateTime, nullable=False),
-    )
 
 
 @dataclass(frozen=True)

@@ -10,24 +10,12 @@ from collections import defaultdict
 from typing import Any
 
 from nats.js import JetStreamContext
-from sqlalchemy import (
-    Column,
-    Index,
-    LargeBinary,
-    MetaData,
-    String,
-    Table,
-    Text,
-    delete,
-    select,
-    text,
-)
+from sqlalchemy import Table, delete, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shared import tracing
 from shared.aio import sleep_or_stop
 from shared.crash import crash_point
-from shared.db import BigId, UtcDateTime
 from shared.logs import get_logger
 from shared.signing import EventSigner
 
@@ -38,24 +26,6 @@ AGGREGATE_HEADER = "Lotgate-Aggregate-Id"
 
 # Published rows are deleted at least this often (and whenever a batch's worth piles up).
 _PRUNE_EVERY_S = 0.25
-
-
-def outbox_table(metadata: MetaData) -> Table:
-    return Table(
-        "outbox", metadata,
-        Column("id", BigId, primary_key=True, autoincrement=True),
-        Column("event_id", String(36), nullable=False, unique=True),
-        Column("subject", String(200), nullable=False),
-        Column("aggregate_id", String(200), nullable=False),
-        Column("event_type", String(200), nullable=False),
-        Column("payload", LargeBinary, nullable=False),
-        Column("created_at", UtcDateTime, nullable=False),
-        # The trace context (W3C traceparent, tracestate) and request id of the call that
-        # wrote the row, as JSON of the headers to publish (shared.tracing). Nullable:
-        # rows from before it, and rows written outside any trace, publish without.
-        Column("trace_context", Text, nullable=True),
-        Index("ix_outbox_aggregate", "aggregate_id"),
-    )
 
 
 class OutboxRelay:

@@ -21,42 +21,26 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2
 from nats.js import JetStreamContext
-from sqlalchemy import MetaData, Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared import audit_anchor, esign, messaging
+from shared import audit_anchor, esign_interceptor, esign_signers, messaging
 from shared.aio import sleep_or_stop
-from shared.audit import audit_trail_table
 from shared.audit_api import AuditApi
 from shared.audit_api import add_to_server as add_audit_api
 from shared.auth import Gate, gate_from
 from shared.clock import Clock, FileClock, SystemClock
 from shared.config import ServiceSettings, nats_password, settings_for
-from shared.db import create_schema, make_engine, schema_info_table
+from shared.db import create_schema, make_engine
 from shared.grpc_server import build_server
-from shared.inbox import (
-    EventConsumer,
-    EventGate,
-    Subscription,
-    dead_letter_table,
-    inbox_table,
-)
+from shared.inbox import EventConsumer, EventGate, Subscription
 from shared.logs import configure_logging, get_logger
-from shared.outbox import OutboxRelay, outbox_table
+from shared.outbox import OutboxRelay
 from shared.signing import EventSigner, EventVerifier, PublicKeyFile
+from shared.tables import Tables
 from shared.tracing import configure_tracing
 from shared.uow import UnitOfWorkFactory
 
 log = get_logger(__name__)
-
-
-@dataclass
-class Tables:
-    metadata: MetaData
-    outbox: Table
-    inbox: Table
-    dead_letters: Table
-    schema_version: int = 1
 
 
 @dataclass
@@ -173,8 +157,9 @@ async def start_service(settings: ServiceSettings, build: BuildParts, *,
         subscriptions = [*parts.subscriptions,
                          *audit_anchor.subscriptions(name, tables.metadata)]
         streams = list(dict.fromkeys([*parts.streams, *audit_anchor.streams(name)]))
-        # Electronic signatures: every service keeps its own signers (shared.esign).
-        signers = esign.SignerStore(engine, clock, max_failures=settings.esign_max_failures)
+        # Electronic signatures: every service keeps its own signers (shared.esign_signers).
+        signers = esign_signers.SignerStore(engine, clock,
+                                            max_failures=settings.esign_max_failures)
 
         async def anchors(stop: asyncio.Event) -> None:
             await audit_anchor.run_anchors(uow, tables.metadata, name, stop,
@@ -183,12 +168,13 @@ async def start_service(settings: ServiceSettings, build: BuildParts, *,
         def register(grpc_server: grpc.aio.Server) -> list[str]:
             # Every service answers for its own audit trail and its own signers.
             return [*parts.register(grpc_server), *add_audit_api(grpc_server, audit_api),
-                    esign.register(grpc_server, signers)]
+                    esign_signers.register(grpc_server, signers)]
 
         server, port, health_servicer = build_server(
             host=settings.grpc_host, port=settings.grpc_port, register=register,
             gate=gate_for(settings), reflection_on=settings.grpc_reflection,
-            tls=tls_for(settings), interceptors=[esign.SignatureInterceptor(signers)])
+            tls=tls_for(settings),
+            interceptors=[esign_interceptor.SignatureInterceptor(signers)])
         running = RunningService(settings.service_name, port, server, infra, stop_event,
                                  asyncio.Event(), stack)
 
@@ -351,17 +337,3 @@ def run_until_signal(start: Callable[[], Awaitable[RunningService]]) -> None:
         uvloop.run(main())
     except ImportError:
         asyncio.run(main())
-
-
-def make_tables(metadata: MetaData, *, schema_version: int = 1) -> Tables:
-    """The outbox, inbox, dead-letter, audit trail, audit anchor and schema tables every
-    service has beside its own.
-
-    `schema_version` grows with every change to the service's tables.
-    """
-    schema_info_table(metadata)
-    audit_trail_table(metadata)
-    audit_anchor.audit_anchors_table(metadata)
-    esign.add_tables(metadata)
-    return Tables(metadata, outbox_table(metadata), inbox_table(metadata),
-                  dead_letter_table(metadata), schema_version)

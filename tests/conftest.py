@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.stack import NatsServer
+from lotgate_tools.stack import NatsServer
 from tests.support.databases import Databases, choose_admin_url
 from tests.support.outcomes import reject_in_ci
 

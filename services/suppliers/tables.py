@@ -17,7 +17,7 @@ from sqlalchemy import (
 
 from shared import audit
 from shared.db import BigId, UtcDateTime
-from shared.runtime import make_tables
+from shared.tables import make_tables
 
 metadata = MetaData()
 

@@ -28,9 +28,9 @@ from pathlib import Path
 import grpc
 
 from lotgate.lots.v1 import lots_pb2_grpc
-from shared import tokens
-from shared.client import Lotgate
-from shared.stack import SERVICES, Stack, free_port, nats_server_binary, wait_for_port
+from lotgate_tools import tokens
+from lotgate_tools.client import Lotgate
+from lotgate_tools.stack import SERVICES, Stack, free_port, nats_server_binary, wait_for_port
 from tests.bench import phases
 from tests.bench.load import (
     CpuMeter,

@@ -18,9 +18,9 @@ from datetime import UTC, datetime, timedelta
 import grpc
 
 from lotgate.lots.v1 import lots_pb2 as pb
+from lotgate_tools.client import DEFAULT_SITE
 from services.lots.convert import release_status
 from services.lots.domain import LotFacts, QualificationFacts, decide
-from shared.client import DEFAULT_SITE
 
 # Same shape and length as the lot ids the benchmark reads from the lots service.
 SAMPLE_LOT_ID = "LOT-000000-00000"

@@ -24,12 +24,12 @@ import grpc
 from sqlalchemy import func, insert, select
 
 from lotgate.suppliers.v1 import suppliers_pb2 as pb
+from lotgate_tools.client import Lotgate
+from lotgate_tools.stack import SERVICES, Stack, free_port
 from services.suppliers.tables import qualification_history, qualifications, sites, suppliers
 from services.suppliers.tables import tables as supplier_tables
-from shared.client import Lotgate
 from shared.db import create_schema, make_engine
 from shared.protoconv import to_timestamp
-from shared.stack import SERVICES, Stack, free_port
 from tests.bench.load import percentile, progress
 from tests.bench.report import Row, render
 from tests.support.databases import Databases

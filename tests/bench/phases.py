@@ -17,7 +17,7 @@ from datetime import UTC, date, datetime, timedelta
 
 from lotgate.lots.v1 import lots_pb2, lots_pb2_grpc
 from lotgate.results.v1 import results_pb2
-from shared.client import DEFAULT_SITE, Lotgate, identity, purity, sterility
+from lotgate_tools.client import DEFAULT_SITE, Lotgate, identity, purity, sterility
 from tests.bench.load import Samples, Schedule, closed_loop, error_name, open_loop, progress
 
 READ_TIMEOUT = 2.0

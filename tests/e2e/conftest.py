@@ -13,8 +13,8 @@ import pytest
 
 from lotgate.lots.v1 import lots_pb2 as pb
 from lotgate.lots.v1 import lots_pb2_grpc as pb_grpc
-from shared.client import Lotgate
-from shared.stack import SERVICES, Stack, free_port
+from lotgate_tools.client import Lotgate
+from lotgate_tools.stack import SERVICES, Stack, free_port
 from tests.support.auth import TEST_KEYS, acting
 from tests.support.databases import Databases
 

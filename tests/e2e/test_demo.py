@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.demo import run_demo
-from shared.stack import SERVICES, Stack
+from lotgate_tools.demo import run_demo
+from lotgate_tools.stack import SERVICES, Stack
 from tests.support.auth import acting
 from tests.support.processes import LOTGATE, kill_group, left_in_group, unused_port
 

@@ -19,8 +19,8 @@ from lotgate.audit.v1 import audit_pb2 as apb
 from lotgate.audit.v1 import audit_pb2_grpc as apb_grpc
 from lotgate.lots.v1 import lots_pb2 as pb
 from lotgate.suppliers.v1 import suppliers_pb2 as spb
-from shared.client import DEFAULT_SITE, Lotgate, identity, purity, sterility
-from shared.stack import Stack, free_port
+from lotgate_tools.client import DEFAULT_SITE, Lotgate, identity, purity, sterility
+from lotgate_tools.stack import Stack, free_port
 from tests.support import auth
 from tests.support.services import ref
 from tests.support.waiting import eventually, until_lot
@@ -41,7 +41,7 @@ class Run:
 async def lotgate_cli(*args: str) -> Run:
     """Run the installed `lotgate` command, as an auditor's QA contact would."""
     script = Path(sys.executable).parent / "lotgate"
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "shared.cli"]
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "lotgate_tools.cli"]
     process = await asyncio.create_subprocess_exec(
         *command, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(process.communicate(), timeout=60)

@@ -11,7 +11,7 @@ import pytest
 
 from lotgate.lots.v1 import lots_pb2 as pb
 from lotgate.results.v1 import results_pb2 as rpb
-from shared.client import Lotgate, identity, purity, sterility
+from lotgate_tools.client import Lotgate, identity, purity, sterility
 from shared.protoconv import to_timestamp
 from tests.support.services import ref
 from tests.support.waiting import until_lot

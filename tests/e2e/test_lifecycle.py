@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from lotgate.lots.v1 import lots_pb2 as pb
-from shared.client import Lotgate, identity, purity, sterility
-from shared.stack import SERVICES, Stack, free_port
+from lotgate_tools.client import Lotgate, identity, purity, sterility
+from lotgate_tools.stack import SERVICES, Stack, free_port
 from tests.support import auth
 from tests.support.databases import Databases
 from tests.support.services import ref

@@ -16,8 +16,8 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from lotgate.lots.v1 import lots_pb2 as pb
 from lotgate.results.v1 import results_pb2 as rpb
 from lotgate.suppliers.v1 import suppliers_pb2 as spb
-from shared.client import Lotgate, identity, purity, sterility
-from shared.stack import Stack
+from lotgate_tools.client import Lotgate, identity, purity, sterility
+from lotgate_tools.stack import Stack
 from tests.support.services import ref
 from tests.support.waiting import eventually, until_lot
 

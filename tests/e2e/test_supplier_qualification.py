@@ -9,7 +9,7 @@ import pytest
 
 from lotgate.lots.v1 import lots_pb2 as pb
 from lotgate.suppliers.v1 import suppliers_pb2 as spb
-from shared.client import DEFAULT_SITE, Lotgate, identity, purity, sterility
+from lotgate_tools.client import DEFAULT_SITE, Lotgate, identity, purity, sterility
 from shared.protoconv import to_timestamp
 from tests.support.services import ref
 from tests.support.waiting import eventually, until_lot

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from lotgate.lots.v1 import lots_pb2 as pb
-from shared.client import Lotgate, identity, purity, sterility
+from lotgate_tools.client import Lotgate, identity, purity, sterility
 from tests.support.services import ref
 from tests.support.waiting import until_lot
 

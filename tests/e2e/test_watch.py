@@ -12,8 +12,8 @@ import pytest
 from lotgate.lots.v1 import lots_pb2 as pb
 from lotgate.lots.v1 import lots_pb2_grpc as pb_grpc
 from lotgate.results.v1 import results_pb2 as rpb
-from shared.client import Lotgate, identity, purity, sterility
-from shared.stack import ServiceProcess, Stack, free_port
+from lotgate_tools.client import Lotgate, identity, purity, sterility
+from lotgate_tools.stack import ServiceProcess, Stack, free_port
 from tests.support import auth
 from tests.support.services import ref
 from tests.support.waiting import eventually

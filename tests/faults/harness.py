@@ -28,10 +28,10 @@ import grpc
 from lotgate.lots.v1 import lots_pb2 as lpb
 from lotgate.results.v1 import results_pb2 as rpb
 from lotgate.suppliers.v1 import suppliers_pb2 as spb
-from shared.client import DEFAULT_SITE, Lotgate, identity, purity, sterility
+from lotgate_tools.client import DEFAULT_SITE, Lotgate, identity, purity, sterility
+from lotgate_tools.dev_secrets import DevSecrets
+from lotgate_tools.stack import SERVICES, NatsServer, ServiceProcess, free_port
 from shared.crash import ENV as CRASH_ENV
-from shared.dev_secrets import DevSecrets
-from shared.stack import SERVICES, NatsServer, ServiceProcess, free_port
 from tests.faults.postgres import PgCluster
 from tests.support.auth import TEST_KEYS, acting
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import asyncpg
 
-from shared.stack import free_port, wait_for_port
+from lotgate_tools.stack import free_port, wait_for_port
 
 
 def _binaries() -> Path | None:

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from shared.stack import SERVICES
+from lotgate_tools.stack import SERVICES
 from tests.faults import scenario
 from tests.faults.harness import FaultStack, Plan, Recorder, Workload, check, connected, summary
 from tests.faults.postgres import PgCluster

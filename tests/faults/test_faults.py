@@ -160,7 +160,7 @@ async def test_supplier_suspended_while_the_last_passing_results_arrive(
 def _receipt(lot: str, material: str, supplier: str) -> lpb.ReceiveLotRequest:
     from datetime import date
 
-    from shared.client import DEFAULT_SITE
+    from lotgate_tools.client import DEFAULT_SITE
     return lpb.ReceiveLotRequest(
         lot_id=lot, material_code=material, supplier_id=supplier,
         supplier_site_id=DEFAULT_SITE, supplier_lot_number=f"S-{lot}",

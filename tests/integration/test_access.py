@@ -24,9 +24,9 @@ from lotgate.results.v1 import results_pb2, results_pb2_grpc
 from lotgate.results.v1 import results_pb2 as rpb
 from lotgate.signatures.v1 import signatures_pb2
 from lotgate.suppliers.v1 import suppliers_pb2
+from lotgate_tools.tokens import DevKeys, public_jwk, write_atomically
 from shared import access
 from shared.runtime import RunningService
-from shared.tokens import DevKeys, public_jwk, write_atomically
 from tests.integration.test_results import spec_tests
 from tests.support import auth
 from tests.support.services import ref, start_in_process

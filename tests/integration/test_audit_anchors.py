@@ -15,10 +15,10 @@ from lotgate.audit.v1 import audit_pb2 as apb
 from lotgate.audit.v1 import audit_pb2_grpc as apb_grpc
 from lotgate.suppliers.v1 import suppliers_pb2 as spb
 from lotgate.suppliers.v1 import suppliers_pb2_grpc as spb_grpc
+from lotgate_tools.stack import NatsServer
 from services.suppliers.tables import metadata
-from shared import audit
+from shared import audit_chain
 from shared.runtime import RunningService
-from shared.stack import NatsServer
 from tests.integration.test_audit_trail import around_the_trigger, as_superuser, verified
 from tests.support import auth
 from tests.support.services import start_in_process
@@ -60,14 +60,14 @@ async def rebuild_chain(service: RunningService, *, reason: str) -> None:
     trail = metadata.tables["audit_trail"]
     async with service.infra.engine.begin() as conn:
         await around_the_trigger(conn)
-        previous = audit.GENESIS
+        previous = audit_chain.GENESIS
         for row in (await conn.execute(select(trail).order_by(trail.c.sequence))).all():
             values = dict(row._mapping)
             if values["sequence"] == 2:
                 values["reason"] = reason
             values["previous_hash"] = previous
-            values["entry_hash"] = previous = audit.entry_hash(
-                {**values, "recorded_at": audit.canonical(values["recorded_at"]).strip('"')})
+            values["entry_hash"] = previous = audit_chain.entry_hash(
+                {**values, "recorded_at": audit_chain.canonical(values["recorded_at"]).strip('"')})
             await conn.execute(update(trail).where(trail.c.sequence == values["sequence"])
                                .values(reason=values["reason"],
                                        previous_hash=values["previous_hash"],

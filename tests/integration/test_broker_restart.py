@@ -16,9 +16,9 @@ import pytest
 
 from lotgate.lots.v1 import lots_pb2 as pb
 from lotgate.results.v1 import results_pb2 as rpb
-from shared.client import Lotgate, identity, purity, sterility
+from lotgate_tools.client import Lotgate, identity, purity, sterility
+from lotgate_tools.stack import NatsServer, free_port
 from shared.runtime import RunningService
-from shared.stack import NatsServer, free_port
 from tests.support.auth import acting
 from tests.support.services import ref, start_in_process
 from tests.support.waiting import until_lot

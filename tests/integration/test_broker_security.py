@@ -27,11 +27,11 @@ from lotgate.lots.v1 import events_pb2 as lot_events
 from lotgate.lots.v1 import lots_pb2 as pb
 from lotgate.results.v1 import events_pb2 as result_events
 from lotgate.results.v1 import results_pb2 as rpb
+from lotgate_tools.dev_secrets import write_public_keys
+from lotgate_tools.stack import NatsServer
 from services.lots.tables import tables as lot_tables
 from shared import messaging
-from shared.dev_secrets import write_public_keys
 from shared.signing import SIGNATURE_HEADER, EventSigner, public_key_entry
-from shared.stack import NatsServer
 from tests.integration.test_lots import TESTS, System, _count_results, running_system
 from tests.support.services import ref
 from tests.support.waiting import eventually

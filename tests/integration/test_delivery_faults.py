@@ -24,7 +24,7 @@ from shared.clock import SystemClock
 from shared.db import create_schema, make_engine
 from shared.inbox import EventConsumer, Subscription
 from shared.outbox import AGGREGATE_HEADER, OutboxRelay
-from shared.runtime import make_tables
+from shared.tables import make_tables
 from shared.uow import UnitOfWork, UnitOfWorkFactory
 from tests.support.databases import Databases
 from tests.support.faults import FaultyEngine, FaultyJetStream, FaultyUnitOfWorkFactory

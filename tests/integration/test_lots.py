@@ -26,12 +26,12 @@ from lotgate.results.v1 import events_pb2 as result_events
 from lotgate.results.v1 import results_pb2 as rpb
 from lotgate.suppliers.v1 import suppliers_pb2 as spb
 from lotgate.suppliers.v1 import suppliers_pb2_grpc as spb_grpc
+from lotgate_tools.stack import NatsServer
 from services.lots.tables import tables as lot_tables
 from shared import messaging
 from shared.clock import Clock
 from shared.protoconv import to_timestamp
 from shared.runtime import RunningService
-from shared.stack import NatsServer
 from tests.support import auth
 from tests.support.databases import Databases
 from tests.support.events import harness
@@ -87,7 +87,7 @@ class System:
 
     async def qualify(self, supplier_id: str, material: str, *, site: str = SITE,
                       valid_until: datetime | None = None) -> spb.Qualification:
-        """What QA does to approve a site for a material (as shared.client.Lotgate.qualify):
+        """What QA does to approve a site for a material (as lotgate_tools.client.Lotgate.qualify):
         register the supplier and site, record an approving audit, open, qualify."""
         valid_until = valid_until or self.now() + timedelta(days=365)
         await self.add_site(supplier_id, site)

@@ -37,7 +37,7 @@ from lotgate.results.v1 import results_pb2
 from lotgate.results.v1 import results_pb2_grpc as results_grpc
 from lotgate.suppliers.v1 import suppliers_pb2
 from lotgate.suppliers.v1 import suppliers_pb2_grpc as suppliers_grpc
-from shared import access, esign
+from shared import access, esign_policy
 from shared.protoconv import to_timestamp
 from shared.runtime import RunningService
 from tests.support import auth
@@ -99,7 +99,7 @@ ACTING = frozenset(
     or rpc in {name.rsplit("/", 1)[1] for name in access.INSTRUMENT_POSTS})
 
 # The QA decisions that carry an electronic signature (README, "Electronic signatures").
-SIGNED = frozenset(name.rsplit("/", 1)[1] for name in esign.SIGNED_ACTIONS)
+SIGNED = frozenset(name.rsplit("/", 1)[1] for name in esign_policy.SIGNED_ACTIONS)
 
 # The documented answers (README, "Errors" and the text of each RPC): status -> the RPCs
 # that may answer it. Everything else (INTERNAL, UNKNOWN, and UNAVAILABLE or

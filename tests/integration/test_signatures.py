@@ -18,7 +18,8 @@ from lotgate.lots.v1 import lots_pb2 as pb
 from lotgate.lots.v1 import lots_pb2_grpc as pb_grpc
 from lotgate.signatures.v1 import signatures_pb2 as spb
 from lotgate.signatures.v1 import signatures_pb2_grpc as spb_grpc
-from shared.esign import SIGNATURES, content_hash
+from shared.esign import content_hash
+from shared.tables import SIGNATURES
 from tests.integration.test_lots import System, running_system
 from tests.support import auth
 from tests.support.grpc_errors import field_violations

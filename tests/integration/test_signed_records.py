@@ -14,7 +14,7 @@ from sqlalchemy import update
 from lotgate.results.v1 import results_pb2 as pb
 from lotgate.signatures.v1 import signatures_pb2 as spb
 from lotgate.suppliers.v1 import suppliers_pb2 as sup
-from shared.esign import SIGNATURES
+from shared.tables import SIGNATURES
 from tests.integration.test_lots import System, running_system
 from tests.integration.test_results import (  # noqa: F401 (fixtures)
     approve,

@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import func, insert, select
 from sqlalchemy.exc import OperationalError
 
+from lotgate_tools.stack import NatsServer
 from services.suppliers import handlers, repository
 from services.suppliers.domain import Qualification, QualificationStatus
 from services.suppliers.tables import tables
@@ -19,7 +20,6 @@ from shared import messaging
 from shared.clock import ManualClock
 from shared.db import create_schema, make_engine
 from shared.outbox import OutboxRelay
-from shared.stack import NatsServer
 from shared.uow import UnitOfWorkFactory
 from tests.support.services import ref
 

@@ -15,11 +15,11 @@ from grpc_status import rpc_status
 from lotgate.suppliers.v1 import events_pb2
 from lotgate.suppliers.v1 import suppliers_pb2 as pb
 from lotgate.suppliers.v1 import suppliers_pb2_grpc as pb_grpc
+from lotgate_tools.stack import NatsServer, free_port
 from services.suppliers import bootstrap
 from shared.clock import ManualClock
 from shared.config import settings_for
 from shared.protoconv import from_timestamp, to_timestamp
-from shared.stack import NatsServer, free_port
 from tests.support import auth
 from tests.support.grpc_errors import field_violations
 from tests.support.services import ref, start_in_process

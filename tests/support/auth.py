@@ -11,7 +11,7 @@ To talk to one, use `channel` instead of `grpc.aio.insecure_channel`:
 Without `role`, each call gets a token with the roles that RPC needs (shared.access), the
 subject its requested_by/approved_by names (else "<role>.local"), and for a result's post
 the instrument_id it posts as: tests that are not about access keep working unchanged.
-A signed call (shared.esign.SIGNED_ACTIONS) without a signature is signed with TEST_SECRET
+A signed call (shared.esign_policy.SIGNED_ACTIONS) without a signature is signed with TEST_SECRET
 by its caller, enrolled first; a test about signatures sends its own.
 `token(...)` mints one token; `bad_tokens(role)` gives every kind of token that must be
 refused; `TEST_KEYS.rotate()` rotates the key the services trust.
@@ -33,8 +33,14 @@ from typing import Any
 import grpc
 import jwt
 
-from shared.esign import AutoSign
-from shared.tokens import ActingTokens, DevKeys, TokenSource, bearer_interceptors, static_token
+from lotgate_tools.autosign import AutoSign
+from lotgate_tools.tokens import (
+    ActingTokens,
+    DevKeys,
+    TokenSource,
+    bearer_interceptors,
+    static_token,
+)
 
 # The signing secret the test channels enrol and sign with for every subject (a test of
 # signatures themselves sends its own).

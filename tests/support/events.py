@@ -23,9 +23,9 @@ from typing import Any
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from shared.dev_secrets import DevSecrets
+from lotgate_tools.dev_secrets import DevSecrets
+from lotgate_tools.stack import NatsServer
 from shared.signing import EventSigner, owner_of
-from shared.stack import NatsServer
 
 
 class SignedJetStream:

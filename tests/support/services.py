@@ -6,10 +6,10 @@ import asyncio
 import importlib
 import uuid
 
+from lotgate_tools.stack import NatsServer
 from shared.clock import Clock
 from shared.config import settings_for
 from shared.runtime import RunningService
-from shared.stack import NatsServer
 from tests.support.auth import settings_overrides
 from tests.support.databases import Databases
 

@@ -171,7 +171,7 @@ def _commit() -> str:
 
 
 def _nats_server_version() -> str:
-    from shared.stack import nats_server_binary
+    from lotgate_tools.stack import nats_server_binary
 
     try:
         binary = nats_server_binary()

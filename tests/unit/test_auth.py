@@ -14,10 +14,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from lotgate.lots.v1 import lots_pb2
 from lotgate.results.v1 import results_pb2
+from lotgate_tools.tokens import DevKeys, write_atomically
 from shared import auth
 from shared.auth import FileKeySet, Principal, TokenVerifier, VerifierConfig
 from shared.errors import PermissionDenied, Unauthenticated
-from shared.tokens import DevKeys, write_atomically
 from tests.support.auth import AUDIENCE, ISSUER, TEST_KEYS, bad_tokens, token
 
 RELEASE = "/lotgate.lots.v1.LotService/ReleaseLot"

@@ -1,4 +1,5 @@
-"""The signature table, the signed content and the log redaction (shared.esign)."""
+"""The signature table, the signed content and the log redaction (shared.esign_policy,
+shared.esign)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from lotgate.lots.v1 import lots_pb2
 from lotgate.results.v1 import results_pb2
 from lotgate.signatures.v1 import signatures_pb2
 from lotgate.suppliers.v1 import suppliers_pb2
-from shared import access, esign
+from shared import access, esign, esign_policy
 from shared.logs import _truncate_values
 
 FILES = [suppliers_pb2.DESCRIPTOR, lots_pb2.DESCRIPTOR, results_pb2.DESCRIPTOR]
@@ -22,7 +23,7 @@ def _method(rpc: str):
 
 
 def test_every_signed_action_is_a_qa_decision_whose_request_carries_a_signature() -> None:
-    for rpc, meaning in esign.SIGNED_ACTIONS.items():
+    for rpc, meaning in esign_policy.SIGNED_ACTIONS.items():
         field = _method(rpc).input_type.fields_by_name.get("signature")
         assert field is not None, f"{rpc} has no signature field"
         assert field.message_type is signatures_pb2.SignatureInput.DESCRIPTOR
@@ -33,7 +34,7 @@ def test_every_signed_action_is_a_qa_decision_whose_request_carries_a_signature(
 def test_no_request_outside_the_table_asks_for_a_signature() -> None:
     asking = {f"{s.full_name}/{m.name}" for file in FILES for s in file.services_by_name.values()
               for m in s.methods if "signature" in m.input_type.fields_by_name}
-    assert asking == set(esign.SIGNED_ACTIONS)
+    assert asking == set(esign_policy.SIGNED_ACTIONS)
 
 
 def test_the_signed_content_names_its_record_so_the_hash_fits_no_other() -> None:

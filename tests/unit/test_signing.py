@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from shared.dev_secrets import DevSecrets, write_public_keys
+from lotgate_tools.dev_secrets import DevSecrets, write_public_keys
 from shared.signing import (
     KEY_ID_HEADER,
     MSG_ID_HEADER,

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from lotgate.lots.v1 import lots_pb2
 from lotgate.results.v1 import results_pb2
 from lotgate.suppliers.v1 import suppliers_pb2
-from shared.client import (
+from lotgate_tools.client import (
     DEFAULT_SITE,
     ConditionNotMet,
     Lotgate,
@@ -16,7 +16,7 @@ from shared.client import (
     purity,
     sterility,
 )
-from shared.tokens import TokenSource
+from lotgate_tools.tokens import TokenSource
 
 
 async def run_demo(addresses: dict[str, str], tokens: TokenSource) -> int:

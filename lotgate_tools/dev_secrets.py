@@ -103,11 +103,11 @@ def _write_new(path: Path, content: bytes) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m shared.dev_secrets DIR`: create the keys and passwords in DIR (for
+    """`python -m lotgate_tools.dev_secrets DIR`: create the keys and passwords in DIR (for
     deploy/: `deploy/secrets`), keeping any that exist, and print where they are."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m shared.dev_secrets DIR", file=sys.stderr)
+        print("usage: python -m lotgate_tools.dev_secrets DIR", file=sys.stderr)
         return 2
     made = DevSecrets(Path(args[0])).ensure()
     print(f"signing keys:     {made.root / 'signing'}/<service>.pem")

@@ -18,9 +18,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from lotgate.lots.v1 import lots_pb2, lots_pb2_grpc
 from lotgate.results.v1 import results_pb2, results_pb2_grpc
 from lotgate.suppliers.v1 import suppliers_pb2, suppliers_pb2_grpc
-from shared import esign
+from lotgate_tools import autosign
+from lotgate_tools.tokens import ActingTokens, TokenSource, bearer_interceptors, channel
 from shared.protoconv import to_timestamp
-from shared.tokens import ActingTokens, TokenSource, bearer_interceptors, channel
 
 # Worth retrying with the same request: the service was briefly unreachable,
 # or the lot was received a moment ago and the results service has not heard yet.
@@ -47,11 +47,11 @@ DEFAULT_SITE = "MAIN"
 
 def _channel(address: str, tokens: TokenSource | None) -> grpc.aio.Channel:
     """A channel sending `tokens`; with ActingTokens (local tools playing QA) signed calls
-    are signed too, with a secret derived from the local key (shared.esign.AutoSign)."""
+    are signed too, with a secret derived from the local key (lotgate_tools.autosign.AutoSign)."""
     if not isinstance(tokens, ActingTokens):
         return channel(address, tokens)
     seed = tokens.keys.private.private_bytes_raw()
-    signer = esign.AutoSign(address, tokens, esign.local_secret(seed))
+    signer = autosign.AutoSign(address, tokens, autosign.local_secret(seed))
     return grpc.aio.insecure_channel(address,
                                      interceptors=[signer, *bearer_interceptors(tokens)])
 

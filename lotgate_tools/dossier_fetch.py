@@ -1,6 +1,6 @@
 """Reads what a supplier's dossier needs from the suppliers and lots services.
 
-The I/O half of `lotgate dossier`; `shared/dossier.py` is the pure half. Every failure
+The I/O half of `lotgate dossier`; `lotgate_tools/dossier.py` is the pure half. Every failure
 becomes a `DossierFetchError` with a one-line message and the command's exit code:
 1 when a service answered with an error (an unknown supplier is NOT_FOUND), 2 when a
 service could not be reached or did not answer in time.
@@ -17,7 +17,7 @@ import grpc
 from lotgate.audit.v1 import audit_pb2, audit_pb2_grpc
 from lotgate.lots.v1 import lots_pb2, lots_pb2_grpc
 from lotgate.suppliers.v1 import suppliers_pb2, suppliers_pb2_grpc
-from shared.tokens import TokenSource, channel
+from lotgate_tools.tokens import TokenSource, channel
 
 PAGE_SIZE = 1000
 CALL_TIMEOUT_S = 30.0

@@ -18,8 +18,8 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 
 from lotgate.audit.v1 import audit_pb2, audit_pb2_grpc
+from lotgate_tools.tokens import TokenSource, channel
 from shared.protoconv import to_timestamp
-from shared.tokens import TokenSource, channel
 
 PAGE_SIZE = 1000
 CALL_TIMEOUT_S = 30.0

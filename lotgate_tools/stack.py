@@ -23,10 +23,10 @@ import nats
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from nats.aio.client import Client as NATS
 
+from lotgate_tools.dev_secrets import DevSecrets
+from lotgate_tools.tokens import ActingTokens, DevKeys
 from shared import nats_auth
 from shared.config import DEFAULT_GRPC_PORTS
-from shared.dev_secrets import DevSecrets
-from shared.tokens import ActingTokens, DevKeys
 
 SERVICES = ("suppliers", "results", "lots")
 

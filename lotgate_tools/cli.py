@@ -30,10 +30,10 @@ from pathlib import Path
 
 import grpc
 
+from lotgate_tools.stack import PortsInUse, Stack, StartFailed, wait_until_serving
+from lotgate_tools.tokens import ActingTokens, DevKeys, TokenSource, static_token
 from shared import access
 from shared.config import DEFAULT_GRPC_PORTS
-from shared.stack import PortsInUse, Stack, StartFailed, wait_until_serving
-from shared.tokens import ActingTokens, DevKeys, TokenSource, static_token
 
 DEFAULT_DATA_DIR = ".lotgate"
 # The development keys `lotgate run` creates and its services trust.
@@ -117,7 +117,7 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 async def _demo(args: argparse.Namespace) -> int:
-    from shared.demo import run_demo
+    from lotgate_tools.demo import run_demo
 
     chosen = {name: getattr(args, name) for name in DEFAULT_GRPC_PORTS}
     addresses = {name: address or f"127.0.0.1:{DEFAULT_GRPC_PORTS[name]}"
@@ -140,7 +140,7 @@ async def _demo(args: argparse.Namespace) -> int:
         print("Using the Lotgate that is already running.")
         return await run_demo(addresses, ActingTokens(DevKeys.ensure(args.keys)))
     with tempfile.TemporaryDirectory(prefix="lotgate-demo-") as tmp:
-        from shared.stack import free_port
+        from lotgate_tools.stack import free_port
 
         ports = {name: free_port() for name in DEFAULT_GRPC_PORTS}
         stack = Stack(Path(tmp), ports=ports, log_level="warning")
@@ -189,8 +189,8 @@ def _version() -> str:
 
 
 async def _dossier(args: argparse.Namespace) -> int:
-    from shared.dossier import build_dossier, directory_name, sha256_of, write_dossier
-    from shared.dossier_fetch import EXIT_FAILED, DossierFetchError, fetch_from
+    from lotgate_tools.dossier import build_dossier, directory_name, sha256_of, write_dossier
+    from lotgate_tools.dossier_fetch import EXIT_FAILED, DossierFetchError, fetch_from
 
     def fail(message: str, code: int = EXIT_FAILED) -> int:
         print(f"lotgate dossier: {message}", file=sys.stderr)
@@ -229,8 +229,8 @@ async def _dossier(args: argparse.Namespace) -> int:
 
 async def _audit(args: argparse.Namespace) -> int:
     """Export a service's audit trail; exit 1 when the chain does not verify."""
+    from lotgate_tools.audit_export import fetch_from, summary, to_csv, to_json
     from shared.audit_anchor import keeper_of
-    from shared.audit_export import fetch_from, summary, to_csv, to_json
 
     def instant(name: str, value: str) -> datetime | None:
         if not value:

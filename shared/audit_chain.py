@@ -1,0 +1,94 @@
+"""The audit trail's hash chain: canonical content, entry hashes, the head, the append.
+
+Each entry holds its sequence number, the hash of the previous entry and the SHA-256 of
+its own canonical content (`entry_hash`). Appends are serialised (an advisory lock on
+PostgreSQL, taken at commit so that it is held only for the insert; SQLite has one writer
+anyway), so the chain never forks. What goes into an entry is decided by the recording
+hooks (shared.audit); walking the chain back is shared.audit_verify.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import MetaData, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from shared.tables import AUDIT_TRAIL
+
+GENESIS = "0" * 64
+_APPEND_LOCK_KEY = 0x4C47_4154  # "LGAT"
+
+
+# Canonical JSON and hashes
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, bytes):
+        return value.hex()
+    raise TypeError(f"{type(value).__name__} has no canonical form")
+
+
+def canonical(value: Any) -> str:
+    """One text per value: sorted keys, no spaces, UTC times, UTF-8 kept."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      default=_plain)
+
+
+def entry_hash(entry: dict[str, Any]) -> str:
+    """SHA-256 of an entry's canonical content (everything but its own hash)."""
+    content = {k: entry[k] for k in _HASHED}
+    return hashlib.sha256(canonical(content).encode()).hexdigest()
+
+
+_HASHED = ("sequence", "recorded_at", "principal_subject", "principal_name", "record_type",
+           "record_id", "action", "reason", "old_values", "new_values", "request_id",
+           "previous_hash")
+
+
+def hashable(values: dict[str, Any]) -> dict[str, Any]:
+    """An entry's content as hashed: the time as canonical text."""
+    return {**values, "recorded_at": _plain(values["recorded_at"])}
+
+
+# The chain
+
+
+async def head(conn: AsyncConnection, metadata: MetaData) -> tuple[int, str]:
+    """The chain head: the last sequence number and its hash (0 and the genesis hash)."""
+    trail = metadata.tables[AUDIT_TRAIL]
+    row = (await conn.execute(select(trail.c.sequence, trail.c.entry_hash)
+                              .order_by(trail.c.sequence.desc()).limit(1))).first()
+    return (row.sequence, row.entry_hash) if row else (0, GENESIS)
+
+
+async def append(conn: AsyncConnection, metadata: MetaData,
+                 rows: list[dict[str, Any]]) -> int:
+    """Chain `rows` (entries without sequence and hashes) after the head and insert them,
+    in the caller's transaction; returns how many were written."""
+    if not rows:
+        return 0
+    if conn.dialect.name == "postgresql":
+        # Held to the commit that follows: one append at a time, so the chain never forks.
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _APPEND_LOCK_KEY})
+    sequence, previous = await head(conn, metadata)
+    for values in rows:
+        sequence += 1
+        values["sequence"] = sequence
+        values["previous_hash"] = previous
+        values["entry_hash"] = previous = entry_hash(hashable(values))
+    await conn.execute(metadata.tables[AUDIT_TRAIL].insert(), rows)
+    return len(rows)
