@@ -30,7 +30,8 @@ from pathlib import Path
 
 import grpc
 
-from lotgate_tools.stack import PortsInUse, Stack, StartFailed, wait_until_serving
+from lotgate_tools.ports import PortsInUse, StartFailed, wait_until_serving
+from lotgate_tools.stack import Stack
 from lotgate_tools.tokens import ActingTokens, DevKeys, TokenSource, static_token
 from shared import access
 from shared.config import DEFAULT_GRPC_PORTS
