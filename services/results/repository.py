@@ -1,5 +1,6 @@
 """Data access for specifications, instruments, known lots and results (SQLAlchemy Core on
-the unit of work)."""
+the unit of work): SQL only, domain values in and out. How criteria and measurements fit
+in columns is storage_format.py's."""
 
 from __future__ import annotations
 
@@ -7,31 +8,26 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any
 
-from sqlalchemy import bindparam, insert, or_, select, update
+from sqlalchemy import Update, bindparam, insert, or_, select, update
+from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.results.domain import (
-    Bound,
-    IdentityCriterion,
-    IdentityOutcome,
-    IdentityScore,
-    InstrumentStatus,
-    Measurement,
-    PriorResult,
-    Quantity,
-    RangeCriterion,
-    ResultState,
+from services.results.domain.evaluation import Quantity
+from services.results.domain.instruments import Calibration, Instrument, InstrumentStatus
+from services.results.domain.oos import PriorResult
+from services.results.domain.results import KnownLot, Result
+from services.results.domain.specifications import (
     Specification,
     SpecificationStatus,
-    SterilityCriterion,
-    SterilityOutcome,
     TestCriterion,
-    TestKind,
-    Verdict,
 )
-from services.results.records import Calibration, Instrument, Result
+from services.results.storage_format import (
+    criteria_from_json,
+    criteria_to_json,
+    measurement_columns,
+    measurement_of,
+)
 from services.results.tables import (
     calibrations,
     instruments,
@@ -39,54 +35,13 @@ from services.results.tables import (
     results,
     specifications,
 )
+from shared.contract import ResultState, TestKind, Verdict
 from shared.db import insert_ignoring_duplicates
 
 # Specifications
 
 
-def _bound_json(b: Bound | None) -> dict[str, Any] | None:
-    return None if b is None else {"value": b.value, "exclusive": b.exclusive}
-
-
-def _criterion_json(c: IdentityCriterion | RangeCriterion | SterilityCriterion
-                    ) -> dict[str, Any]:
-    if isinstance(c, IdentityCriterion):
-        return {"identity": {"reference": c.reference, "min_score": c.min_score}}
-    if isinstance(c, RangeCriterion):
-        return {"range": {"lower": _bound_json(c.lower), "upper": _bound_json(c.upper),
-                          "unit": c.unit, "decimals": c.decimals}}
-    return {"sterility": {"method": c.method}}
-
-
-def criteria_to_json(tests: Sequence[TestCriterion]) -> str:
-    return json.dumps([{"test": t.test.value, "method": t.method,
-                        **_criterion_json(t.criterion)} for t in tests],
-                      sort_keys=True, allow_nan=False)
-
-
-def _bound(data: dict[str, Any] | None) -> Bound | None:
-    return None if data is None else Bound(float(data["value"]), bool(data["exclusive"]))
-
-
-def criteria_from_json(text: str) -> tuple[TestCriterion, ...]:
-    found = []
-    for item in json.loads(text):
-        criterion: IdentityCriterion | RangeCriterion | SterilityCriterion
-        if "identity" in item:
-            c = item["identity"]
-            criterion = IdentityCriterion(reference=c["reference"], min_score=c["min_score"])
-        elif "range" in item:
-            c = item["range"]
-            criterion = RangeCriterion(lower=_bound(c["lower"]), upper=_bound(c["upper"]),
-                                       unit=c["unit"], decimals=c["decimals"])
-        else:
-            criterion = SterilityCriterion(method=item["sterility"]["method"])
-        found.append(TestCriterion(test=TestKind(item["test"]), method=item["method"],
-                                   criterion=criterion))
-    return tuple(found)
-
-
-def _specification(row: Any) -> Specification:
+def _specification(row: Row) -> Specification:
     return Specification(
         material_code=row.material_code, version=row.version,
         status=SpecificationStatus(row.status), tests=criteria_from_json(row.tests),
@@ -102,7 +57,7 @@ class StoredSpecification:
     authors: tuple[str, ...]
 
 
-def _stored_specification(row: Any) -> StoredSpecification:
+def _stored_specification(row: Row) -> StoredSpecification:
     return StoredSpecification(_specification(row), tuple(json.loads(row.authors)))
 
 
@@ -150,7 +105,7 @@ async def add_specification(conn: AsyncConnection, *, spec: Specification) -> No
         authors=json.dumps([spec.created_by])))
 
 
-def _draft(material_code: str, version: int) -> Any:
+def _draft(material_code: str, version: int) -> Update:
     # Every UPDATE of a specification goes through here: an EFFECTIVE version never matches.
     return (update(specifications)
             .where(specifications.c.material_code == material_code,
@@ -180,7 +135,7 @@ async def make_effective(conn: AsyncConnection, *, spec: Specification) -> bool:
 # Instruments
 
 
-def _instrument(row: Any) -> Instrument:
+def _instrument(row: Row) -> Instrument:
     return Instrument(
         instrument_id=row.instrument_id, type=row.type, location=row.location,
         status=InstrumentStatus(row.status), status_reason=row.status_reason,
@@ -188,7 +143,7 @@ def _instrument(row: Any) -> Instrument:
         registered_at=row.registered_at)
 
 
-def _calibration(row: Any) -> Calibration:
+def _calibration(row: Row) -> Calibration:
     return Calibration(calibrated_on=row.calibrated_on, calibration_due=row.calibration_due,
                        certificate_ref=row.certificate_ref, recorded_by=row.recorded_by,
                        recorded_at=row.recorded_at)
@@ -287,22 +242,14 @@ class StoredResult:
     fingerprint: str
 
 
-def _measurement(test: TestKind, row: Any) -> Measurement:
-    if row.score is not None:
-        return IdentityScore(row.score)
-    if row.outcome is not None:
-        if test is TestKind.IDENTITY:
-            return IdentityOutcome(row.outcome)
-        return SterilityOutcome(row.outcome)
-    return Quantity(value=row.value, unit=row.unit)
-
-
-def _stored(row: Any) -> StoredResult:
+def _stored(row: Row) -> StoredResult:
     test = TestKind(row.test)
     result = Result(
         result_id=row.result_id, lot_id=row.lot_id, material_code=row.material_code,
         test=test, instrument_id=row.instrument_id,
-        instrument_result_id=row.instrument_result_id, measurement=_measurement(test, row),
+        instrument_result_id=row.instrument_result_id,
+        measurement=measurement_of(test, outcome=row.outcome, value=row.value, unit=row.unit,
+                                   score=row.score),
         verdict=Verdict(row.verdict), verdict_reason=row.verdict_reason,
         spec_version=row.spec_version,
         required_tests=tuple(TestKind(t) for t in row.required_tests.split(",") if t),
@@ -380,21 +327,13 @@ async def prior_results(conn: AsyncConnection, *, lot_ids: Sequence[str]
     return found, {(row.instrument_id, row.instrument_result_id) for row in rows}
 
 
-def _row(result: Result, fingerprint: str) -> dict[str, Any]:
-    m = result.measurement
-    outcome = value = unit = score = None
-    if isinstance(m, Quantity):
-        value, unit = m.value, m.unit
-    elif isinstance(m, IdentityScore):
-        score = m.score
-    else:
-        outcome = m.value
+def _row(result: Result, fingerprint: str) -> dict[str, object]:
     return {
         "result_id": result.result_id, "lot_id": result.lot_id,
         "material_code": result.material_code, "test": result.test.value,
         "instrument_id": result.instrument_id,
         "instrument_result_id": result.instrument_result_id, "fingerprint": fingerprint,
-        "outcome": outcome, "value": value, "unit": unit, "score": score,
+        **measurement_columns(result.measurement),
         "verdict": result.verdict.value, "verdict_reason": result.verdict_reason,
         "spec_version": result.spec_version,
         "required_tests": ",".join(t.value for t in result.required_tests),
@@ -483,10 +422,10 @@ async def known_lot_material(conn: AsyncConnection, *, lot_id: str) -> str | Non
                                .where(known_lots.c.lot_id == lot_id))).scalar_one_or_none()
 
 
-async def add_known_lot(conn: AsyncConnection, *, lot_id: str, material_code: str,
-                        received_at: datetime) -> bool:
+async def add_known_lot(conn: AsyncConnection, *, lot: KnownLot) -> bool:
     """Remember a lot unless it is known already; True when it was new."""
     result = await conn.execute(
         insert_ignoring_duplicates(known_lots, conn.dialect.name),
-        {"lot_id": lot_id, "material_code": material_code, "received_at": received_at})
+        {"lot_id": lot.lot_id, "material_code": lot.material_code,
+         "received_at": lot.received_at})
     return result.rowcount == 1
