@@ -13,7 +13,6 @@ from sqlalchemy import Update, bindparam, insert, or_, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.results.domain.evaluation import Quantity
 from services.results.domain.instruments import Calibration, Instrument, InstrumentStatus
 from services.results.domain.oos import PriorResult
 from services.results.domain.results import KnownLot, Result
@@ -23,10 +22,11 @@ from services.results.domain.specifications import (
     TestCriterion,
 )
 from services.results.storage_format import (
+    StoredResult,
     criteria_from_json,
     criteria_to_json,
-    measurement_columns,
-    measurement_of,
+    result_values,
+    stored_result,
 )
 from services.results.tables import (
     calibrations,
@@ -236,33 +236,6 @@ async def instrument_standing(conn: AsyncConnection, *, instrument_id: str
 # Results
 
 
-@dataclass(frozen=True)
-class StoredResult:
-    result: Result
-    fingerprint: str
-
-
-def _stored(row: Row) -> StoredResult:
-    test = TestKind(row.test)
-    result = Result(
-        result_id=row.result_id, lot_id=row.lot_id, material_code=row.material_code,
-        test=test, instrument_id=row.instrument_id,
-        instrument_result_id=row.instrument_result_id,
-        measurement=measurement_of(test, outcome=row.outcome, value=row.value, unit=row.unit,
-                                   score=row.score),
-        verdict=Verdict(row.verdict), verdict_reason=row.verdict_reason,
-        spec_version=row.spec_version,
-        required_tests=tuple(TestKind(t) for t in row.required_tests.split(",") if t),
-        measured_at=row.measured_at, recorded_at=row.recorded_at,
-        judged=(Quantity(row.judged_value, row.judged_unit)
-                if row.judged_value is not None else None),
-        retest_of=row.retest_of or "", state=ResultState(row.state),
-        state_reason=row.state_reason or "", state_changed_by=row.state_changed_by or "",
-        state_changed_at=row.state_changed_at, sequence=row.sequence,
-        lot_result_number=row.lot_result_number)
-    return StoredResult(result, row.fingerprint)
-
-
 async def results_by_keys(conn: AsyncConnection, *, instrument_id: str,
                           instrument_result_ids: Sequence[str]) -> dict[str, StoredResult]:
     """The results an instrument stored under these ids, by id."""
@@ -272,7 +245,7 @@ async def results_by_keys(conn: AsyncConnection, *, instrument_id: str,
         where = results.c.instrument_result_id.in_(list(instrument_result_ids))
     rows = await conn.execute(select(results).where(results.c.instrument_id == instrument_id,
                                                     where))
-    return {row.instrument_result_id: _stored(row) for row in rows}
+    return {row.instrument_result_id: stored_result(row) for row in rows}
 
 
 _NEXT_NUMBERS = (update(known_lots).where(known_lots.c.lot_id == bindparam("b_lot_id"))
@@ -327,25 +300,6 @@ async def prior_results(conn: AsyncConnection, *, lot_ids: Sequence[str]
     return found, {(row.instrument_id, row.instrument_result_id) for row in rows}
 
 
-def _row(result: Result, fingerprint: str) -> dict[str, object]:
-    return {
-        "result_id": result.result_id, "lot_id": result.lot_id,
-        "material_code": result.material_code, "test": result.test.value,
-        "instrument_id": result.instrument_id,
-        "instrument_result_id": result.instrument_result_id, "fingerprint": fingerprint,
-        **measurement_columns(result.measurement),
-        "verdict": result.verdict.value, "verdict_reason": result.verdict_reason,
-        "spec_version": result.spec_version,
-        "required_tests": ",".join(t.value for t in result.required_tests),
-        "judged_value": result.judged.value if result.judged else None,
-        "judged_unit": result.judged.unit if result.judged else None,
-        "measured_at": result.measured_at, "recorded_at": result.recorded_at,
-        "lot_result_number": result.lot_result_number,
-        "retest_of": result.retest_of or None, "state": result.state.value,
-        "state_reason": None, "state_changed_by": None, "state_changed_at": None,
-    }
-
-
 _INSERT_RESULT = insert(results).returning(results.c.sequence)
 _INSERT_RESULTS = insert(results).returning(results.c.sequence, sort_by_parameter_order=True)
 
@@ -355,8 +309,8 @@ async def add_results(conn: AsyncConnection, *, new: Sequence[tuple[Result, str]
     """Insert (result, fingerprint) pairs; their sequences, in the same order
     (IntegrityError if an instrument_result_id is taken)."""
     if len(new) == 1:
-        return [(await conn.execute(_INSERT_RESULT, _row(*new[0]))).scalar_one()]
-    rows = await conn.execute(_INSERT_RESULTS, [_row(r, f) for r, f in new])
+        return [(await conn.execute(_INSERT_RESULT, result_values(*new[0]))).scalar_one()]
+    rows = await conn.execute(_INSERT_RESULTS, [result_values(r, f) for r, f in new])
     return [row.sequence for row in rows]
 
 
@@ -366,7 +320,7 @@ async def get_result(conn: AsyncConnection, *, result_id: str,
     if for_update:
         query = query.with_for_update()
     row = (await conn.execute(query)).first()
-    return _stored(row).result if row else None
+    return stored_result(row).result if row else None
 
 
 async def change_state(conn: AsyncConnection, *, result_id: str, state: ResultState,
@@ -385,7 +339,7 @@ async def list_lot_results(conn: AsyncConnection, *, lot_id: str) -> list[Result
     """Every result of a lot, by sequence."""
     rows = await conn.execute(select(results).where(results.c.lot_id == lot_id)
                               .order_by(results.c.sequence))
-    return [_stored(row).result for row in rows]
+    return [stored_result(row).result for row in rows]
 
 
 async def measured_at_of(conn: AsyncConnection, *, sequence: int) -> datetime | None:
@@ -410,7 +364,7 @@ async def instrument_results_page(conn: AsyncConnection, *, instrument_id: str,
         query = query.where(or_(r.measured_at > after[0],
                                 (r.measured_at == after[0]) & (r.sequence > after[1])))
     rows = await conn.execute(query.order_by(r.measured_at, r.sequence).limit(limit))
-    return [_stored(row).result for row in rows]
+    return [stored_result(row).result for row in rows]
 
 
 # Known lots
