@@ -116,7 +116,7 @@ class SupplierApi(pb_grpc.SupplierServiceServicer):
             v.code("site_id", request.site_id)
         v.raise_if_any()
         found = await queries.list_audits(self._uow(), supplier_id=request.supplier_id,
-                                           site_id=request.site_id)
+                                          site_id=request.site_id)
         return pb.ListAuditsResponse(audits=[audit_to_proto(a) for a in found])
 
     async def OpenQualification(self, request: pb.OpenQualificationRequest,
