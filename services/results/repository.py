@@ -14,7 +14,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.results.domain.instruments import Calibration, Instrument, InstrumentStatus
-from services.results.domain.oos import PriorResult
+from services.results.domain.oos import HANDLED_FROM, PriorResult
 from services.results.domain.results import KnownLot, Result
 from services.results.domain.specifications import (
     Specification,
@@ -329,7 +329,7 @@ async def change_state(conn: AsyncConnection, *, result_id: str, state: ResultSt
     and verdict are never written here."""
     done = await conn.execute(
         update(results).where(results.c.result_id == result_id,
-                              results.c.state == ResultState.VALID.value)
+                              results.c.state == HANDLED_FROM.value)
         .values(state=state.value, state_reason=reason, state_changed_by=changed_by,
                 state_changed_at=changed_at))
     return done.rowcount == 1

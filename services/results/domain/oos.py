@@ -12,10 +12,14 @@ from dataclasses import dataclass
 from shared.contract import ResultState, TestKind, Verdict
 from shared.errors import FailedPrecondition
 
+# The only state QA's handling moves a result from (the repository's guard against a
+# concurrent decision filters on it too).
+HANDLED_FROM = ResultState.VALID
+
 
 def check_invalidation(state: ResultState, *, result_id: str) -> None:
     """A VALID result may be invalidated (a laboratory error); nothing else."""
-    if state is not ResultState.VALID:
+    if state is not HANDLED_FROM:
         raise FailedPrecondition(
             f"result {result_id} is {state.value}; only a VALID result can be invalidated",
             subject=f"results/{result_id}")
@@ -23,7 +27,7 @@ def check_invalidation(state: ResultState, *, result_id: str) -> None:
 
 def check_confirmation(state: ResultState, verdict: Verdict, *, result_id: str) -> None:
     """Only a VALID out-of-specification result may be confirmed."""
-    if state is not ResultState.VALID:
+    if state is not HANDLED_FROM:
         raise FailedPrecondition(
             f"result {result_id} is {state.value}; only a VALID result can be confirmed",
             subject=f"results/{result_id}")
