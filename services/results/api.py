@@ -1,4 +1,5 @@
-"""The gRPC entrypoint: proto requests in, commands to the handlers, proto responses out."""
+"""The gRPC entrypoint: proto requests in, commands to the handlers and reads to the
+queries, proto responses out (with the signatures of the records they show)."""
 
 from __future__ import annotations
 
