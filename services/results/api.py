@@ -1,38 +1,47 @@
-"""The gRPC entrypoint: proto requests in, commands to the handlers, proto responses out."""
+"""The gRPC entrypoint: proto requests in, commands to the handlers and reads to the
+queries, proto responses out (with the signatures of the records they show)."""
 
 from __future__ import annotations
 
-import math
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, timedelta
 from typing import Any
 
 import grpc
 
 from lotgate.results.v1 import results_pb2 as pb
 from lotgate.results.v1 import results_pb2_grpc as pb_grpc
-from services.results import handlers, signatures
+from services.results import handlers, queries
+from services.results.commands import (
+    ApproveSpecification,
+    CalibrationReport,
+    HandleResult,
+    RecordCalibration,
+    RecordResult,
+    RegisterInstrument,
+    SetInstrumentStatus,
+    SpecificationDraft,
+)
 from services.results.convert import (
-    IDENTITY_FROM_PROTO,
     INSTRUMENT_STATUS_FROM_PROTO,
-    MAX_UNIT_LENGTH,
-    MEASUREMENT_FIELDS,
-    STERILITY_FROM_PROTO,
+    RESULT,
+    SPECIFICATION,
     TEST_FROM_PROTO,
     calibration_to_proto,
+    check_measurement,
     criteria_from_proto,
     instrument_to_proto,
     measurement_from_proto,
+    result_content,
     result_to_proto,
+    specification_content,
+    specification_record,
     specification_to_proto,
 )
-from services.results.domain import (
-    InstrumentStatus,
-    TestCriterion,
-    calibration_record_problems,
-    check_tests,
-)
-from services.results.records import Calibration, Instrument, RecordResult, SpecificationDraft
+from services.results.domain.instruments import calibration_record_problems
+from services.results.domain.results import Result
+from services.results.domain.specifications import Specification, TestCriterion, check_tests
 from shared import paging
+from shared.contract import ResultState
 from shared.dates import EPOCH, bounds_problem
 from shared.errors import PermissionDenied, Violations
 from shared.protoconv import fingerprint, from_timestamp, timestamp_is_valid
@@ -44,7 +53,6 @@ MAX_BATCH = 500
 MAX_TESTS = 20
 # The instrument a call comes from, when the caller says so (see RecordResult).
 INSTRUMENT_HEADER = "x-lotgate-instrument"
-_UNSET = datetime.min.replace(tzinfo=UTC)  # set by the handler
 
 
 class ResultApi(pb_grpc.ResultServiceServicer):
@@ -82,9 +90,9 @@ class ResultApi(pb_grpc.ResultServiceServicer):
         effective_from = v.instant(request, "effective_from")
         v.text("approved_by", request.approved_by, max_length=200)
         v.raise_if_any()
-        spec = await handlers.approve_specification(
-            self._uow(), material_code=request.material_code, version=request.version,
-            effective_from=effective_from, approved_by=request.approved_by)
+        spec = await handlers.approve_specification(self._uow(), ApproveSpecification(
+            material_code=request.material_code, version=request.version,
+            effective_from=effective_from, approved_by=request.approved_by))
         return pb.ApproveSpecificationResponse(specification=await self._spec(spec))
 
     async def GetSpecification(self, request: pb.GetSpecificationRequest,
@@ -97,7 +105,7 @@ class ResultApi(pb_grpc.ResultServiceServicer):
         if request.version and request.HasField("as_of"):
             v.add("as_of", "give either as_of or version, not both")
         v.raise_if_any()
-        spec = await handlers.get_specification(
+        spec = await queries.get_specification(
             self._uow(), material_code=request.material_code, version=request.version,
             as_of=as_of)
         return pb.GetSpecificationResponse(specification=await self._spec(spec))
@@ -108,20 +116,31 @@ class ResultApi(pb_grpc.ResultServiceServicer):
         v = Violations()
         v.code("material_code", request.material_code)
         v.raise_if_any()
-        found = await handlers.list_specification_versions(
+        found = await queries.list_specification_versions(
             self._uow(), material_code=request.material_code)
-        shown = [specification_to_proto(s) for s in found]
-        await signatures.show_specifications(self._uow(), shown)
-        return pb.ListSpecificationVersionsResponse(specifications=shown)
+        return pb.ListSpecificationVersionsResponse(specifications=await self._specs(found))
 
-    async def _spec(self, spec: Any) -> pb.Specification:
-        shown = specification_to_proto(spec)
-        await signatures.show_specifications(self._uow(), [shown])
+    async def _spec(self, spec: Specification) -> pb.Specification:
+        return (await self._specs([spec]))[0]
+
+    async def _specs(self, specs: list[Specification]) -> list[pb.Specification]:
+        """The versions as shown, each with its signatures."""
+        shown = [specification_to_proto(s) for s in specs]
+        found = await queries.signatures_of(
+            self._uow(), record_type=SPECIFICATION,
+            contents={specification_record(s): specification_content(s) for s in shown})
+        for s in shown:
+            s.signatures.extend(found[specification_record(s)])
         return shown
 
-    async def _results(self, found: Any) -> list[pb.Result]:
-        shown = [result_to_proto(r) for r in found]
-        await signatures.show_results(self._uow(), shown)
+    async def _results(self, results: list[Result]) -> list[pb.Result]:
+        """The results as shown, each with its signatures."""
+        shown = [result_to_proto(r) for r in results]
+        found = await queries.signatures_of(
+            self._uow(), record_type=RESULT,
+            contents={r.result_id: result_content(r) for r in shown})
+        for r in shown:
+            r.signatures.extend(found[r.result_id])
         return shown
 
     # Instruments
@@ -136,12 +155,10 @@ class ResultApi(pb_grpc.ResultServiceServicer):
         calibration = self._calibration(request, v)
         v.raise_if_any()
         assert calibration is not None
-        instrument = Instrument(
+        saved = await handlers.register_instrument(self._uow(), RegisterInstrument(
             instrument_id=request.instrument_id, type=request.type.strip(),
-            location=request.location.strip(), status=InstrumentStatus.ACTIVE,
-            status_reason="registered", calibration_due=calibration.calibration_due,
-            registered_by=request.requested_by, registered_at=_UNSET)
-        saved = await handlers.register_instrument(self._uow(), instrument, calibration)
+            location=request.location.strip(), first=calibration,
+            requested_by=request.requested_by))
         return pb.RegisterInstrumentResponse(instrument=instrument_to_proto(saved))
 
     async def RecordCalibration(
@@ -152,8 +169,9 @@ class ResultApi(pb_grpc.ResultServiceServicer):
         calibration = self._calibration(request, v)
         v.raise_if_any()
         assert calibration is not None
-        saved = await handlers.record_calibration(
-            self._uow(), instrument_id=request.instrument_id, calibration=calibration)
+        saved = await handlers.record_calibration(self._uow(), RecordCalibration(
+            instrument_id=request.instrument_id, calibration=calibration,
+            requested_by=request.requested_by))
         return pb.RecordCalibrationResponse(instrument=instrument_to_proto(saved))
 
     async def SetInstrumentStatus(
@@ -168,9 +186,9 @@ class ResultApi(pb_grpc.ResultServiceServicer):
         v.text("requested_by", request.requested_by, max_length=200)
         v.raise_if_any()
         assert status is not None
-        saved = await handlers.set_instrument_status(
-            self._uow(), instrument_id=request.instrument_id, status=status,
-            reason=request.reason.strip(), requested_by=request.requested_by)
+        saved = await handlers.set_instrument_status(self._uow(), SetInstrumentStatus(
+            instrument_id=request.instrument_id, status=status, reason=request.reason.strip(),
+            requested_by=request.requested_by))
         return pb.SetInstrumentStatusResponse(instrument=instrument_to_proto(saved))
 
     async def GetInstrument(self, request: pb.GetInstrumentRequest,
@@ -178,14 +196,14 @@ class ResultApi(pb_grpc.ResultServiceServicer):
         v = Violations()
         v.code("instrument_id", request.instrument_id)
         v.raise_if_any()
-        instrument, history = await handlers.get_instrument(
+        instrument, history = await queries.get_instrument(
             self._uow(), instrument_id=request.instrument_id)
         return pb.GetInstrumentResponse(instrument=instrument_to_proto(instrument),
                                         calibrations=[calibration_to_proto(c) for c in history])
 
-    def _calibration(self, request: Any, v: Violations) -> Calibration | None:
-        """The calibration a Register/RecordCalibration request carries (`recorded_at` is
-        set by the handler); None when it is not valid (and noted)."""
+    def _calibration(self, request: Any, v: Violations) -> CalibrationReport | None:
+        """The calibration a Register/RecordCalibration request carries; None when it is
+        not valid (and noted)."""
         calibrated_on = v.day_between("calibrated_on", request.calibrated_on)
         due = v.day_between("calibration_due", request.calibration_due)
         if calibrated_on is not None and due is not None:
@@ -196,9 +214,8 @@ class ResultApi(pb_grpc.ResultServiceServicer):
         v.text("requested_by", request.requested_by, max_length=200)
         if calibrated_on is None or due is None:
             return None
-        return Calibration(calibrated_on=calibrated_on, calibration_due=due,
-                           certificate_ref=request.certificate_ref.strip(),
-                           recorded_by=request.requested_by, recorded_at=_UNSET)
+        return CalibrationReport(calibrated_on=calibrated_on, calibration_due=due,
+                                 certificate_ref=request.certificate_ref.strip())
 
     def _today(self) -> date:
         return self._uow.clock.now().astimezone(UTC).date()
@@ -263,7 +280,7 @@ class ResultApi(pb_grpc.ResultServiceServicer):
         test = TEST_FROM_PROTO.get(request.test)
         if test is None:
             v.add(f"{where}test", "must be IDENTITY, PURITY, STERILITY, ASSAY or BIOBURDEN")
-        ok = _check_measurement(request, test, v, where)
+        ok = check_measurement(request, test, v, where)
         measured_at = None
         if not request.HasField("measured_at"):
             v.add(f"{where}measured_at", "is required: when the instrument measured")
@@ -285,18 +302,14 @@ class ResultApi(pb_grpc.ResultServiceServicer):
 
     async def InvalidateResult(self, request: pb.InvalidateResultRequest,
                                context: grpc.aio.ServicerContext) -> pb.InvalidateResultResponse:
-        _check_handling(request)
-        result = await handlers.invalidate_result(
-            self._uow(), result_id=request.result_id, reason=request.reason.strip(),
-            requested_by=request.requested_by)
+        result = await handlers.handle_result(
+            self._uow(), _handling(request, ResultState.INVALIDATED))
         return pb.InvalidateResultResponse(result=(await self._results([result]))[0])
 
     async def ConfirmResult(self, request: pb.ConfirmResultRequest,
                             context: grpc.aio.ServicerContext) -> pb.ConfirmResultResponse:
-        _check_handling(request)
-        result = await handlers.confirm_result(
-            self._uow(), result_id=request.result_id, reason=request.reason.strip(),
-            requested_by=request.requested_by)
+        result = await handlers.handle_result(
+            self._uow(), _handling(request, ResultState.CONFIRMED))
         return pb.ConfirmResultResponse(result=(await self._results([result]))[0])
 
     async def ListLotResults(self, request: pb.ListLotResultsRequest,
@@ -304,7 +317,7 @@ class ResultApi(pb_grpc.ResultServiceServicer):
         v = Violations()
         v.code("lot_id", request.lot_id)
         v.raise_if_any()
-        results = await handlers.list_lot_results(self._uow(), lot_id=request.lot_id)
+        results = await queries.list_lot_results(self._uow(), lot_id=request.lot_id)
         return pb.ListLotResultsResponse(results=await self._results(results))
 
     async def ListInstrumentResults(
@@ -319,7 +332,7 @@ class ResultApi(pb_grpc.ResultServiceServicer):
         limit = paging.page_size(v, request.page_size)
         after = paging.decode_position(v, request.page_token)
         v.raise_if_any()
-        found = await handlers.instrument_results_page(
+        found = await queries.instrument_results_page(
             self._uow(), instrument_id=request.instrument_id, measured_from=measured_from,
             measured_before=measured_before, after_sequence=after, limit=limit)
         # The token names the last result given; its (measured_at, sequence) never change.
@@ -337,42 +350,15 @@ def _check_caller(context: grpc.aio.ServicerContext, instrument_id: str) -> None
                                    f"not post results as {instrument_id}")
 
 
-def _check_measurement(request: pb.RecordResultRequest, test: Any, v: Violations,
-                       where: str) -> bool:
-    which = request.WhichOneof("measurement")
-    if which is None:
-        v.add(f"{where}measurement",
-              "is required: identity, identity_score, quantity or sterility")
-        return False
-    allowed = MEASUREMENT_FIELDS.get(test, ()) if test else ()
-    if test is not None and which not in allowed:
-        v.add(f"{where}measurement", f"a {test} result carries {' or '.join(allowed)}, "
-                                     f"not {which}")
-        return False
-    if which == "identity" and request.identity not in IDENTITY_FROM_PROTO:
-        v.add(f"{where}identity", "must be MATCH or NO_MATCH")
-        return False
-    if which == "sterility" and request.sterility not in STERILITY_FROM_PROTO:
-        v.add(f"{where}sterility", "must be NO_GROWTH or GROWTH")
-        return False
-    if which == "identity_score" and not math.isfinite(request.identity_score):
-        v.add(f"{where}identity_score", "must be a finite number")
-        return False
-    if which == "quantity":
-        before = len(v)
-        if not math.isfinite(request.quantity.value):
-            v.add(f"{where}quantity.value", "must be a finite number")
-        v.text(f"{where}quantity.unit", request.quantity.unit, max_length=MAX_UNIT_LENGTH)
-        return len(v) == before
-    return True
-
-
-def _check_handling(request: pb.InvalidateResultRequest | pb.ConfirmResultRequest) -> None:
+def _handling(request: pb.InvalidateResultRequest | pb.ConfirmResultRequest,
+              target: ResultState) -> HandleResult:
     v = Violations()
     v.code("result_id", request.result_id)
     v.text("reason", request.reason, max_length=2000, prose=True)
     v.text("requested_by", request.requested_by, max_length=200)
     v.raise_if_any()
+    return HandleResult(result_id=request.result_id, target=target,
+                        reason=request.reason.strip(), requested_by=request.requested_by)
 
 
 def _draft(request: pb.CreateSpecificationDraftRequest | pb.UpdateSpecificationDraftRequest,

@@ -6,7 +6,7 @@ import grpc
 
 from lotgate.lots.v1 import events_pb2 as lots_events_pb2
 from lotgate.results.v1 import results_pb2, results_pb2_grpc
-from services.results import handlers
+from services.results import inbound
 from services.results.api import ResultApi
 from services.results.tables import tables
 from shared import messaging
@@ -24,7 +24,7 @@ def build(infra: Infrastructure) -> ServiceParts:
     lot_received = Subscription(
         stream=messaging.LOTS_STREAM.name, subject=messaging.LOT_RECEIVED,
         durable="results-lot-received", message_type=lots_events_pb2.LotReceived,
-        handler=handlers.lot_received)
+        handler=inbound.lot_received)
     return ServiceParts(tables=tables, register=register, subscriptions=[lot_received],
                         streams=[messaging.RESULTS_STREAM, messaging.LOTS_STREAM])
 

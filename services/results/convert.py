@@ -1,31 +1,42 @@
-"""Translations between the results domain and its protobuf contract."""
+"""Translations between the results domain and the protobuf contracts: requests'
+criteria and measurements in; specifications, instruments, results, the events that
+announce them and the content QA's signatures sign out; the lots service's LotReceived in.
+"""
 
 from __future__ import annotations
 
-from datetime import date
+import math
+from datetime import date, datetime
+from typing import Any
 
+from google.protobuf import json_format
+
+from lotgate.lots.v1.events_pb2 import LotReceived
+from lotgate.results.v1 import events_pb2
 from lotgate.results.v1 import results_pb2 as pb
-from services.results.domain import (
-    Bound,
-    IdentityCriterion,
+from lotgate.signatures.v1.signatures_pb2 import Signature
+from services.results.domain.evaluation import (
     IdentityOutcome,
     IdentityScore,
-    InstrumentStatus,
     Measurement,
     Quantity,
+    SterilityOutcome,
+)
+from services.results.domain.instruments import Calibration, Instrument, InstrumentStatus
+from services.results.domain.results import KnownLot, Result
+from services.results.domain.specifications import (
+    Bound,
+    Criterion,
+    IdentityCriterion,
     RangeCriterion,
-    ResultState,
     Specification,
     SpecificationStatus,
     SterilityCriterion,
-    SterilityOutcome,
     TestCriterion,
-    TestKind,
-    Verdict,
 )
-from services.results.records import Calibration, Instrument, Result
+from shared.contract import ResultState, TestKind, Verdict
 from shared.errors import Violations
-from shared.protoconv import to_timestamp
+from shared.protoconv import from_timestamp, timestamp_is_valid, to_timestamp
 
 MAX_UNIT_LENGTH = 32
 MAX_METHOD_LENGTH = 500
@@ -82,11 +93,6 @@ MEASUREMENT_FIELDS: dict[TestKind, tuple[str, ...]] = {
 }
 
 
-def test_order(kind: TestKind) -> int:
-    """Tests are listed in the order of the contract's enum."""
-    return TEST_TO_PROTO[kind]
-
-
 # Specifications
 
 def criteria_from_proto(tests: list[pb.TestCriterion] | object, v: Violations, *,
@@ -101,7 +107,7 @@ def criteria_from_proto(tests: list[pb.TestCriterion] | object, v: Violations, *
             v.add(f"{where}.test", "must be IDENTITY, PURITY, STERILITY, ASSAY or BIOBURDEN")
         v.text(f"{where}.method", t.method, max_length=MAX_METHOD_LENGTH, required=False)
         which = t.WhichOneof("criterion")
-        criterion: IdentityCriterion | RangeCriterion | SterilityCriterion
+        criterion: Criterion
         if which == "identity":
             v.text(f"{where}.identity.reference", t.identity.reference, max_length=500,
                    required=False)
@@ -199,6 +205,38 @@ def measurement_from_proto(message: pb.RecordResultRequest | pb.Result) -> Measu
     return Quantity(value=message.quantity.value, unit=message.quantity.unit)
 
 
+def check_measurement(request: pb.RecordResultRequest, test: TestKind | None, v: Violations,
+                      where: str) -> bool:
+    """Whether the request's measurement can be read as one `test` carries (what is
+    wrong is noted in `v`)."""
+    which = request.WhichOneof("measurement")
+    if which is None:
+        v.add(f"{where}measurement",
+              "is required: identity, identity_score, quantity or sterility")
+        return False
+    allowed = MEASUREMENT_FIELDS.get(test, ()) if test else ()
+    if test is not None and which not in allowed:
+        v.add(f"{where}measurement", f"a {test} result carries {' or '.join(allowed)}, "
+                                     f"not {which}")
+        return False
+    if which == "identity" and request.identity not in IDENTITY_FROM_PROTO:
+        v.add(f"{where}identity", "must be MATCH or NO_MATCH")
+        return False
+    if which == "sterility" and request.sterility not in STERILITY_FROM_PROTO:
+        v.add(f"{where}sterility", "must be NO_GROWTH or GROWTH")
+        return False
+    if which == "identity_score" and not math.isfinite(request.identity_score):
+        v.add(f"{where}identity_score", "must be a finite number")
+        return False
+    if which == "quantity":
+        before = len(v)
+        if not math.isfinite(request.quantity.value):
+            v.add(f"{where}quantity.value", "must be a finite number")
+        v.text(f"{where}quantity.unit", request.quantity.unit, max_length=MAX_UNIT_LENGTH)
+        return len(v) == before
+    return True
+
+
 def result_to_proto(result: Result) -> pb.Result:
     message = pb.Result(
         result_id=result.result_id, lot_id=result.lot_id, material_code=result.material_code,
@@ -223,3 +261,103 @@ def result_to_proto(result: Result) -> pb.Result:
     if result.judged is not None:
         message.judged.CopyFrom(pb.Quantity(value=result.judged.value, unit=result.judged.unit))
     return message
+
+
+# Events
+
+def specification_approved(spec: Specification, *, signature: Signature | None,
+                           event_id: str, now: datetime) -> events_pb2.SpecificationApproved:
+    """The event of an approval; it shows the approval's signature."""
+    shown = specification_to_proto(spec)
+    if signature is not None:
+        shown.signatures.append(signature)
+    return events_pb2.SpecificationApproved(event_id=event_id, specification=shown,
+                                            occurred_at=to_timestamp(now))
+
+
+def result_recorded(result: Result, *, event_id: str,
+                    now: datetime) -> events_pb2.ResultRecorded:
+    return events_pb2.ResultRecorded(event_id=event_id, result=result_to_proto(result),
+                                     occurred_at=to_timestamp(now))
+
+
+def result_handled(result: Result, *, signature: Signature | None, event_id: str,
+                   now: datetime) -> events_pb2.ResultInvalidated | events_pb2.ResultConfirmed:
+    """The event of QA's invalidation or confirmation; it shows QA's signature."""
+    shown = result_to_proto(result)
+    if signature is not None:
+        shown.signatures.append(signature)
+    event = (events_pb2.ResultInvalidated if result.state is ResultState.INVALIDATED
+             else events_pb2.ResultConfirmed)
+    return event(event_id=event_id, result=shown, occurred_at=to_timestamp(now))
+
+
+def known_lot(event: LotReceived, *, now: datetime) -> KnownLot:
+    """The lot a LotReceived announces, received when the lot says (else when the event
+    occurred, else `now`); ValueError when it names no lot or material."""
+    lot = event.lot
+    if not lot.lot_id or not lot.material_code:
+        raise ValueError(f"LotReceived {event.event_id} has no lot_id or material_code")
+    if lot.HasField("received_at") and timestamp_is_valid(lot.received_at):
+        received_at = from_timestamp(lot.received_at)
+    elif event.HasField("occurred_at") and timestamp_is_valid(event.occurred_at):
+        received_at = from_timestamp(event.occurred_at)
+    else:
+        received_at = now
+    return KnownLot(lot_id=lot.lot_id, material_code=lot.material_code,
+                    received_at=received_at)
+
+
+# Electronic signatures of QA's decisions (shared.esign): the approval of a specification
+# version and the invalidation or confirmation of a result. Each signs the fields of its
+# record that the decision fixes, as the record's message shows them; a read verifies every
+# signature against the record as it is then.
+
+SPECIFICATION = "specification"
+RESULT = "result"
+
+
+def _instant(message: Any, field: str) -> str:
+    return getattr(message, field).ToJsonString() if message.HasField(field) else ""
+
+
+def specification_record(spec: pb.Specification) -> str:
+    return f"{spec.material_code}/{spec.version}"
+
+
+def specification_content(spec: pb.Specification) -> dict[str, Any]:
+    """What an approval signs: the version's criteria, who wrote and who approved it, and
+    from when it applies (not its status, which a later version supersedes)."""
+    return {"material_code": spec.material_code, "version": spec.version,
+            "tests": [json_format.MessageToDict(t, preserving_proto_field_name=True)
+                      for t in spec.tests],
+            "created_by": spec.created_by, "approved_by": spec.approved_by,
+            "effective_from": _instant(spec, "effective_from"),
+            "approved_at": _instant(spec, "approved_at")}
+
+
+def result_content(result: pb.Result) -> dict[str, Any]:
+    """What QA's handling of a result signs: the result and QA's decision on it."""
+    kind = result.WhichOneof("measurement") or ""
+    measurement = getattr(result, kind) if kind else ""
+    if hasattr(measurement, "DESCRIPTOR"):
+        measurement = json_format.MessageToDict(measurement, preserving_proto_field_name=True)
+    return {"result_id": result.result_id, "lot_id": result.lot_id,
+            "test": pb.TestKind.Name(result.test), "instrument_id": result.instrument_id,
+            "measurement": {kind: measurement} if kind else {},
+            "verdict": pb.Verdict.Name(result.verdict),
+            "measured_at": _instant(result, "measured_at"),
+            "state": pb.ResultState.Name(result.state), "state_reason": result.state_reason,
+            "state_changed_by": result.state_changed_by,
+            "state_changed_at": _instant(result, "state_changed_at")}
+
+
+def signed_specification(spec: Specification) -> tuple[str, dict[str, Any]]:
+    """(record id, content) that QA's signature of an approval covers."""
+    shown = specification_to_proto(spec)
+    return specification_record(shown), specification_content(shown)
+
+
+def signed_result(result: Result) -> tuple[str, dict[str, Any]]:
+    """(record id, content) that QA's signature of its handling of a result covers."""
+    return result.result_id, result_content(result_to_proto(result))

@@ -1,5 +1,6 @@
 """Data access for specifications, instruments, known lots and results (SQLAlchemy Core on
-the unit of work)."""
+the unit of work): SQL only, domain values in and out. How criteria and measurements fit
+in columns is storage_format.py's."""
 
 from __future__ import annotations
 
@@ -7,31 +8,26 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any
 
-from sqlalchemy import bindparam, insert, or_, select, update
+from sqlalchemy import Update, bindparam, insert, or_, select, update
+from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.results.domain import (
-    Bound,
-    IdentityCriterion,
-    IdentityOutcome,
-    IdentityScore,
-    InstrumentStatus,
-    Measurement,
-    PriorResult,
-    Quantity,
-    RangeCriterion,
-    ResultState,
+from services.results.domain.instruments import Calibration, Instrument, InstrumentStatus
+from services.results.domain.oos import HANDLED_FROM, PriorResult
+from services.results.domain.results import KnownLot, Result
+from services.results.domain.specifications import (
     Specification,
     SpecificationStatus,
-    SterilityCriterion,
-    SterilityOutcome,
     TestCriterion,
-    TestKind,
-    Verdict,
 )
-from services.results.records import Calibration, Instrument, Result
+from services.results.storage_format import (
+    StoredResult,
+    criteria_from_json,
+    criteria_to_json,
+    result_values,
+    stored_result,
+)
 from services.results.tables import (
     calibrations,
     instruments,
@@ -39,54 +35,13 @@ from services.results.tables import (
     results,
     specifications,
 )
+from shared.contract import ResultState, TestKind, Verdict
 from shared.db import insert_ignoring_duplicates
 
 # Specifications
 
 
-def _bound_json(b: Bound | None) -> dict[str, Any] | None:
-    return None if b is None else {"value": b.value, "exclusive": b.exclusive}
-
-
-def _criterion_json(c: IdentityCriterion | RangeCriterion | SterilityCriterion
-                    ) -> dict[str, Any]:
-    if isinstance(c, IdentityCriterion):
-        return {"identity": {"reference": c.reference, "min_score": c.min_score}}
-    if isinstance(c, RangeCriterion):
-        return {"range": {"lower": _bound_json(c.lower), "upper": _bound_json(c.upper),
-                          "unit": c.unit, "decimals": c.decimals}}
-    return {"sterility": {"method": c.method}}
-
-
-def criteria_to_json(tests: Sequence[TestCriterion]) -> str:
-    return json.dumps([{"test": t.test.value, "method": t.method,
-                        **_criterion_json(t.criterion)} for t in tests],
-                      sort_keys=True, allow_nan=False)
-
-
-def _bound(data: dict[str, Any] | None) -> Bound | None:
-    return None if data is None else Bound(float(data["value"]), bool(data["exclusive"]))
-
-
-def criteria_from_json(text: str) -> tuple[TestCriterion, ...]:
-    found = []
-    for item in json.loads(text):
-        criterion: IdentityCriterion | RangeCriterion | SterilityCriterion
-        if "identity" in item:
-            c = item["identity"]
-            criterion = IdentityCriterion(reference=c["reference"], min_score=c["min_score"])
-        elif "range" in item:
-            c = item["range"]
-            criterion = RangeCriterion(lower=_bound(c["lower"]), upper=_bound(c["upper"]),
-                                       unit=c["unit"], decimals=c["decimals"])
-        else:
-            criterion = SterilityCriterion(method=item["sterility"]["method"])
-        found.append(TestCriterion(test=TestKind(item["test"]), method=item["method"],
-                                   criterion=criterion))
-    return tuple(found)
-
-
-def _specification(row: Any) -> Specification:
+def _specification(row: Row) -> Specification:
     return Specification(
         material_code=row.material_code, version=row.version,
         status=SpecificationStatus(row.status), tests=criteria_from_json(row.tests),
@@ -102,7 +57,7 @@ class StoredSpecification:
     authors: tuple[str, ...]
 
 
-def _stored_specification(row: Any) -> StoredSpecification:
+def _stored_specification(row: Row) -> StoredSpecification:
     return StoredSpecification(_specification(row), tuple(json.loads(row.authors)))
 
 
@@ -150,7 +105,7 @@ async def add_specification(conn: AsyncConnection, *, spec: Specification) -> No
         authors=json.dumps([spec.created_by])))
 
 
-def _draft(material_code: str, version: int) -> Any:
+def _draft(material_code: str, version: int) -> Update:
     # Every UPDATE of a specification goes through here: an EFFECTIVE version never matches.
     return (update(specifications)
             .where(specifications.c.material_code == material_code,
@@ -180,7 +135,7 @@ async def make_effective(conn: AsyncConnection, *, spec: Specification) -> bool:
 # Instruments
 
 
-def _instrument(row: Any) -> Instrument:
+def _instrument(row: Row) -> Instrument:
     return Instrument(
         instrument_id=row.instrument_id, type=row.type, location=row.location,
         status=InstrumentStatus(row.status), status_reason=row.status_reason,
@@ -188,7 +143,7 @@ def _instrument(row: Any) -> Instrument:
         registered_at=row.registered_at)
 
 
-def _calibration(row: Any) -> Calibration:
+def _calibration(row: Row) -> Calibration:
     return Calibration(calibrated_on=row.calibrated_on, calibration_due=row.calibration_due,
                        certificate_ref=row.certificate_ref, recorded_by=row.recorded_by,
                        recorded_at=row.recorded_at)
@@ -281,41 +236,6 @@ async def instrument_standing(conn: AsyncConnection, *, instrument_id: str
 # Results
 
 
-@dataclass(frozen=True)
-class StoredResult:
-    result: Result
-    fingerprint: str
-
-
-def _measurement(test: TestKind, row: Any) -> Measurement:
-    if row.score is not None:
-        return IdentityScore(row.score)
-    if row.outcome is not None:
-        if test is TestKind.IDENTITY:
-            return IdentityOutcome(row.outcome)
-        return SterilityOutcome(row.outcome)
-    return Quantity(value=row.value, unit=row.unit)
-
-
-def _stored(row: Any) -> StoredResult:
-    test = TestKind(row.test)
-    result = Result(
-        result_id=row.result_id, lot_id=row.lot_id, material_code=row.material_code,
-        test=test, instrument_id=row.instrument_id,
-        instrument_result_id=row.instrument_result_id, measurement=_measurement(test, row),
-        verdict=Verdict(row.verdict), verdict_reason=row.verdict_reason,
-        spec_version=row.spec_version,
-        required_tests=tuple(TestKind(t) for t in row.required_tests.split(",") if t),
-        measured_at=row.measured_at, recorded_at=row.recorded_at,
-        judged=(Quantity(row.judged_value, row.judged_unit)
-                if row.judged_value is not None else None),
-        retest_of=row.retest_of or "", state=ResultState(row.state),
-        state_reason=row.state_reason or "", state_changed_by=row.state_changed_by or "",
-        state_changed_at=row.state_changed_at, sequence=row.sequence,
-        lot_result_number=row.lot_result_number)
-    return StoredResult(result, row.fingerprint)
-
-
 async def results_by_keys(conn: AsyncConnection, *, instrument_id: str,
                           instrument_result_ids: Sequence[str]) -> dict[str, StoredResult]:
     """The results an instrument stored under these ids, by id."""
@@ -325,7 +245,7 @@ async def results_by_keys(conn: AsyncConnection, *, instrument_id: str,
         where = results.c.instrument_result_id.in_(list(instrument_result_ids))
     rows = await conn.execute(select(results).where(results.c.instrument_id == instrument_id,
                                                     where))
-    return {row.instrument_result_id: _stored(row) for row in rows}
+    return {row.instrument_result_id: stored_result(row) for row in rows}
 
 
 _NEXT_NUMBERS = (update(known_lots).where(known_lots.c.lot_id == bindparam("b_lot_id"))
@@ -380,33 +300,6 @@ async def prior_results(conn: AsyncConnection, *, lot_ids: Sequence[str]
     return found, {(row.instrument_id, row.instrument_result_id) for row in rows}
 
 
-def _row(result: Result, fingerprint: str) -> dict[str, Any]:
-    m = result.measurement
-    outcome = value = unit = score = None
-    if isinstance(m, Quantity):
-        value, unit = m.value, m.unit
-    elif isinstance(m, IdentityScore):
-        score = m.score
-    else:
-        outcome = m.value
-    return {
-        "result_id": result.result_id, "lot_id": result.lot_id,
-        "material_code": result.material_code, "test": result.test.value,
-        "instrument_id": result.instrument_id,
-        "instrument_result_id": result.instrument_result_id, "fingerprint": fingerprint,
-        "outcome": outcome, "value": value, "unit": unit, "score": score,
-        "verdict": result.verdict.value, "verdict_reason": result.verdict_reason,
-        "spec_version": result.spec_version,
-        "required_tests": ",".join(t.value for t in result.required_tests),
-        "judged_value": result.judged.value if result.judged else None,
-        "judged_unit": result.judged.unit if result.judged else None,
-        "measured_at": result.measured_at, "recorded_at": result.recorded_at,
-        "lot_result_number": result.lot_result_number,
-        "retest_of": result.retest_of or None, "state": result.state.value,
-        "state_reason": None, "state_changed_by": None, "state_changed_at": None,
-    }
-
-
 _INSERT_RESULT = insert(results).returning(results.c.sequence)
 _INSERT_RESULTS = insert(results).returning(results.c.sequence, sort_by_parameter_order=True)
 
@@ -416,8 +309,8 @@ async def add_results(conn: AsyncConnection, *, new: Sequence[tuple[Result, str]
     """Insert (result, fingerprint) pairs; their sequences, in the same order
     (IntegrityError if an instrument_result_id is taken)."""
     if len(new) == 1:
-        return [(await conn.execute(_INSERT_RESULT, _row(*new[0]))).scalar_one()]
-    rows = await conn.execute(_INSERT_RESULTS, [_row(r, f) for r, f in new])
+        return [(await conn.execute(_INSERT_RESULT, result_values(*new[0]))).scalar_one()]
+    rows = await conn.execute(_INSERT_RESULTS, [result_values(r, f) for r, f in new])
     return [row.sequence for row in rows]
 
 
@@ -427,7 +320,7 @@ async def get_result(conn: AsyncConnection, *, result_id: str,
     if for_update:
         query = query.with_for_update()
     row = (await conn.execute(query)).first()
-    return _stored(row).result if row else None
+    return stored_result(row).result if row else None
 
 
 async def change_state(conn: AsyncConnection, *, result_id: str, state: ResultState,
@@ -436,7 +329,7 @@ async def change_state(conn: AsyncConnection, *, result_id: str, state: ResultSt
     and verdict are never written here."""
     done = await conn.execute(
         update(results).where(results.c.result_id == result_id,
-                              results.c.state == ResultState.VALID.value)
+                              results.c.state == HANDLED_FROM.value)
         .values(state=state.value, state_reason=reason, state_changed_by=changed_by,
                 state_changed_at=changed_at))
     return done.rowcount == 1
@@ -446,7 +339,7 @@ async def list_lot_results(conn: AsyncConnection, *, lot_id: str) -> list[Result
     """Every result of a lot, by sequence."""
     rows = await conn.execute(select(results).where(results.c.lot_id == lot_id)
                               .order_by(results.c.sequence))
-    return [_stored(row).result for row in rows]
+    return [stored_result(row).result for row in rows]
 
 
 async def measured_at_of(conn: AsyncConnection, *, sequence: int) -> datetime | None:
@@ -471,7 +364,7 @@ async def instrument_results_page(conn: AsyncConnection, *, instrument_id: str,
         query = query.where(or_(r.measured_at > after[0],
                                 (r.measured_at == after[0]) & (r.sequence > after[1])))
     rows = await conn.execute(query.order_by(r.measured_at, r.sequence).limit(limit))
-    return [_stored(row).result for row in rows]
+    return [stored_result(row).result for row in rows]
 
 
 # Known lots
@@ -483,10 +376,10 @@ async def known_lot_material(conn: AsyncConnection, *, lot_id: str) -> str | Non
                                .where(known_lots.c.lot_id == lot_id))).scalar_one_or_none()
 
 
-async def add_known_lot(conn: AsyncConnection, *, lot_id: str, material_code: str,
-                        received_at: datetime) -> bool:
+async def add_known_lot(conn: AsyncConnection, *, lot: KnownLot) -> bool:
     """Remember a lot unless it is known already; True when it was new."""
     result = await conn.execute(
         insert_ignoring_duplicates(known_lots, conn.dialect.name),
-        {"lot_id": lot_id, "material_code": material_code, "received_at": received_at})
+        {"lot_id": lot.lot_id, "material_code": lot.material_code,
+         "received_at": lot.received_at})
     return result.rowcount == 1

@@ -1,28 +1,32 @@
-"""The gRPC entrypoint: proto requests in, commands to the handlers, proto responses out."""
+"""The gRPC entrypoint: proto requests in, commands to the handlers and reads to the
+queries, proto responses out (with the signatures of the records they show)."""
 
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 
 from lotgate.suppliers.v1 import suppliers_pb2 as pb
 from lotgate.suppliers.v1 import suppliers_pb2_grpc as pb_grpc
-from services.suppliers import handlers
+from services.suppliers import handlers, queries
+from services.suppliers.commands import AddSite, ChangeQualification, CreateSupplier, RecordAudit
 from services.suppliers.convert import (
     AUDIT_OUTCOMES_FROM_PROTO,
     AUDIT_TYPES_FROM_PROTO,
+    approved_to_proto,
     audit_to_proto,
     change_to_proto,
     evidence_from_proto,
     qualification_to_proto,
+    signed_content,
+    signed_record,
     site_to_proto,
     status_to_proto,
     supplier_to_proto,
 )
-from services.suppliers.domain import Action, Audit, ChangeQualification
+from services.suppliers.domain.qualification import Action, Key
 from shared import paging
 from shared.errors import Violations
 from shared.protoconv import fingerprint, from_timestamp, timestamp_is_valid
@@ -43,18 +47,18 @@ class SupplierApi(pb_grpc.SupplierServiceServicer):
         v.text("name", request.name, max_length=200)
         v.text("requested_by", request.requested_by, max_length=200)
         v.raise_if_any()
-        view = await handlers.create_supplier(
-            self._uow(), supplier_id=request.supplier_id, name=request.name.strip(),
-            requested_by=request.requested_by)
-        return pb.CreateSupplierResponse(supplier=_supplier(view))
+        supplier = await handlers.create_supplier(self._uow(), CreateSupplier(
+            supplier_id=request.supplier_id, name=request.name.strip(),
+            requested_by=request.requested_by))
+        return pb.CreateSupplierResponse(supplier=supplier_to_proto(supplier))
 
     async def GetSupplier(self, request: pb.GetSupplierRequest,
                           context: grpc.aio.ServicerContext) -> pb.GetSupplierResponse:
         v = Violations()
         v.code("supplier_id", request.supplier_id)
         v.raise_if_any()
-        view = await handlers.get_supplier(self._uow(), supplier_id=request.supplier_id)
-        return pb.GetSupplierResponse(supplier=_supplier(view))
+        supplier = await queries.get_supplier(self._uow(), supplier_id=request.supplier_id)
+        return pb.GetSupplierResponse(supplier=supplier_to_proto(supplier))
 
     async def AddSite(self, request: pb.AddSiteRequest,
                       context: grpc.aio.ServicerContext) -> pb.AddSiteResponse:
@@ -67,11 +71,11 @@ class SupplierApi(pb_grpc.SupplierServiceServicer):
             v.add("country", "must be an ISO 3166-1 alpha-2 code in capitals, like CH")
         v.text("requested_by", request.requested_by, max_length=200)
         v.raise_if_any()
-        row = await handlers.add_site(
-            self._uow(), supplier_id=request.supplier_id, site_id=request.site_id,
+        site = await handlers.add_site(self._uow(), AddSite(
+            supplier_id=request.supplier_id, site_id=request.site_id,
             name=request.name.strip(), address=request.address.strip(),
-            country=request.country, requested_by=request.requested_by)
-        return pb.AddSiteResponse(site=site_to_proto(row))
+            country=request.country, requested_by=request.requested_by))
+        return pb.AddSiteResponse(site=site_to_proto(site))
 
     async def RecordAudit(self, request: pb.RecordAuditRequest,
                           context: grpc.aio.ServicerContext) -> pb.RecordAuditResponse:
@@ -95,15 +99,14 @@ class SupplierApi(pb_grpc.SupplierServiceServicer):
         v.text("requested_by", request.requested_by, max_length=200)
         v.raise_if_any()
         assert audit_type and outcome and audit_date
-        audit = Audit(
+        saved = await handlers.record_audit(self._uow(), RecordAudit(
             audit_id=request.audit_id, supplier_id=request.supplier_id,
             site_id=request.site_id, type=audit_type, audit_date=audit_date,
             auditor=request.auditor.strip(), outcome=outcome,
             critical_findings=request.critical_findings, major_findings=request.major_findings,
             minor_findings=request.minor_findings, next_audit_due=next_due,
-            summary=request.summary.strip(), recorded_by=request.requested_by,
-            recorded_at=datetime.min.replace(tzinfo=UTC))
-        saved = await handlers.record_audit(self._uow(), audit, fingerprint=fingerprint(request))
+            summary=request.summary.strip(), requested_by=request.requested_by,
+            fingerprint=fingerprint(request)))
         return pb.RecordAuditResponse(audit=audit_to_proto(saved))
 
     async def ListAudits(self, request: pb.ListAuditsRequest,
@@ -113,8 +116,8 @@ class SupplierApi(pb_grpc.SupplierServiceServicer):
         if request.site_id:
             v.code("site_id", request.site_id)
         v.raise_if_any()
-        found = await handlers.list_audits(self._uow(), supplier_id=request.supplier_id,
-                                           site_id=request.site_id)
+        found = await queries.list_audits(self._uow(), supplier_id=request.supplier_id,
+                                          site_id=request.site_id)
         return pb.ListAuditsResponse(audits=[audit_to_proto(a) for a in found])
 
     async def OpenQualification(self, request: pb.OpenQualificationRequest,
@@ -157,9 +160,9 @@ class SupplierApi(pb_grpc.SupplierServiceServicer):
         key = _key(request, v)
         as_of = v.instant(request, "as_of")
         v.raise_if_any()
-        q, in_force = await handlers.get_qualification(self._uow(), key=key, as_of=as_of)
+        q, in_force = await queries.get_qualification(self._uow(), key=key, as_of=as_of)
         shown = qualification_to_proto(q)
-        await handlers.with_signatures(self._uow(), [shown])
+        await self._with_signatures([shown])
         return pb.GetQualificationResponse(qualification=shown,
                                            status_in_force=status_to_proto(in_force))
 
@@ -179,13 +182,13 @@ class SupplierApi(pb_grpc.SupplierServiceServicer):
         limit = paging.page_size(v, request.page_size)
         after = paging.decode_position(v, request.page_token)
         v.raise_if_any()
-        rows = await handlers.history_page(
+        found = await queries.history_page(
             self._uow(), supplier_id=request.supplier_id, material_code=request.material_code,
             site_id=request.site_id, changed_from=changed_from, changed_before=changed_before,
             after_id=after, limit=limit)
-        token = paging.encode_position(rows[-1].id) if len(rows) == limit else ""
-        changes = [change_to_proto(r) for r in rows]
-        await handlers.with_signatures(self._uow(), changes)
+        token = paging.encode_position(found[-1].sequence) if len(found) == limit else ""
+        changes = [change_to_proto(c) for c in found]
+        await self._with_signatures(changes)
         return pb.ListQualificationHistoryResponse(changes=changes, next_page_token=token)
 
     async def ListApprovedSuppliers(
@@ -195,14 +198,9 @@ class SupplierApi(pb_grpc.SupplierServiceServicer):
         v.code("material_code", request.material_code)
         as_of = v.instant(request, "as_of")
         v.raise_if_any()
-        found = await handlers.approved_suppliers(self._uow(), material_code=request.material_code,
-                                                  as_of=as_of)
-        return pb.ListApprovedSuppliersResponse(suppliers=[
-            pb.ApprovedSupplier(
-                qualification=qualification_to_proto(q), supplier_name=row.supplier_name,
-                site=pb.Site(supplier_id=q.supplier_id, site_id=q.site_id, name=row.site_name,
-                             address=row.site_address, country=row.site_country))
-            for q, row in found])
+        found = await queries.approved_suppliers(self._uow(), material_code=request.material_code,
+                                                 as_of=as_of)
+        return pb.ListApprovedSuppliersResponse(suppliers=[approved_to_proto(a) for a in found])
 
     async def _change(self, request: Any, action: Action, v: Violations) -> pb.Qualification:
         key = _key(request, v)
@@ -225,15 +223,19 @@ class SupplierApi(pb_grpc.SupplierServiceServicer):
             expected_version=(request.expected_version
                               if request.HasField("expected_version") else None))
         q = qualification_to_proto(await handlers.change_qualification(self._uow(), command))
-        await handlers.with_signatures(self._uow(), [q])
+        await self._with_signatures([q])
         return q
 
+    async def _with_signatures(
+            self, shown: list[pb.Qualification] | list[pb.QualificationChange]) -> None:
+        """Add to each qualification version its signatures, verified against it."""
+        found = await queries.signatures_of(
+            self._uow(), {signed_record(q): signed_content(q) for q in shown})
+        for q in shown:
+            q.signatures.extend(found[signed_record(q)])
 
-def _supplier(view: handlers.SupplierView) -> pb.Supplier:
-    return supplier_to_proto(view.row, view.sites, view.qualifications)
 
-
-def _key(request: Any, v: Violations) -> handlers.Key:
+def _key(request: Any, v: Violations) -> Key:
     v.code("supplier_id", request.supplier_id)
     v.code("site_id", request.site_id)
     v.code("material_code", request.material_code)

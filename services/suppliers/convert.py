@@ -1,19 +1,21 @@
-"""Translations between the suppliers domain and its protobuf contract."""
+"""Translations between the suppliers domain and its protobuf contract: messages, events
+and what a signature signs."""
 
 from __future__ import annotations
 
-from datetime import date
-from typing import Any
+from datetime import date, datetime
 
+from lotgate.signatures.v1.signatures_pb2 import Signature
+from lotgate.suppliers.v1 import events_pb2
 from lotgate.suppliers.v1 import suppliers_pb2 as pb
-from services.suppliers.domain import (
-    Audit,
-    AuditOutcome,
-    AuditType,
+from services.suppliers.domain.audits import Audit, AuditOutcome, AuditType
+from services.suppliers.domain.qualification import (
     Evidence,
     Qualification,
+    QualificationChange,
     QualificationStatus,
 )
+from services.suppliers.domain.sites import ApprovedSupplier, Site, Supplier
 from shared.protoconv import to_timestamp
 
 _STATUS = {
@@ -66,18 +68,26 @@ def qualification_to_proto(q: Qualification) -> pb.Qualification:
         changed_at=to_timestamp(q.changed_at), evidence=evidence_to_proto(q.evidence))
 
 
-def site_to_proto(row: Any) -> pb.Site:
-    return pb.Site(supplier_id=row.supplier_id, site_id=row.site_id, name=row.name,
-                   address=row.address, country=row.country,
-                   created_at=to_timestamp(row.created_at))
+def site_to_proto(site: Site) -> pb.Site:
+    return pb.Site(supplier_id=site.supplier_id, site_id=site.site_id, name=site.name,
+                   address=site.address, country=site.country,
+                   created_at=to_timestamp(site.created_at))
 
 
-def supplier_to_proto(row: Any, sites: list[Any],
-                      qualifications: list[Qualification]) -> pb.Supplier:
-    return pb.Supplier(supplier_id=row.supplier_id, name=row.name,
-                       created_at=to_timestamp(row.created_at),
-                       sites=[site_to_proto(s) for s in sites],
-                       qualifications=[qualification_to_proto(q) for q in qualifications])
+def supplier_to_proto(supplier: Supplier) -> pb.Supplier:
+    return pb.Supplier(supplier_id=supplier.supplier_id, name=supplier.name,
+                       created_at=to_timestamp(supplier.created_at),
+                       sites=[site_to_proto(s) for s in supplier.sites],
+                       qualifications=[qualification_to_proto(q)
+                                       for q in supplier.qualifications])
+
+
+def approved_to_proto(a: ApprovedSupplier) -> pb.ApprovedSupplier:
+    q, site = a.qualification, a.site
+    return pb.ApprovedSupplier(
+        qualification=qualification_to_proto(q), supplier_name=a.supplier_name,
+        site=pb.Site(supplier_id=q.supplier_id, site_id=q.site_id, name=site.name,
+                     address=site.address, country=site.country))
 
 
 def audit_to_proto(a: Audit) -> pb.Audit:
@@ -90,15 +100,58 @@ def audit_to_proto(a: Audit) -> pb.Audit:
         recorded_at=to_timestamp(a.recorded_at))
 
 
-def change_to_proto(row: Any) -> pb.QualificationChange:
-    previous = QualificationStatus(row.previous_status) if row.previous_status else None
+def change_to_proto(change: QualificationChange) -> pb.QualificationChange:
+    q = change.qualification
     return pb.QualificationChange(
-        sequence=row.id, supplier_id=row.supplier_id, site_id=row.site_id,
-        material_code=row.material_code, version=row.version,
-        previous_status=_STATUS[previous], new_status=_STATUS[QualificationStatus(row.new_status)],
-        valid_until=to_timestamp(row.valid_until), reason=row.reason,
-        changed_by=row.changed_by, changed_at=to_timestamp(row.changed_at),
-        event_id=row.event_id,
-        evidence=pb.Evidence(audit_id=row.audit_id or "", audit_date=_day(row.audit_date),
-                             quality_agreement_ref=row.quality_agreement_ref or "",
-                             questionnaire_ref=row.questionnaire_ref or ""))
+        sequence=change.sequence, supplier_id=q.supplier_id, site_id=q.site_id,
+        material_code=q.material_code, version=q.version,
+        previous_status=_STATUS[change.previous_status], new_status=_STATUS[q.status],
+        valid_until=to_timestamp(q.valid_until), reason=q.reason,
+        changed_by=q.changed_by, changed_at=to_timestamp(q.changed_at),
+        event_id=change.event_id, evidence=evidence_to_proto(q.evidence))
+
+
+# Events
+
+def qualification_changed(new: Qualification, *, previous: QualificationStatus | None,
+                          signature: Signature | None, event_id: str
+                          ) -> events_pb2.QualificationChanged:
+    """The event of a change; it shows the change's signature, when QA signed it."""
+    event = events_pb2.QualificationChanged(
+        event_id=event_id, qualification=qualification_to_proto(new),
+        previous_status=_STATUS[previous], occurred_at=to_timestamp(new.changed_at))
+    if signature is not None:
+        event.qualification.signatures.append(signature)
+    return event
+
+
+def qualification_expiring(q: Qualification, *, now: datetime, event_id: str
+                           ) -> events_pb2.QualificationExpiring:
+    return events_pb2.QualificationExpiring(
+        event_id=event_id, qualification=qualification_to_proto(q),
+        expires_at=to_timestamp(q.valid_until), occurred_at=to_timestamp(now))
+
+
+# Electronic signatures of QA's qualification decisions (shared.esign): each signs one
+# version of a qualification, as QualificationChange and Qualification both show it.
+
+QUALIFICATION = "qualification"
+
+
+def signed_record(q: pb.Qualification | pb.QualificationChange) -> str:
+    return f"{q.supplier_id}/{q.site_id}/{q.material_code}/{q.version}"
+
+
+def signed_content(q: pb.Qualification | pb.QualificationChange) -> dict[str, object]:
+    status = q.new_status if isinstance(q, pb.QualificationChange) else q.status
+    return {"supplier_id": q.supplier_id, "site_id": q.site_id,
+            "material_code": q.material_code, "version": q.version,
+            "status": pb.QualificationStatus.Name(status),
+            "valid_until": q.valid_until.ToJsonString() if q.HasField("valid_until") else "",
+            "reason": q.reason, "changed_by": q.changed_by}
+
+
+def signed_fields(q: Qualification) -> tuple[str, dict[str, object]]:
+    """(record id, content) that QA's signature of this version of `q` covers."""
+    shown = qualification_to_proto(q)
+    return signed_record(shown), signed_content(shown)

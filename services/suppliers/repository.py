@@ -1,21 +1,24 @@
-"""Data access for suppliers, sites, audits and qualifications (SQLAlchemy Core)."""
+"""Data access for suppliers, sites, audits and qualifications (SQLAlchemy Core on the unit
+of work): SQL only, domain values in and out."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy import ColumnElement, and_, func, insert, select, update
+from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.suppliers.domain import (
-    Audit,
-    AuditOutcome,
-    AuditType,
+from services.suppliers.domain.audits import Audit, AuditOutcome, AuditType
+from services.suppliers.domain.qualification import (
+    APPROVED,
     Evidence,
+    Key,
     Qualification,
+    QualificationChange,
     QualificationStatus,
 )
+from services.suppliers.domain.sites import ApprovedSupplier, Site, Supplier
 from services.suppliers.tables import (
     audits,
     qualification_history,
@@ -24,22 +27,20 @@ from services.suppliers.tables import (
     suppliers,
 )
 
-Key = tuple[str, str, str]  # (supplier_id, site_id, material_code)
 
-
-def _evidence(row: Any) -> Evidence:
+def _evidence(row: Row) -> Evidence:
     return Evidence(audit_id=row.audit_id or "", audit_date=row.audit_date,
                     quality_agreement_ref=row.quality_agreement_ref or "",
                     questionnaire_ref=row.questionnaire_ref or "")
 
 
-def _evidence_values(evidence: Evidence) -> dict[str, Any]:
+def _evidence_values(evidence: Evidence) -> dict[str, object]:
     return {"audit_id": evidence.audit_id or None, "audit_date": evidence.audit_date,
             "quality_agreement_ref": evidence.quality_agreement_ref or None,
             "questionnaire_ref": evidence.questionnaire_ref or None}
 
 
-def _qualification(row: Any) -> Qualification:
+def _qualification(row: Row) -> Qualification:
     return Qualification(
         supplier_id=row.supplier_id, site_id=row.site_id, material_code=row.material_code,
         status=QualificationStatus(row.status), valid_until=row.valid_until,
@@ -47,7 +48,7 @@ def _qualification(row: Any) -> Qualification:
         changed_at=row.changed_at, evidence=_evidence(row))
 
 
-def qualification_from_history(row: Any) -> Qualification:
+def _qualification_from_history(row: Row) -> Qualification:
     """The qualification as it stood right after the change in history row `row`."""
     return Qualification(
         supplier_id=row.supplier_id, site_id=row.site_id, material_code=row.material_code,
@@ -56,7 +57,15 @@ def qualification_from_history(row: Any) -> Qualification:
         changed_at=row.changed_at, evidence=_evidence(row))
 
 
-def _audit(row: Any) -> Audit:
+def _change(row: Row) -> QualificationChange:
+    return QualificationChange(
+        sequence=row.id, qualification=_qualification_from_history(row),
+        previous_status=(QualificationStatus(row.previous_status) if row.previous_status
+                         else None),
+        event_id=row.event_id)
+
+
+def _audit(row: Row) -> Audit:
     return Audit(
         audit_id=row.audit_id, supplier_id=row.supplier_id, site_id=row.site_id,
         type=AuditType(row.type), audit_date=row.audit_date, auditor=row.auditor,
@@ -66,32 +75,49 @@ def _audit(row: Any) -> Audit:
         recorded_by=row.recorded_by, recorded_at=row.recorded_at)
 
 
+def _site(row: Row) -> Site:
+    return Site(supplier_id=row.supplier_id, site_id=row.site_id, name=row.name,
+                address=row.address, country=row.country, created_by=row.created_by,
+                created_at=row.created_at)
+
+
 # Suppliers and sites
 
-async def get_supplier(conn: AsyncConnection, *, supplier_id: str) -> Any | None:
-    """The supplier row, or None."""
-    return (await conn.execute(
+async def get_supplier(conn: AsyncConnection, *, supplier_id: str) -> Supplier | None:
+    """The supplier (without its sites and qualifications), or None."""
+    row = (await conn.execute(
         select(suppliers).where(suppliers.c.supplier_id == supplier_id))).first()
+    return (Supplier(supplier_id=row.supplier_id, name=row.name, created_by=row.created_by,
+                     created_at=row.created_at) if row else None)
 
 
-async def add_supplier(conn: AsyncConnection, *, supplier_id: str, name: str, created_by: str,
-                       created_at: datetime) -> None:
+async def add_supplier(conn: AsyncConnection, *, supplier: Supplier) -> None:
+    """Insert a supplier (IntegrityError if its id is taken)."""
     await conn.execute(insert(suppliers).values(
-        supplier_id=supplier_id, name=name, created_by=created_by, created_at=created_at))
+        supplier_id=supplier.supplier_id, name=supplier.name,
+        created_by=supplier.created_by, created_at=supplier.created_at))
 
 
-async def get_site(conn: AsyncConnection, *, supplier_id: str, site_id: str) -> Any | None:
-    return (await conn.execute(select(sites).where(
+async def get_site(conn: AsyncConnection, *, supplier_id: str, site_id: str) -> Site | None:
+    """The site, or None."""
+    row = (await conn.execute(select(sites).where(
         sites.c.supplier_id == supplier_id, sites.c.site_id == site_id))).first()
+    return _site(row) if row else None
 
 
-async def add_site(conn: AsyncConnection, *, values: dict[str, Any]) -> None:
-    await conn.execute(insert(sites).values(**values))
+async def add_site(conn: AsyncConnection, *, site: Site) -> None:
+    """Insert a site (IntegrityError if it exists)."""
+    await conn.execute(insert(sites).values(
+        supplier_id=site.supplier_id, site_id=site.site_id, name=site.name,
+        address=site.address, country=site.country, created_by=site.created_by,
+        created_at=site.created_at))
 
 
-async def list_sites(conn: AsyncConnection, *, supplier_id: str) -> list[Any]:
-    return list(await conn.execute(
-        select(sites).where(sites.c.supplier_id == supplier_id).order_by(sites.c.site_id)))
+async def list_sites(conn: AsyncConnection, *, supplier_id: str) -> list[Site]:
+    """A supplier's sites, by site id."""
+    rows = await conn.execute(
+        select(sites).where(sites.c.supplier_id == supplier_id).order_by(sites.c.site_id))
+    return [_site(row) for row in rows]
 
 
 # Audits
@@ -103,6 +129,7 @@ async def get_audit(conn: AsyncConnection, *, audit_id: str) -> tuple[Audit, str
 
 
 async def add_audit(conn: AsyncConnection, *, audit: Audit, fingerprint: str) -> None:
+    """Insert an audit (IntegrityError if its id is taken)."""
     await conn.execute(insert(audits).values(
         audit_id=audit.audit_id, supplier_id=audit.supplier_id, site_id=audit.site_id,
         type=audit.type.value, audit_date=audit.audit_date, auditor=audit.auditor,
@@ -113,6 +140,7 @@ async def add_audit(conn: AsyncConnection, *, audit: Audit, fingerprint: str) ->
 
 
 async def list_audits(conn: AsyncConnection, *, supplier_id: str, site_id: str = "") -> list[Audit]:
+    """A supplier's audits (of one site when given), by date."""
     query = select(audits).where(audits.c.supplier_id == supplier_id)
     if site_id:
         query = query.where(audits.c.site_id == site_id)
@@ -122,7 +150,7 @@ async def list_audits(conn: AsyncConnection, *, supplier_id: str, site_id: str =
 
 # Current qualifications
 
-def _key_filter(key: Key) -> Any:
+def _key_filter(key: Key) -> ColumnElement[bool]:
     return and_(qualifications.c.supplier_id == key[0], qualifications.c.site_id == key[1],
                 qualifications.c.material_code == key[2])
 
@@ -150,9 +178,10 @@ async def save_qualification(conn: AsyncConnection, *, new: Qualification,
                              previous: Qualification | None, event_id: str) -> bool:
     """Write the new state if nobody changed it meanwhile, and its history row.
 
-    Returns False when a concurrent change won (the caller answers ABORTED).
+    Returns False when a concurrent change won (the caller answers ABORTED); a concurrent
+    first change of the same qualification is an IntegrityError.
     """
-    key = (new.supplier_id, new.site_id, new.material_code)
+    key = new.key
     values = {
         "status": new.status.value, "valid_until": new.valid_until, "version": new.version,
         "reason": new.reason, "changed_by": new.changed_by, "changed_at": new.changed_at,
@@ -176,26 +205,29 @@ async def save_qualification(conn: AsyncConnection, *, new: Qualification,
 
 
 async def lapsed(conn: AsyncConnection, *, now: datetime, limit: int) -> list[Qualification]:
-    """QUALIFIED rows whose valid_until has passed, locked; rows another replica holds are
+    """Approvals whose valid_until has passed, locked; rows another replica holds are
     skipped (it is expiring them)."""
     rows = await conn.execute(
         select(qualifications)
-        .where(qualifications.c.status == QualificationStatus.QUALIFIED.value,
-               qualifications.c.valid_until <= now)
+        .where(qualifications.c.status == APPROVED.value, qualifications.c.valid_until <= now)
         .order_by(qualifications.c.valid_until).limit(limit)
         .with_for_update(skip_locked=True))
     return [_qualification(row) for row in rows]
 
 
+def _not_warned() -> ColumnElement[bool]:
+    return ((qualifications.c.expiry_warned_for.is_(None))
+            | (qualifications.c.expiry_warned_for != qualifications.c.valid_until))
+
+
 async def expiring(conn: AsyncConnection, *, now: datetime, horizon: datetime,
                    limit: int) -> list[Qualification]:
-    """QUALIFIED rows lapsing in (now, horizon] that have not been warned about, locked."""
+    """Approvals lapsing in (now, horizon] that have not been warned about, locked."""
     rows = await conn.execute(
         select(qualifications)
-        .where(qualifications.c.status == QualificationStatus.QUALIFIED.value,
+        .where(qualifications.c.status == APPROVED.value,
                qualifications.c.valid_until > now, qualifications.c.valid_until <= horizon,
-               (qualifications.c.expiry_warned_for.is_(None))
-               | (qualifications.c.expiry_warned_for != qualifications.c.valid_until))
+               _not_warned())
         .order_by(qualifications.c.valid_until).limit(limit)
         .with_for_update(skip_locked=True))
     return [_qualification(row) for row in rows]
@@ -206,10 +238,7 @@ async def mark_warned(conn: AsyncConnection, *, qualification: Qualification) ->
     first or it changed since it was read (SQLite has no row locks: both may read it)."""
     q = qualification
     result = await conn.execute(update(qualifications).where(
-        _key_filter((q.supplier_id, q.site_id, q.material_code)),
-        qualifications.c.version == q.version,
-        (qualifications.c.expiry_warned_for.is_(None))
-        | (qualifications.c.expiry_warned_for != qualifications.c.valid_until),
+        _key_filter(q.key), qualifications.c.version == q.version, _not_warned(),
     ).values(expiry_warned_for=q.valid_until))
     return result.rowcount == 1
 
@@ -219,7 +248,7 @@ async def mark_warned(conn: AsyncConnection, *, qualification: Qualification) ->
 async def history_page(conn: AsyncConnection, *, supplier_id: str, material_code: str,
                        site_id: str, changed_from: datetime | None,
                        changed_before: datetime | None, after_id: int,
-                       limit: int) -> list[Any]:
+                       limit: int) -> list[QualificationChange]:
     """Changes of a supplier in the order recorded, after history id `after_id`."""
     h = qualification_history
     query = select(h).where(h.c.supplier_id == supplier_id, h.c.id > after_id)
@@ -231,7 +260,8 @@ async def history_page(conn: AsyncConnection, *, supplier_id: str, material_code
         query = query.where(h.c.changed_at >= changed_from)
     if changed_before is not None:
         query = query.where(h.c.changed_at < changed_before)
-    return list(await conn.execute(query.order_by(h.c.id).limit(limit)))
+    rows = await conn.execute(query.order_by(h.c.id).limit(limit))
+    return [_change(row) for row in rows]
 
 
 async def qualification_as_of(conn: AsyncConnection, *, key: Key,
@@ -242,13 +272,13 @@ async def qualification_as_of(conn: AsyncConnection, *, key: Key,
         select(h).where(h.c.supplier_id == key[0], h.c.site_id == key[1],
                         h.c.material_code == key[2], h.c.changed_at <= instant)
         .order_by(h.c.version.desc()).limit(1))).first()
-    return qualification_from_history(row) if row else None
+    return _qualification_from_history(row) if row else None
 
 
 async def approved_as_of(conn: AsyncConnection, *, material_code: str,
-                         instant: datetime) -> list[tuple[Qualification, Any]]:
-    """(qualification, row with supplier_name and site_*) of every site approved for the
-    material at `instant`, as recorded by then; by supplier, then site."""
+                         instant: datetime) -> list[ApprovedSupplier]:
+    """Every site approved for the material at `instant`, as recorded by then, with its
+    supplier's name; by supplier, then site."""
     h = qualification_history
     last = (select(h.c.supplier_id, h.c.site_id, func.max(h.c.version).label("version"))
             .where(h.c.material_code == material_code, h.c.changed_at <= instant)
@@ -257,6 +287,7 @@ async def approved_as_of(conn: AsyncConnection, *, material_code: str,
         select(h, suppliers.c.name.label("supplier_name"),
                sites.c.name.label("site_name"), sites.c.address.label("site_address"),
                sites.c.country.label("site_country"),
+               sites.c.created_by.label("site_created_by"),
                sites.c.created_at.label("site_created_at"))
         .join(last, and_(h.c.supplier_id == last.c.supplier_id,
                          h.c.site_id == last.c.site_id, h.c.version == last.c.version))
@@ -264,7 +295,12 @@ async def approved_as_of(conn: AsyncConnection, *, material_code: str,
         .join(sites, and_(sites.c.supplier_id == h.c.supplier_id,
                           sites.c.site_id == h.c.site_id))
         .where(h.c.material_code == material_code,
-               h.c.new_status == QualificationStatus.QUALIFIED.value,
+               h.c.new_status == APPROVED.value,
                h.c.valid_until > instant)
         .order_by(h.c.supplier_id, h.c.site_id))
-    return [(qualification_from_history(row), row) for row in rows]
+    return [ApprovedSupplier(
+        qualification=_qualification_from_history(row), supplier_name=row.supplier_name,
+        site=Site(supplier_id=row.supplier_id, site_id=row.site_id, name=row.site_name,
+                  address=row.site_address, country=row.site_country,
+                  created_by=row.site_created_by, created_at=row.site_created_at))
+        for row in rows]

@@ -27,8 +27,8 @@ from lotgate.suppliers.v1 import suppliers_pb2
 from lotgate_tools.tokens import DevKeys, public_jwk, write_atomically
 from shared import access
 from shared.runtime import RunningService
-from tests.integration.test_results import spec_tests
 from tests.support import auth
+from tests.support.results import spec_tests
 from tests.support.services import ref, start_in_process
 from tests.support.waiting import eventually
 

@@ -27,9 +27,9 @@ from shared import access, paging
 from shared.clock import ManualClock
 from shared.protoconv import to_timestamp
 from shared.runtime import RunningService
-from tests.integration import test_results as results_support
 from tests.integration.test_lots import SITE, System
 from tests.support import auth
+from tests.support import results as results_support
 from tests.support.events import harness
 from tests.support.grpc_errors import field_violations
 from tests.support.services import ref, start_in_process

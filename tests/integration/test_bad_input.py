@@ -35,10 +35,10 @@ from services.suppliers.tables import tables as supplier_tables
 from shared.grpc_server import status_for
 from shared.protoconv import to_timestamp
 from shared.runtime import RunningService
-from tests.integration.test_results import new_instrument, specified_lot
 from tests.support import auth
 from tests.support.events import harness
 from tests.support.grpc_errors import field_violations
+from tests.support.results import new_instrument, specified_lot
 from tests.support.services import ref, start_in_process
 
 pytestmark = pytest.mark.integration

@@ -16,7 +16,7 @@ from lotgate.signatures.v1 import signatures_pb2 as spb
 from lotgate.suppliers.v1 import suppliers_pb2 as sup
 from shared.tables import SIGNATURES
 from tests.integration.test_lots import System, running_system
-from tests.integration.test_results import (  # noqa: F401 (fixtures)
+from tests.support.results import (  # noqa: F401 (fixtures)
     approve,
     confirm,
     draft,

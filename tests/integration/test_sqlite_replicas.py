@@ -14,7 +14,8 @@ from sqlalchemy.exc import OperationalError
 
 from lotgate_tools.stack import NatsServer
 from services.suppliers import handlers, repository
-from services.suppliers.domain import Qualification, QualificationStatus
+from services.suppliers.domain.qualification import Qualification, QualificationStatus
+from services.suppliers.domain.sites import Site, Supplier
 from services.suppliers.tables import tables
 from shared import messaging
 from shared.clock import ManualClock
@@ -96,11 +97,9 @@ async def test_a_qualification_both_replicas_find_due_is_warned_about_once(two_e
     now = clock.now()
     first, second = (UnitOfWorkFactory(engine, tables.outbox, clock) for engine in two_engines)
     async with two_engines[0].begin() as conn:
-        await repository.add_supplier(conn, supplier_id="SUP", name="Acme", created_by="qa",
-                                      created_at=now)
-        await repository.add_site(conn, values={
-            "supplier_id": "SUP", "site_id": "MAIN", "name": "Plant", "address": "Road 1",
-            "country": "CH", "created_by": "qa", "created_at": now})
+        await repository.add_supplier(conn, supplier=Supplier("SUP", "Acme", "qa", now))
+        await repository.add_site(conn, site=Site("SUP", "MAIN", "Plant", "Road 1", "CH", "qa",
+                                                  now))
         for i in range(3):
             await repository.save_qualification(conn, previous=None, event_id=f"q{i}", new=(
                 Qualification("SUP", "MAIN", f"MAT-{i}", QualificationStatus.QUALIFIED,

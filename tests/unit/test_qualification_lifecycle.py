@@ -7,19 +7,14 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from services.suppliers.domain import (
-    SYSTEM_ACTOR,
+from services.suppliers.commands import ChangeQualification
+from services.suppliers.domain.audits import Audit, AuditOutcome, AuditType, check_audit_record
+from services.suppliers.domain.lifecycle import SYSTEM_ACTOR, apply, expire
+from services.suppliers.domain.qualification import (
     Action,
-    Audit,
-    AuditOutcome,
-    AuditType,
-    ChangeQualification,
     Evidence,
     Qualification,
     QualificationStatus,
-    apply,
-    check_audit_record,
-    expire,
 )
 from shared.errors import FailedPrecondition
 

@@ -11,16 +11,11 @@ from datetime import date, timedelta
 
 import pytest
 
-from services.suppliers.domain import (
-    Action,
-    AuditOutcome,
-    Evidence,
-    QualificationStatus,
-    apply,
-    check_audit_record,
-    expire,
-)
-from shared.errors import FailedPrecondition
+from services.suppliers.domain.audits import AuditOutcome, check_audit_record
+from services.suppliers.domain.lifecycle import apply, check_version, expire
+from services.suppliers.domain.qualification import Action, Evidence, QualificationStatus
+from services.suppliers.domain.sites import Site, Supplier, check_same_site, check_same_supplier
+from shared.errors import Aborted, AlreadyExists, FailedPrecondition
 from tests.unit.test_qualification_lifecycle import AUDIT, NOW, command, in_state
 
 S = QualificationStatus
@@ -141,3 +136,42 @@ def test_evidence_counts_when_any_one_reference_is_given() -> None:
     assert Evidence(questionnaire_ref="Q-3")
     assert Evidence(audit_date=date(2026, 1, 1)) == Evidence(audit_date=date(2026, 1, 1))
     assert not Evidence(audit_date=date(2026, 1, 1))
+
+
+@pytest.mark.req("SUP-002")
+@pytest.mark.parametrize(("current", "expected", "refused"), [
+    (None, None, False), (None, 0, False), (None, 1, True),
+    (S.QUALIFIED, 4, False), (S.QUALIFIED, 3, True), (S.QUALIFIED, 0, True),
+])
+def test_a_change_decided_on_another_version_is_aborted(current, expected, refused) -> None:
+    if not refused:
+        check_version(in_state(current), expected)
+        return
+    with pytest.raises(Aborted) as raised:
+        check_version(in_state(current), expected)
+    actual = 4 if current else 0
+    assert raised.value.message == (f"qualification is at version {actual}, not {expected}; "
+                                    "read it again")
+
+
+SUPPLIER = Supplier("ACME", "Acme AG", "qa.jane", NOW)
+SITE = Site("ACME", "MAIN", "Plant 1", "Werkstrasse 1, 4000 Basel", "CH", "qa.jane", NOW)
+
+
+@pytest.mark.req("SUP-001")
+def test_a_supplier_created_again_must_have_the_same_name() -> None:
+    check_same_supplier(SUPPLIER, name="Acme AG")
+    with pytest.raises(AlreadyExists) as raised:
+        check_same_supplier(SUPPLIER, name="Acme Inc")
+    assert raised.value.message == "supplier ACME exists with another name"
+
+
+@pytest.mark.req("SUP-001")
+@pytest.mark.parametrize("change", [{"name": "Plant 2"}, {"address": "Road 2"},
+                                    {"country": "DE"}])
+def test_a_site_added_again_must_have_the_same_details(change) -> None:
+    same = {"name": SITE.name, "address": SITE.address, "country": SITE.country}
+    check_same_site(SITE, **same)
+    with pytest.raises(AlreadyExists) as raised:
+        check_same_site(SITE, **{**same, **change})
+    assert raised.value.message == "site MAIN of supplier ACME exists with other details"

@@ -32,8 +32,8 @@ from services.results.domain import (
     TestKind,
     Verdict,
 )
-from services.results.records import Result
-from services.results.repository import criteria_from_json, criteria_to_json
+from services.results.domain.results import Result
+from services.results.storage_format import criteria_from_json, criteria_to_json
 from shared.errors import Violations
 
 AT = datetime(2026, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
