@@ -17,7 +17,7 @@ from opentelemetry.trace import SpanKind
 from lotgate.lots.v1 import lots_pb2 as lpb
 from shared.logs import CONTEXT_PROCESSORS
 from tests.integration.test_lots import System, running_system
-from tests.integration.test_results import (  # noqa: F401 (fixtures)
+from tests.support.results import (  # noqa: F401 (fixtures)
     identity,
     instruments,
     js,
