@@ -23,7 +23,7 @@ from nats.js import JetStreamContext
 from sqlalchemy import MetaData, Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared import audit_anchor, esign, messaging
+from shared import audit_anchor, esign, messaging, migrations
 from shared.aio import sleep_or_stop
 from shared.audit import audit_trail_table
 from shared.audit_api import AuditApi
@@ -31,7 +31,7 @@ from shared.audit_api import add_to_server as add_audit_api
 from shared.auth import Gate, gate_from
 from shared.clock import Clock, FileClock, SystemClock
 from shared.config import ServiceSettings, nats_password, settings_for
-from shared.db import create_schema, make_engine, schema_info_table
+from shared.db import make_engine
 from shared.grpc_server import build_server
 from shared.inbox import (
     EventConsumer,
@@ -54,7 +54,6 @@ class Tables:
     outbox: Table
     inbox: Table
     dead_letters: Table
-    schema_version: int = 1
 
 
 @dataclass
@@ -152,7 +151,10 @@ async def start_service(settings: ServiceSettings, build: BuildParts, *,
         engine = make_engine(settings.database_url, pool_size=settings.database_pool_size,
                              statement_timeout_s=settings.database_timeout_seconds)
         stack.push_async_callback(engine.dispose)
-        await create_schema(engine, tables.metadata, version=tables.schema_version)
+        # The schema is migrated as a step of its own (`lotgate migrate`); a service only
+        # checks that its database is at the head revision this build needs.
+        revision = await migrations.require_head(engine, settings.service_name)
+        log.info("schema_at_head", revision=revision)
 
         uow = UnitOfWorkFactory(engine, tables.outbox, clock)
         uow.system_actor = f"lotgate:{settings.service_name}"
@@ -320,7 +322,12 @@ def run_until_signal(start: Callable[[], Awaitable[RunningService]]) -> None:
     """Run a service process: start it, wait for SIGTERM or SIGINT, stop it gracefully."""
 
     async def main() -> None:
-        running = await start()
+        try:
+            running = await start()
+        except migrations.SchemaNotAtHead as behind:
+            log.error("schema_not_at_head", alert=True, database_revision=behind.current,
+                      head=behind.head, detail=str(behind))
+            raise SystemExit(migrations.EXIT_SCHEMA_NOT_AT_HEAD) from None
         # Everything built so far lives as long as the process: keep it out of the
         # collector's sweeps (a full collection over it took ~60 ms here).
         gc.freeze()
@@ -346,15 +353,11 @@ def run_until_signal(start: Callable[[], Awaitable[RunningService]]) -> None:
         asyncio.run(main())
 
 
-def make_tables(metadata: MetaData, *, schema_version: int = 1) -> Tables:
-    """The outbox, inbox, dead-letter, audit trail, audit anchor and schema tables every
-    service has beside its own.
-
-    `schema_version` grows with every change to the service's tables.
-    """
-    schema_info_table(metadata)
+def make_tables(metadata: MetaData) -> Tables:
+    """The outbox, inbox, dead-letter, audit trail and audit anchor tables every service has
+    beside its own. A change to any table needs a revision (shared.migrations)."""
     audit_trail_table(metadata)
     audit_anchor.audit_anchors_table(metadata)
     esign.add_tables(metadata)
     return Tables(metadata, outbox_table(metadata), inbox_table(metadata),
-                  dead_letter_table(metadata), schema_version)
+                  dead_letter_table(metadata))

@@ -22,7 +22,7 @@ import nats
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from nats.aio.client import Client as NATS
 
-from shared import nats_auth
+from shared import migrations, nats_auth
 from shared.config import DEFAULT_GRPC_PORTS
 from shared.dev_secrets import DevSecrets
 from shared.tokens import ActingTokens, DevKeys
@@ -242,6 +242,9 @@ class Stack:
             self.services[name] = ServiceProcess(name, port, env,
                                                  self.workdir / f"{name}.log")
         try:
+            # The schema first, as `lotgate migrate` does before a deployment starts them.
+            await asyncio.gather(*(migrations.migrate(s.name, s.env["LOTGATE_DATABASE_URL"])
+                                   for s in self.services.values()))
             await asyncio.gather(*(s.start() for s in self.services.values()))
         except BaseException:
             await self.stop()

@@ -122,4 +122,4 @@ audit.register(metadata, "qualification", qualifications, derived=["expiry_warne
 
 # Version 2: qualifications per supplier site; audits; evidence; review list.
 # Version 3: audit_trail.
-tables = make_tables(metadata, schema_version=3)
+tables = make_tables(metadata)

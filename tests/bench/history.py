@@ -25,9 +25,9 @@ from sqlalchemy import func, insert, select
 
 from lotgate.suppliers.v1 import suppliers_pb2 as pb
 from services.suppliers.tables import qualification_history, qualifications, sites, suppliers
-from services.suppliers.tables import tables as supplier_tables
+from shared import migrations
 from shared.client import Lotgate
-from shared.db import create_schema, make_engine
+from shared.db import make_engine
 from shared.protoconv import to_timestamp
 from shared.stack import SERVICES, Stack, free_port
 from tests.bench.load import percentile, progress
@@ -85,8 +85,7 @@ async def _fill(database_url: str) -> tuple[int, float]:
     started = time.perf_counter()
     rng = random.Random(7)
     try:
-        await create_schema(engine, supplier_tables.metadata,
-                            version=supplier_tables.schema_version)
+        await migrations.upgrade(engine, "suppliers")
         keys = [(f"SUP-{i:04d}", site, material, CHANGES)
                 for i in range(SMALL_SUPPLIERS) for site in SITES for material in MATERIALS]
         keys += [("SUP-BIG", site, material, BIG_CHANGES)

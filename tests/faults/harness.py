@@ -28,6 +28,7 @@ import grpc
 from lotgate.lots.v1 import lots_pb2 as lpb
 from lotgate.results.v1 import results_pb2 as rpb
 from lotgate.suppliers.v1 import suppliers_pb2 as spb
+from shared import migrations
 from shared.client import DEFAULT_SITE, Lotgate, identity, purity, sterility
 from shared.crash import ENV as CRASH_ENV
 from shared.dev_secrets import DevSecrets
@@ -83,6 +84,7 @@ class FaultStack:
         tag = os.urandom(4).hex()
         for name in SERVICES:
             self._urls[name] = await self.pg.create_database(f"faults_{name}_{tag}")
+            await migrations.migrate(name, self._urls[name])
             env = {**os.environ,
                    "LOTGATE_DATABASE_URL": self._urls[name],
                    "LOTGATE_NATS_URL": self.nats.url,

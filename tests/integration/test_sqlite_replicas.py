@@ -15,9 +15,9 @@ from sqlalchemy.exc import OperationalError
 from services.suppliers import handlers, repository
 from services.suppliers.domain import Qualification, QualificationStatus
 from services.suppliers.tables import tables
-from shared import messaging
+from shared import messaging, migrations
 from shared.clock import ManualClock
-from shared.db import create_schema, make_engine
+from shared.db import make_engine
 from shared.outbox import OutboxRelay
 from shared.stack import NatsServer
 from shared.uow import UnitOfWorkFactory
@@ -32,7 +32,7 @@ SUBJECT = "lotgate.suppliers.v1.relay_test"
 async def two_engines(tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'replicas.db'}"
     first, second = make_engine(url), make_engine(url)
-    await create_schema(first, tables.metadata, version=tables.schema_version)
+    await migrations.upgrade(first, "suppliers")
     yield first, second
     await first.dispose()
     await second.dispose()
