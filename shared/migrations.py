@@ -1,7 +1,7 @@
 """Schema migrations: one Alembic history per service, run as a step of its own.
 
 Each service keeps its revisions in `services/<service>/migrations/versions/`, named by date
-(`2026_12_01_0900_baseline.py`; the revision id is the date part). `lotgate migrate`
+(`2026_12_01_0509_baseline.py`; the revision id is the date part, UTC). `lotgate migrate`
 brings a database to the newest revision (the head); a service only checks, and refuses to
 start on a database that is behind or ahead of the head its build needs (`require_head`).
 
@@ -297,6 +297,9 @@ def new_revision(service: str, message: str, *, now: datetime | None = None) -> 
     from shared.db import make_engine
 
     rev_id = (now or datetime.now(UTC)).strftime(REVISION_ID_FORMAT)
+    if rev_id <= head(service):
+        raise MigrationRefused(f"{service}'s head {head(service)} is not older than "
+                               f"{rev_id}: wait a minute, or check the clock")
 
     async def write(url: str) -> Path | None:
         engine = make_engine(url, pool_size=1)

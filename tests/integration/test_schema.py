@@ -27,7 +27,7 @@ from tests.support.databases import Databases
 
 pytestmark = pytest.mark.integration
 
-BASELINE = "2026_12_01_0900"
+BASELINE = "2026_12_01_0509"
 NOW = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 
 
@@ -112,6 +112,7 @@ def test_revisions_are_dated_and_form_one_line(service: str) -> None:
         assert re.fullmatch(r"\d{4}_\d{2}_\d{2}_\d{4}_[a-z0-9_]+\.py", name), name
         assert name[:15] in revisions, f"{name}: its revision id is not its date"
     assert script.get_bases() == [BASELINE]
+    assert revisions == sorted(revisions, reverse=True), "each revision is newer than the last"
 
 
 @pytest.mark.req("OPS-001")

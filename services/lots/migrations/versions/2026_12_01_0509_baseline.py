@@ -3,9 +3,9 @@
 A database made by that release is adopted by `lotgate migrate`: stamped here, then
 upgraded. Written once; never edit it (add a revision instead).
 
-Revision ID: 2026_12_01_0900
+Revision ID: 2026_12_01_0509
 Revises: -
-Create Date: 2026-12-01 09:00:00 UTC
+Create Date: 2026-12-01 05:09:17 UTC
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ _SQLITE_APPEND_ONLY = [
     f"BEGIN SELECT RAISE(ABORT, 'audit_trail is append-only: {op_} refused'); END"
     for op_ in ("UPDATE", "DELETE")]
 
-revision = '2026_12_01_0900'
+revision = '2026_12_01_0509'
 down_revision = None
 branch_labels = None
 depends_on = None

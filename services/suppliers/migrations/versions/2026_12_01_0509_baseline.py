@@ -3,9 +3,9 @@
 A database made by that release is adopted by `lotgate migrate`: stamped here, then
 upgraded. Written once; never edit it (add a revision instead).
 
-Revision ID: 2026_12_01_0900
+Revision ID: 2026_12_01_0509
 Revises: -
-Create Date: 2026-12-01 09:00:00 UTC
+Create Date: 2026-12-01 05:09:17 UTC
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ _SQLITE_APPEND_ONLY = [
     f"BEGIN SELECT RAISE(ABORT, 'audit_trail is append-only: {op_} refused'); END"
     for op_ in ("UPDATE", "DELETE")]
 
-revision = '2026_12_01_0900'
+revision = '2026_12_01_0509'
 down_revision = None
 branch_labels = None
 depends_on = None
@@ -70,19 +70,26 @@ def upgrade() -> None:
         batch_op.create_index('ix_audit_trail_record', ['record_type', 'record_id', 'sequence'], unique=False)
         batch_op.create_index('ix_audit_trail_recorded_at', ['recorded_at', 'sequence'], unique=False)
 
-    op.create_table('calibrations',
-    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
-    sa.Column('instrument_id', sa.String(length=64), nullable=False),
-    sa.Column('calibrated_on', sa.Date(), nullable=False),
-    sa.Column('calibration_due', sa.Date(), nullable=False),
-    sa.Column('certificate_ref', sa.String(length=200), nullable=False),
+    op.create_table('audits',
+    sa.Column('audit_id', sa.String(length=64), nullable=False),
+    sa.Column('supplier_id', sa.String(length=64), nullable=False),
+    sa.Column('site_id', sa.String(length=64), nullable=False),
+    sa.Column('type', sa.String(length=20), nullable=False),
+    sa.Column('audit_date', sa.Date(), nullable=False),
+    sa.Column('auditor', sa.String(length=200), nullable=False),
+    sa.Column('outcome', sa.String(length=30), nullable=False),
+    sa.Column('critical_findings', sa.Integer(), nullable=False),
+    sa.Column('major_findings', sa.Integer(), nullable=False),
+    sa.Column('minor_findings', sa.Integer(), nullable=False),
+    sa.Column('next_audit_due', sa.Date(), nullable=True),
+    sa.Column('summary', sa.Text(), nullable=False),
     sa.Column('recorded_by', sa.String(length=200), nullable=False),
     sa.Column('recorded_at', sa.DateTime(timezone=True), nullable=False),
-    sa.PrimaryKeyConstraint('id'),
-    sqlite_autoincrement=True
+    sa.Column('fingerprint', sa.String(length=64), nullable=False),
+    sa.PrimaryKeyConstraint('audit_id')
     )
-    with op.batch_alter_table('calibrations', schema=None) as batch_op:
-        batch_op.create_index('ix_calibrations_instrument', ['instrument_id', 'calibrated_on', 'id'], unique=False)
+    with op.batch_alter_table('audits', schema=None) as batch_op:
+        batch_op.create_index('ix_audits_supplier', ['supplier_id', 'audit_date', 'audit_id'], unique=False)
 
     op.create_table('dead_letters',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
@@ -99,26 +106,6 @@ def upgrade() -> None:
     sa.Column('processed_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('event_id')
     )
-    op.create_table('instruments',
-    sa.Column('instrument_id', sa.String(length=64), nullable=False),
-    sa.Column('type', sa.String(length=100), nullable=False),
-    sa.Column('location', sa.String(length=200), nullable=False),
-    sa.Column('status', sa.String(length=20), nullable=False),
-    sa.Column('status_reason', sa.Text(), nullable=False),
-    sa.Column('status_changed_by', sa.String(length=200), nullable=False),
-    sa.Column('status_changed_at', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('calibration_due', sa.Date(), nullable=False),
-    sa.Column('registered_by', sa.String(length=200), nullable=False),
-    sa.Column('registered_at', sa.DateTime(timezone=True), nullable=False),
-    sa.PrimaryKeyConstraint('instrument_id')
-    )
-    op.create_table('known_lots',
-    sa.Column('lot_id', sa.String(length=64), nullable=False),
-    sa.Column('material_code', sa.String(length=64), nullable=False),
-    sa.Column('received_at', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('result_count', sa.BigInteger(), server_default='0', nullable=False),
-    sa.PrimaryKeyConstraint('lot_id')
-    )
     op.create_table('outbox',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('event_id', sa.String(length=36), nullable=False),
@@ -133,42 +120,50 @@ def upgrade() -> None:
     with op.batch_alter_table('outbox', schema=None) as batch_op:
         batch_op.create_index('ix_outbox_aggregate', ['aggregate_id'], unique=False)
 
-    op.create_table('results',
-    sa.Column('sequence', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
-    sa.Column('result_id', sa.String(length=36), nullable=False),
-    sa.Column('lot_id', sa.String(length=64), nullable=False),
+    op.create_table('qualification_history',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('supplier_id', sa.String(length=64), nullable=False),
+    sa.Column('site_id', sa.String(length=64), nullable=False),
     sa.Column('material_code', sa.String(length=64), nullable=False),
-    sa.Column('test', sa.String(length=20), nullable=False),
-    sa.Column('instrument_id', sa.String(length=64), nullable=False),
-    sa.Column('instrument_result_id', sa.String(length=128), nullable=False),
-    sa.Column('fingerprint', sa.String(length=64), nullable=False),
-    sa.Column('outcome', sa.String(length=20), nullable=True),
-    sa.Column('value', sa.Double(), nullable=True),
-    sa.Column('unit', sa.String(length=32), nullable=True),
-    sa.Column('score', sa.Double(), nullable=True),
-    sa.Column('verdict', sa.String(length=10), nullable=False),
-    sa.Column('verdict_reason', sa.Text(), nullable=False),
-    sa.Column('spec_version', sa.BigInteger(), nullable=False),
-    sa.Column('required_tests', sa.String(length=200), nullable=False),
-    sa.Column('judged_value', sa.Double(), nullable=True),
-    sa.Column('judged_unit', sa.String(length=32), nullable=True),
-    sa.Column('measured_at', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('recorded_at', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('lot_result_number', sa.BigInteger(), nullable=False),
-    sa.Column('retest_of', sa.String(length=36), nullable=True),
-    sa.Column('state', sa.String(length=12), nullable=False),
-    sa.Column('state_reason', sa.Text(), nullable=True),
-    sa.Column('state_changed_by', sa.String(length=200), nullable=True),
-    sa.Column('state_changed_at', sa.DateTime(timezone=True), nullable=True),
-    sa.PrimaryKeyConstraint('sequence'),
-    sa.UniqueConstraint('instrument_id', 'instrument_result_id', name='uq_results_idempotency'),
-    sa.UniqueConstraint('lot_id', 'lot_result_number', name='uq_results_lot_number'),
-    sa.UniqueConstraint('result_id'),
-    sqlite_autoincrement=True
+    sa.Column('version', sa.BigInteger(), nullable=False),
+    sa.Column('previous_status', sa.String(length=20), nullable=True),
+    sa.Column('new_status', sa.String(length=20), nullable=False),
+    sa.Column('valid_until', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('reason', sa.Text(), nullable=False),
+    sa.Column('changed_by', sa.String(length=200), nullable=False),
+    sa.Column('changed_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('event_id', sa.String(length=36), nullable=False),
+    sa.Column('audit_id', sa.String(length=64), nullable=True),
+    sa.Column('audit_date', sa.Date(), nullable=True),
+    sa.Column('quality_agreement_ref', sa.String(length=200), nullable=True),
+    sa.Column('questionnaire_ref', sa.String(length=200), nullable=True),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('supplier_id', 'site_id', 'material_code', 'version')
     )
-    with op.batch_alter_table('results', schema=None) as batch_op:
-        batch_op.create_index('ix_results_instrument', ['instrument_id', 'measured_at', 'sequence'], unique=False)
-        batch_op.create_index('ix_results_lot', ['lot_id', 'sequence'], unique=False)
+    with op.batch_alter_table('qualification_history', schema=None) as batch_op:
+        batch_op.create_index('ix_history_material', ['material_code', 'supplier_id', 'site_id', 'version', 'changed_at'], unique=False)
+        batch_op.create_index('ix_history_supplier', ['supplier_id', 'id'], unique=False)
+        batch_op.create_index('ix_history_supplier_material', ['supplier_id', 'material_code', 'id'], unique=False)
+
+    op.create_table('qualifications',
+    sa.Column('supplier_id', sa.String(length=64), nullable=False),
+    sa.Column('site_id', sa.String(length=64), nullable=False),
+    sa.Column('material_code', sa.String(length=64), nullable=False),
+    sa.Column('status', sa.String(length=20), nullable=False),
+    sa.Column('valid_until', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('version', sa.BigInteger(), nullable=False),
+    sa.Column('reason', sa.Text(), nullable=False),
+    sa.Column('changed_by', sa.String(length=200), nullable=False),
+    sa.Column('changed_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('audit_id', sa.String(length=64), nullable=True),
+    sa.Column('audit_date', sa.Date(), nullable=True),
+    sa.Column('quality_agreement_ref', sa.String(length=200), nullable=True),
+    sa.Column('questionnaire_ref', sa.String(length=200), nullable=True),
+    sa.Column('expiry_warned_for', sa.DateTime(timezone=True), nullable=True),
+    sa.PrimaryKeyConstraint('supplier_id', 'site_id', 'material_code')
+    )
+    with op.batch_alter_table('qualifications', schema=None) as batch_op:
+        batch_op.create_index('ix_qualifications_due', ['status', 'valid_until'], unique=False)
 
     op.create_table('schema_info',
     sa.Column('name', sa.String(length=32), nullable=False),
@@ -197,23 +192,23 @@ def upgrade() -> None:
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('subject')
     )
-    op.create_table('specifications',
-    sa.Column('material_code', sa.String(length=64), nullable=False),
-    sa.Column('version', sa.BigInteger(), nullable=False),
-    sa.Column('status', sa.String(length=10), nullable=False),
-    sa.Column('tests', sa.Text(), nullable=False),
-    sa.Column('change_reason', sa.Text(), nullable=False),
+    op.create_table('sites',
+    sa.Column('supplier_id', sa.String(length=64), nullable=False),
+    sa.Column('site_id', sa.String(length=64), nullable=False),
+    sa.Column('name', sa.String(length=200), nullable=False),
+    sa.Column('address', sa.String(length=500), nullable=False),
+    sa.Column('country', sa.String(length=2), nullable=False),
     sa.Column('created_by', sa.String(length=200), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('authors', sa.Text(), nullable=False),
-    sa.Column('effective_from', sa.DateTime(timezone=True), nullable=True),
-    sa.Column('approved_by', sa.String(length=200), nullable=True),
-    sa.Column('approved_at', sa.DateTime(timezone=True), nullable=True),
-    sa.PrimaryKeyConstraint('material_code', 'version')
+    sa.PrimaryKeyConstraint('supplier_id', 'site_id')
     )
-    with op.batch_alter_table('specifications', schema=None) as batch_op:
-        batch_op.create_index('uq_specifications_one_draft', ['material_code'], unique=True, postgresql_where=sa.text("status = 'DRAFT'"), sqlite_where=sa.text("status = 'DRAFT'"))
-
+    op.create_table('suppliers',
+    sa.Column('supplier_id', sa.String(length=64), nullable=False),
+    sa.Column('name', sa.String(length=200), nullable=False),
+    sa.Column('created_by', sa.String(length=200), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('supplier_id')
+    )
     # ### end Alembic commands ###
     postgresql = op.get_bind().dialect.name == "postgresql"
     for statement in _PG_APPEND_ONLY if postgresql else _SQLITE_APPEND_ONLY:
@@ -223,33 +218,34 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     # ### commands auto generated by Alembic - please adjust! ###
-    with op.batch_alter_table('specifications', schema=None) as batch_op:
-        batch_op.drop_index('uq_specifications_one_draft', postgresql_where=sa.text("status = 'DRAFT'"), sqlite_where=sa.text("status = 'DRAFT'"))
-
-    op.drop_table('specifications')
+    op.drop_table('suppliers')
+    op.drop_table('sites')
     op.drop_table('signers')
     with op.batch_alter_table('signatures', schema=None) as batch_op:
         batch_op.drop_index('ix_signatures_record')
 
     op.drop_table('signatures')
     op.drop_table('schema_info')
-    with op.batch_alter_table('results', schema=None) as batch_op:
-        batch_op.drop_index('ix_results_lot')
-        batch_op.drop_index('ix_results_instrument')
+    with op.batch_alter_table('qualifications', schema=None) as batch_op:
+        batch_op.drop_index('ix_qualifications_due')
 
-    op.drop_table('results')
+    op.drop_table('qualifications')
+    with op.batch_alter_table('qualification_history', schema=None) as batch_op:
+        batch_op.drop_index('ix_history_supplier_material')
+        batch_op.drop_index('ix_history_supplier')
+        batch_op.drop_index('ix_history_material')
+
+    op.drop_table('qualification_history')
     with op.batch_alter_table('outbox', schema=None) as batch_op:
         batch_op.drop_index('ix_outbox_aggregate')
 
     op.drop_table('outbox')
-    op.drop_table('known_lots')
-    op.drop_table('instruments')
     op.drop_table('inbox')
     op.drop_table('dead_letters')
-    with op.batch_alter_table('calibrations', schema=None) as batch_op:
-        batch_op.drop_index('ix_calibrations_instrument')
+    with op.batch_alter_table('audits', schema=None) as batch_op:
+        batch_op.drop_index('ix_audits_supplier')
 
-    op.drop_table('calibrations')
+    op.drop_table('audits')
     with op.batch_alter_table('audit_trail', schema=None) as batch_op:
         batch_op.drop_index('ix_audit_trail_recorded_at')
         batch_op.drop_index('ix_audit_trail_record')

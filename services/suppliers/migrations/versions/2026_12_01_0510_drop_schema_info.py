@@ -3,9 +3,9 @@
 The last release recorded the version of its create_all tables in schema_info; the
 baseline re-creates that table, so that a database it made is adopted unchanged.
 
-Revision ID: 2026_12_01_0930
-Revises: 2026_12_01_0900
-Create Date: 2026-12-01 09:30:00 UTC
+Revision ID: 2026_12_01_0510
+Revises: 2026_12_01_0509
+Create Date: 2026-12-01 05:09:42 UTC
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = '2026_12_01_0930'
-down_revision = '2026_12_01_0900'
+revision = '2026_12_01_0510'
+down_revision = '2026_12_01_0509'
 branch_labels = None
 depends_on = None
 
@@ -33,4 +33,4 @@ def downgrade() -> None:
     sa.PrimaryKeyConstraint('name')
     )
     # ### end Alembic commands ###
-    op.execute("INSERT INTO schema_info (name, version) VALUES ('tables', 7)")
+    op.execute("INSERT INTO schema_info (name, version) VALUES ('tables', 3)")
