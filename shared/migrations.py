@@ -335,7 +335,11 @@ def main(service: str, *, new_revision_message: str = "") -> int:
 
     if new_revision_message:
         for service in services:
-            path = new_revision(service, new_revision_message)
+            try:
+                path = new_revision(service, new_revision_message)
+            except MigrationRefused as refused:
+                print(f"lotgate migrate: {refused}", file=sys.stderr)
+                return 1
             print(f"{service}: wrote {path}" if path else
                   f"{service}: the models match the head; no revision written")
         return 0
