@@ -23,6 +23,7 @@ import importlib
 import importlib.util
 import sys
 import tempfile
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -225,11 +226,25 @@ def _migrate_sync(conn: Connection, service: str, target: str) -> Migrated:
     return Migrated(service, before, after, adopted)
 
 
+# Alembic's `op` and `context` are module-wide proxies, installed for one run at a time:
+# two runs in one process (the local stack migrates three databases) must not interleave.
+_runs_in_this_process: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+    weakref.WeakKeyDictionary())
+
+
+def _one_run_at_a_time() -> asyncio.Lock:
+    loop = asyncio.get_running_loop()
+    lock = _runs_in_this_process.get(loop)
+    if lock is None:
+        lock = _runs_in_this_process[loop] = asyncio.Lock()
+    return lock
+
+
 async def upgrade(engine: AsyncEngine, service: str, target: str = "head") -> Migrated:
     """Bring the database of `engine` to `service`'s head (or the revision `target`, which
     tests use to make an older database), in one transaction."""
     script_directory(service)  # read the revisions before taking the lock
-    async with engine.begin() as conn:
+    async with _one_run_at_a_time(), engine.begin() as conn:
         return await conn.run_sync(_migrate_sync, service, target)
 
 

@@ -235,15 +235,26 @@ async def test_the_audit_trail_made_by_the_revisions_is_append_only(new_database
         await engine.dispose()
 
 
+async def _lotgate_migrate(url: str, *args: str) -> tuple[int, str]:
+    """`lotgate migrate ARGS` as its own process, with LOTGATE_DATABASE_URL=url."""
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "lotgate"), "migrate", *args, env=_env(url),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    output, _ = await asyncio.wait_for(process.communicate(), timeout=120)
+    return process.returncode or 0, output.decode()
+
+
 @pytest.mark.req("OPS-001")
 async def test_migrators_running_together_migrate_once(new_database) -> None:
+    """Two Jobs, or a Job and an operator: processes of their own on one empty database."""
     url = await new_database("together")
 
-    done = await asyncio.gather(*(migrations.migrate("lots", url) for _ in range(4)))
+    done = await asyncio.gather(*(_lotgate_migrate(url, "--service", "lots")
+                                  for _ in range(3)))
 
-    head = migrations.head("lots")
-    assert sorted(str(d.before) for d in done) == sorted(["None", head, head, head])
-    assert {d.after for d in done} == {head}
+    assert [code for code, _ in done] == [0, 0, 0], done
+    said = sorted("from an empty database" in out for _, out in done)
+    assert said == [False, False, True], done  # one migrated, the others found it done
     assert await _differences(url, "lots") == []
 
 
@@ -255,6 +266,19 @@ async def _refusal(url: str, service: str) -> SchemaNotAtHead:
     finally:
         await engine.dispose()
     return refused.value
+
+
+async def test_migrations_of_several_databases_in_one_process_do_not_mix(
+        tmp_path: Path) -> None:
+    """The local stack migrates its three databases together (Alembic's proxies are
+    module-wide: interleaved runs would send one database's DDL to another)."""
+    urls = {service: f"sqlite:///{tmp_path / f'{service}.db'}" for service in SERVICES}
+
+    done = await asyncio.gather(*(migrations.migrate(s, url) for s, url in urls.items()))
+
+    assert [d.after for d in done] == [migrations.head(s) for s in SERVICES]
+    for service, url in urls.items():
+        assert await _differences(url, service) == []
 
 
 @pytest.mark.req("OPS-001")
@@ -313,19 +337,11 @@ async def test_a_service_process_on_a_schema_behind_exits_naming_the_revision(
 async def test_lotgate_migrate_prints_from_which_revision_to_which(
         databases: Databases) -> None:
     url = await databases.create("cli")
-    lotgate = str(Path(sys.executable).parent / "lotgate")
-
-    async def run(*args: str) -> tuple[int, str]:
-        process = await asyncio.create_subprocess_exec(
-            lotgate, "migrate", *args, env=_env(url),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-        output, _ = await asyncio.wait_for(process.communicate(), timeout=60)
-        return process.returncode or 0, output.decode()
-
     head = migrations.head("suppliers")
-    first = await run("--service", "suppliers")
-    again = await run("--service", "suppliers")
-    all_on_one_url = await run()
+
+    first = await _lotgate_migrate(url, "--service", "suppliers")
+    again = await _lotgate_migrate(url, "--service", "suppliers")
+    all_on_one_url = await _lotgate_migrate(url)
 
     assert first[0] == 0 and f"upgraded from an empty database to {head}" in first[1]
     assert again[0] == 0 and f"at {head}" in again[1] and "nothing to do" in again[1]
