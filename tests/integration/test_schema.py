@@ -108,9 +108,11 @@ def test_revisions_are_dated_and_form_one_line(service: str) -> None:
     revisions = [r.revision for r in script.walk_revisions()]
     assert len(script.get_heads()) == 1, "two revisions follow the same one: make a line"
     assert len(revisions) >= 2
+    assert len(files) == len(revisions)
     for name in files:
         assert re.fullmatch(r"\d{4}_\d{2}_\d{2}_\d{4}_[a-z0-9_]+\.py", name), name
-        assert name[:15] in revisions, f"{name}: its revision id is not its date"
+        assert Path(script.get_revision(name[:15]).path).name == name, (
+            f"{name}: its revision id is not its date")
     assert script.get_bases() == [BASELINE]
     assert revisions == sorted(revisions, reverse=True), "each revision is newer than the last"
 
