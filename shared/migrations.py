@@ -38,6 +38,7 @@ from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import MetaData, inspect, text
 from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 SERVICES = ("suppliers", "results", "lots")
@@ -371,6 +372,10 @@ def main(service: str, *, new_revision_message: str = "") -> int:
             done = asyncio.run(migrate(service, url))
         except MigrationRefused as refused:
             print(f"lotgate migrate: {refused}", file=sys.stderr)
+            return 1
+        except (OSError, DBAPIError) as error:  # unreachable, or a statement failed
+            print(f"lotgate migrate: {service}: nothing changed in {where}: {error}",
+                  file=sys.stderr)
             return 1
         print(f"{done.describe()}  [{where}]")
     return 0
