@@ -11,6 +11,8 @@
                    a service's audit trail (filtered) with its verification: CSV or JSON
     lotgate token --role qa --sub qa.jane
                    a bearer token signed with the local development keys (.lotgate/keys)
+    lotgate migrate [--service lots]
+                   bring a service's database to the schema this build needs
 """
 
 from __future__ import annotations
@@ -159,6 +161,23 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_migrate(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from shared.migrations import SERVICES
+
+    migrate = sub.add_parser(
+        "migrate", help="bring a service's database to the schema this build needs",
+        description="Upgrade a service's database to the head revision of its migrations "
+        "(services/<service>/migrations), with the service's own settings "
+        "(LOTGATE_DATABASE_URL; by default the SQLite files of `lotgate run`), and print "
+        "from which revision to which. A database made before migrations is adopted. Exit 1 "
+        "when a database is refused (left unchanged).")
+    migrate.add_argument("--service", choices=[*SERVICES, "all"], default="all",
+                         help="default: all (only without LOTGATE_DATABASE_URL)")
+    migrate.add_argument("--new-revision", default="", metavar="MESSAGE",
+                         help="instead: write the next dated revision from what the models "
+                         "changed (autogenerate); read it before committing it")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lotgate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -254,9 +273,14 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("--ttl-minutes", type=float, default=60.0)
     token.add_argument("--keys", type=Path, default=DEV_KEYS_DIR,
                        help="directory of the development keys (default: %(default)s)")
+    _add_migrate(sub)
     args = parser.parse_args(argv)
     if args.command == "token":
         return _token(args)
+    if args.command == "migrate":
+        from shared.migrations import main as migrate
+
+        return migrate(args.service, new_revision_message=args.new_revision)
     if args.command == "run":
         args.data_dir = Path(args.data_dir).resolve()
     with contextlib.suppress(KeyboardInterrupt):

@@ -28,7 +28,7 @@ from lotgate_tools.ports import (
     wait_until_serving,
 )
 from lotgate_tools.tokens import ActingTokens, DevKeys
-from shared import nats_auth
+from shared import migrations, nats_auth
 from shared.config import DEFAULT_GRPC_PORTS
 
 SERVICES = ("suppliers", "results", "lots")
@@ -296,6 +296,13 @@ class Stack:
             }
             self.services[name] = ServiceProcess(name, port, env,
                                                  self.workdir / f"{name}.log")
+        # The schema first, as `lotgate migrate` does before a deployment starts them.
+        for service in self.services.values():
+            try:
+                await migrations.migrate(service.name, service.env["LOTGATE_DATABASE_URL"])
+            except migrations.MigrationRefused as refused:
+                raise StartFailed(f"the {service.name} database was not migrated: "
+                                  f"{refused}") from refused
         starting = [asyncio.ensure_future(s.start()) for s in self.services.values()]
         try:
             await asyncio.gather(*starting)

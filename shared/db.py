@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from datetime import UTC, datetime
 from pathlib import Path
@@ -10,24 +9,15 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
-    Column,
     DateTime,
     Insert,
     Integer,
-    MetaData,
-    String,
     Table,
     event,
-    inspect,
-    select,
-    text,
 )
 from sqlalchemy.engine import Connection, Dialect, make_url
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.types import TypeDecorator
-
-_SCHEMA_LOCK_KEY = 0x4C47_5343  # "LGSC"
 
 # Auto-incrementing ids: BIGINT on PostgreSQL, INTEGER (the rowid) on SQLite.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -111,66 +101,6 @@ def make_engine(url: str, *, pool_size: int = 10, statement_timeout_s: float = 1
             "server_settings": {"application_name": "lotgate"},
         },
     )
-
-
-SCHEMA_INFO = "schema_info"
-
-
-class SchemaMismatch(RuntimeError):
-    """The database was made for another version of the tables than this build has."""
-
-
-def schema_info_table(metadata: MetaData) -> Table:
-    """One row per database: the version of the service's tables it holds."""
-    return Table(SCHEMA_INFO, metadata,
-                 Column("name", String(32), primary_key=True),
-                 Column("version", Integer, nullable=False))
-
-
-def _recorded_version(conn: Connection, metadata: MetaData) -> int | None:
-    """The schema version the database holds; None for an empty database."""
-    names = set(inspect(conn).get_table_names())
-    if SCHEMA_INFO in names:
-        info = metadata.tables[SCHEMA_INFO]
-        return conn.execute(select(info.c.version).where(info.c.name == "tables")).scalar()
-    # Tables made before versions were recorded are version 1.
-    return 1 if names & (set(metadata.tables) - {SCHEMA_INFO}) else None
-
-
-async def create_schema(engine: AsyncEngine, metadata: MetaData, *, version: int = 1) -> None:
-    """Create the tables of an empty database, or check that they are at `version`.
-
-    There are no migrations yet: a database made for another version of the tables is
-    refused with SchemaMismatch rather than used half-fitting. Processes starting
-    together would race to create the same tables: PostgreSQL takes an advisory lock
-    first; SQLite (no such lock) tries again after a lost race or while another process
-    holds the file.
-    """
-    attempts = 10
-    for attempt in range(attempts):
-        try:
-            async with engine.begin() as conn:
-                if engine.dialect.name == "postgresql":
-                    await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"),
-                                       {"k": _SCHEMA_LOCK_KEY})
-                found = await conn.run_sync(_recorded_version, metadata)
-                if found is not None and found != version:
-                    raise SchemaMismatch(
-                        f"the database holds version {found} of the tables; this build needs "
-                        f"version {version}, and has no migration for it yet. A development "
-                        "database can be deleted (make clean) to start afresh.")
-                await conn.run_sync(metadata.create_all)
-                if found is None and SCHEMA_INFO in metadata.tables:
-                    await conn.execute(
-                        insert_ignoring_duplicates(metadata.tables[SCHEMA_INFO],
-                                                   engine.dialect.name),
-                        {"name": "tables", "version": version})
-            return
-        except OperationalError as exc:
-            lost_race = any(s in str(exc) for s in ("already exists", "database is locked"))
-            if not lost_race or attempt == attempts - 1:
-                raise
-            await asyncio.sleep(0.05 * (attempt + 1))
 
 
 @functools.cache

@@ -23,14 +23,14 @@ from grpc_health.v1 import health_pb2
 from nats.js import JetStreamContext
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared import audit_anchor, esign_interceptor, esign_signers, messaging
+from shared import audit_anchor, esign_interceptor, esign_signers, messaging, migrations
 from shared.aio import sleep_or_stop
 from shared.audit_api import AuditApi
 from shared.audit_api import add_to_server as add_audit_api
 from shared.auth import Gate, gate_from
 from shared.clock import Clock, FileClock, SystemClock
 from shared.config import ServiceSettings, nats_password, settings_for
-from shared.db import create_schema, make_engine
+from shared.db import make_engine
 from shared.grpc_server import build_server
 from shared.inbox import EventConsumer, EventGate, Subscription
 from shared.logs import configure_logging, get_logger
@@ -138,7 +138,10 @@ async def start_service(settings: ServiceSettings, build: BuildParts, *,
         engine = make_engine(settings.database_url, pool_size=settings.database_pool_size,
                              statement_timeout_s=settings.database_timeout_seconds)
         stack.push_async_callback(engine.dispose)
-        await create_schema(engine, tables.metadata, version=tables.schema_version)
+        # The schema is migrated as a step of its own (`lotgate migrate`); a service only
+        # checks that its database is at the head revision this build needs.
+        revision = await migrations.require_head(engine, settings.service_name)
+        log.info("schema_at_head", revision=revision)
 
         uow = UnitOfWorkFactory(engine, tables.outbox, clock)
         uow.system_actor = f"lotgate:{settings.service_name}"
@@ -313,7 +316,12 @@ def run_until_signal(start: Callable[[], Awaitable[RunningService]]) -> None:
     """Run a service process: start it, wait for SIGTERM or SIGINT, stop it gracefully."""
 
     async def main() -> None:
-        running = await start()
+        try:
+            running = await start()
+        except migrations.SchemaNotAtHead as behind:
+            log.error("schema_not_at_head", alert=True, database_revision=behind.current,
+                      head=behind.head, detail=str(behind))
+            raise SystemExit(migrations.EXIT_SCHEMA_NOT_AT_HEAD) from None
         # Everything built so far lives as long as the process: keep it out of the
         # collector's sweeps (a full collection over it took ~60 ms here).
         gc.freeze()

@@ -26,7 +26,7 @@ from sqlalchemy import (
     event,
 )
 
-from shared.db import BigId, UtcDateTime, schema_info_table
+from shared.db import BigId, UtcDateTime
 
 AUDIT_TRAIL = "audit_trail"
 AUDIT_ANCHORS = "audit_anchors"
@@ -38,21 +38,17 @@ class Tables:
     outbox: Table
     inbox: Table
     dead_letters: Table
-    schema_version: int = 1
 
 
-def make_tables(metadata: MetaData, *, schema_version: int = 1) -> Tables:
-    """The outbox, inbox, dead-letter, audit trail, audit anchor, signature and schema
-    tables every service has beside its own.
-
-    `schema_version` grows with every change to the service's tables.
+def make_tables(metadata: MetaData) -> Tables:
+    """The outbox, inbox, dead-letter, audit trail, audit anchor and signature tables every
+    service has beside its own. A change to any table needs a revision (shared.migrations).
     """
-    schema_info_table(metadata)
     audit_trail_table(metadata)
     audit_anchors_table(metadata)
     add_signature_tables(metadata)
     return Tables(metadata, outbox_table(metadata), inbox_table(metadata),
-                  dead_letter_table(metadata), schema_version)
+                  dead_letter_table(metadata))
 
 
 # Events out and in

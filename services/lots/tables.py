@@ -171,8 +171,7 @@ lot_reviews = Table(
 #    and release_policy_history; RELEASABLE and EXPIRED statuses; ix_lots_material.
 # 6: audit_trail.
 # 7: release_policies.two_signatures (and its history); signers, signatures.
-# 8: outbox.trace_context.
-tables = make_tables(metadata, schema_version=8)
+tables = make_tables(metadata)
 
 # The GMP records of this service, each change of which the audit trail records (QA's
 # actions are changes of their lot).

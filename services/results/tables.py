@@ -137,5 +137,4 @@ audit.register(metadata, "result", results, "result_id")
 # Version 2: specification versions with drafts and tests, instruments and calibrations,
 # result states, retests and judged values.
 # Version 3: audit_trail.
-# Version 4: outbox.trace_context.
-tables = make_tables(metadata, schema_version=4)
+tables = make_tables(metadata)

@@ -122,5 +122,4 @@ audit.register(metadata, "qualification", qualifications, derived=["expiry_warne
 
 # Version 2: qualifications per supplier site; audits; evidence; review list.
 # Version 3: audit_trail.
-# Version 4: outbox.trace_context.
-tables = make_tables(metadata, schema_version=4)
+tables = make_tables(metadata)

@@ -27,8 +27,8 @@ from lotgate.suppliers.v1 import suppliers_pb2 as pb
 from lotgate_tools.client import Lotgate
 from lotgate_tools.stack import SERVICES, Stack, free_port
 from services.suppliers.tables import qualification_history, qualifications, sites, suppliers
-from services.suppliers.tables import tables as supplier_tables
-from shared.db import create_schema, make_engine
+from shared import migrations
+from shared.db import make_engine
 from shared.protoconv import to_timestamp
 from tests.bench.load import percentile, progress
 from tests.bench.report import Row, render
@@ -85,8 +85,7 @@ async def _fill(database_url: str) -> tuple[int, float]:
     started = time.perf_counter()
     rng = random.Random(7)
     try:
-        await create_schema(engine, supplier_tables.metadata,
-                            version=supplier_tables.schema_version)
+        await migrations.upgrade(engine, "suppliers")
         keys = [(f"SUP-{i:04d}", site, material, CHANGES)
                 for i in range(SMALL_SUPPLIERS) for site in SITES for material in MATERIALS]
         keys += [("SUP-BIG", site, material, BIG_CHANGES)

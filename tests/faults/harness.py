@@ -31,6 +31,7 @@ from lotgate.suppliers.v1 import suppliers_pb2 as spb
 from lotgate_tools.client import DEFAULT_SITE, Lotgate, identity, purity, sterility
 from lotgate_tools.dev_secrets import DevSecrets
 from lotgate_tools.stack import SERVICES, NatsServer, ServiceProcess, free_port
+from shared import migrations
 from shared.crash import ENV as CRASH_ENV
 from tests.faults.postgres import PgCluster
 from tests.support.auth import TEST_KEYS, acting
@@ -83,6 +84,7 @@ class FaultStack:
         tag = os.urandom(4).hex()
         for name in SERVICES:
             self._urls[name] = await self.pg.create_database(f"faults_{name}_{tag}")
+            await migrations.migrate(name, self._urls[name])
             env = {**os.environ,
                    "LOTGATE_DATABASE_URL": self._urls[name],
                    "LOTGATE_NATS_URL": self.nats.url,

@@ -53,7 +53,7 @@ SERVICES = {
 # Tables written off the request path: by the relay, by the consumers of other services'
 # events (which may still arrive from earlier tests on the shared broker).
 # `signers`: the test channel enrols each signer it plays on first use (tests.support.auth).
-PLUMBING = {"outbox", "inbox", "dead_letters", "schema_info", "signers"}
+PLUMBING = {"outbox", "inbox", "dead_letters", "signers"}
 FED_BY_EVENTS = {"lots": {"qualifications", "lot_results"}, "results": {"known_lots"}}
 # grpc's default limit for all the metadata of a response (the status rides in trailers).
 MAX_METADATA = 8 * 1024

@@ -17,9 +17,9 @@ from services.suppliers import handlers, repository
 from services.suppliers.domain.qualification import Qualification, QualificationStatus
 from services.suppliers.domain.sites import Site, Supplier
 from services.suppliers.tables import tables
-from shared import messaging
+from shared import messaging, migrations
 from shared.clock import ManualClock
-from shared.db import create_schema, make_engine
+from shared.db import make_engine
 from shared.outbox import OutboxRelay
 from shared.uow import UnitOfWorkFactory
 from tests.support.services import ref
@@ -33,7 +33,7 @@ SUBJECT = "lotgate.suppliers.v1.relay_test"
 async def two_engines(tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'replicas.db'}"
     first, second = make_engine(url), make_engine(url)
-    await create_schema(first, tables.metadata, version=tables.schema_version)
+    await migrations.upgrade(first, "suppliers")
     yield first, second
     await first.dispose()
     await second.dispose()

@@ -14,6 +14,7 @@ from lotgate.suppliers.v1 import suppliers_pb2 as pb
 from lotgate.suppliers.v1 import suppliers_pb2_grpc as pb_grpc
 from lotgate_tools.stack import NatsServer, free_port
 from services.suppliers import bootstrap
+from shared import migrations
 from shared.config import settings_for
 from tests.support import auth
 from tests.support import suppliers as support
@@ -142,9 +143,11 @@ async def test_every_change_is_published_once_with_its_event_id(suppliers, nats_
 async def test_changes_are_accepted_while_nats_is_down_and_published_once_it_is_up(
         databases, workdir) -> None:
     broker = NatsServer(workdir / f"nats-{ref('late')}", port=free_port())
-    settings = settings_for("suppliers", database_url=await databases.create("suppliers"),
-                            nats_url=broker.url, grpc_host="127.0.0.1", grpc_port=0,
-                            outbox_poll_seconds=0.2, **auth.settings_overrides(),
+    url = await databases.create("suppliers")
+    await migrations.migrate("suppliers", url)
+    settings = settings_for("suppliers", database_url=url, nats_url=broker.url,
+                            grpc_host="127.0.0.1", grpc_port=0, outbox_poll_seconds=0.2,
+                            **auth.settings_overrides(),
                             **broker.secrets.service_settings("suppliers"))
     running = await bootstrap.start(settings)  # no broker is listening yet
     try:
