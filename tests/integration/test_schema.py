@@ -80,15 +80,15 @@ async def test_an_empty_database_migrated_to_head_has_exactly_the_models_tables(
 
 
 async def test_the_comparison_sees_a_column_that_no_revision_adds(tmp_path: Path) -> None:
-    """The guard above can fail: a nullable column added to a model (as the outbox may get)
-    and no revision for it is reported."""
+    """The guard above can fail: a nullable column added to a model and no revision for it
+    is reported."""
     url = f"sqlite:///{tmp_path / 'head.db'}"
     await migrations.migrate("suppliers", url)
     changed = MetaData()
     for table in supplier_tables.metadata.sorted_tables:
         copy = table.to_metadata(changed)
         if table.name == "outbox":
-            copy.append_column(Column("trace_context", String(64), nullable=True))
+            copy.append_column(Column("unrevised_note", String(64), nullable=True))
 
     engine = make_engine(url)
     try:
@@ -98,7 +98,7 @@ async def test_the_comparison_sees_a_column_that_no_revision_adds(tmp_path: Path
     finally:
         await engine.dispose()
     assert [(d[0], d[2], d[3].name) for d in found] == [("add_column", "outbox",
-                                                          "trace_context")]
+                                                          "unrevised_note")]
 
 
 @pytest.mark.parametrize("service", SERVICES)
@@ -153,17 +153,20 @@ async def test_an_older_revision_is_upgraded_to_head_and_its_records_survive(
 
 
 async def _made_by_create_all(url: str, version: int | None) -> None:
-    """A database as the releases before migrations left it: create_all, and the version
-    of its tables in schema_info (none before versions were recorded)."""
+    """A database as the releases before migrations left it: their tables (the baseline
+    revision is exactly those, schema_info included), no alembic_version, and the version of
+    its tables in schema_info (none before versions were recorded)."""
+    baseline = migrations.script_directory("suppliers").get_base()
+    await migrations.migrate("suppliers", url, target=baseline)
     engine = make_engine(url)
     try:
         async with engine.begin() as conn:
-            await conn.run_sync(supplier_tables.metadata.create_all)
-            if version is not None:
-                await conn.execute(text("CREATE TABLE schema_info (name VARCHAR(32) PRIMARY KEY, "
-                                        "version INTEGER NOT NULL)"))
-                await conn.execute(text("INSERT INTO schema_info VALUES ('tables', :v)"),
-                                   {"v": version})
+            await conn.execute(text("DROP TABLE alembic_version"))
+            if version is None:
+                await conn.execute(text("DROP TABLE schema_info"))
+            else:
+                await conn.execute(text("UPDATE schema_info SET version = :v "
+                                        "WHERE name = 'tables'"), {"v": version})
             await conn.execute(insert(supplier_tables.suppliers).values(
                 supplier_id="SUP-LEGACY", name="Kept", created_by="qa.jane", created_at=NOW))
     finally:
