@@ -81,6 +81,11 @@ async def _end(process: asyncio.subprocess.Process | None, sig: int, *, grace_s:
         await process.wait()
 
 
+def _last_line(error: BaseException) -> str:
+    """An exception's message without the driver's SQL and background lines."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 @dataclass
 class NatsServer:
     """A nats-server process with its own port and store, which tests may kill and restart.
@@ -300,9 +305,9 @@ class Stack:
         for service in self.services.values():
             try:
                 await migrations.migrate(service.name, service.env["LOTGATE_DATABASE_URL"])
-            except migrations.MigrationRefused as refused:
-                raise StartFailed(f"the {service.name} database was not migrated: "
-                                  f"{refused}") from refused
+            except Exception as error:  # refused, or the database cannot be opened
+                raise StartFailed(f"the {service.name} database could not be migrated: "
+                                  f"{_last_line(error)}") from error
         starting = [asyncio.ensure_future(s.start()) for s in self.services.values()]
         try:
             await asyncio.gather(*starting)
