@@ -28,6 +28,7 @@ from shared.aio import sleep_or_stop
 from shared.db import BigId, UtcDateTime, insert_ignoring_duplicates
 from shared.errors import Unavailable
 from shared.logs import get_logger
+from shared.metrics import delivered, parked
 from shared.signing import EventVerifier, Unverified
 from shared.uow import UnitOfWork, UnitOfWorkFactory
 
@@ -130,6 +131,7 @@ async def park_message(uow_factory: UnitOfWorkFactory, dead_letters: Table, msg:
         return False
     log.error("event_parked", alert=True, event_id=event_id, subject=msg.subject,
               reason=reason)
+    parked(msg.subject)
     return True
 
 
@@ -213,6 +215,7 @@ class EventConsumer:
 
     async def process(self, msgs: list[Msg]) -> None:
         """Apply a fetched batch: all in one transaction, else one by one."""
+        delivered(self._sub.durable, msgs)
         decoded: list[tuple[Msg, Message]] = []
         for msg in msgs:
             refusal = self._gate.refusal(msg) if self._gate is not None else None
