@@ -199,6 +199,9 @@ class Stack:
     workdir: Path
     database_urls: dict[str, str] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
+    # Metrics ports (LOTGATE_METRICS_PORT); a service not named serves metrics on its
+    # DEFAULT_METRICS_PORTS port when on its default gRPC port, else none.
+    metrics_ports: dict[str, int] = field(default_factory=dict)
     nats_port: int = 0
     monitor_port: int = 0
     log_level: str = "info"
@@ -239,6 +242,8 @@ class Stack:
                 **self.keys.service_env(),
                 **self.extra_env,
             }
+            if name in self.metrics_ports:
+                env["LOTGATE_METRICS_PORT"] = str(self.metrics_ports[name])
             self.services[name] = ServiceProcess(name, port, env,
                                                  self.workdir / f"{name}.log")
         try:
