@@ -57,6 +57,7 @@ class HealthMonitor:
         self.alive = False
         self.ready = False
         self.why_not: list[str] = ["not checked yet"]
+        self._was_ready = False
 
     async def start(self) -> None:
         """Live at once; ready once the first check passes."""
@@ -82,12 +83,15 @@ class HealthMonitor:
             self._metrics.database_up.set(0 if database else 1)
         why_not = ([database] if database else []) + self._problems()
         ready = not why_not
-        if ready != self.ready or (not ready and why_not != self.why_not):
+        if ready != self.ready or _kinds(why_not) != _kinds(self.why_not):
             if ready:
                 log.info("service_ready")
-            else:
+            elif self._was_ready:
                 log.warning("service_not_ready", reasons=why_not)
+            else:  # still starting (NATS may come later)
+                log.info("service_not_ready_yet", reasons=why_not)
         self.ready, self.why_not = ready, why_not
+        self._was_ready = self._was_ready or ready
         if self._metrics is not None:
             self._metrics.ready.set(1 if ready else 0)
         for name in self._names:
@@ -107,6 +111,11 @@ class HealthMonitor:
         except Exception as exc:
             return f"database unreachable: {type(exc).__name__}: {str(exc)[:200]}"
         return ""
+
+
+def _kinds(reasons: list[str]) -> list[str]:
+    """The reasons without their details (an error's text changes from check to check)."""
+    return [reason.split(":")[0] for reason in reasons]
 
 
 def _sqlite_file(engine: AsyncEngine) -> Path | None:

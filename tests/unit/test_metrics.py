@@ -102,3 +102,19 @@ def test_redeliveries_are_the_messages_delivered_more_than_once() -> None:
                  subject="lotgate.results.v1.result_recorded") == 1
     assert value(service, "lotgate_audit_chain_intact") == 0
     assert value(service, "lotgate_audit_verifications_total", result="broken") == 1
+
+
+def test_metrics_ports_sit_next_to_the_default_grpc_ports_and_are_off_elsewhere(
+        monkeypatch) -> None:
+    from shared.config import settings_for
+
+    monkeypatch.delenv("LOTGATE_METRICS_PORT", raising=False)
+    monkeypatch.delenv("LOTGATE_GRPC_PORT", raising=False)
+    assert [settings_for(name).metrics_port for name in ("suppliers", "lots", "results")] == [
+        50071, 50072, 50073]
+    assert settings_for("lots", grpc_port=0).metrics_port == 0  # tests: no fixed port
+    assert settings_for("lots", grpc_port=0, metrics_port=9464).metrics_port == 9464
+    monkeypatch.setenv("LOTGATE_GRPC_PORT", "50062")
+    assert settings_for("lots").metrics_port == 50072  # what `lotgate run` starts
+    monkeypatch.setenv("LOTGATE_METRICS_PORT", "0")
+    assert settings_for("lots").metrics_port == 0
