@@ -23,6 +23,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.aio import sleep_or_stop
+from shared.db import make_engine
 from shared.logs import get_logger
 from shared.metrics import ServiceMetrics
 
@@ -48,7 +49,12 @@ class HealthMonitor:
                  metrics: ServiceMetrics | None = None) -> None:
         self._servicer = servicer
         self._names = [READINESS, *names]
-        self._engine = engine
+        # PostgreSQL is probed on a connection of its own: a pool busy with calls is
+        # load, not an outage, and must not take the replica out of its Service.
+        self._own_engine = engine.dialect.name == "postgresql"
+        self._engine = (make_engine(engine.url.render_as_string(hide_password=False),
+                                    pool_size=1, statement_timeout_s=timeout_seconds)
+                        if self._own_engine else engine)
         self._problems = problems
         self._every = every_seconds
         self._timeout = timeout_seconds
@@ -71,11 +77,15 @@ class HealthMonitor:
         self.ready = False
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            # Not ready: look again soon, so that a recovery shows within half a second.
-            await sleep_or_stop(stop, self._every if self.ready else min(self._every, 0.5))
-            if not stop.is_set():
-                await self.check()
+        try:
+            while not stop.is_set():
+                # Not ready: look again soon, so that a recovery shows within half a second.
+                await sleep_or_stop(stop, self._every if self.ready else min(self._every, 0.5))
+                if not stop.is_set():
+                    await self.check()
+        finally:
+            if self._own_engine:
+                await self._engine.dispose()
 
     async def check(self) -> bool:
         database = await self._database_problem()

@@ -266,8 +266,6 @@ async def start_service(settings: ServiceSettings, build: BuildParts, *,
             await server.stop(settings.shutdown_grace_seconds)
 
         stack.push_async_callback(stop_server)
-        await monitor.start()
-        tasks.append(asyncio.create_task(monitor.run(stop_event), name="health"))
         if settings.metrics_port:
             service_metrics.observe(metrics, running)
             endpoint = service_metrics.MetricsEndpoint(
@@ -279,6 +277,8 @@ async def start_service(settings: ServiceSettings, build: BuildParts, *,
             running.metrics_port = endpoint.port
             log.info("metrics_serving", port=endpoint.port)
             tasks.append(asyncio.create_task(sampler.run(stop_event), name="metrics"))
+        await monitor.start()
+        tasks.append(asyncio.create_task(monitor.run(stop_event), name="health"))
         log.info("service_started", address=f"{settings.grpc_host}:{port}",
                  database=engine.dialect.name)
         return running
