@@ -35,7 +35,7 @@ from prometheus_client import (
     Histogram,
     disable_created_metrics,
 )
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import Table, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -117,10 +117,8 @@ class ServiceMetrics:
         self.audit_verifications = Counter(
             "lotgate_audit_verifications", "Audit trail verifications, by result.",
             ["result"], registry=r)
-        self.audit_intact = Gauge(
-            "lotgate_audit_chain_intact",
-            "1 when the last verification found the audit chain intact, 0 when broken.",
-            registry=r)
+        # None until a verification ran: no series then, so that no alert fires on it.
+        self.audit_intact: bool | None = None
         self.ready = Gauge(
             "lotgate_ready", "1 when the service is ready (database reachable, consumers "
             "running), else 0.", registry=r)
@@ -129,6 +127,16 @@ class ServiceMetrics:
             registry=r)
         self._sources: list[Callable[[], Iterable[Any]]] = []
         r.register(_Callbacks(self._sources))
+        self._sources.append(self._audit_intact)
+
+    def _audit_intact(self) -> Iterable[Any]:
+        family = GaugeMetricFamily(
+            "lotgate_audit_chain_intact",
+            "1 when the last verification found the audit chain intact, 0 when broken "
+            "(absent before the first).")
+        if self.audit_intact is not None:
+            family.add_metric([], 1 if self.audit_intact else 0)
+        yield family
 
     # --- what the hooks and the runtime call ----------------------------------------------
 
@@ -215,7 +223,7 @@ def audit_verified(intact: bool) -> None:
     metrics = current.get()
     if metrics is not None:
         metrics.audit_verifications.labels("intact" if intact else "broken").inc()
-        metrics.audit_intact.set(1 if intact else 0)
+        metrics.audit_intact = intact
 
 
 # --- RPCs ---------------------------------------------------------------------------------
@@ -267,8 +275,8 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
         service, name = _split(method)
         if handler.unary_unary is not None:
             inner = handler.unary_unary
-            handled = {code.name: metrics.rpc_handled.labels(service, name, "unary", code.name)
-                       for code in grpc.StatusCode}
+            # A child per code seen (created on first use: codes never seen stay unlisted).
+            handled: dict[str, Any] = {}
             seconds = metrics.rpc_seconds.labels(service, name, "unary")
 
             async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -287,7 +295,11 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
                     raise
                 finally:
                     seconds.observe(time.perf_counter() - started)
-                    handled[code].inc()
+                    counter = handled.get(code)
+                    if counter is None:
+                        counter = handled[code] = metrics.rpc_handled.labels(
+                            service, name, "unary", code)
+                    counter.inc()
                     current.reset(token)
 
             return grpc.unary_unary_rpc_method_handler(

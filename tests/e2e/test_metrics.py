@@ -11,12 +11,15 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from lotgate.audit.v1 import audit_pb2 as apb
+from lotgate.audit.v1 import audit_pb2_grpc as apb_grpc
 from lotgate.lots.v1 import lots_pb2 as pb
 from lotgate.results.v1 import results_pb2 as rpb
 from lotgate.results.v1 import results_pb2_grpc as rpb_grpc
 from shared import messaging
 from shared.client import Lotgate, identity, purity, sterility
 from shared.stack import SERVICES, Stack, free_port
+from tests.support import auth
 from tests.support.auth import TEST_KEYS
 from tests.support.databases import Databases
 from tests.support.scraping import Scrape, get, scrape
@@ -104,6 +107,15 @@ async def test_a_flow_shows_in_every_process_metrics(stack: Stack, lotgate: Lotg
     assert lots.value("lotgate_consumer_deliveries_total", **consumer) >= 3
     assert lots.value("lotgate_consumer_events_applied_total", **consumer) >= 3
     assert lots.value("lotgate_dead_letters") is not None
+    # The audit chain: no verdict before a verification, then the verification's.
+    assert lots.value("lotgate_audit_chain_intact") is None
+    async with auth.channel(stack.address("lots"), "auditor", sub="auditor.max") as channel:
+        verdict = await apb_grpc.AuditServiceStub(channel).VerifyAuditTrail(
+            apb.VerifyAuditTrailRequest())
+    assert verdict.ok
+    verified = await metrics_of(stack, "lots")
+    assert verified.value("lotgate_audit_chain_intact") == 1
+    assert verified.value("lotgate_audit_verifications_total", result="intact") == 1
     for service in SERVICES:
         scraped = await metrics_of(stack, service)
         assert scraped.value("lotgate_ready") == 1, service

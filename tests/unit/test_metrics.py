@@ -87,6 +87,7 @@ def test_redeliveries_are_the_messages_delivered_more_than_once() -> None:
     def msg(num_delivered: int) -> Any:
         return SimpleNamespace(metadata=SimpleNamespace(num_delivered=num_delivered))
 
+    assert value(service, "lotgate_audit_chain_intact") is None  # no verification yet
     token = service.bind()
     try:
         metrics.delivered("lots-result-recorded", [msg(1), msg(2), msg(5), msg(1)])
