@@ -9,6 +9,7 @@ each is back, while liveness stays SERVING throughout.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -142,3 +143,16 @@ async def test_readiness_is_lost_while_the_broker_is_down_and_comes_back(
     await until_ready(lots, False)
     await broker.start()
     await until_ready(lots, True)
+
+
+async def test_a_taken_metrics_port_stops_the_start_naming_the_setting(
+        databases: Databases, broker: NatsServer) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        with pytest.raises(OSError, match="LOTGATE_METRICS_PORT"):
+            await start_in_process("lots", databases=databases, nats=broker,
+                                   metrics_port=taken.getsockname()[1])
+    finally:
+        taken.close()
