@@ -29,7 +29,7 @@ from lotgate_tools.ports import (
 )
 from lotgate_tools.tokens import ActingTokens, DevKeys
 from shared import migrations, nats_auth
-from shared.config import DEFAULT_GRPC_PORTS
+from shared.config import DEFAULT_GRPC_PORTS, DEFAULT_METRICS_PORTS
 
 SERVICES = ("suppliers", "results", "lots")
 
@@ -229,6 +229,9 @@ class Stack:
     workdir: Path
     database_urls: dict[str, str] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
+    # Metrics ports (LOTGATE_METRICS_PORT); a service not named serves metrics on its
+    # DEFAULT_METRICS_PORTS port when on its default gRPC port, else none.
+    metrics_ports: dict[str, int] = field(default_factory=dict)
     nats_port: int = 0
     monitor_port: int = 0
     log_level: str = "info"
@@ -259,7 +262,17 @@ class Stack:
                 PortUse("nats-monitor", self.monitor_port, "nats-server's monitoring port")]
         uses += [PortUse(name, self._grpc_port(name), f"the {name} service's gRPC port")
                  for name in SERVICES]
+        uses += [PortUse(f"{name}-metrics", port, f"the {name} service's metrics port")
+                 for name in SERVICES if (port := self._metrics_port(name))]
         return uses
+
+    def _metrics_port(self, name: str) -> int:
+        """The metrics port the service will open (shared.config's default rule), 0: none."""
+        if name in self.metrics_ports:
+            return self.metrics_ports[name]
+        if self._grpc_port(name) == DEFAULT_GRPC_PORTS[name]:
+            return DEFAULT_METRICS_PORTS[name]
+        return 0
 
     def _grpc_port(self, name: str) -> int:
         return self.ports.get(name) or DEFAULT_GRPC_PORTS[name]
@@ -299,6 +312,8 @@ class Stack:
                 **self.keys.service_env(),
                 **self.extra_env,
             }
+            if name in self.metrics_ports:
+                env["LOTGATE_METRICS_PORT"] = str(self.metrics_ports[name])
             self.services[name] = ServiceProcess(name, port, env,
                                                  self.workdir / f"{name}.log")
         # The schema first, as `lotgate migrate` does before a deployment starts them.

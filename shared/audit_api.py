@@ -14,6 +14,7 @@ from lotgate.audit.v1 import audit_pb2 as pb
 from lotgate.audit.v1 import audit_pb2_grpc
 from shared import audit, audit_anchor, audit_verify, paging
 from shared.errors import FieldViolation, InvalidArgument, NotFound, Unavailable, Violations
+from shared.metrics import audit_verified
 from shared.protoconv import to_timestamp
 
 _HASH = re.compile(r"[0-9a-f]{64}")
@@ -75,6 +76,7 @@ class AuditApi(audit_pb2_grpc.AuditServiceServicer):
                 # committed during the walk is not mistaken for an edit.
                 conn = await conn.execution_options(isolation_level="REPEATABLE READ")
             verdict = await audit_verify.verify(conn, self._metadata, anchor=anchor)
+        audit_verified(verdict.problem is None)
         return verdict_to_proto(self._service, verdict)
 
     async def ListAuditTrail(self, request: pb.ListAuditTrailRequest,

@@ -9,6 +9,8 @@ DEFAULT_NATS_URL = "nats://127.0.0.1:14222"
 
 # Defaults stay clear of a standard NATS (4222) or PostgreSQL (5432) on the same machine.
 DEFAULT_GRPC_PORTS = {"suppliers": 50061, "lots": 50062, "results": 50063}
+# Prometheus metrics (and /livez, /readyz) of a service on its default gRPC port.
+DEFAULT_METRICS_PORTS = {"suppliers": 50071, "lots": 50072, "results": 50073}
 
 
 class ServiceSettings(BaseSettings):
@@ -77,6 +79,17 @@ class ServiceSettings(BaseSettings):
     # http://otel-collector:4317. Empty: nothing leaves the process (the standard
     # OTEL_EXPORTER_OTLP_ENDPOINT is honoured too); log lines carry trace ids either way.
     otlp_endpoint: str = ""
+    # Prometheus metrics over HTTP (/metrics, also /livez and /readyz): the port, 0 for
+    # none. Unset: DEFAULT_METRICS_PORTS for a service on its default gRPC port, else none.
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    # The metrics port's address; empty: the gRPC host's.
+    metrics_host: str = ""
+    # How often the outbox, dead letters and consumers' lag are read for the metrics.
+    metrics_sample_seconds: float = Field(default=5.0, gt=0)
+    # Readiness (shared.health): how often the database and the consumers are checked,
+    # and how long the database may take to answer SELECT 1.
+    health_check_seconds: float = Field(default=3.0, gt=0)
+    health_check_timeout_seconds: float = Field(default=2.0, gt=0)
     # FOR TESTS ONLY: a file holding a clock offset in seconds (shared.clock.FileClock),
     # so that end-to-end tests can move the services' time. Empty: the system clock.
     clock_file: str = ""
@@ -99,4 +112,7 @@ def settings_for(service: str, **overrides: object) -> ServiceSettings:
     if settings.grpc_port == 0 and "grpc_port" not in overrides:
         values["grpc_port"] = DEFAULT_GRPC_PORTS.get(service, 0)
     values.update(overrides)
+    if values.get("metrics_port") is None:
+        on_default_port = values["grpc_port"] == DEFAULT_GRPC_PORTS.get(service)
+        values["metrics_port"] = DEFAULT_METRICS_PORTS.get(service, 0) if on_default_port else 0
     return ServiceSettings.model_validate(values)

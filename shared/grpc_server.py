@@ -353,6 +353,7 @@ def build_server(
     gate: Gate | None = None,
     reflection_on: bool = True,
     tls: grpc.ServerCredentials | None = None,
+    outer_interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """A grpc.aio server with our interceptor, health checking and (optional) reflection.
 
@@ -362,7 +363,8 @@ def build_server(
     speaks TLS (mutual TLS when the credentials require client certificates).
     """
     server = grpc.aio.server(
-        interceptors=[ServiceInterceptor(gate), *interceptors],
+        # Outer ones (metrics) see every call's final code, refusals by the gate too.
+        interceptors=[*outer_interceptors, ServiceInterceptor(gate), *interceptors],
         options=[
             ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
             ("grpc.max_send_message_length", MAX_SEND_BYTES),

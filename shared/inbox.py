@@ -29,6 +29,7 @@ from shared.aio import sleep_or_stop
 from shared.db import insert_ignoring_duplicates
 from shared.errors import Unavailable
 from shared.logs import get_logger
+from shared.metrics import delivered, parked
 from shared.signing import EventVerifier, Unverified
 from shared.uow import UnitOfWork, UnitOfWorkFactory
 
@@ -109,6 +110,7 @@ async def park_message(uow_factory: UnitOfWorkFactory, dead_letters: Table, msg:
         return False
     log.error("event_parked", alert=True, event_id=event_id, subject=msg.subject,
               reason=reason)
+    parked(msg.subject)  # pragma: no mutate (metrics, tests/e2e/test_metrics.py)
     return True
 
 
@@ -195,6 +197,7 @@ class EventConsumer:
 
     async def process(self, msgs: list[Msg]) -> None:
         """Apply a fetched batch: all in one transaction, else one by one."""
+        delivered(self._sub.durable, msgs)  # pragma: no mutate (metrics, tests/e2e/test_metrics.py)
         decoded: list[tuple[Msg, Message]] = []
         for msg in msgs:
             refusal = self._gate.refusal(msg) if self._gate is not None else None

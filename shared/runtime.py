@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2
 from nats.js import JetStreamContext
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared import audit_anchor, esign_interceptor, esign_signers, messaging, migrations
+from shared import metrics as service_metrics
 from shared.aio import sleep_or_stop
 from shared.audit_api import AuditApi
 from shared.audit_api import add_to_server as add_audit_api
@@ -32,6 +32,7 @@ from shared.clock import Clock, FileClock, SystemClock
 from shared.config import ServiceSettings, nats_password, settings_for
 from shared.db import make_engine
 from shared.grpc_server import build_server
+from shared.health import HealthMonitor, messaging_problems
 from shared.inbox import EventConsumer, EventGate, Subscription
 from shared.logs import configure_logging, get_logger
 from shared.outbox import OutboxRelay
@@ -85,6 +86,9 @@ class RunningService:
     consumers: list[EventConsumer] = field(default_factory=list)
     # Why the service stopped itself, if it did.
     failed: str | None = None
+    # Its Prometheus metrics (shared.metrics) and their HTTP port (0: not served).
+    metrics: service_metrics.ServiceMetrics | None = None
+    metrics_port: int = 0
 
     @property
     def address(self) -> str:
@@ -134,6 +138,8 @@ async def start_service(settings: ServiceSettings, build: BuildParts, *,
                            "production")
     clock = clock or SystemClock()
     stack = AsyncExitStack()
+    metrics = service_metrics.ServiceMetrics(settings.service_name)
+    metrics_bound = metrics.bind()  # for the tasks started below (consumers, loops)
     try:
         engine = make_engine(settings.database_url, pool_size=settings.database_pool_size,
                              statement_timeout_s=settings.database_timeout_seconds)
@@ -168,18 +174,26 @@ async def start_service(settings: ServiceSettings, build: BuildParts, *,
             await audit_anchor.run_anchors(uow, tables.metadata, name, stop,
                                            every_seconds=settings.audit_anchor_seconds)
 
+        registered: list[str] = []
+
         def register(grpc_server: grpc.aio.Server) -> list[str]:
             # Every service answers for its own audit trail and its own signers.
-            return [*parts.register(grpc_server), *add_audit_api(grpc_server, audit_api),
-                    esign_signers.register(grpc_server, signers)]
+            registered[:] = [*parts.register(grpc_server),
+                             *add_audit_api(grpc_server, audit_api),
+                             esign_signers.register(grpc_server, signers)]
+            return registered
 
         server, port, health_servicer = build_server(
             host=settings.grpc_host, port=settings.grpc_port, register=register,
             gate=gate_for(settings), reflection_on=settings.grpc_reflection,
             tls=tls_for(settings),
-            interceptors=[esign_interceptor.SignatureInterceptor(signers)])
+            interceptors=[esign_interceptor.SignatureInterceptor(signers)],
+            outer_interceptors=[metrics.interceptor()])
         running = RunningService(settings.service_name, port, server, infra, stop_event,
-                                 asyncio.Event(), stack)
+                                 asyncio.Event(), stack, metrics=metrics)
+        sampler = service_metrics.Sampler(
+            metrics, engine, tables.outbox, tables.dead_letters, clock,
+            every_seconds=settings.metrics_sample_seconds)
 
         async def start_messaging() -> None:
             nc = await messaging.connect(settings.nats_url,
@@ -203,6 +217,7 @@ async def start_service(settings: ServiceSettings, build: BuildParts, *,
                 tasks.append(asyncio.create_task(consumer.run(stop_event), name=sub.durable))
             for ready in parts.on_messaging_ready:
                 ready(js)
+            sampler.messaging_ready(js, subscriptions)
             running.messaging_ready.set()
             log.info("messaging_ready", nats=settings.nats_url)
 
@@ -228,21 +243,41 @@ async def start_service(settings: ServiceSettings, build: BuildParts, *,
             tasks.append(asyncio.create_task(loop(stop_event), name=loop.__name__))
 
         await server.start()
+        monitor = HealthMonitor(
+            health_servicer, registered, engine,
+            lambda: messaging_problems(running, tasks, connections),
+            every_seconds=settings.health_check_seconds,
+            timeout_seconds=settings.health_check_timeout_seconds, metrics=metrics)
 
         async def stop_server() -> None:
+            monitor.stopping()
             for stopping in parts.on_stopping:
                 stopping()
             await health_servicer.enter_graceful_shutdown()
             await server.stop(settings.shutdown_grace_seconds)
 
         stack.push_async_callback(stop_server)
-        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        if settings.metrics_port:
+            service_metrics.observe(metrics, running)
+            endpoint = service_metrics.MetricsEndpoint(
+                metrics, host=settings.metrics_host or settings.grpc_host,
+                port=settings.metrics_port, ready=lambda: monitor.ready,
+                alive=lambda: monitor.alive)
+            await endpoint.start()
+            stack.push_async_callback(endpoint.stop)
+            running.metrics_port = endpoint.port
+            log.info("metrics_serving", port=endpoint.port)
+            tasks.append(asyncio.create_task(sampler.run(stop_event), name="metrics"))
+        await monitor.start()
+        tasks.append(asyncio.create_task(monitor.run(stop_event), name="health"))
         log.info("service_started", address=f"{settings.grpc_host}:{port}",
                  database=engine.dialect.name)
         return running
     except BaseException:
         await stack.aclose()
         raise
+    finally:
+        service_metrics.current.reset(metrics_bound)
 
 
 def _event_keys(settings: ServiceSettings) -> tuple[EventSigner, EventVerifier]:

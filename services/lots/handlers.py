@@ -68,6 +68,7 @@ from shared.errors import (
     NotFound,
 )
 from shared.logs import get_logger
+from shared.metrics import count_decision
 from shared.protoconv import from_timestamp, to_timestamp
 from shared.uow import UnitOfWork, as_retry_after_conflict, new_event_id
 
@@ -379,6 +380,7 @@ async def _decide_and_record(uow: UnitOfWork, lots: Sequence[Any],
             release_status=entry.proto, occurred_at=to_timestamp(now))
         uow.emit(messaging.LOT_STATUS_CHANGED, lot.lot_id, changed)
         uow.after_commit(lambda entry=entry: cache.put(entry))
+        count_decision(uow, status, unmet)
         decided.append(entry)
         if status is not (current or LotStatus.QUARANTINE):
             # The cause's event (or request) and trace ids come from the context.
