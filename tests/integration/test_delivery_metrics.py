@@ -11,7 +11,7 @@ from lotgate.results.v1 import results_pb2 as rpb
 from lotgate.suppliers.v1 import suppliers_pb2_grpc as spb_grpc
 from lotgate_tools.stack import NatsServer, free_port
 from services.suppliers import bootstrap as suppliers_bootstrap
-from shared import messaging
+from shared import messaging, migrations
 from shared.config import settings_for
 from tests.integration.test_lots import System
 from tests.integration.test_suppliers import new_qa
@@ -67,7 +67,9 @@ async def test_while_nats_is_down_the_outbox_backlog_and_its_age_show_and_readin
         databases, workdir) -> None:
     broker = NatsServer(workdir / f"nats-{ref('late')}", port=free_port())
     port = free_port()
-    settings = settings_for("suppliers", database_url=await databases.create("suppliers"),
+    database_url = await databases.create("suppliers")
+    await migrations.migrate("suppliers", database_url)
+    settings = settings_for("suppliers", database_url=database_url,
                             nats_url=broker.url, grpc_host="127.0.0.1", grpc_port=0,
                             outbox_poll_seconds=0.2, metrics_port=port,
                             metrics_sample_seconds=0.2, health_check_seconds=0.2,

@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 from lotgate.lots.v1 import lots_pb2 as pb
 from lotgate.lots.v1 import lots_pb2_grpc as pb_grpc
 from lotgate_tools.stack import NatsServer, free_port
+from shared import migrations
 from shared.runtime import RunningService
 from tests.support import auth
 from tests.support.databases import Databases
@@ -90,8 +91,10 @@ async def outage(databases: Databases) -> AsyncIterator[Outage]:
 @pytest.fixture
 async def lots(databases: Databases, broker: NatsServer, outage: Outage
                ) -> AsyncIterator[RunningService]:
+    url = await outage.start()
+    await migrations.migrate("lots", url)  # as `lotgate migrate` does before a deployment
     running = await start_in_process(
-        "lots", databases=databases, nats=broker, database_url=await outage.start(),
+        "lots", databases=databases, nats=broker, database_url=url,
         metrics_port=free_port(), health_check_seconds=0.2, health_check_timeout_seconds=1.0)
     yield running
     await running.stop()
