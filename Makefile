@@ -94,8 +94,10 @@ soak: install ## random faults under a random workload for SOAK_SECONDS (120); p
 	SOAK_SECONDS=$(SOAK_SECONDS) $(BIN)/python -m tests.faults.soak
 
 # The lower bounds of pyproject.toml, installed exactly (requirements/floors.txt), with the
-# test tools at their locked versions: the unit tests and an import of every module
-# (tests/unit/test_imports.py) must pass on them. About 20 s to install, 50 s of tests.
+# test tools at their locked versions: the unit tests, an import of every module
+# (tests/unit/test_imports.py) and the lots and suppliers integration tests (nats-server
+# from the floor wheel; the database of DATABASE_URL, else SQLite) must pass on them.
+# About 20 s to install, 70 s of unit tests and 30 s of integration tests on two cores.
 FLOORS_VENV ?= .venv-floors
 FLOOR_TEST_TOOLS := pytest pytest-asyncio hypothesis pyyaml psutil
 floors: ## install the declared lower bounds into .venv-floors and run the unit tests there
@@ -104,7 +106,8 @@ floors: ## install the declared lower bounds into .venv-floors and run the unit 
 	$(FLOORS_VENV)/bin/pip install --quiet -c requirements/floors.txt -e . \
 	  $$(grep -E '^($(subst $(eval) ,|,$(FLOOR_TEST_TOOLS)))==' $(DEV_LOCK) | cut -d' ' -f1)
 	$(FLOORS_VENV)/bin/pip freeze --exclude-editable | grep -iE '^($(shell sed -n 's/==.*//p' requirements/floors.txt | paste -sd'|'))=='
-	$(FLOORS_VENV)/bin/pytest -q -p no:cacheprovider tests/unit
+	$(FLOORS_VENV)/bin/pytest -q -p no:cacheprovider tests/unit \
+	  tests/integration/test_lots.py tests/integration/test_suppliers.py
 
 node_modules/.package-lock.json: package.json package-lock.json
 	npm ci --no-audit --no-fund --silent
