@@ -90,6 +90,17 @@ for overlay in dev prod; do
     || failed+=("k8s_checks $overlay")
   lap "kubernetes $overlay"
 done
+# The cross-checks must catch what they are for: one broken manifest, each fault named.
+log "kubernetes: the cross-checks fail on deploy/testdata/k8s-broken.yaml"
+broken="$("$TOOLS/bin/python" deploy/k8s_checks.py prod deploy/testdata/k8s-broken.yaml 2>&1)"
+for expected in "matches no pod template" "50099 is not a declared container port" \
+                "Secret not-provided-anywhere is neither" "'replicaz' was unexpected"; do
+  if [[ "$broken" != *"$expected"* ]]; then
+    echo "deploy/k8s_checks.py missed: $expected" >&2
+    failed+=("k8s_checks self-test")
+  fi
+done
+[[ ${#failed[@]} -eq 0 ]] && echo "ok: all four faults reported"
 # The base alone is not deployable (no database), but it must render.
 "$TOOLS/bin/kubectl" kustomize k8s/base > /dev/null || failed+=("kustomize build base")
 
