@@ -20,13 +20,17 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
-# The dependencies exactly as locked, every file checked against its hash; then Lotgate
-# itself without resolving anything (`make lock` regenerates requirements/lock.txt).
-COPY requirements/lock.txt requirements/lock.txt
-RUN pip install --no-cache-dir --require-hashes -r requirements/lock.txt
+# The dependencies exactly as locked, every file checked against its hash (`make lock`
+# regenerates requirements/*.txt from pyproject.toml); nothing is resolved here.
+COPY requirements/lock.txt requirements/build-lock.txt requirements/
+RUN pip install --no-cache-dir --require-hashes -r requirements/lock.txt \
+ && python -m venv /opt/build \
+ && /opt/build/bin/pip install --no-cache-dir --require-hashes -r requirements/build-lock.txt
 COPY . .
-# A regular (non-editable) install: the runtime stage needs /opt/venv only.
-RUN pip install --no-cache-dir --no-deps .
+# Lotgate's own wheel, built with the locked setuptools in a venv of its own, then
+# installed without its dependencies: the runtime stage copies /opt/venv only.
+RUN /opt/build/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation -w /tmp/dist . \
+ && pip install --no-cache-dir --no-deps /tmp/dist/lotgate-*.whl
 
 # --- runtime: the virtualenv, a non-root user, nothing else -------------------------
 FROM ${PYTHON_IMAGE} AS runtime

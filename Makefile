@@ -31,9 +31,11 @@ install: $(STAMP) ## create .venv and install Lotgate with everything it needs (
 # every pin to the newest release, `UV_FLAGS="--upgrade-package grpcio"` one of them.
 UV_FLAGS ?=
 LOCK_FLAGS := --universal --python-version 3.11 --generate-hashes --custom-compile-command "make lock" --quiet
-lock: install ## regenerate requirements/lock.txt (the image's) and dev-lock.txt (CI's) from pyproject.toml
+lock: install ## regenerate requirements/lock.txt (the image's), dev-lock.txt (CI's), build-lock.txt from pyproject.toml
 	$(BIN)/uv pip compile pyproject.toml $(LOCK_FLAGS) $(UV_FLAGS) -o $(LOCK)
 	$(BIN)/uv pip compile pyproject.toml --extra dev -c $(LOCK) $(LOCK_FLAGS) $(UV_FLAGS) -o $(DEV_LOCK)
+	$(BIN)/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")' \
+	  | $(BIN)/uv pip compile - $(LOCK_FLAGS) $(UV_FLAGS) -o requirements/build-lock.txt
 	$(BIN)/python requirements/check_lock.py
 
 lock-check: install ## fail when the lockfiles do not satisfy pyproject.toml (offline)

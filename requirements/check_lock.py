@@ -3,6 +3,7 @@
 - every requirement of pyproject.toml (runtime in lock.txt and dev-lock.txt, the `dev`
   extra in dev-lock.txt) is pinned, at a version its specifier allows;
 - dev-lock.txt pins every package of lock.txt at the same version (CI tests what ships);
+- build-lock.txt pins the [build-system] requirements (the image builds the wheel with it);
 - every pin carries at least one hash (pip --require-hashes would refuse it anyway);
 - floors.txt pins each runtime requirement at the lower bound pyproject declares.
 
@@ -49,11 +50,14 @@ def floor(requirement: Requirement) -> str | None:
 
 
 def main() -> int:
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    project = pyproject["project"]
+    build = [Requirement(r) for r in pyproject["build-system"]["requires"]]
     runtime = [Requirement(r) for r in project["dependencies"]]
     dev = [Requirement(r) for r in project["optional-dependencies"]["dev"]]
     lock = read_pins(ROOT / "requirements/lock.txt")
     dev_lock = read_pins(ROOT / "requirements/dev-lock.txt")
+    build_lock = read_pins(ROOT / "requirements/build-lock.txt")
     problems: list[str] = []
 
     def check(requirements: list[Requirement], pins: dict, name: str) -> None:
@@ -69,6 +73,7 @@ def main() -> int:
 
     check(runtime, lock, "lock.txt")
     check(runtime + dev, dev_lock, "dev-lock.txt")
+    check(build, build_lock, "build-lock.txt")
     for package, (version, _) in lock.items():
         other = dev_lock.get(package)
         if other is None or other[0] != version:
@@ -76,7 +81,8 @@ def main() -> int:
                 f"dev-lock.txt: {package} is {other[0] if other else 'missing'}, "
                 f"lock.txt has {version} (run make lock)"
             )
-    for name, pins in (("lock.txt", lock), ("dev-lock.txt", dev_lock)):
+    for name, pins in (("lock.txt", lock), ("dev-lock.txt", dev_lock),
+                       ("build-lock.txt", build_lock)):
         for package, (version, hashes) in pins.items():
             if hashes == 0:
                 problems.append(f"{name}: {package}=={version} has no hash")
