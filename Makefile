@@ -102,7 +102,7 @@ soak: install ## random faults under a random workload for SOAK_SECONDS (120); p
 # About 20 s to install, 70 s of unit tests and 30 s of integration tests on two cores.
 FLOORS_VENV ?= .venv-floors
 FLOOR_TEST_TOOLS := pytest pytest-asyncio hypothesis pyyaml psutil
-floors: ## install the declared lower bounds into .venv-floors and run the unit tests there
+floors: ## install the declared lower bounds into .venv-floors; unit tests, every import, lots/suppliers integration tests
 	rm -rf $(FLOORS_VENV)
 	$(PYTHON) -m venv $(FLOORS_VENV)
 	$(FLOORS_VENV)/bin/pip install --quiet -c requirements/floors.txt -e . \
@@ -134,7 +134,7 @@ bench: install ## benchmark on PostgreSQL (DATABASE_URL) or SQLite; prints the t
 bench-history: install ## only the auditor queries on 100,000 history rows; prints a table
 	$(BIN)/python -m tests.bench.history
 
-deploy-check: ## validate the Kubernetes manifests, the Dockerfile and the compose file
+deploy-check: ## validate both Kubernetes overlays (schemas, selectors, probes, references), the Dockerfile, compose
 	bash deploy/check.sh
 
 clean: ## remove the venv, the local data and caches
