@@ -2,7 +2,12 @@
 #   python -m services.suppliers | python -m services.lots | python -m services.results
 # Build from the repository root:  docker build -t ghcr.io/lotgate/lotgate:0.1.0 .
 
-ARG PYTHON_IMAGE=python:3.11-slim
+# The base image by digest, the tag beside it for people. sha256:9c900dea... is the
+# multi-arch index of docker.io/library/python:3.11-slim (3.11.16-slim) as public
+# Dockerfiles pin it and a public `docker build` log resolved it; it was found by searching
+# public code, as the machines that wrote this file reach no registry. Before a release,
+# confirm it (`docker buildx imagetools inspect python:3.11-slim`) and move it on purpose.
+ARG PYTHON_IMAGE=python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7
 
 # --- build: install the package and its dependencies into a virtualenv -------------
 FROM ${PYTHON_IMAGE} AS build
@@ -15,9 +20,17 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
+# The dependencies exactly as locked, every file checked against its hash (`make lock`
+# regenerates requirements/*.txt from pyproject.toml); nothing is resolved here.
+COPY requirements/lock.txt requirements/build-lock.txt requirements/
+RUN pip install --no-cache-dir --require-hashes -r requirements/lock.txt \
+ && python -m venv /opt/build \
+ && /opt/build/bin/pip install --no-cache-dir --require-hashes -r requirements/build-lock.txt
 COPY . .
-# A regular (non-editable) install: the runtime stage needs /opt/venv only.
-RUN pip install --no-cache-dir .
+# Lotgate's own wheel, built with the locked setuptools in a venv of its own, then
+# installed without its dependencies: the runtime stage copies /opt/venv only.
+RUN /opt/build/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation -w /tmp/dist . \
+ && pip install --no-cache-dir --no-deps /tmp/dist/lotgate-*.whl
 
 # --- runtime: the virtualenv, a non-root user, nothing else -------------------------
 FROM ${PYTHON_IMAGE} AS runtime

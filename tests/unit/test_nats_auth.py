@@ -142,7 +142,9 @@ def test_the_command_prints_the_block(capsys: pytest.CaptureFixture[str]) -> Non
 
 
 @pytest.mark.req("EVT-001")
-@pytest.mark.parametrize("config", ["deploy/nats/nats-server.conf", "k8s/nats/nats-server.conf"])
+@pytest.mark.parametrize(
+    "config", ["deploy/nats/nats-server.conf", "k8s/base/nats/nats-server.conf"]
+)
 def test_the_deployed_broker_configs_carry_the_table(config: str) -> None:
     text = (Path(__file__).parents[2] / config).read_text()
     start = text.index("authorization {")

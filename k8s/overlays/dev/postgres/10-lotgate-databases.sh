@@ -9,7 +9,7 @@
 # Passwords are handed to psql as variables and quoted by psql (:'password'), never
 # spliced into SQL text by the shell.
 #
-# k8s/postgres/10-lotgate-databases.sh must stay a byte-for-byte copy of this file
+# k8s/overlays/dev/postgres/10-lotgate-databases.sh must stay a byte-for-byte copy of this file
 # (deploy/check.sh verifies it).
 
 # The body runs in a subshell, so its shell options do not leak into the image's
