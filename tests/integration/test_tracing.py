@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-import structlog
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -30,7 +29,7 @@ from tests.support.results import (  # noqa: F401 (fixtures)
     wait_until_known,
 )
 from tests.support.services import ref
-from tests.support.tracing import of_trace, parent_of, recorded_spans
+from tests.support.tracing import captured_logs, of_trace, parent_of, recorded_spans
 from tests.support.waiting import eventually
 from tests.support.watching import Watch
 
@@ -93,7 +92,7 @@ async def test_one_trace_follows_a_result_from_record_result_to_the_decision_and
     await watch.next()  # the snapshot
     request_id = ref("REQ")
 
-    with structlog.testing.capture_logs(processors=CONTEXT_PROCESSORS) as lines:
+    with captured_logs(CONTEXT_PROCESSORS) as lines:
         # The lab system's own span: the services continue the trace it sends.
         with trace.get_tracer("lab-system").start_as_current_span("send result") as lab:
             carrier: dict[str, str] = {}

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
+import structlog
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -36,3 +38,17 @@ def parent_of(span: ReadableSpan, spans: list[ReadableSpan]) -> ReadableSpan | N
     if span.parent is None:
         return None
     return next((s for s in spans if s.context.span_id == span.parent.span_id), None)
+
+
+@contextmanager
+def captured_logs(processors: Sequence[Any]) -> Iterator[list[dict[str, Any]]]:
+    """The log lines written meanwhile, after `processors` ran on them (as
+    structlog.testing.capture_logs(processors=...) of structlog 25.5+, which the declared
+    floor of structlog predates)."""
+    capture = structlog.testing.LogCapture()
+    before = structlog.get_config()
+    structlog.configure(processors=[*processors, capture])
+    try:
+        yield capture.entries
+    finally:
+        structlog.configure(**before)

@@ -18,6 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from shared import tracing
 from shared.config import settings_for
 from shared.logs import CONTEXT_PROCESSORS
+from tests.support.tracing import captured_logs
 
 
 class Collector(trace_service_pb2_grpc.TraceServiceServicer):
@@ -129,7 +130,7 @@ def test_rows_written_outside_a_trace_publish_without_trace_headers() -> None:
 def test_log_lines_inside_a_span_carry_its_trace_and_span_ids() -> None:
     tracer = TracerProvider().get_tracer("test")
     log = structlog.get_logger("test")
-    with structlog.testing.capture_logs(processors=CONTEXT_PROCESSORS) as lines:
+    with captured_logs(CONTEXT_PROCESSORS) as lines:
         log.info("outside")
         with tracer.start_as_current_span("inside") as span:
             log.info("inside")
