@@ -1,7 +1,9 @@
 """Exit 0 when the local gRPC server reports SERVING on grpc.health.v1, else 1.
 
 Used as the container health check in deploy/compose.yaml; Kubernetes uses its
-native `grpc:` probes instead. The port comes from LOTGATE_GRPC_PORT.
+native `grpc:` probes instead. The port comes from LOTGATE_GRPC_PORT. It asks for the
+`readiness` name (database reachable, consumers running, shared.health): a container is
+healthy when it can do its work, not merely when its process is alive.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ def main() -> int:
     with grpc.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=3
+                health_pb2.HealthCheckRequest(service="readiness"), timeout=3
             )
         except grpc.RpcError as exc:
             print(f"health check failed: {exc.code().name}", file=sys.stderr)
