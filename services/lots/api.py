@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lotgate.lots.v1 import lots_pb2 as pb
 from lotgate.lots.v1 import lots_pb2_grpc as pb_grpc
-from services.lots import commands, handlers, queries
+from services.lots import commands, handlers, qa_handlers, queries
 from services.lots.convert import (
     POLICY_FROM_PROTO,
     REVIEW_STATE_FROM_PROTO,
@@ -166,26 +166,26 @@ class LotApi(pb_grpc.LotServiceServicer):
 
     async def ReleaseLot(self, request: pb.ReleaseLotRequest,
                          context: grpc.aio.ServicerContext) -> pb.ReleaseLotResponse:
-        status, awaited = await handlers.release_lot(
+        status, awaited = await qa_handlers.release_lot(
             self._uow(), self._cache, _qa_command(commands.ReleaseLot, request))
         return pb.ReleaseLotResponse(release_status=self._answer(status),
                                      signatures_awaited=awaited)
 
     async def HoldLot(self, request: pb.HoldLotRequest,
                       context: grpc.aio.ServicerContext) -> pb.HoldLotResponse:
-        status = await handlers.hold_lot(self._uow(), self._cache,
+        status = await qa_handlers.hold_lot(self._uow(), self._cache,
                                          _qa_command(commands.HoldLot, request))
         return pb.HoldLotResponse(release_status=self._answer(status))
 
     async def ReleaseHold(self, request: pb.ReleaseHoldRequest,
                           context: grpc.aio.ServicerContext) -> pb.ReleaseHoldResponse:
-        status = await handlers.release_hold(self._uow(), self._cache,
+        status = await qa_handlers.release_hold(self._uow(), self._cache,
                                              _qa_command(commands.ReleaseHold, request))
         return pb.ReleaseHoldResponse(release_status=self._answer(status))
 
     async def RejectLot(self, request: pb.RejectLotRequest,
                         context: grpc.aio.ServicerContext) -> pb.RejectLotResponse:
-        status = await handlers.reject_lot(self._uow(), self._cache,
+        status = await qa_handlers.reject_lot(self._uow(), self._cache,
                                            _qa_command(commands.RejectLot, request))
         return pb.RejectLotResponse(release_status=self._answer(status))
 
@@ -200,7 +200,7 @@ class LotApi(pb_grpc.LotServiceServicer):
         _reason_and_who(v, request)
         v.raise_if_any()
         assert retest is not None
-        status = await handlers.set_retest_date(self._uow(), self._cache, commands.SetRetestDate(
+        status = await qa_handlers.set_retest_date(self._uow(), self._cache, commands.SetRetestDate(
             request.lot_id, request.reason, request.requested_by, retest_date=retest))
         return pb.SetRetestDateResponse(release_status=self._answer(status))
 

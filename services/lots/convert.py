@@ -19,7 +19,7 @@ from services.lots.domain.replay import Replayed
 from services.lots.domain.reviews import ReviewState
 from services.lots.domain.rule import LotStatus, ReleasePolicy, Unmet
 from services.lots.read_model import StatusEntry
-from services.lots.repository import DecisionRecord, Policy, Review
+from services.lots.records import DecisionRecord, Policy, Review
 from shared.protoconv import from_timestamp, to_timestamp
 from shared.uow import new_event_id
 

@@ -12,27 +12,19 @@ opens a review of it for QA, announced by LotReviewRequired.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
-from datetime import datetime
 
 from services.lots import convert, queries, repository
 from services.lots.commands import (
     CloseLotReview,
-    QaCommand,
     ReceiveLot,
-    ReleaseLot,
     SetReleasePolicy,
-    SetRetestDate,
 )
 from services.lots.decision_record import (
-    DECISION,
     REVIEW,
-    decision_content,
     review_content,
-    signed_decision,
 )
-from services.lots.domain import qa_actions
 from services.lots.domain.lifecycle import (
     DECIDED_ON_POLICY,
     DECIDED_ON_QUALIFICATION,
@@ -40,7 +32,6 @@ from services.lots.domain.lifecycle import (
     receipt_date_problems,
 )
 from services.lots.domain.lot import Key, Lot
-from services.lots.domain.qa_actions import QaChange
 from services.lots.domain.reviews import (
     ReviewState,
     must_close,
@@ -52,7 +43,7 @@ from services.lots.domain.rule import LotStatus, QualificationFacts, ResultState
 from services.lots.inbound import LabResult, QualificationChange
 from services.lots.queries import SignedReview
 from services.lots.read_model import StatusCache, StatusEntry
-from services.lots.repository import DecisionContext, Policy, Review
+from services.lots.records import DecisionContext, Policy, Review
 from shared import esign, messaging
 from shared.audit import record as audit_record
 from shared.crash import crash_point
@@ -65,10 +56,12 @@ log = get_logger(__name__)
 
 # -- the decision path -----------------------------------------------------------------
 
-async def _decide(uow: UnitOfWork, context: DecisionContext, cache: StatusCache, *,
-                  cause: str, first: bool = False, force: bool = False) -> list[StatusEntry]:
-    """Decide the context's lots; record and announce those whose status or reasons
-    changed (every lot when `force`: a QA action is recorded even when it changes
+async def decide_and_save(uow: UnitOfWork, context: DecisionContext, cache: StatusCache, *,
+                          cause: str, first: bool = False,
+                          force: bool = False) -> list[StatusEntry]:
+    """The decision path's last two beats, for a loaded context: decide its lots (the
+    pure rule and the one transition), then record and announce those whose status or
+    reasons changed (every lot when `force`: a QA action is recorded even when it changes
     neither)."""
     now = uow.clock.now()
     decided = decide_lots(context.lots, context.qualifications, context.results,
@@ -90,7 +83,7 @@ async def _decide(uow: UnitOfWork, context: DecisionContext, cache: StatusCache,
     return entries
 
 
-def _entry(lot: Lot) -> StatusEntry:
+def entry_of(lot: Lot) -> StatusEntry:
     return StatusEntry.make(lot, lot.status, lot.status_version, lot.unmet, lot.decided_at)
 
 
@@ -131,8 +124,8 @@ async def _receive_lot(uow: UnitOfWork, cmd: ReceiveLot,
         uow.emit(messaging.LOT_RECEIVED, cmd.lot_id, convert.lot_received(lot, now))
         context = await repository.load_lots(uow.conn, lot_ids=[lot.lot_id],
                                              qualifications_=held)
-        [entry] = await _decide(uow, context, cache, cause=f"received by {cmd.requested_by}",
-                                first=True)
+        [entry] = await decide_and_save(uow, context, cache,
+                                        cause=f"received by {cmd.requested_by}", first=True)
         await uow.commit()
     return context.lots[0], entry
 
@@ -177,7 +170,7 @@ async def _redecide(uow: UnitOfWork, lot_ids: set[str], cache: StatusCache, *,
     if keys:
         context = await repository.load_decision_context(uow.conn, keys=keys.values(),
                                                          lot_ids=keys)
-        await _decide(uow, context, cache, cause=cause[:200])
+        await decide_and_save(uow, context, cache, cause=cause[:200])
 
 
 async def apply_qualifications(uow: UnitOfWork,
@@ -211,8 +204,9 @@ async def apply_qualifications(uow: UnitOfWork,
         await repository.set_qualification(uow.conn, key=key, facts=held[key])
         open_lots = [lot for lot in context.lots if lot.status in DECIDED_ON_QUALIFICATION]
         if open_lots:
-            await _decide(uow, replace(context, lots=open_lots, qualifications=held), cache,
-                          cause=f"qualification {key[0]}/{key[1]}/{key[2]} v{latest.version}")
+            cause = f"qualification {key[0]}/{key[1]}/{key[2]} v{latest.version}"
+            await decide_and_save(uow, replace(context, lots=open_lots, qualifications=held),
+                                  cache, cause=cause)
 
 
 async def _open_reviews(uow: UnitOfWork, released: Sequence[Lot],
@@ -239,119 +233,6 @@ async def _open_reviews(uow: UnitOfWork, released: Sequence[Lot],
     log.info("lot_reviews_opened", supplier_id=key[0], site_id=key[1], material_code=key[2],
              qualification_status=change.status, qualification_version=change.version,
              lots=len(reviews))
-
-
-# -- QA's actions on a lot -------------------------------------------------------------
-
-Rule = Callable[[Lot, datetime], QaChange | None]
-
-
-async def _qa_action(uow: UnitOfWork, cache: StatusCache, cmd: QaCommand, rule: Rule, *,
-                     cause: str,
-                     two_signatures: Callable[[Lot], Awaitable[bool]] | None = None
-                     ) -> StatusEntry:
-    """Load the lot's decision context, ask the action's `rule` what changes (None: a
-    retry of what was done already; it raises when the action is refused), set it and
-    decide the lot again; the call's signature signs that decision. When
-    `two_signatures(lot)` (a release whose policy asks for two), the first signature is
-    only recorded and the lot waits for the second."""
-    async with uow:
-        found = await repository.get_lot(uow.conn, lot_id=cmd.lot_id)
-        if found is None:
-            raise NotFound(f"no lot {cmd.lot_id}", field="lot_id")
-        wants_two = two_signatures is not None and await two_signatures(found)
-        context = await repository.load_decision_context(uow.conn, keys=[found.key],
-                                                         lot_ids=[cmd.lot_id])
-        [lot] = context.lots
-        now = uow.clock.now()
-        change = rule(lot, now)
-        if change is None:
-            # From the locked row, not the cache: a copy of this call that overlapped
-            # it may have committed without its entry in the cache yet.
-            return _entry(lot)
-        if wants_two and await _first_of_two(uow, lot, now):
-            await uow.commit()
-            log.info("lot_release_awaits_second_signature", lot_id=cmd.lot_id)
-            return _entry(lot)
-        await repository.set_qa_facts(uow.conn, lot_id=cmd.lot_id, values=change.values())
-        audit_record(uow, "lot", cmd.lot_id, action=cause.split(" by ", 1)[0], reason=cause)
-        changed = replace(context, lots=[replace(lot, **change.values())])
-        [entry] = await _decide(uow, changed, cache, cause=cause, force=True)
-        await esign.sign(uow.conn, now=entry.decided_at, record_type=DECISION,
-                         record_id=signed_decision(cmd.lot_id, entry.version),
-                         fields=decision_content(cmd.lot_id, entry.version, entry.status))
-        await uow.commit()
-    log.info("lot_qa_action", lot_id=cmd.lot_id, cause=cause[:200], status=entry.status.value)
-    return entry
-
-
-async def _first_of_two(uow: UnitOfWork, lot: Lot, now: datetime) -> bool:
-    """Whether this signature is the first of a two-signature release (recorded now, on
-    the decision the release will make); False for the second, from another person.
-
-    Both sign the same content: the lot, the next decision's version and RELEASED. A
-    change of the lot in between moves the version on, so a first signature never
-    counts for a lot that changed after it was given."""
-    signing = esign.current_signing()
-    if signing is None:
-        return False
-    version = lot.status_version + 1
-    record_id = signed_decision(lot.lot_id, version)
-    given = await esign.signature_rows(uow.conn, record_type=DECISION, record_ids=[record_id])
-    if not qa_actions.is_first_signature(lot, signing.subject, [r.signer for r in given]):
-        return False
-    await esign.sign(uow.conn, now=now, record_type=DECISION, record_id=record_id,
-                     fields=decision_content(lot.lot_id, version, LotStatus.RELEASED))
-    return True
-
-
-async def release_lot(uow: UnitOfWork, cache: StatusCache,
-                      cmd: ReleaseLot) -> tuple[StatusEntry, int]:
-    """QA's release of a RELEASABLE lot, and how many signatures it still awaits (1 after
-    the first of two, when the material's policy asks for two)."""
-    asked: list[bool] = []
-
-    async def two_signatures(lot: Lot) -> bool:
-        policy = await repository.get_policy(uow.conn, material_code=lot.material_code)
-        asked.append(policy is not None and policy.two_signatures)
-        return asked[-1]
-
-    entry = await _qa_action(uow, cache, cmd, lambda lot, now: qa_actions.release(lot),
-                             two_signatures=two_signatures,
-                             cause=f"QA release by {cmd.requested_by}: {cmd.reason}")
-    awaited = int(bool(asked and asked[-1])
-                  and entry.as_of(uow.clock.now()).status is LotStatus.RELEASABLE)
-    return entry, awaited
-
-
-async def hold_lot(uow: UnitOfWork, cache: StatusCache, cmd: QaCommand) -> StatusEntry:
-    """QA holds a lot (ON_HOLD), whatever its status but REJECTED or EXPIRED."""
-    return await _qa_action(uow, cache, cmd, lambda lot, now: qa_actions.hold(lot, cmd.reason),
-                            cause=f"QA hold by {cmd.requested_by}: {cmd.reason}")
-
-
-async def release_hold(uow: UnitOfWork, cache: StatusCache, cmd: QaCommand) -> StatusEntry:
-    """QA lifts its hold; the lot is decided again."""
-    return await _qa_action(uow, cache, cmd, lambda lot, now: qa_actions.release_hold(lot),
-                            cause=f"QA hold released by {cmd.requested_by}: {cmd.reason}")
-
-
-async def reject_lot(uow: UnitOfWork, cache: StatusCache, cmd: QaCommand) -> StatusEntry:
-    """QA rejects a lot that is not final yet (REJECTED is final)."""
-    return await _qa_action(uow, cache, cmd,
-                            lambda lot, now: qa_actions.reject(lot, cmd.reason),
-                            cause=f"QA rejection by {cmd.requested_by}: {cmd.reason}")
-
-
-async def set_retest_date(uow: UnitOfWork, cache: StatusCache,
-                          cmd: SetRetestDate) -> StatusEntry:
-    """A new retest date (after today, not after the expiry date); the lot is decided
-    again, so a lot back in QUARANTINE for its retest date may be released."""
-    day = cmd.retest_date
-    return await _qa_action(
-        uow, cache, cmd,
-        lambda lot, now: qa_actions.set_retest_date(lot, day, today=now.date()),
-        cause=f"retest date set to {day.isoformat()} by {cmd.requested_by}: {cmd.reason}")
 
 
 # -- release policies, time, reviews ---------------------------------------------------
@@ -383,7 +264,7 @@ async def set_release_policy(uow: UnitOfWork, cache: StatusCache,
             context = await repository.load_decision_context(
                 uow.conn, keys=candidates.values(), lot_ids=candidates,
                 statuses=DECIDED_ON_POLICY)
-            await _decide(uow, context, cache,
+            await decide_and_save(uow, context, cache,
                           cause=f"release policy of {cmd.material_code} set to "
                                 f"{cmd.policy.value} by {cmd.requested_by}: {cmd.reason}")
         stored = await repository.get_policy(uow.conn, material_code=cmd.material_code)
@@ -420,10 +301,10 @@ async def apply_time(uow: UnitOfWork, cache: StatusCache, *, limit: int = 100) -
         retest = [lot for lot in context.lots if lot.expiry_date >= today]
         decided = []
         if expired:
-            decided += await _decide(uow, replace(context, lots=expired), cache,
+            decided += await decide_and_save(uow, replace(context, lots=expired), cache,
                                      cause="expiry date passed")
         if retest:
-            decided += await _decide(uow, replace(context, lots=retest), cache,
+            decided += await decide_and_save(uow, replace(context, lots=retest), cache,
                                      cause="retest date reached")
         await uow.commit()
     if decided:

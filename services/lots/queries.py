@@ -31,7 +31,7 @@ from services.lots.domain.replay import Replayed, replay, replay_difference
 from services.lots.domain.reviews import ReviewState
 from services.lots.domain.rule import LotStatus, ReleasePolicy
 from services.lots.read_model import StatusCache, StatusEntry
-from services.lots.repository import (
+from services.lots.records import (
     DecisionRecord,
     Policy,
     Review,

@@ -5,7 +5,7 @@ database on a miss; an entry only ever replaces an older version. GetReleaseStat
 the most frequent call by far, and a database round trip per call would cap it well
 below what a warehouse sends (see the benchmark in the README).
 
-Several replicas stay coherent through the change feed (services/lots/watch.py): every
+Several replicas stay coherent through the change feed (services/lots/feed.py): every
 process applies the LotStatusChanged events of all replicas here, an entry is only ever
 replaced by a higher version, and a version announced for a lot this process does not
 hold raises a floor below which a concurrent (stale) fill from the database is refused.

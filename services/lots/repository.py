@@ -12,14 +12,13 @@ from __future__ import annotations
 import functools
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Insert, Row, and_, bindparam, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.lots.decision_record import inputs_to_json, unmet_from_json, unmet_to_json
+from services.lots.decision_record import inputs_to_json, unmet_to_json
 from services.lots.domain.lifecycle import FINAL, USABLE, Decided
 from services.lots.domain.lot import Key, Lot
 from services.lots.domain.rule import (
@@ -28,11 +27,18 @@ from services.lots.domain.rule import (
     ReleasePolicy,
     ResultFacts,
     ResultState,
-    TestKind,
-    Unmet,
-    Verdict,
 )
 from services.lots.inbound import LabResult
+from services.lots.records import (
+    DecisionContext,
+    Policy,
+    Review,
+    lot_from_row,
+    policy_from_row,
+    result_from_row,
+    review_from_row,
+    tests_to_text,
+)
 from services.lots.tables import (
     decisions,
     lot_results,
@@ -43,106 +49,6 @@ from services.lots.tables import (
     release_policy_history,
 )
 from shared.db import insert_ignoring_duplicates
-
-
-@dataclass(frozen=True)
-class DecisionContext:
-    """Everything the decision of some lots needs, loaded (and the lots locked) at once."""
-
-    lots: list[Lot]
-    qualifications: dict[Key, QualificationFacts]
-    results: dict[str, list[ResultFacts]] = field(default_factory=dict)
-    policies: dict[str, ReleasePolicy] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Policy:
-    """A material's release policy as set (a row of release_policies)."""
-
-    material_code: str
-    policy: ReleasePolicy
-    reason: str
-    set_by: str
-    set_at: datetime | None
-    two_signatures: bool = False
-
-
-@dataclass(frozen=True)
-class Review:
-    """A review of a released lot (a row of lot_reviews)."""
-
-    review_id: str
-    lot_id: str
-    supplier_id: str
-    supplier_site_id: str
-    material_code: str
-    qualification_status: str
-    qualification_version: int
-    reason: str
-    opened_at: datetime
-    state: str  # OPEN, CLOSED
-    conclusion: str | None = None
-    closed_by: str | None = None
-    closed_at: datetime | None = None
-    sequence: int = 0  # its place in the list, once stored
-
-
-@dataclass(frozen=True)
-class DecisionRecord:
-    """A stored decision (a row of decisions); `inputs` as stored (decision_record.py)."""
-
-    lot_id: str
-    version: int
-    previous_status: LotStatus | None
-    status: LotStatus
-    unmet: tuple[Unmet, ...]
-    inputs: str
-    cause: str
-    decided_at: datetime
-
-
-# -- rows -> records -------------------------------------------------------------------
-
-def lot_from_row(r: Row[Any]) -> Lot:
-    return Lot(r.lot_id, r.material_code, r.supplier_id, r.supplier_site_id,
-               r.supplier_lot_number, r.quantity_value, r.quantity_unit, r.container_count,
-               r.expiry_date, r.retest_date, r.received_at, r.received_by, r.fingerprint,
-               LotStatus(r.status), r.status_version, unmet_from_json(r.unmet), r.decided_at,
-               bool(r.qa_released), r.qa_hold_reason or "", r.qa_rejection_reason or "")
-
-
-def _result(r: Any) -> ResultFacts:
-    return ResultFacts(
-        r.result_id, TestKind(r.test), Verdict(r.verdict), r.sequence, r.spec_version,
-        r.lot_result_number, state=ResultState(r.state), state_reason=r.state_reason,
-        retest_of=r.retest_of or "", required_tests=_tests_from_text(r.required_tests))
-
-
-def policy_from_row(r: Row[Any]) -> Policy:
-    return Policy(r.material_code, ReleasePolicy(r.policy), r.reason, r.set_by, r.set_at,
-                  bool(r.two_signatures))
-
-
-def review_from_row(r: Row[Any]) -> Review:
-    return Review(r.review_id, r.lot_id, r.supplier_id, r.supplier_site_id, r.material_code,
-                  r.qualification_status, r.qualification_version, r.reason, r.opened_at,
-                  r.state, r.conclusion, r.closed_by, r.closed_at, r.sequence)
-
-
-def decision_from_row(r: Row[Any]) -> DecisionRecord:
-    return DecisionRecord(r.lot_id, r.version,
-                          LotStatus(r.previous_status) if r.previous_status else None,
-                          LotStatus(r.status), unmet_from_json(r.unmet), r.inputs, r.cause,
-                          r.decided_at)
-
-
-def _tests_to_text(tests: Iterable[TestKind]) -> str:
-    return ",".join(test.value for test in tests)
-
-
-def _tests_from_text(text: str) -> tuple[TestKind, ...]:
-    return tuple(TestKind(name) for name in text.split(",") if name)
-
 
 # -- filters built from the domain's constants -----------------------------------------
 
@@ -228,7 +134,7 @@ async def load_lots(conn: AsyncConnection, *, lot_ids: Iterable[str] | None = No
             if r.material_policy is not None:
                 context.policies[r.material_code] = ReleasePolicy(r.material_policy)
         if r.r_result_id is not None:
-            results[r.lot_id].append(_result(_Prefixed(r)))
+            results[r.lot_id].append(result_from_row(_Prefixed(r)))
     context.results.update(results)
     return context
 
@@ -357,7 +263,7 @@ def _result_row(result: LabResult) -> dict[str, Any]:
             "verdict": r.verdict.value, "sequence": r.sequence, "spec_version": r.spec_version,
             "recorded_at": result.recorded_at, "lot_result_number": r.number,
             "state": r.state.value, "state_reason": r.state_reason,
-            "retest_of": r.retest_of or None, "required_tests": _tests_to_text(r.required_tests)}
+            "retest_of": r.retest_of or None, "required_tests": tests_to_text(r.required_tests)}
 
 
 async def add_results(conn: AsyncConnection, results: Sequence[LabResult]) -> None:

@@ -37,7 +37,7 @@ from services.lots.domain import (
     replay_difference,
     transition,
 )
-from services.lots.repository import DecisionRecord
+from services.lots.records import DecisionRecord
 from tests.unit.test_release_rule import (
     CONFIRMED,
     INVALIDATED,
