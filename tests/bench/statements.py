@@ -140,24 +140,22 @@ def _api(parts: Any, infra: Infrastructure) -> Any:
 
 def main() -> None:
     lots = int(sys.argv[1]) if len(sys.argv) > 1 else 10
-    url = os.environ.get("DATABASE_URL")
-    with tempfile.TemporaryDirectory() as tmp:
-        if url is None:
-            url = f"sqlite+aiosqlite:///{tmp}/lots.db"
-        elif url.startswith("postgresql"):
-            url = _fresh_postgres(url)
-        found = asyncio.run(measure(url, lots))
-    print(f"statements to apply one ResultRecorded that decides a lot: {found['result']}")
-    print(f"statements to apply one QualificationChanged deciding {lots} lots: "
-          f"{found['qualification']}")
+    asyncio.run(_main(lots, os.environ.get("DATABASE_URL")))
 
 
-def _fresh_postgres(url: str) -> str:
+async def _main(lots: int, admin_url: str | None) -> None:
     from pathlib import Path
 
     from tests.support.databases import Databases
-    databases = Databases(admin_url=url, workdir=Path(tempfile.gettempdir()))
-    return asyncio.run(databases.create("statements"))
+    with tempfile.TemporaryDirectory() as tmp:
+        databases = Databases(admin_url=admin_url, workdir=Path(tmp))
+        try:
+            found = await measure(await databases.create("statements"), lots)
+        finally:
+            await databases.drop_all()
+    print(f"statements to apply one ResultRecorded that decides a lot: {found['result']}")
+    print(f"statements to apply one QualificationChanged deciding {lots} lots: "
+          f"{found['qualification']}")
 
 
 if __name__ == "__main__":
