@@ -32,6 +32,7 @@ from services.lots.domain.lifecycle import (
     receipt_date_problems,
 )
 from services.lots.domain.lot import Key, Lot
+from services.lots.domain.projection import LabResult, QualificationChange
 from services.lots.domain.reviews import (
     ReviewState,
     must_close,
@@ -40,7 +41,6 @@ from services.lots.domain.reviews import (
     review_reason,
 )
 from services.lots.domain.rule import LotStatus, QualificationFacts, ResultState
-from services.lots.inbound import LabResult, QualificationChange
 from services.lots.queries import SignedReview
 from services.lots.read_model import StatusCache, StatusEntry
 from services.lots.records import DecisionContext, Policy, Review

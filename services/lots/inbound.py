@@ -1,5 +1,6 @@
-"""Events of other services, as the lots service's facts. The only module, beside the API's
-`convert.py`, that reads other services' messages.
+"""Events of other services, as the lots service's facts (domain/projection.py). The only
+module that reads other services' messages; `api.py` and `convert.py` handle the lots
+service's own.
 
 Anything this service cannot read is refused with ValueError (the inbox parks the event):
 a test it does not know could be a required one, and must never be skipped.
@@ -8,14 +9,13 @@ a test it does not know could be a required one, and must never be skipped.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
-from datetime import datetime
 
 from lotgate.results.v1 import events_pb2 as result_events
 from lotgate.results.v1 import results_pb2
 from lotgate.suppliers.v1 import events_pb2 as supplier_events
 from lotgate.suppliers.v1 import suppliers_pb2
 from services.lots.domain.lot import Key
+from services.lots.domain.projection import LabResult, QualificationChange
 from services.lots.domain.rule import ResultFacts, ResultState, TestKind, Verdict
 from shared.protoconv import from_timestamp
 
@@ -39,28 +39,6 @@ _QUALIFICATION = {
     suppliers_pb2.QUALIFICATION_STATUS_DISQUALIFIED: "DISQUALIFIED",
     suppliers_pb2.QUALIFICATION_STATUS_EXPIRED: "EXPIRED",
 }
-
-
-@dataclass(frozen=True)
-class LabResult:
-    """A result of a lot as the results service published it: what the rule uses, and
-    where it belongs."""
-
-    lot_id: str
-    material_code: str
-    recorded_at: datetime
-    facts: ResultFacts
-
-
-@dataclass(frozen=True)
-class QualificationChange:
-    """A supplier site's new standing for a material (highest version wins)."""
-
-    key: Key
-    status: str  # QUALIFIED, PENDING, SUSPENDED, DISQUALIFIED, EXPIRED; "" when unknown
-    valid_until: datetime | None
-    version: int
-    reason: str
 
 
 def lab_result(r: results_pb2.Result, state: ResultState | None = None) -> LabResult:

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from services.lots.decision_record import inputs_to_json, unmet_to_json
 from services.lots.domain.lifecycle import FINAL, USABLE, Decided
 from services.lots.domain.lot import Key, Lot
+from services.lots.domain.projection import LabResult
 from services.lots.domain.rule import (
     LotStatus,
     QualificationFacts,
@@ -28,7 +29,6 @@ from services.lots.domain.rule import (
     ResultFacts,
     ResultState,
 )
-from services.lots.inbound import LabResult
 from services.lots.records import (
     DecisionContext,
     Policy,

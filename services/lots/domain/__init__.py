@@ -3,6 +3,7 @@
 - `rule`: the release rule (`decide`) and the facts it decides from;
 - `lifecycle`: statuses a lot can leave, the one `transition` every decision takes, time;
 - `lot`: a received lot as the decision path sees it;
+- `projection`: what other services announced (results, qualifications), as facts;
 - `qa_actions`: QA's actions on a lot, as rules;
 - `reviews`: reviews of released lots whose supplier lost its approval;
 - `replay`: a stored decision recomputed from its inputs.
