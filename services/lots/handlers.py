@@ -7,7 +7,8 @@ their results and release policy, locked: two queries), the pure
 `lifecycle.decide_lots` (the rule, then the one `transition`), and
 `repository.save_decisions` with each lot's LotStatusChanged in the outbox, in the same
 transaction. A qualification withdrawn after release does not change a released lot: it
-opens a review of it for QA, announced by LotReviewRequired.
+opens a review of it for QA, announced by LotReviewRequired. QA's actions on a lot are
+writes too, in qa_handlers.py, through the same `decide_and_save`.
 """
 
 from __future__ import annotations

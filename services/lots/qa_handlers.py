@@ -27,8 +27,7 @@ from shared.uow import UnitOfWork
 
 log = get_logger(__name__)
 
-# -- QA's actions on a lot -------------------------------------------------------------
-
+# What an action changes on the lot, from the lot as it is and the time (domain/qa_actions).
 Rule = Callable[[Lot, datetime], QaChange | None]
 
 
