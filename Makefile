@@ -78,10 +78,13 @@ mutation: install ## mutmut over the pure rules (unit tests) and the outbox/inbo
 # The subset's 3 survivors are equivalent (README, "Mutation testing"): 99.0 %; one more
 # survivor fails the run.
 mutation-ci: install ## a bounded mutation run for CI: the release rule and the transition policy
-	$(BIN)/python -m tests.mutation.run domain --fail-under 98.8 --only 'services.lots.domain.x_decide*' \
-	  --only 'services.lots.domain.x_qualification_unmet*' \
-	  --only 'services.lots.domain.x_next_status*' --only 'services.lots.domain.x_decision_step*' \
-	  --only 'services.lots.domain.x_missing_results*' --only 'services.lots.domain.x_required_tests*'
+	$(BIN)/python -m tests.mutation.run domain --fail-under 98.8 \
+	  --only 'services.lots.domain.rule.x_decide*' \
+	  --only 'services.lots.domain.rule.x_qualification_unmet*' \
+	  --only 'services.lots.domain.lifecycle.x_next_status*' \
+	  --only 'services.lots.domain.lifecycle.x_transition*' \
+	  --only 'services.lots.domain.rule.x_missing_results*' \
+	  --only 'services.lots.domain.rule.x_required_tests*'
 
 .PHONY: stateful
 stateful: install ## the stateful property test of the release rule, 2,000 sequences (STATEFUL_EXAMPLES)

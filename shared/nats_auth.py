@@ -68,7 +68,7 @@ SERVICES: Mapping[str, ServiceAccess] = {
          # Lots keeps the audit trail anchors of suppliers.
          Consumes(SUPPLIERS_STREAM.name, "lotgate.suppliers.v1.audit_anchor",
                   "lots-suppliers-audit-anchor"),
-         # The change feed (services/lots/watch.py): every replica's status changes.
+         # The change feed (services/lots/feed.py): every replica's status changes.
          Consumes(LOTS_STREAM.name, messaging.LOT_STATUS_CHANGED))),
 }
 

@@ -11,13 +11,24 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lotgate.lots.v1 import lots_pb2 as pb
 from lotgate.lots.v1 import lots_pb2_grpc as pb_grpc
-from services.lots import handlers
-from services.lots.convert import POLICY_FROM_PROTO, REVIEW_STATE_FROM_PROTO, STATUS_FROM_PROTO
-from services.lots.domain import ReleasePolicy
-from services.lots.read_model import StatusCache
-from services.lots.watch import ChangeFeed, watch
+from services.lots import commands, handlers, qa_handlers, queries
+from services.lots.convert import (
+    POLICY_FROM_PROTO,
+    REVIEW_STATE_FROM_PROTO,
+    STATUS_FROM_PROTO,
+    explained_to_proto,
+    lot_to_proto,
+    policy_to_proto,
+    release_status_of,
+    release_statuses,
+    review_to_proto,
+)
+from services.lots.domain.rule import ReleasePolicy
+from services.lots.feed import ChangeFeed
+from services.lots.read_model import StatusCache, StatusEntry
+from services.lots.watch import MAX_RESUME_LOTS, MAX_WATCH_LOTS, WatchRequest, watch
 from shared.clock import Clock
-from shared.errors import Unavailable, Violations
+from shared.errors import Unavailable, Violations, shown
 from shared.paging import decode_key, decode_position, encode_key, encode_position, page_size
 from shared.protoconv import fingerprint
 from shared.uow import UnitOfWorkFactory
@@ -59,7 +70,7 @@ class LotApi(pb_grpc.LotServiceServicer):
         v.text("requested_by", request.requested_by, max_length=200)
         v.raise_if_any()
         assert expiry is not None
-        command = handlers.ReceiveLot(
+        command = commands.ReceiveLot(
             lot_id=request.lot_id, material_code=request.material_code,
             supplier_id=request.supplier_id, supplier_site_id=request.supplier_site_id,
             supplier_lot_number=request.supplier_lot_number.strip(),
@@ -67,14 +78,15 @@ class LotApi(pb_grpc.LotServiceServicer):
             container_count=request.container_count, expiry_date=expiry,
             requested_by=request.requested_by, fingerprint=fingerprint(request),
             retest_date=retest)
-        lot = await handlers.receive_lot(self._uow(), command, self._cache)
-        return pb.ReceiveLotResponse(lot=lot)
+        lot, status = await handlers.receive_lot(self._uow(), command, self._cache)
+        return pb.ReceiveLotResponse(lot=lot_to_proto(lot, status.as_of(self._clock.now())))
 
     async def GetLot(self, request: pb.GetLotRequest,
                      context: grpc.aio.ServicerContext) -> pb.GetLotResponse:
         _require_lot_id(request.lot_id)
-        lot = await handlers.get_lot(self._uow(), lot_id=request.lot_id, cache=self._cache)
-        return pb.GetLotResponse(lot=lot)
+        async with self._engine.connect() as conn:
+            lot, status = await queries.get_lot(conn, lot_id=request.lot_id, cache=self._cache)
+        return pb.GetLotResponse(lot=lot_to_proto(lot, status.as_of(self._clock.now())))
 
     async def GetReleaseStatus(self, request: pb.GetReleaseStatusRequest,
                                context: grpc.aio.ServicerContext) -> pb.GetReleaseStatusResponse:
@@ -83,8 +95,9 @@ class LotApi(pb_grpc.LotServiceServicer):
         if entry is None:
             _require_lot_id(request.lot_id)
             async with self._engine.connect() as conn:
-                entry = await handlers.get_status(conn, lot_id=request.lot_id, cache=self._cache)
-        return pb.GetReleaseStatusResponse(release_status=entry.as_of(self._clock.now()))
+                entry = await queries.get_status(conn, lot_id=request.lot_id, cache=self._cache)
+        return pb.GetReleaseStatusResponse(
+            release_status=release_status_of(entry.as_of(self._clock.now())))
 
     async def GetReleaseStatuses(self, request: pb.GetReleaseStatusesRequest,
                                  context: grpc.aio.ServicerContext
@@ -97,9 +110,9 @@ class LotApi(pb_grpc.LotServiceServicer):
         v.codes("lot_ids", lot_ids, max_items=MAX_BATCH)
         v.raise_if_any()
         async with self._engine.connect() as conn:
-            statuses = await handlers.get_statuses(conn, lot_ids=lot_ids, cache=self._cache,
-                                                   now=self._clock.now())
-        return pb.GetReleaseStatusesResponse(statuses=statuses)
+            found = await queries.get_statuses(conn, lot_ids=lot_ids, cache=self._cache)
+        return pb.GetReleaseStatusesResponse(
+            statuses=release_statuses(found, lot_ids, self._clock.now()))
 
     async def ExplainDecision(self, request: pb.ExplainDecisionRequest,
                               context: grpc.aio.ServicerContext) -> pb.ExplainDecisionResponse:
@@ -109,16 +122,18 @@ class LotApi(pb_grpc.LotServiceServicer):
             v.add("version", "must be 0 (the latest) or a decision version")
         v.raise_if_any()
         async with self._engine.connect() as conn:
-            explained = await handlers.explain_decision(conn, lot_id=request.lot_id,
-                                                        version=request.version)
-        return pb.ExplainDecisionResponse(explained=explained)
+            e = await queries.explain_decision(conn, lot_id=request.lot_id,
+                                               version=request.version)
+        return pb.ExplainDecisionResponse(explained=explained_to_proto(
+            e.record, e.stored, e.replayed, e.problems, e.signatures))
 
     async def ListDecisions(self, request: pb.ListDecisionsRequest,
                             context: grpc.aio.ServicerContext) -> pb.ListDecisionsResponse:
         _require_lot_id(request.lot_id)
         async with self._engine.connect() as conn:
-            decisions = await handlers.list_decisions(conn, lot_id=request.lot_id)
-        return pb.ListDecisionsResponse(decisions=decisions)
+            found = await queries.list_decisions(conn, lot_id=request.lot_id)
+        return pb.ListDecisionsResponse(decisions=[explained_to_proto(
+            e.record, e.stored, e.replayed, e.problems, e.signatures) for e in found])
 
     # QA's release policies and actions on lots: each recorded as a decision with its cause.
 
@@ -134,11 +149,11 @@ class LotApi(pb_grpc.LotServiceServicer):
         _reason_and_who(v, request)
         v.raise_if_any()
         assert policy is not None
-        set_ = await handlers.set_release_policy(
-            self._uow(), self._cache, material_code=request.material_code, policy=policy,
-            reason=request.reason, requested_by=request.requested_by,
-            two_signatures=request.two_signatures)
-        return pb.SetReleasePolicyResponse(policy=set_)
+        command = commands.SetReleasePolicy(
+            material_code=request.material_code, policy=policy, reason=request.reason,
+            requested_by=request.requested_by, two_signatures=request.two_signatures)
+        set_ = await handlers.set_release_policy(self._uow(), self._cache, command)
+        return pb.SetReleasePolicyResponse(policy=policy_to_proto(set_))
 
     async def GetReleasePolicy(self, request: pb.GetReleasePolicyRequest,
                                context: grpc.aio.ServicerContext) -> pb.GetReleasePolicyResponse:
@@ -146,36 +161,36 @@ class LotApi(pb_grpc.LotServiceServicer):
         v.code("material_code", request.material_code)
         v.raise_if_any()
         async with self._engine.connect() as conn:
-            policy = await handlers.get_release_policy(conn, material_code=request.material_code)
-        return pb.GetReleasePolicyResponse(policy=policy)
+            policy = await queries.get_release_policy(conn, material_code=request.material_code)
+        return pb.GetReleasePolicyResponse(policy=policy_to_proto(policy))
 
     async def ReleaseLot(self, request: pb.ReleaseLotRequest,
                          context: grpc.aio.ServicerContext) -> pb.ReleaseLotResponse:
-        status, awaited = await self._qa(handlers.release_lot, request)
-        return pb.ReleaseLotResponse(release_status=status, signatures_awaited=awaited)
+        status, awaited = await qa_handlers.release_lot(
+            self._uow(), self._cache, _qa_command(commands.ReleaseLot, request))
+        return pb.ReleaseLotResponse(release_status=self._answer(status),
+                                     signatures_awaited=awaited)
 
     async def HoldLot(self, request: pb.HoldLotRequest,
                       context: grpc.aio.ServicerContext) -> pb.HoldLotResponse:
-        return pb.HoldLotResponse(release_status=await self._qa(handlers.hold_lot, request))
+        status = await qa_handlers.hold_lot(self._uow(), self._cache,
+                                         _qa_command(commands.HoldLot, request))
+        return pb.HoldLotResponse(release_status=self._answer(status))
 
     async def ReleaseHold(self, request: pb.ReleaseHoldRequest,
                           context: grpc.aio.ServicerContext) -> pb.ReleaseHoldResponse:
-        return pb.ReleaseHoldResponse(release_status=await self._qa(handlers.release_hold,
-                                                                    request))
+        status = await qa_handlers.release_hold(self._uow(), self._cache,
+                                             _qa_command(commands.ReleaseHold, request))
+        return pb.ReleaseHoldResponse(release_status=self._answer(status))
 
     async def RejectLot(self, request: pb.RejectLotRequest,
                         context: grpc.aio.ServicerContext) -> pb.RejectLotResponse:
-        return pb.RejectLotResponse(release_status=await self._qa(handlers.reject_lot, request))
+        status = await qa_handlers.reject_lot(self._uow(), self._cache,
+                                           _qa_command(commands.RejectLot, request))
+        return pb.RejectLotResponse(release_status=self._answer(status))
 
-    async def _qa(self, action: Any, request: Any) -> Any:
-        """A QA action on a lot: the lot, why and who (field violations otherwise), then
-        the handler's unit of work."""
-        v = Violations()
-        v.code("lot_id", request.lot_id)
-        _reason_and_who(v, request)
-        v.raise_if_any()
-        return await action(self._uow(), self._cache, lot_id=request.lot_id,
-                            reason=request.reason, requested_by=request.requested_by)
+    def _answer(self, entry: StatusEntry) -> pb.ReleaseStatus:
+        return release_status_of(entry.as_of(self._clock.now()))
 
     async def SetRetestDate(self, request: pb.SetRetestDateRequest,
                             context: grpc.aio.ServicerContext) -> pb.SetRetestDateResponse:
@@ -185,10 +200,9 @@ class LotApi(pb_grpc.LotServiceServicer):
         _reason_and_who(v, request)
         v.raise_if_any()
         assert retest is not None
-        status = await handlers.set_retest_date(
-            self._uow(), self._cache, lot_id=request.lot_id, retest_date=retest,
-            reason=request.reason, requested_by=request.requested_by)
-        return pb.SetRetestDateResponse(release_status=status)
+        status = await qa_handlers.set_retest_date(self._uow(), self._cache, commands.SetRetestDate(
+            request.lot_id, request.reason, request.requested_by, retest_date=retest))
+        return pb.SetRetestDateResponse(release_status=self._answer(status))
 
     async def ListLots(self, request: pb.ListLotsRequest,
                        context: grpc.aio.ServicerContext) -> pb.ListLotsResponse:
@@ -214,15 +228,18 @@ class LotApi(pb_grpc.LotServiceServicer):
         limit = page_size(v, request.page_size)
         after = decode_key(v, request.page_token)
         v.raise_if_any()
-        lots = await handlers.list_lots(
-            self._uow(), status=status, after=after, limit=limit, cache=self._cache,
-            supplier_id=request.supplier_id, supplier_site_id=request.supplier_site_id,
-            material_code=request.material_code, received_from=received_from,
-            received_before=received_before)
+        async with self._engine.connect() as conn:
+            found = await queries.list_lots(
+                conn, status=status, after=after, limit=limit, cache=self._cache,
+                supplier_id=request.supplier_id, supplier_site_id=request.supplier_site_id,
+                material_code=request.material_code, received_from=received_from,
+                received_before=received_before)
+        now = self._clock.now()
         token = ""
-        if len(lots) == limit:
-            token = encode_key(lots[-1].lot_id)
-        return pb.ListLotsResponse(lots=lots, next_page_token=token)
+        if len(found) == limit:
+            token = encode_key(found[-1][0].lot_id)
+        return pb.ListLotsResponse(lots=[lot_to_proto(lot, entry.as_of(now))
+                                         for lot, entry in found], next_page_token=token)
 
     async def ListLotReviews(self, request: pb.ListLotReviewsRequest,
                              context: grpc.aio.ServicerContext) -> pb.ListLotReviewsResponse:
@@ -239,13 +256,16 @@ class LotApi(pb_grpc.LotServiceServicer):
         limit = page_size(v, request.page_size)
         after = decode_position(v, request.page_token)
         v.raise_if_any()
-        reviews, last = await handlers.list_lot_reviews(
-            self._uow(), state=state, supplier_id=request.supplier_id,
-            material_code=request.material_code, after=after, limit=limit)
+        async with self._engine.connect() as conn:
+            reviews, last = await queries.list_lot_reviews(
+                conn, state=state, supplier_id=request.supplier_id,
+                material_code=request.material_code, after=after, limit=limit)
         token = ""
         if len(reviews) == limit:
             token = encode_position(last)
-        return pb.ListLotReviewsResponse(reviews=reviews, next_page_token=token)
+        return pb.ListLotReviewsResponse(
+            reviews=[review_to_proto(r.review, r.signatures) for r in reviews],
+            next_page_token=token)
 
     async def CloseLotReview(self, request: pb.CloseLotReviewRequest,
                              context: grpc.aio.ServicerContext) -> pb.CloseLotReviewResponse:
@@ -254,10 +274,10 @@ class LotApi(pb_grpc.LotServiceServicer):
         v.text("conclusion", request.conclusion, max_length=MAX_CONCLUSION, prose=True)
         v.text("requested_by", request.requested_by, max_length=200)
         v.raise_if_any()
-        review = await handlers.close_lot_review(
-            self._uow(), review_id=request.review_id, conclusion=request.conclusion,
-            requested_by=request.requested_by)
-        return pb.CloseLotReviewResponse(review=review)
+        closed = await handlers.close_lot_review(self._uow(), commands.CloseLotReview(
+            request.review_id, request.conclusion, request.requested_by))
+        return pb.CloseLotReviewResponse(review=review_to_proto(closed.review,
+                                                                closed.signatures))
 
     # The change feed WatchReleaseStatus reads from; set by the bootstrap.
     feed: ChangeFeed | None = None
@@ -268,8 +288,19 @@ class LotApi(pb_grpc.LotServiceServicer):
         # Snapshot (or the changes after resume_from), then every change: see watch.py.
         if self.feed is None:
             raise Unavailable("status changes cannot be watched on this server")
-        async for response in watch(self.feed, self._engine, self._clock, request):
-            yield response
+        wanted = validate_watch(request)
+        async for entry, snapshot in watch(self.feed, self._engine, wanted):
+            yield pb.WatchReleaseStatusResponse(release_status=self._answer(entry),
+                                                snapshot=snapshot)
+
+
+def _qa_command(kind: type[commands.QaCommand], request: Any) -> commands.QaCommand:
+    """A QA action on a lot: the lot, why and who (field violations otherwise)."""
+    v = Violations()
+    v.code("lot_id", request.lot_id)
+    _reason_and_who(v, request)
+    v.raise_if_any()
+    return kind(request.lot_id, request.reason, request.requested_by)
 
 
 def _reason_and_who(v: Violations, request: Any) -> None:
@@ -282,3 +313,37 @@ def _require_lot_id(lot_id: str) -> None:
     v.code("lot_id", lot_id)
     v.raise_if_any()
 
+
+def validate_watch(request: pb.WatchReleaseStatusRequest) -> WatchRequest:
+    """Everything that can be checked without the database (INVALID_ARGUMENT)."""
+    v = Violations()
+    lot_ids = list(request.lot_ids)
+    material = request.material_code
+    if not lot_ids and not material:
+        v.add("lot_ids", f"give 1 to {MAX_WATCH_LOTS:,} lot ids, or a material_code")
+    if lot_ids and material:
+        v.add("material_code", "may not be given together with lot_ids")
+    v.codes("lot_ids", lot_ids, max_items=MAX_WATCH_LOTS)
+    if material:
+        v.code("material_code", material)
+    resume: dict[str, int] = {}
+    fields: dict[str, str] = {}
+    named = set(lot_ids)
+    # Counted before any entry is looked at: a resume_from of 100,000 entries is refused
+    # at the cost of one violation, not two per entry.
+    limit = min(len(lot_ids), MAX_WATCH_LOTS) if lot_ids else MAX_RESUME_LOTS
+    if not v.at_most("resume_from", request.resume_from, limit):
+        v.raise_if_any()
+    for i, seen in enumerate(request.resume_from):
+        field = f"resume_from[{i}]"
+        v.code(f"{field}.lot_id", seen.lot_id)
+        if seen.version < 0:
+            v.add(f"{field}.version", "must be 0 or the last version received")
+        if seen.lot_id in resume:
+            v.add(f"{field}.lot_id", f"repeats {fields[seen.lot_id]} ({shown(seen.lot_id)})")
+        elif lot_ids and seen.lot_id and seen.lot_id not in named:
+            v.add(f"{field}.lot_id", f"{shown(seen.lot_id)} is not among lot_ids")
+        resume[seen.lot_id] = seen.version
+        fields.setdefault(seen.lot_id, field)
+    v.raise_if_any()
+    return WatchRequest(tuple(lot_ids), material, resume, fields)

@@ -10,13 +10,13 @@ import grpc
 from lotgate.lots.v1 import lots_pb2, lots_pb2_grpc
 from lotgate.results.v1 import events_pb2 as result_events
 from lotgate.suppliers.v1 import events_pb2 as supplier_events
-from services.lots import handlers
+from services.lots import handlers, inbound
 from services.lots.api import LotApi
-from services.lots.domain import ResultState
+from services.lots.domain.rule import ResultState
+from services.lots.feed import ChangeFeed
 from services.lots.read_model import StatusCache
 from services.lots.tables import tables
 from services.lots.time_driven import run_time_checks
-from services.lots.watch import ChangeFeed
 from shared import messaging
 from shared.clock import Clock
 from shared.config import ServiceSettings
@@ -41,17 +41,22 @@ def build(infra: Infrastructure) -> ServiceParts:
         await run_time_checks(infra.uow, cache, stop,
                               every_seconds=infra.settings.expiry_check_seconds)
 
+    # Other services' events, read as facts (inbound.py), then the handlers' decisions.
     async def on_results(uow: UnitOfWork, events: list[Any]) -> None:
-        await handlers.apply_results(uow, events, cache)
+        await handlers.apply_results(uow, inbound.recorded(events), cache)
 
     async def on_invalidations(uow: UnitOfWork, events: list[Any]) -> None:
-        await handlers.apply_result_states(uow, events, cache, state=ResultState.INVALIDATED)
+        state = ResultState.INVALIDATED
+        await handlers.apply_result_states(uow, inbound.with_state(events, state), cache,
+                                           state=state)
 
     async def on_confirmations(uow: UnitOfWork, events: list[Any]) -> None:
-        await handlers.apply_result_states(uow, events, cache, state=ResultState.CONFIRMED)
+        state = ResultState.CONFIRMED
+        await handlers.apply_result_states(uow, inbound.with_state(events, state), cache,
+                                           state=state)
 
     async def on_qualifications(uow: UnitOfWork, events: list[Any]) -> None:
-        await handlers.apply_qualifications(uow, events, cache)
+        await handlers.apply_qualifications(uow, inbound.qualification_changes(events), cache)
 
     return ServiceParts(
         tables=tables,

@@ -1,20 +1,27 @@
-"""Translations between the lots domain and its protobuf contract."""
+"""Translations between the lots service's values and its protobuf contract: answers,
+the events it publishes, and the status announcements the change feed reads back.
+With `api.py` the only module that builds or reads the service's own messages."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from google.protobuf.message import DecodeError
+
+from lotgate.lots.v1 import events_pb2
 from lotgate.lots.v1 import lots_pb2 as pb
-from services.lots.domain import (
-    DecisionInputs,
-    LotStatus,
-    ReleasePolicy,
-    ReviewState,
-    TestKind,
-    Unmet,
-)
-from shared.protoconv import to_timestamp
+from services.lots.decision_record import StoredInputs
+from services.lots.domain.lot import Lot
+from services.lots.domain.replay import Replayed
+from services.lots.domain.reviews import ReviewState
+from services.lots.domain.rule import LotStatus, ReleasePolicy, Unmet
+from services.lots.read_model import StatusEntry
+from services.lots.records import DecisionRecord, Policy, Review
+from shared.protoconv import from_timestamp, to_timestamp
+from shared.uow import new_event_id
 
 STATUS_TO_PROTO = {
     None: pb.LOT_STATUS_UNSPECIFIED,
@@ -45,14 +52,37 @@ def release_status(lot_id: str, status: LotStatus, version: int, unmet: tuple[Un
         unmet=unmet_to_proto(unmet), decided_at=to_timestamp(decided_at))
 
 
-def unmet_to_proto(unmet: tuple[Unmet, ...]) -> list[pb.UnmetCondition]:
+def release_status_of(entry: StatusEntry) -> pb.ReleaseStatus:
+    """An entry's status as answered, made once per entry (the warehouse's hot path)."""
+    made = entry.memo.get("proto")
+    if made is None:
+        made = entry.memo["proto"] = release_status(
+            entry.lot_id, entry.status, entry.version, entry.unmet, entry.decided_at)
+    return made  # type: ignore[no-any-return]
+
+
+def release_statuses(found: dict[str, StatusEntry], lot_ids: Iterable[str],
+                     now: datetime) -> list[pb.ReleaseStatus]:
+    """The status of each lot of `lot_ids` at `now`, in that order; a lot not `found` is
+    LOT_NOT_FOUND."""
+    return [release_status_of(found[lot_id].as_of(now)) if lot_id in found
+            else not_found(lot_id) for lot_id in lot_ids]
+
+
+def not_found(lot_id: str) -> pb.ReleaseStatus:
+    """The answer for a lot this service has never received: never pickable."""
+    return pb.ReleaseStatus(
+        lot_id=lot_id, status=pb.LOT_STATUS_UNSPECIFIED, version=0,
+        unmet=[pb.UnmetCondition(code="LOT_NOT_FOUND", message=f"no lot {lot_id}", rule="")])
+
+
+def unmet_to_proto(unmet: Iterable[Unmet]) -> list[pb.UnmetCondition]:
     return [pb.UnmetCondition(code=u.code, message=u.message, rule=u.rule) for u in unmet]
 
 
-def inputs_to_proto(inputs: DecisionInputs, *, rule_status: LotStatus | None,
-                    required_tests: tuple[TestKind, ...] | None,
-                    counted: tuple[str, ...] | None) -> pb.DecisionInputs:
+def inputs_to_proto(stored: StoredInputs) -> pb.DecisionInputs:
     """What a decision record says the rule was given (and what the rule made of it)."""
+    inputs = stored.inputs
     lot, q, qa = inputs.lot, inputs.qualification, inputs.qa
     return pb.DecisionInputs(
         retest_date=lot.retest_date.isoformat() if lot.retest_date else "",
@@ -67,52 +97,110 @@ def inputs_to_proto(inputs: DecisionInputs, *, rule_status: LotStatus | None,
             number=r.number, spec_version=r.spec_version,
             required_tests=[t.value for t in r.required_tests], retest_of=r.retest_of)
             for r in inputs.results],
-        rule_status=STATUS_TO_PROTO[rule_status],
-        required_tests=[t.value for t in required_tests or ()],
-        counted_result_ids=list(counted or ()), supplier_id=lot.supplier_id,
+        rule_status=STATUS_TO_PROTO[stored.rule_status],
+        required_tests=[t.value for t in stored.required_tests or ()],
+        counted_result_ids=list(stored.counted or ()), supplier_id=lot.supplier_id,
         supplier_site_id=lot.supplier_site_id, material_code=lot.material_code)
 
 
-def decision_to_proto(record: Any, unmet: tuple[Unmet, ...], stored: Any | None) -> pb.Decision:
-    """A row of `decisions` with its parsed conditions and inputs (a
-    repository.StoredInputs; None when they cannot be read)."""
-    previous = LotStatus(record.previous_status) if record.previous_status else None
+def decision_to_proto(record: DecisionRecord, stored: StoredInputs | None) -> pb.Decision:
+    """A decision record with its parsed inputs (None when they cannot be read)."""
     return pb.Decision(
         lot_id=record.lot_id, version=record.version,
-        previous_status=STATUS_TO_PROTO[previous],
-        status=STATUS_TO_PROTO[LotStatus(record.status)], unmet=unmet_to_proto(unmet),
+        previous_status=STATUS_TO_PROTO[record.previous_status],
+        status=STATUS_TO_PROTO[record.status], unmet=unmet_to_proto(record.unmet),
         cause=record.cause, decided_at=to_timestamp(record.decided_at),
-        inputs=None if stored is None else inputs_to_proto(
-            stored.inputs, rule_status=stored.rule_status,
-            required_tests=stored.required_tests, counted=stored.counted))
+        inputs=None if stored is None else inputs_to_proto(stored))
 
 
-def lot_to_proto(row: Any, status: pb.ReleaseStatus) -> pb.Lot:
+def explained_to_proto(record: DecisionRecord, stored: StoredInputs | None,
+                       replayed: Replayed | None, problems: Sequence[str],
+                       signatures: Sequence[Any] = ()) -> pb.ExplainedDecision:
+    """A decision with its replay (None: its inputs could not be read) and what differs."""
+    replay = pb.Replay()
+    if replayed is not None:
+        replay = pb.Replay(status=STATUS_TO_PROTO[replayed.status],
+                           unmet=unmet_to_proto(replayed.unmet))
+    replay.agrees = not problems
+    replay.difference = "; ".join(problems)
+    return pb.ExplainedDecision(decision=decision_to_proto(record, stored), replay=replay,
+                                signatures=list(signatures))
+
+
+def lot_to_proto(lot: Lot, status: StatusEntry | None) -> pb.Lot:
+    """A lot with its status (None: not decided yet, as LotReceived announces it)."""
     return pb.Lot(
-        lot_id=row.lot_id, material_code=row.material_code, supplier_id=row.supplier_id,
-        supplier_site_id=row.supplier_site_id, supplier_lot_number=row.supplier_lot_number,
-        quantity=pb.Quantity(value=row.quantity_value, unit=row.quantity_unit),
-        container_count=row.container_count, expiry_date=row.expiry_date.isoformat(),
-        received_at=to_timestamp(row.received_at), release_status=status,
-        retest_date=row.retest_date.isoformat() if row.retest_date else "")
+        lot_id=lot.lot_id, material_code=lot.material_code, supplier_id=lot.supplier_id,
+        supplier_site_id=lot.supplier_site_id, supplier_lot_number=lot.supplier_lot_number,
+        quantity=pb.Quantity(value=lot.quantity_value, unit=lot.quantity_unit),
+        container_count=lot.container_count, expiry_date=lot.expiry_date.isoformat(),
+        received_at=to_timestamp(lot.received_at),
+        release_status=release_status_of(status) if status else pb.ReleaseStatus(),
+        retest_date=lot.retest_date.isoformat() if lot.retest_date else "")
 
 
-def policy_to_proto(row: Any) -> pb.MaterialReleasePolicy:
-    """A row of release_policies as a MaterialReleasePolicy."""
+def policy_to_proto(policy: Policy) -> pb.MaterialReleasePolicy:
     return pb.MaterialReleasePolicy(
-        material_code=row.material_code, policy=POLICY_TO_PROTO[ReleasePolicy(row.policy)],
-        reason=row.reason, set_by=row.set_by, set_at=to_timestamp(row.set_at),
-        two_signatures=bool(row.two_signatures))
+        material_code=policy.material_code, policy=POLICY_TO_PROTO[policy.policy],
+        reason=policy.reason, set_by=policy.set_by, set_at=to_timestamp(policy.set_at),
+        two_signatures=policy.two_signatures)
 
 
-def review_to_proto(row: Any) -> pb.LotReview:
-    """A row of lot_reviews (or a dict-like with its columns) as a LotReview."""
+def review_to_proto(review: Review, signatures: Sequence[Any] = ()) -> pb.LotReview:
     return pb.LotReview(
-        review_id=row.review_id, lot_id=row.lot_id, supplier_id=row.supplier_id,
-        supplier_site_id=row.supplier_site_id, material_code=row.material_code,
-        qualification_status=row.qualification_status,
-        qualification_version=row.qualification_version, reason=row.reason,
-        opened_at=to_timestamp(row.opened_at),
-        state=REVIEW_STATE_TO_PROTO[ReviewState(row.state)],
-        conclusion=row.conclusion or "", closed_by=row.closed_by or "",
-        closed_at=to_timestamp(row.closed_at))
+        review_id=review.review_id, lot_id=review.lot_id, supplier_id=review.supplier_id,
+        supplier_site_id=review.supplier_site_id, material_code=review.material_code,
+        qualification_status=review.qualification_status,
+        qualification_version=review.qualification_version, reason=review.reason,
+        opened_at=to_timestamp(review.opened_at),
+        state=REVIEW_STATE_TO_PROTO[ReviewState(review.state)],
+        conclusion=review.conclusion or "", closed_by=review.closed_by or "",
+        closed_at=to_timestamp(review.closed_at), signatures=list(signatures))
+
+
+# -- events this service publishes -----------------------------------------------------
+
+def lot_received(lot: Lot, now: datetime) -> events_pb2.LotReceived:
+    return events_pb2.LotReceived(event_id=new_event_id(), occurred_at=to_timestamp(now),
+                                  lot=lot_to_proto(lot, None))
+
+
+def status_changed(entry: StatusEntry, previous: LotStatus | None,
+                   now: datetime) -> events_pb2.LotStatusChanged:
+    return events_pb2.LotStatusChanged(
+        event_id=new_event_id(), previous_status=STATUS_TO_PROTO[previous],
+        release_status=release_status_of(entry), occurred_at=to_timestamp(now))
+
+
+def review_required(review: Review, now: datetime) -> events_pb2.LotReviewRequired:
+    return events_pb2.LotReviewRequired(event_id=new_event_id(), review=review_to_proto(review),
+                                        occurred_at=to_timestamp(now))
+
+
+def review_closed(review: Review, signatures: Sequence[Any],
+                  now: datetime) -> events_pb2.LotReviewClosed:
+    return events_pb2.LotReviewClosed(event_id=new_event_id(),
+                                      review=review_to_proto(review, signatures),
+                                      occurred_at=to_timestamp(now))
+
+
+@dataclass(frozen=True)
+class Announced:
+    """A status another replica (or this one) announced with LotStatusChanged."""
+
+    lot_id: str
+    status: LotStatus
+    version: int
+    unmet: tuple[Unmet, ...]
+    decided_at: datetime
+
+
+def announced(data: bytes) -> Announced | None:
+    """A LotStatusChanged payload read back; None when it cannot be decoded."""
+    try:
+        rs = events_pb2.LotStatusChanged.FromString(data).release_status
+    except DecodeError:
+        return None
+    return Announced(rs.lot_id, STATUS_FROM_PROTO[rs.status], rs.version,
+                     tuple(Unmet(u.code, u.message, u.rule) for u in rs.unmet),
+                     from_timestamp(rs.decided_at))

@@ -5,7 +5,7 @@ database on a miss; an entry only ever replaces an older version. GetReleaseStat
 the most frequent call by far, and a database round trip per call would cap it well
 below what a warehouse sends (see the benchmark in the README).
 
-Several replicas stay coherent through the change feed (services/lots/watch.py): every
+Several replicas stay coherent through the change feed (services/lots/feed.py): every
 process applies the LotStatusChanged events of all replicas here, an entry is only ever
 replaced by a higher version, and a version announced for a lot this process does not
 hold raises a floor below which a concurrent (stale) fill from the database is refused.
@@ -16,13 +16,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from typing import Any
 
-from lotgate.lots.v1 import lots_pb2 as pb
-from services.lots.convert import release_status
-from services.lots.domain import LotStatus, Unmet, moved_by_time
+from services.lots.domain.lifecycle import moved_by_time
+from services.lots.domain.rule import LotStatus, Unmet
 
 
 @dataclass(frozen=True)
@@ -40,30 +39,30 @@ class StatusEntry:
     # As of this entry's decision; a change made by another replica reaches this process
     # with its next decision (the scheduler moves the lot at the date in any case).
     retest_date: date | None
-    proto: pb.ReleaseStatus
+    # The API's answer for this entry, made once (convert.release_status_of): the hot
+    # path answers from memory without building it again.
+    memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
-    def make(cls, row: Any, status: LotStatus, version: int, unmet: tuple[Unmet, ...],
+    def make(cls, lot: Any, status: LotStatus, version: int, unmet: tuple[Unmet, ...],
              decided_at: datetime) -> StatusEntry:
-        """An entry for the lot in `row` (any row with the lot's fixed columns)."""
-        return cls(row.lot_id, row.supplier_id, row.supplier_site_id, row.material_code,
-                   status, version, unmet, decided_at, row.expiry_date, row.retest_date,
-                   release_status(row.lot_id, status, version, unmet, decided_at))
+        """An entry for `lot` (a domain Lot, an entry, anything with the lot's fixed facts)."""
+        return cls(lot.lot_id, lot.supplier_id, lot.supplier_site_id, lot.material_code,
+                   status, version, unmet, decided_at, lot.expiry_date, lot.retest_date)
 
     @property
     def key(self) -> tuple[str, str, str]:
         """(supplier, site, material): the qualification this lot is decided by."""
         return (self.supplier_id, self.supplier_site_id, self.material_code)
 
-    def as_of(self, now: datetime) -> pb.ReleaseStatus:
+    def as_of(self, now: datetime) -> StatusEntry:
         """The status to answer at `now`: a usable lot whose expiry or retest date has
-        passed since its decision is not usable (domain.moved_by_time)."""
+        passed since its decision is not usable (lifecycle.moved_by_time)."""
         moved = moved_by_time(self.status, self.expiry_date, self.retest_date, now)
         if moved is None:
-            return self.proto
+            return self
         status, why = moved
-        return release_status(self.lot_id, status, self.version, (*self.unmet, why),
-                              self.decided_at)
+        return replace(self, status=status, unmet=(*self.unmet, why), memo={})
 
 
 class StatusCache:

@@ -16,7 +16,7 @@ from sqlalchemy import event
 
 from lotgate.lots.v1 import lots_pb2 as pb
 from lotgate.results.v1 import results_pb2 as rpb
-from services.lots import handlers
+from services.lots import convert, queries
 from services.lots.read_model import StatusCache
 from shared.protoconv import from_timestamp, to_timestamp
 from tests.integration.test_lots import System, running_system
@@ -277,11 +277,12 @@ async def test_lots_not_in_memory_are_read_in_one_query_and_expiry_applies_on_re
     async with system.lots_service.infra.engine.connect() as conn:
         event.listen(conn.sync_connection, "before_cursor_execute", seen)
         now = datetime.now(UTC)
-        cold = await handlers.get_statuses(conn, lot_ids=asked, cache=StatusCache(), now=now)
+        found = await queries.get_statuses(conn, lot_ids=asked, cache=StatusCache())
+        cold = convert.release_statuses(found, asked, now)
         # Past the lots' expiry date (2030-01-31), a released lot reads as EXPIRED.
         later = datetime(2030, 2, 1, tzinfo=UTC)
-        expired = await handlers.get_statuses(conn, lot_ids=[released], cache=StatusCache(),
-                                              now=later)
+        found = await queries.get_statuses(conn, lot_ids=[released], cache=StatusCache())
+        expired = convert.release_statuses(found, [released], later)
 
     assert len(statements) == 2  # one per call, whatever the number of lots
     assert [s.lot_id for s in cold] == asked

@@ -1,7 +1,7 @@
 """Run mutmut over one or more parts of Lotgate and print each part's score and survivors.
 
     python -m tests.mutation.run domain delivery      # make mutation
-    python -m tests.mutation.run domain --only 'services.lots.domain.x_decide*'  # a subset
+    python -m tests.mutation.run domain --only 'services.lots.domain.rule.x_decide*'  # a subset
 
 Each part has its own configuration (tests/mutation/<part>.cfg): the pure rules are
 mutated against the unit tests, the outbox and inbox against the integration tests of

@@ -3,7 +3,7 @@ with duplicates, ends in the same state as when they arrive in the order they ha
 
 `decide` sorts its input, so permuting its argument shows only that a decision depends on
 the set of results. Here each event is applied on its own and the lot decided after it
-with `decision_step`, the step the lots service's handler takes, so the transition policy,
+with `transition`, the step the lots service's handler takes, so the transition policy,
 the conditions kept between decisions and the lot's receipt in the middle of the stream
 all take part. The projection's merge rules are the ones the lots service documents:
 a recorded result already known is left as it is, QA's invalidation or confirmation wins
@@ -40,7 +40,7 @@ from services.lots.domain import (
     TestKind,
     Unmet,
     Verdict,
-    decision_step,
+    transition,
 )
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -97,7 +97,7 @@ class Projection:
         if not self.received:
             return  # results for a lot not received yet wait in the projection
         inputs = DecisionInputs(LOT, self.qualification, tuple(self.results.values()), NOW)
-        step = decision_step(inputs, self.status, self.unmet)
+        step = transition(inputs, self.status, self.unmet)
         if step.recorded:
             self.status, self.unmet = step.status, step.unmet
             self.decisions += 1

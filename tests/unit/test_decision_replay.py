@@ -1,10 +1,10 @@
 """Decision replay: every decision the live functions take is recomputed from its stored
 inputs with the same pure rule, and agrees; a record that was tampered with does not.
 
-`LiveLot` takes decisions with the step the lots service's `_decide_and_record` takes
-(`decision_step`: the rule, the transition policy, the conditions kept from the previous
+`LiveLot` takes decisions with the step the lots service's decision path takes
+(`transition`: the rule, the transition policy, the conditions kept from the previous
 decision when the policy overrides the rule, a record only when the status or the
-conditions change) and stores the inputs with `repository.inputs_to_json`. Replay
+conditions change) and stores the inputs with `decision_record.inputs_to_json`. Replay
 reads the records back the way ExplainDecision and ListDecisions do.
 """
 
@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 
 from lotgate.lots.v1 import lots_pb2 as pb
+from services.lots import convert, queries
+from services.lots.decision_record import inputs_from_json, inputs_to_json, unmet_to_json
 from services.lots.domain import (
     DecisionInputs,
     LotFacts,
@@ -31,12 +33,11 @@ from services.lots.domain import (
     TestKind,
     Unmet,
     Verdict,
-    decision_step,
     replay,
     replay_difference,
+    transition,
 )
-from services.lots.handlers import explain
-from services.lots.repository import inputs_from_json, inputs_to_json, unmet_to_json
+from services.lots.records import DecisionRecord
 from tests.unit.test_release_rule import (
     CONFIRMED,
     INVALIDATED,
@@ -49,6 +50,21 @@ from tests.unit.test_release_rule import (
 
 SUSPENDED = QualificationFacts("SUSPENDED", NOW + timedelta(days=30), 4)
 IDT, PUR, STE = TestKind.IDENTITY, TestKind.PURITY, TestKind.STERILITY
+
+
+def explain(record: SimpleNamespace, previous: SimpleNamespace | None) -> pb.ExplainedDecision:
+    """A stored record explained as ExplainDecision answers it (queries.explain, then the
+    API's conversion)."""
+    e = queries.explain(_record(record), _record(previous) if previous else None)
+    return convert.explained_to_proto(e.record, e.stored, e.replayed, e.problems)
+
+
+def _record(row: SimpleNamespace) -> DecisionRecord:
+    """A record as stored (the repository reads a row of `decisions` so)."""
+    return DecisionRecord(row.lot_id, row.version,
+                          LotStatus(row.previous_status) if row.previous_status else None,
+                          LotStatus(row.status), tuple(Unmet(*u) for u in json.loads(row.unmet)),
+                          row.inputs, row.cause, row.decided_at)
 
 
 class LiveLot:
@@ -73,7 +89,7 @@ class LiveLot:
         first = not self.records
         current = None if first else self.status
         inputs = DecisionInputs(self.lot, qualification, results, now, qa)
-        step = decision_step(inputs, current, self.unmet, force=force)
+        step = transition(inputs, current, self.unmet, force=force)
         if not step.recorded:
             return None  # nothing changed: nothing recorded
         record = SimpleNamespace(

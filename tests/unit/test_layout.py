@@ -21,8 +21,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = sorted(p.parent.name for p in (ROOT / "services").glob("*/__init__.py"))
 
-# The roots whose modules are held to MAX_LINES (services/ joins once it is reshaped).
-CHECKED_ROOTS = ("shared", "lotgate_tools")
+# The roots whose modules are held to MAX_LINES (generated code lives in protos/).
+CHECKED_ROOTS = ("services", "shared", "lotgate_tools")
 MAX_LINES = 400
 
 

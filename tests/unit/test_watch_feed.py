@@ -12,10 +12,12 @@ import pytest
 from lotgate.lots.v1 import events_pb2
 from lotgate.lots.v1 import lots_pb2 as pb
 from services.lots import watch as watch_module
+from services.lots.api import validate_watch
+from services.lots.convert import release_status_of
 from services.lots.domain import LotStatus
+from services.lots.feed import ChangeFeed, Watcher
 from services.lots.read_model import StatusCache, StatusEntry
-from services.lots.watch import ChangeFeed, Watcher, watch
-from shared.clock import ManualClock
+from services.lots.watch import watch
 from shared.errors import Aborted, Unavailable
 
 NOW = datetime(2026, 5, 1, tzinfo=UTC)
@@ -64,7 +66,7 @@ async def test_the_feed_hands_each_version_once_to_the_watchers_that_want_it() -
         await feed.apply([_announced(entry(2, LotStatus.RELEASED))])
         got = await by_lot.next_batch()
         assert [(e.version, e.status) for e in got] == [(2, LotStatus.RELEASED)]
-        assert cache.get("LOT-1").proto == entry(2, LotStatus.RELEASED).proto
+        assert cache.get("LOT-1") == entry(2, LotStatus.RELEASED)
     assert not feed._by_lot and not feed._by_material
 
 
@@ -107,7 +109,8 @@ async def test_a_change_whose_read_fails_is_applied_again_before_any_later_one()
 
 
 def _announced(e: StatusEntry) -> bytes:
-    return events_pb2.LotStatusChanged(event_id="E-1", release_status=e.proto).SerializeToString()
+    return events_pb2.LotStatusChanged(event_id="E-1", release_status=release_status_of(e)
+                                     ).SerializeToString()
 
 
 @pytest.mark.req("WAT-003")
@@ -154,10 +157,10 @@ def database(monkeypatch: pytest.MonkeyPatch) -> dict[int, StatusEntry]:
 
 async def _started(feed: ChangeFeed):
     feed.ready.set()
-    stream = watch(feed, _Engine(), ManualClock(NOW),  # type: ignore[arg-type]
-                   pb.WatchReleaseStatusRequest(lot_ids=["LOT-1"]))
-    first = await stream.__anext__()
-    assert (first.release_status.version, first.snapshot) == (1, True)
+    stream = watch(feed, _Engine(),  # type: ignore[arg-type]
+                   validate_watch(pb.WatchReleaseStatusRequest(lot_ids=["LOT-1"])))
+    first, snapshot = await stream.__anext__()
+    assert (first.version, snapshot) == (1, True)
     return stream
 
 
@@ -170,11 +173,11 @@ async def test_a_watch_fills_versions_it_has_not_heard_of_from_the_decisions(
     database.update({2: entry(2), 3: entry(3), 4: entry(4, LotStatus.RELEASED)})
     cache.put(entry(4, LotStatus.RELEASED))  # 2 and 3 were decided by another replica
     got = [await stream.__anext__() for _ in range(3)]
-    assert [(r.release_status.version, r.snapshot) for r in got] == [
+    assert [(e.version, snapshot) for e, snapshot in got] == [
         (2, False), (3, False), (4, False)]
     cache.put(entry(3))  # their late announcement changes nothing
     cache.put(entry(5))
-    assert (await stream.__anext__()).release_status.version == 5
+    assert (await stream.__anext__())[0].version == 5
     await stream.aclose()
     assert not feed._by_lot
 

@@ -27,8 +27,6 @@ from datetime import date, datetime
 from enum import StrEnum
 
 from shared.contract import ResultState, TestKind, Verdict
-from shared.dates import MAX_LOT_YEARS, years_after
-from shared.errors import FailedPrecondition
 
 
 class LotStatus(StrEnum):
@@ -43,8 +41,6 @@ class LotStatus(StrEnum):
     EXPIRED = "EXPIRED"
 
 
-# Statuses a lot never leaves.
-FINAL = frozenset({LotStatus.REJECTED, LotStatus.EXPIRED})
 
 
 class ReleasePolicy(StrEnum):
@@ -296,46 +292,6 @@ SUPPLIER_CODES = frozenset({"SUPPLIER_NOT_QUALIFIED", "SUPPLIER_SUSPENDED",
                             "SUPPLIER_DISQUALIFIED", "QUALIFICATION_EXPIRED"})
 
 
-# Statuses whose lots a qualification change decides again. A released lot is not (a
-# lapse opens a review instead); REJECTED and EXPIRED are final.
-DECIDED_ON_QUALIFICATION = frozenset({LotStatus.QUARANTINE, LotStatus.ON_HOLD,
-                                      LotStatus.RELEASABLE})
-
-
-def next_status(current: LotStatus | None, decision: Decision) -> LotStatus:
-    """The status a lot moves to, given the status it has and a fresh decision.
-
-    REJECTED and EXPIRED are final. A released lot stays released when the only unmet conditions are
-    about its supplier (a lapse after release: QA reviews such lots); anything about the
-    lot itself pulls it back: its expiry, a result invalidated after release (a retest
-    is needed), a result that has not arrived (QUARANTINE), a result out of specification
-    (ON_HOLD) or a confirmed failure (REJECTED), its retest date (QUARANTINE), QA's hold
-    or rejection. A released lot is not made RELEASABLE again by a policy that came after
-    its release. A lot ON_HOLD takes whatever the decision says once QA has dealt with
-    the result or lifted its hold. A RELEASABLE lot becomes RELEASED only when the rule
-    says so: under QA_RELEASE, only once QA has released it.
-    """
-    if current in FINAL:
-        return current
-    if current is LotStatus.RELEASED and decision.status is LotStatus.QUARANTINE:
-        supplier_only = all(u.code in SUPPLIER_CODES for u in decision.unmet)
-        return LotStatus.RELEASED if supplier_only else LotStatus.QUARANTINE
-    if current is LotStatus.RELEASED and decision.status is LotStatus.RELEASABLE:
-        return LotStatus.RELEASED
-    return decision.status
-
-
-def keeps_qa_release(status: LotStatus) -> bool:
-    """Whether QA's release of a lot still stands once the lot has `status`.
-
-    A release holds only for the episode in which everything holds: once the lot leaves
-    RELEASED and RELEASABLE (an out-of-specification result, its retest date, QA's hold,
-    ...), QA must release it again. A released lot kept RELEASED for a supplier lapse
-    keeps it.
-    """
-    return status in (LotStatus.RELEASED, LotStatus.RELEASABLE)
-
-
 def lot_expired(expiry_date: date) -> Unmet:
     return Unmet("LOT_EXPIRED", f"the lot expired on {expiry_date.isoformat()}", _EXPIRY_RULE)
 
@@ -344,100 +300,6 @@ def retest_date_reached(retest_date: date) -> Unmet:
     return Unmet("RETEST_DATE_REACHED",
                  f"the lot's retest date {retest_date.isoformat()} has come; it must be "
                  "re-tested before use", _RETEST_RULE)
-
-
-def retest_date_problem(retest_date: date, *, expiry_date: date, today: date) -> str | None:
-    """Why a lot cannot have this retest date, or None: the one rule for the retest date
-    given on receipt and the one QA sets later. It lies after today (a retest date that
-    has come would send the lot back to QUARANTINE at once) and not after the expiry
-    date (past that the lot is EXPIRED, retested or not)."""
-    if retest_date <= today:
-        return f"must lie after today ({today.isoformat()})"
-    if retest_date > expiry_date:
-        return f"must not lie after the lot's expiry date ({expiry_date.isoformat()})"
-    return None
-
-
-def receipt_date_problems(expiry_date: date, retest_date: date | None,
-                          today: date) -> list[tuple[str, str]]:
-    """Problems of a new lot's dates on the day it is received, as (field, description).
-
-    A lot already at or past its expiry date is refused rather than received as EXPIRED:
-    the warehouse must not put it into stock. An expiry date more than MAX_LOT_YEARS ahead
-    is a typo (shared/dates.py). Checked only for a lot not received yet, so that a retry
-    of an accepted receipt gets its original answer on any later day.
-    """
-    problems = []
-    latest = years_after(today, MAX_LOT_YEARS)
-    if expiry_date <= today:
-        problems.append(("expiry_date", f"must lie after today ({today.isoformat()}): a lot "
-                                        "at or past its expiry date is not received"))
-    elif expiry_date > latest:
-        problems.append(("expiry_date", f"must not lie more than {MAX_LOT_YEARS} years "
-                                        f"ahead (after {latest.isoformat()})"))
-    if retest_date is not None:
-        problem = retest_date_problem(retest_date, expiry_date=expiry_date, today=today)
-        if problem:
-            problems.append(("retest_date", problem))
-    return problems
-
-
-def moved_by_time(status: LotStatus, expiry_date: date, retest_date: date | None,
-                  now: datetime) -> tuple[LotStatus, Unmet] | None:
-    """What a usable lot (RELEASED, RELEASABLE) is at `now` if its dates have passed since
-    its last decision, before the scheduler records that: EXPIRED after its expiry date,
-    QUARANTINE from its retest date. None: the lot is as decided.
-
-    Reads answer with this, so that a lot is never picked in the moments between midnight
-    and the scheduler's next run, nor while the scheduler cannot reach the database.
-    """
-    if status not in (LotStatus.RELEASED, LotStatus.RELEASABLE):
-        return None
-    today = now.date()
-    if today > expiry_date:
-        return LotStatus.EXPIRED, lot_expired(expiry_date)
-    if retest_date is not None and today >= retest_date:
-        return LotStatus.QUARANTINE, retest_date_reached(retest_date)
-    return None
-
-
-# Qualification statuses that withdraw an approval: the released lots of that supplier
-# site and material are not pulled back, but QA must review each of them.
-WITHDRAWN = frozenset({"SUSPENDED", "DISQUALIFIED", "EXPIRED"})
-
-
-def needs_review(qualification_status: str) -> bool:
-    """Whether a change to this status opens a review of the released lots it concerns."""
-    return qualification_status in WITHDRAWN
-
-
-class ReviewState(StrEnum):
-    OPEN = "OPEN"
-    CLOSED = "CLOSED"
-
-
-def review_id_of(lot_id: str, qualification_version: int) -> str:
-    return f"{lot_id}/{qualification_version}"
-
-
-def must_close(review_id_: str, state: ReviewState, conclusion: str | None,
-               closed_by: str | None, *, new_conclusion: str, requested_by: str) -> bool:
-    """Whether closing the review changes it: True for an OPEN review.
-
-    False for a retry of the close that closed it (same conclusion, same person): the
-    caller returns the review unchanged. Any other close of a CLOSED review is refused.
-    """
-    if state is ReviewState.OPEN:
-        return True
-    if conclusion == new_conclusion and closed_by == requested_by:
-        return False
-    raise FailedPrecondition(
-        f"review {review_id_} is CLOSED (by {closed_by}); a closed review cannot be closed "
-        "again with another conclusion", subject=f"lot_reviews/{review_id_}")
-
-
-# Decision replay: recompute a stored decision from its stored inputs with the same pure
-# functions the live path uses (`decide`, then `next_status`), and compare.
 
 
 @dataclass(frozen=True)
@@ -449,107 +311,3 @@ class DecisionInputs:
     results: tuple[ResultFacts, ...]
     now: datetime
     qa: QaFacts = NO_QA
-
-
-@dataclass(frozen=True)
-class Replayed:
-    """A decision recomputed from its inputs."""
-
-    status: LotStatus  # after the transition policy
-    unmet: tuple[Unmet, ...]
-    rule_status: LotStatus  # what the rule alone decided
-    required_tests: tuple[TestKind, ...]
-    counted: tuple[str, ...]  # ids of the results that counted
-
-
-@dataclass(frozen=True)
-class Step:
-    """One decision of a lot as the live path takes it (see `decision_step`)."""
-
-    rule: Decision  # what the rule alone decided
-    status: LotStatus  # after the transition policy
-    unmet: tuple[Unmet, ...]  # the conditions the lot's status carries from now on
-    # Whether it is recorded: the lot's first decision, a QA action, or a change of the
-    # status or of the conditions.
-    recorded: bool
-    # Whether QA's release still stands after it (`keeps_qa_release`).
-    qa_released: bool
-
-
-def decision_step(inputs: DecisionInputs, previous_status: LotStatus | None,
-                  previous_unmet: Iterable[Unmet], *, force: bool = False) -> Step:
-    """The decision the live path takes from `inputs` for a lot whose previous decision
-    was `previous_status` with `previous_unmet` (None and () for a lot's first decision);
-    `force`: a QA action, recorded even when it changes nothing.
-
-    The rule decides; the transition policy gives the status; the conditions are the
-    rule's when the status is the rule's, else the previous decision's (a released lot
-    that stays released for a supplier lapse keeps its reasons; REJECTED and EXPIRED are
-    final). The lots service's handler and the replay both take this one step, so a
-    replayed decision is the live one by construction.
-    """
-    rule = decide(inputs.lot, inputs.qualification, inputs.results, inputs.now, inputs.qa)
-    status = next_status(previous_status, rule)
-    previous = tuple(previous_unmet)
-    unmet = rule.unmet if status is rule.status else previous
-    recorded = (previous_status is None or force or status is not previous_status
-                or unmet != previous)
-    return Step(rule, status, unmet, recorded,
-                inputs.qa.released and keeps_qa_release(status))
-
-
-def replay(inputs: DecisionInputs, previous_status: LotStatus | None,
-           previous_unmet: Iterable[Unmet]) -> Replayed:
-    """The decision the live path takes from `inputs` for a lot whose previous decision
-    was `previous_status` with `previous_unmet` (None and () for a lot's first decision):
-    `decision_step`, with what the record keeps of it."""
-    step = decision_step(inputs, previous_status, previous_unmet)
-    return Replayed(step.status, step.unmet, step.rule.status, step.rule.required_tests,
-                    tuple(r.result_id for r in step.rule.used_results))
-
-
-def _shown(unmet: Unmet) -> str:
-    return f"[{unmet.code}: {unmet.message} ({unmet.rule})]"
-
-
-def replay_difference(replayed: Replayed, *, status: LotStatus, unmet: Iterable[Unmet],
-                      rule_status: LotStatus | None,
-                      required_tests: Iterable[TestKind] | None = None,
-                      counted: Iterable[str] | None = None) -> str:
-    """What differs between a stored decision and its replay; "" when they agree.
-
-    `rule_status`, `required_tests` and `counted` are what the record says the rule gave
-    (None: not recorded, which is itself a difference for the rule status).
-    """
-    differences: list[str] = []
-    if replayed.status is not status:
-        differences.append(f"status: stored {status.value}, replayed {replayed.status.value}")
-    if rule_status is None:
-        differences.append("rule_status: not stored")
-    elif replayed.rule_status is not rule_status:
-        differences.append(f"rule_status: stored {rule_status.value}, "
-                           f"replayed {replayed.rule_status.value}")
-    stored = tuple(unmet)
-    if stored != replayed.unmet:
-        stored_codes = [u.code for u in stored]
-        replayed_codes = [u.code for u in replayed.unmet]
-        if stored_codes != replayed_codes:
-            differences.append(f"unmet codes: stored {stored_codes}, replayed {replayed_codes}")
-        else:
-            for mine, theirs in zip(stored, replayed.unmet, strict=True):
-                if mine != theirs:
-                    differences.append(f"unmet {mine.code}: stored {_shown(mine)}, "
-                                       f"replayed {_shown(theirs)}")
-    if required_tests is not None:
-        stored_tests = [t.value for t in required_tests]
-        replayed_tests = [t.value for t in replayed.required_tests]
-        if stored_tests != replayed_tests:
-            differences.append(f"required_tests: stored {stored_tests}, "
-                               f"replayed {replayed_tests}")
-    if counted is not None:
-        stored_counted = sorted(counted)
-        replayed_counted = sorted(replayed.counted)
-        if stored_counted != replayed_counted:
-            differences.append(f"counted results: stored {stored_counted}, "
-                               f"replayed {replayed_counted}")
-    return "; ".join(differences)

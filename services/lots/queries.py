@@ -1,0 +1,322 @@
+"""Reads of the lots service: statuses (memory first), lots, decisions with their replay,
+reviews and release policies. Nothing here changes anything but the status cache.
+
+The SQL of the reads is at the bottom of this module, apart from the functions that use
+the domain (the replay of a decision).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.lots import repository
+from services.lots.decision_record import (
+    DECISION,
+    REVIEW,
+    StoredInputs,
+    decision_content,
+    inputs_from_json,
+    review_content,
+    signed_decision,
+    unmet_from_json,
+)
+from services.lots.domain.lot import Lot
+from services.lots.domain.replay import Replayed, replay, replay_difference
+from services.lots.domain.reviews import ReviewState
+from services.lots.domain.rule import LotStatus, ReleasePolicy
+from services.lots.read_model import StatusCache, StatusEntry
+from services.lots.records import (
+    DecisionRecord,
+    Policy,
+    Review,
+    decision_from_row,
+    lot_from_row,
+    review_from_row,
+)
+from services.lots.tables import decisions, lot_reviews, lots
+from shared import esign
+from shared.errors import NotFound
+
+_CHUNK = 500
+
+
+@dataclass(frozen=True)
+class Explained:
+    """A decision record with its replay and what differs ("" problems: it agrees)."""
+
+    record: DecisionRecord
+    stored: StoredInputs | None  # None: the inputs cannot be read
+    replayed: Replayed | None
+    problems: list[str]
+    signatures: list[Any] = field(default_factory=list)  # shared.esign's, verified
+
+
+@dataclass(frozen=True)
+class SignedReview:
+    review: Review
+    signatures: list[Any]
+
+
+# -- statuses --------------------------------------------------------------------------
+
+async def get_status(conn: AsyncConnection, *, lot_id: str, cache: StatusCache) -> StatusEntry:
+    """The latest committed status of a lot, from memory or the database."""
+    entry = cache.get(lot_id)
+    if entry is not None:
+        return entry
+    found = await status_rows(conn, [lot_id])
+    if not found:
+        raise NotFound(f"no lot {lot_id}", field="lot_id")
+    cache.put(found[0])
+    return found[0]
+
+
+async def get_statuses(conn: AsyncConnection, *, lot_ids: Sequence[str],
+                       cache: StatusCache) -> dict[str, StatusEntry]:
+    """The status of each received lot among `lot_ids`: memory first, one database query
+    for all the misses (a lot never received is not in the answer)."""
+    entries: dict[str, StatusEntry] = {}
+    for lot_id in lot_ids:
+        entry = cache.get(lot_id)
+        if entry is not None:
+            entries[lot_id] = entry
+    missing = [lot_id for lot_id in lot_ids if lot_id not in entries]
+    if missing:
+        for entry in await status_rows(conn, sorted(set(missing))):
+            cache.put(entry)
+            entries[entry.lot_id] = entry
+    return entries
+
+
+# -- lots ------------------------------------------------------------------------------
+
+async def get_lot(conn: AsyncConnection, *, lot_id: str,
+                  cache: StatusCache) -> tuple[Lot, StatusEntry]:
+    lot = await repository.get_lot(conn, lot_id=lot_id)
+    if lot is None:
+        raise NotFound(f"no lot {lot_id}", field="lot_id")
+    return lot, await get_status(conn, lot_id=lot_id, cache=cache)
+
+
+async def list_lots(conn: AsyncConnection, *, status: LotStatus | None, after: str, limit: int,
+                    cache: StatusCache, supplier_id: str = "", supplier_site_id: str = "",
+                    material_code: str = "", received_from: datetime | None = None,
+                    received_before: datetime | None = None
+                    ) -> list[tuple[Lot, StatusEntry]]:
+    """A page of lots in id order, after the lot id `after`, each with its status."""
+    found = await lot_page(conn, status=status, after=after, limit=limit,
+                           supplier_id=supplier_id, supplier_site_id=supplier_site_id,
+                           material_code=material_code, received_from=received_from,
+                           received_before=received_before)
+    return [(lot, await get_status(conn, lot_id=lot.lot_id, cache=cache)) for lot in found]
+
+
+# -- decisions -------------------------------------------------------------------------
+
+def explain(record: DecisionRecord, previous: DecisionRecord | None) -> Explained:
+    """A decision record with its replay: the same `transition` as the live path, given
+    what the record stored, and the previous decision's status and conditions."""
+    problems: list[str] = []
+    try:
+        stored: StoredInputs | None = inputs_from_json(record.lot_id, record.inputs)
+    except ValueError as error:
+        stored = None
+        problems.append(f"inputs cannot be replayed: {error}")
+    previous_unmet = ()
+    if previous is not None:
+        previous_unmet = previous.unmet
+        if previous.status is not record.previous_status:
+            shown = record.previous_status.value if record.previous_status else None
+            problems.append(f"previous_status: stored {shown}, decision "
+                            f"{previous.version} says {previous.status.value}")
+    elif record.version > 1:
+        problems.append(f"decision {record.version - 1} is missing")
+    replayed = None
+    if stored is not None:
+        replayed = replay(stored.inputs, record.previous_status, previous_unmet)
+        difference = replay_difference(
+            replayed, status=record.status, unmet=record.unmet,
+            rule_status=stored.rule_status, required_tests=stored.required_tests,
+            counted=stored.counted)
+        if difference:
+            problems.insert(0, difference)
+    return Explained(record, stored, replayed, problems)
+
+
+async def explain_decision(conn: AsyncConnection, *, lot_id: str, version: int) -> Explained:
+    """Decision `version` of a lot (the latest when 0), with its inputs and replay."""
+    rows = await decision_with_previous(conn, lot_id=lot_id, version=version)
+    if not rows:
+        if not version or await repository.get_lot(conn, lot_id=lot_id) is None:
+            raise NotFound(f"no lot {lot_id}", field="lot_id")
+    if not rows or (version and rows[-1].version != version):
+        raise NotFound(f"lot {lot_id} has no decision {version}", field="version")
+    previous = rows[0] if len(rows) == 2 else None
+    [explained] = await _with_signatures(conn, [explain(rows[-1], previous)])
+    return explained
+
+
+async def list_decisions(conn: AsyncConnection, *, lot_id: str) -> list[Explained]:
+    """Every decision of a lot, oldest first, each with its inputs and replay."""
+    rows = await decisions_of(conn, lot_id=lot_id)
+    if not rows:
+        raise NotFound(f"no lot {lot_id}", field="lot_id")
+    by_version = {row.version: row for row in rows}
+    return await _with_signatures(
+        conn, [explain(row, by_version.get(row.version - 1)) for row in rows])
+
+
+async def _with_signatures(conn: AsyncConnection,
+                           explained: list[Explained]) -> list[Explained]:
+    contents = {signed_decision(e.record.lot_id, e.record.version): decision_content(
+        e.record.lot_id, e.record.version, e.record.status) for e in explained}
+    found = await esign.signatures_of(conn, record_type=DECISION, contents=contents)
+    for e in explained:
+        e.signatures.extend(found[signed_decision(e.record.lot_id, e.record.version)])
+    return explained
+
+
+# -- reviews and policies --------------------------------------------------------------
+
+async def signed_reviews(conn: AsyncConnection, reviews: Sequence[Review]) -> list[SignedReview]:
+    """Reviews with their verified signatures."""
+    found = await esign.signatures_of(conn, record_type=REVIEW, contents={
+        r.review_id: review_content(r.review_id, r.lot_id, r.state, r.conclusion, r.closed_by)
+        for r in reviews})
+    return [SignedReview(r, found[r.review_id]) for r in reviews]
+
+
+async def list_lot_reviews(conn: AsyncConnection, *, state: ReviewState | None,
+                           supplier_id: str, material_code: str, after: int,
+                           limit: int) -> tuple[list[SignedReview], int]:
+    """A page of reviews, oldest first, and the position of its last one (0 when empty)."""
+    found = await review_page(conn, state=state, supplier_id=supplier_id,
+                              material_code=material_code, after=after, limit=limit)
+    return await signed_reviews(conn, found), (found[-1].sequence if found else 0)
+
+
+async def get_release_policy(conn: AsyncConnection, *, material_code: str) -> Policy:
+    """A material's policy; AUTOMATIC (set by nobody) when never set."""
+    found = await repository.get_policy(conn, material_code=material_code)
+    return found or Policy(material_code, ReleasePolicy.AUTOMATIC, "", "", None)
+
+
+# -- SQL of the reads ------------------------------------------------------------------
+
+_STATUS_COLUMNS = (lots.c.lot_id, lots.c.supplier_id, lots.c.supplier_site_id,
+                   lots.c.material_code, lots.c.status, lots.c.status_version, lots.c.unmet,
+                   lots.c.decided_at, lots.c.expiry_date, lots.c.retest_date)
+
+
+def _entry(r: Any) -> StatusEntry:
+    return StatusEntry(r.lot_id, r.supplier_id, r.supplier_site_id, r.material_code,
+                       LotStatus(r.status), r.status_version, unmet_from_json(r.unmet),
+                       r.decided_at, r.expiry_date, r.retest_date)
+
+
+async def status_rows(conn: Any, lot_ids: Sequence[str]) -> list[StatusEntry]:
+    """The status of each lot among `lot_ids` that exists, a query per 500 lots."""
+    found: list[StatusEntry] = []
+    for start in range(0, len(lot_ids), _CHUNK):
+        chunk = list(lot_ids[start:start + _CHUNK])
+        found += [_entry(r) for r in (await conn.execute(
+            select(*_STATUS_COLUMNS).where(lots.c.lot_id.in_(chunk)))).all()]
+    return found
+
+
+async def material_statuses(conn: Any, material_code: str) -> list[StatusEntry]:
+    """The status of every lot of a material, in id order."""
+    return [_entry(r) for r in await conn.execute(
+        select(*_STATUS_COLUMNS).where(lots.c.material_code == material_code)
+        .order_by(lots.c.lot_id))]
+
+
+async def lot_page(conn: AsyncConnection, *, status: LotStatus | None, after: str, limit: int,
+                   supplier_id: str, supplier_site_id: str, material_code: str,
+                   received_from: datetime | None, received_before: datetime | None
+                   ) -> list[Lot]:
+    """A page of lots in id order after `after`; empty filters match all. The received
+    range is half-open: from `received_from` included to `received_before` excluded."""
+    query = select(lots).where(lots.c.lot_id > after)
+    if received_from is not None:
+        query = query.where(lots.c.received_at >= received_from)
+    if received_before is not None:
+        query = query.where(lots.c.received_at < received_before)
+    if status:
+        query = query.where(lots.c.status == status.value)
+    if supplier_id:
+        query = query.where(lots.c.supplier_id == supplier_id)
+    if supplier_site_id:
+        query = query.where(lots.c.supplier_site_id == supplier_site_id)
+    if material_code:
+        query = query.where(lots.c.material_code == material_code)
+    return [lot_from_row(r) for r in await conn.execute(query.order_by(lots.c.lot_id).limit(limit))]
+
+
+async def decisions_of(conn: AsyncConnection, *, lot_id: str) -> list[DecisionRecord]:
+    """Every decision record of a lot, oldest first."""
+    return [decision_from_row(r) for r in await conn.execute(
+        select(decisions).where(decisions.c.lot_id == lot_id).order_by(decisions.c.version))]
+
+
+async def decision_with_previous(conn: AsyncConnection, *, lot_id: str,
+                                 version: int) -> list[DecisionRecord]:
+    """Decision `version` of a lot (the latest when 0) and the one before it, oldest first;
+    fewer when they do not exist."""
+    query = select(decisions).where(decisions.c.lot_id == lot_id)
+    if version:
+        query = query.where(decisions.c.version.in_([version - 1, version]))
+    rows = list(await conn.execute(query.order_by(decisions.c.version.desc()).limit(2)))
+    return [decision_from_row(r) for r in rows[::-1]]
+
+
+async def decisions_after(conn: Any, after: dict[str, int]) -> dict[str, list[DecisionRecord]]:
+    """lot id -> its decisions with a version above after[lot id], oldest first."""
+    found: dict[str, list[DecisionRecord]] = {}
+    ids = sorted(after)
+    for start in range(0, len(ids), _CHUNK):
+        chunk = ids[start:start + _CHUNK]
+        low = min(after[lot_id] for lot_id in chunk)
+        rows = await conn.execute(
+            select(decisions).where(decisions.c.lot_id.in_(chunk), decisions.c.version > low)
+            .order_by(decisions.c.lot_id, decisions.c.version))
+        for row in rows:
+            if row.version > after[row.lot_id]:
+                found.setdefault(row.lot_id, []).append(decision_from_row(row))
+    return found
+
+
+async def versions_between(conn: Any, lot: StatusEntry, after: int,
+                           before: int) -> list[StatusEntry]:
+    """The decisions of `lot` with after < version < before, as entries, oldest first."""
+    rows = await conn.execute(
+        select(decisions).where(decisions.c.lot_id == lot.lot_id, decisions.c.version > after,
+                                decisions.c.version < before)
+        .order_by(decisions.c.version))
+    return [decided_entry(lot, decision_from_row(row)) for row in rows]
+
+
+def decided_entry(lot: Any, record: DecisionRecord) -> StatusEntry:
+    """Decision `record` of `lot` (anything with the lot's fixed facts) as an entry."""
+    return StatusEntry.make(lot, record.status, record.version, record.unmet,
+                            record.decided_at)
+
+
+async def review_page(conn: AsyncConnection, *, state: ReviewState | None, supplier_id: str,
+                      material_code: str, after: int, limit: int) -> list[Review]:
+    """A page of reviews, oldest first, after the sequence `after`; empty filters match all."""
+    query = select(lot_reviews).where(lot_reviews.c.sequence > after)
+    if state:
+        query = query.where(lot_reviews.c.state == state.value)
+    if supplier_id:
+        query = query.where(lot_reviews.c.supplier_id == supplier_id)
+    if material_code:
+        query = query.where(lot_reviews.c.material_code == material_code)
+    return [review_from_row(r) for r in await conn.execute(
+        query.order_by(lot_reviews.c.sequence).limit(limit))]

@@ -1,0 +1,162 @@
+"""SQL statements the lots service executes per decision (not a timing benchmark).
+
+    python -m tests.bench.statements [N]      # DATABASE_URL, else a SQLite file
+
+Counts, with SQLAlchemy's `before_cursor_execute`, the statements the lots service runs
+to apply one ResultRecorded that decides a lot, and one QualificationChanged that decides
+N lots (10 by default), including the commit's outbox and audit writes (not the inbox's
+own bookkeeping). It drives the service through its bootstrap's event handlers and its
+gRPC servicer, in process, so that it measures whatever the service's layout is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import tempfile
+import uuid
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
+
+from sqlalchemy import event
+
+from lotgate.lots.v1 import lots_pb2
+from lotgate.results.v1 import events_pb2 as result_events
+from lotgate.results.v1 import results_pb2
+from lotgate.suppliers.v1 import events_pb2 as supplier_events
+from lotgate.suppliers.v1 import suppliers_pb2
+from services.lots import bootstrap
+from services.lots.tables import tables
+from shared.clock import ManualClock
+from shared.db import create_schema, make_engine
+from shared.protoconv import to_timestamp
+from shared.runtime import Infrastructure
+from shared.uow import UnitOfWorkFactory
+
+SUPPLIER, SITE, MATERIAL = "SUP-1", "SITE-1", "MAT-1"
+
+
+def _qualification(status: int, version: int, now: datetime) -> Any:
+    q = suppliers_pb2.Qualification(
+        supplier_id=SUPPLIER, site_id=SITE, material_code=MATERIAL, status=status,
+        version=version, valid_until=to_timestamp(now + timedelta(days=365)))
+    return supplier_events.QualificationChanged(event_id=str(uuid.uuid4()), qualification=q)
+
+
+def _result(lot_id: str, test: int, number: int, now: datetime) -> Any:
+    r = results_pb2.Result(
+        result_id=f"{lot_id}-R{number}", lot_id=lot_id, material_code=MATERIAL, test=test,
+        verdict=results_pb2.VERDICT_PASS, sequence=number, spec_version=1,
+        recorded_at=to_timestamp(now), lot_result_number=number,
+        state=results_pb2.RESULT_STATE_VALID)
+    return result_events.ResultRecorded(event_id=str(uuid.uuid4()), result=r)
+
+
+async def measure(url: str, lots: int) -> dict[str, int]:
+    engine = make_engine(url)
+    await create_schema(engine, tables.metadata, version=tables.schema_version)
+    clock = ManualClock(datetime(2026, 1, 5, 9, 0, tzinfo=UTC))
+    uow = UnitOfWorkFactory(engine, tables.outbox, clock)
+    infra = Infrastructure(settings=SimpleNamespace(expiry_check_seconds=3600), clock=clock,
+                           engine=engine, uow=uow, gate=None)  # type: ignore[arg-type]
+    parts = bootstrap.build(infra)
+    on_results = next(s.batch_handler for s in parts.subscriptions
+                      if s.message_type is result_events.ResultRecorded)
+    on_qualifications = next(s.batch_handler for s in parts.subscriptions
+                             if s.message_type is supplier_events.QualificationChanged)
+    api = _api(parts, infra)
+    now = clock.now()
+    await _consume(on_qualifications, uow, [_qualification(
+        suppliers_pb2.QUALIFICATION_STATUS_QUALIFIED, 1, now)])
+    lot_ids = [f"LOT-{i:03d}" for i in range(lots + 1)]
+    for lot_id in lot_ids:
+        await api.ReceiveLot(lots_pb2.ReceiveLotRequest(
+            lot_id=lot_id, material_code=MATERIAL, supplier_id=SUPPLIER,
+            supplier_site_id=SITE, supplier_lot_number="S-1",
+            quantity=lots_pb2.Quantity(value=1.0, unit="kg"), container_count=1,
+            expiry_date="2027-01-01", requested_by="warehouse"), None)
+    decided = lot_ids[0]
+    await _consume(on_results, uow, [_result(decided, results_pb2.TEST_KIND_IDENTITY, 1, now),
+                             _result(decided, results_pb2.TEST_KIND_PURITY, 2, now)])
+
+    counted: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        counted.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", count)
+    try:
+        await _consume(on_results, uow, [_result(decided, results_pb2.TEST_KIND_STERILITY, 3, now)])
+        one_result = len(counted)
+        if os.environ.get("SHOW_STATEMENTS"):
+            print("\n".join(" ".join(s.split())[:150] for s in counted))
+        counted.clear()
+        await _consume(on_qualifications, uow, [_qualification(
+            suppliers_pb2.QUALIFICATION_STATUS_SUSPENDED, 2, now)])
+        qualification = len(counted)
+        if os.environ.get("SHOW_STATEMENTS"):
+            print("\n".join(" ".join(s.split())[:150] for s in counted))
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", count)
+    status = await api.GetReleaseStatus(lots_pb2.GetReleaseStatusRequest(lot_id=decided), None)
+    assert status.release_status.status == lots_pb2.LOT_STATUS_RELEASED, status
+    await engine.dispose()
+    return {"result": one_result, "qualification": qualification}
+
+
+async def _consume(handler: Any, uow: UnitOfWorkFactory, events: list[Any]) -> None:
+    """What the inbox does around a batch handler: one unit of work, committed."""
+    unit = uow()
+    async with unit:
+        await handler(unit, events)
+        await unit.commit()
+
+
+def _api(parts: Any, infra: Infrastructure) -> Any:
+    servers: list[Any] = []
+
+    class Server:
+        def add_generic_rpc_handlers(self, handlers: Any) -> None:
+            pass
+
+        def add_registered_method_handlers(self, name: str, handlers: Any) -> None:
+            pass
+
+    from lotgate.lots.v1 import lots_pb2_grpc
+    original = lots_pb2_grpc.add_LotServiceServicer_to_server
+
+    def capture(servicer: Any, server: Any) -> None:
+        servers.append(servicer)
+
+    lots_pb2_grpc.add_LotServiceServicer_to_server = capture
+    try:
+        parts.register(Server())
+    finally:
+        lots_pb2_grpc.add_LotServiceServicer_to_server = original
+    return servers[0]
+
+
+def main() -> None:
+    lots = int(sys.argv[1]) if len(sys.argv) > 1 else 10
+    asyncio.run(_main(lots, os.environ.get("DATABASE_URL")))
+
+
+async def _main(lots: int, admin_url: str | None) -> None:
+    from pathlib import Path
+
+    from tests.support.databases import Databases
+    with tempfile.TemporaryDirectory() as tmp:
+        databases = Databases(admin_url=admin_url, workdir=Path(tmp))
+        try:
+            found = await measure(await databases.create("statements"), lots)
+        finally:
+            await databases.drop_all()
+    print(f"statements to apply one ResultRecorded that decides a lot: {found['result']}")
+    print(f"statements to apply one QualificationChanged deciding {lots} lots: "
+          f"{found['qualification']}")
+
+
+if __name__ == "__main__":
+    main()
