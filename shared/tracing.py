@@ -84,14 +84,22 @@ def build_provider(service: str, *, endpoint: str = "") -> TracerProvider:
 
 def configure_tracing(service: str, *, endpoint: str,
                       environ: Mapping[str, str]) -> TracerProvider | None:
-    """Install the process's provider (once, at start: OpenTelemetry keeps the first).
+    """Install the process's provider (once, at start: OpenTelemetry keeps the first)
+    when spans have somewhere to go: an OTLP endpoint is configured.
 
-    The standard OTEL_SDK_DISABLED=true installs none: spans are the API's no-ops (about
-    3 µs a call instead of about 15 µs here) and log lines carry no trace ids.
+    Without one (the default), and with the standard OTEL_SDK_DISABLED=true, none is
+    installed: spans are the API's no-ops, about 3 µs a call instead of about 15 µs, which
+    kept every read and write about 10 % slower in `make bench` for spans nobody received.
+    The trace context a caller sends (`traceparent`) still travels through the outbox and
+    the consumers, and log lines carry its ids; without one they carry request and event
+    ids only.
     """
     if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return None
-    provider = build_provider(service, endpoint=export_endpoint(endpoint, environ))
+    exported_to = export_endpoint(endpoint, environ)
+    if not exported_to:
+        return None
+    provider = build_provider(service, endpoint=exported_to)
     trace.set_tracer_provider(provider)
     return provider
 

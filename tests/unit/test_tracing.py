@@ -79,6 +79,10 @@ def test_otel_sdk_disabled_installs_no_provider() -> None:
                                      environ={"OTEL_SDK_DISABLED": "true"}) is None
 
 
+def test_without_an_endpoint_no_provider_records_spans_nobody_would_receive() -> None:
+    assert tracing.configure_tracing("lots", endpoint="", environ={}) is None
+
+
 def test_a_configured_endpoint_receives_the_services_spans(collector) -> None:
     servicer, port = collector
     provider = tracing.build_provider("lots", endpoint=f"http://127.0.0.1:{port}")
