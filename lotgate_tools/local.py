@@ -28,7 +28,7 @@ RUN_PORT_FLAGS = {"nats": "--nats-port", "nats-monitor": "--monitor-port",
                   "results": "--results-port"}
 
 
-def _flag_for(key: str) -> str:
+def flag_for(key: str) -> str:
     """The flag that moves the port `key` names (Stack.port_uses)."""
     if key.endswith("-metrics"):  # open only beside the service's default gRPC port
         service = key.removesuffix("-metrics")
@@ -75,7 +75,7 @@ async def run(args: argparse.Namespace) -> int:
         for conflict in error.conflicts:
             _run_failed(f"port {conflict.use.port} for {conflict.use.purpose} is "
                         f"{conflict.reason}; choose another with "
-                        f"{_flag_for(conflict.use.key)}")
+                        f"{flag_for(conflict.use.key)}")
         return _run_failed("nothing was started")
     except StartFailed as error:
         return _run_failed(f"{error}\nEverything it had started is stopped.")
