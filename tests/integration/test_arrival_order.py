@@ -2,12 +2,13 @@
 time in other orders, some twice, leave the lot where the order they happened leaves it.
 
 Each event is published the way the results and suppliers services' relays publish it,
-and the next one only once the lots service's consumers have acknowledged everything
-(so the arrival order is the publishing order); the lot is received over gRPC at its
-place in the order. A copy is published under another message id, as a relay re-publishes
-after JetStream's duplicate window, so that it reaches the consumer and the inbox must
-absorb it. `LOTGATE_ARRIVAL_ORDERS` sets how many drawn orders each history is fed in
-(3 by default, small for CI; `LOTGATE_ARRIVAL_SEED` picks other orders).
+and the next one only once the lots service's consumer has acknowledged it, and its
+consumers everything else (so the arrival order is the publishing order); the lot is
+received over gRPC at its place in the order. A copy is published under another message
+id, as a relay re-publishes after JetStream's duplicate window, so that it reaches the
+consumer and the inbox must absorb it. `LOTGATE_ARRIVAL_ORDERS` sets how many drawn orders
+each history is fed in (3 by default, small for CI; `LOTGATE_ARRIVAL_SEED` picks other
+orders).
 
 As in the unit test of the same name, a REJECTED lot (final) is compared on its status and
 on its conditions other than the supplier's: a qualification change does not decide it
@@ -94,19 +95,33 @@ async def _publish(system: System, event: ResultEvent | supplier_events.Qualific
     # A copy under another message id passes JetStream's duplicate window: the inbox
     # (keyed by event id) has to absorb it.
     msg_id = f"{event.event_id}/copy" if copy else event.event_id
-    await system.js.publish(subject, event.SerializeToString(), headers={"Nats-Msg-Id": msg_id})
-    await _drained(system)
+    ack = await system.js.publish(subject, event.SerializeToString(),
+                                  headers={"Nats-Msg-Id": msg_id})
+    await _drained(system, subject, ack.seq)
 
 
-async def _drained(system: System) -> None:
-    """Wait until the lots service has acknowledged every message of its consumers (it
-    acknowledges only after committing)."""
-    async def backlog() -> list[tuple[str, int, int]]:
+async def _drained(system: System, subject: str, seq: int) -> None:
+    """Wait until the lots service has acknowledged the message at stream sequence `seq`
+    on `subject` (it acknowledges only after committing, and after the status it decided
+    is what reads answer), and every other message of its consumers.
+
+    An empty backlog alone does not say that: the publish is acknowledged before
+    nats-server has told the consumers of the new message, so for a moment the consumer
+    shows no pending and no unacknowledged message while the event is not even delivered.
+    The consumer taking `subject` has to have its acknowledgement floor at `seq`.
+    """
+    async def progress() -> list[tuple[str, str, int, int, int]]:
         infos = [await system.js.consumer_info(stream, durable) for stream, durable in CONSUMERS]
-        return [(i.name, i.num_pending, i.num_ack_pending) for i in infos]
+        return [(i.name, i.config.filter_subject or "", i.ack_floor.stream_seq or 0,
+                 i.num_pending or 0, i.num_ack_pending or 0) for i in infos]
 
-    await eventually(backlog, lambda rows: all(p == 0 and a == 0 for _, p, a in rows),
-                     within=30)
+    def done(rows: list[tuple[str, str, int, int, int]]) -> bool:
+        takers = [floor for _, filtered, floor, _, _ in rows if filtered == subject]
+        assert takers, f"no consumer of the lots service takes {subject}: {rows}"
+        return (all(floor >= seq for floor in takers)
+                and all(p == 0 and a == 0 for _, _, _, p, a in rows))
+
+    await eventually(progress, done, within=30)
 
 
 def _invalidated_retest_and_suspension(lot: Lot) -> None:
