@@ -109,12 +109,22 @@ async def list_lots(conn: AsyncConnection, *, status: LotStatus | None, after: s
                     material_code: str = "", received_from: datetime | None = None,
                     received_before: datetime | None = None
                     ) -> list[tuple[Lot, StatusEntry]]:
-    """A page of lots in id order, after the lot id `after`, each with its status."""
+    """A page of lots in id order, after the lot id `after`, each with its status: one
+    query, whatever the cache holds (the page's rows carry each lot's status; a cached
+    entry answers when it is as new, and a row newer than the cache refreshes it)."""
     found = await lot_page(conn, status=status, after=after, limit=limit,
                            supplier_id=supplier_id, supplier_site_id=supplier_site_id,
                            material_code=material_code, received_from=received_from,
                            received_before=received_before)
-    return [(lot, await get_status(conn, lot_id=lot.lot_id, cache=cache)) for lot in found]
+    page = []
+    for lot in found:
+        entry = cache.get(lot.lot_id)
+        if entry is None or entry.version < lot.status_version:
+            entry = StatusEntry.make(lot, lot.status, lot.status_version, lot.unmet,
+                                     lot.decided_at)
+            cache.put(entry)
+        page.append((lot, entry))
+    return page
 
 
 # -- decisions -------------------------------------------------------------------------
