@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:14222"
@@ -31,6 +31,13 @@ class ServiceSettings(BaseSettings):
     # NATS de-duplicates re-published events inside this window; it must be longer
     # than the time a relay may take to retry a publish whose ack it lost.
     stream_duplicate_window_seconds: float = Field(default=900.0, ge=60)
+    # Inbox rows (the ids of applied events) are deleted this long after they were
+    # applied (shared.inbox_retention). Never shorter than the duplicate window; the
+    # default week also covers a consumer that dies between applying an event and acking
+    # it and comes back days later (the copy redelivered then is still recognised).
+    inbox_retention_seconds: float = Field(default=7 * 86400.0, gt=0)
+    # How often each replica looks for inbox rows past the retention.
+    inbox_prune_seconds: float = Field(default=60.0, gt=0)
     # Copies of each stream in a JetStream cluster: 1 for a single broker, 3 in production.
     stream_replicas: int = Field(default=1, ge=1, le=5)
     # A message that fails this many times for a non-transient reason is parked.
@@ -93,6 +100,17 @@ class ServiceSettings(BaseSettings):
     # FOR TESTS ONLY: a file holding a clock offset in seconds (shared.clock.FileClock),
     # so that end-to-end tests can move the services' time. Empty: the system clock.
     clock_file: str = ""
+
+    @model_validator(mode="after")
+    def _inbox_outlives_duplicate_window(self) -> ServiceSettings:
+        if self.inbox_retention_seconds < self.stream_duplicate_window_seconds:
+            raise ValueError(
+                f"LOTGATE_INBOX_RETENTION_SECONDS ({self.inbox_retention_seconds:g}) is "
+                f"shorter than LOTGATE_STREAM_DUPLICATE_WINDOW_SECONDS "
+                f"({self.stream_duplicate_window_seconds:g}): a copy of an event arriving "
+                "after its inbox row was pruned would be applied twice; set the retention "
+                "to at least the duplicate window")
+        return self
 
 
 def nats_password(settings: ServiceSettings) -> str:

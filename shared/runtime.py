@@ -34,6 +34,7 @@ from shared.db import make_engine
 from shared.grpc_server import build_server
 from shared.health import HealthMonitor, messaging_problems
 from shared.inbox import EventConsumer, EventGate, Subscription
+from shared.inbox_retention import InboxPruner
 from shared.logs import configure_logging, get_logger
 from shared.outbox import OutboxRelay
 from shared.signing import EventSigner, EventVerifier, PublicKeyFile
@@ -241,6 +242,10 @@ async def start_service(settings: ServiceSettings, build: BuildParts, *,
                                          name="messaging"))
         for loop in [*parts.background, anchors]:
             tasks.append(asyncio.create_task(loop(stop_event), name=loop.__name__))
+        pruner = InboxPruner(engine, tables.inbox, clock,
+                             retention_s=settings.inbox_retention_seconds,
+                             every_seconds=settings.inbox_prune_seconds)
+        tasks.append(asyncio.create_task(pruner.run(stop_event), name="inbox-retention"))
 
         await server.start()
         monitor = HealthMonitor(

@@ -77,6 +77,8 @@ def inbox_table(metadata: MetaData) -> Table:
         Column("event_id", String(36), primary_key=True),
         Column("subject", String(200), nullable=False),
         Column("processed_at", UtcDateTime, nullable=False),
+        # The pruner's scan for rows past the retention (shared.inbox_retention).
+        Index("ix_inbox_processed_at", "processed_at"),
     )
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import literal, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.lots import repository
@@ -109,12 +109,22 @@ async def list_lots(conn: AsyncConnection, *, status: LotStatus | None, after: s
                     material_code: str = "", received_from: datetime | None = None,
                     received_before: datetime | None = None
                     ) -> list[tuple[Lot, StatusEntry]]:
-    """A page of lots in id order, after the lot id `after`, each with its status."""
+    """A page of lots in id order, after the lot id `after`, each with its status: one
+    query, whatever the cache holds (the page's rows carry each lot's status; a cached
+    entry answers when it is as new, and a row newer than the cache refreshes it)."""
     found = await lot_page(conn, status=status, after=after, limit=limit,
                            supplier_id=supplier_id, supplier_site_id=supplier_site_id,
                            material_code=material_code, received_from=received_from,
                            received_before=received_before)
-    return [(lot, await get_status(conn, lot_id=lot.lot_id, cache=cache)) for lot in found]
+    page = []
+    for lot in found:
+        entry = cache.get(lot.lot_id)
+        if entry is None or entry.version < lot.status_version:
+            entry = StatusEntry.make(lot, lot.status, lot.status_version, lot.unmet,
+                                     lot.decided_at)
+            cache.put(entry)
+        page.append((lot, entry))
+    return page
 
 
 # -- decisions -------------------------------------------------------------------------
@@ -249,7 +259,10 @@ async def lot_page(conn: AsyncConnection, *, status: LotStatus | None, after: st
     if received_before is not None:
         query = query.where(lots.c.received_at < received_before)
     if status:
-        query = query.where(lots.c.status == status.value)
+        # The status written into the SQL (a handful of values, a statement each): the plan,
+        # made once for all pages, knows how rare the status is and reads a rare one
+        # through ix_lots_status rather than the primary key filtered.
+        query = query.where(lots.c.status == literal(status.value, literal_execute=True))
     if supplier_id:
         query = query.where(lots.c.supplier_id == supplier_id)
     if supplier_site_id:
@@ -312,8 +325,8 @@ async def review_page(conn: AsyncConnection, *, state: ReviewState | None, suppl
                       material_code: str, after: int, limit: int) -> list[Review]:
     """A page of reviews, oldest first, after the sequence `after`; empty filters match all."""
     query = select(lot_reviews).where(lot_reviews.c.sequence > after)
-    if state:
-        query = query.where(lot_reviews.c.state == state.value)
+    if state:  # written into the SQL, as a lot page's status is
+        query = query.where(lot_reviews.c.state == literal(state.value, literal_execute=True))
     if supplier_id:
         query = query.where(lot_reviews.c.supplier_id == supplier_id)
     if material_code:

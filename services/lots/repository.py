@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from datetime import date, datetime
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy import ColumnElement, Insert, Row, and_, bindparam, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -54,6 +55,13 @@ from shared.db import insert_ignoring_duplicates
 
 def _status_in(statuses: Iterable[LotStatus]) -> ColumnElement[bool]:
     return lots.c.status.in_(sorted(status.value for status in statuses))
+
+
+def _status_among(statuses: Iterable[LotStatus]) -> ColumnElement[bool]:
+    """`_status_in` with the statuses written into the SQL, as a partial index's predicate
+    is: only then can the database use that index for a plan made for any parameters."""
+    return lots.c.status.in_([sa.literal(value, literal_execute=True)
+                              for value in sorted(status.value for status in statuses)])
 
 
 _NOT_FINAL = [status for status in LotStatus if status not in FINAL]
@@ -230,19 +238,37 @@ async def lot_ids_to_decide(conn: AsyncConnection, *, material_code: str | None 
                             limit: int | None = None) -> dict[str, Key]:
     """Lots a policy change (`material_code`, `statuses`) or time (`due_on`) would move,
     with their keys, not locked: the caller locks their qualifications, then them."""
-    query = select(lots.c.lot_id, lots.c.supplier_id, lots.c.supplier_site_id,
-                   lots.c.material_code)
+    columns = (lots.c.lot_id, lots.c.supplier_id, lots.c.supplier_site_id,
+               lots.c.material_code)
+    filters = []
     if material_code is not None:
-        query = query.where(lots.c.material_code == material_code)
+        filters.append(lots.c.material_code == material_code)
     if statuses is not None:
-        query = query.where(_status_in(statuses))
-    if due_on is not None:
-        query = query.where(_due(due_on))
-    query = query.order_by(lots.c.lot_id)
-    if limit is not None:
-        query = query.limit(limit)
+        filters.append(_status_in(statuses))
+    if due_on is None:
+        query = select(*columns).where(*filters).order_by(lots.c.lot_id)
+        if limit is not None:
+            query = query.limit(limit)
+    else:
+        # Each half of `_due` through its partial index (ix_lots_expiry_due,
+        # ix_lots_retest_due) in date order, the limits written into the SQL: an index
+        # scan that stops after `limit` lots whatever date the plan was made for.
+        halves = [
+            select(*columns).where(*filters, date_column <= due_on if inclusive
+                                   else date_column < due_on, _status_among(among))
+            .order_by(date_column).limit(_constant(limit)).subquery()
+            for date_column, inclusive, among in (
+                (lots.c.expiry_date, False, _NOT_FINAL), (lots.c.retest_date, True, USABLE))]
+        due = sa.union(*(select(half) for half in halves)).subquery()
+        query = select(due).order_by(due.c.lot_id).limit(_constant(limit))
     return {r.lot_id: (r.supplier_id, r.supplier_site_id, r.material_code)
             for r in await conn.execute(query)}
+
+
+def _constant(limit: int | None) -> Any:
+    """A LIMIT written into the SQL (a planner that does not know a parameter's value
+    guesses a tenth of the rows)."""
+    return None if limit is None else sa.literal_column(str(int(limit)))
 
 
 # -- projections -----------------------------------------------------------------------

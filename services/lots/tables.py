@@ -57,10 +57,20 @@ lots = Table(
     # ListLots by material and the snapshot of a material's watch.
     Index("ix_lots_material", "material_code", "lot_id"),
     Index("ix_lots_received_at", "received_at", "lot_id"),
-    # The scheduler's scans: lots past their expiry date, lots whose retest date has come.
-    Index("ix_lots_expiry_date", "expiry_date"),
-    Index("ix_lots_retest_date", "retest_date"),
 )
+
+# The scheduler's scans (repository.lot_ids_to_decide): lots past their expiry date that
+# are not final yet, usable lots whose retest date has come. Partial, holding only the lots
+# time can still move, so the years of expired and rejected lots are never read, and
+# ordered by the date, so that a plan made for any date (PostgreSQL's generic plan) still
+# reads only the due lots. The statuses are the domain's (lifecycle.FINAL, USABLE), written
+# out as the query writes them (literals) so the database can match query and index.
+_NOT_FINAL = ("ON_HOLD", "QUARANTINE", "RELEASABLE", "RELEASED")
+_USABLE = ("RELEASABLE", "RELEASED")
+Index("ix_lots_expiry_due", lots.c.expiry_date,
+      postgresql_where=lots.c.status.in_(_NOT_FINAL), sqlite_where=lots.c.status.in_(_NOT_FINAL))
+Index("ix_lots_retest_due", lots.c.retest_date,
+      postgresql_where=lots.c.status.in_(_USABLE), sqlite_where=lots.c.status.in_(_USABLE))
 
 # Who releases each material's lots (AUTOMATIC when a material has no row).
 release_policies = Table(
