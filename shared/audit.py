@@ -35,7 +35,7 @@ from sqlalchemy import MetaData, Table, and_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.audit_chain import append, canonical
-from shared.tables import AUDIT_TRAIL
+from shared.tables import AUDIT_TRAIL, TRAIL_ONLY
 
 _REGISTRY = "lotgate_audited"
 
@@ -73,6 +73,12 @@ def audited(metadata: MetaData) -> dict[str, Audited]:
     return metadata.info.get(_REGISTRY, {})
 
 
+def record_types(metadata: MetaData) -> set[str]:
+    """Every record type the trail may hold: the audited tables' and those recorded with
+    `record_values` (signers: their rows hold secrets, so no row is compared)."""
+    return set(audited(metadata)) | set(metadata.info.get(TRAIL_ONLY, ()))
+
+
 def row_values(spec: Audited, row: Any) -> str:
     """The canonical JSON of a record's row, without the columns other records set."""
     return canonical({k: v for k, v in row._mapping.items() if k not in spec.derived})
@@ -92,6 +98,8 @@ class Pending:
     principal_subject: str
     principal_name: str
     request_id: str
+    # Given by `record_values` (canonical JSON) instead of read from the row at commit.
+    values: str | None = None
 
 
 def _who(system_actor: str) -> tuple[str, str]:
@@ -125,6 +133,25 @@ def record(uow: Any, record_type: str, *key: Any, action: str, reason: str = "")
                            _request_id()))
 
 
+def record_values(uow: Any, record_type: str, record_id: str, values: dict[str, Any], *,
+                  action: str, reason: str = "") -> None:
+    """Note a change of a record whose row is not copied into the trail (it holds a
+    secret): the entry's new values are `values`, as given, never the row."""
+    subject, name = _who(uow.system_actor)
+    uow.audit_entries.append(Pending(record_type, (record_id,), action, reason[:4000],
+                                     subject, name, _request_id(), canonical(values)))
+
+
+async def last_values(conn: AsyncConnection, metadata: MetaData, record_type: str,
+                      record_id: str) -> str | None:
+    """The new values of the record's last entry (None: it has none)."""
+    trail = metadata.tables[AUDIT_TRAIL]
+    return (await conn.execute(
+        select(trail.c.new_values)
+        .where(trail.c.record_type == record_type, trail.c.record_id == record_id)
+        .order_by(trail.c.sequence.desc()).limit(1))).scalar()
+
+
 async def _current_row(conn: AsyncConnection, spec: Audited, key: Sequence[Any]) -> Any:
     condition = and_(*(spec.table.c[col] == value for col, value in zip(spec.key, key,
                                                                          strict=True)))
@@ -137,20 +164,18 @@ async def flush(conn: AsyncConnection, metadata: MetaData, pending: Sequence[Pen
     record whose row is as its last entry left it (nothing changed) gets no entry."""
     if not pending:
         return 0
-    trail = metadata.tables[AUDIT_TRAIL]
     registry = audited(metadata)
     rows: list[dict[str, Any]] = []
     for p in pending:
-        spec = registry[p.record_type]
-        row = await _current_row(conn, spec, p.key)
-        if row is None:
-            continue  # created and gone in the same unit of work: nothing to record
-        record_id = spec.record_id(p.key)
-        new = row_values(spec, row)
-        old = (await conn.execute(
-            select(trail.c.new_values)
-            .where(trail.c.record_type == p.record_type, trail.c.record_id == record_id)
-            .order_by(trail.c.sequence.desc()).limit(1))).scalar()
+        if p.values is not None:
+            record_id, new = "/".join(str(k) for k in p.key), p.values
+        else:
+            spec = registry[p.record_type]
+            row = await _current_row(conn, spec, p.key)
+            if row is None:
+                continue  # created and gone in the same unit of work: nothing to record
+            record_id, new = spec.record_id(p.key), row_values(spec, row)
+        old = await last_values(conn, metadata, p.record_type, record_id)
         if new == old:
             continue
         rows.append({"recorded_at": now, "principal_subject": p.principal_subject,

@@ -82,7 +82,7 @@ class AuditApi(audit_pb2_grpc.AuditServiceServicer):
     async def ListAuditTrail(self, request: pb.ListAuditTrailRequest,
                              context: grpc.aio.ServicerContext) -> pb.ListAuditTrailResponse:
         v = Violations()
-        known = audit.audited(self._metadata)
+        known = audit.record_types(self._metadata)
         if request.record_type and request.record_type not in known:
             v.add("record_type", f"must be one of {', '.join(sorted(known))}")
         if request.record_id:

@@ -1,10 +1,16 @@
 """Signers: each person's signing secret (an Argon2id hash), failure count and lockout,
 and SignatureService (enrol, reset, look up) over them.
+
+Every enrolment, change of secret, reset and lockout is a change of a `signer` record in
+the service's audit trail (21 CFR 11.300), written in the same unit of work as the row:
+who, when, why, and the signer's state (enrolled, secret version, locked, failures); never
+the secret nor its hash.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import argon2
@@ -14,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from lotgate.signatures.v1 import signatures_pb2 as pb
 from lotgate.signatures.v1 import signatures_pb2_grpc as pb_grpc
+from shared import audit
 from shared.auth import current_principal
 from shared.clock import Clock
 from shared.errors import (
@@ -29,6 +36,7 @@ from shared.esign_policy import DEFAULT_MAX_FAILURES, MAX_SECRET, MIN_SECRET, SE
 from shared.logs import get_logger
 from shared.protoconv import to_timestamp
 from shared.tables import SIGNERS
+from shared.uow import UnitOfWork, UnitOfWorkFactory
 
 log = get_logger(__name__)
 
@@ -52,13 +60,28 @@ def _verify(secret_hash: str, secret: str) -> bool:
         return False
 
 
+SIGNER = "signer"  # the audit trail's record type
+
+
+async def _audit(uow: UnitOfWork, row: Any, action: str, reason: str = "", *,
+                 new_secret: bool = False) -> None:
+    """Note the signer's change in `uow`: its state and secret version, never the hash."""
+    last = await audit.last_values(uow.conn, uow.metadata, SIGNER, row.subject)
+    version = json.loads(last).get("secret_version", 0) if last else 0
+    audit.record_values(uow, SIGNER, row.subject, {
+        "subject": row.subject, "enrolled": row.secret_hash is not None,
+        "secret_version": version + 1 if new_secret else version, "locked": row.locked,
+        "failures": row.failures}, action=action, reason=reason)
+
+
 class SignerStore:
     """The signers of one service's database: enrolment, secret checks and lockout."""
 
-    def __init__(self, engine: AsyncEngine, clock: Clock, *,
+    def __init__(self, uow: UnitOfWorkFactory, *,
                  max_failures: int = DEFAULT_MAX_FAILURES) -> None:
-        self.engine = engine
-        self.clock = clock
+        self.uow = uow
+        self.engine: AsyncEngine = uow.engine
+        self.clock: Clock = uow.clock
         self.max_failures = max_failures
 
     async def _row(self, conn: AsyncConnection, subject: str, *, lock: bool = False) -> Any:
@@ -84,17 +107,31 @@ class SignerStore:
             raise self._locked(subject, row.failures)
         right = await asyncio.to_thread(_verify, row.secret_hash, secret)
         now = self.clock.now()
-        async with self.engine.begin() as conn:
+        locks = False
+        async with self.uow() as uow:
+            conn = uow.conn
             if right:
                 if row.failures:
                     await conn.execute(update(SIGNERS).where(
                         SIGNERS.c.subject == subject, SIGNERS.c.locked.is_(False)).values(
                         failures=0, updated_at=now))
             else:
-                await conn.execute(update(SIGNERS).where(SIGNERS.c.subject == subject).values(
-                    failures=SIGNERS.c.failures + 1,
-                    locked=SIGNERS.c.failures + 1 >= self.max_failures, updated_at=now))
+                # Exactly one failure locks (the row lock orders concurrent ones): it is
+                # the lockout the trail records.
+                locks = (await conn.execute(update(SIGNERS).where(
+                    SIGNERS.c.subject == subject, SIGNERS.c.locked.is_(False),
+                    SIGNERS.c.failures + 1 >= self.max_failures).values(
+                    failures=SIGNERS.c.failures + 1, locked=True,
+                    updated_at=now))).rowcount == 1
+                if not locks:
+                    await conn.execute(update(SIGNERS).where(
+                        SIGNERS.c.subject == subject).values(
+                        failures=SIGNERS.c.failures + 1, updated_at=now))
             after = await self._row(conn, subject)
+            if locks:
+                await _audit(uow, after, "lock",
+                             f"locked after {after.failures} wrong signing secrets")
+            await uow.commit()
         if after.locked:
             # Locked meanwhile (a concurrent wrong secret) or by this one.
             if right:
@@ -124,24 +161,31 @@ class SignerStore:
         secret_hash = await asyncio.to_thread(_hash, new_secret)
         values = {"secret_hash": secret_hash, "failures": 0, "locked": False,
                   "updated_at": self.clock.now()}
-        async with self.engine.begin() as conn:
+        action = "enrol" if row is None or row.secret_hash is None else "change secret"
+        async with self.uow() as uow:
+            conn = uow.conn
             if row is None:
                 await conn.execute(SIGNERS.insert().values(subject=subject, **values))
             else:
                 await conn.execute(update(SIGNERS).where(SIGNERS.c.subject == subject)
                                    .values(**values))
             row = await self._row(conn, subject)
+            await _audit(uow, row, action, new_secret=True)
+            await uow.commit()
         log.info("signer_enrolled", subject=subject)
         return row
 
     async def reset(self, subject: str, *, by: str, reason: str) -> Any:
-        async with self.engine.begin() as conn:
+        async with self.uow() as uow:
+            conn = uow.conn
             row = await self._row(conn, subject, lock=True)
             if row is None:
                 raise NotFound(f"no signer {subject}", field="subject")
             await conn.execute(update(SIGNERS).where(SIGNERS.c.subject == subject).values(
                 secret_hash=None, failures=0, locked=False, updated_at=self.clock.now()))
             row = await self._row(conn, subject)
+            await _audit(uow, row, "reset", reason)
+            await uow.commit()
         log.info("signer_reset", subject=subject, by=by, reason=reason[:200])
         return row
 

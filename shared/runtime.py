@@ -168,8 +168,7 @@ async def start_service(settings: ServiceSettings, build: BuildParts, *,
                          *audit_anchor.subscriptions(name, tables.metadata)]
         streams = list(dict.fromkeys([*parts.streams, *audit_anchor.streams(name)]))
         # Electronic signatures: every service keeps its own signers (shared.esign_signers).
-        signers = esign_signers.SignerStore(engine, clock,
-                                            max_failures=settings.esign_max_failures)
+        signers = esign_signers.SignerStore(uow, max_failures=settings.esign_max_failures)
 
         async def anchors(stop: asyncio.Event) -> None:
             await audit_anchor.run_anchors(uow, tables.metadata, name, stop,

@@ -192,7 +192,13 @@ SIGNATURES = Table(
 )
 
 
+# Record types the audit trail holds without comparing a row (shared.audit.record_types).
+TRAIL_ONLY = "lotgate_trail_only"
+
+
 def add_signature_tables(metadata: MetaData) -> None:
-    """Put the signers and signatures tables into a service's metadata."""
+    """Put the signers and signatures tables into a service's metadata; signers' changes
+    are audited as `signer` records, never with their rows (shared.esign_signers)."""
     SIGNERS.to_metadata(metadata)
+    metadata.info.setdefault(TRAIL_ONLY, set()).add("signer")
     SIGNATURES.to_metadata(metadata)

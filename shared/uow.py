@@ -8,7 +8,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message
-from sqlalchemy import Table, insert
+from sqlalchemy import MetaData, Table, insert
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -70,6 +70,11 @@ class UnitOfWork:
         self.audit_entries: list[audit.Pending] = []
         # Who changes records when no caller does (events, schedules).
         self.system_actor = "lotgate:system"
+
+    @property
+    def metadata(self) -> MetaData:
+        """The service's metadata (its tables, its audited record types)."""
+        return self._outbox.metadata
 
     @property
     def conn(self) -> AsyncConnection:
