@@ -11,6 +11,8 @@ transaction as the change, so a change is never committed without its entry:
 - old and new values: canonical JSON of the record's row before and after. The new values
   are read from the row itself at commit, the old ones are the new values of the record's
   previous entry, so the trail of a record is a continuous series of its rows.
+  A record whose row holds a secret (a signer) is noted with `record_values`: its new
+  values are given, never read from the row, and verification compares no row with them.
 
 Tamper evidence, in the modules beside this one (this one holds the recording hooks):
 - shared.audit_chain: each entry holds its sequence number, the hash of the previous entry

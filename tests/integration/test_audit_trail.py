@@ -99,7 +99,8 @@ Written = list[tuple[str, str, bool]]
 def write_rpcs() -> set[str]:
     """The RPCs that change GMP records: those the auditor, who changes nothing, may not
     call (the audit service's own anchor call aside, and the signing secrets of
-    shared.esign, which are credentials kept in the signers table, not GMP records)."""
+    shared.esign, which are credentials kept in the signers table, not GMP records: their
+    `signer` entries are tested in test_signer_audit)."""
     return {rpc for rpc, roles in access.ACCESS.items()
             if access.AUDITOR not in roles
             and not rpc.startswith(("lotgate.audit.", "lotgate.signatures."))}
