@@ -35,8 +35,9 @@ PER_STATUS = 20_000
 BATCH = 1_000
 # What the process may add beyond the budget: the transient of a batch call (rows,
 # protos, the reply), allocator fragmentation. Measured on a busy 2-core machine: the
-# peak rose 3.3 MB past its value after the first batch with the 8 MB budget, and 71 MB
-# with a budget too large to bind; the margin is 7 times what was seen, a third of that.
+# peak rose 3.3-5.4 MB past its value after the first batch with the 8 MB budget, and
+# 71 MB with a budget too large to bind: the bound (+32 MB) is 6 times the first and
+# well under the second.
 MARGIN_MB = 24
 
 
@@ -85,7 +86,7 @@ async def test_reading_more_lots_than_the_cache_holds_keeps_memory_within_the_bu
     pid = stack.services["lots"].pid
     assert pid is not None
     every = [f"MEM-{kind}-{i:06d}" for i in range(PER_STATUS) for kind in ("R", "Q")]
-    assert len(every) > 20 * HELD
+    assert len(every) > 10 * HELD
     async with auth.channel(stack.address("lots")) as channel:
         stub = pb_grpc.LotServiceStub(channel)
         # One batch first: the code paths, the pool's connections and a batch's transient.
