@@ -15,7 +15,7 @@ DEFAULT_METRICS_PORTS = {"suppliers": 50071, "lots": 50072, "results": 50073}
 
 # The lots status cache's memory budget (LOTGATE_STATUS_CACHE_MB), in MB. Every process
 # must stay under 200 MB (the benchmark's promise; the pods' limit in k8s/base is 256Mi).
-# The lots process without its cache peaks at 117-133 MB (the benchmark's row 6; 119 MB
+# The lots process with a small cache peaks at 117-133 MB (the benchmark's row 6; 119 MB
 # after its first batch of 1,000 statuses in tests/integration/test_lots_memory.py), so:
 # 133 MB + 40 MB = 173 MB, leaving 27 MB for transients (a batch call, allocator
 # fragmentation). 40 MB / (2,560 + 256 bytes per entry with its floor, measured in
