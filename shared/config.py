@@ -13,6 +13,16 @@ DEFAULT_GRPC_PORTS = {"suppliers": 50061, "lots": 50062, "results": 50063}
 DEFAULT_METRICS_PORTS = {"suppliers": 50071, "lots": 50072, "results": 50073}
 
 
+# The lots status cache's memory budget (LOTGATE_STATUS_CACHE_MB), in MB. Every process
+# must stay under 200 MB (the benchmark's promise; the pods' limit in k8s/base is 256Mi).
+# The lots process with a small cache peaks at 117-133 MB (the benchmark's row 6; 119 MB
+# after its first batch of 1,000 statuses in tests/integration/test_lots_memory.py), so:
+# 133 MB + 40 MB = 173 MB, leaving 27 MB for transients (a batch call, allocator
+# fragmentation). 40 MB / (2,560 + 256 bytes per entry with its floor, measured in
+# services/lots/read_model.py) = 14,894 lots held, at about 1.8 KB each in fact.
+DEFAULT_STATUS_CACHE_MB = 40.0
+
+
 class ServiceSettings(BaseSettings):
     """What every service reads from LOTGATE_* variables."""
 
@@ -97,6 +107,12 @@ class ServiceSettings(BaseSettings):
     # and how long the database may take to answer SELECT 1.
     health_check_seconds: float = Field(default=3.0, gt=0)
     health_check_timeout_seconds: float = Field(default=2.0, gt=0)
+    # Lots: memory for the status cache (services.lots.read_model.StatusCache), in MB.
+    # It bounds the cache whatever the traffic: entries = budget / (ENTRY_BYTES 2,560 +
+    # FLOOR_BYTES 256), measured as resident memory; DEFAULT_STATUS_CACHE_MB explains the
+    # default. More lots than it holds are read from the database again (a batch of
+    # 1,000 misses is one query).
+    status_cache_mb: float = Field(default=DEFAULT_STATUS_CACHE_MB, gt=0)
     # FOR TESTS ONLY: a file holding a clock offset in seconds (shared.clock.FileClock),
     # so that end-to-end tests can move the services' time. Empty: the system clock.
     clock_file: str = ""

@@ -26,7 +26,8 @@ from shared.uow import UnitOfWork
 
 
 def build(infra: Infrastructure) -> ServiceParts:
-    cache = StatusCache()
+    # Bounded by LOTGATE_STATUS_CACHE_MB, not by how many lots are read.
+    cache = StatusCache.for_budget(infra.settings.status_cache_mb)
     # Every replica's status changes: keeps the cache coherent, feeds the watches.
     feed = ChangeFeed(infra.engine, cache, gate=infra.gate)
 
