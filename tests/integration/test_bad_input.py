@@ -88,9 +88,16 @@ class Service:
     async def row_counts(self) -> dict[str, int]:
         """Rows per table that a call writes (not those the relay and consumers keep)."""
         fed = FED_BY_EVENTS.get(self.running.name, set()) | PLUMBING
+        counts = {}
         async with self.running.infra.engine.connect() as conn:
-            return {t.name: (await conn.execute(select(func.count()).select_from(t))).scalar_one()
-                    for t in self.tables.metadata.sorted_tables if t.name not in fed}
+            for t in self.tables.metadata.sorted_tables:
+                if t.name in fed:
+                    continue
+                query = select(func.count()).select_from(t)
+                if t.name == "audit_trail":  # the test client enrolling its signer, once
+                    query = query.where(t.c.record_type != "signer")
+                counts[t.name] = (await conn.execute(query)).scalar_one()
+        return counts
 
 
 @pytest.fixture(scope="module")
