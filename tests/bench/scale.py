@@ -67,7 +67,7 @@ from services.lots.domain.rule import (
 from services.lots.records import tests_to_text
 from shared import migrations
 from shared.paging import encode_key
-from tests.bench.load import percentile, progress, vm_hwm_mb
+from tests.bench.load import machine_busy, percentile, progress, vm_hwm_mb
 from tests.support.databases import Databases
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -451,6 +451,7 @@ class Measured:
     replay_disagreements: int
     explained: int
     seconds: float
+    busy: float  # share of all cores busy just before the calls (1 s sample)
 
 
 async def _measure_calls(lg: Lotgate, total: int) -> tuple[dict[str, Timed], int, int]:
@@ -546,6 +547,8 @@ async def run_size(admin_url: str, population: Population, total: int,
         progress(f"  lots service: SERVING {startup:.2f} s after its start")
         pid = lots_process.pid
         assert pid is not None
+        busy = await machine_busy()
+        progress(f"  machine busy before the calls: {busy * 100:.0f}% of all cores")
         async with Lotgate.connect({n: stack.address(n) for n in SERVICES},
                                    stack.acting()) as lg:
             calls, disagreements, explained = await _measure_calls(lg, total)
@@ -566,7 +569,7 @@ async def run_size(admin_url: str, population: Population, total: int,
         with contextlib.suppress(Exception):
             await databases.drop_all()
     return Measured(total, loaded, startup, calls, peak, read, disagreements, explained,
-                    time.perf_counter() - started)
+                    time.perf_counter() - started, busy)
 
 
 # -- the table -------------------------------------------------------------------------
@@ -624,6 +627,9 @@ def render(small: Measured, large: Measured, facts: Sequence[str]) -> str:
         f"{large.replay_disagreements} of {large.explained} at {n}.",
         f"- Time per size (load, start, measure, drop): {s} {small.seconds:.0f} s, "
         f"{n} {large.seconds:.0f} s.",
+        f"- Machine busy just before the calls (1 s sample, all cores): {s} "
+        f"{small.busy * 100:.0f}%, {n} {large.busy * 100:.0f}%; the ratios mean something "
+        "only on an otherwise idle machine.",
     ]
     return "\n".join(lines) + "\n"
 
