@@ -11,7 +11,7 @@ PROTOS := $(wildcard protos/lotgate/*/v1/*.proto)
 
 .DEFAULT_GOAL := help
 .PHONY: help install lock lock-check floors run demo test test-unit test-integration test-e2e test-faults soak fuzz lint \
-        proto proto-check bench bench-history deploy-check mutation mutation-ci clean
+        proto proto-check bench bench-history bench-scale deploy-check mutation mutation-ci clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -138,6 +138,9 @@ bench: install ## benchmark on PostgreSQL (DATABASE_URL) or SQLite; prints the t
 
 bench-history: install ## only the auditor queries on 100,000 history rows; prints a table
 	$(BIN)/python -m tests.bench.history
+
+bench-scale: install ## lots service reads at 10k and SCALE_LOTS lots (1,000,000), PostgreSQL (DATABASE_URL)
+	$(BIN)/python -m tests.bench.scale
 
 deploy-check: ## validate both Kubernetes overlays (schemas, selectors, probes, references), the Dockerfile, compose
 	bash deploy/check.sh
