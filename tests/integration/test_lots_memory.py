@@ -1,12 +1,12 @@
 """The lots process's memory is bounded by LOTGATE_STATUS_CACHE_MB, not by how many
-distinct lots are read (issue 18: 200,000 distinct lots read took the process to 432-455
-MB with the cache bounded by entries only).
+distinct lots are read (with the cache bounded by entries only, 200,000 distinct lots read
+took the process to 432-455 MB).
 
 The lots service runs as its own process with a small cache budget; many times more lots
 than the cache holds are written straight into its database and each is read over gRPC.
 The process's peak resident memory (VmHWM) must stay within what it reached before the
 reads plus the budget and a margin: without the bound the reads below would add about
-about 1.8 KB per lot, 70 MB.
+1.8 KB per lot, 70 MB.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """ListLots answers a page from its page query alone: the page's rows carry each lot's
-status, so a cold status cache costs no query per lot (issue 18: 103 index scans for a
+status, so a cold status cache costs no query per lot (it took 103 index scans for a
 page of 100 before)."""
 
 from __future__ import annotations

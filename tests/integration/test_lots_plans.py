@@ -4,7 +4,7 @@ database plans them without their parameters' values.
 asyncpg prepares every statement, and PostgreSQL switches a prepared statement to its
 generic plan (planned for any parameter values) after five runs when that looks as cheap.
 A generic plan that scans the whole table is slow only at size (the due lots at a million
-rows: 941 ms; issue 18), so each query is issued here the way the service issues it, over
+rows: 941 ms), so each query is issued here the way the service issues it, over
 tens of thousands of lots, then PREPAREd and EXPLAINed with `plan_cache_mode =
 force_generic_plan`. On SQLite, whose plans never depend on parameter values, the same
 statements are checked with EXPLAIN QUERY PLAN.

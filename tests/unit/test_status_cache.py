@@ -1,5 +1,5 @@
 """The lots status cache is bounded by its memory budget (LOTGATE_STATUS_CACHE_MB), not
-by how many lots are read; eviction keeps the most recently used (issue 18)."""
+by how many lots are read; eviction keeps the most recently used."""
 
 from __future__ import annotations
 
