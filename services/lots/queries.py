@@ -7,7 +7,7 @@ the domain (the replay of a decision).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -29,7 +29,7 @@ from services.lots.decision_record import (
 from services.lots.domain.lot import Lot
 from services.lots.domain.replay import Replayed, replay, replay_difference
 from services.lots.domain.reviews import ReviewState
-from services.lots.domain.rule import LotStatus, ReleasePolicy
+from services.lots.domain.rule import LotStatus, ReleasePolicy, ResultFacts
 from services.lots.read_model import StatusCache, StatusEntry
 from services.lots.records import (
     DecisionRecord,
@@ -37,9 +37,10 @@ from services.lots.records import (
     Review,
     decision_from_row,
     lot_from_row,
+    result_from_row,
     review_from_row,
 )
-from services.lots.tables import decisions, lot_reviews, lots
+from services.lots.tables import decisions, lot_results, lot_reviews, lots
 from shared import esign
 from shared.errors import NotFound
 
@@ -129,12 +130,14 @@ async def list_lots(conn: AsyncConnection, *, status: LotStatus | None, after: s
 
 # -- decisions -------------------------------------------------------------------------
 
-def explain(record: DecisionRecord, previous: DecisionRecord | None) -> Explained:
+def explain(record: DecisionRecord, previous: DecisionRecord | None,
+            results: Mapping[str, ResultFacts] | None = None) -> Explained:
     """A decision record with its replay: the same `transition` as the live path, given
-    what the record stored, and the previous decision's status and conditions."""
+    what the record stored (the results it names: `results`, the lot's results by id, as
+    `results_of` reads them), and the previous decision's status and conditions."""
     problems: list[str] = []
     try:
-        stored: StoredInputs | None = inputs_from_json(record.lot_id, record.inputs)
+        stored: StoredInputs | None = inputs_from_json(record.lot_id, record.inputs, results)
     except ValueError as error:
         stored = None
         problems.append(f"inputs cannot be replayed: {error}")
@@ -168,7 +171,8 @@ async def explain_decision(conn: AsyncConnection, *, lot_id: str, version: int) 
     if not rows or (version and rows[-1].version != version):
         raise NotFound(f"lot {lot_id} has no decision {version}", field="version")
     previous = rows[0] if len(rows) == 2 else None
-    [explained] = await _with_signatures(conn, [explain(rows[-1], previous)])
+    results = await results_of(conn, lot_id=lot_id)
+    [explained] = await _with_signatures(conn, [explain(rows[-1], previous, results)])
     return explained
 
 
@@ -178,8 +182,9 @@ async def list_decisions(conn: AsyncConnection, *, lot_id: str) -> list[Explaine
     if not rows:
         raise NotFound(f"no lot {lot_id}", field="lot_id")
     by_version = {row.version: row for row in rows}
+    results = await results_of(conn, lot_id=lot_id)
     return await _with_signatures(
-        conn, [explain(row, by_version.get(row.version - 1)) for row in rows])
+        conn, [explain(row, by_version.get(row.version - 1), results) for row in rows])
 
 
 async def _with_signatures(conn: AsyncConnection,
@@ -276,6 +281,13 @@ async def decisions_of(conn: AsyncConnection, *, lot_id: str) -> list[DecisionRe
     """Every decision record of a lot, oldest first."""
     return [decision_from_row(r) for r in await conn.execute(
         select(decisions).where(decisions.c.lot_id == lot_id).order_by(decisions.c.version))]
+
+
+async def results_of(conn: AsyncConnection, *, lot_id: str) -> dict[str, ResultFacts]:
+    """The results of a lot by id, as lot_results holds them: what its decision records
+    name (decision_record.inputs_to_json)."""
+    return {r.result_id: result_from_row(r) for r in await conn.execute(
+        select(lot_results).where(lot_results.c.lot_id == lot_id))}
 
 
 async def decision_with_previous(conn: AsyncConnection, *, lot_id: str,

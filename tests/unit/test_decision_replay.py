@@ -4,8 +4,9 @@ inputs with the same pure rule, and agrees; a record that was tampered with does
 `LiveLot` takes decisions with the step the lots service's decision path takes
 (`transition`: the rule, the transition policy, the conditions kept from the previous
 decision when the policy overrides the rule, a record only when the status or the
-conditions change) and stores the inputs with `decision_record.inputs_to_json`. Replay
-reads the records back the way ExplainDecision and ListDecisions do.
+conditions change) and stores the inputs with `decision_record.inputs_to_json`, and keeps
+the lot's results as lot_results does (the latest state of each). Replay reads the records
+back the way ExplainDecision and ListDecisions do, with those results.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from datetime import datetime, timedelta
 from types import SimpleNamespace
-from typing import Any
 
 import pytest
 
@@ -52,10 +52,11 @@ SUSPENDED = QualificationFacts("SUSPENDED", NOW + timedelta(days=30), 4)
 IDT, PUR, STE = TestKind.IDENTITY, TestKind.PURITY, TestKind.STERILITY
 
 
-def explain(record: SimpleNamespace, previous: SimpleNamespace | None) -> pb.ExplainedDecision:
-    """A stored record explained as ExplainDecision answers it (queries.explain, then the
-    API's conversion)."""
-    e = queries.explain(_record(record), _record(previous) if previous else None)
+def explain(record: SimpleNamespace, previous: SimpleNamespace | None,
+            results: dict[str, ResultFacts]) -> pb.ExplainedDecision:
+    """A stored record explained as ExplainDecision answers it (queries.explain with the
+    lot's results, then the API's conversion)."""
+    e = queries.explain(_record(record), _record(previous) if previous else None, results)
     return convert.explained_to_proto(e.record, e.stored, e.replayed, e.problems)
 
 
@@ -76,6 +77,8 @@ class LiveLot:
         self.status: LotStatus | None = None
         self.unmet: tuple[Unmet, ...] = ()
         self.qa = QaFacts()
+        # The lot's results as lot_results holds them: each as last announced.
+        self.results: dict[str, ResultFacts] = {}
 
     def decide(self, qualification: QualificationFacts | None,
                results: Iterable[ResultFacts], now: datetime = NOW,
@@ -85,6 +88,7 @@ class LiveLot:
         action, recorded even when nothing changes. QA's release is dropped as the live
         path drops it (`keeps_qa_release`)."""
         results = tuple(results)
+        self.results.update((r.result_id, r) for r in results)
         qa = self.qa if qa is None else qa
         first = not self.records
         current = None if first else self.status
@@ -96,14 +100,14 @@ class LiveLot:
             lot_id=self.lot.lot_id, version=len(self.records) + 1,
             previous_status=current.value if current else None, status=step.status.value,
             unmet=unmet_to_json(step.unmet), inputs=inputs_to_json(inputs, step.rule),
-            cause=cause, decided_at=now)
+            cause=cause, decided_at=now, given=(inputs, step.rule))
         self.records.append(record)
         self.status, self.unmet = step.status, step.unmet
         self.qa = replace(qa, released=step.qa_released)
         return record
 
     def explained(self) -> list[pb.ExplainedDecision]:
-        return [explain(r, self.records[i - 1] if i else None)
+        return [explain(r, self.records[i - 1] if i else None, self.results)
                 for i, r in enumerate(self.records)]
 
     def statuses(self) -> list[str]:
@@ -313,7 +317,7 @@ def test_the_stored_inputs_hold_every_fact_the_rule_reads() -> None:
     live = released_then_supplier_lapse_then_invalidation()
     record = live.records[-1]
 
-    stored = inputs_from_json(record.lot_id, record.inputs)
+    stored = inputs_from_json(record.lot_id, record.inputs, live.results)
 
     assert stored.inputs.lot == LOT
     assert stored.inputs.qualification == SUSPENDED
@@ -334,16 +338,11 @@ def test_the_stored_inputs_hold_every_fact_the_rule_reads() -> None:
     assert shown.rule_status == pb.LOT_STATUS_QUARANTINE
 
 
-def _tampered(record: SimpleNamespace, change: Callable[[dict[str, Any]], None]
-              ) -> SimpleNamespace:
-    inputs = json.loads(record.inputs)
-    change(inputs)
-    return SimpleNamespace(**{**vars(record), "inputs": json.dumps(inputs)})
-
-
-def _flip_sterility(inputs: dict[str, Any]) -> None:
-    [sterility] = [r for r in inputs["results"] if r["test"] == "STERILITY"]
-    sterility["verdict"] = "FAIL"
+def _flip_sterility(results: dict[str, ResultFacts]) -> dict[str, ResultFacts]:
+    """The lot's results with its sterility result's verdict changed (as if its row in
+    lot_results were)."""
+    return {result_id: replace(r, verdict=Verdict.FAIL) if r.test is STE else r
+            for result_id, r in results.items()}
 
 
 @pytest.mark.req("DEC-002")
@@ -351,7 +350,7 @@ def test_a_flipped_verdict_makes_the_replay_disagree_and_says_what_differs() -> 
     live = oos_invalidated_and_retested()
     released = live.records[-1]
 
-    explained = explain(_tampered(released, _flip_sterility), live.records[-2])
+    explained = explain(released, live.records[-2], _flip_sterility(live.results))
 
     assert not explained.replay.agrees
     assert explained.replay.status == pb.LOT_STATUS_ON_HOLD
@@ -367,12 +366,12 @@ def test_a_changed_stored_status_makes_the_replay_disagree() -> None:
     rejected = live.records[-2]
     changed = SimpleNamespace(**{**vars(rejected), "status": "RELEASED"})
 
-    explained = explain(changed, live.records[-3])
+    explained = explain(changed, live.records[-3], live.results)
 
     assert not explained.replay.agrees
     assert "status: stored RELEASED, replayed REJECTED" in explained.replay.difference
     # The next decision does not follow from it either.
-    follower = explain(live.records[-1], changed).replay
+    follower = explain(live.records[-1], changed, live.results).replay
     assert not follower.agrees
     assert follower.difference == (f"previous_status: stored REJECTED, decision "
                                    f"{rejected.version} says RELEASED")
@@ -385,27 +384,34 @@ def test_a_changed_stored_status_makes_the_replay_disagree() -> None:
                                          "ICH Q7 7.30")])),
      "unmet IDENTITY_MISSING: stored [IDENTITY_MISSING: all fine"),
     ("the rule status", lambda r: setattr(r, "inputs", r.inputs.replace(
-        '"rule_status":"QUARANTINE"', '"rule_status":"RELEASED"')),
+        '"rs":"QUARANTINE"', '"rs":"RELEASED"')),
      "rule_status: stored RELEASED, replayed QUARANTINE"),
     ("the counted results", lambda r: setattr(r, "inputs", r.inputs.replace(
-        '"counted":["R-PURITY-2","R-STERILITY-3"]', '"counted":["R-PURITY-2"]')),
+        '"c":[0,1]', '"c":[0]')),
      "counted results: stored ['R-PURITY-2'], replayed ['R-PURITY-2', 'R-STERILITY-3']"),
     ("a lot fact", lambda r: setattr(r, "inputs", r.inputs.replace(
-        '"expiry_date":"2027-06-30"', '"expiry_date":"2026-01-01"')),
+        '"exp":"2027-06-30"', '"exp":"2026-01-01"')),
      "unmet codes: stored ['IDENTITY_MISSING'], replayed ['IDENTITY_MISSING', 'LOT_EXPIRED']"),
     ("a missing input", lambda r: setattr(r, "inputs", r.inputs.replace(
-        '"supplier_site_id":"SITE-1",', '')),
+        '"site":"SITE-1",', '')),
      "inputs cannot be replayed: supplier_site_id is not stored"),
+    ("a result it names", lambda r: setattr(r, "inputs", r.inputs.replace(
+        '"R-PURITY-2"', '"R-PURITY-9"')),
+     "inputs cannot be replayed: result R-PURITY-9 is not stored"),
+    ("a result's state then", lambda r: setattr(r, "inputs", r.inputs.replace(
+        '"R-PURITY-2"', '["R-PURITY-2","INVALIDATED",""]')),
+     "unmet codes: stored ['IDENTITY_MISSING'], replayed ['IDENTITY_MISSING', "
+     "'PURITY_RETEST_REQUIRED']"),
 ])
 def test_a_tampered_record_makes_the_replay_disagree_and_names_what(
         what: str, change: Callable[[SimpleNamespace], None], says: str) -> None:
     live = LiveLot()
     live.decide(QUALIFIED, [result(PUR, sequence=2), result(STE, sequence=3)])
     record = SimpleNamespace(**vars(live.records[0]))
-    assert explain(record, None).replay.agrees
+    assert explain(record, None, live.results).replay.agrees
 
     change(record)
-    explained = explain(record, None)
+    explained = explain(record, None, live.results)
 
     assert not explained.replay.agrees, what
     assert says in explained.replay.difference, explained.replay.difference
@@ -415,7 +421,7 @@ def test_a_tampered_record_makes_the_replay_disagree_and_names_what(
 def test_a_decision_whose_predecessor_is_missing_does_not_agree() -> None:
     live = a_gap_in_the_numbering()
 
-    explained = explain(live.records[1], None)
+    explained = explain(live.records[1], None, live.results)
 
     assert not explained.replay.agrees
     assert explained.replay.difference == "decision 1 is missing"
