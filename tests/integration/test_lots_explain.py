@@ -12,17 +12,19 @@ from typing import Any
 
 import grpc
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, update
 
 from lotgate.lots.v1 import lots_pb2 as pb
 from lotgate.results.v1 import results_pb2 as rpb
-from services.lots import convert, queries
+from services.lots import convert, queries, tables
+from services.lots.domain.rule import Decision
 from services.lots.read_model import StatusCache
 from shared.protoconv import from_timestamp, to_timestamp
 from tests.integration.test_lots import System, running_system
 from tests.support.grpc_errors import field_violations
 from tests.support.services import ref
 from tests.support.waiting import eventually
+from tests.unit.test_decision_inputs_format import first_format
 
 pytestmark = pytest.mark.integration
 
@@ -158,6 +160,32 @@ async def test_list_decisions_gives_every_decision_oldest_first_and_all_agree(
         e.decision.decided_at.ToDatetime() for e in every)
     for e in every:
         assert e.replay.agrees, (e.decision.version, e.replay.difference)
+
+
+@pytest.mark.req("DEC-001", "DEC-002")
+async def test_decisions_stored_in_the_first_format_explain_and_replay_as_they_did(
+        system: System) -> None:
+    lot = await oos_retested_lot(system, ref("MAT"))
+    by_reference = await decisions(system, lot["lot_id"])
+    # The same decisions as the first format stored them: every result's facts copied.
+    async with system.lots_service.infra.engine.begin() as conn:
+        for e in await queries.list_decisions(conn, lot_id=lot["lot_id"]):
+            stored = e.stored
+            by_id = {r.result_id: r for r in stored.inputs.results}
+            rule = Decision(stored.rule_status, (), tuple(by_id[c] for c in stored.counted),
+                            stored.required_tests)
+            await conn.execute(update(tables.decisions).where(
+                tables.decisions.c.lot_id == lot["lot_id"],
+                tables.decisions.c.version == e.record.version).values(
+                inputs=first_format(stored.inputs, rule)))
+        rows = await queries.decisions_of(conn, lot_id=lot["lot_id"])
+        assert all('"results":[' in r.inputs and '"v":' not in r.inputs for r in rows)
+
+    copied = await decisions(system, lot["lot_id"])
+
+    assert copied == by_reference
+    assert all(e.replay.agrees for e in copied)
+    assert await explain(system, lot["lot_id"]) == by_reference[-1]
 
 
 @pytest.mark.req("DEC-002", "REL-010")

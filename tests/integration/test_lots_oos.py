@@ -19,6 +19,8 @@ from sqlalchemy import select
 from lotgate.lots.v1 import lots_pb2 as pb
 from lotgate.results.v1 import events_pb2 as result_events
 from lotgate.results.v1 import results_pb2 as rpb
+from services.lots import queries
+from services.lots.domain.rule import LotStatus, ResultState, TestKind
 from services.lots.tables import decisions, lot_results
 from shared.runtime import RunningService
 from tests.integration.test_lots import SUBJECTS, TESTS, System, running_system
@@ -108,19 +110,28 @@ async def test_an_oos_result_holds_the_lot_its_invalidation_asks_for_a_retest_wh
     released = await system.wait_status(lot_id, pb.LOT_STATUS_RELEASED)
     assert list(released.unmet) == []
 
-    # Each step is on record with the state of every result it used.
+    # Each step is on record with the state of every result it used: the record names
+    # the results, with QA's state of each then, and their facts are the lot's results.
     records = await _decisions(system.lots_service, lot_id)
     assert [r.status for r in records][-3:] == ["ON_HOLD", "QUARANTINE", "RELEASED"]
-    inputs = json.loads(records[-1].inputs)
-    by_id = {r["result_id"]: r for r in inputs["results"]}
-    assert by_id[failure_id]["state"] == "INVALIDATED"
-    assert by_id[failure_id]["state_reason"] == "media contaminated in the lab"
-    assert by_id[retest.result.result_id]["retest_of"] == failure_id
-    assert by_id[retest.result.result_id]["required_tests"] == [
-        "IDENTITY", "PURITY", "STERILITY"]
-    assert failure_id not in inputs["counted"]
-    assert retest.result.result_id in inputs["counted"]
-    assert json.loads(records[-3].inputs)["rule_status"] == "ON_HOLD"
+    assert failure_id in json.loads(records[-3].inputs)["r"]  # VALID: named only
+    assert [failure_id, "INVALIDATED", "media contaminated in the lab"] in json.loads(
+        records[-1].inputs)["r"]
+    async with system.lots_service.infra.engine.connect() as conn:
+        history = await queries.list_decisions(conn, lot_id=lot_id)
+    inputs = history[-1].stored.inputs
+    by_id = {r.result_id: r for r in inputs.results}
+    assert by_id[failure_id].state is ResultState.INVALIDATED
+    assert by_id[failure_id].state_reason == "media contaminated in the lab"
+    assert by_id[retest.result.result_id].retest_of == failure_id
+    assert by_id[retest.result.result_id].required_tests == (
+        TestKind.IDENTITY, TestKind.PURITY, TestKind.STERILITY)
+    assert failure_id not in history[-1].stored.counted
+    assert retest.result.result_id in history[-1].stored.counted
+    assert history[-3].stored.rule_status is LotStatus.ON_HOLD
+    assert {r.result_id: r.state for r in history[-3].stored.inputs.results}[
+        failure_id] is ResultState.VALID
+    assert all(e.replayed and not e.problems for e in history)
 
 
 @pytest.mark.req("OOS-002", "REL-009")
