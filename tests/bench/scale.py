@@ -4,10 +4,11 @@ lots and at N lots (SCALE_LOTS, default 1,000,000), measured in one run, with th
 PostgreSQL only (DATABASE_URL). For each size a fresh database is migrated and filled
 with COPY (asyncpg's copy_records_to_table): the lots, their results and three decisions
 per lot. The decisions are made by the domain's own path (lifecycle.decide_lots, the
-same `transition` as the live service and its replay, stored with inputs_to_json) for
-a handful of lot shapes, once per shape and supplier key with placeholder ids and dates,
-and then copied for every lot with its own lot id, result ids, dates and expiry date, so
-that ExplainDecision's replay agrees with every stored decision (checked on every call).
+same `transition` as the live service and its replay, stored with inputs_to_json, which
+names the results a decision saw and reads their facts from lot_results) for a handful of
+lot shapes, once per shape and supplier key with placeholder ids and dates, and then
+copied for every lot with its own lot id, result ids, dates and expiry date, so that
+ExplainDecision's replay agrees with every stored decision (checked on every call).
 
 Then nats-server and the three services start on that database; the lots service is
 restarted to time its start (process start to SERVING), and each call runs 200 times,
@@ -16,7 +17,8 @@ GetReleaseStatuses of 1,000 random distinct lots, ListLots of a 100-lot page at 
 place in the id order, ExplainDecision of a random lot's latest decision. Then a
 warehouse-like read of up to 50,000 distinct lots (GetReleaseStatuses, 1,000 a call)
 before the lots process's peak memory (VmHWM) is read, and the size on disk of its
-tables (pg_total_relation_size) per lot. The table is printed and written to
+tables (pg_total_relation_size) per lot, and the decisions' inputs per decision
+(pg_column_size). The table is printed and written to
 bench-results/scale.md.
 """
 
@@ -36,6 +38,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import asyncpg
@@ -64,7 +67,7 @@ from services.lots.domain.rule import (
     TestKind,
     Verdict,
 )
-from services.lots.records import tests_to_text
+from services.lots.records import result_from_row, tests_to_text
 from shared import migrations
 from shared.paging import encode_key
 from tests.bench.load import machine_busy, percentile, progress, vm_hwm_mb
@@ -311,10 +314,14 @@ def check_replays(population: Population, total: int, sample: Sequence[int]) -> 
     checks it), and each next decision's previous status is the one before."""
     for i in sample:
         rows = make_rows(population, i, 1, total)
+        # The lot's results as lot_results holds them, which its decisions name.
+        results = {r.result_id: r for r in (
+            result_from_row(SimpleNamespace(**dict(zip(RESULT_COLUMNS, row, strict=True))))
+            for row in rows.results)}
         previous = None
         for row in rows.decisions:
             lid, version, previous_status, status, unmet, inputs = row[:6]
-            stored = inputs_from_json(lid, inputs)
+            stored = inputs_from_json(lid, inputs, results)
             prior_status = LotStatus(previous[3]) if previous else None
             prior_unmet = unmet_from_json(previous[4]) if previous else ()
             replayed = replay(stored.inputs, prior_status, prior_unmet)
@@ -342,6 +349,7 @@ class Loaded:
     copy_seconds: float
     vacuum_seconds: float
     bytes_by_table: dict[str, int]
+    inputs_bytes: float  # the decisions' inputs, per decision (pg_column_size)
 
     @property
     def bytes_per_lot(self) -> float:
@@ -400,13 +408,15 @@ async def load(url: str, population: Population, total: int) -> Loaded:
         vacuumed = time.perf_counter() - started
         sizes = {table: await conns[0].fetchval("SELECT pg_total_relation_size($1)", table)
                  for table in TABLES}
+        inputs_bytes = float(await conns[0].fetchval(
+            "SELECT avg(pg_column_size(inputs)) FROM decisions"))
         stored = await conns[0].fetchval("SELECT count(*) FROM lots")
         if stored != total:
             raise AssertionError(f"{stored} lots stored of {total}")
     finally:
         for conn in conns:
             await conn.close()
-    return Loaded(counts[0], counts[1], counts[2], copied, vacuumed, sizes)
+    return Loaded(counts[0], counts[1], counts[2], copied, vacuumed, sizes, inputs_bytes)
 
 
 # -- measuring -------------------------------------------------------------------------
@@ -532,7 +542,8 @@ async def run_size(admin_url: str, population: Population, total: int,
         loaded = await load(urls["lots"], population, total)
         progress(f"  {loaded.lots:,} lots, {loaded.results:,} results, {loaded.decisions:,} "
                  f"decisions copied in {loaded.copy_seconds:.0f} s; VACUUM ANALYZE "
-                 f"{loaded.vacuum_seconds:.0f} s; {loaded.bytes_per_lot:,.0f} bytes per lot")
+                 f"{loaded.vacuum_seconds:.0f} s; {loaded.bytes_per_lot:,.0f} bytes per lot, "
+                 f"{loaded.inputs_bytes:,.0f} bytes of inputs per decision")
         stack = Stack(workdir / f"stack-{total}", database_urls=urls,
                       ports={name: free_port() for name in SERVICES}, log_level="warning")
         await stack.start()
@@ -613,6 +624,10 @@ def render(small: Measured, large: Measured, facts: Sequence[str]) -> str:
     lines.append(f"| bytes on disk per lot ({', '.join(TABLES)}) | "
                  f"{small.loaded.bytes_per_lot:,.0f} | {large.loaded.bytes_per_lot:,.0f} | "
                  f"{_ratio(large.loaded.bytes_per_lot, small.loaded.bytes_per_lot):.2f}x "
+                 "| - | - |")
+    lines.append(f"| inputs per decision (pg_column_size), bytes | "
+                 f"{small.loaded.inputs_bytes:,.0f} | {large.loaded.inputs_bytes:,.0f} | "
+                 f"{_ratio(large.loaded.inputs_bytes, small.loaded.inputs_bytes):.2f}x "
                  "| - | - |")
     by_table = ", ".join(f"{table} {size / 1e6:,.0f} MB ({size / large.lots:,.0f} B/lot)"
                          for table, size in large.loaded.bytes_by_table.items())
