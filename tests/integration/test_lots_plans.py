@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from services.lots import queries, repository
 from services.lots.domain.reviews import ReviewState
 from services.lots.domain.rule import LotStatus
-from services.lots.tables import decisions, lot_reviews
+from services.lots.tables import decisions, lot_results, lot_reviews
 from shared import migrations
 from shared.db import make_engine
 from tests.support.databases import Databases
@@ -52,6 +52,13 @@ async def engine(databases: Databases) -> AsyncIterator[AsyncEngine]:
             {"lot_id": f"LOT-{i:06d}", "version": v, "previous_status": None,
              "status": "RELEASED", "unmet": "[]", "inputs": "{}", "cause": "test",
              "decided_at": opened} for i in range(LOTS) for v in (1, 2)])
+        await conn.execute(insert(lot_results), [
+            {"result_id": f"LOT-{i:06d}-R{n}", "lot_id": f"LOT-{i:06d}",
+             "material_code": f"MAT-{i % 300:03d}", "test": test, "verdict": "PASS",
+             "sequence": n, "spec_version": 1, "recorded_at": opened, "lot_result_number": n,
+             "state": "VALID", "state_reason": "", "retest_of": None,
+             "required_tests": "IDENTITY,PURITY,STERILITY"}
+            for i in range(LOTS) for n, test in enumerate(("IDENTITY", "PURITY"), start=1)])
         await conn.execute(insert(lot_reviews), [
             {"review_id": f"LOT-{i:06d}/1", "lot_id": f"LOT-{i:06d}",
              "supplier_id": f"SUP-{i % 50:02d}", "supplier_site_id": "MAIN",
@@ -188,3 +195,11 @@ async def test_the_decisions_of_a_lot_are_read_through_an_index(engine) -> None:
 
     plan = await generic_plan(engine, issue)
     assert_index_scan(plan, "decisions", "decisions_lot_id_version_key")
+
+
+async def test_the_results_a_lots_decisions_name_are_read_through_an_index(engine) -> None:
+    async def issue(conn: AsyncConnection) -> None:
+        assert len(await queries.results_of(conn, lot_id="LOT-000123")) == 2
+
+    plan = await generic_plan(engine, issue)
+    assert_index_scan(plan, "lot_results", "ix_lot_results_lot_id")
