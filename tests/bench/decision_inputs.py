@@ -19,7 +19,7 @@ from services.lots.decision_record import inputs_from_json, inputs_to_json
 from services.lots.domain.lifecycle import Decided, decide_lots
 from services.lots.domain.rule import ResultFacts
 from tests.bench import scale
-from tests.unit.test_decision_inputs_format import first_format
+from tests.support.first_format import first_format
 
 DECISIONS = 3000
 REPEATS = 15

@@ -21,10 +21,10 @@ from services.lots.domain.rule import Decision
 from services.lots.read_model import StatusCache
 from shared.protoconv import from_timestamp, to_timestamp
 from tests.integration.test_lots import System, running_system
+from tests.support.first_format import first_format
 from tests.support.grpc_errors import field_violations
 from tests.support.services import ref
 from tests.support.waiting import eventually
-from tests.unit.test_decision_inputs_format import first_format
 
 pytestmark = pytest.mark.integration
 

@@ -3,13 +3,12 @@
 A decision record names the results the rule saw (their ids, and QA's state of each at
 decision time) and reads their facts back from the lot's results; records written in the
 first format, which copied every result's facts, must still explain and replay exactly
-as they did. `first_format` is that format's writer as it was, kept here to make such
-records; FIRST_RECORD is one such record as it was stored.
+as they did. `first_format` (tests/support) is that format's writer as it was;
+FIRST_RECORD is one such record as it was stored.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from statistics import mean
 from types import SimpleNamespace
@@ -18,7 +17,8 @@ import pytest
 
 from lotgate.lots.v1 import lots_pb2 as pb
 from services.lots.decision_record import inputs_from_json
-from services.lots.domain import Decision, DecisionInputs, ResultState
+from services.lots.domain import ResultState
+from tests.support.first_format import first_format
 from tests.unit.test_decision_replay import (
     SCENARIOS,
     LiveLot,
@@ -26,38 +26,6 @@ from tests.unit.test_decision_replay import (
     oos_then_confirmation_then_more,
     released_then_supplier_lapse_then_invalidation,
 )
-
-
-def first_format(inputs: DecisionInputs, decision: Decision) -> str:
-    """The inputs as the first format wrote them: every result's facts copied."""
-    lot, qualification, qa = inputs.lot, inputs.qualification, inputs.qa
-    return json.dumps({
-        "now": inputs.now.isoformat(),
-        "expiry_date": lot.expiry_date.isoformat(),
-        "retest_date": lot.retest_date.isoformat() if lot.retest_date else None,
-        "release_policy": qa.policy.value,
-        "qa_released": qa.released,
-        "qa_hold_reason": qa.hold_reason,
-        "qa_rejection_reason": qa.rejection_reason,
-        "supplier_id": lot.supplier_id,
-        "supplier_site_id": lot.supplier_site_id,
-        "material_code": lot.material_code,
-        "qualification": None if qualification is None else {
-            "status": qualification.status, "version": qualification.version,
-            "valid_until": (qualification.valid_until.isoformat()
-                            if qualification.valid_until else None)},
-        "results": [{"result_id": r.result_id, "test": r.test.value,
-                     "verdict": r.verdict.value, "sequence": r.sequence,
-                     "number": r.number, "spec_version": r.spec_version,
-                     "state": r.state.value, "state_reason": r.state_reason,
-                     "retest_of": r.retest_of,
-                     "required_tests": [t.value for t in r.required_tests]}
-                    for r in sorted(inputs.results, key=lambda r: (r.sequence, r.result_id))],
-        "required_tests": [t.value for t in decision.required_tests],
-        "counted": [r.result_id for r in decision.used_results],
-        "rule_status": decision.status.value,
-    }, separators=(",", ":"))
-
 
 # The last decision of `released_then_supplier_lapse_then_invalidation`, as the first
 # format stored it.
