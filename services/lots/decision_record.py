@@ -169,7 +169,12 @@ def _position(n: Any, count: int) -> int:
 
 def _referenced(entry: str | list[str], known: Mapping[str, ResultFacts]) -> ResultFacts:
     """A result as the rule saw it: its facts from lot_results, with the state it had."""
-    result_id, state, reason = (entry, _VALID.value, "") if isinstance(entry, str) else entry
+    if isinstance(entry, str):
+        result_id, state, reason = entry, _VALID.value, ""
+    elif isinstance(entry, list) and len(entry) == 3:
+        result_id, state, reason = entry
+    else:
+        raise ValueError(f"malformed inputs: result {entry!r}")
     found = known.get(result_id)
     if found is None:
         raise ValueError(f"result {result_id} is not stored")

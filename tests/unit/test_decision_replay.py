@@ -402,6 +402,9 @@ def test_a_changed_stored_status_makes_the_replay_disagree() -> None:
         '"R-PURITY-2"', '["R-PURITY-2","INVALIDATED",""]')),
      "unmet codes: stored ['IDENTITY_MISSING'], replayed ['IDENTITY_MISSING', "
      "'PURITY_RETEST_REQUIRED']"),
+    ("a result's entry", lambda r: setattr(r, "inputs", r.inputs.replace(
+        '"R-PURITY-2"', '["R-PURITY-2"]')),
+     "inputs cannot be replayed: malformed inputs: result ['R-PURITY-2']"),
 ])
 def test_a_tampered_record_makes_the_replay_disagree_and_names_what(
         what: str, change: Callable[[SimpleNamespace], None], says: str) -> None:
