@@ -208,7 +208,7 @@ def _cpu_row(number: str, rows: str, outcome: phases.RecordOutcome,
     client, _ = cpu_ms_per_item(window.meter.seconds, applied, ("client",))
     late = outcome.last_decision - window.closed
     closed = (f"closed {-late:.2f} s after the last decision" if late <= 0 else
-              f"WARNING: closed {late:.2f} s before the last decision, the lots service's "
+              f"UNDERCOUNTED: closed {late:.2f} s before the last decision, the lots service's "
               "CPU is undercounted")
     return Row(
         number, f"CPU per result of {rows}: CPU seconds of the results, lots and suppliers "
