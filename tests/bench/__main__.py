@@ -207,7 +207,9 @@ def _cpu_row(number: str, rows: str, outcome: phases.RecordOutcome,
     total, each = cpu_ms_per_item(window.meter.seconds, applied)
     client, _ = cpu_ms_per_item(window.meter.seconds, applied, ("client",))
     late = outcome.last_decision - window.closed
-    closed = (f"closed {-late:.2f} s after the last decision" if late <= 0 else
+    closed = (f"closed {-late:.2f} s after the last decision, when the services were idle "
+              f"and a GetReleaseStatuses read found every lot applied (read "
+              f"{window.asked} time{'s' if window.asked != 1 else ''})" if late <= 0 else
               f"UNDERCOUNTED: closed {late:.2f} s before the last decision, the lots service's "
               "CPU is undercounted")
     return Row(

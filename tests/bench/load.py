@@ -364,19 +364,32 @@ def vm_hwm_mb(pid: int) -> float:
 class WriteWindow:
     """A CpuMeter over writes and what they cause: opened just before the first call, closed
     once the services went idle after the last one (every event consumed, every decision
-    made), before anything polls them."""
+    made), before anything polls them.
+
+    When `done()` is given, idle must also be done: it is asked once the services look
+    idle, and when it says no (a process starved by other work can look idle), the window
+    waits for the next idle spell and asks again."""
 
     def __init__(self, pids: dict[str, int]) -> None:
         self._pids = list(pids.values())
         self.meter = CpuMeter(pids)
         self.text = ""
         self.closed = 0.0  # time.time() when the window closed
+        self.asked = 0  # times done() was asked
 
     def open(self) -> WriteWindow:
         self.meter.start()
         return self
 
-    async def close(self) -> None:
-        await wait_idle(self._pids)
+    async def close(self, done: Callable[[], Awaitable[bool]] | None = None, *,
+                    within: float = 60.0) -> None:
+        deadline = time.perf_counter() + within
+        while True:
+            await wait_idle(self._pids, within=max(0.0, deadline - time.perf_counter()))
+            if done is None or time.perf_counter() >= deadline:
+                break
+            self.asked += 1
+            if await done():
+                break
         self.text = self.meter.stop()
         self.closed = time.time()

@@ -286,6 +286,40 @@ def result_stream(lots: Sequence[str], block: int = 64) -> list[tuple[str, str]]
     return order
 
 
+PostedHook = Callable[[Callable[[], Awaitable[bool]]], Awaitable[None]]
+
+
+def expected_states(accepted: dict[str, set[str]], failed_lots: set[str]
+                    ) -> dict[str, Callable[[lots_pb2.ReleaseStatus], bool]]:
+    """Each lot's state once its accepted results are applied: RELEASED with all three,
+    else waiting for the rest. A lot with a failed post is left out: that result may or
+    may not be stored."""
+    checks: dict[str, Callable[[lots_pb2.ReleaseStatus], bool]] = {}
+    for lot, tests in accepted.items():
+        if lot in failed_lots:
+            continue
+        rest = [t for t in TESTS if t not in tests]
+        checks[lot] = released if not rest else missing(*rest)
+    return checks
+
+
+async def all_in_state(stub: lots_pb2_grpc.LotServiceStub,
+                       checks: dict[str, Callable[[lots_pb2.ReleaseStatus], bool]]) -> bool:
+    """Whether every lot passes its check now: one GetReleaseStatuses per 1,000 lots."""
+    lots = list(checks)
+    for start in range(0, len(lots), 1000):
+        chunk = lots[start:start + 1000]
+        try:
+            reply = await stub.GetReleaseStatuses(
+                lots_pb2.GetReleaseStatusesRequest(lot_ids=chunk), timeout=READ_TIMEOUT * 5)
+        except Exception:
+            return False
+        if not all(checks[lot](status)
+                   for lot, status in zip(chunk, reply.statuses, strict=True)):
+            return False
+    return True
+
+
 @dataclass
 class RecordOutcome:
     concurrency: int
@@ -314,13 +348,13 @@ class RecordOutcome:
 
 async def record_sustained(lg: Lotgate, fixture: Fixture, lots: Sequence[str], *,
                            concurrency: int, seconds: float, seed: int,
-                           settle_within: float = 60.0,
-                           posted_hook: Callable[[], Awaitable[None]] | None = None
+                           settle_within: float = 60.0, posted_hook: PostedHook | None = None
                            ) -> RecordOutcome:
     """Post passing results back to back, then wait until the lots service applied them.
 
-    `posted_hook` is awaited after the last post, before any poll (to close a CPU window
-    on the posting and the applying alone)."""
+    `posted_hook(applied)` is awaited after the last post, before any poll (to close a CPU
+    window on the posting and the applying alone); `applied()` tells, with one batch read
+    per 1,000 lots, whether every accepted result has been applied."""
     rng = random.Random(seed)
     order = result_stream(lots)
     requests = [result_request(fixture, lot, test, rng) for lot, test in order]
@@ -344,7 +378,7 @@ async def record_sustained(lg: Lotgate, fixture: Fixture, lots: Sequence[str], *
         progress("  (every prepared result was posted before the time was up: "
                  "more lots would measure longer)")
     if posted_hook is not None:
-        await posted_hook()
+        await posted_hook(lambda: all_in_state(lg.lots, expected_states(accepted, failed_lots)))
     return await settle(lg, concurrency, posted, accepted, failed_lots, wall_start,
                         within=settle_within)
 
@@ -353,13 +387,7 @@ async def settle(lg: Lotgate, concurrency: int, posted: Samples, accepted: dict[
                  failed_lots: set[str], wall_start: float, *, within: float) -> RecordOutcome:
     """Wait until the lots service applied every accepted result: each lot with all three
     RELEASED, the others waiting for the rest."""
-    # A lot with a failed post is not checked: that result may or may not be stored.
-    checks: dict[str, Callable[[lots_pb2.ReleaseStatus], bool]] = {}
-    for lot, tests in accepted.items():
-        if lot in failed_lots:
-            continue
-        rest = [t for t in TESTS if t not in tests]
-        checks[lot] = released if not rest else missing(*rest)
+    checks = expected_states(accepted, failed_lots)
     progress(f"  waiting until the lots service has applied "
              f"{sum(len(tests) for tests in accepted.values())} results "
              f"({sum(1 for c in checks.values() if c is released)} lots to be released)")
@@ -398,8 +426,7 @@ def plates(lots: Sequence[str], per_plate: int) -> list[list[tuple[str, str]]]:
 async def record_batches(lg: Lotgate, fixture: Fixture, lots: Sequence[str],
                          instruments: Sequence[str], *, per_plate: int, concurrency: int,
                          seconds: float, seed: int, settle_within: float = 60.0,
-                         posted_hook: Callable[[], Awaitable[None]] | None = None
-                         ) -> RecordOutcome:
+                         posted_hook: PostedHook | None = None) -> RecordOutcome:
     """RecordResults of one plate (every test of `per_plate` lots, passing) per call, back to
     back; then wait until the lots service applied them (as record_sustained)."""
     rng = random.Random(seed)
@@ -430,7 +457,7 @@ async def record_batches(lg: Lotgate, fixture: Fixture, lots: Sequence[str],
         progress("  (every prepared plate was posted before the time was up: "
                  "more lots would measure longer)")
     if posted_hook is not None:
-        await posted_hook()
+        await posted_hook(lambda: all_in_state(lg.lots, expected_states(accepted, failed_lots)))
     return await settle(lg, concurrency, posted, accepted, failed_lots, wall_start,
                         within=settle_within)
 

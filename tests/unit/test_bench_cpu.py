@@ -1,9 +1,11 @@
 """The benchmark's CPU per result: the services' CPU seconds over a window / results."""
 
+import asyncio
 import math
 
-from tests.bench.load import SERVICE_SIDE, cpu_ms_per_item, cpu_ms_text
-from tests.bench.phases import Fixture, plates
+from lotgate.lots.v1 import lots_pb2
+from tests.bench.load import SERVICE_SIDE, WriteWindow, cpu_ms_per_item, cpu_ms_text
+from tests.bench.phases import Fixture, expected_states, plates
 
 
 def test_cpu_per_result_sums_the_services_and_leaves_out_the_driver_and_the_rest():
@@ -46,3 +48,31 @@ def test_lots_of_one_pair_share_one_supplier_and_material_while_the_others_take_
     one = fixture.new_lots(5, pair=0)
     assert {fixture.lots[lot] for lot in one} == {fixture.pair(0)}
     assert not set(one) & set(mixed)
+
+
+def test_a_lot_is_expected_released_with_all_three_results_else_waiting_for_the_rest():
+    checks = expected_states({"A": {"IDENTITY", "PURITY", "STERILITY"}, "B": {"IDENTITY"},
+                              "C": {"PURITY"}}, failed_lots={"C"})
+    assert set(checks) == {"A", "B"}  # C's failed post may or may not be stored
+    released_ = lots_pb2.ReleaseStatus(status=lots_pb2.LOT_STATUS_RELEASED)
+    waiting = lots_pb2.ReleaseStatus(status=lots_pb2.LOT_STATUS_QUARANTINE, unmet=[
+        lots_pb2.UnmetCondition(code="PURITY_MISSING"),
+        lots_pb2.UnmetCondition(code="STERILITY_MISSING")])
+    assert checks["A"](released_) and not checks["A"](waiting)
+    assert checks["B"](waiting) and not checks["B"](released_)
+
+
+def test_the_write_window_stays_open_until_the_work_is_done_not_only_idle():
+    answers = iter([False, False, True])
+
+    async def done() -> bool:
+        return next(answers)
+
+    async def run() -> WriteWindow:
+        window = WriteWindow({}).open()  # no process to watch: idle at once
+        await window.close(done)
+        return window
+
+    window = asyncio.run(run())
+    assert window.asked == 3
+    assert window.closed > 0 and window.text.startswith(("CPU", "WARNING"))
