@@ -501,7 +501,9 @@ class Bench:
         with client_gc_paused():
             window = WriteWindow(self.pids).open()
             received, got = await phases.receive_lots(lg, self.fixture, lots, concurrency=c)
-            await window.close()
+            # Done when the results service has heard of the last lots received (it
+            # consumes the receipts in about their order).
+            await window.close(lambda: phases.known_to_results(lg, got[-c:]))
         progress(f"   {received.summary()}")
         progress(f"   {window.text}")
         total, each = cpu_ms_per_item(window.meter.seconds, len(got))
@@ -517,8 +519,10 @@ class Bench:
             f">= {RECEIVE_RATE:g} lots/s", received.rate >= RECEIVE_RATE,
             f"{received.count:,} lots received, {received.error_text()}; CPU per lot: the "
             "CPU seconds of the results, lots and suppliers services, nats-server and "
-            "PostgreSQL together, from the first call until they were idle (the results "
-            f"service had heard of the lots), / lots received; client {client:.2f} ms per "
+            "PostgreSQL together, from the first call until they were idle and the results "
+            f"service had heard of the last {c} lots received (asked {window.asked} "
+            f"time{'s' if window.asked != 1 else ''}), / lots received; client "
+            f"{client:.2f} ms per "
             f"lot (not counted); {len(unknown)} lots never reached the results service; "
             f"{window.text}", received.failures)
         return row, [lot for lot in lots if lot in received_set and lot not in unknown]

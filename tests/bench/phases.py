@@ -126,6 +126,15 @@ async def wait_known_to_results(lg: Lotgate, lots: Sequence[str], *, within: flo
     return pending
 
 
+async def known_to_results(lg: Lotgate, lots: Sequence[str]) -> bool:
+    """Whether the results service has heard of every one of `lots` now (one read each)."""
+    replies = await asyncio.gather(*(
+        lg.results.ListLotResults(results_pb2.ListLotResultsRequest(lot_id=lot),
+                                  timeout=READ_TIMEOUT) for lot in lots),
+        return_exceptions=True)
+    return not any(isinstance(r, BaseException) for r in replies)
+
+
 async def await_states(stub: lots_pb2_grpc.LotServiceStub,
                        checks: dict[str, Callable[[lots_pb2.ReleaseStatus], bool]], *,
                        within: float, window: int = 64
