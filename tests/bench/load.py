@@ -22,6 +22,9 @@ import grpc
 _T0 = time.perf_counter()
 # CPU of processes not part of the benchmark (in cores) above which a phase is suspect.
 FOREIGN_LIMIT = 0.10
+# The processes that serve a write, whose CPU per result or per lot is the write path's
+# cost: everything but the driver ("client"), other work ("foreign") and "kernel".
+SERVICE_SIDE = ("results", "lots", "suppliers", "nats", "postgres")
 
 
 def progress(message: str) -> None:
@@ -263,7 +266,9 @@ class CpuMeter:
         self._start: dict[int, tuple[str, float]] = {}
         self._machine: tuple[float, float, float] = (0.0, 0.0, 0.0)
         self._wall = 0.0
-        self.shares: dict[str, float] = {}
+        self.shares: dict[str, float] = {}  # of a core, over the window
+        self.seconds: dict[str, float] = {}  # CPU seconds, over the window
+        self.wall = 0.0  # the window's length in seconds
 
     def start(self) -> CpuMeter:
         self._start = _all_processes()
@@ -295,6 +300,8 @@ class CpuMeter:
             shares[key] += max(used, 0.0) / wall
         shares["kernel"] += max(0.0, (machine - stolen) * cores - sum(shares.values()))
         self.shares = shares
+        self.seconds = {name: share * wall for name, share in shares.items()}
+        self.wall = wall
         parts = [f"{name} {share * 100:.0f}%" for name, share in shares.items()
                  if share >= 0.005 or name in ("client", "foreign")]
         text = (f"CPU {', '.join(parts)} of a core; machine {machine * 100:.0f}% of {cores}"
@@ -305,6 +312,46 @@ class CpuMeter:
         return text
 
 
+def cpu_ms_per_item(seconds: dict[str, float], items: int,
+                    processes: tuple[str, ...] = SERVICE_SIDE
+                    ) -> tuple[float, dict[str, float]]:
+    """CPU milliseconds per item of `processes` together, and of each of them (largest
+    first), from CPU seconds per process over a window in which `items` were done; nan
+    when no item was done."""
+    if items <= 0:
+        return math.nan, {name: math.nan for name in processes}
+    each = {name: seconds.get(name, 0.0) * 1000 / items for name in processes}
+    each = dict(sorted(each.items(), key=lambda kv: (-kv[1], kv[0])))
+    return sum(each.values()), each
+
+
+def cpu_ms_text(each: dict[str, float]) -> str:
+    """'results 4.5, lots 1.9, postgres 1.6, nats 0.4, suppliers 0.0'."""
+    return ", ".join(f"{name} {ms:.1f}" for name, ms in each.items())
+
+
+async def wait_idle(pids: list[int], *, below: float = 0.10, quiet: float = 0.25,
+                    within: float = 60.0) -> float:
+    """Wait until `pids` together use under `below` of a core for `quiet` seconds (at
+    most `within` s): the work they were given is done. The seconds waited."""
+    def used() -> float:
+        total = 0.0
+        for pid in pids:
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                total += _proc_stat(pid)[1]
+        return total
+
+    started = time.perf_counter()
+    before = used()
+    while time.perf_counter() - started < within:
+        await asyncio.sleep(quiet)
+        now = used()
+        if now - before < below * quiet:
+            break
+        before = now
+    return time.perf_counter() - started
+
+
 def vm_hwm_mb(pid: int) -> float:
     """Peak resident set size (VmHWM) of a live process, in MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -312,3 +359,37 @@ def vm_hwm_mb(pid: int) -> float:
             return int(line.split()[1]) / 1024
     raise ValueError(f"no VmHWM for pid {pid}")
 
+
+
+class WriteWindow:
+    """A CpuMeter over writes and what they cause: opened just before the first call, closed
+    once the services went idle after the last one (every event consumed, every decision
+    made), before anything polls them.
+
+    When `done()` is given, idle must also be done: it is asked once the services look
+    idle, and when it says no (a process starved by other work can look idle), the window
+    waits for the next idle spell and asks again."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self._pids = list(pids.values())
+        self.meter = CpuMeter(pids)
+        self.text = ""
+        self.closed = 0.0  # time.time() when the window closed
+        self.asked = 0  # times done() was asked
+
+    def open(self) -> WriteWindow:
+        self.meter.start()
+        return self
+
+    async def close(self, done: Callable[[], Awaitable[bool]] | None = None, *,
+                    within: float = 60.0) -> None:
+        deadline = time.perf_counter() + within
+        while True:
+            await wait_idle(self._pids, within=max(0.0, deadline - time.perf_counter()))
+            if done is None or time.perf_counter() >= deadline:
+                break
+            self.asked += 1
+            if await done():
+                break
+        self.text = self.meter.stop()
+        self.closed = time.time()

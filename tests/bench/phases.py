@@ -11,7 +11,7 @@ import contextlib
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
@@ -38,11 +38,12 @@ class Fixture:
     def pair(self, i: int) -> tuple[str, str]:
         return f"BENCH-SUP-{self.run}-{i}", f"BENCH-MAT-{self.run}-{i}"
 
-    def new_lots(self, n: int) -> list[str]:
+    def new_lots(self, n: int, *, pair: int | None = None) -> list[str]:
+        """`n` new lot names, of the pairs in turn, or all of `pair` when given."""
         made = []
         for _ in range(n):
             lot = f"LOT-{self.run}-{self._next_lot:05d}"
-            self.lots[lot] = self.pair(self._next_lot % self.pairs)
+            self.lots[lot] = self.pair(self._next_lot % self.pairs if pair is None else pair)
             self._next_lot += 1
             made.append(lot)
         return made
@@ -123,6 +124,15 @@ async def wait_known_to_results(lg: Lotgate, lots: Sequence[str], *, within: flo
             await asyncio.sleep(0.1)
         pending = still
     return pending
+
+
+async def known_to_results(lg: Lotgate, lots: Sequence[str]) -> bool:
+    """Whether the results service has heard of every one of `lots` now (one read each)."""
+    replies = await asyncio.gather(*(
+        lg.results.ListLotResults(results_pb2.ListLotResultsRequest(lot_id=lot),
+                                  timeout=READ_TIMEOUT) for lot in lots),
+        return_exceptions=True)
+    return not any(isinstance(r, BaseException) for r in replies)
 
 
 async def await_states(stub: lots_pb2_grpc.LotServiceStub,
@@ -285,6 +295,40 @@ def result_stream(lots: Sequence[str], block: int = 64) -> list[tuple[str, str]]
     return order
 
 
+PostedHook = Callable[[Callable[[], Awaitable[bool]]], Awaitable[None]]
+
+
+def expected_states(accepted: dict[str, set[str]], failed_lots: set[str]
+                    ) -> dict[str, Callable[[lots_pb2.ReleaseStatus], bool]]:
+    """Each lot's state once its accepted results are applied: RELEASED with all three,
+    else waiting for the rest. A lot with a failed post is left out: that result may or
+    may not be stored."""
+    checks: dict[str, Callable[[lots_pb2.ReleaseStatus], bool]] = {}
+    for lot, tests in accepted.items():
+        if lot in failed_lots:
+            continue
+        rest = [t for t in TESTS if t not in tests]
+        checks[lot] = released if not rest else missing(*rest)
+    return checks
+
+
+async def all_in_state(stub: lots_pb2_grpc.LotServiceStub,
+                       checks: dict[str, Callable[[lots_pb2.ReleaseStatus], bool]]) -> bool:
+    """Whether every lot passes its check now: one GetReleaseStatuses per 1,000 lots."""
+    lots = list(checks)
+    for start in range(0, len(lots), 1000):
+        chunk = lots[start:start + 1000]
+        try:
+            reply = await stub.GetReleaseStatuses(
+                lots_pb2.GetReleaseStatusesRequest(lot_ids=chunk), timeout=READ_TIMEOUT * 5)
+        except Exception:
+            return False
+        if not all(checks[lot](status)
+                   for lot, status in zip(chunk, reply.statuses, strict=True)):
+            return False
+    return True
+
+
 @dataclass
 class RecordOutcome:
     concurrency: int
@@ -295,6 +339,8 @@ class RecordOutcome:
     observed_seconds: float  # from the first post until polling saw every lot settled
     unsettled: list[str]
     poll_errors: Counter[str]
+    wall_start: float = 0.0  # time.time() of the first post
+    last_decision: float = 0.0  # time.time() of the last decision (the lots service's clock)
 
     @property
     def accepted_results(self) -> int:
@@ -311,8 +357,13 @@ class RecordOutcome:
 
 async def record_sustained(lg: Lotgate, fixture: Fixture, lots: Sequence[str], *,
                            concurrency: int, seconds: float, seed: int,
-                           settle_within: float = 60.0) -> RecordOutcome:
-    """Post passing results back to back, then wait until the lots service applied them."""
+                           settle_within: float = 60.0, posted_hook: PostedHook | None = None
+                           ) -> RecordOutcome:
+    """Post passing results back to back, then wait until the lots service applied them.
+
+    `posted_hook(applied)` is awaited after the last post, before any poll (to close a CPU
+    window on the posting and the applying alone); `applied()` tells, with one batch read
+    per 1,000 lots, whether every accepted result has been applied."""
     rng = random.Random(seed)
     order = result_stream(lots)
     requests = [result_request(fixture, lot, test, rng) for lot, test in order]
@@ -335,23 +386,95 @@ async def record_sustained(lg: Lotgate, fixture: Fixture, lots: Sequence[str], *
     if posted.count == len(requests):
         progress("  (every prepared result was posted before the time was up: "
                  "more lots would measure longer)")
-    # A lot with a failed post is not checked: that result may or may not be stored.
-    checks: dict[str, Callable[[lots_pb2.ReleaseStatus], bool]] = {}
-    for lot, tests in accepted.items():
-        if lot in failed_lots:
-            continue
-        rest = [t for t in TESTS if t not in tests]
-        checks[lot] = released if not rest else missing(*rest)
-    progress(f"  waiting until the lots service has applied {posted.count} results "
+    if posted_hook is not None:
+        await posted_hook(lambda: all_in_state(lg.lots, expected_states(accepted, failed_lots)))
+    return await settle(lg, concurrency, posted, accepted, failed_lots, wall_start,
+                        within=settle_within)
+
+
+async def settle(lg: Lotgate, concurrency: int, posted: Samples, accepted: dict[str, set[str]],
+                 failed_lots: set[str], wall_start: float, *, within: float) -> RecordOutcome:
+    """Wait until the lots service applied every accepted result: each lot with all three
+    RELEASED, the others waiting for the rest."""
+    checks = expected_states(accepted, failed_lots)
+    progress(f"  waiting until the lots service has applied "
+             f"{sum(len(tests) for tests in accepted.values())} results "
              f"({sum(1 for c in checks.values() if c is released)} lots to be released)")
-    done, pending, poll_errors = await await_states(lg.lots, checks, within=settle_within)
+    done, pending, poll_errors = await await_states(lg.lots, checks, within=within)
     observed = time.time() - wall_start
     last_decision = max((s.decided_at.ToNanoseconds() / 1e9 for s in done.values()),
                         default=wall_start)
     return RecordOutcome(concurrency, posted, accepted, failed_lots,
                          applied_seconds=max(last_decision - wall_start, posted.elapsed),
                          observed_seconds=observed, unsettled=pending,
-                         poll_errors=poll_errors)
+                         poll_errors=poll_errors, wall_start=wall_start,
+                         last_decision=last_decision)
+
+
+# Row 4d: RecordResults, a plate at a time ------------------------------------------------
+
+PLATE_INSTRUMENTS = 4
+
+
+async def register_plate_readers(lg: Lotgate) -> list[str]:
+    """The instruments that post whole plates (one instrument per RecordResults call)."""
+    names = [f"PLATE-{n:02d}" for n in range(1, PLATE_INSTRUMENTS + 1)]
+    for name in names:
+        await lg.register_instrument(name, type="Plate reader", by="qa.bench")
+    return names
+
+
+def plates(lots: Sequence[str], per_plate: int) -> list[list[tuple[str, str]]]:
+    """(lot, test) of `per_plate` lots with their three tests each, plate after plate: a
+    plate completes its lots; a last, short plate is left out."""
+    whole = len(lots) - len(lots) % per_plate
+    return [[(lot, test) for lot in lots[start:start + per_plate] for test in TESTS]
+            for start in range(0, whole, per_plate)]
+
+
+async def record_batches(lg: Lotgate, fixture: Fixture, lots: Sequence[str],
+                         instruments: Sequence[str], *, per_plate: int, concurrency: int,
+                         seconds: float, seed: int, settle_within: float = 60.0,
+                         posted_hook: PostedHook | None = None) -> RecordOutcome:
+    """RecordResults of one plate (every test of `per_plate` lots, passing) per call, back to
+    back; then wait until the lots service applied them (as record_sustained)."""
+    rng = random.Random(seed)
+    order = plates(lots, per_plate)
+    requests = [results_pb2.RecordResultsRequest(results=[
+        _from(result_request(fixture, lot, test, rng), instruments[i % len(instruments)])
+        for lot, test in plate]) for i, plate in enumerate(order)]
+    accepted: dict[str, set[str]] = {}
+    failed_lots: set[str] = set()
+
+    async def call(i: int) -> None:
+        try:
+            reply = await lg.results.RecordResults(requests[i], timeout=WRITE_TIMEOUT * 4)
+        except Exception:
+            failed_lots.update(lot for lot, _ in order[i])
+            raise
+        if len(reply.results) != len(order[i]):
+            failed_lots.update(lot for lot, _ in order[i])
+            raise ValueError("results missing from the answer")
+        for lot, test in order[i]:
+            accepted.setdefault(lot, set()).add(test)
+
+    wall_start = time.time()
+    posted = await closed_loop(call, concurrency=concurrency, seconds=seconds,
+                               max_calls=len(requests))
+    progress(f"  posted at c={concurrency}: {posted.summary()}")
+    if posted.count == len(requests):
+        progress("  (every prepared plate was posted before the time was up: "
+                 "more lots would measure longer)")
+    if posted_hook is not None:
+        await posted_hook(lambda: all_in_state(lg.lots, expected_states(accepted, failed_lots)))
+    return await settle(lg, concurrency, posted, accepted, failed_lots, wall_start,
+                        within=settle_within)
+
+
+def _from(request: results_pb2.RecordResultRequest, instrument: str
+          ) -> results_pb2.RecordResultRequest:
+    request.instrument_id = instrument
+    return request
 
 
 # Row 5: result -> RELEASED ----------------------------------------------------------------
