@@ -28,12 +28,12 @@ Tamper evidence, in the modules beside this one (this one holds the recording ho
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import MetaData, Table, and_, select
+from sqlalchemy import MetaData, Table, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.audit_chain import append, canonical
@@ -154,30 +154,85 @@ async def last_values(conn: AsyncConnection, metadata: MetaData, record_type: st
         .order_by(trail.c.sequence.desc()).limit(1))).scalar()
 
 
-async def _current_row(conn: AsyncConnection, spec: Audited, key: Sequence[Any]) -> Any:
-    condition = and_(*(spec.table.c[col] == value for col, value in zip(spec.key, key,
-                                                                         strict=True)))
-    return (await conn.execute(select(spec.table).where(condition))).first()
+# Keys per statement when a flush reads many records: well under the parameter limits of
+# both databases, even for the three-column keys.
+_CHUNK = 500
+
+
+def _chunks(items: list[Any]) -> Iterator[list[Any]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start:start + _CHUNK]
+
+
+async def _last_values_of(conn: AsyncConnection, metadata: MetaData, record_type: str,
+                          record_ids: list[str]) -> dict[str, str]:
+    """The new values of the last entry of each record of `record_ids` that has one, by
+    record id: one statement per chunk, each record's last sequence from the
+    (record_type, record_id, sequence) index, its entry by the primary key."""
+    trail = metadata.tables[AUDIT_TRAIL]
+    found: dict[str, str] = {}
+    for chunk in _chunks(record_ids):
+        last = (select(trail.c.record_id, func.max(trail.c.sequence).label("sequence"))
+                .where(trail.c.record_type == record_type, trail.c.record_id.in_(chunk))
+                .group_by(trail.c.record_id).subquery())
+        query = (select(trail.c.record_id, trail.c.new_values)
+                 .join_from(trail, last, trail.c.sequence == last.c.sequence))
+        found.update((row.record_id, row.new_values) for row in await conn.execute(query))
+    return found
+
+
+async def _current_rows(conn: AsyncConnection, spec: Audited,
+                        keys: list[tuple[Any, ...]]) -> dict[str, Any]:
+    """The rows of the records with `keys` that exist, by record id: one statement per
+    chunk (a row's record id is the one its key gives, as `verify` relies on too)."""
+    columns = [spec.table.c[col] for col in spec.key]
+    found: dict[str, Any] = {}
+    for chunk in _chunks(keys):
+        condition = (columns[0].in_([key[0] for key in chunk]) if len(columns) == 1
+                     else tuple_(*columns).in_(chunk))
+        for row in await conn.execute(select(spec.table).where(condition)):
+            found[spec.record_id([row._mapping[col] for col in spec.key])] = row
+    return found
 
 
 async def flush(conn: AsyncConnection, metadata: MetaData, pending: Sequence[Pending],
                 now: datetime) -> int:
-    """Append the entries of `pending` to the chain; returns how many were written. A
-    record whose row is as its last entry left it (nothing changed) gets no entry."""
+    """Append the entries of `pending` to the chain, in the order they were noted; returns
+    how many were written. A record whose row is as its last entry left it (nothing
+    changed) gets no entry, nor does one created and gone in the same unit of work.
+
+    The statements do not grow with the number of records (up to `_CHUNK` of a type): per
+    record type one for the rows and one for the last entries, then the append. The old
+    values are the records' last entries as committed before this unit of work."""
     if not pending:
         return 0
     registry = audited(metadata)
+    ids = ["/".join(str(k) for k in p.key) for p in pending]
+    # The records to read from their rows, per type, in the order first noted.
+    keys: dict[str, dict[str, tuple[Any, ...]]] = {}
+    for p, record_id in zip(pending, ids, strict=True):
+        if p.values is None:
+            keys.setdefault(p.record_type, {}).setdefault(record_id, p.key)
+    current: dict[tuple[str, str], str] = {}
+    for record_type, records in keys.items():
+        spec = registry[record_type]
+        found = await _current_rows(conn, spec, list(records.values()))
+        current.update(((record_type, record_id), row_values(spec, row))
+                       for record_id, row in found.items() if record_id in records)
+    # Each entry's new values: given, or its record's row (none: created and gone).
+    news = [p.values if p.values is not None else current.get((p.record_type, record_id))
+            for p, record_id in zip(pending, ids, strict=True)]
+    wanted: dict[str, dict[str, None]] = {}
+    for p, record_id, new in zip(pending, ids, news, strict=True):
+        if new is not None:
+            wanted.setdefault(p.record_type, {})[record_id] = None
+    last = {record_type: await _last_values_of(conn, metadata, record_type, list(records))
+            for record_type, records in wanted.items()}
     rows: list[dict[str, Any]] = []
-    for p in pending:
-        if p.values is not None:
-            record_id, new = "/".join(str(k) for k in p.key), p.values
-        else:
-            spec = registry[p.record_type]
-            row = await _current_row(conn, spec, p.key)
-            if row is None:
-                continue  # created and gone in the same unit of work: nothing to record
-            record_id, new = spec.record_id(p.key), row_values(spec, row)
-        old = await last_values(conn, metadata, p.record_type, record_id)
+    for p, record_id, new in zip(pending, ids, news, strict=True):
+        if new is None:
+            continue
+        old = last[p.record_type].get(record_id)
         if new == old:
             continue
         rows.append({"recorded_at": now, "principal_subject": p.principal_subject,

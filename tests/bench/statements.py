@@ -29,8 +29,9 @@ from lotgate.suppliers.v1 import events_pb2 as supplier_events
 from lotgate.suppliers.v1 import suppliers_pb2
 from services.lots import bootstrap
 from services.lots.tables import tables
+from shared import migrations
 from shared.clock import ManualClock
-from shared.db import create_schema, make_engine
+from shared.db import make_engine
 from shared.protoconv import to_timestamp
 from shared.runtime import Infrastructure
 from shared.uow import UnitOfWorkFactory
@@ -56,10 +57,11 @@ def _result(lot_id: str, test: int, number: int, now: datetime) -> Any:
 
 async def measure(url: str, lots: int) -> dict[str, int]:
     engine = make_engine(url)
-    await create_schema(engine, tables.metadata, version=tables.schema_version)
+    await migrations.upgrade(engine, "lots")
     clock = ManualClock(datetime(2026, 1, 5, 9, 0, tzinfo=UTC))
     uow = UnitOfWorkFactory(engine, tables.outbox, clock)
-    infra = Infrastructure(settings=SimpleNamespace(expiry_check_seconds=3600), clock=clock,
+    settings = SimpleNamespace(expiry_check_seconds=3600, status_cache_mb=64)
+    infra = Infrastructure(settings=settings, clock=clock,
                            engine=engine, uow=uow, gate=None)  # type: ignore[arg-type]
     parts = bootstrap.build(infra)
     on_results = next(s.batch_handler for s in parts.subscriptions

@@ -1,0 +1,207 @@
+"""The commit-time flush of the audit trail on a real database: one unit of work changing
+many records of several types writes exactly the entries of the records that changed,
+each with its own old and new values, in the order they were noted; and the statements
+it runs do not grow with the number of records."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import (
+    Column,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    delete,
+    event,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared import audit
+from shared.audit_verify import verify
+from shared.clock import ManualClock
+from shared.db import make_engine
+from shared.tables import AUDIT_TRAIL, make_tables
+from shared.uow import UnitOfWork, UnitOfWorkFactory
+
+pytestmark = pytest.mark.integration
+
+metadata = MetaData()
+tables = make_tables(metadata)
+batches = Table("batches", metadata,
+                Column("batch_id", String(40), primary_key=True),
+                Column("status", String(20), nullable=False),
+                Column("quantity", Integer, nullable=False))
+# A composite key with a number in it, as specifications (material, version) have.
+slots = Table("slots", metadata,
+              Column("area", String(20), primary_key=True),
+              Column("shelf", Integer, primary_key=True),
+              Column("content", String(40), nullable=False))
+audit.register(metadata, "batch", batches)
+audit.register(metadata, "slot", slots)
+trail = metadata.tables[AUDIT_TRAIL]
+
+
+@dataclass
+class Db:
+    engine: AsyncEngine
+    uow: UnitOfWorkFactory
+
+
+@pytest.fixture
+async def db(databases) -> AsyncIterator[Db]:
+    engine = make_engine(await databases.create("audit_flush"))
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.create_all)
+    clock = ManualClock(datetime(2026, 12, 1, 9, 0, tzinfo=UTC))
+    try:
+        yield Db(engine, UnitOfWorkFactory(engine, tables.outbox, clock))
+    finally:
+        await engine.dispose()
+
+
+def batch(batch_id: str, status: str = "OPEN", quantity: int = 1) -> dict[str, Any]:
+    return {"batch_id": batch_id, "status": status, "quantity": quantity}
+
+
+def slot(area: str, shelf: int, content: str) -> dict[str, Any]:
+    return {"area": area, "shelf": shelf, "content": content}
+
+
+async def entries(db: Db, after: int = 0) -> list[Any]:
+    async with db.engine.connect() as conn:
+        return list(await conn.execute(
+            select(trail).where(trail.c.sequence > after).order_by(trail.c.sequence)))
+
+
+def values(text: str | None) -> dict[str, Any] | None:
+    return json.loads(text) if text is not None else None
+
+
+async def test_one_flush_of_several_records_and_types_writes_each_change_with_its_values(
+        db: Db) -> None:
+    async with db.uow() as uow:
+        await uow.conn.execute(insert(batches), [batch(f"B{i}") for i in range(1, 5)])
+        await uow.conn.execute(insert(slots), [slot("A", 1, "drums"), slot("A", 2, "bags"),
+                                               slot("B", 1, "totes")])
+        for i in range(1, 5):
+            audit.record(uow, "batch", f"B{i}", action="create")
+        for area, shelf in (("A", 1), ("A", 2), ("B", 1)):
+            audit.record(uow, "slot", area, shelf, action="create")
+        audit.record_values(uow, "signer", "qa.jane", {"enrolled": True}, action="enrol")
+        await uow.commit()
+    created = await entries(db)
+    assert [(e.record_type, e.record_id, e.old_values) for e in created] == [
+        ("batch", "B1", None), ("batch", "B2", None), ("batch", "B3", None),
+        ("batch", "B4", None), ("slot", "A/1", None), ("slot", "A/2", None),
+        ("slot", "B/1", None), ("signer", "qa.jane", None)]
+
+    async with db.uow() as uow:
+        conn = uow.conn
+        await conn.execute(update(batches).where(batches.c.batch_id == "B3")
+                           .values(status="RELEASED"))
+        audit.record(uow, "batch", "B3", action="release", reason="reviewed")
+        await conn.execute(update(slots).where(slots.c.area == "A", slots.c.shelf == 2)
+                           .values(content="sacks"))
+        audit.record(uow, "slot", "A", 2, action="refill")
+        await conn.execute(update(batches).where(batches.c.batch_id == "B1")
+                           .values(quantity=7))
+        audit.record(uow, "batch", "B1", action="count")
+        audit.record(uow, "batch", "B2", action="touch")  # noted, not changed
+        await conn.execute(insert(batches), [batch("B9")])
+        audit.record(uow, "batch", "B9", action="create")
+        await conn.execute(delete(batches).where(batches.c.batch_id == "B9"))  # gone again
+        audit.record_values(uow, "signer", "qa.jane", {"enrolled": False}, action="reset")
+        audit.record(uow, "slot", "B", 1, action="look")  # noted, not changed
+        await conn.execute(insert(slots), [slot("C", 7, "pallets")])
+        audit.record(uow, "slot", "C", 7, action="create")
+        await conn.execute(update(batches).where(batches.c.batch_id == "B3")
+                           .values(quantity=3))
+        audit.record(uow, "batch", "B3", action="again")  # the first note's action holds
+        await uow.commit()
+
+    changed = await entries(db, after=len(created))
+    assert [(e.record_type, e.record_id, e.action, values(e.old_values), values(e.new_values))
+            for e in changed] == [
+        ("batch", "B3", "release", batch("B3"), batch("B3", "RELEASED", 3)),
+        ("slot", "A/2", "refill", slot("A", 2, "bags"), slot("A", 2, "sacks")),
+        ("batch", "B1", "count", batch("B1"), batch("B1", quantity=7)),
+        ("signer", "qa.jane", "reset", {"enrolled": True}, {"enrolled": False}),
+        ("slot", "C/7", "create", None, slot("C", 7, "pallets"))]
+    assert changed[0].reason == "reviewed"
+    assert [e.sequence for e in changed] == list(range(9, 14))
+    async with db.engine.connect() as conn:
+        verdict = await verify(conn, metadata)
+    assert verdict.ok, verdict.detail
+    assert (verdict.entries_checked, verdict.records_checked) == (13, 8)
+
+
+async def _update_and_note(uow: UnitOfWork, count: int, quantity: int) -> None:
+    await uow.conn.execute(update(batches).values(quantity=quantity))
+    for i in range(count):
+        audit.record(uow, "batch", f"B{i:04d}", action=f"count {quantity}")
+
+
+async def _statements_of_commit(db: Db, count: int, quantity: int) -> list[str]:
+    """The statements the commit of a unit of work that changed `count` batches runs."""
+    seen: list[str] = []
+
+    def counted(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement)
+
+    async with db.uow() as uow:
+        await _update_and_note(uow, count, quantity)
+        event.listen(db.engine.sync_engine, "before_cursor_execute", counted)
+        try:
+            await uow.commit()
+        finally:
+            event.remove(db.engine.sync_engine, "before_cursor_execute", counted)
+    return seen
+
+
+@pytest.mark.parametrize("count", [3, 60])
+async def test_the_flush_runs_the_same_statements_for_few_records_as_for_many(
+        db: Db, count: int) -> None:
+    async with db.uow() as uow:
+        await uow.conn.execute(insert(batches), [batch(f"B{i:04d}") for i in range(count)])
+        await _update_and_note(uow, count, 1)
+        await uow.commit()
+
+    statements = await _statements_of_commit(db, count, 2)
+
+    # Per record type the rows, then the last entries; the append (lock, head, insert).
+    reads = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    locks = 1 if db.engine.dialect.name == "postgresql" else 0
+    assert len(reads) == 2 + 1 + locks, statements
+    assert len(statements) == len(reads) + 1, statements
+    written = await entries(db, after=count)
+    assert len(written) == count
+    assert all(values(e.old_values)["quantity"] == 1 and values(e.new_values)["quantity"] == 2
+               for e in written)
+
+
+async def test_a_flush_of_more_records_than_one_statement_holds_reads_them_all(
+        db: Db) -> None:
+    count = 1234  # three chunks of keys
+    async with db.uow() as uow:
+        await uow.conn.execute(insert(batches), [batch(f"B{i:04d}") for i in range(count)])
+        await _update_and_note(uow, count, 1)
+        await uow.commit()
+    async with db.uow() as uow:
+        await _update_and_note(uow, count, 2)
+        audit.record(uow, "batch", "B9999", action="count 2")  # never was
+        await uow.commit()
+
+    written = await entries(db, after=count)
+    assert [e.record_id for e in written] == [f"B{i:04d}" for i in range(count)]
+    assert all(values(e.old_values)["quantity"] == 1 and values(e.new_values)["quantity"] == 2
+               for e in written)
