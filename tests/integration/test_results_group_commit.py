@@ -23,6 +23,7 @@ from lotgate.audit.v1 import audit_pb2 as apb
 from lotgate.audit.v1 import audit_pb2_grpc as apb_grpc
 from lotgate.results.v1 import events_pb2
 from lotgate.results.v1 import results_pb2 as pb
+from lotgate.results.v1 import results_pb2_grpc as pb_grpc
 from shared.runtime import RunningService
 from shared.tracing import REQUEST_ID_HEADER
 from tests.support import auth
@@ -44,7 +45,7 @@ from tests.support.results import (
     specify,
     sterility,
 )
-from tests.support.services import ref
+from tests.support.services import ref, start_in_process
 
 pytestmark = pytest.mark.integration
 
@@ -269,3 +270,24 @@ async def test_a_batch_written_in_a_group_stays_all_or_none(service, stub, js) -
         if groups(service, "fell_back") > before:
             break
     assert groups(service, "fell_back") > before, "the refused batch never shared a group"
+
+
+async def test_with_group_commit_off_every_post_is_written_alone(
+        databases, nats_server, service, stub, js) -> None:
+    """LOTGATE_GROUP_COMMIT=off: a second replica on the same database writes every post
+    in a transaction of its own."""
+    lots = await material_lots(stub, js, 1)
+    running = await start_in_process("results", databases=databases, nats=nats_server,
+                                     database_url=service.infra.settings.database_url,
+                                     group_commit="off")
+    try:
+        async with auth.channel(running.address) as channel:
+            alone = pb_grpc.ResultServiceStub(channel)
+            answers = await at_once([lambda n=n: post(alone, purity(lots[0], 99.0 + n / 10))
+                                     for n in range(CALLS)])
+        assert not [a for a in answers if isinstance(a, BaseException)]
+        assert sorted(r.lot_result_number for r in await list_results(stub, lots[0])) == list(
+            range(1, CALLS + 1))
+        assert groups(running, "committed") + groups(running, "fell_back") == 0
+    finally:
+        await running.stop()
