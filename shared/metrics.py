@@ -13,6 +13,7 @@ What is measured (README, "Metrics, health and alerts"):
 - each durable consumer: messages pending and awaiting ack (JetStream consumer info),
   deliveries and redeliveries, events applied; dead letters parked and kept;
 - the lots decisions by status, and the unmet reasons they name;
+- the calls written together by group commit (results posts);
 - the audit trail's verifications, and whether the last one found the chain intact;
 - readiness and the database's reachability (shared.health).
 """
@@ -57,6 +58,9 @@ disable_created_metrics()
 
 # Latency buckets (seconds) from a cached read (~1 ms) to a slow write under load.
 RPC_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+# Calls per shared transaction: from two to a full group (500 results).
+GROUP_BUCKETS = (2, 4, 8, 16, 32, 64, 128, 256, 500)
 
 
 class ServiceMetrics:
@@ -112,6 +116,11 @@ class ServiceMetrics:
             "lotgate_lot_decision_reasons",
             "Unmet conditions named by the recorded decisions, by status and reason code.",
             ["status", "reason"], registry=r)
+        self.group_commit_calls = Histogram(
+            "lotgate_group_commit_calls",
+            "Calls written together in one transaction (shared.group_commit), by whether "
+            "it committed or its calls ran again alone.", ["outcome"],
+            buckets=GROUP_BUCKETS, registry=r)
         self.audit_verifications = Counter(
             "lotgate_audit_verifications", "Audit trail verifications, by result.",
             ["result"], registry=r)
@@ -216,6 +225,14 @@ def parked(subject: str) -> None:
     metrics = current.get()
     if metrics is not None:
         metrics.dead_letters_parked.labels(subject).inc()
+
+
+def group_committed(calls: int, *, committed: bool) -> None:
+    """A group of `calls` written in one transaction: committed, or run again alone."""
+    metrics = current.get()
+    if metrics is not None:
+        metrics.group_commit_calls.labels("committed" if committed else "fell_back"
+                                          ).observe(calls)
 
 
 def audit_verified(intact: bool) -> None:

@@ -10,7 +10,7 @@ import grpc
 
 from lotgate.results.v1 import results_pb2 as pb
 from lotgate.results.v1 import results_pb2_grpc as pb_grpc
-from services.results import handlers, queries
+from services.results import handlers, posting, queries
 from services.results.commands import (
     ApproveSpecification,
     CalibrationReport,
@@ -56,8 +56,10 @@ INSTRUMENT_HEADER = "x-lotgate-instrument"
 
 
 class ResultApi(pb_grpc.ResultServiceServicer):
-    def __init__(self, uow: UnitOfWorkFactory) -> None:
+    def __init__(self, uow: UnitOfWorkFactory, *, group_commit: bool = True) -> None:
         self._uow = uow
+        # Posts arriving while one is written go together in the next transaction.
+        self.posting = posting.Posting(uow, group_commit=group_commit, max_items=MAX_BATCH)
 
     # Specifications
 
@@ -235,7 +237,7 @@ class ResultApi(pb_grpc.ResultServiceServicer):
         command = self._entry(request, v, "")
         v.raise_if_any()
         assert command is not None
-        (result,) = await handlers.record_results(self._uow(), [command])
+        (result,) = await self.posting.post(posting.Post([command]))
         return pb.RecordResultResponse(result=result_to_proto(result))
 
     async def RecordResults(self, request: pb.RecordResultsRequest,
@@ -265,8 +267,8 @@ class ResultApi(pb_grpc.ResultServiceServicer):
             seen.setdefault(entry.instrument_result_id, i)
             commands.append(self._entry(entry, v, where))
         v.raise_if_any()
-        found = await handlers.record_results(
-            self._uow(), [c for c in commands if c is not None], batch=True)
+        found = await self.posting.post(
+            posting.Post([c for c in commands if c is not None], batch=True))
         return pb.RecordResultsResponse(results=[result_to_proto(r) for r in found])
 
     def _entry(self, request: pb.RecordResultRequest, v: Violations,

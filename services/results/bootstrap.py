@@ -18,7 +18,8 @@ from shared.runtime import Infrastructure, RunningService, ServiceParts, start_s
 
 def build(infra: Infrastructure) -> ServiceParts:
     def register(server: grpc.aio.Server) -> list[str]:
-        results_pb2_grpc.add_ResultServiceServicer_to_server(ResultApi(infra.uow), server)
+        results_pb2_grpc.add_ResultServiceServicer_to_server(ResultApi(
+            infra.uow, group_commit=infra.settings.group_commit), server)
         return [results_pb2.DESCRIPTOR.services_by_name["ResultService"].full_name]
 
     lot_received = Subscription(

@@ -1,22 +1,17 @@
 """Writes of the results service: each takes a command, runs in one unit of work (load,
 decide with the domain's rules, save with events), and returns domain values. The SQL is
-the repository's; the messages are convert's."""
+the repository's; the messages are convert's. Posting results (RecordResult, RecordResults)
+is posting.py's."""
 
 from __future__ import annotations
 
-import uuid
-from collections import Counter
-from collections.abc import Sequence
 from dataclasses import replace
-
-from sqlalchemy.exc import IntegrityError
 
 from services.results import repository
 from services.results.commands import (
     ApproveSpecification,
     HandleResult,
     RecordCalibration,
-    RecordResult,
     RegisterInstrument,
     SetInstrumentStatus,
     SpecificationDraft,
@@ -25,7 +20,6 @@ from services.results.convert import (
     RESULT,
     SPECIFICATION,
     result_handled,
-    result_recorded,
     signed_result,
     signed_specification,
     specification_approved,
@@ -42,13 +36,6 @@ from services.results.domain.instruments import (
     registered,
 )
 from services.results.domain.oos import check_handling, is_repeated_handling
-from services.results.domain.posting import (
-    check_instrument,
-    check_original,
-    entry_field,
-    entry_said,
-    judge,
-)
 from services.results.domain.results import KnownLot, Result
 from services.results.domain.specifications import (
     Specification,
@@ -229,92 +216,6 @@ async def set_instrument_status(uow: UnitOfWork, command: SetInstrumentStatus) -
 
 
 # Results
-
-
-class _KeyTaken(Exception):
-    """A concurrent call stored a result under one of the batch's instrument_result_ids."""
-
-
-async def record_results(uow: UnitOfWork, commands: Sequence[RecordResult], *,
-                         batch: bool = False) -> list[Result]:
-    """Judge results of one instrument against the specification version in force when
-    each was measured, store them and announce each one; all or, when any is refused,
-    none. The answers are in the order of `commands`.
-
-    Idempotent on (instrument_id, instrument_result_id): a retry with the same content
-    gets the stored original (and no new event); other content is ALREADY_EXISTS. This
-    holds also for a retry that overlaps its original: it starts again once the original
-    is stored, and is answered from it. With `batch`, what is wrong with an entry names
-    it as results[i].
-    """
-    for _ in range(2):
-        try:
-            return await _record_results(uow, commands, batch)
-        except _KeyTaken as taken:
-            conflict = taken  # a concurrent request with the same id won: answer as a retry
-    raise Aborted("the results could not be stored because of concurrent posts with the same "
-                  "instrument_result_id; retry") from conflict
-
-
-async def _record_results(uow: UnitOfWork, commands: Sequence[RecordResult],
-                          batch: bool) -> list[Result]:
-    instrument_id = commands[0].instrument_id
-    async with uow:
-        previous = await repository.results_by_keys(
-            uow.conn, instrument_id=instrument_id,
-            instrument_result_ids=[c.instrument_result_id for c in commands])
-        answers: list[Result | None] = []
-        for i, c in enumerate(commands):
-            stored = previous.get(c.instrument_result_id)
-            answers.append(check_original(stored.result, stored.fingerprint, c,
-                                          entry_said(i, batch, "")) if stored else None)
-        todo = [i for i, answer in enumerate(answers) if answer is None]
-        if not todo:
-            return [a for a in answers if a is not None]
-
-        status, intervals = await repository.instrument_standing(uow.conn,
-                                                                 instrument_id=instrument_id)
-        check_instrument(status, intervals, instrument_id=instrument_id, batch=batch,
-                         measured=[(i, commands[i].measured_at) for i in todo])
-        counts = Counter(commands[i].lot_id for i in todo)
-        numbers = await repository.take_result_numbers(uow.conn, counts=dict(counts))
-        for i in todo:
-            if commands[i].lot_id not in numbers:
-                raise NotFound(
-                    entry_said(i, batch, f"lot {commands[i].lot_id} is not known to the "
-                                         "results service yet; if it was just received, "
-                                         "retry shortly"),
-                    field=f"{entry_field(i, batch)}lot_id")
-        materials = {lot: material for lot, (material, _) in numbers.items()}
-        specs = await repository.effective_specifications(uow.conn,
-                                                          material_codes=materials.values())
-        # Read only now that the lots are locked: a copy of this very call that was
-        # stored while this one waited is among them, and is answered as the original
-        # before any rule could take it for an earlier result (an out-of-specification
-        # one would refuse its own retry as "under investigation").
-        priors, stored_keys = await repository.prior_results(uow.conn,
-                                                             lot_ids=sorted(counts))
-        if any((instrument_id, commands[i].instrument_result_id) in stored_keys for i in todo):
-            raise _KeyTaken()
-
-        now = uow.clock.now()
-        new = judge(commands, todo, materials=materials,
-                    first_numbers={lot: first for lot, (_, first) in numbers.items()},
-                    specs=specs, priors=priors, now=now, batch=batch,
-                    new_id=lambda: str(uuid.uuid4()))
-        try:
-            sequences = await repository.add_results(
-                uow.conn, new=[(result, commands[i].fingerprint) for i, result in new])
-        except IntegrityError as exc:  # answered as a retry, not as the interceptor would
-            raise _KeyTaken() from exc
-        for (i, result), sequence in zip(new, sequences, strict=True):
-            result = replace(result, sequence=sequence)
-            answers[i] = result
-            audit_record(uow, "result", result.result_id, action="record")
-            uow.emit(messaging.RESULT_RECORDED, result.lot_id,
-                     result_recorded(result, event_id=new_event_id(), now=now))
-        await uow.commit()
-    return [a for a in answers if a is not None]
 
 
 async def handle_result(uow: UnitOfWork, command: HandleResult) -> Result:

@@ -8,6 +8,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
+from typing import Any
 
 from sqlalchemy import Update, bindparam, insert, or_, select, update
 from sqlalchemy.engine import Row
@@ -214,38 +215,43 @@ async def set_instrument_status(conn: AsyncConnection, *, instrument_id: str,
                                status_changed_by=changed_by, status_changed_at=changed_at))
 
 
-_INSTRUMENT_WITH_CALIBRATIONS = (
-    select(instruments.c.status, calibrations.c.calibrated_on, calibrations.c.calibration_due)
+def _one_or_in(column: Any, values: Sequence[str]) -> Any:
+    return column == values[0] if len(values) == 1 else column.in_(list(values))
+
+
+_INSTRUMENTS_WITH_CALIBRATIONS = (
+    select(instruments.c.instrument_id, instruments.c.status, calibrations.c.calibrated_on,
+           calibrations.c.calibration_due)
     .select_from(instruments.outerjoin(
-        calibrations, calibrations.c.instrument_id == instruments.c.instrument_id))
-    .where(instruments.c.instrument_id == bindparam("instrument_id")))
+        calibrations, calibrations.c.instrument_id == instruments.c.instrument_id)))
 
 
-async def instrument_standing(conn: AsyncConnection, *, instrument_id: str
-                              ) -> tuple[InstrumentStatus | None, list[tuple[date, date]]]:
-    """The instrument's status (None: not registered) and its calibration intervals, in
-    one round trip."""
-    rows = (await conn.execute(_INSTRUMENT_WITH_CALIBRATIONS,
-                               {"instrument_id": instrument_id})).all()
-    if not rows:
-        return None, []
-    return InstrumentStatus(rows[0].status), [
-        (r.calibrated_on, r.calibration_due) for r in rows if r.calibrated_on is not None]
+async def instrument_standing(conn: AsyncConnection, *, instrument_ids: Sequence[str]
+                              ) -> dict[str, tuple[InstrumentStatus, list[tuple[date, date]]]]:
+    """Each registered instrument's status and calibration intervals, by id (one not
+    registered is left out), in one round trip."""
+    rows = (await conn.execute(_INSTRUMENTS_WITH_CALIBRATIONS.where(
+        _one_or_in(instruments.c.instrument_id, instrument_ids)))).all()
+    found: dict[str, tuple[InstrumentStatus, list[tuple[date, date]]]] = {}
+    for r in rows:
+        _, intervals = found.setdefault(r.instrument_id, (InstrumentStatus(r.status), []))
+        if r.calibrated_on is not None:
+            intervals.append((r.calibrated_on, r.calibration_due))
+    return found
 
 
 # Results
 
 
-async def results_by_keys(conn: AsyncConnection, *, instrument_id: str,
-                          instrument_result_ids: Sequence[str]) -> dict[str, StoredResult]:
-    """The results an instrument stored under these ids, by id."""
-    if len(instrument_result_ids) == 1:
-        where = results.c.instrument_result_id == instrument_result_ids[0]
-    else:
-        where = results.c.instrument_result_id.in_(list(instrument_result_ids))
-    rows = await conn.execute(select(results).where(results.c.instrument_id == instrument_id,
-                                                    where))
-    return {row.instrument_result_id: stored_result(row) for row in rows}
+async def results_by_keys(conn: AsyncConnection, *, keys: Sequence[tuple[str, str]]
+                          ) -> dict[tuple[str, str], StoredResult]:
+    """The results stored under these (instrument_id, instrument_result_id) keys, by key."""
+    wanted = set(keys)
+    rows = await conn.execute(select(results).where(
+        _one_or_in(results.c.instrument_id, sorted({i for i, _ in wanted})),
+        _one_or_in(results.c.instrument_result_id, sorted({r for _, r in wanted}))))
+    return {key: stored_result(row) for row in rows
+            if (key := (row.instrument_id, row.instrument_result_id)) in wanted}
 
 
 _NEXT_NUMBERS = (update(known_lots).where(known_lots.c.lot_id == bindparam("b_lot_id"))
@@ -285,11 +291,7 @@ async def prior_results(conn: AsyncConnection, *, lot_ids: Sequence[str]
                                    set[tuple[str, str]]]:
     """What posting needs of the lots' earlier results, by (lot, test), in recording order,
     and the (instrument_id, instrument_result_id) keys they were stored under."""
-    query = _PRIOR.add_columns(results.c.lot_id)
-    if len(lot_ids) == 1:
-        query = query.where(results.c.lot_id == lot_ids[0])
-    else:
-        query = query.where(results.c.lot_id.in_(list(lot_ids)))
+    query = _PRIOR.add_columns(results.c.lot_id).where(_one_or_in(results.c.lot_id, lot_ids))
     rows = (await conn.execute(query.order_by(results.c.sequence))).all()
     retested = {row.retest_of for row in rows if row.retest_of}
     found: dict[tuple[str, TestKind], list[PriorResult]] = {}

@@ -1,4 +1,4 @@
-"""SQL statements the lots service executes per decision (not a timing benchmark).
+"""SQL statements the services execute per write (not a timing benchmark).
 
     python -m tests.bench.statements [N]      # DATABASE_URL, else a SQLite file
 
@@ -7,6 +7,11 @@ to apply one ResultRecorded that decides a lot, and one QualificationChanged tha
 N lots (10 by default), including the commit's outbox and audit writes (not the inbox's
 own bookkeeping). It drives the service through its bootstrap's event handlers and its
 gRPC servicer, in process, so that it measures whatever the service's layout is.
+
+And the statements per result of the results service for 32 RecordResult calls in
+flight at once (on 4 lots, from 2 instruments), with group commit and without: its
+gRPC servicer called in process, so that the 32 calls are all waiting when the first
+group is taken (the best case; under a closed loop groups are smaller).
 """
 
 from __future__ import annotations
@@ -56,12 +61,12 @@ def _result(lot_id: str, test: int, number: int, now: datetime) -> Any:
 
 
 async def measure(url: str, lots: int) -> dict[str, int]:
+    await migrations.migrate("lots", url)
     engine = make_engine(url)
-    await migrations.upgrade(engine, "lots")
     clock = ManualClock(datetime(2026, 1, 5, 9, 0, tzinfo=UTC))
     uow = UnitOfWorkFactory(engine, tables.outbox, clock)
-    settings = SimpleNamespace(expiry_check_seconds=3600, status_cache_mb=64)
-    infra = Infrastructure(settings=settings, clock=clock,
+    infra = Infrastructure(settings=SimpleNamespace(expiry_check_seconds=3600,
+                                                     status_cache_mb=40.0), clock=clock,
                            engine=engine, uow=uow, gate=None)  # type: ignore[arg-type]
     parts = bootstrap.build(infra)
     on_results = next(s.batch_handler for s in parts.subscriptions
@@ -106,6 +111,81 @@ async def measure(url: str, lots: int) -> dict[str, int]:
     assert status.release_status.status == lots_pb2.LOT_STATUS_RELEASED, status
     await engine.dispose()
     return {"result": one_result, "qualification": qualification}
+
+
+CONCURRENT_POSTS = 32
+
+
+async def measure_results(url: str, *, group_commit: bool) -> float:
+    """Statements per result for CONCURRENT_POSTS RecordResult calls at once."""
+    from lotgate.results.v1 import results_pb2 as rpb
+    from services.results import handlers as result_handlers
+    from services.results import repository as result_repository
+    from services.results.api import ResultApi
+    from services.results.domain.results import KnownLot
+    from services.results.domain.specifications import approved
+    from services.results.tables import tables as result_tables
+
+
+    await migrations.migrate("results", url)
+    engine = make_engine(url)
+    clock = ManualClock(datetime.now(UTC).replace(microsecond=0))
+    uow = UnitOfWorkFactory(engine, result_tables.outbox, clock)
+    api = ResultApi(uow, group_commit=group_commit)
+    now, today = clock.now(), clock.now().date()
+    draft = await api.CreateSpecificationDraft(rpb.CreateSpecificationDraftRequest(
+        material_code=MATERIAL, change_reason="first", requested_by="qa.author",
+        tests=[rpb.TestCriterion(test=rpb.TEST_KIND_PURITY, method="HPLC", range=rpb.RangeCriterion(
+                   lower=rpb.Bound(value=98.0), upper=rpb.Bound(value=102.0), unit="%")),
+               rpb.TestCriterion(test=rpb.TEST_KIND_IDENTITY, method="FTIR",
+                                 identity=rpb.IdentityCriterion(reference="RS-1")),
+               rpb.TestCriterion(test=rpb.TEST_KIND_STERILITY, method="Ph. Eur. 2.6.1",
+                                 sterility=rpb.SterilityCriterion(method="membrane"))]), None)
+    instruments = ["HPLC-1", "HPLC-2"]
+    for instrument_id in instruments:
+        await api.RegisterInstrument(rpb.RegisterInstrumentRequest(
+            instrument_id=instrument_id, type="HPLC", location="lab",
+            calibrated_on=(today - timedelta(days=10)).isoformat(),
+            calibration_due=(today + timedelta(days=300)).isoformat(),
+            certificate_ref="CAL-1", requested_by="qc.lead"), None)
+    lot_ids = [f"LOT-{i}" for i in range(4)]
+    async with uow() as unit:
+        spec = await result_repository.get_specification(
+            unit.conn, material_code=MATERIAL, version=draft.specification.version)
+        assert spec is not None
+        await result_repository.make_effective(unit.conn, spec=approved(
+            spec.spec, approved_by="qa.approver", effective_from=now - timedelta(days=1),
+            now=now))
+        for lot_id in lot_ids:
+            await result_handlers.learn_lot(unit, KnownLot(lot_id, MATERIAL, now))
+        await unit.commit()
+
+    class Call:
+        def invocation_metadata(self) -> tuple[()]:
+            return ()
+
+    requests = [rpb.RecordResultRequest(
+        lot_id=lot_ids[n % len(lot_ids)], test=rpb.TEST_KIND_PURITY,
+        instrument_id=instruments[n % len(instruments)], instrument_result_id=f"RUN-{n}",
+        quantity=rpb.Quantity(value=99.0, unit="%"), measured_at=to_timestamp(now))
+        for n in range(CONCURRENT_POSTS)]
+    counted: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        counted.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", count)
+    try:
+        answers = await asyncio.gather(*(api.RecordResult(r, Call()) for r in requests))
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", count)
+    if os.environ.get("SHOW_STATEMENTS"):
+        print("\n".join(" ".join(s.split())[:150] for s in counted))
+    numbers = sorted((a.result.lot_id, a.result.lot_result_number) for a in answers)
+    assert numbers == sorted((lot, n + 1) for lot in lot_ids
+                             for n in range(CONCURRENT_POSTS // len(lot_ids))), numbers
+    await engine.dispose()
+    return len(counted) / CONCURRENT_POSTS
 
 
 async def _consume(handler: Any, uow: UnitOfWorkFactory, events: list[Any]) -> None:
@@ -153,11 +233,17 @@ async def _main(lots: int, admin_url: str | None) -> None:
         databases = Databases(admin_url=admin_url, workdir=Path(tmp))
         try:
             found = await measure(await databases.create("statements"), lots)
+            grouped = await measure_results(await databases.create("grouped"),
+                                            group_commit=True)
+            alone = await measure_results(await databases.create("alone"),
+                                          group_commit=False)
         finally:
             await databases.drop_all()
     print(f"statements to apply one ResultRecorded that decides a lot: {found['result']}")
     print(f"statements to apply one QualificationChanged deciding {lots} lots: "
           f"{found['qualification']}")
+    print(f"statements per result, {CONCURRENT_POSTS} concurrent RecordResult calls: "
+          f"{grouped:.1f} with group commit, {alone:.1f} without")
 
 
 if __name__ == "__main__":

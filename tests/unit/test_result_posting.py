@@ -13,7 +13,7 @@ from services.results.commands import RecordResult
 from services.results.domain.evaluation import IdentityOutcome, Quantity, SterilityOutcome
 from services.results.domain.instruments import InstrumentStatus
 from services.results.domain.oos import PriorResult, check_handling, is_repeated_handling
-from services.results.domain.posting import check_instrument, check_original, judge
+from services.results.domain.posting import Judging, check_instrument, check_original, judge
 from services.results.domain.specifications import (
     Bound,
     IdentityCriterion,
@@ -123,6 +123,25 @@ def test_a_retest_in_a_batch_counts_for_the_entries_after_it() -> None:
     # The priors given are not changed: the same check again sees R0 awaiting its retest.
     assert invalidated[("LOT-1", TestKind.PURITY)][0].retested is False
     assert len(run([post(value=99.0, retest_of="R0")], priors=invalidated)) == 1
+
+
+@pytest.mark.req("RES-003", "OOS-004")
+def test_posts_judged_together_see_the_posts_before_them() -> None:
+    ids = (f"R{n}" for n in itertools.count(1))
+    judging = Judging(materials={"LOT-1": "MAT-A", "LOT-2": "MAT-A"},
+                      first_numbers={"LOT-1": 3, "LOT-2": 1}, specs={"MAT-A": [SPEC]},
+                      priors={}, now=NOW, new_id=lambda: next(ids))
+
+    first = judging.judge([post(value=97.0), post("LOT-2", value=99.0)], [0, 1], batch=True)
+    second = judging.judge([post("LOT-2", value=99.5, key="b")], [0], batch=False)
+    # Numbered after the earlier post's results of the same lot.
+    assert [(r.lot_id, r.lot_result_number) for _, r in [*first, *second]] == [
+        ("LOT-1", 3), ("LOT-2", 1), ("LOT-2", 2)]
+    # The earlier post's failing result holds up this one's, as alone after it.
+    with pytest.raises(FailedPrecondition) as refused:
+        judging.judge([post(value=99.0, key="c")], [0], batch=False)
+    assert (refused.value.type_, refused.value.subject) == ("INVESTIGATION", "results/R1")
+    assert not refused.value.message.startswith("results[")
 
 
 @pytest.mark.req("INS-001", "RES-002")
