@@ -276,11 +276,19 @@ class Bench:
         wanted = [lot for pool in record_pools for lot in pool] + [
             lot for measured, background in release_sets for lot in measured + background]
         progress(f"setup: receiving {len(wanted)} lots (c=32)")
+        meter = CpuMeter(self.pids).start()
         received, got = await phases.receive_lots(lg, fixture, wanted)
+        cpu = meter.stop()
+        # CPU per lot of the lots service and PostgreSQL: comparable on a busy machine.
+        per_lot = {name: meter.shares.get(name, 0.0) / max(received.rate, 1e-9) * 1000
+                   for name in ("lots", "postgres")}
         progress(f"   ReceiveLot: {received.summary()}")
+        progress(f"   {cpu}")
         self.facts.append(f"setup: ReceiveLot of {len(wanted)} lots at c=32: "
                           f"{received.rate:,.0f} lots/s, {_p50_p99(received)}, "
-                          f"{received.error_text()}")
+                          f"{received.error_text()}; CPU per lot: lots "
+                          f"{per_lot['lots']:.2f} ms, postgres {per_lot['postgres']:.2f} ms; "
+                          f"{cpu}")
         unknown = await phases.wait_known_to_results(lg, got)
         if unknown:
             progress(f"   {len(unknown)} lots never reached the results service")
