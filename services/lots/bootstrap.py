@@ -15,11 +15,14 @@ from services.lots.api import LotApi
 from services.lots.domain.rule import ResultState
 from services.lots.feed import ChangeFeed
 from services.lots.read_model import StatusCache
+from services.lots.receipts import GROUP, Receipts
 from services.lots.tables import tables
 from services.lots.time_driven import run_time_checks
 from shared import messaging
+from shared import metrics as service_metrics
 from shared.clock import Clock
 from shared.config import ServiceSettings
+from shared.group_commit import GroupCommit
 from shared.inbox import Subscription
 from shared.runtime import Infrastructure, RunningService, ServiceParts, start_service
 from shared.uow import UnitOfWork
@@ -31,8 +34,12 @@ def build(infra: Infrastructure) -> ServiceParts:
     # Every replica's status changes: keeps the cache coherent, feeds the watches.
     feed = ChangeFeed(infra.engine, cache, gate=infra.gate)
 
+    # Concurrent receipts share a transaction unless LOTGATE_GROUP_COMMIT is off.
+    receipts = Receipts(infra.uow, cache, together=infra.settings.group_commit)
+    _count_groups(receipts.group)
+
     def register(server: grpc.aio.Server) -> list[str]:
-        api = LotApi(infra.uow, infra.engine, cache, infra.clock)
+        api = LotApi(infra.uow, infra.engine, cache, infra.clock, receipts)
         api.feed = feed
         lots_pb2_grpc.add_LotServiceServicer_to_server(api, server)
         return [lots_pb2.DESCRIPTOR.services_by_name["LotService"].full_name]
@@ -91,6 +98,23 @@ def build(infra: Infrastructure) -> ServiceParts:
                          batch_handler=on_qualifications),
         ],
     )
+
+
+def _count_groups(group: GroupCommit[Any, Any] | None) -> None:
+    """The group's counters as metrics of this service (read at scrape time)."""
+    metrics = service_metrics.current.get()
+    if group is None or metrics is None:
+        return
+    for name, documentation, value in (
+            ("lotgate_group_commit_groups", "Transactions shared by several calls.",
+             lambda: group.groups),
+            ("lotgate_group_commit_calls", "Calls written in a shared transaction.",
+             lambda: group.grouped),
+            ("lotgate_group_commit_failed_groups",
+             "Shared transactions that failed; their calls were then written alone.",
+             lambda: group.failed_groups)):
+        metrics.counted(name, documentation, ("group",),
+                        lambda value=value: [((GROUP,), value())])
 
 
 async def start(settings: ServiceSettings, *, clock: Clock | None = None) -> RunningService:
