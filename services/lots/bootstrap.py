@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -36,7 +37,7 @@ def build(infra: Infrastructure) -> ServiceParts:
 
     # Concurrent receipts share a transaction unless LOTGATE_GROUP_COMMIT is off.
     receipts = Receipts(infra.uow, cache, together=infra.settings.group_commit)
-    _count_groups(receipts.group)
+    _count_groups(receipts.groups)
 
     def register(server: grpc.aio.Server) -> list[str]:
         api = LotApi(infra.uow, infra.engine, cache, infra.clock, receipts)
@@ -100,21 +101,21 @@ def build(infra: Infrastructure) -> ServiceParts:
     )
 
 
-def _count_groups(group: GroupCommit[Any, Any] | None) -> None:
-    """The group's counters as metrics of this service (read at scrape time)."""
+def _count_groups(groups: Sequence[GroupCommit[Any, Any]]) -> None:
+    """The groups' counters, summed, as metrics of this service (read at scrape time)."""
     metrics = service_metrics.current.get()
-    if group is None or metrics is None:
+    if not groups or metrics is None:
         return
-    for name, documentation, value in (
+    for name, documentation, count in (
             ("lotgate_group_commit_groups", "Transactions shared by several calls.",
-             lambda: group.groups),
+             lambda g: g.groups),
             ("lotgate_group_commit_calls", "Calls written in a shared transaction.",
-             lambda: group.grouped),
+             lambda g: g.grouped),
             ("lotgate_group_commit_failed_groups",
              "Shared transactions that failed; their calls were then written alone.",
-             lambda: group.failed_groups)):
+             lambda g: g.failed_groups)):
         metrics.counted(name, documentation, ("group",),
-                        lambda value=value: [((GROUP,), value())])
+                        lambda count=count: [((GROUP,), sum(map(count, groups)))])
 
 
 async def start(settings: ServiceSettings, *, clock: Clock | None = None) -> RunningService:

@@ -48,20 +48,25 @@ GROUP = "lots.receive"
 
 
 class Receipts:
-    """`await receipts(cmd)`: the lot received (or found received) and its status."""
+    """`await receipts(cmd)`: the lot received (or found received) and its status.
+
+    Receipts are grouped by their supplier site and material, in `partitions` groups: a
+    group waits for its running transaction, and so a receipt waiting for a
+    qualification change holds back only the receipts of its own partition."""
 
     def __init__(self, uow: UnitOfWorkFactory, cache: StatusCache, *, together: bool = True,
-                 max_items: int = 256) -> None:
+                 partitions: int = 8, max_items: int = 256) -> None:
         self._uow = uow
         self._cache = cache
-        self.group: GroupCommit[ReceiveLot, Received] | None = (
+        self.groups: list[GroupCommit[ReceiveLot, Received]] = [
             GroupCommit(self._together, self._alone, max_items=max_items, name=GROUP)
-            if together else None)
+            for _ in range(partitions if together else 0)]
 
     async def __call__(self, cmd: ReceiveLot) -> Received:
-        if self.group is None:
+        if not self.groups:
             return await self._alone(cmd)
-        return await self.group(cmd)
+        key = (cmd.supplier_id, cmd.supplier_site_id, cmd.material_code)
+        return await self.groups[hash(key) % len(self.groups)](cmd)
 
     async def _alone(self, cmd: ReceiveLot) -> Received:
         return await receive_lot(self._uow(), cmd, self._cache)
