@@ -223,3 +223,18 @@ async def test_overlapping_copies_of_a_receipt_store_one_lot_and_answer_each_cop
             break
     assert counters(system)["failed_groups"] > before["failed_groups"], \
         "the copies never went in one group"
+
+
+@pytest.mark.req("WMS-003")
+async def test_with_group_commit_off_each_receipt_is_written_alone(
+        databases, nats_server) -> None:
+    async with running_system(databases, nats_server, lots={"group_commit": False}) as alone:
+        supplier_id, material = await qualified(alone)
+        receipts = new_receipts(CALLS)
+        answers = await send_together(alone, supplier_id, material, receipts)
+
+        errors = [a for a in answers if isinstance(a, BaseException)]
+        assert not errors, errors
+        for receipt in receipts:
+            await stored_once(alone, receipt, material)
+        assert counters(alone) == {"groups": 0.0, "calls": 0.0, "failed_groups": 0.0}
