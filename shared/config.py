@@ -113,8 +113,8 @@ class ServiceSettings(BaseSettings):
     # default. More lots than it holds are read from the database again (a batch of
     # 1,000 misses is one query).
     status_cache_mb: float = Field(default=DEFAULT_STATUS_CACHE_MB, gt=0)
-    # Results: posts (RecordResult, RecordResults) that arrive while one is being written
-    # are written together in the next transaction (shared.group_commit); off: each alone.
+    # Group commit (shared.group_commit): concurrent writes of one kind (results: posts;
+    # lots: receipts) share one transaction. Off (LOTGATE_GROUP_COMMIT=off): each alone.
     group_commit: bool = True
     # FOR TESTS ONLY: a file holding a clock offset in seconds (shared.clock.FileClock),
     # so that end-to-end tests can move the services' time. Empty: the system clock.

@@ -118,8 +118,8 @@ class ServiceMetrics:
             ["status", "reason"], registry=r)
         self.group_commit_calls = Histogram(
             "lotgate_group_commit_calls",
-            "Calls written together in one transaction (shared.group_commit), by whether "
-            "it committed or its calls ran again alone.", ["outcome"],
+            "Calls written together in one transaction (shared.group_commit), by group "
+            "and whether it committed or its calls ran again alone.", ["group", "outcome"],
             buckets=GROUP_BUCKETS, registry=r)
         self.audit_verifications = Counter(
             "lotgate_audit_verifications", "Audit trail verifications, by result.",
@@ -227,11 +227,12 @@ def parked(subject: str) -> None:
         metrics.dead_letters_parked.labels(subject).inc()
 
 
-def group_committed(calls: int, *, committed: bool) -> None:
-    """A group of `calls` written in one transaction: committed, or run again alone."""
+def group_committed(group: str, calls: int, *, committed: bool) -> None:
+    """A group of `calls` of kind `group` written in one transaction: committed, or run
+    again alone."""
     metrics = current.get()
     if metrics is not None:
-        metrics.group_commit_calls.labels("committed" if committed else "fell_back"
+        metrics.group_commit_calls.labels(group, "committed" if committed else "fell_back"
                                           ).observe(calls)
 
 

@@ -26,6 +26,7 @@ from services.lots.convert import (
 from services.lots.domain.rule import ReleasePolicy
 from services.lots.feed import ChangeFeed
 from services.lots.read_model import StatusCache, StatusEntry
+from services.lots.receipts import Receipts
 from services.lots.watch import MAX_RESUME_LOTS, MAX_WATCH_LOTS, WatchRequest, watch
 from shared.clock import Clock
 from shared.errors import Unavailable, Violations, shown
@@ -40,11 +41,12 @@ MAX_BATCH = 1000
 
 class LotApi(pb_grpc.LotServiceServicer):
     def __init__(self, uow: UnitOfWorkFactory, engine: AsyncEngine, cache: StatusCache,
-                 clock: Clock) -> None:
+                 clock: Clock, receipts: Receipts | None = None) -> None:
         self._uow = uow
         self._engine = engine
         self._cache = cache
         self._clock = clock
+        self._receipts = receipts or Receipts(uow, cache)
 
     async def ReceiveLot(self, request: pb.ReceiveLotRequest,
                          context: grpc.aio.ServicerContext) -> pb.ReceiveLotResponse:
@@ -78,7 +80,7 @@ class LotApi(pb_grpc.LotServiceServicer):
             container_count=request.container_count, expiry_date=expiry,
             requested_by=request.requested_by, fingerprint=fingerprint(request),
             retest_date=retest)
-        lot, status = await handlers.receive_lot(self._uow(), command, self._cache)
+        lot, status = await self._receipts(command)
         return pb.ReceiveLotResponse(lot=lot_to_proto(lot, status.as_of(self._clock.now())))
 
     async def GetLot(self, request: pb.GetLotRequest,

@@ -15,6 +15,7 @@ from services.lots.api import LotApi
 from services.lots.domain.rule import ResultState
 from services.lots.feed import ChangeFeed
 from services.lots.read_model import StatusCache
+from services.lots.receipts import Receipts
 from services.lots.tables import tables
 from services.lots.time_driven import run_time_checks
 from shared import messaging
@@ -31,8 +32,11 @@ def build(infra: Infrastructure) -> ServiceParts:
     # Every replica's status changes: keeps the cache coherent, feeds the watches.
     feed = ChangeFeed(infra.engine, cache, gate=infra.gate)
 
+    # Concurrent receipts share a transaction unless LOTGATE_GROUP_COMMIT is off.
+    receipts = Receipts(infra.uow, cache, together=infra.settings.group_commit)
+
     def register(server: grpc.aio.Server) -> list[str]:
-        api = LotApi(infra.uow, infra.engine, cache, infra.clock)
+        api = LotApi(infra.uow, infra.engine, cache, infra.clock, receipts)
         api.feed = feed
         lots_pb2_grpc.add_LotServiceServicer_to_server(api, server)
         return [lots_pb2.DESCRIPTOR.services_by_name["LotService"].full_name]

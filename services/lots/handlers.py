@@ -7,19 +7,20 @@ their results and release policy, locked: two queries), the pure
 `lifecycle.decide_lots` (the rule, then the one `transition`), and
 `repository.save_decisions` with each lot's LotStatusChanged in the outbox, in the same
 transaction. A qualification withdrawn after release does not change a released lot: it
-opens a review of it for QA, announced by LotReviewRequired. QA's actions on a lot are
-writes too, in qa_handlers.py, through the same `decide_and_save`.
+opens a review of it for QA, announced by LotReviewRequired. Receipts (receipts.py) and
+QA's actions on a lot (qa_handlers.py) are writes too, through the same `decide_and_save`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from contextvars import Context
 from dataclasses import replace
+from datetime import datetime
 
 from services.lots import convert, queries, repository
 from services.lots.commands import (
     CloseLotReview,
-    ReceiveLot,
     SetReleasePolicy,
 )
 from services.lots.decision_record import (
@@ -29,8 +30,8 @@ from services.lots.decision_record import (
 from services.lots.domain.lifecycle import (
     DECIDED_ON_POLICY,
     DECIDED_ON_QUALIFICATION,
+    Decided,
     decide_lots,
-    receipt_date_problems,
 )
 from services.lots.domain.lot import Key, Lot
 from services.lots.domain.projection import LabResult, QualificationChange
@@ -48,10 +49,10 @@ from services.lots.records import DecisionContext, Policy, Review
 from shared import esign, messaging, tracing
 from shared.audit import record as audit_record
 from shared.crash import crash_point
-from shared.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
+from shared.errors import NotFound
 from shared.logs import get_logger
 from shared.metrics import count_decision
-from shared.uow import UnitOfWork, as_retry_after_conflict
+from shared.uow import UnitOfWork
 
 log = get_logger(__name__)
 
@@ -60,81 +61,48 @@ log = get_logger(__name__)
 
 @tracing.traced("lots.decide")
 async def decide_and_save(uow: UnitOfWork, context: DecisionContext, cache: StatusCache, *,
-                          cause: str, first: bool = False,
-                          force: bool = False) -> list[StatusEntry]:
+                          cause: str, first: bool = False, force: bool = False,
+                          contexts: Mapping[str, Context] | None = None
+                          ) -> list[StatusEntry]:
     """The decision path's last two beats, for a loaded context: decide its lots (the
     pure rule and the one transition), then record and announce those whose status or
     reasons changed (every lot when `force`: a QA action is recorded even when it changes
-    neither)."""
+    neither). `contexts`: the context (caller, request, trace) each lot's decision is noted
+    in, by lot id (receipts written together, receipts.py); else the current one."""
     now = uow.clock.now()
     decided = decide_lots(context.lots, context.qualifications, context.results,
                           context.policies, now, first=first, force=force)
     entries = []
     for d in decided:
-        audit_record(uow, "lot", d.lot.lot_id, action="decide", reason=cause)
-        entry = StatusEntry.make(d.lot, d.step.status, d.version, d.step.unmet, now)
-        changed = convert.status_changed(entry, d.previous_status, now)
-        uow.emit(messaging.LOT_STATUS_CHANGED, d.lot.lot_id, changed)
-        uow.after_commit(lambda entry=entry: cache.put(entry))
-        count_decision(uow, d.step.status, d.step.unmet)
-        entries.append(entry)
-        if d.step.status is not (d.previous_status or LotStatus.QUARANTINE):
-            # The cause's event (or request) and trace ids come from the context.
-            log.info("lot_status_changed", lot_id=d.lot.lot_id, status=d.step.status.value,
-                     previous=d.previous_status.value if d.previous_status else None,
-                     version=d.version, cause=cause[:200], status_event_id=changed.event_id)
-            tracing.add_event("lot_status_changed", lot_id=d.lot.lot_id,
-                              status=d.step.status.value, version=d.version)
+        own = contexts.get(d.lot.lot_id) if contexts else None
+        entries.append(own.run(_note, uow, d, cache, now, cause) if own
+                       else _note(uow, d, cache, now, cause))
     crash_point("inside_decision")
     await repository.save_decisions(uow.conn, decided, cause=cause, now=now)
     return entries
 
 
+def _note(uow: UnitOfWork, d: Decided, cache: StatusCache, now: datetime,
+          cause: str) -> StatusEntry:
+    """A decision's audit note, LotStatusChanged, count and log line; its new status."""
+    audit_record(uow, "lot", d.lot.lot_id, action="decide", reason=cause)
+    entry = StatusEntry.make(d.lot, d.step.status, d.version, d.step.unmet, now)
+    changed = convert.status_changed(entry, d.previous_status, now)
+    uow.emit(messaging.LOT_STATUS_CHANGED, d.lot.lot_id, changed)
+    uow.after_commit(lambda entry=entry: cache.put(entry))
+    count_decision(uow, d.step.status, d.step.unmet)
+    if d.step.status is not (d.previous_status or LotStatus.QUARANTINE):
+        # The cause's event (or request) and trace ids come from the context.
+        log.info("lot_status_changed", lot_id=d.lot.lot_id, status=d.step.status.value,
+                 previous=d.previous_status.value if d.previous_status else None,
+                 version=d.version, cause=cause[:200], status_event_id=changed.event_id)
+        tracing.add_event("lot_status_changed", lot_id=d.lot.lot_id,
+                          status=d.step.status.value, version=d.version)
+    return entry
+
+
 def entry_of(lot: Lot) -> StatusEntry:
     return StatusEntry.make(lot, lot.status, lot.status_version, lot.unmet, lot.decided_at)
-
-
-# -- receipt ---------------------------------------------------------------------------
-
-async def receive_lot(uow: UnitOfWork, cmd: ReceiveLot,
-                      cache: StatusCache) -> tuple[Lot, StatusEntry]:
-    """Put a lot into QUARANTINE and decide it at once from what is already known.
-
-    The same receipt again, also one that overlaps the original, returns the lot; other
-    details under its id are ALREADY_EXISTS."""
-    return await as_retry_after_conflict(
-        lambda: _receive_lot(uow, cmd, cache),
-        conflict=f"lot {cmd.lot_id} was received concurrently; retry")
-
-
-async def _receive_lot(uow: UnitOfWork, cmd: ReceiveLot,
-                       cache: StatusCache) -> tuple[Lot, StatusEntry]:
-    async with uow:
-        existing = await repository.get_lot(uow.conn, lot_id=cmd.lot_id)
-        if existing is not None:
-            if existing.fingerprint != cmd.fingerprint:
-                raise AlreadyExists(f"lot {cmd.lot_id} was received with other details")
-            return existing, await queries.get_status(uow.conn, lot_id=cmd.lot_id, cache=cache)
-        now = uow.clock.now()
-        problems = receipt_date_problems(cmd.expiry_date, cmd.retest_date, now.date())
-        if problems:
-            raise InvalidArgument([FieldViolation(f, d) for f, d in problems])
-        # Written properly by the first decision below, in this same transaction.
-        lot = Lot(cmd.lot_id, cmd.material_code, cmd.supplier_id, cmd.supplier_site_id,
-                  cmd.supplier_lot_number, cmd.quantity_value, cmd.quantity_unit,
-                  cmd.container_count, cmd.expiry_date, cmd.retest_date, now,
-                  cmd.requested_by, cmd.fingerprint, LotStatus.QUARANTINE, 0, (), now)
-        held = await repository.lock_qualifications(uow.conn, keys=[lot.key])
-        await repository.add_lot(uow.conn, lot)
-        audit_record(uow, "lot", cmd.lot_id, action="receive",
-                     reason=f"received by {cmd.requested_by}")
-        uow.emit(messaging.LOT_RECEIVED, cmd.lot_id, convert.lot_received(lot, now))
-        context = await repository.load_lots(uow.conn, lot_ids=[lot.lot_id],
-                                             qualifications_=held)
-        [entry] = await decide_and_save(uow, context, cache,
-                                        cause=f"received by {cmd.requested_by}", first=True)
-        await uow.commit()
-    return context.lots[0], entry
 
 
 # -- other services' events ------------------------------------------------------------

@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import Row
 
-from services.lots.decision_record import unmet_from_json
+from services.lots.decision_record import unmet_from_json, unmet_to_json
 from services.lots.domain.lot import Key, Lot
 from services.lots.domain.rule import (
     LotStatus,
@@ -90,11 +90,36 @@ def lot_from_row(r: Row[Any]) -> Lot:
                bool(r.qa_released), r.qa_hold_reason or "", r.qa_rejection_reason or "")
 
 
+def lot_row(lot: Lot) -> dict[str, Any]:
+    """The row of a received lot (the inverse of `lot_from_row`)."""
+    return {"lot_id": lot.lot_id, "material_code": lot.material_code,
+            "supplier_id": lot.supplier_id, "supplier_site_id": lot.supplier_site_id,
+            "supplier_lot_number": lot.supplier_lot_number,
+            "quantity_value": lot.quantity_value, "quantity_unit": lot.quantity_unit,
+            "container_count": lot.container_count, "expiry_date": lot.expiry_date,
+            "retest_date": lot.retest_date, "qa_released": lot.qa_released,
+            "qa_hold_reason": lot.qa_hold_reason,
+            "qa_rejection_reason": lot.qa_rejection_reason, "received_at": lot.received_at,
+            "received_by": lot.received_by, "fingerprint": lot.fingerprint,
+            "status": lot.status.value, "status_version": lot.status_version,
+            "unmet": unmet_to_json(lot.unmet), "decided_at": lot.decided_at}
+
+
 def result_from_row(r: Any) -> ResultFacts:
     return ResultFacts(
         r.result_id, TestKind(r.test), Verdict(r.verdict), r.sequence, r.spec_version,
         r.lot_result_number, state=ResultState(r.state), state_reason=r.state_reason,
         retest_of=r.retest_of or "", required_tests=tests_from_text(r.required_tests))
+
+
+class Prefixed:
+    """The lot_results columns of a joined row (labelled r_<name>)."""
+
+    def __init__(self, row: Row[Any]) -> None:
+        self._row = row
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._row, f"r_{name}")
 
 
 def policy_from_row(r: Row[Any]) -> Policy:

@@ -16,7 +16,7 @@ from datetime import date, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import ColumnElement, Insert, Row, and_, bindparam, insert, select, tuple_, update
+from sqlalchemy import ColumnElement, Insert, and_, bindparam, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.lots.decision_record import inputs_to_json, unmet_to_json
@@ -33,8 +33,10 @@ from services.lots.domain.rule import (
 from services.lots.records import (
     DecisionContext,
     Policy,
+    Prefixed,
     Review,
     lot_from_row,
+    lot_row,
     policy_from_row,
     result_from_row,
     review_from_row,
@@ -81,31 +83,35 @@ def _of_key(key: Key) -> ColumnElement[bool]:
 
 # -- the decision path -----------------------------------------------------------------
 
-async def lock_qualifications(conn: AsyncConnection, *,
-                              keys: Iterable[Key]) -> dict[Key, QualificationFacts]:
-    """Lock (creating placeholders where missing) the qualification rows of `keys`."""
+async def lock_qualifications(conn: AsyncConnection, *, keys: Iterable[Key],
+                              shared: bool = False) -> dict[Key, QualificationFacts]:
+    """Lock (creating placeholders where missing) the qualification rows of `keys`.
+
+    `shared`: a read lock (FOR SHARE), for decisions that only read them (receipts): they
+    run beside each other, while a change of them (FOR UPDATE) waits for them all and
+    they for it. SQLite has one writer at a time anyway."""
     ordered = sorted(set(keys))
     if not ordered:
         return {}
-    found = await _lock_existing(conn, ordered)
+    found = await _lock_existing(conn, ordered, shared)
     missing = [key for key in ordered if key not in found]
     if missing:
         await conn.execute(
             insert_ignoring_duplicates(qualifications, conn.dialect.name),
             [{"supplier_id": s, "site_id": site, "material_code": m, "status": "",
               "valid_until": None, "version": 0} for s, site, m in missing])
-        found.update(await _lock_existing(conn, missing))
+        found.update(await _lock_existing(conn, missing, shared))
     return found
 
 
-async def _lock_existing(conn: AsyncConnection,
-                         keys: list[Key]) -> dict[Key, QualificationFacts]:
+async def _lock_existing(conn: AsyncConnection, keys: list[Key],
+                         shared: bool) -> dict[Key, QualificationFacts]:
     q = qualifications.c
     rows = await conn.execute(
         select(qualifications)
         .where(tuple_(q.supplier_id, q.site_id, q.material_code).in_(keys))
         .order_by(q.supplier_id, q.site_id, q.material_code)
-        .with_for_update())
+        .with_for_update(read=shared))
     return {(r.supplier_id, r.site_id, r.material_code):
             QualificationFacts(r.status, r.valid_until, r.version) for r in rows}
 
@@ -142,19 +148,9 @@ async def load_lots(conn: AsyncConnection, *, lot_ids: Iterable[str] | None = No
             if r.material_policy is not None:
                 context.policies[r.material_code] = ReleasePolicy(r.material_policy)
         if r.r_result_id is not None:
-            results[r.lot_id].append(result_from_row(_Prefixed(r)))
+            results[r.lot_id].append(result_from_row(Prefixed(r)))
     context.results.update(results)
     return context
-
-
-class _Prefixed:
-    """The lot_results columns of a joined row (labelled r_<name>)."""
-
-    def __init__(self, row: Row[Any]) -> None:
-        self._row = row
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._row, f"r_{name}")
 
 
 async def load_decision_context(conn: AsyncConnection, *, keys: Iterable[Key],
@@ -212,19 +208,20 @@ async def keys_of(conn: AsyncConnection, *, lot_ids: Iterable[str]) -> dict[str,
     return {r.lot_id: (r.supplier_id, r.supplier_site_id, r.material_code) for r in rows}
 
 
-async def add_lot(conn: AsyncConnection, lot: Lot) -> None:
-    """Insert a received lot (its first decision follows in the same transaction)."""
-    await conn.execute(insert(lots).values(
-        lot_id=lot.lot_id, material_code=lot.material_code, supplier_id=lot.supplier_id,
-        supplier_site_id=lot.supplier_site_id, supplier_lot_number=lot.supplier_lot_number,
-        quantity_value=lot.quantity_value, quantity_unit=lot.quantity_unit,
-        container_count=lot.container_count, expiry_date=lot.expiry_date,
-        retest_date=lot.retest_date, qa_released=lot.qa_released,
-        qa_hold_reason=lot.qa_hold_reason, qa_rejection_reason=lot.qa_rejection_reason,
-        received_at=lot.received_at, received_by=lot.received_by,
-        fingerprint=lot.fingerprint, status=lot.status.value,
-        status_version=lot.status_version, unmet=unmet_to_json(lot.unmet),
-        decided_at=lot.decided_at))
+async def get_lots(conn: AsyncConnection, *, lot_ids: Iterable[str]) -> dict[str, Lot]:
+    """The received lots among `lot_ids`, by id."""
+    rows = await conn.execute(select(lots).where(lots.c.lot_id.in_(sorted(set(lot_ids)))))
+    return {r.lot_id: lot_from_row(r) for r in rows}
+
+
+async def add_lots(conn: AsyncConnection, received: Sequence[Lot]) -> None:
+    """Insert received lots, in one statement (their first decision follows in the same
+    transaction)."""
+    rows = [lot_row(lot) for lot in received]
+    await conn.execute(_ADD_LOT, rows[0] if len(rows) == 1 else rows)
+
+
+_ADD_LOT = insert(lots)
 
 
 async def set_qa_facts(conn: AsyncConnection, *, lot_id: str, values: dict[str, Any]) -> None:

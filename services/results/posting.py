@@ -50,6 +50,10 @@ class Post:
     batch: bool = False
 
 
+# The group-commit metric's label for posts.
+GROUP = "results.post"
+
+
 class Posting:
     """Where the API sends posts: with group commit, a post arriving while others are
     written waits and goes with the posts beside it in the next unit of work; without,
@@ -60,7 +64,7 @@ class Posting:
         self._uow = uow
         self.group: GroupCommit[Post, list[Result]] | None = GroupCommit(
             self._together, self._alone, max_items=max_items,
-            size=lambda post: len(post.commands), name="results") if group_commit else None
+            size=lambda post: len(post.commands), name=GROUP) if group_commit else None
 
     async def post(self, post: Post) -> list[Result]:
         """The post's results, in the order of its commands."""
@@ -75,9 +79,9 @@ class Posting:
         try:
             answers = await record_posts(self._uow(), group)
         except Exception:
-            group_committed(len(group), committed=False)
+            group_committed(GROUP, len(group), committed=False)
             raise
-        group_committed(len(group), committed=True)
+        group_committed(GROUP, len(group), committed=True)
         return answers
 
 

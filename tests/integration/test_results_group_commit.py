@@ -68,7 +68,7 @@ def groups(service: RunningService, outcome: str) -> float:
     """How many calls went in groups that committed, or that fell back to running alone."""
     assert service.metrics is not None
     return service.metrics.registry.get_sample_value(
-        "lotgate_group_commit_calls_sum", {"outcome": outcome}) or 0.0
+        "lotgate_group_commit_calls_sum", {"group": "results.post", "outcome": outcome}) or 0.0
 
 
 async def at_once(calls: list[Callable[[], Awaitable[Any]]]) -> list[Any]:
