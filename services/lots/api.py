@@ -20,7 +20,7 @@ from services.lots.convert import (
     lot_to_proto,
     policy_to_proto,
     release_status_of,
-    release_statuses,
+    release_statuses_response,
     review_to_proto,
 )
 from services.lots.domain.rule import ReleasePolicy
@@ -111,8 +111,7 @@ class LotApi(pb_grpc.LotServiceServicer):
         v.raise_if_any()
         async with self._engine.connect() as conn:
             found = await queries.get_statuses(conn, lot_ids=lot_ids, cache=self._cache)
-        return pb.GetReleaseStatusesResponse(
-            statuses=release_statuses(found, lot_ids, self._clock.now()))
+        return release_statuses_response(found, lot_ids, self._clock.now())
 
     async def ExplainDecision(self, request: pb.ExplainDecisionRequest,
                               context: grpc.aio.ServicerContext) -> pb.ExplainDecisionResponse:

@@ -70,10 +70,12 @@ async def decide_and_save(uow: UnitOfWork, context: DecisionContext, cache: Stat
     decided = decide_lots(context.lots, context.qualifications, context.results,
                           context.policies, now, first=first, force=force)
     entries = []
+    replies: dict[str, bytes] = {}
     for d in decided:
         audit_record(uow, "lot", d.lot.lot_id, action="decide", reason=cause)
         entry = StatusEntry.make(d.lot, d.step.status, d.version, d.step.unmet, now)
         changed = convert.status_changed(entry, d.previous_status, now)
+        replies[d.lot.lot_id] = convert.status_reply(entry)
         uow.emit(messaging.LOT_STATUS_CHANGED, d.lot.lot_id, changed)
         uow.after_commit(lambda entry=entry: cache.put(entry))
         count_decision(uow, d.step.status, d.step.unmet)
@@ -86,7 +88,7 @@ async def decide_and_save(uow: UnitOfWork, context: DecisionContext, cache: Stat
             tracing.add_event("lot_status_changed", lot_id=d.lot.lot_id,
                               status=d.step.status.value, version=d.version)
     crash_point("inside_decision")
-    await repository.save_decisions(uow.conn, decided, cause=cause, now=now)
+    await repository.save_decisions(uow.conn, decided, cause=cause, now=now, replies=replies)
     return entries
 
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import literal, select
+from sqlalchemy import String, any_, bindparam, case, literal, null, select
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.lots import repository
@@ -30,7 +31,7 @@ from services.lots.domain.lot import Lot
 from services.lots.domain.replay import Replayed, replay, replay_difference
 from services.lots.domain.reviews import ReviewState
 from services.lots.domain.rule import LotStatus, ReleasePolicy
-from services.lots.read_model import StatusCache, StatusEntry
+from services.lots.read_model import StatusCache, StatusEntry, StoredStatus
 from services.lots.records import (
     DecisionRecord,
     Policy,
@@ -78,20 +79,33 @@ async def get_status(conn: AsyncConnection, *, lot_id: str, cache: StatusCache) 
 
 
 async def get_statuses(conn: AsyncConnection, *, lot_ids: Sequence[str],
-                       cache: StatusCache) -> dict[str, StatusEntry]:
+                       cache: StatusCache) -> dict[str, StatusEntry | StoredStatus]:
     """The status of each received lot among `lot_ids`: memory first, one database query
-    for all the misses (a lot never received is not in the answer)."""
-    entries: dict[str, StatusEntry] = {}
+    for all the misses (a lot never received is not in the answer).
+
+    A miss is answered from its stored reply as read (StoredStatus) and not put into the
+    cache: a pick list of cold lots would push out the hot ones a lot at a time, and
+    making and holding an entry costs more than answering from the row (a batch of 1,000
+    misses took 6 times as long with each put into the cache)."""
+    found: dict[str, StatusEntry | StoredStatus] = {}
+    missing = []
     for lot_id in lot_ids:
         entry = cache.get(lot_id)
-        if entry is not None:
-            entries[lot_id] = entry
-    missing = [lot_id for lot_id in lot_ids if lot_id not in entries]
+        if entry is None:
+            missing.append(lot_id)
+        else:
+            found[lot_id] = entry
     if missing:
-        for entry in await status_rows(conn, sorted(set(missing))):
-            cache.put(entry)
-            entries[entry.lot_id] = entry
-    return entries
+        unanswered = []
+        for row in await stored_statuses(conn, missing):
+            if row.reply is None:
+                unanswered.append(row.lot_id)
+            else:
+                found[row.lot_id] = row
+        if unanswered:  # rows written without their reply
+            for built in await status_rows(conn, unanswered):
+                found[built.lot_id] = built
+    return found
 
 
 # -- lots ------------------------------------------------------------------------------
@@ -228,6 +242,29 @@ def _entry(r: Any) -> StatusEntry:
     return StatusEntry(r.lot_id, r.supplier_id, r.supplier_site_id, r.material_code,
                        LotStatus(r.status), r.status_version, unmet_from_json(r.unmet),
                        r.decided_at, r.expiry_date, r.retest_date)
+
+
+# The stored reply while it is the lot's current status (else NULL: read the columns).
+_REPLY = case((lots.c.status_reply_version == lots.c.status_version, lots.c.status_reply),
+              else_=null()).label("reply")
+_STORED_COLUMNS = (lots.c.lot_id, _REPLY, lots.c.status, lots.c.expiry_date,
+                   lots.c.retest_date)
+# On PostgreSQL the ids are one array parameter: one statement, prepared once, whatever
+# their number (an IN list is written out anew for each number of ids, each id a bind).
+_STORED_BY_ARRAY = select(*_STORED_COLUMNS).where(
+    lots.c.lot_id == any_(bindparam("ids", type_=postgresql.ARRAY(String))))
+
+
+async def stored_statuses(conn: Any, lot_ids: Sequence[str]) -> list[Any]:
+    """The stored status (read_model.StoredStatus; `reply` None when the row has none for
+    its current version) of each lot among `lot_ids` that exists."""
+    if conn.dialect.name == "postgresql":
+        return (await conn.execute(_STORED_BY_ARRAY, {"ids": list(lot_ids)})).all()
+    found: list[Any] = []
+    for start in range(0, len(lot_ids), _CHUNK):
+        found += await conn.execute(select(*_STORED_COLUMNS).where(
+            lots.c.lot_id.in_(lot_ids[start:start + _CHUNK])))
+    return found
 
 
 async def status_rows(conn: Any, lot_ids: Sequence[str]) -> list[StatusEntry]:
