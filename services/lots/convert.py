@@ -106,14 +106,12 @@ def release_statuses_response(found: Mapping[str, StatusEntry | StoredStatus],
             reply = not_found(lot_id).SerializeToString()
         elif type(got) is StatusEntry:
             reply = release_status_of(got.as_of(now)).SerializeToString()
-        else:
-            reply = got.reply  # type: ignore[union-attr]
+        else:  # a StoredStatus (or a row of its columns), unpacked: no lookup by name
+            _, reply, _, expiry_date, retest_date = got
             # The dates first: they rule out moved_by_time for all but the lots whose
-            # expiry or retest date has come (moved_by_time decides those).
-            if (got.expiry_date < today  # type: ignore[union-attr]
-                    or (got.retest_date is not None  # type: ignore[union-attr]
-                        and got.retest_date <= today)):  # type: ignore[union-attr]
-                reply = stored_reply(got, now)  # type: ignore[arg-type]
+            # expiry or retest date has come (stored_reply decides those).
+            if expiry_date < today or (retest_date is not None and retest_date <= today):
+                reply = stored_reply(got, now)
         size = len(reply)
         add((prefixes[size] if size < 16384 else _prefix(size), reply))
     return pb.GetReleaseStatusesResponse.FromString(b"".join(parts))
@@ -202,6 +200,15 @@ def lot_to_proto(lot: Lot, status: StatusEntry | None) -> pb.Lot:
         received_at=to_timestamp(lot.received_at),
         release_status=release_status_of(status) if status else pb.ReleaseStatus(),
         retest_date=lot.retest_date.isoformat() if lot.retest_date else "")
+
+
+def listed_lot(lot: Lot, status: StatusEntry | StoredStatus, now: datetime) -> pb.Lot:
+    """A lot of a page with its status at `now`, held (an entry) or as stored."""
+    if isinstance(status, StatusEntry):
+        return lot_to_proto(lot, status.as_of(now))
+    listed = lot_to_proto(lot, None)
+    listed.release_status.MergeFromString(stored_reply(status, now))
+    return listed
 
 
 def policy_to_proto(policy: Policy) -> pb.MaterialReleasePolicy:

@@ -98,10 +98,10 @@ async def get_statuses(conn: AsyncConnection, *, lot_ids: Sequence[str],
     if missing:
         unanswered = []
         for row in await stored_statuses(conn, missing):
-            if row.reply is None:
-                unanswered.append(row.lot_id)
+            if row[1] is None:  # its reply (StoredStatus's order)
+                unanswered.append(row[0])
             else:
-                found[row.lot_id] = row
+                found[row[0]] = row
         if unanswered:  # rows written without their reply
             for built in await status_rows(conn, unanswered):
                 found[built.lot_id] = built
@@ -122,22 +122,29 @@ async def list_lots(conn: AsyncConnection, *, status: LotStatus | None, after: s
                     cache: StatusCache, supplier_id: str = "", supplier_site_id: str = "",
                     material_code: str = "", received_from: datetime | None = None,
                     received_before: datetime | None = None
-                    ) -> list[tuple[Lot, StatusEntry]]:
+                    ) -> list[tuple[Lot, StatusEntry | StoredStatus]]:
     """A page of lots in id order, after the lot id `after`, each with its status: one
     query, whatever the cache holds (the page's rows carry each lot's status; a cached
-    entry answers when it is as new, and a row newer than the cache refreshes it)."""
+    entry answers when it is as new, and a row newer than the cache refreshes it). A lot
+    not held answers with its stored reply and stays out of the cache, as in
+    get_statuses."""
     found = await lot_page(conn, status=status, after=after, limit=limit,
                            supplier_id=supplier_id, supplier_site_id=supplier_site_id,
                            material_code=material_code, received_from=received_from,
                            received_before=received_before)
-    page = []
-    for lot in found:
+    page: list[tuple[Lot, StatusEntry | StoredStatus]] = []
+    for lot, reply in found:
         entry = cache.get(lot.lot_id)
-        if entry is None or entry.version < lot.status_version:
+        if entry is not None and entry.version >= lot.status_version:
+            page.append((lot, entry))
+        elif entry is None and reply is not None:
+            page.append((lot, StoredStatus(lot.lot_id, reply, lot.status.value,
+                                           lot.expiry_date, lot.retest_date)))
+        else:
             entry = StatusEntry.make(lot, lot.status, lot.status_version, lot.unmet,
                                      lot.decided_at)
             cache.put(entry)
-        page.append((lot, entry))
+            page.append((lot, entry))
     return page
 
 
@@ -249,6 +256,7 @@ _REPLY = case((lots.c.status_reply_version == lots.c.status_version, lots.c.stat
               else_=null()).label("reply")
 _STORED_COLUMNS = (lots.c.lot_id, _REPLY, lots.c.status, lots.c.expiry_date,
                    lots.c.retest_date)
+_LOT_COLUMNS = tuple(c for c in lots.c if c.name not in ("status_reply", "status_reply_version"))
 # On PostgreSQL the ids are one array parameter: one statement, prepared once, whatever
 # their number (an IN list is written out anew for each number of ids, each id a bind).
 _STORED_BY_ARRAY = select(*_STORED_COLUMNS).where(
@@ -287,10 +295,11 @@ async def material_statuses(conn: Any, material_code: str) -> list[StatusEntry]:
 async def lot_page(conn: AsyncConnection, *, status: LotStatus | None, after: str, limit: int,
                    supplier_id: str, supplier_site_id: str, material_code: str,
                    received_from: datetime | None, received_before: datetime | None
-                   ) -> list[Lot]:
-    """A page of lots in id order after `after`; empty filters match all. The received
-    range is half-open: from `received_from` included to `received_before` excluded."""
-    query = select(lots).where(lots.c.lot_id > after)
+                   ) -> list[tuple[Lot, bytes | None]]:
+    """A page of lots in id order after `after`, each with its stored reply (None: read
+    the columns); empty filters match all. The received range is half-open: from
+    `received_from` included to `received_before` excluded."""
+    query = select(*_LOT_COLUMNS, _REPLY).where(lots.c.lot_id > after)
     if received_from is not None:
         query = query.where(lots.c.received_at >= received_from)
     if received_before is not None:
@@ -306,7 +315,8 @@ async def lot_page(conn: AsyncConnection, *, status: LotStatus | None, after: st
         query = query.where(lots.c.supplier_site_id == supplier_site_id)
     if material_code:
         query = query.where(lots.c.material_code == material_code)
-    return [lot_from_row(r) for r in await conn.execute(query.order_by(lots.c.lot_id).limit(limit))]
+    return [(lot_from_row(r), r.reply)
+            for r in await conn.execute(query.order_by(lots.c.lot_id).limit(limit))]
 
 
 async def decisions_of(conn: AsyncConnection, *, lot_id: str) -> list[DecisionRecord]:
