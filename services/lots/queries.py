@@ -83,11 +83,14 @@ async def get_statuses(conn: AsyncConnection, *, lot_ids: Sequence[str],
     """The status of each received lot among `lot_ids`: memory first, one database query
     for all the misses (a lot never received is not in the answer).
 
-    A miss is answered from its stored reply as read (StoredStatus) and not put into the
-    cache: making an entry costs many times answering from the row (1,000 misses of
-    200,000 lots on PostgreSQL: 5-7 ms from the stored replies, 24-29 ms making and
-    putting an entry of each, 1-1.5 ms when all are held), and a pick list of cold lots
-    would push the hot ones out. The single read (get_status) still fills the cache."""
+    Once the cache is full, a miss is answered from its stored reply as read
+    (StoredStatus) and not put into the cache: making an entry costs many times
+    answering from the row (1,000 misses of 200,000 lots on PostgreSQL: 5-7 ms from the
+    stored replies, 24-29 ms making and putting an entry of each, 1-1.5 ms when all are
+    held), and a pick list of cold lots would push the hot ones out. While it has room
+    for them (after a start; a site whose lots all fit) the misses are held, evicting
+    nothing, and the next read of them is a hit. The single read (get_status) fills the
+    cache in any case."""
     found: dict[str, StatusEntry | StoredStatus] = {}
     missing = []
     for lot_id in lot_ids:
@@ -96,7 +99,11 @@ async def get_statuses(conn: AsyncConnection, *, lot_ids: Sequence[str],
             missing.append(lot_id)
         else:
             found[lot_id] = entry
-    if missing:
+    if missing and len(missing) <= cache.room:
+        for entry in await status_rows(conn, missing):
+            cache.put(entry)
+            found[entry.lot_id] = entry
+    elif missing:
         unanswered = []
         for row in await stored_statuses(conn, missing):
             if row[1] is None:  # its reply (StoredStatus's order)

@@ -166,6 +166,11 @@ class StatusCache:
         return self._max
 
     @property
+    def room(self) -> int:
+        """How many more entries it takes before it evicts one."""
+        return self._max - len(self._entries)
+
+    @property
     def max_floors(self) -> int:
         return self._max_floors
 

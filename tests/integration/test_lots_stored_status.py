@@ -1,8 +1,8 @@
 """Each lot's status as answered is stored with it (tables.lots.status_reply), so that a
 batch read of lots not in memory answers from the rows without parsing them: the stored
 answer is the answer, a row changed without it is answered from its columns, a batch of
-misses leaves the status cache alone, and the lots that exist when the column arrives get
-theirs from the migration."""
+misses leaves a full status cache alone (one with room holds them), and the lots that
+exist when the column arrives get theirs from the migration."""
 
 from __future__ import annotations
 
@@ -45,15 +45,16 @@ async def stored(system: System, lot_id: str) -> bytes | None:
 
 async def batch_from_the_database(system: System,
                                   lot_ids: list[str]) -> tuple[list[pb.ReleaseStatus], int]:
-    """The batch answer read with an empty cache, and how many entries the cache took."""
-    cache = StatusCache()
+    """The batch answer read with a cache too small to hold the batch's lots (their
+    stored replies answer), and how many entries the cache took."""
+    cache = StatusCache(max_entries=1)
     async with system.lots_service.infra.engine.connect() as conn:
         found = await queries.get_statuses(conn, lot_ids=lot_ids, cache=cache)
     return convert.release_statuses(found, lot_ids, datetime.now(UTC)), len(cache)
 
 
 @pytest.mark.req("WMS-001")
-async def test_the_stored_reply_is_what_is_answered_and_misses_stay_out_of_the_cache(
+async def test_the_stored_reply_is_what_is_answered_and_misses_stay_out_of_a_full_cache(
         system: System) -> None:
     material = ref("MAT")
     supplier_id = await system.qualified_supplier(material)
@@ -68,6 +69,12 @@ async def test_the_stored_reply_is_what_is_answered_and_misses_stay_out_of_the_c
     read, held = await batch_from_the_database(system, asked)
     assert read == answers
     assert held == 0
+    # With room for them, the lots are held (and answered the same).
+    cache = StatusCache()
+    async with system.lots_service.infra.engine.connect() as conn:
+        found = await queries.get_statuses(conn, lot_ids=asked, cache=cache)
+    assert convert.release_statuses(found, asked, datetime.now(UTC)) == answers
+    assert len(cache) == len(asked)
 
 
 @pytest.mark.req("WMS-001")
