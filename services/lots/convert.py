@@ -4,7 +4,7 @@ With `api.py` the only module that builds or reads the service's own messages.""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -14,11 +14,12 @@ from google.protobuf.message import DecodeError
 from lotgate.lots.v1 import events_pb2
 from lotgate.lots.v1 import lots_pb2 as pb
 from services.lots.decision_record import StoredInputs
+from services.lots.domain.lifecycle import USABLE, moved_by_time
 from services.lots.domain.lot import Lot
 from services.lots.domain.replay import Replayed
 from services.lots.domain.reviews import ReviewState
 from services.lots.domain.rule import LotStatus, ReleasePolicy, Unmet
-from services.lots.read_model import StatusEntry
+from services.lots.read_model import StatusEntry, StoredStatus
 from services.lots.records import DecisionRecord, Policy, Review
 from shared.protoconv import from_timestamp, to_timestamp
 from shared.uow import new_event_id
@@ -61,12 +62,74 @@ def release_status_of(entry: StatusEntry) -> pb.ReleaseStatus:
     return made  # type: ignore[no-any-return]
 
 
-def release_statuses(found: dict[str, StatusEntry], lot_ids: Iterable[str],
-                     now: datetime) -> list[pb.ReleaseStatus]:
+def status_reply(entry: StatusEntry) -> bytes:
+    """An entry's status as answered, serialized: what tables.lots.status_reply keeps."""
+    return release_status_of(entry).SerializeToString()  # type: ignore[no-any-return]
+
+
+def stored_reply(stored: StoredStatus, now: datetime) -> bytes:
+    """A stored status as answered at `now` (as StatusEntry.as_of moves an entry)."""
+    if stored.status in _USABLE:  # only a usable lot is moved by time
+        moved = moved_by_time(LotStatus(stored.status), stored.expiry_date,
+                              stored.retest_date, now)
+        if moved is not None:
+            status, why = moved
+            answer = pb.ReleaseStatus.FromString(stored.reply)
+            answer.status = STATUS_TO_PROTO[status]
+            answer.unmet.extend(unmet_to_proto([why]))
+            return answer.SerializeToString()  # type: ignore[no-any-return]
+    return stored.reply
+
+
+_USABLE = frozenset(status.value for status in USABLE)
+# Each element of GetReleaseStatusesResponse.statuses on the wire: its tag, then its
+# length as a varint (a ReleaseStatus is far shorter than 16 KB: one or two bytes).
+_STATUSES_TAG = pb.GetReleaseStatusesResponse.DESCRIPTOR.fields_by_name["statuses"].number
+_PREFIXES = [bytes([_STATUSES_TAG << 3 | 2, *([n] if n < 128 else [n & 127 | 128, n >> 7])])
+             for n in range(1 << 14)]
+
+
+def release_statuses_response(found: Mapping[str, StatusEntry | StoredStatus],
+                              lot_ids: Iterable[str],
+                              now: datetime) -> pb.GetReleaseStatusesResponse:
     """The status of each lot of `lot_ids` at `now`, in that order; a lot not `found` is
-    LOT_NOT_FOUND."""
-    return [release_status_of(found[lot_id].as_of(now)) if lot_id in found
-            else not_found(lot_id) for lot_id in lot_ids]
+    LOT_NOT_FOUND. Put together from serialized statuses and read once: a stored status
+    is used as stored unless time moved it, a held entry's answer is serialized; no
+    message is built per lot."""
+    today = now.date()
+    parts: list[bytes] = []
+    add = parts.extend
+    prefixes = _PREFIXES
+    for lot_id in lot_ids:
+        got = found.get(lot_id)
+        if got is None:
+            reply = not_found(lot_id).SerializeToString()
+        elif type(got) is StatusEntry:
+            reply = release_status_of(got.as_of(now)).SerializeToString()
+        else:  # a StoredStatus (or a row of its columns), unpacked: no lookup by name
+            _, reply, _, expiry_date, retest_date = got
+            # The dates first: they rule out moved_by_time for all but the lots whose
+            # expiry or retest date has come (stored_reply decides those).
+            if expiry_date < today or (retest_date is not None and retest_date <= today):
+                reply = stored_reply(got, now)
+        size = len(reply)
+        add((prefixes[size] if size < 16384 else _prefix(size), reply))
+    return pb.GetReleaseStatusesResponse.FromString(b"".join(parts))
+
+
+def _prefix(size: int) -> bytes:
+    out = [_STATUSES_TAG << 3 | 2]
+    while size >= 128:
+        out.append(size & 127 | 128)
+        size >>= 7
+    return bytes([*out, size])
+
+
+def release_statuses(found: Mapping[str, StatusEntry | StoredStatus], lot_ids: Iterable[str],
+                     now: datetime) -> list[pb.ReleaseStatus]:
+    """The status of each lot of `lot_ids` at `now`, in that order (see
+    release_statuses_response)."""
+    return list(release_statuses_response(found, lot_ids, now).statuses)
 
 
 def not_found(lot_id: str) -> pb.ReleaseStatus:
@@ -137,6 +200,15 @@ def lot_to_proto(lot: Lot, status: StatusEntry | None) -> pb.Lot:
         received_at=to_timestamp(lot.received_at),
         release_status=release_status_of(status) if status else pb.ReleaseStatus(),
         retest_date=lot.retest_date.isoformat() if lot.retest_date else "")
+
+
+def listed_lot(lot: Lot, status: StatusEntry | StoredStatus, now: datetime) -> pb.Lot:
+    """A lot of a page with its status at `now`, held (an entry) or as stored."""
+    if isinstance(status, StatusEntry):
+        return lot_to_proto(lot, status.as_of(now))
+    listed = lot_to_proto(lot, None)
+    listed.release_status.MergeFromString(stored_reply(status, now))
+    return listed
 
 
 def policy_to_proto(policy: Policy) -> pb.MaterialReleasePolicy:

@@ -18,7 +18,7 @@ from contextvars import Context
 from dataclasses import replace
 from datetime import datetime
 
-from services.lots import convert, queries, repository
+from services.lots import convert, qa_queries, repository
 from services.lots.commands import (
     CloseLotReview,
     SetReleasePolicy,
@@ -43,7 +43,7 @@ from services.lots.domain.reviews import (
     review_reason,
 )
 from services.lots.domain.rule import LotStatus, QualificationFacts, ResultState
-from services.lots.queries import SignedReview
+from services.lots.qa_queries import SignedReview
 from services.lots.read_model import StatusCache, StatusEntry
 from services.lots.records import DecisionContext, Policy, Review
 from shared import esign, messaging, tracing
@@ -73,12 +73,15 @@ async def decide_and_save(uow: UnitOfWork, context: DecisionContext, cache: Stat
     decided = decide_lots(context.lots, context.qualifications, context.results,
                           context.policies, now, first=first, force=force)
     entries = []
+    replies: dict[str, bytes] = {}
     for d in decided:
         own = contexts.get(d.lot.lot_id) if contexts else None
-        entries.append(own.run(_note, uow, d, cache, now, cause) if own
-                       else _note(uow, d, cache, now, cause))
+        entry = (own.run(_note, uow, d, cache, now, cause) if own
+                 else _note(uow, d, cache, now, cause))
+        replies[d.lot.lot_id] = convert.status_reply(entry)
+        entries.append(entry)
     crash_point("inside_decision")
-    await repository.save_decisions(uow.conn, decided, cause=cause, now=now)
+    await repository.save_decisions(uow.conn, decided, cause=cause, now=now, replies=replies)
     return entries
 
 
@@ -301,7 +304,7 @@ async def close_lot_review(uow: UnitOfWork, cmd: CloseLotReview) -> SignedReview
         if not must_close(cmd.review_id, ReviewState(review.state), review.conclusion,
                           review.closed_by, new_conclusion=cmd.conclusion,
                           requested_by=cmd.requested_by):
-            [signed] = await queries.signed_reviews(uow.conn, [review])
+            [signed] = await qa_queries.signed_reviews(uow.conn, [review])
             return signed
         now = uow.clock.now()
         await repository.close_review(uow.conn, review_id=cmd.review_id,
@@ -313,7 +316,7 @@ async def close_lot_review(uow: UnitOfWork, cmd: CloseLotReview) -> SignedReview
         await esign.sign(uow.conn, now=now, record_type=REVIEW, record_id=cmd.review_id,
                          fields=review_content(review.review_id, review.lot_id, review.state,
                                                review.conclusion, review.closed_by))
-        [signed] = await queries.signed_reviews(uow.conn, [review])
+        [signed] = await qa_queries.signed_reviews(uow.conn, [review])
         uow.emit(messaging.LOT_REVIEW_CLOSED, review.lot_id,
                  convert.review_closed(review, signed.signatures, now))
         await uow.commit()

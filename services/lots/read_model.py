@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from services.lots.domain.lifecycle import moved_by_time
 from services.lots.domain.rule import LotStatus, Unmet
@@ -63,6 +63,20 @@ class StatusEntry:
             return self
         status, why = moved
         return replace(self, status=status, unmet=(*self.unmet, why), memo={})
+
+
+class StoredStatus(NamedTuple):
+    """A lot's status as the database keeps it for reads (tables.lots.status_reply): the
+    answer as decided, serialized (lotgate.lots.v1.ReleaseStatus), and the facts time may
+    change it by (StatusEntry.as_of). A batch read answers the lots it does not hold with
+    these as they come from the database, without parsing them or filling the cache (see
+    queries.get_statuses). Rows of the status query have these attributes."""
+
+    lot_id: str
+    reply: bytes
+    status: str  # a LotStatus value
+    expiry_date: date
+    retest_date: date | None
 
 
 # What one held lot costs the process in resident memory: the entry, its memoized proto
@@ -150,6 +164,11 @@ class StatusCache:
     @property
     def max_entries(self) -> int:
         return self._max
+
+    @property
+    def room(self) -> int:
+        """How many more entries it takes before it evicts one."""
+        return self._max - len(self._entries)
 
     @property
     def max_floors(self) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime
 from typing import Any
 
@@ -168,22 +168,24 @@ async def load_decision_context(conn: AsyncConnection, *, keys: Iterable[Key],
 _SAVE_LOT = update(lots).where(lots.c.lot_id == bindparam("b_lot_id")).values(
     status=bindparam("b_status"), status_version=bindparam("b_version"),
     unmet=bindparam("b_unmet"), decided_at=bindparam("b_decided_at"),
-    qa_released=bindparam("b_qa_released"))
+    qa_released=bindparam("b_qa_released"), status_reply=bindparam("b_reply"),
+    status_reply_version=bindparam("b_reply_version"))
 
 
 async def save_decisions(conn: AsyncConnection, decided: Sequence[Decided], *, cause: str,
-                         now: datetime) -> None:
-    """Write the lots' new statuses and their decision records."""
+                         now: datetime, replies: Mapping[str, bytes] | None = None) -> None:
+    """Write the lots' new statuses (status_reply: `replies` by lot id), decision records."""
     if not decided:
         return
     updates, records = [], []
     for d in decided:
-        unmet = unmet_to_json(d.step.unmet)
+        unmet, reply = unmet_to_json(d.step.unmet), (replies or {}).get(d.lot.lot_id)
         # QA's release stands only while everything keeps holding (recorded in the inputs
         # of the next decision).
         updates.append({"b_lot_id": d.lot.lot_id, "b_status": d.step.status.value,
                         "b_version": d.version, "b_unmet": unmet, "b_decided_at": now,
-                        "b_qa_released": d.step.qa_released})
+                        "b_qa_released": d.step.qa_released, "b_reply": reply,
+                        "b_reply_version": d.version})
         records.append({"lot_id": d.lot.lot_id, "version": d.version,
                         "previous_status": d.previous_status.value if d.previous_status
                         else None, "status": d.step.status.value, "unmet": unmet,

@@ -11,6 +11,7 @@ from sqlalchemy import (
     Float,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -52,6 +53,13 @@ lots = Table(
     Column("qa_released", Boolean, nullable=False, default=False),
     Column("qa_hold_reason", Text, nullable=False, default=""),
     Column("qa_rejection_reason", Text, nullable=False, default=""),
+    # The status as GetReleaseStatus answers it (a serialized lotgate.lots.v1.ReleaseStatus,
+    # before time moves it: read_model.StoredStatus), written with each decision, so that
+    # reading a lot not in memory parses nothing. It answers only while status_reply_version
+    # equals status_version: a row written without it (straight into the table, or by a
+    # release before this column) is answered from status, unmet and decided_at.
+    Column("status_reply", LargeBinary, nullable=True),
+    Column("status_reply_version", BigInteger, nullable=True),
     Index("ix_lots_supplier_site_material", "supplier_id", "supplier_site_id", "material_code"),
     Index("ix_lots_status", "status", "lot_id"),
     # ListLots by material and the snapshot of a material's watch.
@@ -185,6 +193,8 @@ tables = make_tables(metadata)
 
 # The GMP records of this service, each change of which the audit trail records (QA's
 # actions are changes of their lot).
-audit.register(metadata, "lot", lots)
+# A lot's status_reply is its status, version, unmet and decided_at in another form: not
+# compared with the trail.
+audit.register(metadata, "lot", lots, derived=["status_reply", "status_reply_version"])
 audit.register(metadata, "policy", release_policies)
 audit.register(metadata, "review", lot_reviews, "review_id")

@@ -49,6 +49,7 @@ from sqlalchemy.engine import make_url
 from lotgate.lots.v1 import lots_pb2 as pb
 from lotgate_tools.client import Lotgate
 from lotgate_tools.stack import SERVICES, Stack, free_port
+from services.lots.convert import release_status
 from services.lots.decision_record import (
     inputs_from_json,
     inputs_to_json,
@@ -157,7 +158,7 @@ LOT_COLUMNS = ("lot_id", "material_code", "supplier_id", "supplier_site_id",
                "supplier_lot_number", "quantity_value", "quantity_unit", "container_count",
                "expiry_date", "received_at", "received_by", "fingerprint", "status",
                "status_version", "unmet", "decided_at", "retest_date", "qa_released",
-               "qa_hold_reason", "qa_rejection_reason")
+               "qa_hold_reason", "qa_rejection_reason", "status_reply", "status_reply_version")
 RESULT_COLUMNS = ("result_id", "lot_id", "material_code", "test", "verdict", "sequence",
                   "spec_version", "recorded_at", "lot_result_number", "state",
                   "state_reason", "retest_of", "required_tests")
@@ -296,6 +297,10 @@ def make_rows(population: Population, first: int, count: int, total: int) -> Row
                 .replace(TEMPLATE_EXPIRY_TEXT, expiry_text),
                 d.cause.replace(TEMPLATE_LOT, lid), now))
         material = t.key[2]
+        unmet = t.unmet.replace(TEMPLATE_LOT, lid)
+        # The status as the service writes it with each decision (tables.lots.status_reply).
+        reply = release_status(lid, LotStatus(t.status), len(t.decisions),
+                               unmet_from_json(unmet), times[-1]).SerializeToString()
         for r in t.results:
             state = r.state.value if r.state_from else ResultState.VALID.value
             rows.results.append((
@@ -304,8 +309,8 @@ def make_rows(population: Population, first: int, count: int, total: int) -> Row
                 r.state_reason, None, tests_to_text(r.required)))
         rows.lots.append((
             lid, material, t.key[0], t.key[1], f"S{i}", 25.0, "kg", 2, expiry, received,
-            "warehouse", f"{i:064x}", t.status, len(t.decisions),
-            t.unmet.replace(TEMPLATE_LOT, lid), times[-1], None, t.qa_released, "", ""))
+            "warehouse", f"{i:064x}", t.status, len(t.decisions), unmet, times[-1], None,
+            t.qa_released, "", "", reply, len(t.decisions)))
     return rows
 
 

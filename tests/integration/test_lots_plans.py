@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy import event, insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.lots import queries, repository
+from services.lots import qa_queries, queries, repository
 from services.lots.domain.reviews import ReviewState
 from services.lots.domain.rule import LotStatus
 from services.lots.tables import decisions, lot_results, lot_reviews
@@ -182,7 +182,7 @@ async def test_a_page_of_lots_is_read_through_an_index(engine, filters, index) -
 ])
 async def test_a_page_of_reviews_is_read_through_an_index(engine, filters, index) -> None:
     async def issue(conn: AsyncConnection) -> None:
-        assert await queries.review_page(conn, **{
+        assert await qa_queries.review_page(conn, **{
             "state": None, "supplier_id": "", "material_code": "", "after": 0,
             "limit": 100, **filters})
 
