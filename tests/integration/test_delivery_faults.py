@@ -254,6 +254,37 @@ async def test_a_consumer_subscribes_again_when_the_broker_fails_it(
     assert broker.js.subscribes == 3
 
 
+
+@pytest.mark.req("DEL-002")
+async def test_events_already_waiting_are_applied_together_and_a_lone_one_on_its_own(
+        engine, broker) -> None:
+    batches: list[list[str]] = []
+
+    async def handle(unit: UnitOfWork, events: list[events_pb2.ResultRecorded]) -> None:
+        batches.append([e.event_id for e in events])
+        for event in events:
+            await unit.conn.execute(insert(applied).values(event_id=event.event_id))
+
+    waiting = [f"e{i}" for i in range(1, 6)]
+    for event_id in waiting:  # on the stream before the consumer starts
+        await broker.publish(event_id)
+    consumer = EventConsumer(
+        broker.js, UnitOfWorkFactory(engine, tables.outbox, SystemClock()), tables.inbox,
+        tables.dead_letters,
+        Subscription(broker.stream, broker.subject, f"d{uuid.uuid4().hex[:12]}",
+                     events_pb2.ResultRecorded, batch_handler=handle))
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    try:
+        await until_applied(engine, waiting)
+        await broker.publish("e6")
+        await until_applied(engine, [*waiting, "e6"])
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=15)
+
+    assert batches == [waiting, ["e6"]]
+
 # The relay
 
 
