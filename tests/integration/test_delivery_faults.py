@@ -430,3 +430,17 @@ async def test_a_handed_over_event_waits_behind_its_aggregates_event_from_anothe
 
     assert of("LOT-A", seen) == ["r1", "h1"], "h1 is published only after r1"
     assert of("LOT-B", seen) == ["h2"]
+
+
+@pytest.mark.req("DEL-001")
+async def test_a_handed_over_event_waits_behind_a_backlog_longer_than_a_batch(
+        engine, broker) -> None:
+    relay = OutboxRelay(engine, tables.outbox, broker.js, name="faults",
+                        poll_seconds=NEVER_S, batch_size=2)
+    backlog = [(f"r{i}", "LOT-A") for i in range(1, 6)]
+    async with relaying(relay):
+        await emit(engine, broker.subject, backlog)  # another replica's, not handed over
+        await emit(engine, broker.subject, [("h1", "LOT-A")], relay=relay)
+        seen = await eventually(broker.read_to_end, lambda seen: len(seen) == 6)
+
+    assert of("LOT-A", seen) == [e for e, _ in backlog] + ["h1"]
