@@ -180,9 +180,12 @@ class EventConsumer:
                 # fetch of a whole batch would, once idle, hold a lone message back until
                 # the batch fills or the fetch times out (nats-py waits for the rest).
                 msgs = await psub.fetch(1, timeout=1.0)
-                if self._batch_size > 1:
+                waiting = _pending_after(msgs[-1])
+                more = self._batch_size - 1 if waiting is None else min(
+                    self._batch_size - 1, waiting)
+                if more > 0:
                     with contextlib.suppress(TimeoutError, nats.errors.TimeoutError):
-                        msgs += await psub.fetch(self._batch_size - 1, timeout=0.002)
+                        msgs += await psub.fetch(more, timeout=_REST_WAIT_S)
             except (TimeoutError, nats.errors.TimeoutError):
                 continue
             except (nats.errors.ConnectionClosedError, nats.errors.NoRespondersError,
@@ -317,6 +320,25 @@ def traced_message(durable: str, batch: list[tuple[Msg, Any]]) -> Iterator[None]
                                          for msg, event in batch]), \
             structlog.contextvars.bound_contextvars(**bound):
         yield
+
+
+# How long the fetch of the messages already waiting may take. They are there, so the
+# server sends them at once; the bound only matters should they have gone meanwhile.
+_REST_WAIT_S = 0.002
+
+
+def _pending_after(msg: Msg) -> int | None:
+    """How many more messages the consumer had for us when the broker sent `msg`.
+
+    A lone message is applied at once: a fetch of "whatever else is there" would hold it
+    back until that fetch expires (the server waits for at least one message when the
+    pull request has an expiry, and nats-py always gives one). Messages that arrive after
+    `msg` was sent are taken by the next fetch, without delay either.
+    """
+    try:
+        return int(msg.metadata.num_pending or 0)
+    except Exception:  # no JetStream metadata: ask for a batch anyway
+        return None
 
 
 def _deliveries(msg: Msg) -> int:

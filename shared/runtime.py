@@ -206,6 +206,7 @@ async def start_service(settings: ServiceSettings, build: BuildParts, *,
             relay = OutboxRelay(engine, tables.outbox, js, name=settings.service_name,
                                 poll_seconds=settings.outbox_poll_seconds, signer=signer)
             uow.on_events_committed = relay.wake
+            uow.handoff = relay
             running.relay = relay
             tasks.append(asyncio.create_task(relay.run(stop_event), name="outbox-relay"))
             for sub in subscriptions:

@@ -10,6 +10,7 @@ letter that cannot be written, a database that refuses connections.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -254,12 +255,48 @@ async def test_a_consumer_subscribes_again_when_the_broker_fails_it(
     assert broker.js.subscribes == 3
 
 
+
+@pytest.mark.req("DEL-002")
+async def test_events_already_waiting_are_applied_in_batches_and_a_lone_one_on_its_own(
+        engine, broker) -> None:
+    batches: list[list[str]] = []
+
+    async def handle(unit: UnitOfWork, events: list[events_pb2.ResultRecorded]) -> None:
+        batches.append([e.event_id for e in events])
+        for event in events:
+            await unit.conn.execute(insert(applied).values(event_id=event.event_id))
+
+    waiting = [f"e{i}" for i in range(1, 6)]
+    for event_id in waiting:  # on the stream before the consumer starts
+        await broker.publish(event_id)
+    consumer = EventConsumer(
+        broker.js, UnitOfWorkFactory(engine, tables.outbox, SystemClock()), tables.inbox,
+        tables.dead_letters,
+        Subscription(broker.stream, broker.subject, f"d{uuid.uuid4().hex[:12]}",
+                     events_pb2.ResultRecorded, batch_handler=handle))
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    try:
+        await until_applied(engine, waiting)
+        await broker.publish("e6")
+        await until_applied(engine, [*waiting, "e6"])
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=15)
+
+    # How the waiting ones are split into batches depends on when they reach the consumer.
+    assert [event_id for batch in batches for event_id in batch] == [*waiting, "e6"]
+    assert batches[-1] == ["e6"], "a lone event is applied on its own, not held back"
+
 # The relay
 
 
-async def emit(engine: AsyncEngine, subject: str, chain: list[tuple[str, str]]) -> None:
-    """Commit each (event id, aggregate) in a transaction of its own, in this order."""
+async def emit(engine: AsyncEngine, subject: str, chain: list[tuple[str, str]], *,
+               relay: OutboxRelay | None = None) -> None:
+    """Commit each (event id, aggregate) in a transaction of its own, in this order; with
+    `relay`, as its service's units of work do (each commit handed to it)."""
     uow = UnitOfWorkFactory(engine, tables.outbox, SystemClock())
+    uow.handoff = relay
     for event_id, aggregate in chain:
         async with uow() as unit:
             unit.emit(subject, aggregate, events_pb2.ResultRecorded(event_id=event_id))
@@ -322,3 +359,88 @@ async def test_a_relay_retries_a_failing_database_and_a_lost_ack_and_all_arrive_
     assert of("LOT-B", seen) == ["b1", "b2"]
     assert sorted(done) == sorted(e for e, _ in COMMITTED), "each applied exactly once"
     assert [e for e in done if e.startswith("a")] == ["a1", "a2", "a3", "a4"]
+
+
+@contextlib.asynccontextmanager
+async def relaying(relay: OutboxRelay) -> AsyncIterator[None]:
+    """`relay` running as its service runs it, publishing by the time this yields."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+
+    async def publishing() -> bool:
+        return relay.takes_handoff
+
+    try:
+        await eventually(publishing, bool)
+        yield
+    finally:
+        stop.set()
+        relay.wake()
+        await asyncio.wait_for(task, timeout=10)
+
+
+# The relay polls the table only this often here: what is published came by hand-off.
+NEVER_S = 3600.0
+
+
+@pytest.mark.req("DEL-001")
+async def test_a_committed_event_is_published_without_the_relay_reading_the_outbox(
+        engine, broker) -> None:
+    faulty = FaultyEngine(engine)
+    relay = OutboxRelay(faulty, tables.outbox, broker.js, name="faults",
+                        poll_seconds=NEVER_S)
+    async with relaying(relay):
+        faulty.refuse.arm(1_000_000)  # the relay can no longer read the table (nor prune)
+        await emit(engine, broker.subject, [("a1", "LOT-A")], relay=relay)
+        seen = await eventually(broker.read_to_end, lambda seen: len(seen) == 1)
+        faulty.refuse.arm(0)
+        await eventually(lambda: count(engine, tables.outbox), lambda n: n == 0)
+
+    assert seen == [("a1", "LOT-A")]
+
+
+@pytest.mark.req("DEL-001")
+async def test_a_handed_over_event_waits_behind_its_aggregates_failed_publish(
+        engine, broker) -> None:
+    broker.js.publish_fails.arm(1, when=lambda msg_id: msg_id == "a1")
+    relay = OutboxRelay(engine, tables.outbox, broker.js, name="faults",
+                        poll_seconds=NEVER_S)
+    async with relaying(relay):
+        await emit(engine, broker.subject, [("a1", "LOT-A"), ("b1", "LOT-B")], relay=relay)
+        await eventually(broker.read_to_end, lambda seen: len(seen) == 1)  # b1; a1 failed
+        await emit(engine, broker.subject, [("a2", "LOT-A")], relay=relay)
+        seen = await eventually(broker.read_to_end, lambda seen: len(seen) == 3)
+        await eventually(lambda: count(engine, tables.outbox), lambda n: n == 0)
+
+    assert broker.js.publish_fails.fired == 1
+    assert of("LOT-A", seen) == ["a1", "a2"], "a2 is published only after a1"
+    assert of("LOT-B", seen) == ["b1"]
+
+
+@pytest.mark.req("DEL-001")
+async def test_a_handed_over_event_waits_behind_its_aggregates_event_from_another_process(
+        engine, broker) -> None:
+    relay = OutboxRelay(engine, tables.outbox, broker.js, name="faults",
+                        poll_seconds=NEVER_S)
+    async with relaying(relay):
+        # Committed by another replica of the service: this relay is not told of it.
+        await emit(engine, broker.subject, [("r1", "LOT-A")])
+        await emit(engine, broker.subject, [("h1", "LOT-A"), ("h2", "LOT-B")], relay=relay)
+        seen = await eventually(broker.read_to_end, lambda seen: len(seen) == 3)
+
+    assert of("LOT-A", seen) == ["r1", "h1"], "h1 is published only after r1"
+    assert of("LOT-B", seen) == ["h2"]
+
+
+@pytest.mark.req("DEL-001")
+async def test_a_handed_over_event_waits_behind_a_backlog_longer_than_a_batch(
+        engine, broker) -> None:
+    relay = OutboxRelay(engine, tables.outbox, broker.js, name="faults",
+                        poll_seconds=NEVER_S, batch_size=2)
+    backlog = [(f"r{i}", "LOT-A") for i in range(1, 6)]
+    async with relaying(relay):
+        await emit(engine, broker.subject, backlog)  # another replica's, not handed over
+        await emit(engine, broker.subject, [("h1", "LOT-A")], relay=relay)
+        seen = await eventually(broker.read_to_end, lambda seen: len(seen) == 6)
+
+    assert of("LOT-A", seen) == [e for e, _ in backlog] + ["h1"]

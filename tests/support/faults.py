@@ -168,7 +168,7 @@ class FaultyUnitOfWorkFactory(UnitOfWorkFactory):
 
     def __call__(self) -> UnitOfWork:
         return _FaultyUnitOfWork(self, self.engine, self.outbox, self.clock,
-                                 self.on_events_committed)
+                                 self.on_events_committed, self.handoff)
 
 
 class _FaultyUnitOfWork(UnitOfWork):
