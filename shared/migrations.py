@@ -255,9 +255,26 @@ async def migrate(service: str, url: str, target: str = "head") -> Migrated:
 
     engine = make_engine(url, pool_size=1, statement_timeout_s=MIGRATION_TIMEOUT_S)
     try:
-        return await upgrade(engine, service, target)
+        for attempt in range(_SQLITE_BUSY_ATTEMPTS):
+            try:
+                return await upgrade(engine, service, target)
+            except DBAPIError as exc:
+                # SQLite answers "database is locked" at once, without waiting out its
+                # busy timeout, where waiting could deadlock (another process's migrator
+                # holding the file, switching it to WAL or recovering its log). The
+                # migration rolled back; it starts again, under the lock, and finds what
+                # the other migrator did.
+                if (engine.dialect.name != "sqlite" or "locked" not in str(exc)
+                        or attempt == _SQLITE_BUSY_ATTEMPTS - 1):
+                    raise
+                await engine.dispose()
+                await asyncio.sleep(0.1 * 2 ** attempt)
+        raise AssertionError("unreachable")
     finally:
         await engine.dispose()
+
+
+_SQLITE_BUSY_ATTEMPTS = 6
 
 
 # --- what a service checks when it starts ------------------------------------------------
