@@ -37,7 +37,7 @@ from shared.inbox import EventConsumer, EventGate, Subscription
 from shared.inbox_retention import InboxPruner
 from shared.logs import configure_logging, get_logger
 from shared.outbox import OutboxRelay
-from shared.signing import EventSigner, EventVerifier, PublicKeyFile
+from shared.signing import EventSigner, EventVerifier, PublicKeyFile, SignedHere
 from shared.tables import Tables
 from shared.tracing import configure_tracing
 from shared.uow import UnitOfWorkFactory
@@ -295,8 +295,11 @@ def _event_keys(settings: ServiceSettings) -> tuple[EventSigner, EventVerifier]:
         raise RuntimeError(f"{' and '.join(missing)} not set: every event is signed and "
                            "verified (`lotgate run` writes development keys to "
                            ".lotgate/secrets/)")
-    signer = EventSigner.from_file(settings.service_name, settings.signing_key_file)
-    verifier = EventVerifier(PublicKeyFile(settings.event_public_keys_file))
+    signed_here = SignedHere()
+    signer = EventSigner.from_file(settings.service_name, settings.signing_key_file,
+                                   signed_here=signed_here)
+    verifier = EventVerifier(PublicKeyFile(settings.event_public_keys_file),
+                             signed_here=signed_here)
     log.info("event_signing_ready", key_id=signer.key_id)
     return signer, verifier
 

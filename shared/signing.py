@@ -21,8 +21,9 @@ import functools
 import hashlib
 import json
 import os
+from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -78,12 +79,39 @@ def signed_bytes(*, subject: str, event_id: str, producer: str, time: str, key_i
     return b"\n".join((_DOMAIN, *(v.encode() for v in fields), payload))
 
 
+class SignedHere:
+    """The signatures this process made lately, with a digest of what each one signed.
+
+    A service hears some of its own events back from the broker (the lots service's
+    change feed hears every LotStatusChanged, its own too). An event whose signature and
+    signed bytes are exactly ones this process signed is valid by construction: it is
+    recognised here, with a hash, instead of an Ed25519 verification (about 0.1 ms). Any
+    other event, and any change to one of these, is verified as always; the key must
+    still be among the producers' public keys.
+    """
+
+    def __init__(self, size: int = 10_000) -> None:
+        self._size = size
+        self._made: OrderedDict[bytes, bytes] = OrderedDict()
+
+    def add(self, signature: bytes, signed: bytes) -> None:
+        self._made[signature] = hashlib.sha256(signed).digest()
+        if len(self._made) > self._size:
+            self._made.popitem(last=False)
+
+    def made(self, signature: bytes, signed: bytes) -> bool:
+        digest = self._made.get(signature)
+        return digest is not None and digest == hashlib.sha256(signed).digest()
+
+
 @dataclass(frozen=True)
 class EventSigner:
     """A producer's private key: adds the signature headers to each event it publishes."""
 
     producer: str
     private_key: Ed25519PrivateKey
+    # What it signs is noted here too, for this process's EventVerifier (None: nowhere).
+    signed_here: SignedHere | None = field(default=None, compare=False)
 
     @functools.cached_property
     def key_id(self) -> str:
@@ -93,9 +121,11 @@ class EventSigner:
                 now: datetime | None = None) -> dict[str, str]:
         time = (now or datetime.now(UTC)).astimezone(UTC).isoformat(timespec="microseconds")
         key_id = self.key_id
-        signature = self.private_key.sign(signed_bytes(
-            subject=subject, event_id=event_id, producer=self.producer, time=time,
-            key_id=key_id, payload=payload))
+        signed = signed_bytes(subject=subject, event_id=event_id, producer=self.producer,
+                              time=time, key_id=key_id, payload=payload)
+        signature = self.private_key.sign(signed)
+        if self.signed_here is not None:
+            self.signed_here.add(signature, signed)
         return {
             MSG_ID_HEADER: event_id,
             PRODUCER_HEADER: self.producer,
@@ -105,11 +135,12 @@ class EventSigner:
         }
 
     @classmethod
-    def from_file(cls, producer: str, path: str | Path) -> EventSigner:
+    def from_file(cls, producer: str, path: str | Path, *,
+                  signed_here: SignedHere | None = None) -> EventSigner:
         key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
         if not isinstance(key, Ed25519PrivateKey):
             raise ValueError(f"{path}: not an Ed25519 private key")
-        return cls(producer, key)
+        return cls(producer, key, signed_here)
 
 
 @dataclass(frozen=True)
@@ -178,8 +209,10 @@ class PublicKeyFile:
 class EventVerifier:
     """Checks that an event was signed by a key of the service that owns its subject."""
 
-    def __init__(self, keys: PublicKeyFile | Mapping[str, PublicKey]) -> None:
+    def __init__(self, keys: PublicKeyFile | Mapping[str, PublicKey], *,
+                 signed_here: SignedHere | None = None) -> None:
         self._keys = keys
+        self._signed_here = signed_here
 
     def _current(self) -> Mapping[str, PublicKey]:
         if isinstance(self._keys, PublicKeyFile):
@@ -207,10 +240,13 @@ class EventVerifier:
             signature = base64.b64decode(headers[SIGNATURE_HEADER], validate=True)
         except ValueError as exc:
             raise Unverified("signature is not base64") from exc
+        signed = signed_bytes(subject=subject, event_id=headers[MSG_ID_HEADER],
+                              producer=producer, time=headers[TIME_HEADER], key_id=key_id,
+                              payload=payload)
+        if self._signed_here is not None and self._signed_here.made(signature, signed):
+            return producer
         try:
-            known.key.verify(signature, signed_bytes(
-                subject=subject, event_id=headers[MSG_ID_HEADER], producer=producer,
-                time=headers[TIME_HEADER], key_id=key_id, payload=payload))
+            known.key.verify(signature, signed)
         except InvalidSignature:
             raise Unverified(f"bad signature (key {key_id})") from None
         return producer

@@ -19,6 +19,7 @@ from shared.signing import (
     EventVerifier,
     PublicKey,
     PublicKeyFile,
+    SignedHere,
     Unverified,
     key_id_of,
     public_key_entry,
@@ -237,3 +238,67 @@ def test_a_service_starts_with_its_development_secrets(tmp_path: Path) -> None:
 
     headers = signer.headers("lotgate.lots.v1.status_changed", "e-1", PAYLOAD)
     assert verifier.verify("lotgate.lots.v1.status_changed", headers, PAYLOAD) == "lots"
+
+
+def _signed_here_pair(size: int = 10_000) -> tuple[EventSigner, SignedHere]:
+    signed_here = SignedHere(size)
+    return EventSigner("lots", lots_key, signed_here), signed_here
+
+
+LOTS_SUBJECT = "lotgate.lots.v1.lot_status_changed"
+
+
+def test_an_event_signed_in_this_process_is_recognised_without_verifying_it_again() -> None:
+    signer, signed_here = _signed_here_pair()
+    headers = signer.headers(LOTS_SUBJECT, "e-1", PAYLOAD)
+    # A keyring whose key under that id would not verify the signature: only the memo of
+    # what this process signed can accept it.
+    other = Ed25519PrivateKey.generate().public_key()
+    verifier = EventVerifier({signer.key_id: PublicKey("lots", other)}, signed_here=signed_here)
+
+    assert verifier.verify(LOTS_SUBJECT, headers, PAYLOAD) == "lots"
+    with pytest.raises(Unverified, match="bad signature"):
+        EventVerifier({signer.key_id: PublicKey("lots", other)}).verify(
+            LOTS_SUBJECT, headers, PAYLOAD)
+
+
+@pytest.mark.parametrize("change", [{"payload": PAYLOAD + b"!"}, {"event_id": "e-2"},
+                                    {"time": "2026-01-01T00:00:00.000000+00:00"}])
+def test_an_own_signature_on_anything_else_is_verified_and_refused(
+        change: dict[str, object]) -> None:
+    signer, signed_here = _signed_here_pair()
+    headers = signer.headers(LOTS_SUBJECT, "e-1", PAYLOAD)
+    verifier = EventVerifier(keyring(LOTS), signed_here=signed_here)
+    payload = change.get("payload", PAYLOAD)
+    if "event_id" in change:
+        headers = {**headers, MSG_ID_HEADER: str(change["event_id"])}
+    if "time" in change:
+        headers = {**headers, TIME_HEADER: str(change["time"])}
+
+    with pytest.raises(Unverified, match="bad signature"):
+        verifier.verify(LOTS_SUBJECT, headers, payload)  # type: ignore[arg-type]
+
+
+def test_an_own_event_under_a_withdrawn_key_is_refused() -> None:
+    signer, signed_here = _signed_here_pair()
+    headers = signer.headers(LOTS_SUBJECT, "e-1", PAYLOAD)
+    verifier = EventVerifier(keyring(RESULTS), signed_here=signed_here)
+
+    with pytest.raises(Unverified, match="unknown key id"):
+        verifier.verify(LOTS_SUBJECT, headers, PAYLOAD)
+
+
+def test_signatures_made_here_are_remembered_up_to_a_bound() -> None:
+    signer, signed_here = _signed_here_pair(size=2)
+    first = signer.headers(LOTS_SUBJECT, "e-1", PAYLOAD)
+    for n in range(2, 4):
+        signer.headers(LOTS_SUBJECT, f"e-{n}", PAYLOAD)
+    other = Ed25519PrivateKey.generate().public_key()
+    verifier = EventVerifier({signer.key_id: PublicKey("lots", other)}, signed_here=signed_here)
+
+    # The oldest is forgotten: it is verified again (here against the wrong key: refused).
+    with pytest.raises(Unverified, match="bad signature"):
+        verifier.verify(LOTS_SUBJECT, first, PAYLOAD)
+    # and the correct keyring still accepts it, by its signature.
+    assert EventVerifier(keyring(LOTS), signed_here=signed_here).verify(
+        LOTS_SUBJECT, first, PAYLOAD) == "lots"
