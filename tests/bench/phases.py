@@ -379,12 +379,23 @@ async def record_sustained(lg: Lotgate, fixture: Fixture, lots: Sequence[str], *
             raise
         accepted.setdefault(lot, set()).add(test)
 
+    return await _post_all(lg, call, len(requests), "result", concurrency=concurrency,
+                           seconds=seconds, accepted=accepted, failed_lots=failed_lots,
+                           settle_within=settle_within, posted_hook=posted_hook)
+
+
+async def _post_all(lg: Lotgate, call: Callable[[int], Awaitable[None]], count: int,
+                    what: str, *, concurrency: int, seconds: float,
+                    accepted: dict[str, set[str]], failed_lots: set[str],
+                    settle_within: float, posted_hook: PostedHook | None) -> RecordOutcome:
+    """Run `call` over the `count` prepared posts in a closed loop, then wait until what
+    was accepted is applied (`posted_hook` first, before any poll)."""
     wall_start = time.time()
     posted = await closed_loop(call, concurrency=concurrency, seconds=seconds,
-                               max_calls=len(requests))
+                               max_calls=count)
     progress(f"  posted at c={concurrency}: {posted.summary()}")
-    if posted.count == len(requests):
-        progress("  (every prepared result was posted before the time was up: "
+    if posted.count == count:
+        progress(f"  (every prepared {what} was posted before the time was up: "
                  "more lots would measure longer)")
     if posted_hook is not None:
         await posted_hook(lambda: all_in_state(lg.lots, expected_states(accepted, failed_lots)))
@@ -458,17 +469,9 @@ async def record_batches(lg: Lotgate, fixture: Fixture, lots: Sequence[str],
         for lot, test in order[i]:
             accepted.setdefault(lot, set()).add(test)
 
-    wall_start = time.time()
-    posted = await closed_loop(call, concurrency=concurrency, seconds=seconds,
-                               max_calls=len(requests))
-    progress(f"  posted at c={concurrency}: {posted.summary()}")
-    if posted.count == len(requests):
-        progress("  (every prepared plate was posted before the time was up: "
-                 "more lots would measure longer)")
-    if posted_hook is not None:
-        await posted_hook(lambda: all_in_state(lg.lots, expected_states(accepted, failed_lots)))
-    return await settle(lg, concurrency, posted, accepted, failed_lots, wall_start,
-                        within=settle_within)
+    return await _post_all(lg, call, len(requests), "plate", concurrency=concurrency,
+                           seconds=seconds, accepted=accepted, failed_lots=failed_lots,
+                           settle_within=settle_within, posted_hook=posted_hook)
 
 
 def _from(request: results_pb2.RecordResultRequest, instrument: str
