@@ -15,7 +15,10 @@ their kind is running wait for it, then go together in the next one:
   had without grouping.
 
 Each call keeps its own context (contextvars: the caller, the request id, the trace),
-which `together` uses for what it records per call (`Grouped.context.run`).
+which `together` uses for what it records per call (`Grouped.context.run`). A lone call
+runs in its own context; a group's shared work (its statements, spans and log lines) in
+a copy of its first call's, and no group inherits the context of whichever call happened
+to start the queue's drain.
 
 A caller cancelled while its call is in a running group (a client's deadline) does not
 stop the group: its write may still commit, as a write whose answer was lost does, and
@@ -26,9 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from shared.logs import get_logger
 
@@ -75,7 +78,7 @@ class GroupCommit(Generic[I, R]):
         future: asyncio.Future[R | _Alone] = asyncio.get_running_loop().create_future()
         self._pending.append((Grouped(item, contextvars.copy_context()), future))
         if self._running is None:
-            self._running = asyncio.create_task(self._drain())
+            self._running = _detached(self._drain())
         answer = await future
         if isinstance(answer, _Alone):
             return await self._alone(item)
@@ -109,7 +112,7 @@ class GroupCommit(Generic[I, R]):
         finally:
             self._running = None
             if self._pending:  # a call arrived while the last one was being answered
-                self._running = asyncio.create_task(self._drain())
+                self._running = _detached(self._drain())
 
     async def _run_alone(self, grouped: Grouped[I],
                          future: asyncio.Future[R | _Alone]) -> None:
@@ -129,7 +132,9 @@ class GroupCommit(Generic[I, R]):
         self.groups += 1
         self.grouped += len(taken)
         try:
-            answers = await self._together([grouped for grouped, _ in taken])
+            answers = await asyncio.create_task(
+                self._together([grouped for grouped, _ in taken]),
+                context=taken[0][0].context.copy())
             if len(answers) != len(taken):
                 raise RuntimeError(f"{len(answers)} answers for {len(taken)} calls")
         except asyncio.CancelledError:  # the service is stopping
@@ -145,6 +150,11 @@ class GroupCommit(Generic[I, R]):
             return
         for (_, future), answer in zip(taken, answers, strict=True):
             _settle(future, answer)
+
+
+def _detached(work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    """A task in a context of its own, not of the call that happened to start it."""
+    return asyncio.create_task(work, context=contextvars.Context())
 
 
 def _settle(future: asyncio.Future[R | _Alone], answer: R | _Alone) -> None:

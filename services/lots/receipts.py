@@ -27,7 +27,6 @@ as a multixact of all of them, and they queue for the audit trail's append anywa
 
 from __future__ import annotations
 
-import asyncio
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import replace
@@ -83,13 +82,10 @@ class Receipts:
         return await receive_lot(self._uow(), cmd, self._cache, shared=self._shared)
 
     async def _together(self, group: Sequence[Grouped[ReceiveLot]]) -> list[Received]:
-        # The group's own work runs in its first caller's context (a copy: each caller's
-        # context is entered again for what is recorded for it), so that caller's trace
-        # shows the shared transaction.
+        # GroupCommit runs this in a copy of the first caller's context: that caller's
+        # trace shows the shared transaction.
         try:
-            answers = await asyncio.create_task(
-                receive_together(self._uow(), group, self._cache),
-                context=group[0].context.copy())
+            answers = await receive_together(self._uow(), group, self._cache)
         except Exception:
             group_committed(GROUP, len(group), committed=False)
             raise

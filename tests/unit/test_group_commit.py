@@ -23,12 +23,14 @@ class Writes:
         self.fail_groups = fail_groups
         self.together_calls: list[list[int]] = []
         self.alone_calls: list[int] = []
+        self.together_ran_as: list[str] = []
         self.callers_seen: list[str] = []
         self.release = asyncio.Event()
         self.release.set()
 
     async def together(self, group: Sequence[Grouped[int]]) -> list[str]:
         self.together_calls.append([g.item for g in group])
+        self.together_ran_as.append(caller.get())
         await self.release.wait()
         self.callers_seen += [g.context.run(caller.get) for g in group]
         if self.fail_groups or any(g.item in self.refuse for g in group):
@@ -163,5 +165,25 @@ def test_the_error_of_a_lone_call_reaches_only_its_caller() -> None:
         with pytest.raises(ValueError, match="item 1 refused"):
             await _call(group, 1)
         assert await _call(group, 2) == "stored 2"
+
+    asyncio.run(scenario())
+
+
+def test_a_groups_shared_work_runs_as_its_first_call_not_as_the_one_that_started_the_queue(
+        ) -> None:
+    async def scenario() -> None:
+        writes = Writes()
+        writes.release.clear()
+        group = GroupCommit(writes.together, writes.alone)
+        first = asyncio.create_task(_call(group, 1))  # starts the queue's drain
+        await asyncio.sleep(0.01)
+        second = [asyncio.create_task(_call(group, i)) for i in (2, 3)]
+        await asyncio.sleep(0.01)
+        writes.release.set()
+        await asyncio.gather(first, *second)
+        third = [asyncio.create_task(_call(group, i)) for i in (4, 5)]
+        await asyncio.gather(*third)
+        assert writes.together_calls == [[2, 3], [4, 5]]
+        assert writes.together_ran_as == ["caller 2", "caller 4"]
 
     asyncio.run(scenario())
