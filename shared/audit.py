@@ -102,6 +102,8 @@ class Pending:
     request_id: str
     # Given by `record_values` (canonical JSON) instead of read from the row at commit.
     values: str | None = None
+    # The unit of work inserted the record: it had no row before, so no entry either.
+    created: bool = False
 
 
 def _who(system_actor: str) -> tuple[str, str]:
@@ -120,19 +122,23 @@ def _request_id() -> str:
     return current[0] if current else ""
 
 
-def record(uow: Any, record_type: str, *key: Any, action: str, reason: str = "") -> None:
+def record(uow: Any, record_type: str, *key: Any, action: str, reason: str = "",
+           created: bool = False) -> None:
     """Note a create or change of a GMP record in the unit of work `uow`; its entry is
     written when the unit of work commits, with the row as it is then.
 
     The first note of a record in a unit of work gives the entry's action and reason (a
     QA action, say, before the decision it causes); later notes of it add nothing.
+    `created`: the unit of work inserted the record's row (rows of audited records are
+    never deleted, so a new row has no entry yet): its entry's old values are empty
+    without reading the trail for them.
     """
     pending: list[Pending] = uow.audit_entries
     if any(p.record_type == record_type and p.key == key for p in pending):
         return
     subject, name = _who(uow.system_actor)
     pending.append(Pending(record_type, key, action, reason[:4000], subject, name,
-                           _request_id()))
+                           _request_id(), created=created))
 
 
 def record_values(uow: Any, record_type: str, record_id: str, values: dict[str, Any], *,
@@ -202,8 +208,9 @@ async def flush(conn: AsyncConnection, metadata: MetaData, pending: Sequence[Pen
     changed) gets no entry, nor does one created and gone in the same unit of work.
 
     The statements do not grow with the number of records (up to `_CHUNK` of a type): per
-    record type one for the rows and one for the last entries, then the append. The old
-    values are the records' last entries as committed before this unit of work."""
+    record type one for the rows and one for the last entries (none when every record of
+    the type was created here), then the append. The old values are the records' last
+    entries as committed before this unit of work (empty for a created record)."""
     if not pending:
         return 0
     registry = audited(metadata)
@@ -224,7 +231,7 @@ async def flush(conn: AsyncConnection, metadata: MetaData, pending: Sequence[Pen
             for p, record_id in zip(pending, ids, strict=True)]
     wanted: dict[str, dict[str, None]] = {}
     for p, record_id, new in zip(pending, ids, news, strict=True):
-        if new is not None:
+        if new is not None and not p.created:
             wanted.setdefault(p.record_type, {})[record_id] = None
     last = {record_type: await _last_values_of(conn, metadata, record_type, list(records))
             for record_type, records in wanted.items()}
@@ -232,7 +239,7 @@ async def flush(conn: AsyncConnection, metadata: MetaData, pending: Sequence[Pen
     for p, record_id, new in zip(pending, ids, news, strict=True):
         if new is None:
             continue
-        old = last[p.record_type].get(record_id)
+        old = None if p.created else last[p.record_type].get(record_id)
         if new == old:
             continue
         rows.append({"recorded_at": now, "principal_subject": p.principal_subject,

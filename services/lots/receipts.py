@@ -206,7 +206,7 @@ def _new_lot(cmd: ReceiveLot, now: datetime) -> Lot:
 
 def _note_receipt(uow: UnitOfWork, lot: Lot, now: datetime) -> None:
     """The receipt's audit note and LotReceived, in the receiving caller's context."""
-    audit_record(uow, "lot", lot.lot_id, action="receive", reason=_cause(lot))
+    audit_record(uow, "lot", lot.lot_id, action="receive", reason=_cause(lot), created=True)
     uow.emit(messaging.LOT_RECEIVED, lot.lot_id, convert.lot_received(lot, now))
 
 

@@ -209,6 +209,7 @@ async def _store(uow: UnitOfWork, posts: Sequence[Post],
         for i, result in judged:
             result = replace(result, sequence=next(sequences))
             answers[k][i] = result
-            _in(contexts[k], audit_record, uow, "result", result.result_id, action="record")
+            _in(contexts[k], audit_record, uow, "result", result.result_id, action="record",
+                created=True)
             _in(contexts[k], uow.emit, messaging.RESULT_RECORDED, result.lot_id,
                 result_recorded(result, event_id=new_event_id(), now=now))

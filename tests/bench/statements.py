@@ -66,7 +66,8 @@ async def measure(url: str, lots: int) -> dict[str, int]:
     clock = ManualClock(datetime(2026, 1, 5, 9, 0, tzinfo=UTC))
     uow = UnitOfWorkFactory(engine, tables.outbox, clock)
     infra = Infrastructure(settings=SimpleNamespace(expiry_check_seconds=3600,
-                                                     status_cache_mb=40.0), clock=clock,
+                                                     status_cache_mb=40.0,
+                                                     group_commit=True), clock=clock,
                            engine=engine, uow=uow, gate=None)  # type: ignore[arg-type]
     parts = bootstrap.build(infra)
     on_results = next(s.batch_handler for s in parts.subscriptions

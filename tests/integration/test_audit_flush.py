@@ -205,3 +205,55 @@ async def test_a_flush_of_more_records_than_one_statement_holds_reads_them_all(
     assert [e.record_id for e in written] == [f"B{i:04d}" for i in range(count)]
     assert all(values(e.old_values)["quantity"] == 1 and values(e.new_values)["quantity"] == 2
                for e in written)
+
+
+async def test_records_noted_as_created_are_flushed_without_reading_the_trail_for_them(
+        db: Db) -> None:
+    """A unit of work that inserted its records says so: their entries' old values are
+    empty, and the flush skips the read of last entries for them, while a record of the
+    same type changed beside them still gets its old values."""
+    async with db.uow() as uow:
+        await uow.conn.execute(insert(batches), [batch("B1")])
+        audit.record(uow, "batch", "B1", action="create")
+        await uow.commit()
+
+    seen: list[str] = []
+
+    def counted(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(" ".join(statement.split()))
+
+    async def commit_with(changed: bool) -> None:
+        seen.clear()
+        async with db.uow() as uow:
+            rows = [batch(f"N{i}{int(changed)}") for i in range(3)]
+            await uow.conn.execute(insert(batches), rows)
+            for row in rows:
+                audit.record(uow, "batch", row["batch_id"], action="create", created=True)
+            if changed:
+                await uow.conn.execute(update(batches).where(batches.c.batch_id == "B1")
+                                       .values(status="HELD"))
+                audit.record(uow, "batch", "B1", action="hold")
+            event.listen(db.engine.sync_engine, "before_cursor_execute", counted)
+            try:
+                await uow.commit()
+            finally:
+                event.remove(db.engine.sync_engine, "before_cursor_execute", counted)
+
+    def last_entry_reads() -> int:
+        return sum("max(audit_trail.sequence)" in s for s in seen)
+
+    await commit_with(changed=False)
+    assert last_entry_reads() == 0, seen
+    await commit_with(changed=True)
+    assert last_entry_reads() == 1, seen
+
+    written = await entries(db, after=1)
+    assert [(e.record_id, e.action, values(e.old_values), values(e.new_values))
+            for e in written] == [
+        ("N00", "create", None, batch("N00")), ("N10", "create", None, batch("N10")),
+        ("N20", "create", None, batch("N20")), ("N01", "create", None, batch("N01")),
+        ("N11", "create", None, batch("N11")), ("N21", "create", None, batch("N21")),
+        ("B1", "hold", batch("B1"), batch("B1", "HELD"))]
+    async with db.engine.connect() as conn:
+        verdict = await verify(conn, metadata)
+    assert verdict.ok, verdict.detail
