@@ -133,12 +133,27 @@ def record(uow: Any, record_type: str, *key: Any, action: str, reason: str = "",
     never deleted, so a new row has no entry yet): its entry's old values are empty
     without reading the trail for them.
     """
+    _note(uow, record_type, key, action, reason, None, created)
+
+
+def record_row(uow: Any, record_type: str, row: Any, *, action: str, reason: str = "",
+               created: bool = False) -> None:
+    """Note a record whose row as it will be committed is in hand (its insert returned
+    it, and the unit of work does not change it again): the entry's new values are that
+    row's, not read from the table at commit. Otherwise as `record`."""
+    spec = audited(uow.metadata)[record_type]
+    _note(uow, record_type, tuple(row._mapping[column] for column in spec.key), action,
+          reason, row_values(spec, row), created)
+
+
+def _note(uow: Any, record_type: str, key: tuple[Any, ...], action: str, reason: str,
+          values: str | None, created: bool) -> None:
     pending: list[Pending] = uow.audit_entries
     if any(p.record_type == record_type and p.key == key for p in pending):
         return
     subject, name = _who(uow.system_actor)
     pending.append(Pending(record_type, key, action, reason[:4000], subject, name,
-                           _request_id(), created=created))
+                           _request_id(), values, created))
 
 
 def record_values(uow: Any, record_type: str, record_id: str, values: dict[str, Any], *,

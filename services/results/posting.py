@@ -33,8 +33,7 @@ from services.results.domain.posting import (
     entry_said,
 )
 from services.results.domain.results import Result
-from shared import messaging
-from shared.audit import record as audit_record
+from shared import audit, messaging
 from shared.errors import Aborted, NotFound
 from shared.group_commit import GroupCommit, Grouped
 from shared.metrics import group_committed
@@ -200,16 +199,19 @@ async def _store(uow: UnitOfWork, posts: Sequence[Post],
     new = [judging.judge(p.commands, t, batch=p.batch) for p, t in zip(posts, todo,
                                                                           strict=True)]
     try:
-        sequences = iter(await repository.add_results(uow.conn, new=[
+        rows = iter(await repository.add_results(uow.conn, new=[
             (result, p.commands[i].fingerprint)
             for p, judged in zip(posts, new, strict=True) for i, result in judged]))
     except IntegrityError as exc:  # answered as a retry, not as the interceptor would
         raise _KeyTaken() from exc
     for k, judged in enumerate(new):
         for i, result in judged:
-            result = replace(result, sequence=next(sequences))
+            row = next(rows)
+            result = replace(result, sequence=row.sequence)
             answers[k][i] = result
-            _in(contexts[k], audit_record, uow, "result", result.result_id, action="record",
+            # Nothing in this unit of work changes a result it inserted: its entry keeps
+            # the row as the insert returned it, not read again at commit.
+            _in(contexts[k], audit.record_row, uow, "result", row, action="record",
                 created=True)
             _in(contexts[k], uow.emit, messaging.RESULT_RECORDED, result.lot_id,
                 result_recorded(result, event_id=new_event_id(), now=now))

@@ -302,18 +302,18 @@ async def prior_results(conn: AsyncConnection, *, lot_ids: Sequence[str]
     return found, {(row.instrument_id, row.instrument_result_id) for row in rows}
 
 
-_INSERT_RESULT = insert(results).returning(results.c.sequence)
-_INSERT_RESULTS = insert(results).returning(results.c.sequence, sort_by_parameter_order=True)
+# The whole rows come back: their sequences, and what their audit entries keep.
+_INSERT_RESULT = insert(results).returning(*results.c)
+_INSERT_RESULTS = insert(results).returning(*results.c, sort_by_parameter_order=True)
 
 
 async def add_results(conn: AsyncConnection, *, new: Sequence[tuple[Result, str]]
-                      ) -> list[int]:
-    """Insert (result, fingerprint) pairs; their sequences, in the same order
+                      ) -> list[Row[Any]]:
+    """Insert (result, fingerprint) pairs; their rows as stored, in the same order
     (IntegrityError if an instrument_result_id is taken)."""
     if len(new) == 1:
-        return [(await conn.execute(_INSERT_RESULT, result_values(*new[0]))).scalar_one()]
-    rows = await conn.execute(_INSERT_RESULTS, [result_values(r, f) for r, f in new])
-    return [row.sequence for row in rows]
+        return [(await conn.execute(_INSERT_RESULT, result_values(*new[0]))).one()]
+    return list(await conn.execute(_INSERT_RESULTS, [result_values(r, f) for r, f in new]))
 
 
 async def get_result(conn: AsyncConnection, *, result_id: str,
