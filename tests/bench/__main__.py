@@ -81,7 +81,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--release-rates", type=lambda s: [float(r) for r in s.split(",")],
                    default=[200.0, 100.0],
                    help="comma-separated total posting rates for row 5 (the target's rate "
-                        "first), each with its own lots (200,100)")
+                        "first), each with its own lots and followed by a watch (200,100)")
+    p.add_argument("--poll-rates", type=lambda s: [float(r) for r in s.split(",") if r],
+                   default=[100.0],
+                   help="comma-separated rates of row 5p, the same followed by polling "
+                        "(reference), each with its own lots (100; empty: none)")
     p.add_argument("--batch-seconds", type=float, default=8.0,
                    help="seconds of RecordResults calls for rows 4d-4f (8)")
     p.add_argument("--batch-concurrency", type=int, default=4,
@@ -260,13 +264,9 @@ class Bench:
             record_pools, release_sets = await self.receive_lots(lg)
             await self.read_rows(record_pools[0][:args.read_lots])
             await self.record_rows(lg, record_pools)
-            for index, (rate, (measured, background)) in enumerate(
-                    zip(args.release_rates, release_sets, strict=True)):
-                watcher = phases.WatchLatency(lg.lots, measured[:1000]) if index == 0 else None
-                await self.release_row(lg, measured, background, rate,
-                                       "5" if index == 0 else f"5{chr(ord('a') + index)}")
-                if watcher is not None:
-                    self.watch_row(await watcher.stop(), len(measured[:1000]), rate)
+            for (row, rate, follow), (measured, background) in zip(
+                    self.release_runs(), release_sets, strict=True):
+                await self.release_row(lg, measured, background, rate, row, follow)
             # Last, so that rows 1-5 run as before: fresh lots of one supplier site and
             # material (row 7), then posted a plate at a time (rows 4d-4f).
             instruments = await phases.register_plate_readers(lg)
@@ -326,7 +326,7 @@ class Bench:
         record_pools = [fixture.new_lots(args.record_lots) for _ in args.record_concurrency]
         release_sets = [(fixture.new_lots(args.release_lots),
                          fixture.new_lots((2 * args.release_lots + 2) // 3 + 1))
-                        for _ in args.release_rates]
+                        for _ in self.release_runs()]
         wanted = [lot for pool in record_pools for lot in pool] + [
             lot for measured, background in release_sets for lot in measured + background]
         progress(f"setup: receiving {len(wanted)} lots (c=32)")
@@ -455,28 +455,40 @@ class Bench:
             len(best.unsettled)))
         self.rows.append(_cpu_row("4c", "rows 4a-4b", best, best_window))
 
+    def release_runs(self) -> list[tuple[str, float, str]]:
+        """Row 5's runs, (row, rate, how the client follows the lots): each rate with a
+        watch, then the polling reference."""
+        runs = [("5" if i == 0 else f"5{chr(ord('a') + i)}", rate, "watch")
+                for i, rate in enumerate(self.args.release_rates)]
+        return runs + [("5p", rate, "poll") for rate in self.args.poll_rates]
+
     async def release_row(self, lg: Lotgate, measured: list[str], background: list[str],
-                          rate: float, row: str) -> None:
+                          rate: float, row: str, follow: str) -> None:
         """Row 5: the last passing result -> RELEASED, at a steady total rate."""
         progress(f"{row}. result -> RELEASED: {len(measured)} lots, results posted at "
-                 f"{rate:g}/s in total")
+                 f"{rate:g}/s in total, followed by {follow}")
         with client_gc_paused():
             meter = CpuMeter(self.pids).start()
             rel = await phases.release_latency(lg, self.fixture, measured, background,
-                                               rate=rate, seed=5)
+                                               rate=rate, seed=5, follow=follow)
             cpu = meter.stop()
         lat = rel.latency
-        target = RELEASE_P99_MS.get(rate)
+        target = RELEASE_P99_MS.get(rate) if follow == "watch" else None
         progress(f"   latency: {lat.summary()}")
         progress(f"   RecordResult during the phase: {rel.posts.summary()}")
         parts = "; ".join(f"{label} {_p50_p99(part)}" for label, part in (
             ("issue -> recorded_at", rel.to_recorded),
             ("recorded_at -> decided_at", rel.to_decided),
-            ("decided_at -> seen RELEASED", rel.to_seen)))
+            ("decided_at -> RELEASED seen", rel.to_seen)))
         progress(f"   where the time goes: {parts}")
         progress(f"   {cpu}")
+        seen = ("pushed by a WatchReleaseStatus stream on the measured lots (opened before "
+                "the clock starts), as a warehouse is told" if follow == "watch" else
+                "GetReleaseStatus shows it, each lot polled every 2 ms from its "
+                "RecordResult's answer, at most 1,000 polls/s in all (reference: the "
+                "polls are load of their own)")
         self.rows.append(Row(
-            row, "Last passing result (sterility) -> GetReleaseStatus shows RELEASED: "
+            row, f"Last passing result (sterility) -> RELEASED {seen}: "
                  f"{lat.count + lat.failures} lots, results posted open loop at "
                  f"{rel.rate:g}/s in total (1 in 3 releases a measured lot)",
             f"p99 **{_ms(lat.pct_ms(0.99))}** (p50 {_ms(lat.pct_ms(0.5))}, "
@@ -485,9 +497,8 @@ class Bench:
             lat.pct_ms(0.99) <= target if target else None,
             f"stated {rel.rate:g} results/s, issued {rel.schedule.issue_rate:,.0f}/s; "
             f"{lat.error_text()}; every RecordResult of the phase: {_p50_p99(rel.posts)}, "
-            f"{rel.posts.error_text()}; split by the services' clocks: {parts}; each lot "
-            f"polled every 2 ms, at most 1,000 polls/s in all "
-            f"({sum(rel.poll_errors.values())} poll errors); {cpu}",
+            f"{rel.posts.error_text()}; split by the services' clocks: {parts}; "
+            f"{sum(rel.follow_errors.values())} {follow} errors; {cpu}",
             lat.failures + rel.posts.failures))
 
     async def receipt_row(self, lg: Lotgate) -> tuple[Row, list[str]]:
@@ -575,17 +586,6 @@ class Bench:
                 f"{sum(outcome.poll_errors.values())} poll errors", len(outcome.unsettled)),
             _cpu_row("4f", "rows 4d-4e", outcome, window),
         ]
-
-    def watch_row(self, watched: Samples, lots: int, rate: float) -> None:
-        """Row 5w: WatchReleaseStatus's change-to-delivery latency during row 5."""
-        progress(f"5w. WatchReleaseStatus on {lots} lots during row 5: {watched.summary()}")
-        self.rows.append(Row(
-            "5w", f"WatchReleaseStatus on the {lots} lots of row 5 (one stream, results "
-                  f"posted at {rate:g}/s): a decision's decided_at -> received by the watcher",
-            f"p50 {_ms(watched.pct_ms(0.5))}, p99 {_ms(watched.pct_ms(0.99))} "
-            f"(max {_ms(watched.max_ms)})", "reference", None,
-            f"{watched.count:,} changes received, {watched.error_text()}; decided_at is the "
-            "lots service's clock, on this machine", watched.failures))
 
     def memory_rows(self) -> None:
         """Row 6: peak resident memory of each process, at the end."""

@@ -232,43 +232,6 @@ async def batch_read_closed_loop(stub: lots_pb2_grpc.LotServiceStub, lots: Seque
     return await closed_loop(call, concurrency=concurrency, seconds=seconds, max_calls=10**9)
 
 
-class WatchLatency:
-    """A WatchReleaseStatus on some lots: decided_at -> received, for every change.
-
-    decided_at is the lots service's clock, received this process's: the same machine.
-    """
-
-    def __init__(self, stub: lots_pb2_grpc.LotServiceStub, lots: Sequence[str]) -> None:
-        self.samples = Samples()
-        self.snapshots = 0
-        self._call = stub.WatchReleaseStatus(lots_pb2.WatchReleaseStatusRequest(
-            lot_ids=list(lots)))
-        self._task = asyncio.ensure_future(self._read())
-
-    async def _read(self) -> None:
-        self.samples.started = time.perf_counter()
-        try:
-            async for reply in self._call:
-                if reply.snapshot:
-                    self.snapshots += 1
-                    continue
-                decided = reply.release_status.decided_at
-                self.samples.ok(max(0.0, time.time() - decided.seconds - decided.nanos / 1e9))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            if not self._call.cancelled():
-                self.samples.fail(exc)
-
-    async def stop(self) -> Samples:
-        self.samples.ended = time.perf_counter()
-        self._call.cancel()
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        return self.samples
-
-
 # Row 4: RecordResult sustained ------------------------------------------------------------
 
 def result_request(fixture: Fixture, lot: str, test: str, rng: random.Random
@@ -484,11 +447,12 @@ def _from(request: results_pb2.RecordResultRequest, instrument: str
 
 @dataclass
 class ReleaseOutcome:
-    latency: Samples  # issue of the last RecordResult -> first RELEASED seen
+    latency: Samples  # issue of the last RecordResult -> RELEASED seen by the client
     # The same span cut at the services' own clocks (same machine, same wall clock):
     # issue -> the results service stamps recorded_at; recorded_at -> the lots service
     # stamps decided_at (results commit, outbox relay, JetStream, lots consumer, reads);
-    # decided_at -> a poll reads RELEASED (lots commit, cache, polling interval).
+    # decided_at -> the client sees RELEASED (lots commit, then the watch's push, or the
+    # next poll).
     to_recorded: Samples
     to_decided: Samples
     to_seen: Samples
@@ -497,20 +461,68 @@ class ReleaseOutcome:
     rate: float
     measured_lots: int
     prepare_errors: str
-    poll_errors: Counter[str]
+    follow: str
+    follow_errors: Counter[str]
+
+
+class _Watched:
+    """One WatchReleaseStatus on the measured lots: for each, when RELEASED or REJECTED
+    arrived (perf_counter) with the status as pushed."""
+
+    def __init__(self, stub: lots_pb2_grpc.LotServiceStub, lots: Sequence[str]) -> None:
+        loop = asyncio.get_running_loop()
+        self.final: dict[str, asyncio.Future[tuple[float, lots_pb2.ReleaseStatus]]] = {
+            lot: loop.create_future() for lot in lots}
+        self.errors: Counter[str] = Counter()
+        self._snapshots = 0
+        self._ready = asyncio.Event()
+        self._call = stub.WatchReleaseStatus(lots_pb2.WatchReleaseStatusRequest(
+            lot_ids=list(lots)))
+        self._task = asyncio.ensure_future(self._read())
+
+    async def ready(self, within: float = 30.0) -> None:
+        """Once every lot's current status has arrived: the watch is in place."""
+        await asyncio.wait_for(self._ready.wait(), within)
+
+    async def _read(self) -> None:
+        try:
+            async for reply in self._call:
+                status = reply.release_status
+                if reply.snapshot:
+                    self._snapshots += 1
+                    if self._snapshots >= len(self.final):
+                        self._ready.set()
+                    continue
+                final = self.final.get(status.lot_id)
+                if final is not None and not final.done() and status.status in (
+                        lots_pb2.LOT_STATUS_RELEASED, lots_pb2.LOT_STATUS_REJECTED):
+                    final.set_result((time.perf_counter(), status))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if not self._call.cancelled():
+                self.errors[error_name(exc)] += 1
+
+    async def stop(self) -> None:
+        self._call.cancel()
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
 
 
 async def release_latency(lg: Lotgate, fixture: Fixture, measured: Sequence[str],
                           background: Sequence[str], *, rate: float, seed: int,
-                          poll_every: float = 0.002, poll_budget: float = 1000.0,
-                          within: float = 10.0) -> ReleaseOutcome:
+                          follow: str = "watch", poll_every: float = 0.002,
+                          poll_budget: float = 1000.0, within: float = 10.0
+                          ) -> ReleaseOutcome:
     """Each measured lot already has identity and purity; its sterility result is posted in
     an open loop at `rate` results/s in total, interleaved 1:2 with identity, purity and
-    sterility results of background lots; each measured lot is polled every `poll_every`
-    seconds from the moment its RecordResult returns until it reads RELEASED.
-
-    All polls together stay under `poll_budget` per second: when many lots are pending at
-    once (an overloaded system), polling must not become the load that slows it further.
+    sterility results of background lots. The client follows the measured lots as a
+    warehouse would be told: with `follow="watch"` one WatchReleaseStatus stream on all of
+    them, opened before the clock starts, pushes each change; with `follow="poll"` each
+    lot is polled every `poll_every` seconds from the moment its RecordResult returns
+    until it reads RELEASED, all polls together under `poll_budget` per second (when many
+    lots are pending at once, polling must not become the load that slows it further).
     """
     rng = random.Random(seed)
     # Identity and purity of the measured lots first, and wait until they are applied.
@@ -532,6 +544,9 @@ async def release_latency(lg: Lotgate, fixture: Fixture, measured: Sequence[str]
     done, pending, _ = await await_states(lg.lots, checks, within=30.0)
     ready = [lot for lot in measured if lot in done]
     progress(f"  {len(ready)} lots wait only for sterility ({len(pending)} did not get there)")
+    watched = _Watched(lg.lots, ready) if follow == "watch" else None
+    if watched is not None:
+        await watched.ready()
     await asyncio.sleep(0.5)  # let the last decisions' events leave before the clock starts
 
     filler = [(lot, test) for lot in background for test in TESTS]
@@ -564,13 +579,7 @@ async def release_latency(lg: Lotgate, fixture: Fixture, measured: Sequence[str]
         if slot > now:
             await asyncio.sleep(slot - now)
 
-    async def measure(lot: str, request: results_pb2.RecordResultRequest) -> None:
-        issued, issued_wall = time.perf_counter(), time.time()
-        recorded = await post(request)
-        if recorded is None:
-            latency.fail("RecordResult failed")
-            return
-        recorded_at = recorded.result.recorded_at.ToNanoseconds() / 1e9
+    async def polled(lot: str, issued: float) -> tuple[float, lots_pb2.ReleaseStatus] | None:
         ask = lots_pb2.GetReleaseStatusRequest(lot_id=lot)
         while time.perf_counter() - issued < within:
             await poll_slot()
@@ -579,19 +588,40 @@ async def release_latency(lg: Lotgate, fixture: Fixture, measured: Sequence[str]
             except Exception as exc:
                 poll_errors[error_name(exc)] += 1
             else:
-                now = time.perf_counter()
-                if reply.release_status.status == lots_pb2.LOT_STATUS_RELEASED:
-                    latency.ok(now - issued)
-                    decided_at = reply.release_status.decided_at.ToNanoseconds() / 1e9
-                    to_recorded.ok(recorded_at - issued_wall)
-                    to_decided.ok(decided_at - recorded_at)
-                    to_seen.ok(issued_wall + (now - issued) - decided_at)
-                    return
-                if reply.release_status.status == lots_pb2.LOT_STATUS_REJECTED:
-                    latency.fail("REJECTED")
-                    return
+                if reply.release_status.status in (lots_pb2.LOT_STATUS_RELEASED,
+                                                   lots_pb2.LOT_STATUS_REJECTED):
+                    return time.perf_counter(), reply.release_status
             await asyncio.sleep(poll_every)
-        latency.fail(f"not RELEASED within {within:.0f}s")
+        return None
+
+    async def pushed(lot: str, issued: float) -> tuple[float, lots_pb2.ReleaseStatus] | None:
+        assert watched is not None
+        left = within - (time.perf_counter() - issued)
+        try:
+            return await asyncio.wait_for(asyncio.shield(watched.final[lot]), max(left, 0.0))
+        except TimeoutError:
+            return None
+
+    async def measure(lot: str, request: results_pb2.RecordResultRequest) -> None:
+        issued, issued_wall = time.perf_counter(), time.time()
+        recorded = await post(request)
+        if recorded is None:
+            latency.fail("RecordResult failed")
+            return
+        recorded_at = recorded.result.recorded_at.ToNanoseconds() / 1e9
+        seen = await (pushed if watched is not None else polled)(lot, issued)
+        if seen is None:
+            latency.fail(f"not RELEASED within {within:.0f}s")
+            return
+        at, status = seen
+        if status.status == lots_pb2.LOT_STATUS_REJECTED:
+            latency.fail("REJECTED")
+            return
+        latency.ok(at - issued)
+        decided_at = status.decided_at.ToNanoseconds() / 1e9
+        to_recorded.ok(recorded_at - issued_wall)
+        to_decided.ok(decided_at - recorded_at)
+        to_seen.ok(issued_wall + (at - issued) - decided_at)
 
     counters = {"final": 0, "filler": 0}
 
@@ -606,8 +636,13 @@ async def release_latency(lg: Lotgate, fixture: Fixture, measured: Sequence[str]
             counters["filler"] += 1
             await post(filler_requests[k])
 
-    schedule = await open_loop(action, rate=rate, count=slots)
+    try:
+        schedule = await open_loop(action, rate=rate, count=slots)
+    finally:
+        if watched is not None:
+            await watched.stop()
     latency.started = posts.started = schedule.started
     latency.ended = posts.ended = time.perf_counter()
     return ReleaseOutcome(latency, to_recorded, to_decided, to_seen, posts, schedule, rate,
-                          len(ready), prepared.error_text(), poll_errors)
+                          len(ready), prepared.error_text(), follow,
+                          watched.errors if watched is not None else poll_errors)
