@@ -737,13 +737,13 @@ def database_facts(small: Measured, large: Measured) -> list[str]:
     above = [name for name, alone, budget in (("p50", db.p50, budget50),
                                               ("p99", db.p99, budget99)) if alone > budget]
     return [
-        f"The database alone (the batch's statement over asyncpg, as the service sends "
+        f"- The database alone (the batch's statement over asyncpg, as the service sends "
         f"it; one call of {BATCH:,} random ids explained with ANALYZE and BUFFERS): "
         f"shared buffers hit / read per call {_explained(small.database, s)}, "
         f"{_explained(large.database, n)}.",
-        f"The {n} batch's database time alone is {db.p50:.1f} ms p50 / {db.p99:.1f} ms p99 "
-        f"against {TARGET_RATIO:g}x of the whole {s} call ({budget50:.1f} / "
-        f"{budget99:.1f} ms): "
+        f"- The {n} batch's database time alone is {db.p50:.2f} ms p50 / {db.p99:.2f} ms "
+        f"p99 against {TARGET_RATIO:g}x of the whole {s} call ({budget50:.2f} / "
+        f"{budget99:.2f} ms): "
         + (f"above it at {' and '.join(above)}, so no work saved in the service meets "
            "the target there while these rows are read from the database." if above else
            "within it; the service has the difference for everything else."),
