@@ -18,8 +18,11 @@ place in the id order, ExplainDecision of a random lot's latest decision. Then a
 warehouse-like read of up to 50,000 distinct lots (GetReleaseStatuses, 1,000 a call)
 before the lots process's peak memory (VmHWM) is read, and the size on disk of its
 tables (pg_total_relation_size) per lot, and the decisions' inputs per decision
-(pg_column_size). The table is printed and written to
-bench-results/scale.md.
+(pg_column_size). Last, with the lots service idle, the statement the batch runs for the
+lots not in memory (queries._STORED_BY_ARRAY, compiled as the service sends it) is timed
+alone over asyncpg, 200 times after 20 with 1,000 random distinct lots, and one of them
+explained with its buffers: what the database alone costs the batch at each size. The
+table is printed and written to bench-results/scale.md.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import os
 import platform
 import random
@@ -44,11 +48,13 @@ from typing import Any
 import asyncpg
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.engine import make_url
 
 from lotgate.lots.v1 import lots_pb2 as pb
 from lotgate_tools.client import Lotgate
 from lotgate_tools.stack import SERVICES, Stack, free_port
+from services.lots import queries
 from services.lots.convert import release_status
 from services.lots.decision_record import (
     inputs_from_json,
@@ -451,6 +457,52 @@ async def _time(make_call: Callable[[int], Awaitable[None]]) -> Timed:
     return Timed(sorted(samples))
 
 
+# The statement GetReleaseStatuses runs for the lots not in memory, as the service's
+# driver (SQLAlchemy's asyncpg dialect) sends it: one array parameter, the ids.
+BATCH_STATEMENT = str(queries._STORED_BY_ARRAY.compile(dialect=PGDialect_asyncpg()))
+DATABASE_NAME = (f"the database alone: the batch's statement, {BATCH:,} random ids, "
+                 "p50 / p99 ms")
+
+
+@dataclass
+class DatabaseAlone:
+    """BATCH_STATEMENT timed alone, and one call of it explained."""
+
+    timed: Timed
+    shared_hit: int  # blocks found in shared_buffers by the explained call
+    shared_read: int  # blocks read from the OS (its page cache or the disk)
+    execution_ms: float  # the explained call's execution time, as PostgreSQL gives it
+    planning_ms: float  # its planning time (a custom plan: the ids are known)
+    scan: str  # its plan's top node, e.g. "Index Scan"
+
+
+async def time_statement(url: str, total: int) -> DatabaseAlone:
+    """BATCH_STATEMENT over asyncpg on the lots database at `url`: WARMUP then CALLS
+    calls of BATCH random distinct lots (the ids drawn before each call's clock starts),
+    then one more explained with ANALYZE and BUFFERS."""
+    rng = random.Random(total + 2)
+
+    def ids() -> list[str]:
+        return [lot_id(n) for n in rng.sample(range(total), BATCH)]
+
+    batches = iter([ids() for _ in range(WARMUP + CALLS)])
+    conn = await asyncpg.connect(_dsn(url))
+    try:
+        async def call(i: int) -> None:
+            rows = await conn.fetch(BATCH_STATEMENT, next(batches))
+            assert len(rows) == BATCH, len(rows)
+
+        timed = await _time(call)
+        explained = await conn.fetchval(
+            f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {BATCH_STATEMENT}", ids())
+    finally:
+        await conn.close()
+    [plan] = json.loads(explained) if isinstance(explained, str) else explained
+    top = plan["Plan"]
+    return DatabaseAlone(timed, top["Shared Hit Blocks"], top["Shared Read Blocks"],
+                         plan["Execution Time"], plan["Planning Time"], top["Node Type"])
+
+
 CALL_NAMES = ("`GetReleaseStatus`", f"`GetReleaseStatuses` of {BATCH:,} ids",
               f"`ListLots`, a deep page ({PAGE} lots)", "`ExplainDecision`")
 
@@ -467,6 +519,7 @@ class Measured:
     explained: int
     seconds: float
     busy: float  # share of all cores busy just before the calls (1 s sample)
+    database: DatabaseAlone
 
 
 async def _measure_calls(lg: Lotgate, total: int) -> tuple[dict[str, Timed], int, int]:
@@ -574,6 +627,12 @@ async def run_size(admin_url: str, population: Population, total: int,
         peak = vm_hwm_mb(pid)
         progress(f"  lots process peak memory after reading {read:,} distinct lots: "
                  f"{peak:.0f} MB")
+        database = await time_statement(urls["lots"], total)
+        progress(f"  the batch's statement alone: p50 {database.timed.p50:.1f} ms, p99 "
+                 f"{database.timed.p99:.1f} ms; explained: shared hit "
+                 f"{database.shared_hit:,}, read {database.shared_read:,}, planning "
+                 f"{database.planning_ms:.1f} ms, execution {database.execution_ms:.1f} ms "
+                 f"({database.scan})")
         ok = True
     finally:
         if stack is not None:
@@ -585,7 +644,7 @@ async def run_size(admin_url: str, population: Population, total: int,
         with contextlib.suppress(Exception):
             await databases.drop_all()
     return Measured(total, loaded, startup, calls, peak, read, disagreements, explained,
-                    time.perf_counter() - started, busy)
+                    time.perf_counter() - started, busy, database)
 
 
 # -- the table -------------------------------------------------------------------------
@@ -617,6 +676,8 @@ def render(small: Measured, large: Measured, facts: Sequence[str]) -> str:
         lines.append(f"| {name}, p50 / p99 ms | {a.p50:.1f} / {a.p99:.1f} | "
                      f"{b.p50:.1f} / {b.p99:.1f} | {r50:.2f}x / {r99:.2f}x | "
                      f"<= {TARGET_RATIO:g}x | {'yes' if met else '**NO**'} |")
+        if name == CALL_NAMES[1]:
+            lines.append(_database_row(small.database.timed, large.database.timed))
     lines.append(f"| start-up, process start to SERVING | {small.startup_s:.2f} s | "
                  f"{large.startup_s:.2f} s | {_ratio(large.startup_s, small.startup_s):.2f}x "
                  "| - | - |")
@@ -650,8 +711,43 @@ def render(small: Measured, large: Measured, facts: Sequence[str]) -> str:
         f"- Machine busy just before the calls (1 s sample, all cores): {s} "
         f"{small.busy * 100:.0f}%, {n} {large.busy * 100:.0f}%; the ratios mean something "
         "only on an otherwise idle machine.",
+        *database_facts(small, large),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _database_row(a: Timed, b: Timed) -> str:
+    return (f"| {DATABASE_NAME} | {a.p50:.1f} / {a.p99:.1f} | {b.p50:.1f} / {b.p99:.1f} | "
+            f"{_ratio(b.p50, a.p50):.2f}x / {_ratio(b.p99, a.p99):.2f}x | - | - |")
+
+
+def _explained(database: DatabaseAlone, size: str) -> str:
+    return (f"{database.shared_hit:,} / {database.shared_read:,} at {size} "
+            f"({database.scan}, planning {database.planning_ms:.1f} ms, execution "
+            f"{database.execution_ms:.1f} ms)")
+
+
+def database_facts(small: Measured, large: Measured) -> list[str]:
+    """The bullets of the database-alone row: its buffers, and its time at the large
+    size against the batch's budget (TARGET_RATIO of the whole call at the small one)."""
+    s, n = _size(small.lots), _size(large.lots)
+    batch = CALL_NAMES[1]
+    db, whole = large.database.timed, small.calls[batch]
+    budget50, budget99 = whole.p50 * TARGET_RATIO, whole.p99 * TARGET_RATIO
+    above = [name for name, alone, budget in (("p50", db.p50, budget50),
+                                              ("p99", db.p99, budget99)) if alone > budget]
+    return [
+        f"- The database alone (the batch's statement over asyncpg, as the service sends "
+        f"it; one call of {BATCH:,} random ids explained with ANALYZE and BUFFERS): "
+        f"shared buffers hit / read per call {_explained(small.database, s)}, "
+        f"{_explained(large.database, n)}.",
+        f"- The {n} batch's database time alone is {db.p50:.2f} ms p50 / {db.p99:.2f} ms "
+        f"p99 against {TARGET_RATIO:g}x of the whole {s} call ({budget50:.2f} / "
+        f"{budget99:.2f} ms): "
+        + (f"above it at {' and '.join(above)}, so no work saved in the service meets "
+           "the target there while these rows are read from the database." if above else
+           "within it; the service has the difference for everything else."),
+    ]
 
 
 async def _postgres_version(admin_url: str) -> str:
