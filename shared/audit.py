@@ -28,15 +28,17 @@ Tamper evidence, in the modules beside this one (this one holds the recording ho
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import MetaData, Table, func, select, tuple_
+from sqlalchemy import MetaData, Select, Table, bindparam, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.audit_chain import append, canonical
+from shared.db import one_of
 from shared.tables import AUDIT_TRAIL, TRAIL_ONLY
 
 _REGISTRY = "lotgate_audited"
@@ -185,21 +187,35 @@ def _chunks(items: list[Any]) -> Iterator[list[Any]]:
         yield items[start:start + _CHUNK]
 
 
+@functools.cache
+def _last_values_statement(trail: Table) -> Select[Any]:
+    """Each record's last entry among the ids given (`record_type`, `ids`): its last
+    sequence from the (record_type, record_id, sequence) index, its entry by the primary
+    key. Built once per trail."""
+    last = (select(trail.c.record_id, func.max(trail.c.sequence).label("sequence"))
+            .where(trail.c.record_type == bindparam("record_type"),
+                   one_of(trail.c.record_id, "ids"))
+            .group_by(trail.c.record_id).subquery())
+    return (select(trail.c.record_id, trail.c.new_values)
+            .join_from(trail, last, trail.c.sequence == last.c.sequence))
+
+
 async def _last_values_of(conn: AsyncConnection, metadata: MetaData, record_type: str,
                           record_ids: list[str]) -> dict[str, str]:
     """The new values of the last entry of each record of `record_ids` that has one, by
-    record id: one statement per chunk, each record's last sequence from the
-    (record_type, record_id, sequence) index, its entry by the primary key."""
-    trail = metadata.tables[AUDIT_TRAIL]
+    record id: one statement per chunk."""
+    query = _last_values_statement(metadata.tables[AUDIT_TRAIL])
     found: dict[str, str] = {}
     for chunk in _chunks(record_ids):
-        last = (select(trail.c.record_id, func.max(trail.c.sequence).label("sequence"))
-                .where(trail.c.record_type == record_type, trail.c.record_id.in_(chunk))
-                .group_by(trail.c.record_id).subquery())
-        query = (select(trail.c.record_id, trail.c.new_values)
-                 .join_from(trail, last, trail.c.sequence == last.c.sequence))
-        found.update((row.record_id, row.new_values) for row in await conn.execute(query))
+        found.update((row.record_id, row.new_values) for row in await conn.execute(
+            query, {"record_type": record_type, "ids": chunk}))
     return found
+
+
+@functools.cache
+def _rows_statement(table: Table, key_column: str) -> Select[Any]:
+    """The rows of a table with a one-column key among `ids`, built once per table."""
+    return select(table).where(one_of(table.c[key_column], "ids"))
 
 
 async def _current_rows(conn: AsyncConnection, spec: Audited,
@@ -209,9 +225,12 @@ async def _current_rows(conn: AsyncConnection, spec: Audited,
     columns = [spec.table.c[col] for col in spec.key]
     found: dict[str, Any] = {}
     for chunk in _chunks(keys):
-        condition = (columns[0].in_([key[0] for key in chunk]) if len(columns) == 1
-                     else tuple_(*columns).in_(chunk))
-        for row in await conn.execute(select(spec.table).where(condition)):
+        if len(columns) == 1:
+            rows = await conn.execute(_rows_statement(spec.table, spec.key[0]),
+                                      {"ids": [key[0] for key in chunk]})
+        else:
+            rows = await conn.execute(select(spec.table).where(tuple_(*columns).in_(chunk)))
+        for row in rows:
             found[spec.record_id([row._mapping[col] for col in spec.key])] = row
     return found
 

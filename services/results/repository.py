@@ -37,7 +37,7 @@ from services.results.tables import (
     specifications,
 )
 from shared.contract import ResultState, TestKind, Verdict
-from shared.db import insert_ignoring_duplicates
+from shared.db import insert_ignoring_duplicates, one_of
 
 # Specifications
 
@@ -71,14 +71,16 @@ async def list_specifications(conn: AsyncConnection, *, material_code: str
     return [_specification(row) for row in rows]
 
 
+_EFFECTIVE = (select(specifications)
+              .where(one_of(specifications.c.material_code, "materials"),
+                     specifications.c.status == SpecificationStatus.EFFECTIVE.value)
+              .order_by(specifications.c.material_code, specifications.c.version))
+
+
 async def effective_specifications(conn: AsyncConnection, *, material_codes: Iterable[str]
                                    ) -> dict[str, list[Specification]]:
     """The EFFECTIVE versions of each material, oldest first."""
-    rows = await conn.execute(
-        select(specifications)
-        .where(specifications.c.material_code.in_(sorted(set(material_codes))),
-               specifications.c.status == SpecificationStatus.EFFECTIVE.value)
-        .order_by(specifications.c.material_code, specifications.c.version))
+    rows = await conn.execute(_EFFECTIVE, {"materials": sorted(set(material_codes))})
     found: dict[str, list[Specification]] = {}
     for row in rows:
         found.setdefault(row.material_code, []).append(_specification(row))
@@ -215,23 +217,20 @@ async def set_instrument_status(conn: AsyncConnection, *, instrument_id: str,
                                status_changed_by=changed_by, status_changed_at=changed_at))
 
 
-def _one_or_in(column: Any, values: Sequence[str]) -> Any:
-    return column == values[0] if len(values) == 1 else column.in_(list(values))
-
-
 _INSTRUMENTS_WITH_CALIBRATIONS = (
     select(instruments.c.instrument_id, instruments.c.status, calibrations.c.calibrated_on,
            calibrations.c.calibration_due)
     .select_from(instruments.outerjoin(
-        calibrations, calibrations.c.instrument_id == instruments.c.instrument_id)))
+        calibrations, calibrations.c.instrument_id == instruments.c.instrument_id))
+    .where(one_of(instruments.c.instrument_id, "ids")))
 
 
 async def instrument_standing(conn: AsyncConnection, *, instrument_ids: Sequence[str]
                               ) -> dict[str, tuple[InstrumentStatus, list[tuple[date, date]]]]:
     """Each registered instrument's status and calibration intervals, by id (one not
     registered is left out), in one round trip."""
-    rows = (await conn.execute(_INSTRUMENTS_WITH_CALIBRATIONS.where(
-        _one_or_in(instruments.c.instrument_id, instrument_ids)))).all()
+    rows = (await conn.execute(_INSTRUMENTS_WITH_CALIBRATIONS,
+                               {"ids": list(instrument_ids)})).all()
     found: dict[str, tuple[InstrumentStatus, list[tuple[date, date]]]] = {}
     for r in rows:
         _, intervals = found.setdefault(r.instrument_id, (InstrumentStatus(r.status), []))
@@ -243,13 +242,17 @@ async def instrument_standing(conn: AsyncConnection, *, instrument_ids: Sequence
 # Results
 
 
+# Each column among the wanted values: a superset of the wanted keys, sorted out below.
+_BY_KEYS = select(results).where(one_of(results.c.instrument_id, "instruments"),
+                                 one_of(results.c.instrument_result_id, "ids"))
+
+
 async def results_by_keys(conn: AsyncConnection, *, keys: Sequence[tuple[str, str]]
                           ) -> dict[tuple[str, str], StoredResult]:
     """The results stored under these (instrument_id, instrument_result_id) keys, by key."""
     wanted = set(keys)
-    rows = await conn.execute(select(results).where(
-        _one_or_in(results.c.instrument_id, sorted({i for i, _ in wanted})),
-        _one_or_in(results.c.instrument_result_id, sorted({r for _, r in wanted}))))
+    rows = await conn.execute(_BY_KEYS, {"instruments": sorted({i for i, _ in wanted}),
+                                         "ids": sorted({r for _, r in wanted})})
     return {key: stored_result(row) for row in rows
             if (key := (row.instrument_id, row.instrument_result_id)) in wanted}
 
@@ -259,6 +262,10 @@ _NEXT_NUMBERS = (update(known_lots).where(known_lots.c.lot_id == bindparam("b_lo
                  .returning(known_lots.c.material_code, known_lots.c.result_count))
 _SET_COUNT = (update(known_lots).where(known_lots.c.lot_id == bindparam("b_lot_id"))
               .values(result_count=bindparam("b_count")))
+_LOCK_COUNTS = (select(known_lots.c.lot_id, known_lots.c.material_code,
+                       known_lots.c.result_count)
+                .where(one_of(known_lots.c.lot_id, "ids")).order_by(known_lots.c.lot_id)
+                .with_for_update())
 
 
 async def take_result_numbers(conn: AsyncConnection, *, counts: dict[str, int]
@@ -271,10 +278,7 @@ async def take_result_numbers(conn: AsyncConnection, *, counts: dict[str, int]
         ((lot_id, count),) = counts.items()
         row = (await conn.execute(_NEXT_NUMBERS, {"b_lot_id": lot_id, "b_count": count})).first()
         return {lot_id: (row.material_code, row.result_count - count + 1)} if row else {}
-    rows = (await conn.execute(
-        select(known_lots.c.lot_id, known_lots.c.material_code, known_lots.c.result_count)
-        .where(known_lots.c.lot_id.in_(sorted(counts))).order_by(known_lots.c.lot_id)
-        .with_for_update())).all()
+    rows = (await conn.execute(_LOCK_COUNTS, {"ids": sorted(counts)})).all()
     if rows:
         await conn.execute(_SET_COUNT, [{"b_lot_id": r.lot_id,
                                          "b_count": r.result_count + counts[r.lot_id]}
@@ -282,8 +286,10 @@ async def take_result_numbers(conn: AsyncConnection, *, counts: dict[str, int]
     return {r.lot_id: (r.material_code, r.result_count + 1) for r in rows}
 
 
-_PRIOR = select(results.c.result_id, results.c.test, results.c.verdict, results.c.state,
-                results.c.retest_of, results.c.instrument_id, results.c.instrument_result_id)
+_PRIOR = (select(results.c.result_id, results.c.test, results.c.verdict, results.c.state,
+                 results.c.retest_of, results.c.instrument_id, results.c.instrument_result_id,
+                 results.c.lot_id)
+          .where(one_of(results.c.lot_id, "ids")).order_by(results.c.sequence))
 
 
 async def prior_results(conn: AsyncConnection, *, lot_ids: Sequence[str]
@@ -291,8 +297,7 @@ async def prior_results(conn: AsyncConnection, *, lot_ids: Sequence[str]
                                    set[tuple[str, str]]]:
     """What posting needs of the lots' earlier results, by (lot, test), in recording order,
     and the (instrument_id, instrument_result_id) keys they were stored under."""
-    query = _PRIOR.add_columns(results.c.lot_id).where(_one_or_in(results.c.lot_id, lot_ids))
-    rows = (await conn.execute(query.order_by(results.c.sequence))).all()
+    rows = (await conn.execute(_PRIOR, {"ids": list(lot_ids)})).all()
     retested = {row.retest_of for row in rows if row.retest_of}
     found: dict[tuple[str, TestKind], list[PriorResult]] = {}
     for row in rows:
