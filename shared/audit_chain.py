@@ -10,13 +10,14 @@ hooks (shared.audit); walking the chain back is shared.audit_verify.
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import json
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import MetaData, select, text
+from sqlalchemy import Insert, MetaData, Select, Table, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.tables import AUDIT_TRAIL
@@ -67,11 +68,22 @@ def hashable(values: dict[str, Any]) -> dict[str, Any]:
 # The chain
 
 
+@functools.cache
+def _head_statement(trail: Table) -> Select[Any]:
+    return select(trail.c.sequence, trail.c.entry_hash).order_by(trail.c.sequence.desc()).limit(1)
+
+
+@functools.cache
+def _insert_statement(trail: Table) -> Insert:
+    return trail.insert()
+
+
+_APPEND_LOCK = text("SELECT pg_advisory_xact_lock(:k)")
+
+
 async def head(conn: AsyncConnection, metadata: MetaData) -> tuple[int, str]:
     """The chain head: the last sequence number and its hash (0 and the genesis hash)."""
-    trail = metadata.tables[AUDIT_TRAIL]
-    row = (await conn.execute(select(trail.c.sequence, trail.c.entry_hash)
-                              .order_by(trail.c.sequence.desc()).limit(1))).first()
+    row = (await conn.execute(_head_statement(metadata.tables[AUDIT_TRAIL]))).first()
     return (row.sequence, row.entry_hash) if row else (0, GENESIS)
 
 
@@ -83,12 +95,12 @@ async def append(conn: AsyncConnection, metadata: MetaData,
         return 0
     if conn.dialect.name == "postgresql":
         # Held to the commit that follows: one append at a time, so the chain never forks.
-        await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _APPEND_LOCK_KEY})
+        await conn.execute(_APPEND_LOCK, {"k": _APPEND_LOCK_KEY})
     sequence, previous = await head(conn, metadata)
     for values in rows:
         sequence += 1
         values["sequence"] = sequence
         values["previous_hash"] = previous
         values["entry_hash"] = previous = entry_hash(hashable(values))
-    await conn.execute(metadata.tables[AUDIT_TRAIL].insert(), rows)
+    await conn.execute(_insert_statement(metadata.tables[AUDIT_TRAIL]), rows)
     return len(rows)

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from shared import tracing
 from shared.aio import sleep_or_stop
 from shared.crash import crash_point
+from shared.db import one_of
 from shared.logs import get_logger
 from shared.signing import EventSigner
 
@@ -52,6 +53,7 @@ class OutboxRelay:
         # Every service signs; None only where a test drives a relay on its own.
         self._signer = signer
         self._table = table
+        self._delete = delete(table).where(one_of(table.c.event_id, "ids"))
         self._js = js
         self._poll_seconds = poll_seconds
         self._batch_size = batch_size
@@ -249,7 +251,7 @@ class OutboxRelay:
         event_ids = list(self._unpruned)
         crash_point("after_publish_before_outbox_delete")
         async with self._engine.begin() as conn:
-            await conn.execute(delete(self._table).where(self._table.c.event_id.in_(event_ids)))
+            await conn.execute(self._delete, {"ids": event_ids})
         for event_id in event_ids:
             self._unpruned.pop(event_id, None)
 
