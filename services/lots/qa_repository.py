@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.lots.records import Policy, Review, policy_from_row, review_from_row
 from services.lots.tables import lot_reviews, release_policies, release_policy_history
-from shared.db import insert_ignoring_duplicates
+from shared.db import insert_ignoring_duplicates, one_of
 
 # -- reviews ---------------------------------------------------------------------------
 
@@ -22,9 +22,10 @@ async def review_ids_present(conn: AsyncConnection, *, review_ids: Iterable[str]
     wanted = sorted(set(review_ids))
     if not wanted:
         return set()
-    rows = await conn.execute(select(lot_reviews.c.review_id)
-                              .where(lot_reviews.c.review_id.in_(wanted)))
-    return {r.review_id for r in rows}
+    return {r.review_id for r in await conn.execute(_REVIEWS_PRESENT, {"ids": wanted})}
+
+
+_REVIEWS_PRESENT = select(lot_reviews.c.review_id).where(one_of(lot_reviews.c.review_id, "ids"))
 
 
 async def add_reviews(conn: AsyncConnection, reviews: Sequence[Review]) -> None:
