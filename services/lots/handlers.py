@@ -18,7 +18,7 @@ from contextvars import Context
 from dataclasses import replace
 from datetime import datetime
 
-from services.lots import convert, qa_queries, repository
+from services.lots import convert, qa_queries, qa_repository, repository
 from services.lots.commands import (
     CloseLotReview,
     SetReleasePolicy,
@@ -193,7 +193,7 @@ async def _open_reviews(uow: UnitOfWork, released: Sequence[Lot],
     if not released:
         return
     ids = {lot.lot_id: review_id_of(lot.lot_id, change.version) for lot in released}
-    present = await repository.review_ids_present(uow.conn, review_ids=ids.values())
+    present = await qa_repository.review_ids_present(uow.conn, review_ids=ids.values())
     now = uow.clock.now()
     reason = review_reason(change.status, change.reason, change.valid_until)
     reviews = [Review(ids[lot.lot_id], lot.lot_id, lot.supplier_id, lot.supplier_site_id,
@@ -202,7 +202,7 @@ async def _open_reviews(uow: UnitOfWork, released: Sequence[Lot],
                for lot in released if ids[lot.lot_id] not in present]
     if not reviews:
         return
-    await repository.add_reviews(uow.conn, reviews)
+    await qa_repository.add_reviews(uow.conn, reviews)
     for review in reviews:
         audit_record(uow, "review", review.review_id, action="open", reason=reason)
         uow.emit(messaging.LOT_REVIEW_REQUIRED, review.lot_id,
@@ -224,16 +224,16 @@ async def set_release_policy(uow: UnitOfWork, cache: StatusCache,
         now = uow.clock.now()
         policy = Policy(cmd.material_code, cmd.policy, cmd.reason, cmd.requested_by, now,
                         cmd.two_signatures)
-        current = await repository.get_policy(uow.conn, material_code=cmd.material_code,
+        current = await qa_repository.get_policy(uow.conn, material_code=cmd.material_code,
                                                for_update=True)
-        if current is None and not await repository.add_policy(uow.conn, policy):
+        if current is None and not await qa_repository.add_policy(uow.conn, policy):
             # A concurrent first setter (a copy of this very call, perhaps) has committed
             # the material's first policy: this call comes after it.
-            current = await repository.get_policy(uow.conn, material_code=cmd.material_code,
+            current = await qa_repository.get_policy(uow.conn, material_code=cmd.material_code,
                                                    for_update=True)
         if current is not None and _same_setting(current, policy):
             return current
-        await repository.set_policy(uow.conn, policy)
+        await qa_repository.set_policy(uow.conn, policy)
         audit_record(uow, "policy", cmd.material_code, action=f"set {cmd.policy.value}",
                      reason=cmd.reason)
         candidates = await repository.lot_ids_to_decide(
@@ -245,7 +245,7 @@ async def set_release_policy(uow: UnitOfWork, cache: StatusCache,
             await decide_and_save(uow, context, cache,
                           cause=f"release policy of {cmd.material_code} set to "
                                 f"{cmd.policy.value} by {cmd.requested_by}: {cmd.reason}")
-        stored = await repository.get_policy(uow.conn, material_code=cmd.material_code)
+        stored = await qa_repository.get_policy(uow.conn, material_code=cmd.material_code)
         await uow.commit()
     log.info("release_policy_set", material_code=cmd.material_code, policy=cmd.policy.value,
              by=cmd.requested_by)
@@ -297,7 +297,7 @@ async def close_lot_review(uow: UnitOfWork, cmd: CloseLotReview) -> SignedReview
     any other close of a closed review is refused.
     """
     async with uow:
-        review = await repository.get_review(uow.conn, review_id=cmd.review_id,
+        review = await qa_repository.get_review(uow.conn, review_id=cmd.review_id,
                                              for_update=True)
         if review is None:
             raise NotFound(f"no lot review {cmd.review_id}", field="review_id")
@@ -307,11 +307,11 @@ async def close_lot_review(uow: UnitOfWork, cmd: CloseLotReview) -> SignedReview
             [signed] = await qa_queries.signed_reviews(uow.conn, [review])
             return signed
         now = uow.clock.now()
-        await repository.close_review(uow.conn, review_id=cmd.review_id,
+        await qa_repository.close_review(uow.conn, review_id=cmd.review_id,
                                       conclusion=cmd.conclusion, closed_by=cmd.requested_by,
                                       closed_at=now)
         audit_record(uow, "review", cmd.review_id, action="close", reason=cmd.conclusion)
-        review = await repository.get_review(uow.conn, review_id=cmd.review_id)
+        review = await qa_repository.get_review(uow.conn, review_id=cmd.review_id)
         assert review is not None
         await esign.sign(uow.conn, now=now, record_type=REVIEW, record_id=cmd.review_id,
                          fields=review_content(review.review_id, review.lot_id, review.state,

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import datetime
 
-from services.lots import handlers, repository
+from services.lots import handlers, qa_repository, repository
 from services.lots.commands import QaCommand, ReleaseLot, SetRetestDate
 from services.lots.decision_record import DECISION, decision_content, signed_decision
 from services.lots.domain import qa_actions
@@ -97,7 +97,7 @@ async def release_lot(uow: UnitOfWork, cache: StatusCache,
     asked: list[bool] = []
 
     async def two_signatures(lot: Lot) -> bool:
-        policy = await repository.get_policy(uow.conn, material_code=lot.material_code)
+        policy = await qa_repository.get_policy(uow.conn, material_code=lot.material_code)
         asked.append(policy is not None and policy.two_signatures)
         return asked[-1]
 

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import literal, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.lots import repository
+from services.lots import qa_repository
 from services.lots.decision_record import REVIEW, review_content
 from services.lots.domain.reviews import ReviewState
 from services.lots.domain.rule import ReleasePolicy
@@ -44,7 +44,7 @@ async def list_lot_reviews(conn: AsyncConnection, *, state: ReviewState | None,
 
 async def get_release_policy(conn: AsyncConnection, *, material_code: str) -> Policy:
     """A material's policy; AUTOMATIC (set by nobody) when never set."""
-    found = await repository.get_policy(conn, material_code=material_code)
+    found = await qa_repository.get_policy(conn, material_code=material_code)
     return found or Policy(material_code, ReleasePolicy.AUTOMATIC, "", "", None)
 
 

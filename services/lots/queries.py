@@ -38,6 +38,7 @@ from services.lots.records import (
 )
 from services.lots.tables import decisions, lot_results, lots
 from shared import esign
+from shared.db import one_of
 from shared.errors import NotFound
 
 _CHUNK = 500
@@ -252,13 +253,18 @@ async def stored_statuses(conn: Any, lot_ids: Sequence[str]) -> list[Any]:
     return found
 
 
+# status_rows's statement, built once: on PostgreSQL the ids are one array, as above.
+_STATUSES_OF = select(*_STATUS_COLUMNS).where(one_of(lots.c.lot_id, "ids"))
+
+
 async def status_rows(conn: Any, lot_ids: Sequence[str]) -> list[StatusEntry]:
-    """The status of each lot among `lot_ids` that exists, a query per 500 lots."""
+    """The status of each lot among `lot_ids` that exists: one query on PostgreSQL, a
+    query per 500 lots on SQLite (an IN list, a parameter per id)."""
+    step = max(len(lot_ids), 1) if conn.dialect.name == "postgresql" else _CHUNK
     found: list[StatusEntry] = []
-    for start in range(0, len(lot_ids), _CHUNK):
-        chunk = list(lot_ids[start:start + _CHUNK])
-        found += [_entry(r) for r in (await conn.execute(
-            select(*_STATUS_COLUMNS).where(lots.c.lot_id.in_(chunk)))).all()]
+    for start in range(0, len(lot_ids), step):
+        found += [_entry(r) for r in await conn.execute(
+            _STATUSES_OF, {"ids": list(lot_ids[start:start + step])})]
     return found
 
 

@@ -1,6 +1,13 @@
 """SQL of the lots service (SQLAlchemy Core on the unit of work's connection). SQL only:
 it reads and writes rows and returns domain values and typed records; the rules are the
-domain's, and the filters that depend on them are built from its constants.
+domain's, and the filters that depend on them are built from its constants. (Reviews and
+release policies: qa_repository.py.)
+
+The statements of the decision path, run for every event, are built once (at import, or
+once per shape of `load_lots`) and take their values as parameters: a statement built
+per call costs about three times its execution in SQLAlchemy alone (its cache key walked
+and its IN list written out anew), and lists are `shared.db.one_of`, one array parameter
+on PostgreSQL, so that the driver prepares each statement once whatever their length.
 
 Lock order, everywhere: qualification rows first, then lot rows, each in key order.
 Every decision path follows it, so concurrent decisions wait for each other instead of
@@ -16,7 +23,7 @@ from datetime import date, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import ColumnElement, Insert, and_, bindparam, insert, select, tuple_, update
+from sqlalchemy import ColumnElement, Insert, Select, bindparam, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.lots.decision_record import inputs_to_json, unmet_to_json
@@ -32,26 +39,20 @@ from services.lots.domain.rule import (
 )
 from services.lots.records import (
     DecisionContext,
-    Policy,
     Prefixed,
-    Review,
     lot_from_row,
     lot_row,
-    policy_from_row,
     result_from_row,
-    review_from_row,
     tests_to_text,
 )
 from services.lots.tables import (
     decisions,
     lot_results,
-    lot_reviews,
     lots,
     qualifications,
     release_policies,
-    release_policy_history,
 )
-from shared.db import insert_ignoring_duplicates
+from shared.db import insert_ignoring_duplicates, one_of
 
 # -- filters built from the domain's constants -----------------------------------------
 
@@ -69,16 +70,19 @@ def _status_among(statuses: Iterable[LotStatus]) -> ColumnElement[bool]:
 _NOT_FINAL = [status for status in LotStatus if status not in FINAL]
 
 
-def _due(today: date) -> ColumnElement[bool]:
+def _due(today: Any) -> ColumnElement[bool]:
     """Lots time moves on `today` (lifecycle.moved_by_time, and the rule's expiry): past
     their expiry date and not final, or usable with their retest date come."""
     return (((lots.c.expiry_date < today) & _status_in(_NOT_FINAL))
             | ((lots.c.retest_date <= today) & _status_in(USABLE)))
 
 
-def _of_key(key: Key) -> ColumnElement[bool]:
-    return and_(lots.c.supplier_id == key[0], lots.c.supplier_site_id == key[1],
-                lots.c.material_code == key[2])
+def _key_values(key: Key) -> dict[str, str]:
+    """The parameters of a statement that names one (supplier, site, material)."""
+    return {"k_supplier": key[0], "k_site": key[1], "k_material": key[2]}
+
+
+_K_SUPPLIER, _K_SITE, _K_MATERIAL = (bindparam(name) for name in _key_values(("", "", "")))
 
 
 # -- the decision path -----------------------------------------------------------------
@@ -104,14 +108,24 @@ async def lock_qualifications(conn: AsyncConnection, *, keys: Iterable[Key],
     return found
 
 
+_Q = qualifications.c
+_Q_KEY = (_Q.supplier_id, _Q.site_id, _Q.material_code)
+# By `shared` (FOR SHARE, else FOR UPDATE): one key (an event's, a receipt's), the rows
+# locked being exactly the wanted ones either way; several keys, locked in key order.
+_LOCK_ONE = {shared: select(qualifications).where(
+    _Q.supplier_id == _K_SUPPLIER, _Q.site_id == _K_SITE, _Q.material_code == _K_MATERIAL
+).with_for_update(read=shared) for shared in (False, True)}
+_LOCK_SOME = {shared: select(qualifications)
+              .where(tuple_(*_Q_KEY).in_(bindparam("keys", expanding=True)))
+              .order_by(*_Q_KEY).with_for_update(read=shared) for shared in (False, True)}
+
+
 async def _lock_existing(conn: AsyncConnection, keys: list[Key],
                          shared: bool) -> dict[Key, QualificationFacts]:
-    q = qualifications.c
-    rows = await conn.execute(
-        select(qualifications)
-        .where(tuple_(q.supplier_id, q.site_id, q.material_code).in_(keys))
-        .order_by(q.supplier_id, q.site_id, q.material_code)
-        .with_for_update(read=shared))
+    if len(keys) == 1:
+        rows = await conn.execute(_LOCK_ONE[shared], _key_values(keys[0]))
+    else:
+        rows = await conn.execute(_LOCK_SOME[shared], {"keys": keys})
     return {(r.supplier_id, r.site_id, r.material_code):
             QualificationFacts(r.status, r.valid_until, r.version) for r in rows}
 
@@ -125,24 +139,18 @@ async def load_lots(conn: AsyncConnection, *, lot_ids: Iterable[str] | None = No
     given, locked in id order (with `skip_locked`, rows another transaction holds are left
     out), with their results and their material's policy: one query. The caller holds
     their qualification rows (`qualifications_`), as the lock order wants."""
-    query = (select(lots, release_policies.c.policy.label("material_policy"),
-                    *(c.label(f"r_{c.name}") for c in lot_results.c))
-             .outerjoin(release_policies,
-                        release_policies.c.material_code == lots.c.material_code)
-             .outerjoin(lot_results, lot_results.c.lot_id == lots.c.lot_id))
+    values: dict[str, Any] = {} if key is None else _key_values(key)
     if lot_ids is not None:
-        query = query.where(lots.c.lot_id.in_(sorted(set(lot_ids))))
-    if key is not None:
-        query = query.where(_of_key(key))
+        values["lot_ids"] = sorted(set(lot_ids))
     if statuses is not None:
-        query = query.where(_status_in(statuses))
+        values["statuses"] = sorted(status.value for status in statuses)
     if due_on is not None:
-        query = query.where(_due(due_on))
-    query = query.order_by(lots.c.lot_id, lot_results.c.result_id).with_for_update(
-        of=lots, skip_locked=skip_locked)
+        values["due_on"] = due_on
+    query = _lots_query(lot_ids is not None, key is not None, statuses is not None,
+                        due_on is not None, skip_locked)
     context = DecisionContext([], dict(qualifications_ or {}))
     results: dict[str, list[ResultFacts]] = defaultdict(list)
-    for r in await conn.execute(query):
+    for r in await conn.execute(query, values):
         if not context.lots or context.lots[-1].lot_id != r.lot_id:
             context.lots.append(lot_from_row(r))
             if r.material_policy is not None:
@@ -151,6 +159,30 @@ async def load_lots(conn: AsyncConnection, *, lot_ids: Iterable[str] | None = No
             results[r.lot_id].append(result_from_row(Prefixed(r)))
     context.results.update(results)
     return context
+
+
+@functools.cache
+def _lots_query(by_ids: bool, by_key: bool, by_status: bool, by_due: bool,
+                skip_locked: bool) -> Select[Any]:
+    """`load_lots`'s statement for the filters given (which it takes as parameters):
+    built once for each of the few shapes the decision paths use."""
+    query = (select(lots, release_policies.c.policy.label("material_policy"),
+                    *(c.label(f"r_{c.name}") for c in lot_results.c))
+             .outerjoin(release_policies,
+                        release_policies.c.material_code == lots.c.material_code)
+             .outerjoin(lot_results, lot_results.c.lot_id == lots.c.lot_id))
+    if by_ids:
+        query = query.where(one_of(lots.c.lot_id, "lot_ids"))
+    if by_key:
+        query = query.where(lots.c.supplier_id == _K_SUPPLIER,
+                            lots.c.supplier_site_id == _K_SITE,
+                            lots.c.material_code == _K_MATERIAL)
+    if by_status:
+        query = query.where(one_of(lots.c.status, "statuses"))
+    if by_due:
+        query = query.where(_due(bindparam("due_on", type_=sa.Date())))
+    return query.order_by(lots.c.lot_id, lot_results.c.result_id).with_for_update(
+        of=lots, skip_locked=skip_locked)
 
 
 async def load_decision_context(conn: AsyncConnection, *, keys: Iterable[Key],
@@ -192,27 +224,34 @@ async def save_decisions(conn: AsyncConnection, decided: Sequence[Decided], *, c
                         "inputs": inputs_to_json(d.inputs, d.step.rule),
                         "cause": cause[:200], "decided_at": now})
     await conn.execute(_SAVE_LOT, updates)
-    await conn.execute(insert(decisions), records)
+    await conn.execute(_ADD_DECISIONS, records)
+
+
+_ADD_DECISIONS = insert(decisions)
 
 
 # -- lots ------------------------------------------------------------------------------
 
+_GET_LOT = select(lots).where(lots.c.lot_id == bindparam("lot_id"))
+_KEYS_OF = select(lots.c.lot_id, lots.c.supplier_id, lots.c.supplier_site_id,
+                  lots.c.material_code).where(one_of(lots.c.lot_id, "lot_ids"))
+_GET_LOTS = select(lots).where(one_of(lots.c.lot_id, "lot_ids"))
+
+
 async def get_lot(conn: AsyncConnection, *, lot_id: str) -> Lot | None:
-    row = (await conn.execute(select(lots).where(lots.c.lot_id == lot_id))).first()
+    row = (await conn.execute(_GET_LOT, {"lot_id": lot_id})).first()
     return None if row is None else lot_from_row(row)
 
 
 async def keys_of(conn: AsyncConnection, *, lot_ids: Iterable[str]) -> dict[str, Key]:
     """(supplier, site, material) of each received lot among `lot_ids`."""
-    rows = await conn.execute(
-        select(lots.c.lot_id, lots.c.supplier_id, lots.c.supplier_site_id, lots.c.material_code)
-        .where(lots.c.lot_id.in_(sorted(set(lot_ids)))))
+    rows = await conn.execute(_KEYS_OF, {"lot_ids": sorted(set(lot_ids))})
     return {r.lot_id: (r.supplier_id, r.supplier_site_id, r.material_code) for r in rows}
 
 
 async def get_lots(conn: AsyncConnection, *, lot_ids: Iterable[str]) -> dict[str, Lot]:
     """The received lots among `lot_ids`, by id."""
-    rows = await conn.execute(select(lots).where(lots.c.lot_id.in_(sorted(set(lot_ids)))))
+    rows = await conn.execute(_GET_LOTS, {"lot_ids": sorted(set(lot_ids))})
     return {r.lot_id: lot_from_row(r) for r in rows}
 
 
@@ -272,13 +311,18 @@ def _constant(limit: int | None) -> Any:
 
 # -- projections -----------------------------------------------------------------------
 
+_SET_QUALIFICATION = update(qualifications).where(
+    _Q.supplier_id == _K_SUPPLIER, _Q.site_id == _K_SITE, _Q.material_code == _K_MATERIAL
+).values(status=bindparam("b_status"), valid_until=bindparam("b_valid_until"),
+         version=bindparam("b_version"))
+
+
 async def set_qualification(conn: AsyncConnection, *, key: Key, facts: QualificationFacts
                             ) -> None:
     """Store a newer qualification (the row is locked by the caller)."""
-    q = qualifications.c
-    await conn.execute(update(qualifications).where(
-        q.supplier_id == key[0], q.site_id == key[1], q.material_code == key[2]
-    ).values(status=facts.status, valid_until=facts.valid_until, version=facts.version))
+    await conn.execute(_SET_QUALIFICATION, {
+        **_key_values(key), "b_status": facts.status, "b_valid_until": facts.valid_until,
+        "b_version": facts.version})
 
 
 def _result_row(result: LabResult) -> dict[str, Any]:
@@ -323,75 +367,3 @@ def _upsert_state(dialect_name: str) -> Insert:
         set_={"state": statement.excluded.state,
               "state_reason": statement.excluded.state_reason},
         where=lot_results.c.state == ResultState.VALID.value)
-
-
-# -- reviews ---------------------------------------------------------------------------
-
-async def review_ids_present(conn: AsyncConnection, *, review_ids: Iterable[str]) -> set[str]:
-    """Which of these reviews exist already."""
-    wanted = sorted(set(review_ids))
-    if not wanted:
-        return set()
-    rows = await conn.execute(select(lot_reviews.c.review_id)
-                              .where(lot_reviews.c.review_id.in_(wanted)))
-    return {r.review_id for r in rows}
-
-
-async def add_reviews(conn: AsyncConnection, reviews: Sequence[Review]) -> None:
-    """Open reviews, in the given order; a review that exists already is left as it is."""
-    if reviews:
-        await conn.execute(insert_ignoring_duplicates(lot_reviews, conn.dialect.name), [
-            {name: value for name, value in vars(review).items() if name != "sequence"}
-            for review in reviews])
-
-
-async def get_review(conn: AsyncConnection, *, review_id: str,
-                     for_update: bool = False) -> Review | None:
-    query = select(lot_reviews).where(lot_reviews.c.review_id == review_id)
-    if for_update:
-        query = query.with_for_update()
-    row = (await conn.execute(query)).first()
-    return None if row is None else review_from_row(row)
-
-
-async def close_review(conn: AsyncConnection, *, review_id: str, conclusion: str,
-                       closed_by: str, closed_at: datetime) -> None:
-    """Close an OPEN review (locked by the caller)."""
-    await conn.execute(update(lot_reviews).where(
-        lot_reviews.c.review_id == review_id, lot_reviews.c.state == "OPEN"
-    ).values(state="CLOSED", conclusion=conclusion, closed_by=closed_by, closed_at=closed_at))
-
-
-# -- release policies ------------------------------------------------------------------
-
-async def get_policy(conn: AsyncConnection, *, material_code: str,
-                     for_update: bool = False) -> Policy | None:
-    query = select(release_policies).where(release_policies.c.material_code == material_code)
-    if for_update:
-        query = query.with_for_update()
-    row = (await conn.execute(query)).first()
-    return None if row is None else policy_from_row(row)
-
-
-def _policy_values(policy: Policy) -> dict[str, Any]:
-    return {"material_code": policy.material_code, "policy": policy.policy.value,
-            "reason": policy.reason, "set_by": policy.set_by, "set_at": policy.set_at,
-            "two_signatures": policy.two_signatures}
-
-
-async def add_policy(conn: AsyncConnection, policy: Policy) -> bool:
-    """Store a material's first policy (without history: `set_policy` follows); False
-    when a concurrent first setter stored one (this waits for that setter's commit)."""
-    added = await conn.execute(insert_ignoring_duplicates(release_policies, conn.dialect.name),
-                               _policy_values(policy))
-    return added.rowcount == 1
-
-
-async def set_policy(conn: AsyncConnection, policy: Policy) -> None:
-    """Store a material's policy in its row (`add_policy` made it) and append it to the
-    history."""
-    values = _policy_values(policy)
-    await conn.execute(update(release_policies)
-                       .where(release_policies.c.material_code == policy.material_code)
-                       .values(**values))
-    await conn.execute(insert(release_policy_history).values(**values))
