@@ -70,6 +70,13 @@ async def test_the_feed_hands_each_version_once_to_the_watchers_that_want_it() -
     assert not feed._by_lot and not feed._by_material
 
 
+class _Rows(list):
+    """A result as the read iterates it, or takes `all()` of it."""
+
+    def all(self) -> list:
+        return list(self)
+
+
 class _DatabaseAwayOnce:
     """An engine whose first connection fails (an outage), then reads `rows`."""
 
@@ -79,10 +86,10 @@ class _DatabaseAwayOnce:
 
     @contextlib.asynccontextmanager
     async def _conn(self):
-        yield SimpleNamespace(execute=self._execute)
+        yield SimpleNamespace(execute=self._execute, dialect=SimpleNamespace(name="sqlite"))
 
-    async def _execute(self, _query):
-        return SimpleNamespace(all=lambda: self.rows)
+    async def _execute(self, _query, _parameters=None):
+        return _Rows(self.rows)
 
     def connect(self):
         self.connects += 1
@@ -99,9 +106,9 @@ async def test_a_change_whose_read_fails_is_applied_again_before_any_later_one()
     feed = ChangeFeed(engine=engine, cache=StatusCache())  # type: ignore[arg-type]
     with feed.watching(["LOT-1"], "") as watcher:
         # Another replica's change of a lot this process does not hold: it must be read.
-        await feed._apply_until_done([_announced(entry(2, LotStatus.RELEASED))],
-                                     asyncio.Event())
         # Bounded, so that a change never applied fails the test instead of hanging it.
+        await asyncio.wait_for(feed._apply_until_done(
+            [_announced(entry(2, LotStatus.RELEASED))], asyncio.Event()), 10)
         got = await asyncio.wait_for(watcher.next_batch(), 10)
 
     assert engine.connects == 2
