@@ -544,7 +544,8 @@ async def release_latency(lg: Lotgate, fixture: Fixture, measured: Sequence[str]
     done, pending, _ = await await_states(lg.lots, checks, within=30.0)
     ready = [lot for lot in measured if lot in done]
     progress(f"  {len(ready)} lots wait only for sterility ({len(pending)} did not get there)")
-    watched = _Watched(lg.lots, ready) if follow == "watch" else None
+    # A watch names at least one lot: with none ready there is nothing to follow.
+    watched = _Watched(lg.lots, ready) if follow == "watch" and ready else None
     if watched is not None:
         await watched.ready()
     await asyncio.sleep(0.5)  # let the last decisions' events leave before the clock starts
