@@ -3,16 +3,24 @@ posts (from any instruments, for any lots) in one unit of work, by the same step
 
 A post is the commands of one call. Alone (`record_results`) it is answered as it always
 was: its results, or the precise error of what is wrong. Together (`record_posts`, for
-shared.group_commit) the posts share each read and write: one look-up of their keys, of
-their instruments, one take of their lots' numbers (in lot order), their specifications
-and the lots' earlier results, one insert; each post is judged in group order, seeing
-the posts before it as a batch's entry sees the entries before it. Each post's audit
-entries and events are noted in its caller's own context (who, request id, trace). When
-anything of the group is wrong, the group raises and each post runs again alone.
+shared.group_commit) the posts share each read and write: one look-up of their
+instruments, one take of their lots' numbers (in lot order), their specifications and the
+lots' earlier results, one insert; each post is judged in group order, seeing the posts
+before it as a batch's entry sees the entries before it. Each post's audit entries and
+events are noted in its caller's own context (who, request id, trace). When anything of
+the group is wrong, the group raises and each post runs again alone.
+
+Posts are first taken for new results, as nearly all are: their keys are not looked up
+before the lots are locked (a round trip less). A key stored already shows among the
+locked lots' results, or at the insert; then, and on any refusal, the post runs again
+alone the way it always did, keys looked up first, so that a retry is answered from its
+original whatever else has changed since (an instrument out of calibration, a result
+under investigation).
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import uuid
 from collections import Counter
@@ -106,6 +114,11 @@ async def record_results(uow: UnitOfWork, commands: Sequence[RecordResult], *,
     is stored, and is answered from it. With `batch`, what is wrong with an entry names
     it as results[i].
     """
+    with contextlib.suppress(Exception):
+        # The common case, a post of new results, without first looking up its keys;
+        # anything else (a retry, a refusal, a conflict) is answered as below.
+        (answer,) = await _record_posts(uow, [Post(commands, batch)], [None], fresh=True)
+        return answer
     for _ in range(2):
         try:
             (answer,) = await _record_posts(uow, [Post(commands, batch)], [None])
@@ -124,7 +137,8 @@ async def record_posts(uow: UnitOfWork, group: Sequence[Grouped[Post]]) -> list[
         # Copies of one post (an overlapping retry): alone, the second is answered from
         # the first once it is stored.
         raise _KeyTaken("two posts of the group share an instrument_result_id")
-    return await _record_posts(uow, [g.item for g in group], [g.context for g in group])
+    return await _record_posts(uow, [g.item for g in group], [g.context for g in group],
+                               fresh=True)
 
 
 def _in(context: contextvars.Context | None, note: Callable[..., Any], *args: Any,
@@ -137,9 +151,13 @@ def _in(context: contextvars.Context | None, note: Callable[..., Any], *args: An
 
 
 async def _record_posts(uow: UnitOfWork, posts: Sequence[Post],
-                        contexts: Sequence[contextvars.Context | None]) -> list[list[Result]]:
+                        contexts: Sequence[contextvars.Context | None], *,
+                        fresh: bool = False) -> list[list[Result]]:
+    """`fresh`: take every result for new, without looking its key up first (one round
+    trip less); a key stored already is then found among the lots' results once they are
+    locked, or by the insert, and raises _KeyTaken, as does a key of another lot."""
     async with uow:
-        previous = await repository.results_by_keys(uow.conn, keys=[
+        previous = {} if fresh else await repository.results_by_keys(uow.conn, keys=[
             (c.instrument_id, c.instrument_result_id) for p in posts for c in p.commands])
         answers: list[list[Result | None]] = []
         for p in posts:

@@ -9,9 +9,10 @@ own bookkeeping). It drives the service through its bootstrap's event handlers a
 gRPC servicer, in process, so that it measures whatever the service's layout is.
 
 And the statements per result of the results service for 32 RecordResult calls in
-flight at once (on 4 lots, from 2 instruments), with group commit and without: its
-gRPC servicer called in process, so that the 32 calls are all waiting when the first
-group is taken (the best case; under a closed loop groups are smaller).
+flight at once (on 4 lots, from 2 instruments), with group commit and without, and of
+one more call alone: its gRPC servicer called in process, so that the 32 calls are all
+waiting when the first group is taken (the best case; under a closed loop groups are
+smaller).
 """
 
 from __future__ import annotations
@@ -117,8 +118,9 @@ async def measure(url: str, lots: int) -> dict[str, int]:
 CONCURRENT_POSTS = 32
 
 
-async def measure_results(url: str, *, group_commit: bool) -> float:
-    """Statements per result for CONCURRENT_POSTS RecordResult calls at once."""
+async def measure_results(url: str, *, group_commit: bool) -> tuple[float, int]:
+    """Statements per result for CONCURRENT_POSTS RecordResult calls at once, and the
+    statements of one more call alone (a new result)."""
     from lotgate.results.v1 import results_pb2 as rpb
     from services.results import handlers as result_handlers
     from services.results import repository as result_repository
@@ -178,6 +180,12 @@ async def measure_results(url: str, *, group_commit: bool) -> float:
     event.listen(engine.sync_engine, "before_cursor_execute", count)
     try:
         answers = await asyncio.gather(*(api.RecordResult(r, Call()) for r in requests))
+        concurrent = len(counted)
+        # Then one post alone, of a new result.
+        lone = rpb.RecordResultRequest()
+        lone.CopyFrom(requests[0])
+        lone.instrument_result_id = "RUN-LONE"
+        await api.RecordResult(lone, Call())
     finally:
         event.remove(engine.sync_engine, "before_cursor_execute", count)
     if os.environ.get("SHOW_STATEMENTS"):
@@ -186,7 +194,7 @@ async def measure_results(url: str, *, group_commit: bool) -> float:
     assert numbers == sorted((lot, n + 1) for lot in lot_ids
                              for n in range(CONCURRENT_POSTS // len(lot_ids))), numbers
     await engine.dispose()
-    return len(counted) / CONCURRENT_POSTS
+    return concurrent / CONCURRENT_POSTS, len(counted) - concurrent
 
 
 async def _consume(handler: Any, uow: UnitOfWorkFactory, events: list[Any]) -> None:
@@ -244,7 +252,8 @@ async def _main(lots: int, admin_url: str | None) -> None:
     print(f"statements to apply one QualificationChanged deciding {lots} lots: "
           f"{found['qualification']}")
     print(f"statements per result, {CONCURRENT_POSTS} concurrent RecordResult calls: "
-          f"{grouped:.1f} with group commit, {alone:.1f} without")
+          f"{grouped[0]:.1f} with group commit, {alone[0]:.1f} without")
+    print(f"statements of one RecordResult alone (a new result): {grouped[1]}")
 
 
 if __name__ == "__main__":

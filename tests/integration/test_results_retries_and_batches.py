@@ -21,6 +21,7 @@ from tests.support.results import (
     events_until,
     identity,
     list_results,
+    new_instrument,
     post,
     post_all,
     purity,
@@ -60,6 +61,33 @@ async def test_a_retried_post_is_answered_identically_and_published_once(
     assert await list_results(stub, lot_id) == [first, second]
     assert [e.result for _, e in seen] == [first, second]
     assert all(e.occurred_at == e.result.recorded_at for _, e in seen)
+
+
+@pytest.mark.req("RES-001")
+async def test_a_retry_is_answered_from_its_original_after_its_instrument_left_service(
+        stub, js) -> None:
+    """A post is first written as new, without looking its key up; a retry must still be
+    answered from the stored original, not judged again (the instrument has since been
+    taken out of service, which would refuse a new result), in a batch as alone."""
+    _, lot_id = await specified_lot(stub, js)
+    instrument = await new_instrument(stub)
+    request = purity(lot_id, 99.0, instrument=instrument)
+    plate = pb.RecordResultsRequest(results=[purity(lot_id, v, instrument=instrument)
+                                             for v in (99.1, 99.2)])
+    first = await post(stub, request)
+    first_plate = (await stub.RecordResults(plate)).results
+    await stub.SetInstrumentStatus(pb.SetInstrumentStatusRequest(
+        instrument_id=instrument, status=pb.INSTRUMENT_STATUS_OUT_OF_SERVICE,
+        reason="lamp failure", requested_by="qc.lead"))
+
+    again = await post(stub, request)
+    again_plate = (await stub.RecordResults(plate)).results
+    new = await refused(post(stub, purity(lot_id, 99.3, instrument=instrument)))
+
+    assert again == first
+    assert list(again_plate) == list(first_plate)
+    assert new.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert await list_results(stub, lot_id) == [first, *first_plate]
 
 
 @pytest.mark.req("RES-001")
