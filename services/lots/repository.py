@@ -223,11 +223,22 @@ async def save_decisions(conn: AsyncConnection, decided: Sequence[Decided], *, c
                         else None, "status": d.step.status.value, "unmet": unmet,
                         "inputs": inputs_to_json(d.inputs, d.step.rule),
                         "cause": cause[:200], "decided_at": now})
+    if len(decided) == 1 and conn.dialect.name == "postgresql":
+        # One lot (an event's, a receipt's): both writes in one round trip.
+        await conn.execute(_SAVE_ONE, {**updates[0], **{f"d_{k}": v
+                                                         for k, v in records[0].items()}})
+        return
     await conn.execute(_SAVE_LOT, updates)
     await conn.execute(_ADD_DECISIONS, records)
 
 
 _ADD_DECISIONS = insert(decisions)
+# PostgreSQL runs a data-modifying WITH once, to completion, whether or not the statement
+# reads it: the lot's update and its decision record in one statement.
+_SAVE_ONE = insert(decisions).values({
+    column: bindparam(f"d_{column}") for column in (
+        "lot_id", "version", "previous_status", "status", "unmet", "inputs", "cause",
+        "decided_at")}).add_cte(_SAVE_LOT.cte("saved"))
 
 
 # -- lots ------------------------------------------------------------------------------
