@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import MetaData, Select, Table, bindparam, func, select, tuple_
+from sqlalchemy import MetaData, Select, String, Subquery, Table, bindparam, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.audit_chain import append, canonical
@@ -85,7 +85,11 @@ def record_types(metadata: MetaData) -> set[str]:
 
 def row_values(spec: Audited, row: Any) -> str:
     """The canonical JSON of a record's row, without the columns other records set."""
-    return canonical({k: v for k, v in row._mapping.items() if k not in spec.derived})
+    return _values(spec, row._mapping.items())
+
+
+def _values(spec: Audited, columns: Iterable[tuple[str, Any]]) -> str:
+    return canonical({k: v for k, v in columns if k not in spec.derived})
 
 
 # Recording
@@ -187,15 +191,20 @@ def _chunks(items: list[Any]) -> Iterator[list[Any]]:
         yield items[start:start + _CHUNK]
 
 
+def _last_sequences(trail: Table) -> Subquery:
+    """The last sequence of each record of `record_type` among the ids given (`record_ids`),
+    from the (record_type, record_id, sequence) index."""
+    return (select(trail.c.record_id, func.max(trail.c.sequence).label("sequence"))
+            .where(trail.c.record_type == bindparam("record_type"),
+                   one_of(trail.c.record_id, "record_ids"))
+            .group_by(trail.c.record_id).subquery())
+
+
 @functools.cache
 def _last_values_statement(trail: Table) -> Select[Any]:
-    """Each record's last entry among the ids given (`record_type`, `ids`): its last
-    sequence from the (record_type, record_id, sequence) index, its entry by the primary
-    key. Built once per trail."""
-    last = (select(trail.c.record_id, func.max(trail.c.sequence).label("sequence"))
-            .where(trail.c.record_type == bindparam("record_type"),
-                   one_of(trail.c.record_id, "ids"))
-            .group_by(trail.c.record_id).subquery())
+    """Each record's last entry among the ids given (`record_type`, `record_ids`): its
+    last sequence, its entry by the primary key. Built once per trail."""
+    last = _last_sequences(trail)
     return (select(trail.c.record_id, trail.c.new_values)
             .join_from(trail, last, trail.c.sequence == last.c.sequence))
 
@@ -208,7 +217,7 @@ async def _last_values_of(conn: AsyncConnection, metadata: MetaData, record_type
     found: dict[str, str] = {}
     for chunk in _chunks(record_ids):
         found.update((row.record_id, row.new_values) for row in await conn.execute(
-            query, {"record_type": record_type, "ids": chunk}))
+            query, {"record_type": record_type, "record_ids": chunk}))
     return found
 
 
@@ -235,6 +244,41 @@ async def _current_rows(conn: AsyncConnection, spec: Audited,
     return found
 
 
+def _text_key(spec: Audited) -> bool:
+    """The record's id is its one key column's value as stored: the trail joins on it."""
+    return len(spec.key) == 1 and isinstance(spec.table.c[spec.key[0]].type, String)
+
+
+@functools.cache
+def _rows_and_last_statement(table: Table, key_column: str, trail: Table) -> Select[Any]:
+    """The rows of a table with a one-column text key among `ids`, each with the new values
+    of its record's last entry of `record_type` as its last column (NULL: none). The ids
+    are given again as `record_ids` for the trail's side (on PostgreSQL an array of each
+    column's type). Built once per table."""
+    last = _last_sequences(trail)
+    key = table.c[key_column]
+    return (select(table, trail.c.new_values)
+            .outerjoin_from(table, last, last.c.record_id == key)
+            .outerjoin(trail, trail.c.sequence == last.c.sequence)
+            .where(one_of(key, "ids")))
+
+
+async def _rows_and_last_values(conn: AsyncConnection, metadata: MetaData, spec: Audited,
+                                record_ids: list[str]) -> dict[str, tuple[str, str | None]]:
+    """The values of the rows of the records of `record_ids` that exist, and the new values
+    of each one's last entry (None: it has none), by record id: one statement per chunk,
+    for a record type with a text key (`_text_key`)."""
+    query = _rows_and_last_statement(spec.table, spec.key[0], metadata.tables[AUDIT_TRAIL])
+    found: dict[str, tuple[str, str | None]] = {}
+    for chunk in _chunks(record_ids):
+        for row in await conn.execute(query, {"record_type": spec.record_type,
+                                              "ids": chunk, "record_ids": chunk}):
+            record_id = spec.record_id([row._mapping[spec.key[0]]])
+            found[record_id] = (_values(spec, zip(row._fields[:-1], row[:-1], strict=True)),
+                                row[-1])
+    return found
+
+
 async def flush(conn: AsyncConnection, metadata: MetaData, pending: Sequence[Pending],
                 now: datetime) -> int:
     """Append the entries of `pending` to the chain, in the order they were noted; returns
@@ -242,21 +286,34 @@ async def flush(conn: AsyncConnection, metadata: MetaData, pending: Sequence[Pen
     changed) gets no entry, nor does one created and gone in the same unit of work.
 
     The statements do not grow with the number of records (up to `_CHUNK` of a type): per
-    record type one for the rows and one for the last entries (none when every record of
-    the type was created here), then the append. The old values are the records' last
-    entries as committed before this unit of work (empty for a created record)."""
+    record type one for the rows together with their last entries (the rows alone when
+    every record of the type was created here; where the key is not one text column, one
+    for the rows, then one for the last entries); one for the last entries of the records
+    of a type whose values are given; then the append. The old values are the records'
+    last entries as committed before this unit of work (empty for a created record)."""
     if not pending:
         return 0
     registry = audited(metadata)
     ids = ["/".join(str(k) for k in p.key) for p in pending]
-    # The records to read from their rows, per type, in the order first noted.
+    # The records to read from their rows, per type, in the order first noted; the types
+    # of which one of them was not created here, so has a last entry to read.
     keys: dict[str, dict[str, tuple[Any, ...]]] = {}
+    changed: set[str] = set()
     for p, record_id in zip(pending, ids, strict=True):
         if p.values is None:
             keys.setdefault(p.record_type, {}).setdefault(record_id, p.key)
+            if not p.created:
+                changed.add(p.record_type)
     current: dict[tuple[str, str], str] = {}
+    last: dict[tuple[str, str], str | None] = {}
     for record_type, records in keys.items():
         spec = registry[record_type]
+        if record_type in changed and _text_key(spec):
+            for record_id, (values, last_values) in (await _rows_and_last_values(
+                    conn, metadata, spec, list(records))).items():
+                current[(record_type, record_id)] = values
+                last[(record_type, record_id)] = last_values
+            continue
         found = await _current_rows(conn, spec, list(records.values()))
         current.update(((record_type, record_id), row_values(spec, row))
                        for record_id, row in found.items() if record_id in records)
@@ -265,15 +322,16 @@ async def flush(conn: AsyncConnection, metadata: MetaData, pending: Sequence[Pen
             for p, record_id in zip(pending, ids, strict=True)]
     wanted: dict[str, dict[str, None]] = {}
     for p, record_id, new in zip(pending, ids, news, strict=True):
-        if new is not None and not p.created:
+        if new is not None and not p.created and (p.record_type, record_id) not in last:
             wanted.setdefault(p.record_type, {})[record_id] = None
-    last = {record_type: await _last_values_of(conn, metadata, record_type, list(records))
-            for record_type, records in wanted.items()}
+    for record_type, records in wanted.items():
+        last.update(((record_type, record_id), values) for record_id, values in
+                    (await _last_values_of(conn, metadata, record_type, list(records))).items())
     rows: list[dict[str, Any]] = []
     for p, record_id, new in zip(pending, ids, news, strict=True):
         if new is None:
             continue
-        old = None if p.created else last[p.record_type].get(record_id)
+        old = None if p.created else last.get((p.record_type, record_id))
         if new == old:
             continue
         rows.append({"recorded_at": now, "principal_subject": p.principal_subject,

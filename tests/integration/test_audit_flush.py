@@ -178,15 +178,65 @@ async def test_the_flush_runs_the_same_statements_for_few_records_as_for_many(
 
     statements = await _statements_of_commit(db, count, 2)
 
-    # Per record type the rows, then the last entries; the append (lock, head, insert).
+    # The rows with their last entries; the append (lock, head, insert).
     reads = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
     locks = 1 if db.engine.dialect.name == "postgresql" else 0
-    assert len(reads) == 2 + 1 + locks, statements
+    assert len(reads) == 1 + 1 + locks, statements
     assert len(statements) == len(reads) + 1, statements
     written = await entries(db, after=count)
     assert len(written) == count
     assert all(values(e.old_values)["quantity"] == 1 and values(e.new_values)["quantity"] == 2
                for e in written)
+
+
+async def test_changed_records_of_a_type_are_read_with_their_last_entries_in_one_statement(
+        db: Db) -> None:
+    """A flush of records of one type with a one-column key reads their rows and their
+    last entries together, once; one with a composite key reads them one after the other;
+    the entries are the same either way."""
+    async with db.uow() as uow:
+        await uow.conn.execute(insert(batches), [batch("B1"), batch("B2")])
+        await uow.conn.execute(insert(slots), [slot("A", 1, "drums")])
+        for batch_id in ("B1", "B2"):
+            audit.record(uow, "batch", batch_id, action="create", created=True)
+        audit.record(uow, "slot", "A", 1, action="create", created=True)
+        await uow.commit()
+
+    seen: list[str] = []
+
+    def counted(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(" ".join(statement.split()))
+
+    async def reads_of_commit(change: Any, *note: Any) -> list[str]:
+        seen.clear()
+        async with db.uow() as uow:
+            await uow.conn.execute(change)
+            audit.record(uow, *note, action="change")
+            event.listen(db.engine.sync_engine, "before_cursor_execute", counted)
+            try:
+                await uow.commit()
+            finally:
+                event.remove(db.engine.sync_engine, "before_cursor_execute", counted)
+        # The reads before the append's own (its lock and the chain's head).
+        return [s for s in seen if s.startswith("SELECT") and "entry_hash" not in s
+                and "pg_advisory_xact_lock" not in s]
+
+    batch_reads = await reads_of_commit(
+        update(batches).where(batches.c.batch_id == "B2").values(status="HELD"), "batch", "B2")
+    assert len(batch_reads) == 1, batch_reads
+    assert "FROM batches LEFT OUTER JOIN" in batch_reads[0], batch_reads
+    slot_reads = await reads_of_commit(
+        update(slots).values(content="bags"), "slot", "A", 1)
+    assert [("FROM slots" in s, "FROM audit_trail" in s) for s in slot_reads] == [
+        (True, False), (False, True)], slot_reads
+
+    written = await entries(db, after=3)
+    assert [(e.record_id, values(e.old_values), values(e.new_values)) for e in written] == [
+        ("B2", batch("B2"), batch("B2", "HELD")),
+        ("A/1", slot("A", 1, "drums"), slot("A", 1, "bags"))]
+    async with db.engine.connect() as conn:
+        verdict = await verify(conn, metadata)
+    assert verdict.ok, verdict.detail
 
 
 async def test_a_flush_of_more_records_than_one_statement_holds_reads_them_all(
