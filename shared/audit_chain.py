@@ -3,8 +3,10 @@
 Each entry holds its sequence number, the hash of the previous entry and the SHA-256 of
 its own canonical content (`entry_hash`). Appends are serialised (an advisory lock on
 PostgreSQL, taken at commit so that it is held only for the insert; SQLite has one writer
-anyway), so the chain never forks. What goes into an entry is decided by the recording
-hooks (shared.audit); walking the chain back is shared.audit_verify.
+anyway), so the chain never forks. On PostgreSQL the lock and the head read are one round
+trip: `lotgate_audit_chain_head`, a function the schema installs (shared.tables), takes the
+lock and then reads the head, as of after the lock was granted. What goes into an entry is
+decided by the recording hooks (shared.audit); walking the chain back is shared.audit_verify.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Insert, MetaData, Select, Table, select, text
+from sqlalchemy import Insert, MetaData, Row, Select, Table, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.tables import AUDIT_TRAIL
@@ -78,13 +80,16 @@ def _insert_statement(trail: Table) -> Insert:
     return trail.insert()
 
 
-_APPEND_LOCK = text("SELECT pg_advisory_xact_lock(:k)")
+_LOCKED_HEAD = text("SELECT sequence, entry_hash FROM lotgate_audit_chain_head(:k)")
+
+
+def _head_of(row: Row[Any] | None) -> tuple[int, str]:
+    return (row.sequence, row.entry_hash) if row else (0, GENESIS)
 
 
 async def head(conn: AsyncConnection, metadata: MetaData) -> tuple[int, str]:
     """The chain head: the last sequence number and its hash (0 and the genesis hash)."""
-    row = (await conn.execute(_head_statement(metadata.tables[AUDIT_TRAIL]))).first()
-    return (row.sequence, row.entry_hash) if row else (0, GENESIS)
+    return _head_of((await conn.execute(_head_statement(metadata.tables[AUDIT_TRAIL]))).first())
 
 
 async def append(conn: AsyncConnection, metadata: MetaData,
@@ -94,9 +99,12 @@ async def append(conn: AsyncConnection, metadata: MetaData,
     if not rows:
         return 0
     if conn.dialect.name == "postgresql":
-        # Held to the commit that follows: one append at a time, so the chain never forks.
-        await conn.execute(_APPEND_LOCK, {"k": _APPEND_LOCK_KEY})
-    sequence, previous = await head(conn, metadata)
+        # The lock is held to the commit that follows: one append at a time, so the chain
+        # never forks; the head comes from a query run after the lock was granted.
+        locked = await conn.execute(_LOCKED_HEAD, {"k": _APPEND_LOCK_KEY})
+        sequence, previous = _head_of(locked.first())
+    else:
+        sequence, previous = await head(conn, metadata)
     for values in rows:
         sequence += 1
         values["sequence"] = sequence

@@ -115,6 +115,22 @@ _NO_TRUNCATE = DDL(
     "CREATE TRIGGER audit_trail_no_truncate BEFORE TRUNCATE ON audit_trail "
     "FOR EACH STATEMENT EXECUTE FUNCTION lotgate_audit_trail_append_only()")
 
+# The append's lock and head read in one round trip (shared.audit_chain). The head is read
+# by a query of its own, after the lock is granted: a VOLATILE function's queries each take
+# a fresh snapshot in READ COMMITTED, so it sees the append it waited for; one statement
+# doing both would read from a snapshot taken before the wait, and fork the chain.
+_CHAIN_HEAD_FUNCTION = DDL("""
+CREATE OR REPLACE FUNCTION lotgate_audit_chain_head(lock_key bigint)
+RETURNS TABLE(sequence bigint, entry_hash varchar)
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(lock_key);
+    RETURN QUERY SELECT t.sequence, t.entry_hash FROM audit_trail AS t
+        ORDER BY t.sequence DESC LIMIT 1;
+END
+$$
+""")
+
 # SQLite has no roles: the same refusal keeps the service itself from editing the trail.
 _SQLITE_TRIGGERS = [DDL(
     f"CREATE TRIGGER audit_trail_no_{op.lower()} BEFORE {op} ON audit_trail "
@@ -123,7 +139,8 @@ _SQLITE_TRIGGERS = [DDL(
 
 
 def audit_trail_table(metadata: MetaData) -> Table:
-    """The trail's table; on PostgreSQL created with the trigger that keeps it append-only."""
+    """The trail's table; on PostgreSQL created with the trigger that keeps it append-only
+    and the function that reads its head under the append lock."""
     table = Table(
         AUDIT_TRAIL, metadata,
         Column("sequence", BigInteger, primary_key=True, autoincrement=False),
@@ -143,7 +160,7 @@ def audit_trail_table(metadata: MetaData) -> Table:
         Index("ix_audit_trail_principal", "principal_subject", "sequence"),
         Index("ix_audit_trail_recorded_at", "recorded_at", "sequence"),
     )
-    for ddl in (_APPEND_ONLY_FUNCTION, _NO_UPDATE_DELETE, _NO_TRUNCATE):
+    for ddl in (_APPEND_ONLY_FUNCTION, _NO_UPDATE_DELETE, _NO_TRUNCATE, _CHAIN_HEAD_FUNCTION):
         event.listen(table, "after_create", ddl.execute_if(dialect="postgresql"))
     for ddl in _SQLITE_TRIGGERS:
         event.listen(table, "after_create", ddl.execute_if(dialect="sqlite"))
