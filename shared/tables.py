@@ -118,15 +118,17 @@ _NO_TRUNCATE = DDL(
 # The append's lock and head read in one round trip (shared.audit_chain). The head is read
 # by a query of its own, after the lock is granted: a VOLATILE function's queries each take
 # a fresh snapshot in READ COMMITTED, so it sees the append it waited for; one statement
-# doing both would read from a snapshot taken before the wait, and fork the chain.
+# doing both would read from a snapshot taken before the wait, and fork the chain. The
+# read is planned on each call (EXECUTE), as the services' statements are
+# (shared.db): a plan kept from while the trail was small would scan and sort it whole.
 _CHAIN_HEAD_FUNCTION = DDL("""
 CREATE OR REPLACE FUNCTION lotgate_audit_chain_head(lock_key bigint)
 RETURNS TABLE(sequence bigint, entry_hash varchar)
 LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
     PERFORM pg_advisory_xact_lock(lock_key);
-    RETURN QUERY SELECT t.sequence, t.entry_hash FROM audit_trail AS t
-        ORDER BY t.sequence DESC LIMIT 1;
+    RETURN QUERY EXECUTE 'SELECT t.sequence, t.entry_hash FROM audit_trail AS t
+        ORDER BY t.sequence DESC LIMIT 1';
 END
 $$
 """)

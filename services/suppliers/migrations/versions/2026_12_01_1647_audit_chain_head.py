@@ -2,7 +2,9 @@
 
 `lotgate_audit_chain_head(lock_key)` takes the append's advisory lock, then reads the
 head in a query of its own: a VOLATILE function's queries take their snapshots as they
-run, so the head is the one after the lock was granted (shared.audit_chain). SQLite has
+run, so the head is the one after the lock was granted (shared.audit_chain). The read is
+planned on each call (EXECUTE), as the services' statements are: a plan kept from while
+the trail was small would scan and sort it whole once it is large. SQLite has
 one writer and reads the head as before: nothing to do there.
 
 Revision ID: 2026_12_01_1647
@@ -24,8 +26,8 @@ RETURNS TABLE(sequence bigint, entry_hash varchar)
 LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
     PERFORM pg_advisory_xact_lock(lock_key);
-    RETURN QUERY SELECT t.sequence, t.entry_hash FROM audit_trail AS t
-        ORDER BY t.sequence DESC LIMIT 1;
+    RETURN QUERY EXECUTE 'SELECT t.sequence, t.entry_hash FROM audit_trail AS t
+        ORDER BY t.sequence DESC LIMIT 1';
 END
 $$"""
 
