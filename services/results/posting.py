@@ -3,12 +3,13 @@ posts (from any instruments, for any lots) in one unit of work, by the same step
 
 A post is the commands of one call. Alone (`record_results`) it is answered as it always
 was: its results, or the precise error of what is wrong. Together (`record_posts`, for
-shared.group_commit) the posts share each read and write: one look-up of their
-instruments, one take of their lots' numbers (in lot order), their specifications and the
-lots' earlier results, one insert; each post is judged in group order, seeing the posts
-before it as a batch's entry sees the entries before it. Each post's audit entries and
-events are noted in its caller's own context (who, request id, trace). When anything of
-the group is wrong, the group raises and each post runs again alone.
+shared.group_commit) the posts share each read and write: one take of their lots'
+numbers (in lot order), their instruments and specifications (from memory while the
+reference data is unchanged: services/results/reference.py), the lots' earlier results,
+one insert; each post is judged in group order, seeing the posts before it as a batch's
+entry sees the entries before it. Each post's audit entries and events are noted in its
+caller's own context (who, request id, trace). When anything of the group is wrong, the
+group raises and each post runs again alone.
 
 Posts are first taken for new results, as nearly all are: their keys are not looked up
 before the lots are locked (a round trip less). A key stored already shows among the
@@ -41,6 +42,7 @@ from services.results.domain.posting import (
     entry_said,
 )
 from services.results.domain.results import Result
+from services.results.reference import ReferenceData
 from shared import audit, messaging
 from shared.errors import Aborted, NotFound
 from shared.group_commit import GroupCommit, Grouped
@@ -75,6 +77,7 @@ class Posting:
     def __init__(self, uow: UnitOfWorkFactory, *, group_commit: bool = True,
                  max_items: int = 500) -> None:
         self._uow = uow
+        self.reference = ReferenceData()
         self.group: GroupCommit[Post, list[Result]] | None = GroupCommit(
             self._together, self._alone, max_items=max_items,
             size=lambda post: len(post.commands), name=GROUP) if group_commit else None
@@ -86,11 +89,12 @@ class Posting:
         return await self.group(post)
 
     async def _alone(self, post: Post) -> list[Result]:
-        return await record_results(self._uow(), post.commands, batch=post.batch)
+        return await record_results(self._uow(), post.commands, batch=post.batch,
+                                    reference=self.reference)
 
     async def _together(self, group: Sequence[Grouped[Post]]) -> list[list[Result]]:
         try:
-            answers = await record_posts(self._uow(), group)
+            answers = await record_posts(self._uow(), group, reference=self.reference)
         except Exception:
             group_committed(GROUP, len(group), committed=False)
             raise
@@ -103,7 +107,8 @@ class _KeyTaken(Exception):
 
 
 async def record_results(uow: UnitOfWork, commands: Sequence[RecordResult], *,
-                         batch: bool = False) -> list[Result]:
+                         batch: bool = False, reference: ReferenceData | None = None
+                         ) -> list[Result]:
     """Judge results of one instrument against the specification version in force when
     each was measured, store them and announce each one; all or, when any is refused,
     none. The answers are in the order of `commands`.
@@ -117,11 +122,13 @@ async def record_results(uow: UnitOfWork, commands: Sequence[RecordResult], *,
     with contextlib.suppress(Exception):
         # The common case, a post of new results, without first looking up its keys;
         # anything else (a retry, a refusal, a conflict) is answered as below.
-        (answer,) = await _record_posts(uow, [Post(commands, batch)], [None], fresh=True)
+        (answer,) = await _record_posts(uow, [Post(commands, batch)], [None],
+                                        reference or ReferenceData(), fresh=True)
         return answer
     for _ in range(2):
         try:
-            (answer,) = await _record_posts(uow, [Post(commands, batch)], [None])
+            (answer,) = await _record_posts(uow, [Post(commands, batch)], [None],
+                                            reference or ReferenceData())
             return answer
         except _KeyTaken as taken:
             conflict = taken  # a concurrent request with the same id won: answer as a retry
@@ -129,7 +136,8 @@ async def record_results(uow: UnitOfWork, commands: Sequence[RecordResult], *,
                   "instrument_result_id; retry") from conflict
 
 
-async def record_posts(uow: UnitOfWork, group: Sequence[Grouped[Post]]) -> list[list[Result]]:
+async def record_posts(uow: UnitOfWork, group: Sequence[Grouped[Post]], *,
+                       reference: ReferenceData | None = None) -> list[list[Result]]:
     """The answers of several posts written in one unit of work, in group order; raises
     when any post is refused or conflicts (nothing is then written: run each alone)."""
     keys = [(c.instrument_id, c.instrument_result_id) for g in group for c in g.item.commands]
@@ -138,7 +146,7 @@ async def record_posts(uow: UnitOfWork, group: Sequence[Grouped[Post]]) -> list[
         # the first once it is stored.
         raise _KeyTaken("two posts of the group share an instrument_result_id")
     return await _record_posts(uow, [g.item for g in group], [g.context for g in group],
-                               fresh=True)
+                               reference or ReferenceData(), fresh=True)
 
 
 def _in(context: contextvars.Context | None, note: Callable[..., Any], *args: Any,
@@ -151,8 +159,9 @@ def _in(context: contextvars.Context | None, note: Callable[..., Any], *args: An
 
 
 async def _record_posts(uow: UnitOfWork, posts: Sequence[Post],
-                        contexts: Sequence[contextvars.Context | None], *,
-                        fresh: bool = False) -> list[list[Result]]:
+                        contexts: Sequence[contextvars.Context | None],
+                        reference: ReferenceData, *, fresh: bool = False
+                        ) -> list[list[Result]]:
     """`fresh`: take every result for new, without looking its key up first (one round
     trip less); a key stored already is then found among the lots' results once they are
     locked, or by the insert, and raises _KeyTaken, as does a key of another lot."""
@@ -169,17 +178,22 @@ async def _record_posts(uow: UnitOfWork, posts: Sequence[Post],
                                    if stored else None)
         todo = [[i for i, answer in enumerate(post) if answer is None] for post in answers]
         if any(todo):
-            await _store(uow, posts, contexts, todo, answers)
+            await _store(uow, posts, contexts, todo, answers, reference)
             await uow.commit()
     return [[a for a in post if a is not None] for post in answers]
 
 
 async def _store(uow: UnitOfWork, posts: Sequence[Post],
                  contexts: Sequence[contextvars.Context | None], todo: Sequence[list[int]],
-                 answers: list[list[Result | None]]) -> None:
+                 answers: list[list[Result | None]], reference: ReferenceData) -> None:
     """Judge and insert entries `todo` of each post (the ones not stored yet), noting
-    their audit entries and events; their answers go into `answers`."""
-    standing = await repository.instrument_standing(uow.conn, instrument_ids=sorted(
+    their audit entries and events; their answers go into `answers`. The lots' numbers
+    are taken first: that statement also tells whether the instruments and specifications
+    held in memory (`reference`) are current."""
+    counts = Counter(p.commands[i].lot_id for p, t in zip(posts, todo, strict=True)
+                     for i in t)
+    numbers, version = await repository.take_result_numbers(uow.conn, counts=dict(counts))
+    standing = await reference.standing(uow.conn, version, sorted(
         {p.commands[0].instrument_id for p, t in zip(posts, todo, strict=True) if t}))
     for p, t in zip(posts, todo, strict=True):
         if t:
@@ -187,9 +201,6 @@ async def _store(uow: UnitOfWork, posts: Sequence[Post],
             status, intervals = standing.get(instrument_id, (None, []))
             check_instrument(status, intervals, instrument_id=instrument_id, batch=p.batch,
                              measured=[(i, p.commands[i].measured_at) for i in t])
-    counts = Counter(p.commands[i].lot_id for p, t in zip(posts, todo, strict=True)
-                     for i in t)
-    numbers = await repository.take_result_numbers(uow.conn, counts=dict(counts))
     for p, t in zip(posts, todo, strict=True):
         for i in t:
             if p.commands[i].lot_id not in numbers:
@@ -199,8 +210,7 @@ async def _store(uow: UnitOfWork, posts: Sequence[Post],
                                            "retry shortly"),
                     field=f"{entry_field(i, p.batch)}lot_id")
     materials = {lot: material for lot, (material, _) in numbers.items()}
-    specs = await repository.effective_specifications(uow.conn,
-                                                      material_codes=materials.values())
+    specs = await reference.specifications(uow.conn, version, materials.values())
     # Read only now that the lots are locked: a copy of this very call that was stored
     # while this one waited is among them, and is answered as the original before any
     # rule could take it for an earlier result (an out-of-specification one would refuse

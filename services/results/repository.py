@@ -33,6 +33,7 @@ from services.results.tables import (
     calibrations,
     instruments,
     known_lots,
+    reference_version,
     results,
     specifications,
 )
@@ -257,33 +258,39 @@ async def results_by_keys(conn: AsyncConnection, *, keys: Sequence[tuple[str, st
             if (key := (row.instrument_id, row.instrument_result_id)) in wanted}
 
 
+_REFERENCE = (select(reference_version.c.version).where(reference_version.c.id == 1)
+              .scalar_subquery().label("reference_version"))
 _NEXT_NUMBERS = (update(known_lots).where(known_lots.c.lot_id == bindparam("b_lot_id"))
                  .values(result_count=known_lots.c.result_count + bindparam("b_count"))
-                 .returning(known_lots.c.material_code, known_lots.c.result_count))
+                 .returning(known_lots.c.material_code, known_lots.c.result_count, _REFERENCE))
 _SET_COUNT = (update(known_lots).where(known_lots.c.lot_id == bindparam("b_lot_id"))
               .values(result_count=bindparam("b_count")))
 _LOCK_COUNTS = (select(known_lots.c.lot_id, known_lots.c.material_code,
-                       known_lots.c.result_count)
+                       known_lots.c.result_count, _REFERENCE)
                 .where(one_of(known_lots.c.lot_id, "ids")).order_by(known_lots.c.lot_id)
-                .with_for_update())
+                .with_for_update(of=known_lots))
 
 
 async def take_result_numbers(conn: AsyncConnection, *, counts: dict[str, int]
-                              ) -> dict[str, tuple[str, int]]:
+                              ) -> tuple[dict[str, tuple[str, int]], int | None]:
     """Reserve each lot's next `count` result numbers: lot -> (its material, the first
     number reserved); a lot not known here is left out. Holds the lots' rows until commit
     (in lot order), so that concurrent results of one lot are numbered 1, 2, 3, ... and
-    checked one after another."""
+    checked one after another. Also the reference version read in the same statement
+    (None when no lot is known)."""
     if len(counts) == 1:
         ((lot_id, count),) = counts.items()
         row = (await conn.execute(_NEXT_NUMBERS, {"b_lot_id": lot_id, "b_count": count})).first()
-        return {lot_id: (row.material_code, row.result_count - count + 1)} if row else {}
+        if row is None:
+            return {}, None
+        return {lot_id: (row.material_code, row.result_count - count + 1)}, row.reference_version
     rows = (await conn.execute(_LOCK_COUNTS, {"ids": sorted(counts)})).all()
     if rows:
         await conn.execute(_SET_COUNT, [{"b_lot_id": r.lot_id,
                                          "b_count": r.result_count + counts[r.lot_id]}
                                         for r in rows])
-    return {r.lot_id: (r.material_code, r.result_count + 1) for r in rows}
+    return ({r.lot_id: (r.material_code, r.result_count + 1) for r in rows},
+            rows[0].reference_version if rows else None)
 
 
 _PRIOR = (select(results.c.result_id, results.c.test, results.c.verdict, results.c.state,

@@ -8,6 +8,7 @@ from sqlalchemy import (
     Date,
     Double,
     Index,
+    Integer,
     MetaData,
     String,
     Table,
@@ -71,6 +72,16 @@ calibrations = Table(
     Column("recorded_at", UtcDateTime, nullable=False),
     Index("ix_calibrations_instrument", "instrument_id", "calibrated_on", "id"),
     sqlite_autoincrement=True,
+)
+
+# One row: a number raised by the database itself (triggers of the revision that made it)
+# in every transaction that changes specifications, instruments or calibrations, whoever
+# changes them. A post reads it with its lots' numbers and so knows whether what it holds
+# of them in memory (services/results/reference.py) is still what the tables hold.
+reference_version = Table(
+    "reference_version", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("version", BigInteger, nullable=False),
 )
 
 # The lots this service has heard of (from LotReceived) and their material.
