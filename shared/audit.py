@@ -34,10 +34,21 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import MetaData, Select, String, Subquery, Table, bindparam, func, select, tuple_
+from sqlalchemy import (
+    Insert,
+    MetaData,
+    Select,
+    String,
+    Subquery,
+    Table,
+    bindparam,
+    func,
+    select,
+    tuple_,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shared.audit_chain import append, canonical
+from shared.audit_chain import Along, append, canonical
 from shared.db import one_of
 from shared.tables import AUDIT_TRAIL, TRAIL_ONLY
 
@@ -280,19 +291,23 @@ async def _rows_and_last_values(conn: AsyncConnection, metadata: MetaData, spec:
 
 
 async def flush(conn: AsyncConnection, metadata: MetaData, pending: Sequence[Pending],
-                now: datetime) -> int:
-    """Append the entries of `pending` to the chain, in the order they were noted; returns
-    how many were written. A record whose row is as its last entry left it (nothing
-    changed) gets no entry, nor does one created and gone in the same unit of work.
+                now: datetime, *, along: Insert | None = None) -> Along | None:
+    """Append the entries of `pending` to the chain, in the order they were noted. A record
+    whose row is as its last entry left it (nothing changed) gets no entry, nor does one
+    created and gone in the same unit of work.
 
     The statements do not grow with the number of records (up to `_CHUNK` of a type): per
     record type one for the rows together with their last entries (the rows alone when
     every record of the type was created here; where the key is not one text column, one
     for the rows, then one for the last entries); one for the last entries of the records
-    of a type whose values are given; then the append. The old values are the records'
-    last entries as committed before this unit of work (empty for a created record)."""
+    of a type whose values are given; then the append (shared.audit_chain.append: the
+    chain's lock and head, then the insert). The old values are the records' last entries
+    as committed before this unit of work (empty for a created record).
+
+    `along`: the caller's next INSERT, as for the append: a lone entry is then left to it,
+    and what is returned is that statement, to run instead (None: all were inserted)."""
     if not pending:
-        return 0
+        return None
     registry = audited(metadata)
     ids = ["/".join(str(k) for k in p.key) for p in pending]
     # The records to read from their rows, per type, in the order first noted; the types
@@ -338,4 +353,4 @@ async def flush(conn: AsyncConnection, metadata: MetaData, pending: Sequence[Pen
                      "principal_name": p.principal_name, "record_type": p.record_type,
                      "record_id": record_id, "action": p.action, "reason": p.reason,
                      "old_values": old, "new_values": new, "request_id": p.request_id})
-    return await append(conn, metadata, rows)
+    return await append(conn, metadata, rows, along=along)

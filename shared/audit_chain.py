@@ -5,8 +5,10 @@ its own canonical content (`entry_hash`). Appends are serialised (an advisory lo
 PostgreSQL, taken at commit so that it is held only for the insert; SQLite has one writer
 anyway), so the chain never forks. On PostgreSQL the lock and the head read are one round
 trip: `lotgate_audit_chain_head`, a function the schema installs (shared.tables), takes the
-lock and then reads the head, as of after the lock was granted. What goes into an entry is
-decided by the recording hooks (shared.audit); walking the chain back is shared.audit_verify.
+lock and then reads the head, as of after the lock was granted; a lone entry can then be
+inserted by the statement that follows it in the transaction (`Along`). What goes into an
+entry is decided by the recording hooks (shared.audit); walking the chain back is
+shared.audit_verify.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ import hashlib
 import json
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import Insert, MetaData, Row, Select, Table, select, text
+from sqlalchemy import Insert, MetaData, Row, Select, Table, bindparam, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.tables import AUDIT_TRAIL
@@ -92,13 +94,43 @@ async def head(conn: AsyncConnection, metadata: MetaData) -> tuple[int, str]:
     return _head_of((await conn.execute(_head_statement(metadata.tables[AUDIT_TRAIL]))).first())
 
 
-async def append(conn: AsyncConnection, metadata: MetaData,
-                 rows: list[dict[str, Any]]) -> int:
+class Along(NamedTuple):
+    """An INSERT that writes a chained entry too: run it once, with `parameters` added to
+    the parameters of its own row."""
+
+    statement: Insert
+    parameters: dict[str, Any]
+
+
+@functools.cache
+def _along_statement(statement: Insert, trail: Table) -> Insert:
+    """`statement` with the insert of one entry (parameters `audit_<column>`) as a
+    data-modifying WITH, built once per statement. One entry only: SQLAlchemy caches no
+    statement of several VALUES rows, and would compile such a one on every run."""
+    entry = trail.insert().values({
+        column.name: bindparam(f"audit_{column.name}", type_=column.type)
+        for column in trail.columns})
+    return statement.add_cte(entry.cte("audit_entry"))
+
+
+async def append(conn: AsyncConnection, metadata: MetaData, rows: list[dict[str, Any]], *,
+                 along: Insert | None = None) -> Along | None:
     """Chain `rows` (entries without sequence and hashes) after the head and insert them,
-    in the caller's transaction; returns how many were written."""
+    in the caller's transaction.
+
+    On PostgreSQL one call of `lotgate_audit_chain_head` takes the lock and reads the head,
+    then one INSERT writes the rows; on SQLite a read of the head, then the INSERT.
+    `along`: an INSERT the caller runs next in this transaction, once, with the parameters
+    of one row. On PostgreSQL, when there is one row (a lone call's entry), it is not
+    inserted here: returned is `along` with the row's INSERT as a data-modifying WITH,
+    which PostgreSQL runs exactly once and to completion although the statement does not
+    read it, so both inserts are one round trip; the caller must run it. Otherwise None.
+    """
     if not rows:
-        return 0
-    if conn.dialect.name == "postgresql":
+        return None
+    trail = metadata.tables[AUDIT_TRAIL]
+    postgresql = conn.dialect.name == "postgresql"
+    if postgresql:
         # The lock is held to the commit that follows: one append at a time, so the chain
         # never forks; the head comes from a query run after the lock was granted.
         locked = await conn.execute(_LOCKED_HEAD, {"k": _APPEND_LOCK_KEY})
@@ -110,5 +142,8 @@ async def append(conn: AsyncConnection, metadata: MetaData,
         values["sequence"] = sequence
         values["previous_hash"] = previous
         values["entry_hash"] = previous = entry_hash(hashable(values))
-    await conn.execute(_insert_statement(metadata.tables[AUDIT_TRAIL]), rows)
-    return len(rows)
+    if along is not None and postgresql and len(rows) == 1:
+        return Along(_along_statement(along, trail),
+                     {f"audit_{name}": value for name, value in rows[0].items()})
+    await conn.execute(_insert_statement(trail), rows)
+    return None

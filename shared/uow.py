@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
 from google.protobuf.message import Message
-from sqlalchemy import MetaData, Table, insert
+from sqlalchemy import Insert, MetaData, Table, insert
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -74,7 +75,6 @@ class UnitOfWork:
         self.clock = clock
         self._on_events_committed = on_events_committed
         self._handoff = handoff
-        self._insert = insert(outbox)
         self._conn: AsyncConnection | None = None
         self._events: list[dict[str, Any]] = []
         self._after_commit: list[Callable[[], None]] = []
@@ -139,23 +139,35 @@ class UnitOfWork:
         self._after_commit.append(callback)
 
     async def commit(self) -> None:
-        if self.audit_entries:
-            # Last, so that each entry holds the row as this transaction leaves it.
-            await audit.flush(self.conn, self._outbox.metadata, self.audit_entries,
-                              self.clock.now())
-            self.audit_entries = []
+        """Write the audit entries and the events, and commit.
+
+        Statements: the audit flush's reads and the chain's lock and head
+        (shared.audit.flush), an INSERT of the entries, an INSERT of the events (returning
+        what the relay needs when it takes hand-offs, shared.outbox), COMMIT. On
+        PostgreSQL a commit of one entry and one event (a lone call's) inserts both in one
+        statement: the entry's INSERT is a WITH of the event's (shared.audit_chain.append).
+        """
         handoff = self._handoff if self._events and self._handoff is not None \
             and self._handoff.takes_handoff else None
-        before: dict[str, Any] = {}
+        insert_events = handoff.handoff_insert(self.conn.dialect.name) \
+            if handoff is not None else _insert(self._outbox)
         # A single parameter set skips the executemany path (measured ~30% cheaper).
-        events = self._events[0] if len(self._events) == 1 else self._events
+        events: Any = self._events[0] if len(self._events) == 1 else self._events
+        if self.audit_entries:
+            # Last, so that each entry holds the row as this transaction leaves it.
+            along = await audit.flush(
+                self.conn, self._outbox.metadata, self.audit_entries, self.clock.now(),
+                along=insert_events if len(self._events) == 1 else None)
+            self.audit_entries = []
+            if along is not None:
+                insert_events, events = along.statement, {**events, **along.parameters}
+        before: dict[str, Any] = {}
         if handoff is not None:
             # The relay publishes these rows without reading them back; what each row's
             # aggregate still has in the outbox before it keeps them in order.
-            before = {row[0]: row[1] for row in await self.conn.execute(
-                handoff.handoff_insert(self.conn.dialect.name), events)}
+            before = {row[0]: row[1] for row in await self.conn.execute(insert_events, events)}
         elif self._events:
-            await self.conn.execute(self._insert, events)
+            await self.conn.execute(insert_events, events)
         await self.conn.commit()
         self.committed = True
         crash_point("after_commit_before_ack")
@@ -165,6 +177,13 @@ class UnitOfWork:
             handoff.hand_off(self._events, before)
         elif self._events and self._on_events_committed is not None:
             self._on_events_committed()
+
+
+@functools.cache
+def _insert(outbox: Table) -> Insert:
+    """The outbox's plain insert, built once per table (and so is the audit entry's
+    statement that goes along with it)."""
+    return insert(outbox)
 
 
 class UnitOfWorkFactory:

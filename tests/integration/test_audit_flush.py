@@ -1,11 +1,14 @@
 """The commit-time flush of the audit trail on a real database: one unit of work changing
 many records of several types writes exactly the entries of the records that changed,
-each with its own old and new values, in the order they were noted; and the statements
-it runs do not grow with the number of records."""
+each with its own old and new values, in the order they were noted; the statements it
+runs do not grow with the number of records; and on PostgreSQL a commit of one event and
+one entry writes both in one statement, the event still handed to the relay."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,12 +29,16 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared import audit
+from lotgate.results.v1 import events_pb2
+from shared import audit, messaging
 from shared.audit_verify import verify
 from shared.clock import ManualClock
 from shared.db import make_engine
+from shared.outbox import AGGREGATE_HEADER, OutboxRelay
 from shared.tables import AUDIT_TRAIL, make_tables
 from shared.uow import UnitOfWork, UnitOfWorkFactory
+from tests.support.faults import FaultyEngine
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -306,4 +313,124 @@ async def test_records_noted_as_created_are_flushed_without_reading_the_trail_fo
         ("B1", "hold", batch("B1"), batch("B1", "HELD"))]
     async with db.engine.connect() as conn:
         verdict = await verify(conn, metadata)
+    assert verdict.ok, verdict.detail
+
+
+# One event and its entries
+
+
+def inserts(statements: list[str]) -> list[str]:
+    return [s for s in statements if s.lstrip().upper().startswith(("INSERT", "WITH"))]
+
+
+async def _commit_counted(db: Db, count: int, event_id: str) -> list[str]:
+    """Commit a unit of work that changes batches B0000.. (`count` of them, each noted)
+    and emits one event of B0000; the statements its commit runs."""
+    async with db.uow() as uow:
+        await _update_and_note(uow, count, 2)
+        uow.emit("flush.batch", "B0000", events_pb2.ResultRecorded(event_id=event_id))
+        seen: list[str] = []
+
+        def counted(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            seen.append(" ".join(statement.split()))
+
+        event.listen(db.engine.sync_engine, "before_cursor_execute", counted)
+        try:
+            await uow.commit()
+        finally:
+            event.remove(db.engine.sync_engine, "before_cursor_execute", counted)
+    return seen
+
+
+@pytest.mark.parametrize("count", [1, 2])
+async def test_a_commit_of_one_event_writes_a_lone_entry_in_the_events_statement(
+        db: Db, databases, count: int) -> None:
+    """On PostgreSQL one entry is inserted by the event's INSERT (a WITH of it); more, and
+    on SQLite any, by an INSERT of their own. The entries are the same either way, and so
+    is the event's row."""
+    async with db.uow() as uow:
+        await uow.conn.execute(insert(batches), [batch(f"B{i:04d}") for i in range(count)])
+        await _update_and_note(uow, count, 1)
+        await uow.commit()
+
+    statements = inserts(await _commit_counted(db, count, "e-1"))
+
+    together = databases.kind == "postgresql" and count == 1
+    if together:
+        assert len(statements) == 1, statements
+        assert "INSERT INTO audit_trail" in statements[0], statements
+        assert "INSERT INTO outbox" in statements[0], statements
+    else:
+        assert [s.split("(")[0] for s in statements] == [
+            "INSERT INTO audit_trail ", "INSERT INTO outbox "], statements
+    written = await entries(db, after=count)
+    assert [(e.sequence, e.record_id, values(e.old_values), values(e.new_values))
+            for e in written] == [
+        (count + 1 + i, f"B{i:04d}", batch(f"B{i:04d}"), batch(f"B{i:04d}", quantity=2))
+        for i in range(count)]
+    async with db.engine.connect() as conn:
+        outbox = (await conn.execute(select(tables.outbox))).all()
+        verdict = await verify(conn, metadata)
+    assert [(row.event_id, row.aggregate_id) for row in outbox] == [("e-1", "B0000")]
+    assert verdict.ok, verdict.detail
+
+
+@pytest.fixture
+async def stream(nats_server) -> AsyncIterator[tuple[Any, str]]:
+    """A JetStream context and a stream of this test's own: (context, stream name)."""
+    nc = await nats_server.connect()
+    name = f"AUDIT_FLUSH_{uuid.uuid4().hex[:10].upper()}"
+    js = nc.jetstream(timeout=5.0)
+    await messaging.ensure_stream(js, messaging.StreamSpec(name, ("flush.batch",)),
+                                  duplicate_window_s=900)
+    yield js, name
+    await js.delete_stream(name)
+    await nc.close()
+
+
+async def test_one_entry_and_one_event_are_written_together_and_the_event_handed_over(
+        db: Db, databases, stream: tuple[Any, str]) -> None:
+    """The relay publishes the event of a commit whose entry went along with it without
+    reading the outbox: the event's INSERT still returns what the hand-off needs."""
+    js, name = stream
+    async with db.uow() as uow:
+        await uow.conn.execute(insert(batches), [batch("B0000")])
+        audit.record(uow, "batch", "B0000", action="create", created=True)
+        await uow.commit()
+    faulty = FaultyEngine(db.engine)
+    relay = OutboxRelay(faulty, tables.outbox, js, name=name, poll_seconds=3600.0)
+    db.uow.handoff = relay
+    stop = asyncio.Event()
+    running = asyncio.create_task(relay.run(stop))
+
+    async def published() -> list[tuple[str, str]]:
+        state = (await js.stream_info(name)).state
+        return [((msg := await js.get_msg(name, seq)).headers["Nats-Msg-Id"],
+                 msg.headers[AGGREGATE_HEADER])
+                for seq in range(state.first_seq, state.last_seq + 1) if state.messages]
+
+    async def handed_over() -> bool:
+        return relay.takes_handoff
+
+    try:
+        await eventually(handed_over, bool)
+        faulty.refuse.arm(1_000_000)  # the relay can no longer read the table (nor prune)
+        statements = inserts(await _commit_counted(db, 1, "e-1"))
+        seen = await eventually(published, lambda seen: len(seen) == 1)
+        async with db.engine.connect() as conn:
+            outbox = (await conn.execute(select(tables.outbox.c.event_id))).scalars().all()
+            verdict = await verify(conn, metadata)
+        faulty.refuse.arm(0)
+    finally:
+        stop.set()
+        relay.wake()
+        await asyncio.wait_for(running, timeout=10)
+
+    assert seen == [("e-1", "B0000")]
+    assert outbox == ["e-1"]
+    assert len(statements) == (1 if databases.kind == "postgresql" else 2), statements
+    assert "FROM outbox AS earlier" in statements[-1], statements  # the hand-off's insert
+    [entry] = await entries(db, after=1)
+    assert (entry.sequence, entry.record_id, values(entry.old_values),
+            values(entry.new_values)) == (2, "B0000", batch("B0000"), batch("B0000", quantity=2))
     assert verdict.ok, verdict.detail
