@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import grpc
@@ -25,13 +25,14 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from lotgate.audit.v1 import audit_pb2 as apb
 from lotgate.audit.v1 import audit_pb2_grpc as apb_grpc
 from lotgate.lots.v1 import lots_pb2 as pb
+from lotgate.lots.v1 import lots_pb2_grpc as pb_grpc
 from services.lots.receipts import GROUP
 from shared import messaging
 from shared.outbox import AGGREGATE_HEADER
 from shared.tracing import REQUEST_ID_HEADER
 from tests.integration.test_lots import SITE, System, running_system
 from tests.support import auth
-from tests.support.services import ref
+from tests.support.services import ref, start_in_process
 
 pytestmark = pytest.mark.integration
 
@@ -233,14 +234,25 @@ async def test_overlapping_copies_of_a_receipt_store_one_lot_and_answer_each_cop
 
 @pytest.mark.req("WMS-003")
 async def test_with_group_commit_off_each_receipt_is_written_alone(
-        databases, nats_server) -> None:
-    async with running_system(databases, nats_server, lots={"group_commit": False}) as alone:
-        supplier_id, material = await qualified(alone)
-        receipts = new_receipts(CALLS)
-        answers = await send_together(alone, supplier_id, material, receipts)
+        databases, nats_server, system: System) -> None:
+    """A second lots replica, on the module system's database, with group commit off.
+    (A second system on its own databases would share the broker's durable consumers with
+    the module's: an event could go to the other system's lots service.)"""
+    replica = await start_in_process(
+        "lots", databases=databases, nats=nats_server, group_commit=False,
+        database_url=system.lots_service.infra.settings.database_url)
+    try:
+        async with auth.channel(replica.address) as channel:
+            alone = replace(system, lots=pb_grpc.LotServiceStub(channel),
+                            lots_service=replica, numbers={})
+            supplier_id, material = await qualified(alone)
+            receipts = new_receipts(CALLS)
+            answers = await send_together(alone, supplier_id, material, receipts)
 
-        errors = [a for a in answers if isinstance(a, BaseException)]
-        assert not errors, errors
-        for receipt in receipts:
-            await stored_once(alone, receipt, material)
-        assert counters(alone) == {"groups": 0.0, "calls": 0.0, "failed_groups": 0.0}
+            errors = [a for a in answers if isinstance(a, BaseException)]
+            assert not errors, errors
+            for receipt in receipts:
+                await stored_once(alone, receipt, material)
+            assert counters(alone) == {"groups": 0.0, "calls": 0.0, "failed_groups": 0.0}
+    finally:
+        await replica.stop()
