@@ -467,11 +467,15 @@ class Bench:
         """Row 5: the last passing result -> RELEASED, at a steady total rate."""
         progress(f"{row}. result -> RELEASED: {len(measured)} lots, results posted at "
                  f"{rate:g}/s in total, followed by {follow}")
+        clocked = CpuMeter(self.pids)
         with client_gc_paused():
             meter = CpuMeter(self.pids).start()
             rel = await phases.release_latency(lg, self.fixture, measured, background,
-                                               rate=rate, seed=5, follow=follow)
+                                               rate=rate, seed=5, follow=follow,
+                                               meter=clocked)
             cpu = meter.stop()
+        # CPU per result at this rate, summed as in 4c, over the posts at `rate` alone.
+        per_result, each = cpu_ms_per_item(clocked.seconds, rel.posts.count)
         lat = rel.latency
         target = RELEASE_P99_MS.get(rate) if follow == "watch" else None
         progress(f"   latency: {lat.summary()}")
@@ -482,6 +486,7 @@ class Bench:
             ("decided_at -> RELEASED seen", rel.to_seen)))
         progress(f"   where the time goes: {parts}")
         progress(f"   {cpu}")
+        progress(f"   CPU per result at {rate:g}/s: {per_result:.2f} ms ({cpu_ms_text(each)})")
         seen = ("pushed by a WatchReleaseStatus stream on the measured lots (opened before "
                 "the clock starts), as a warehouse is told" if follow == "watch" else
                 "GetReleaseStatus shows it, each lot polled every 2 ms from its "
@@ -492,13 +497,17 @@ class Bench:
                  f"{lat.count + lat.failures} lots, results posted open loop at "
                  f"{rel.rate:g}/s in total (1 in 3 releases a measured lot)",
             f"p99 **{_ms(lat.pct_ms(0.99))}** (p50 {_ms(lat.pct_ms(0.5))}, "
-            f"max {_ms(lat.max_ms)})",
+            f"max {_ms(lat.max_ms)}); CPU per result {per_result:.2f} ms "
+            f"({cpu_ms_text(each)})",
             f"p99 <= {target:g} ms at {rate:g}/s" if target else "reference",
             lat.pct_ms(0.99) <= target if target else None,
             f"stated {rel.rate:g} results/s, issued {rel.schedule.issue_rate:,.0f}/s; "
             f"{lat.error_text()}; every RecordResult of the phase: {_p50_p99(rel.posts)}, "
             f"{rel.posts.error_text()}; split by the services' clocks: {parts}; "
-            f"{sum(rel.follow_errors.values())} {follow} errors; {cpu}",
+            f"{sum(rel.follow_errors.values())} {follow} errors; CPU per result: the "
+            f"services' processes (as 4c) from the first post at {rate:g}/s until the "
+            f"last measured lot was seen, / the {rel.posts.count:,} results posted then; "
+            f"the whole phase, setting up included: {cpu}",
             lat.failures + rel.posts.failures))
 
     async def receipt_row(self, lg: Lotgate) -> tuple[Row, list[str]]:

@@ -18,7 +18,15 @@ from datetime import UTC, date, datetime, timedelta
 from lotgate.lots.v1 import lots_pb2, lots_pb2_grpc
 from lotgate.results.v1 import results_pb2
 from lotgate_tools.client import DEFAULT_SITE, Lotgate, identity, purity, sterility
-from tests.bench.load import Samples, Schedule, closed_loop, error_name, open_loop, progress
+from tests.bench.load import (
+    CpuMeter,
+    Samples,
+    Schedule,
+    closed_loop,
+    error_name,
+    open_loop,
+    progress,
+)
 
 READ_TIMEOUT = 2.0
 WRITE_TIMEOUT = 5.0
@@ -513,8 +521,8 @@ class _Watched:
 async def release_latency(lg: Lotgate, fixture: Fixture, measured: Sequence[str],
                           background: Sequence[str], *, rate: float, seed: int,
                           follow: str = "watch", poll_every: float = 0.002,
-                          poll_budget: float = 1000.0, within: float = 10.0
-                          ) -> ReleaseOutcome:
+                          poll_budget: float = 1000.0, within: float = 10.0,
+                          meter: CpuMeter | None = None) -> ReleaseOutcome:
     """Each measured lot already has identity and purity; its sterility result is posted in
     an open loop at `rate` results/s in total, interleaved 1:2 with identity, purity and
     sterility results of background lots. The client follows the measured lots as a
@@ -523,6 +531,8 @@ async def release_latency(lg: Lotgate, fixture: Fixture, measured: Sequence[str]
     lot is polled every `poll_every` seconds from the moment its RecordResult returns
     until it reads RELEASED, all polls together under `poll_budget` per second (when many
     lots are pending at once, polling must not become the load that slows it further).
+    `meter` runs from the clock's start until every measured lot was seen or given up:
+    the CPU of the posts at `rate` (setting up the measured lots is left out).
     """
     rng = random.Random(seed)
     # Identity and purity of the measured lots first, and wait until they are applied.
@@ -637,9 +647,13 @@ async def release_latency(lg: Lotgate, fixture: Fixture, measured: Sequence[str]
             counters["filler"] += 1
             await post(filler_requests[k])
 
+    if meter is not None:
+        meter.start()
     try:
         schedule = await open_loop(action, rate=rate, count=slots)
     finally:
+        if meter is not None:
+            meter.stop()
         if watched is not None:
             await watched.stop()
     latency.started = posts.started = schedule.started
