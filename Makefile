@@ -11,7 +11,8 @@ PROTOS := $(wildcard protos/lotgate/*/v1/*.proto)
 
 .DEFAULT_GOAL := help
 .PHONY: help install lock lock-check floors run demo test test-unit test-integration test-e2e test-faults soak fuzz lint \
-        proto proto-check bench bench-history bench-scale deploy-check mutation mutation-ci clean
+        proto proto-check bench bench-history bench-lone bench-scale deploy-check mutation \
+        mutation-ci clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -135,6 +136,10 @@ proto-check: proto ## fail when the generated code is not what the protos give
 bench: install ## benchmark on PostgreSQL (DATABASE_URL) or SQLite; prints the tables
 	$(BIN)/python -m tests.bench
 	$(BIN)/python -m tests.bench.history
+	$(BIN)/python -m tests.bench.lone
+
+bench-lone: install ## only a lone write's CPU, in process (RecordResult, ResultRecorded); prints a table
+	$(BIN)/python -m tests.bench.lone
 
 bench-history: install ## only the auditor queries on 100,000 history rows; prints a table
 	$(BIN)/python -m tests.bench.history
