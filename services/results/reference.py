@@ -29,13 +29,14 @@ MAX_ENTRIES = 10_000
 
 
 class ReferenceData:
-    """One process's copy, for one database."""
+    """One process's copy, for one database. What is read under a version goes only into
+    that version's entries: a read still under way when a post of another version
+    replaced them (posts run concurrently) is used by its own post and then dropped."""
 
     def __init__(self) -> None:
         self._version: int | None = None
         self._specs: dict[str, list[Specification]] = {}
         self._standing: dict[str, Standing | None] = {}  # None: not registered
-        self.reads = 0  # statements run to fill it (tests)
 
     def _at(self, version: int) -> None:
         if version != self._version or len(self._specs) + len(self._standing) > MAX_ENTRIES:
@@ -49,12 +50,12 @@ class ReferenceData:
         if version is None:
             return await repository.instrument_standing(conn, instrument_ids=instrument_ids)
         self._at(version)
-        missing = [i for i in instrument_ids if i not in self._standing]
+        held = self._standing
+        missing = [i for i in instrument_ids if i not in held]
         if missing:
-            self.reads += 1
             found = await repository.instrument_standing(conn, instrument_ids=missing)
-            self._standing.update((i, found.get(i)) for i in missing)
-        return {i: s for i in instrument_ids if (s := self._standing[i]) is not None}
+            held.update((i, found.get(i)) for i in missing)
+        return {i: s for i in instrument_ids if (s := held[i]) is not None}
 
     async def specifications(self, conn: AsyncConnection, version: int | None,
                              material_codes: Iterable[str]) -> dict[str, list[Specification]]:
@@ -64,9 +65,9 @@ class ReferenceData:
         if version is None:
             return await repository.effective_specifications(conn, material_codes=wanted)
         self._at(version)
-        missing = [m for m in wanted if m not in self._specs]
+        held = self._specs
+        missing = [m for m in wanted if m not in held]
         if missing:
-            self.reads += 1
             found = await repository.effective_specifications(conn, material_codes=missing)
-            self._specs.update((m, found.get(m, [])) for m in missing)
-        return {m: specs for m in wanted if (specs := self._specs[m])}
+            held.update((m, found.get(m, [])) for m in missing)
+        return {m: specs for m in wanted if (specs := held[m])}
