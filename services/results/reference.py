@@ -12,8 +12,9 @@ tables' own reads were.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import date
+from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -22,6 +23,7 @@ from services.results.domain.instruments import InstrumentStatus
 from services.results.domain.specifications import Specification
 
 Standing = tuple[InstrumentStatus, list[tuple[date, date]]]
+T = TypeVar("T")
 
 # Materials and instruments held at most; past it everything is read again (bounds memory
 # should a client post for ever-new instruments that are not registered).
@@ -35,8 +37,9 @@ class ReferenceData:
 
     def __init__(self) -> None:
         self._version: int | None = None
-        self._specs: dict[str, list[Specification]] = {}
-        self._standing: dict[str, Standing | None] = {}  # None: not registered
+        # None: not registered, no EFFECTIVE version.
+        self._specs: dict[str, list[Specification] | None] = {}
+        self._standing: dict[str, Standing | None] = {}
 
     def _at(self, version: int) -> None:
         if version != self._version or len(self._specs) + len(self._standing) > MAX_ENTRIES:
@@ -47,27 +50,34 @@ class ReferenceData:
                        instrument_ids: Sequence[str]) -> dict[str, Standing]:
         """repository.instrument_standing, from memory for the instruments read under
         `version` (None: read them all)."""
+        def read(ids: Sequence[str]) -> Awaitable[dict[str, Standing]]:
+            return repository.instrument_standing(conn, instrument_ids=ids)
+
         if version is None:
-            return await repository.instrument_standing(conn, instrument_ids=instrument_ids)
+            return await read(instrument_ids)
         self._at(version)
-        held = self._standing
-        missing = [i for i in instrument_ids if i not in held]
-        if missing:
-            found = await repository.instrument_standing(conn, instrument_ids=missing)
-            held.update((i, found.get(i)) for i in missing)
-        return {i: s for i in instrument_ids if (s := held[i]) is not None}
+        return await _through(self._standing, instrument_ids, read)
 
     async def specifications(self, conn: AsyncConnection, version: int | None,
                              material_codes: Iterable[str]) -> dict[str, list[Specification]]:
         """repository.effective_specifications, from memory for the materials read under
         `version` (None: read them all)."""
+        def read(codes: Sequence[str]) -> Awaitable[dict[str, list[Specification]]]:
+            return repository.effective_specifications(conn, material_codes=codes)
+
         wanted = sorted(set(material_codes))
         if version is None:
-            return await repository.effective_specifications(conn, material_codes=wanted)
+            return await read(wanted)
         self._at(version)
-        held = self._specs
-        missing = [m for m in wanted if m not in held]
-        if missing:
-            found = await repository.effective_specifications(conn, material_codes=missing)
-            held.update((m, found.get(m, [])) for m in missing)
-        return {m: specs for m in wanted if (specs := held[m])}
+        return await _through(self._specs, wanted, read)
+
+
+async def _through(held: dict[str, T | None], keys: Sequence[str],
+                   read: Callable[[Sequence[str]], Awaitable[dict[str, T]]]) -> dict[str, T]:
+    """What `read` gives for `keys` (those it finds), the ones in `held` from there: what
+    is read goes into `held`, the entries this call started from, found or not."""
+    missing = [key for key in keys if key not in held]
+    if missing:
+        found = await read(missing)
+        held.update((key, found.get(key)) for key in missing)
+    return {key: value for key in keys if (value := held[key]) is not None}

@@ -20,38 +20,25 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from lotgate.lots.v1 import lots_pb2
-from lotgate.results.v1 import events_pb2 as result_events
 from lotgate.results.v1 import results_pb2 as rpb
 from lotgate.suppliers.v1 import suppliers_pb2
-from services.lots import bootstrap
-from services.lots.tables import tables as lot_tables
-from services.results import handlers as result_handlers
-from services.results import repository as result_repository
-from services.results.api import ResultApi
-from services.results.domain.results import KnownLot
-from services.results.domain.specifications import approved
-from services.results.tables import tables as result_tables
-from shared import migrations
 from shared.clock import SystemClock
-from shared.db import make_engine
 from shared.logs import configure_logging
 from shared.protoconv import to_timestamp
-from shared.runtime import Infrastructure
-from shared.uow import UnitOfWorkFactory
 from tests.bench.statements import (
     MATERIAL,
     SITE,
     SUPPLIER,
-    _api,
+    Call,
     _consume,
     _qualification,
     _result,
+    lots_service,
+    results_service,
 )
 
 ROUNDS = 3
@@ -71,52 +58,19 @@ async def _timed(calls: list[Any]) -> tuple[float, float]:
     return (_cpu() - cpu) * 1000 / len(calls), (time.perf_counter() - wall) * 1000 / len(calls)
 
 
-class _Call:
-    def invocation_metadata(self) -> tuple[()]:
-        return ()
-
-
 async def posts(url: str, n: int) -> list[tuple[float, float]]:
-    await migrations.migrate("results", url)
-    engine = make_engine(url)
     clock = SystemClock()
-    uow = UnitOfWorkFactory(engine, result_tables.outbox, clock)
-    api = ResultApi(uow, group_commit=True)
-    now, today = clock.now(), clock.now().date()
-    draft = await api.CreateSpecificationDraft(rpb.CreateSpecificationDraftRequest(
-        material_code=MATERIAL, change_reason="first", requested_by="qa.author",
-        tests=[rpb.TestCriterion(test=rpb.TEST_KIND_PURITY, method="HPLC",
-                                 range=rpb.RangeCriterion(lower=rpb.Bound(value=98.0),
-                                                          upper=rpb.Bound(value=102.0),
-                                                          unit="%")),
-               rpb.TestCriterion(test=rpb.TEST_KIND_IDENTITY, method="FTIR",
-                                 identity=rpb.IdentityCriterion(reference="RS-1")),
-               rpb.TestCriterion(test=rpb.TEST_KIND_STERILITY, method="Ph. Eur. 2.6.1",
-                                 sterility=rpb.SterilityCriterion(method="membrane"))]),
-        None)
-    await api.RegisterInstrument(rpb.RegisterInstrumentRequest(
-        instrument_id="HPLC-1", type="HPLC", location="lab",
-        calibrated_on=(today - timedelta(days=10)).isoformat(),
-        calibration_due=(today + timedelta(days=300)).isoformat(), certificate_ref="CAL-1",
-        requested_by="qc.lead"), None)
     lots = [f"LOT-{i}" for i in range(2000)]
-    async with uow() as unit:
-        spec = await result_repository.get_specification(
-            unit.conn, material_code=MATERIAL, version=draft.specification.version)
-        assert spec is not None
-        await result_repository.make_effective(unit.conn, spec=approved(
-            spec.spec, approved_by="qa.approver", effective_from=now - timedelta(days=1),
-            now=now))
-        for lot in lots:
-            await result_handlers.learn_lot(unit, KnownLot(lot, MATERIAL, now))
-        await unit.commit()
+    api, engine = await results_service(url, clock, group_commit=True,
+                                        instruments=["HPLC-1"], lot_ids=lots)
+    now = clock.now()
 
     def post(k: int) -> Any:
         request = rpb.RecordResultRequest(
             lot_id=lots[k % len(lots)], test=rpb.TEST_KIND_PURITY, instrument_id="HPLC-1",
             instrument_result_id=f"RUN-{k}", quantity=rpb.Quantity(value=99.0, unit="%"),
             measured_at=to_timestamp(now))
-        return lambda: api.RecordResult(request, _Call())
+        return lambda: api.RecordResult(request, Call())
 
     await _timed([post(k) for k in range(WARM_UP)])
     rounds = [await _timed([post(WARM_UP + r * n + k) for k in range(n)])
@@ -126,27 +80,16 @@ async def posts(url: str, n: int) -> list[tuple[float, float]]:
 
 
 async def events(url: str, n: int) -> list[tuple[float, float]]:
-    await migrations.migrate("lots", url)
-    engine = make_engine(url)
     clock = SystemClock()
-    uow = UnitOfWorkFactory(engine, lot_tables.outbox, clock)
-    infra = Infrastructure(settings=SimpleNamespace(expiry_check_seconds=3600,
-                                                     status_cache_mb=40.0,
-                                                     group_commit=True), clock=clock,
-                           engine=engine, uow=uow, gate=None)  # type: ignore[arg-type]
-    parts = bootstrap.build(infra)
-    on_results = next(s.batch_handler for s in parts.subscriptions
-                      if s.message_type is result_events.ResultRecorded)
-    on_qualifications = next(s.batch_handler for s in parts.subscriptions
-                             if s.message_type.__name__ == "QualificationChanged")
-    api = _api(parts, infra)
-    now = datetime.now(UTC)
-    await _consume(on_qualifications, uow, [_qualification(
+    service = await lots_service(url, clock)
+    uow, on_results = service.uow, service.on_results
+    now = clock.now()
+    await _consume(service.on_qualifications, uow, [_qualification(
         suppliers_pb2.QUALIFICATION_STATUS_QUALIFIED, 1, now)])
     count = WARM_UP + ROUNDS * n
     lots = [f"LOT-{i:05d}" for i in range(count // 3 + 1)]
     for lot in lots:
-        await api.ReceiveLot(lots_pb2.ReceiveLotRequest(
+        await service.api.ReceiveLot(lots_pb2.ReceiveLotRequest(
             lot_id=lot, material_code=MATERIAL, supplier_id=SUPPLIER, supplier_site_id=SITE,
             supplier_lot_number="S-1", quantity=lots_pb2.Quantity(value=1.0, unit="kg"),
             container_count=1, expiry_date="2030-01-01", requested_by="warehouse"), None)
@@ -160,7 +103,7 @@ async def events(url: str, n: int) -> list[tuple[float, float]]:
     await _timed([apply(k) for k in range(WARM_UP)])
     rounds = [await _timed([apply(WARM_UP + r * n + k) for k in range(n)])
               for r in range(ROUNDS)]
-    await engine.dispose()
+    await service.engine.dispose()
     return rounds
 
 

@@ -22,11 +22,14 @@ import os
 import sys
 import tempfile
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lotgate.lots.v1 import lots_pb2
 from lotgate.results.v1 import events_pb2 as result_events
@@ -36,7 +39,7 @@ from lotgate.suppliers.v1 import suppliers_pb2
 from services.lots import bootstrap
 from services.lots.tables import tables
 from shared import migrations
-from shared.clock import ManualClock
+from shared.clock import Clock, ManualClock
 from shared.db import make_engine
 from shared.protoconv import to_timestamp
 from shared.runtime import Infrastructure
@@ -61,10 +64,21 @@ def _result(lot_id: str, test: int, number: int, now: datetime) -> Any:
     return result_events.ResultRecorded(event_id=str(uuid.uuid4()), result=r)
 
 
-async def measure(url: str, lots: int) -> dict[str, int]:
+@dataclass
+class LotsService:
+    """The lots service in process, on a migrated database: its unit-of-work factory, the
+    inbox's batch handlers of ResultRecorded and QualificationChanged, and its servicer."""
+
+    engine: AsyncEngine
+    uow: UnitOfWorkFactory
+    on_results: Any
+    on_qualifications: Any
+    api: Any
+
+
+async def lots_service(url: str, clock: Clock) -> LotsService:
     await migrations.migrate("lots", url)
     engine = make_engine(url)
-    clock = ManualClock(datetime(2026, 1, 5, 9, 0, tzinfo=UTC))
     uow = UnitOfWorkFactory(engine, tables.outbox, clock)
     infra = Infrastructure(settings=SimpleNamespace(expiry_check_seconds=3600,
                                                      status_cache_mb=40.0,
@@ -75,7 +89,14 @@ async def measure(url: str, lots: int) -> dict[str, int]:
                       if s.message_type is result_events.ResultRecorded)
     on_qualifications = next(s.batch_handler for s in parts.subscriptions
                              if s.message_type is supplier_events.QualificationChanged)
-    api = _api(parts, infra)
+    return LotsService(engine, uow, on_results, on_qualifications, _api(parts, infra))
+
+
+async def measure(url: str, lots: int) -> dict[str, int]:
+    clock = ManualClock(datetime(2026, 1, 5, 9, 0, tzinfo=UTC))
+    service = await lots_service(url, clock)
+    engine, uow, api = service.engine, service.uow, service.api
+    on_results, on_qualifications = service.on_results, service.on_qualifications
     now = clock.now()
     await _consume(on_qualifications, uow, [_qualification(
         suppliers_pb2.QUALIFICATION_STATUS_QUALIFIED, 1, now)])
@@ -118,9 +139,19 @@ async def measure(url: str, lots: int) -> dict[str, int]:
 CONCURRENT_POSTS = 32
 
 
-async def measure_results(url: str, *, group_commit: bool) -> tuple[float, int]:
-    """Statements per result for CONCURRENT_POSTS RecordResult calls at once, and the
-    statements of one more call alone (a new result)."""
+class Call:
+    """The servicer's call context, as far as the results service reads it."""
+
+    def invocation_metadata(self) -> tuple[()]:
+        return ()
+
+
+async def results_service(url: str, clock: Clock, *, group_commit: bool,
+                          instruments: Sequence[str], lot_ids: Sequence[str]
+                          ) -> tuple[Any, AsyncEngine]:
+    """The results service's servicer on a migrated database, in process: a material's
+    specification in force (identity, purity 98-102 %, sterility), the `instruments`
+    registered and calibrated, the `lot_ids` known; and its engine, to dispose of after."""
     from lotgate.results.v1 import results_pb2 as rpb
     from services.results import handlers as result_handlers
     from services.results import repository as result_repository
@@ -129,10 +160,8 @@ async def measure_results(url: str, *, group_commit: bool) -> tuple[float, int]:
     from services.results.domain.specifications import approved
     from services.results.tables import tables as result_tables
 
-
     await migrations.migrate("results", url)
     engine = make_engine(url)
-    clock = ManualClock(datetime.now(UTC).replace(microsecond=0))
     uow = UnitOfWorkFactory(engine, result_tables.outbox, clock)
     api = ResultApi(uow, group_commit=group_commit)
     now, today = clock.now(), clock.now().date()
@@ -144,14 +173,12 @@ async def measure_results(url: str, *, group_commit: bool) -> tuple[float, int]:
                                  identity=rpb.IdentityCriterion(reference="RS-1")),
                rpb.TestCriterion(test=rpb.TEST_KIND_STERILITY, method="Ph. Eur. 2.6.1",
                                  sterility=rpb.SterilityCriterion(method="membrane"))]), None)
-    instruments = ["HPLC-1", "HPLC-2"]
     for instrument_id in instruments:
         await api.RegisterInstrument(rpb.RegisterInstrumentRequest(
             instrument_id=instrument_id, type="HPLC", location="lab",
             calibrated_on=(today - timedelta(days=10)).isoformat(),
             calibration_due=(today + timedelta(days=300)).isoformat(),
             certificate_ref="CAL-1", requested_by="qc.lead"), None)
-    lot_ids = [f"LOT-{i}" for i in range(4)]
     async with uow() as unit:
         spec = await result_repository.get_specification(
             unit.conn, material_code=MATERIAL, version=draft.specification.version)
@@ -162,10 +189,19 @@ async def measure_results(url: str, *, group_commit: bool) -> tuple[float, int]:
         for lot_id in lot_ids:
             await result_handlers.learn_lot(unit, KnownLot(lot_id, MATERIAL, now))
         await unit.commit()
+    return api, engine
 
-    class Call:
-        def invocation_metadata(self) -> tuple[()]:
-            return ()
+
+async def measure_results(url: str, *, group_commit: bool) -> tuple[float, int]:
+    """Statements per result for CONCURRENT_POSTS RecordResult calls at once, and the
+    statements of one more call alone (a new result)."""
+    from lotgate.results.v1 import results_pb2 as rpb
+
+    clock = ManualClock(datetime.now(UTC).replace(microsecond=0))
+    instruments, lot_ids = ["HPLC-1", "HPLC-2"], [f"LOT-{i}" for i in range(4)]
+    api, engine = await results_service(url, clock, group_commit=group_commit,
+                                        instruments=instruments, lot_ids=lot_ids)
+    now = clock.now()
 
     requests = [rpb.RecordResultRequest(
         lot_id=lot_ids[n % len(lot_ids)], test=rpb.TEST_KIND_PURITY,

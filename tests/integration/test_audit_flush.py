@@ -158,15 +158,19 @@ async def _update_and_note(uow: UnitOfWork, count: int, quantity: int) -> None:
         audit.record(uow, "batch", f"B{i:04d}", action=f"count {quantity}")
 
 
-async def _statements_of_commit(db: Db, count: int, quantity: int) -> list[str]:
-    """The statements the commit of a unit of work that changed `count` batches runs."""
+async def _statements_of_commit(db: Db, count: int, quantity: int,
+                                event_id: str | None = None) -> list[str]:
+    """The statements (whitespace folded) the commit of a unit of work that changed
+    `count` batches runs; with `event_id`, it also emitted one event of B0000."""
     seen: list[str] = []
 
     def counted(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        seen.append(statement)
+        seen.append(" ".join(statement.split()))
 
     async with db.uow() as uow:
         await _update_and_note(uow, count, quantity)
+        if event_id is not None:
+            uow.emit("flush.batch", "B0000", events_pb2.ResultRecorded(event_id=event_id))
         event.listen(db.engine.sync_engine, "before_cursor_execute", counted)
         try:
             await uow.commit()
@@ -326,20 +330,7 @@ def inserts(statements: list[str]) -> list[str]:
 async def _commit_counted(db: Db, count: int, event_id: str) -> list[str]:
     """Commit a unit of work that changes batches B0000.. (`count` of them, each noted)
     and emits one event of B0000; the statements its commit runs."""
-    async with db.uow() as uow:
-        await _update_and_note(uow, count, 2)
-        uow.emit("flush.batch", "B0000", events_pb2.ResultRecorded(event_id=event_id))
-        seen: list[str] = []
-
-        def counted(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-            seen.append(" ".join(statement.split()))
-
-        event.listen(db.engine.sync_engine, "before_cursor_execute", counted)
-        try:
-            await uow.commit()
-        finally:
-            event.remove(db.engine.sync_engine, "before_cursor_execute", counted)
-    return seen
+    return await _statements_of_commit(db, count, 2, event_id)
 
 
 @pytest.mark.parametrize("count", [1, 2])
